@@ -1,0 +1,103 @@
+package cache
+
+import (
+	"encoding/binary"
+	"strings"
+
+	"github.com/dockyard/dockyard/oci"
+)
+
+// Index keys. Each begins with one byte naming the record kind; registry, repository
+// and the rest are joined with 0, which no name, tag or digest contains, so a prefix
+// scan never crosses from one repository into another.
+const (
+	kindBlob         = 'b' // b digest → blobRecord
+	kindLink         = 'l' // l reg 0 repo 0 digest → size: the blob is served through repo
+	kindContent      = 'c' // c digest → manifest bytes and what they reference (immutable)
+	kindContentRefs  = 'C' // C digest → refRecord
+	kindRepoManifest = 'm' // m reg 0 repo 0 digest → repoManifest
+	kindTag          = 't' // t reg 0 repo 0 tag → tagValue
+	kindReferrer     = 'r' // r reg 0 repo 0 subject 0 digest → descriptor
+	kindRepo         = 'p' // p reg 0 repo → created-at
+	kindUpload       = 'u' // u id → uploadRecord
+)
+
+func key(kind byte, parts ...string) []byte {
+	n := 1
+	for _, p := range parts {
+		n += len(p) + 1
+	}
+	k := make([]byte, 1, n)
+	k[0] = kind
+	for i, p := range parts {
+		if i > 0 {
+			k = append(k, 0)
+		}
+		k = append(k, p...)
+	}
+	return k
+}
+
+// prefix is key(kind, parts...) followed by the separator, for scanning children.
+func prefix(kind byte, parts ...string) []byte {
+	return append(key(kind, parts...), 0)
+}
+
+func blobKey(d oci.Digest) []byte         { return key(kindBlob, string(d)) }
+func contentKey(d oci.Digest) []byte      { return key(kindContent, string(d)) }
+func contentRefsKey(d oci.Digest) []byte  { return key(kindContentRefs, string(d)) }
+func uploadKey(id string) []byte          { return key(kindUpload, id) }
+func repoKey(reg, repo string) []byte     { return key(kindRepo, reg, repo) }
+func tagKey(reg, repo, tag string) []byte { return key(kindTag, reg, repo, tag) }
+func linkKey(reg, repo string, d oci.Digest) []byte {
+	return key(kindLink, reg, repo, string(d))
+}
+func repoManifestKey(reg, repo string, d oci.Digest) []byte {
+	return key(kindRepoManifest, reg, repo, string(d))
+}
+func referrerKey(reg, repo string, subject, d oci.Digest) []byte {
+	return key(kindReferrer, reg, repo, string(subject), string(d))
+}
+
+// lastPart returns what follows the last separator of a key.
+func lastPart(k []byte) string {
+	s := string(k)
+	return s[strings.LastIndexByte(s, 0)+1:]
+}
+
+// refRecord counts the references to a blob or manifest. ZeroSince is when the count
+// last dropped to zero (unix nanoseconds), the start of garbage collection's grace
+// period; it is 0 while the count is positive.
+type refRecord struct {
+	Size      int64
+	Refs      int64
+	ZeroSince int64
+}
+
+func (r refRecord) encode() []byte {
+	b := make([]byte, 0, 3*binary.MaxVarintLen64)
+	b = binary.AppendVarint(b, r.Size)
+	b = binary.AppendVarint(b, r.Refs)
+	return binary.AppendVarint(b, r.ZeroSince)
+}
+
+func decodeRefRecord(b []byte) (r refRecord) {
+	var n int
+	r.Size, n = binary.Varint(b)
+	b = b[n:]
+	r.Refs, n = binary.Varint(b)
+	b = b[n:]
+	r.ZeroSince, _ = binary.Varint(b)
+	return r
+}
+
+// tagValue is the digest and media type a tag points at: everything a manifest GET by
+// tag needs besides the bytes, in one read.
+func tagValue(d oci.Digest, mediaType string) []byte {
+	return []byte(string(d) + "\x00" + mediaType)
+}
+
+func decodeTagValue(b []byte) (oci.Digest, string) {
+	d, mt, _ := strings.Cut(string(b), "\x00")
+	return oci.Digest(d), mt
+}

@@ -1,0 +1,345 @@
+package cache
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	"github.com/dgraph-io/badger/v4"
+
+	"github.com/dockyard/dockyard/oci"
+)
+
+// StoredManifest is a manifest as pushed: its bytes, untouched, and its media type.
+type StoredManifest struct {
+	Digest    oci.Digest
+	MediaType string
+	Content   []byte
+}
+
+// repoManifest records a manifest's presence in one repository.
+type repoManifest struct {
+	MediaType string
+	PushedAt  int64 // unix nanoseconds
+	PulledAt  int64
+}
+
+// contentHeader describes manifest bytes and the references they hold: the blobs and
+// child manifests whose counts this content raised when it was first stored.
+type contentHeader struct {
+	MediaType string       `json:"mediaType"`
+	Blobs     []oci.Digest `json:"blobs,omitempty"`
+	Children  []oci.Digest `json:"children,omitempty"`
+	Subject   oci.Digest   `json:"subject,omitempty"`
+}
+
+func encodeContent(h contentHeader, data []byte) ([]byte, error) {
+	hb, err := json.Marshal(h)
+	if err != nil {
+		return nil, err
+	}
+	b := binary.AppendUvarint(make([]byte, 0, len(hb)+len(data)+binary.MaxVarintLen64), uint64(len(hb)))
+	b = append(b, hb...)
+	return append(b, data...), nil
+}
+
+func decodeContent(v []byte) (h contentHeader, data []byte, err error) {
+	n, k := binary.Uvarint(v)
+	if k <= 0 || uint64(len(v)-k) < n {
+		return h, nil, errors.New("cache: corrupt manifest content record")
+	}
+	if err := json.Unmarshal(v[k:k+int(n)], &h); err != nil {
+		return h, nil, err
+	}
+	return h, v[k+int(n):], nil
+}
+
+// GetManifest resolves ref in reg/repo and returns the manifest bytes.
+func (s *Store) GetManifest(ctx context.Context, reg, repo string, ref oci.Reference) (*StoredManifest, error) {
+	m := &StoredManifest{Digest: ref.Digest}
+	err := s.db.View(func(txn *badger.Txn) error {
+		if !ref.IsDigest() {
+			v, ok, err := getValue(txn, tagKey(reg, repo, string(ref.Tag)))
+			if !ok || err != nil {
+				return errors.Join(err, unknownManifest(ok, ref))
+			}
+			m.Digest, m.MediaType = decodeTagValue(v)
+			return nil
+		}
+		var rm repoManifest
+		ok, err := getJSON(txn, repoManifestKey(reg, repo, ref.Digest), &rm)
+		if !ok || err != nil {
+			return errors.Join(err, unknownManifest(ok, ref))
+		}
+		m.MediaType = rm.MediaType
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	if c, ok := s.contents.Get(m.Digest); ok {
+		m.Content = c
+		return m, nil
+	}
+	err = s.db.View(func(txn *badger.Txn) error {
+		item, err := txn.Get(contentKey(m.Digest))
+		if err != nil {
+			return err
+		}
+		return item.Value(func(v []byte) error {
+			_, data, err := decodeContent(v)
+			m.Content = bytes.Clone(data)
+			return err
+		})
+	})
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		return nil, fmt.Errorf("index: manifest %s is in %s/%s but its content is missing", m.Digest, reg, repo)
+	}
+	if err == nil && len(m.Content) <= maxCachedManifest {
+		s.contents.Add(m.Digest, m.Content)
+	}
+	return m, err
+}
+
+func unknownManifest(found bool, ref oci.Reference) error {
+	if found {
+		return nil
+	}
+	return oci.ErrManifestUnknown.Withf("manifest %s is unknown to the repository", ref)
+}
+
+// PutManifestRequest is a validated manifest push.
+type PutManifestRequest struct {
+	Registry, Repo string
+	Digest         oci.Digest
+	Content        []byte
+	Manifest       *oci.Manifest
+	Tags           []oci.Tag
+	// AllowSparse accepts manifests whose layers or child manifests are not all in the
+	// repository (mirrors of partial images). Only what exists is counted.
+	AllowSparse bool
+}
+
+// PutManifest stores a manifest, its tags and its referrer entry in one transaction,
+// after checking (unless sparse) that every blob and child manifest it references is in
+// the repository.
+func (s *Store) PutManifest(ctx context.Context, p PutManifestRequest) error {
+	now := s.now().UnixNano()
+	m := p.Manifest
+	return s.update(func(txn *badger.Txn) error {
+		var blobs, children []oci.Digest
+		for _, b := range m.RequiredBlobs() {
+			ok, err := exists(txn, linkKey(p.Registry, p.Repo, b.Digest))
+			if err != nil {
+				return err
+			}
+			if ok {
+				blobs = append(blobs, b.Digest)
+			} else if !p.AllowSparse {
+				return oci.ErrManifestBlobUnknown.Withf("blob %s referenced by the manifest is not in repository %s", b.Digest, p.Repo)
+			}
+		}
+		for _, c := range m.Children {
+			ok, err := exists(txn, repoManifestKey(p.Registry, p.Repo, c.Digest))
+			if err != nil {
+				return err
+			}
+			if ok {
+				children = append(children, c.Digest)
+			} else if !p.AllowSparse {
+				return oci.ErrManifestBlobUnknown.Withf("manifest %s listed by the index is not in repository %s", c.Digest, p.Repo)
+			}
+		}
+		if err := s.putContent(txn, p, blobs, children); err != nil {
+			return err
+		}
+		mk := repoManifestKey(p.Registry, p.Repo, p.Digest)
+		var rm repoManifest
+		found, err := getJSON(txn, mk, &rm)
+		if err != nil {
+			return err
+		}
+		if !found {
+			if err := s.addRef(txn, contentRefsKey(p.Digest), int64(len(p.Content)), 1); err != nil {
+				return err
+			}
+		}
+		rm.MediaType, rm.PushedAt = m.MediaType, now
+		if err := setJSON(txn, mk, rm); err != nil {
+			return err
+		}
+		for _, t := range p.Tags {
+			if err := txn.Set(tagKey(p.Registry, p.Repo, string(t)), tagValue(p.Digest, m.MediaType)); err != nil {
+				return err
+			}
+		}
+		if m.Subject != nil {
+			desc := oci.Descriptor{MediaType: m.MediaType, Digest: p.Digest, Size: int64(len(p.Content)),
+				ArtifactType: m.ArtifactType, Annotations: m.Annotations}
+			if err := setJSON(txn, referrerKey(p.Registry, p.Repo, m.Subject.Digest, p.Digest), desc); err != nil {
+				return err
+			}
+		}
+		return s.touchRepo(txn, p.Registry, p.Repo)
+	})
+}
+
+// putContent stores manifest bytes the first time they are seen, counting the
+// references they make.
+func (s *Store) putContent(txn *badger.Txn, p PutManifestRequest, blobs, children []oci.Digest) error {
+	ck := contentKey(p.Digest)
+	if ok, err := exists(txn, ck); ok || err != nil {
+		return err
+	}
+	h := contentHeader{MediaType: p.Manifest.MediaType, Blobs: blobs, Children: children}
+	if p.Manifest.Subject != nil {
+		h.Subject = p.Manifest.Subject.Digest
+	}
+	v, err := encodeContent(h, p.Content)
+	if err != nil {
+		return err
+	}
+	if err := txn.Set(ck, v); err != nil {
+		return err
+	}
+	for _, b := range blobs {
+		if err := s.addRef(txn, blobKey(b), 0, 1); err != nil {
+			return err
+		}
+	}
+	for _, c := range children {
+		if err := s.addRef(txn, contentRefsKey(c), 0, 1); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// DeleteManifest removes manifest d from reg/repo with every tag that points at it and
+// its referrer entry.
+func (s *Store) DeleteManifest(ctx context.Context, reg, repo string, d oci.Digest) error {
+	return s.update(func(txn *badger.Txn) error {
+		mk := repoManifestKey(reg, repo, d)
+		if ok, err := exists(txn, mk); !ok || err != nil {
+			return errors.Join(err, unknownManifest(ok, oci.Reference{Digest: d}))
+		}
+		if err := txn.Delete(mk); err != nil {
+			return err
+		}
+		if err := s.addRef(txn, contentRefsKey(d), 0, -1); err != nil {
+			return err
+		}
+		var tags [][]byte
+		it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: false, Prefix: prefix(kindTag, reg, repo)})
+		for it.Rewind(); it.Valid(); it.Next() {
+			item := it.Item()
+			err := item.Value(func(v []byte) error {
+				if td, _ := decodeTagValue(v); td == d {
+					tags = append(tags, item.KeyCopy(nil))
+				}
+				return nil
+			})
+			if err != nil {
+				it.Close()
+				return err
+			}
+		}
+		it.Close()
+		for _, k := range tags {
+			if err := txn.Delete(k); err != nil {
+				return err
+			}
+		}
+		item, err := txn.Get(contentKey(d))
+		if err != nil {
+			return err
+		}
+		return item.Value(func(v []byte) error {
+			h, _, err := decodeContent(v)
+			if err == nil && h.Subject != "" {
+				err = txn.Delete(referrerKey(reg, repo, h.Subject, d))
+			}
+			return err
+		})
+	})
+}
+
+// DeleteTag removes a tag; the manifest stays.
+func (s *Store) DeleteTag(ctx context.Context, reg, repo string, tag oci.Tag) error {
+	return s.update(func(txn *badger.Txn) error {
+		k := tagKey(reg, repo, string(tag))
+		if ok, err := exists(txn, k); !ok || err != nil {
+			return errors.Join(err, unknownManifest(ok, oci.Reference{Tag: tag}))
+		}
+		return txn.Delete(k)
+	})
+}
+
+// ListTags returns up to n tags of reg/repo after last, in byte order, and whether
+// more follow.
+func (s *Store) ListTags(ctx context.Context, reg, repo, last string, n int) ([]string, bool, error) {
+	var tags []string
+	var more bool
+	err := s.db.View(func(txn *badger.Txn) error {
+		ok, err := exists(txn, repoKey(reg, repo))
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return oci.ErrNameUnknown.Withf("repository %s is unknown", repo)
+		}
+		tags, more = list(txn, prefix(kindTag, reg, repo), last, n)
+		return nil
+	})
+	return tags, more, err
+}
+
+// ListRepositories returns up to n repository names of reg after last.
+func (s *Store) ListRepositories(ctx context.Context, reg, last string, n int) ([]string, bool, error) {
+	var repos []string
+	var more bool
+	err := s.db.View(func(txn *badger.Txn) error {
+		repos, more = list(txn, prefix(kindRepo, reg), last, n)
+		return nil
+	})
+	return repos, more, err
+}
+
+// list pages through the names below p in key order.
+func list(txn *badger.Txn, p []byte, last string, n int) (names []string, more bool) {
+	it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: false, Prefix: p})
+	defer it.Close()
+	start := append(bytes.Clone(p), last...)
+	for it.Seek(start); it.Valid(); it.Next() {
+		name := string(it.Item().Key()[len(p):])
+		if last != "" && name <= last {
+			continue
+		}
+		if len(names) == n {
+			return names, true
+		}
+		names = append(names, name)
+	}
+	return names, false
+}
+
+// Referrers lists the manifests in reg/repo whose subject is d.
+func (s *Store) Referrers(ctx context.Context, reg, repo string, d oci.Digest) ([]oci.Descriptor, error) {
+	out := []oci.Descriptor{}
+	err := s.db.View(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: true, Prefix: prefix(kindReferrer, reg, repo, string(d))})
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			var desc oci.Descriptor
+			if err := it.Item().Value(func(v []byte) error { return json.Unmarshal(v, &desc) }); err != nil {
+				return err
+			}
+			out = append(out, desc)
+		}
+		return nil
+	})
+	return out, err
+}

@@ -1,0 +1,245 @@
+package cache
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/dgraph-io/badger/v4"
+	lru "github.com/hashicorp/golang-lru/v2"
+
+	"github.com/dockyard/dockyard/oci"
+)
+
+// Store is dockyard's storage: blob bytes in a BlobStore and everything else in a
+// Badger index. Registries and repositories are namespaces inside it; blob bytes are
+// shared by all of them.
+type Store struct {
+	db    *badger.DB
+	blobs BlobStore
+	log   *slog.Logger
+	now   func() time.Time
+
+	uploadLocks keyedMutex
+	// contents caches small manifests by digest; content is immutable, so entries
+	// never go stale.
+	contents *lru.Cache[oci.Digest, []byte]
+}
+
+// Options configure a Store.
+type Options struct {
+	// Dir holds the blob files and the index (Dir/index).
+	Dir    string
+	Logger *slog.Logger
+	// Now is the clock; tests inject one. Defaults to time.Now.
+	Now func() time.Time
+}
+
+// maxCachedManifest bounds the manifests kept in memory; bigger ones are read from
+// the index each time.
+const maxCachedManifest = 64 << 10
+
+// Open opens (creating if needed) the store under opts.Dir.
+func Open(opts Options) (*Store, error) {
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	blobs, err := NewFSBlobStore(opts.Dir)
+	if err != nil {
+		return nil, err
+	}
+	bopts := badger.DefaultOptions(filepath.Join(opts.Dir, "index")).
+		WithLogger(badgerLogger{opts.Logger}).
+		// A 201 means the push is durable: every commit reaches the disk.
+		WithSyncWrites(true).
+		WithNumVersionsToKeep(1).
+		// Sized for a registry index (small values, modest write rate), keeping the
+		// resident set small.
+		WithMemTableSize(16 << 20).
+		WithNumMemtables(2).
+		WithNumLevelZeroTables(2).
+		WithNumLevelZeroTablesStall(8).
+		WithBlockCacheSize(32 << 20).
+		WithIndexCacheSize(16 << 20).
+		WithValueLogFileSize(64 << 20).
+		WithValueThreshold(64 << 10).
+		WithNumCompactors(2)
+	db, err := badger.Open(bopts)
+	if err != nil {
+		return nil, fmt.Errorf("open index: %w", err)
+	}
+	contents, _ := lru.New[oci.Digest, []byte](4096)
+	return &Store{db: db, blobs: blobs, log: opts.Logger, now: opts.Now, contents: contents}, nil
+}
+
+// Close flushes and closes the index.
+func (s *Store) Close() error { return s.db.Close() }
+
+// update runs fn in a read-write transaction, retrying when a concurrent transaction
+// changed what fn read (Badger's optimistic concurrency).
+func (s *Store) update(fn func(txn *badger.Txn) error) error {
+	for attempt := 0; ; attempt++ {
+		err := s.db.Update(fn)
+		if errors.Is(err, badger.ErrConflict) && attempt < 1000 {
+			continue
+		}
+		return err
+	}
+}
+
+func exists(txn *badger.Txn, k []byte) (bool, error) {
+	_, err := txn.Get(k)
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		return false, nil
+	}
+	return err == nil, err
+}
+
+// getValue returns a copy of the value at k, or ok=false.
+func getValue(txn *badger.Txn, k []byte) (v []byte, ok bool, err error) {
+	item, err := txn.Get(k)
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		return nil, false, nil
+	}
+	if err != nil {
+		return nil, false, err
+	}
+	v, err = item.ValueCopy(nil)
+	return v, err == nil, err
+}
+
+func getJSON(txn *badger.Txn, k []byte, into any) (bool, error) {
+	v, ok, err := getValue(txn, k)
+	if !ok || err != nil {
+		return ok, err
+	}
+	return true, json.Unmarshal(v, into)
+}
+
+func setJSON(txn *badger.Txn, k []byte, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	return txn.Set(k, b)
+}
+
+// addRef moves the reference count at k by delta, creating the record (with size)
+// when it does not exist yet.
+func (s *Store) addRef(txn *badger.Txn, k []byte, size, delta int64) error {
+	var r refRecord
+	v, ok, err := getValue(txn, k)
+	if err != nil {
+		return err
+	}
+	if ok {
+		r = decodeRefRecord(v)
+	} else {
+		r.Size = size
+	}
+	r.Refs += delta
+	if r.Refs < 0 {
+		s.log.Error("reference count below zero; clamping", "key", string(k), "refs", r.Refs)
+		r.Refs = 0
+	}
+	if r.Refs == 0 {
+		if r.ZeroSince == 0 {
+			r.ZeroSince = s.now().UnixNano()
+		}
+	} else {
+		r.ZeroSince = 0
+	}
+	return txn.Set(k, r.encode())
+}
+
+// touchRepo records that a repository exists, for the catalog.
+func (s *Store) touchRepo(txn *badger.Txn, reg, repo string) error {
+	k := repoKey(reg, repo)
+	ok, err := exists(txn, k)
+	if ok || err != nil {
+		return err
+	}
+	return txn.Set(k, []byte(s.now().UTC().Format(time.RFC3339)))
+}
+
+// RefCounts reports the reference count of a blob or manifest (for tests, fsck and
+// garbage collection). ok is false when the index has no record of it.
+func (s *Store) RefCounts(d oci.Digest) (blobRefs, manifestRefs int64, err error) {
+	err = s.db.View(func(txn *badger.Txn) error {
+		for _, p := range []struct {
+			k   []byte
+			dst *int64
+		}{{blobKey(d), &blobRefs}, {contentRefsKey(d), &manifestRefs}} {
+			v, ok, err := getValue(txn, p.k)
+			if err != nil {
+				return err
+			}
+			*p.dst = -1
+			if ok {
+				*p.dst = decodeRefRecord(v).Refs
+			}
+		}
+		return nil
+	})
+	return blobRefs, manifestRefs, err
+}
+
+// RepositoryExists reports whether anything was ever pushed to the repository.
+func (s *Store) RepositoryExists(ctx context.Context, reg, repo string) (bool, error) {
+	var ok bool
+	err := s.db.View(func(txn *badger.Txn) (err error) {
+		ok, err = exists(txn, repoKey(reg, repo))
+		return err
+	})
+	return ok, err
+}
+
+// keyedMutex serialises work on one key (an upload id) without a global lock.
+type keyedMutex struct {
+	mu    sync.Mutex
+	locks map[string]*keyedLock
+}
+
+type keyedLock struct {
+	sync.Mutex
+	users int
+}
+
+func (k *keyedMutex) lock(key string) func() {
+	k.mu.Lock()
+	if k.locks == nil {
+		k.locks = map[string]*keyedLock{}
+	}
+	l := k.locks[key]
+	if l == nil {
+		l = &keyedLock{}
+		k.locks[key] = l
+	}
+	l.users++
+	k.mu.Unlock()
+	l.Lock()
+	return func() {
+		l.Unlock()
+		k.mu.Lock()
+		if l.users--; l.users == 0 {
+			delete(k.locks, key)
+		}
+		k.mu.Unlock()
+	}
+}
+
+// badgerLogger sends Badger's chatter to slog, keeping only warnings and errors.
+type badgerLogger struct{ log *slog.Logger }
+
+func (l badgerLogger) Errorf(f string, a ...any)   { l.log.Error(fmt.Sprintf(f, a...), "component", "badger") }
+func (l badgerLogger) Warningf(f string, a ...any) { l.log.Warn(fmt.Sprintf(f, a...), "component", "badger") }
+func (l badgerLogger) Infof(string, ...any)        {}
+func (l badgerLogger) Debugf(string, ...any)       {}

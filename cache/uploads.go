@@ -1,0 +1,266 @@
+package cache
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"sync"
+	"time"
+
+	"github.com/dgraph-io/badger/v4"
+
+	"github.com/dockyard/dockyard/oci"
+)
+
+// Upload is a blob upload session. Its record is saved after every chunk, with the
+// hash state, so an upload continues where it stopped after a restart.
+type Upload struct {
+	ID        string
+	Registry  string
+	Repo      string
+	Algorithm oci.Algorithm
+	Offset    int64
+	HashState []byte
+	StartedAt time.Time
+}
+
+func newID() string {
+	var b [16]byte
+	rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// hash returns the upload's hash, restored to cover its first Offset bytes.
+func (u *Upload) hash() (hash.Hash, error) {
+	h := u.Algorithm.New()
+	if len(u.HashState) > 0 {
+		if err := h.(encoding.BinaryUnmarshaler).UnmarshalBinary(u.HashState); err != nil {
+			return nil, fmt.Errorf("restore hash state of upload %s: %w", u.ID, err)
+		}
+	}
+	return h, nil
+}
+
+// StartUpload opens an upload session into reg/repo hashing with alg.
+func (s *Store) StartUpload(ctx context.Context, reg, repo string, alg oci.Algorithm) (*Upload, error) {
+	u := &Upload{ID: newID(), Registry: reg, Repo: repo, Algorithm: alg, StartedAt: s.now().UTC()}
+	f, err := s.blobs.OpenUpload(u.ID, 0)
+	if err != nil {
+		return nil, err
+	}
+	if err := f.Close(); err != nil {
+		return nil, err
+	}
+	return u, s.update(func(txn *badger.Txn) error { return setJSON(txn, uploadKey(u.ID), u) })
+}
+
+// GetUpload returns the session id of reg/repo.
+func (s *Store) GetUpload(ctx context.Context, reg, repo, id string) (*Upload, error) {
+	var u Upload
+	err := s.db.View(func(txn *badger.Txn) error {
+		ok, err := getJSON(txn, uploadKey(id), &u)
+		if err == nil && (!ok || u.Registry != reg || u.Repo != repo) {
+			err = oci.ErrBlobUploadUnknown.Withf("upload %q is unknown to %s", id, repo)
+		}
+		return err
+	})
+	return &u, err
+}
+
+// AppendUpload writes a chunk to upload id. start is where the client says the chunk
+// begins (-1 when it does not say); length is the chunk's size when known (-1
+// otherwise). A failed chunk leaves the upload as it was before.
+func (s *Store) AppendUpload(ctx context.Context, reg, repo, id string, start int64, r io.Reader, length int64) (*Upload, error) {
+	defer s.uploadLocks.lock(id)()
+	u, err := s.GetUpload(ctx, reg, repo, id)
+	if err != nil {
+		return nil, err
+	}
+	if start >= 0 && start != u.Offset {
+		return nil, oci.ErrRangeInvalid.Withf("chunk starts at %d, the upload has %d bytes", start, u.Offset)
+	}
+	h, err := s.appendChunk(u, r, length)
+	if err != nil {
+		return nil, err
+	}
+	if err := u.saveHash(h); err != nil {
+		return nil, err
+	}
+	return u, s.update(func(txn *badger.Txn) error { return setJSON(txn, uploadKey(id), u) })
+}
+
+func (u *Upload) saveHash(h hash.Hash) (err error) {
+	u.HashState, err = h.(encoding.BinaryMarshaler).MarshalBinary()
+	return err
+}
+
+// appendChunk streams r onto the upload file while hashing, syncs it and advances
+// u.Offset. On any failure the file is cut back to where it was.
+func (s *Store) appendChunk(u *Upload, r io.Reader, length int64) (hash.Hash, error) {
+	h, err := u.hash()
+	if err != nil {
+		return nil, err
+	}
+	f, err := s.blobs.OpenUpload(u.ID, u.Offset)
+	if errors.Is(err, ErrNotExist) {
+		return nil, oci.ErrBlobUploadUnknown.Withf("upload %q has no data file", u.ID)
+	}
+	if err != nil {
+		return nil, err
+	}
+	n, err := copyHashing(f, h, r)
+	if err == nil && length >= 0 && n != length {
+		err = oci.ErrSizeInvalid.Withf("chunk has %d bytes, %d were announced", n, length)
+	}
+	if err == nil {
+		err = f.Sync()
+	}
+	if err != nil {
+		f.Truncate(u.Offset)
+		f.Close()
+		return nil, err
+	}
+	if err := f.Close(); err != nil {
+		return nil, err
+	}
+	u.Offset += n
+	return h, nil
+}
+
+// FinishUpload closes upload id: it appends the optional last chunk, verifies that the
+// whole upload has digest d, commits the blob and links it to reg/repo. On a digest
+// mismatch the upload stays open as it was before the request.
+func (s *Store) FinishUpload(ctx context.Context, reg, repo, id string, d oci.Digest, start int64, r io.Reader, length int64) (int64, error) {
+	defer s.uploadLocks.lock(id)()
+	u, err := s.GetUpload(ctx, reg, repo, id)
+	if err != nil {
+		return 0, err
+	}
+	if start >= 0 && start != u.Offset {
+		return 0, oci.ErrRangeInvalid.Withf("chunk starts at %d, the upload has %d bytes", start, u.Offset)
+	}
+	before := u.Offset
+	var h hash.Hash
+	if r != nil {
+		h, err = s.appendChunk(u, r, length)
+	} else {
+		h, err = u.hash()
+	}
+	if err != nil {
+		return 0, err
+	}
+	if err := s.verifyUpload(u, h, d); err != nil {
+		if u.Offset != before {
+			if f, ferr := s.blobs.OpenUpload(u.ID, before); ferr == nil {
+				f.Close()
+			}
+		}
+		return 0, err
+	}
+	if err := s.blobs.Commit(u.ID, d); err != nil {
+		return 0, err
+	}
+	return u.Offset, s.update(func(txn *badger.Txn) error {
+		if err := txn.Delete(uploadKey(id)); err != nil {
+			return err
+		}
+		return s.linkBlob(txn, reg, repo, d, u.Offset)
+	})
+}
+
+// verifyUpload checks the upload's bytes against d, re-reading the file when the
+// client finished with another algorithm than the one the upload was hashed with.
+func (s *Store) verifyUpload(u *Upload, h hash.Hash, d oci.Digest) error {
+	if d.Algorithm() != u.Algorithm {
+		rc, err := s.blobs.ReadUpload(u.ID)
+		if err != nil {
+			return err
+		}
+		defer rc.Close()
+		h = d.Algorithm().New()
+		if _, err := io.Copy(h, rc); err != nil {
+			return err
+		}
+	}
+	if got := oci.FromHash(d.Algorithm(), h); got != d {
+		return oci.ErrDigestInvalid.WithDetail(map[string]string{"expected": string(d), "computed": string(got)})
+	}
+	return nil
+}
+
+// CancelUpload drops upload id and its data.
+func (s *Store) CancelUpload(ctx context.Context, reg, repo, id string) error {
+	defer s.uploadLocks.lock(id)()
+	if _, err := s.GetUpload(ctx, reg, repo, id); err != nil {
+		return err
+	}
+	if err := s.update(func(txn *badger.Txn) error { return txn.Delete(uploadKey(id)) }); err != nil {
+		return err
+	}
+	return s.blobs.RemoveUpload(id)
+}
+
+// PutBlob stores a whole blob sent in one request and links it to reg/repo.
+func (s *Store) PutBlob(ctx context.Context, reg, repo string, d oci.Digest, r io.Reader, length int64) (int64, error) {
+	u := &Upload{ID: "mono-" + newID(), Registry: reg, Repo: repo, Algorithm: d.Algorithm()}
+	f, err := s.blobs.OpenUpload(u.ID, 0)
+	if err != nil {
+		return 0, err
+	}
+	f.Close()
+	h, err := s.appendChunk(u, r, length)
+	if err == nil {
+		err = s.verifyUpload(u, h, d)
+	}
+	if err == nil {
+		err = s.blobs.Commit(u.ID, d)
+	}
+	if err != nil {
+		s.blobs.RemoveUpload(u.ID)
+		return 0, err
+	}
+	return u.Offset, s.update(func(txn *badger.Txn) error { return s.linkBlob(txn, reg, repo, d, u.Offset) })
+}
+
+// copyBufs holds the buffers uploads are copied through; large buffers mean few
+// syscalls per megabyte.
+var copyBufs = sync.Pool{New: func() any { b := make([]byte, 1<<20); return &b }}
+
+// copyHashing copies r to w and into h.
+func copyHashing(w io.Writer, h hash.Hash, r io.Reader) (int64, error) {
+	bp := copyBufs.Get().(*[]byte)
+	defer copyBufs.Put(bp)
+	buf := *bp
+	var n int64
+	for {
+		// Fill the buffer before writing: request bodies arrive in small reads.
+		nr := 0
+		var rerr error
+		for nr < len(buf) && rerr == nil {
+			var k int
+			k, rerr = r.Read(buf[nr:])
+			nr += k
+		}
+		if nr > 0 {
+			h.Write(buf[:nr])
+			if _, err := w.Write(buf[:nr]); err != nil {
+				return n, err
+			}
+			n += int64(nr)
+		}
+		if rerr == io.EOF {
+			return n, nil
+		}
+		if rerr != nil {
+			return n, rerr
+		}
+	}
+}
+
+func bytesReader(b []byte) io.ReadSeeker { return bytes.NewReader(b) }

@@ -1,0 +1,262 @@
+// Package config owns dockyard's configuration: the typed structure, loading it with
+// viper from a YAML file and DOCKYARD_* environment variables over built-in defaults,
+// and one validation pass that reports every problem with its key path.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"reflect"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/dustin/go-humanize"
+	"github.com/go-viper/mapstructure/v2"
+	"github.com/spf13/viper"
+)
+
+// Config is the whole configuration.
+type Config struct {
+	Listen     string     `mapstructure:"listen"`
+	Data       string     `mapstructure:"data"`
+	Log        Log        `mapstructure:"log"`
+	HTTP       HTTP       `mapstructure:"http"`
+	Storage    Storage    `mapstructure:"storage"`
+	Registries []Registry `mapstructure:"registries"`
+	Routes     []Route    `mapstructure:"routes"`
+}
+
+// Log configures logging.
+type Log struct {
+	Level  string `mapstructure:"level"`  // debug, info, warn, error
+	Format string `mapstructure:"format"` // text or json
+}
+
+// HTTP configures the listener.
+type HTTP struct {
+	ReadTimeout     time.Duration `mapstructure:"read_timeout"`
+	UploadTimeout   time.Duration `mapstructure:"upload_timeout"`
+	IdleTimeout     time.Duration `mapstructure:"idle_timeout"`
+	WriteTimeout    time.Duration `mapstructure:"write_timeout"`
+	MaxManifestSize ByteSize      `mapstructure:"max_manifest_size"`
+	CORS            CORS          `mapstructure:"cors"`
+}
+
+// CORS configures cross-origin access for browser clients.
+type CORS struct {
+	AllowedOrigins   []string      `mapstructure:"allowed_origins"`
+	AllowedMethods   []string      `mapstructure:"allowed_methods"`
+	AllowedHeaders   []string      `mapstructure:"allowed_headers"`
+	ExposedHeaders   []string      `mapstructure:"exposed_headers"`
+	AllowCredentials bool          `mapstructure:"allow_credentials"`
+	MaxAge           time.Duration `mapstructure:"max_age"`
+}
+
+// Storage configures where blobs live.
+type Storage struct {
+	Driver string `mapstructure:"driver"` // filesystem
+}
+
+// Registry is one virtual registry.
+type Registry struct {
+	Name string `mapstructure:"name"`
+	Type string `mapstructure:"type"` // hosted (proxy and group come next)
+	// SparseIndex accepts image indexes whose child manifests were not pushed.
+	SparseIndex bool `mapstructure:"sparse_index"`
+}
+
+// Route maps a Host pattern to a registry.
+type Route struct {
+	Host     string `mapstructure:"host"`
+	Registry string `mapstructure:"registry"`
+}
+
+// ByteSize is a size written as "4MiB", "512KB" or a plain number of bytes.
+type ByteSize int64
+
+// DefaultRegistry is the registry of the embedded default configuration.
+const DefaultRegistry = "default"
+
+func setDefaults(v *viper.Viper) {
+	v.SetDefault("listen", ":5000")
+	v.SetDefault("data", "./data")
+	v.SetDefault("log.level", "info")
+	v.SetDefault("log.format", "text")
+	v.SetDefault("http.read_timeout", "1m")
+	v.SetDefault("http.upload_timeout", "1h")
+	v.SetDefault("http.idle_timeout", "2m")
+	v.SetDefault("http.write_timeout", "0s")
+	v.SetDefault("http.max_manifest_size", "4MiB")
+	v.SetDefault("http.cors.allowed_origins", []string{})
+	v.SetDefault("http.cors.allowed_methods", []string{"GET", "HEAD", "OPTIONS"})
+	v.SetDefault("http.cors.allowed_headers", []string{"Authorization", "Accept", "Content-Type", "Range"})
+	v.SetDefault("http.cors.exposed_headers", []string{"Docker-Content-Digest", "Content-Length", "Link", "Location", "Range"})
+	v.SetDefault("http.cors.allow_credentials", false)
+	v.SetDefault("http.cors.max_age", "10m")
+	v.SetDefault("storage.driver", "filesystem")
+}
+
+// Load reads the configuration: built-in defaults, then the YAML file at path (if
+// path is not empty), then DOCKYARD_* environment variables (DOCKYARD_HTTP_IDLE_TIMEOUT
+// sets http.idle_timeout). The result is validated; every problem is reported at once.
+func Load(path string) (*Config, error) {
+	v := viper.New()
+	setDefaults(v)
+	v.SetEnvPrefix("DOCKYARD")
+	v.SetEnvKeyReplacer(strings.NewReplacer(".", "_"))
+	v.AutomaticEnv()
+	if path != "" {
+		v.SetConfigFile(path)
+		v.SetConfigType("yaml")
+		if err := v.ReadInConfig(); err != nil {
+			return nil, fmt.Errorf("read config %s: %w", path, err)
+		}
+	}
+	var c Config
+	var problems []string
+	decodeErr := v.Unmarshal(&c, func(dc *mapstructure.DecoderConfig) {
+		dc.ErrorUnused = true
+		dc.DecodeHook = mapstructure.ComposeDecodeHookFunc(
+			mapstructure.StringToTimeDurationHookFunc(),
+			mapstructure.StringToSliceHookFunc(","),
+			byteSizeHook,
+		)
+	})
+	if decodeErr != nil {
+		problems = append(problems, unwrapAll(decodeErr)...)
+	}
+	c.applyEmbeddedDefault()
+	if err := c.Validate(); err != nil {
+		problems = append(problems, unwrapAll(err)...)
+	}
+	if len(problems) > 0 {
+		return nil, &Error{File: path, Problems: problems}
+	}
+	return &c, nil
+}
+
+// Error lists every problem found in a configuration.
+type Error struct {
+	File     string
+	Problems []string
+}
+
+func (e *Error) Error() string {
+	src := e.File
+	if src == "" {
+		src = "built-in configuration"
+	}
+	return fmt.Sprintf("invalid configuration (%s):\n  - %s", src, strings.Join(e.Problems, "\n  - "))
+}
+
+func unwrapAll(err error) []string {
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		var out []string
+		for _, e := range j.Unwrap() {
+			out = append(out, unwrapAll(e)...)
+		}
+		return out
+	}
+	var out []string
+	for _, line := range strings.Split(err.Error(), "\n") {
+		line = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(line), "*"))
+		if line != "" && !strings.HasPrefix(line, "decoding failed due to the following error") && !strings.HasSuffix(line, "error(s) decoding:") {
+			out = append(out, line)
+		}
+	}
+	return out
+}
+
+// applyEmbeddedDefault gives a configuration without registries the embedded default:
+// one hosted registry answering every host.
+func (c *Config) applyEmbeddedDefault() {
+	if len(c.Registries) == 0 {
+		c.Registries = []Registry{{Name: DefaultRegistry, Type: "hosted"}}
+		if len(c.Routes) == 0 {
+			c.Routes = []Route{{Host: "*", Registry: DefaultRegistry}}
+		}
+	}
+}
+
+// Validate checks the whole configuration and returns every problem found, each
+// naming its key path.
+func (c *Config) Validate() error {
+	var errs []error
+	bad := func(path, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: %s", path, fmt.Sprintf(format, args...)))
+	}
+	if c.Listen == "" {
+		bad("listen", "must be an address such as :5000")
+	}
+	if c.Data == "" {
+		bad("data", "must be a directory")
+	}
+	if !slices.Contains([]string{"debug", "info", "warn", "error"}, c.Log.Level) {
+		bad("log.level", "must be debug, info, warn or error, not %q", c.Log.Level)
+	}
+	if !slices.Contains([]string{"text", "json"}, c.Log.Format) {
+		bad("log.format", "must be text or json, not %q", c.Log.Format)
+	}
+	for _, d := range []struct {
+		path string
+		v    time.Duration
+	}{{"http.read_timeout", c.HTTP.ReadTimeout}, {"http.upload_timeout", c.HTTP.UploadTimeout}, {"http.idle_timeout", c.HTTP.IdleTimeout}, {"http.write_timeout", c.HTTP.WriteTimeout}} {
+		if d.v < 0 {
+			bad(d.path, "must not be negative")
+		}
+	}
+	if c.HTTP.MaxManifestSize <= 0 {
+		bad("http.max_manifest_size", "must be positive")
+	}
+	if c.Storage.Driver != "filesystem" {
+		bad("storage.driver", "must be filesystem, not %q", c.Storage.Driver)
+	}
+	names := map[string]bool{}
+	for i, r := range c.Registries {
+		p := fmt.Sprintf("registries[%d]", i)
+		switch {
+		case r.Name == "":
+			bad(p+".name", "is required")
+		case names[r.Name]:
+			bad(p+".name", "%q is used twice", r.Name)
+		}
+		names[r.Name] = true
+		if r.Type != "hosted" {
+			bad(p+".type", "must be hosted, not %q", r.Type)
+		}
+	}
+	hosts := map[string]bool{}
+	for i, r := range c.Routes {
+		p := fmt.Sprintf("routes[%d]", i)
+		if r.Host == "" {
+			bad(p+".host", "is required (an exact name, *.domain or *)")
+		} else if hosts[strings.ToLower(r.Host)] {
+			bad(p+".host", "%q is routed twice", r.Host)
+		}
+		hosts[strings.ToLower(r.Host)] = true
+		if !names[r.Registry] {
+			bad(p+".registry", "names no configured registry: %q", r.Registry)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+var byteSizeType = reflect.TypeOf(ByteSize(0))
+
+func byteSizeHook(from, to reflect.Type, data any) (any, error) {
+	if to != byteSizeType {
+		return data, nil
+	}
+	switch v := data.(type) {
+	case string:
+		n, err := humanize.ParseBytes(v)
+		if err != nil {
+			return nil, fmt.Errorf("invalid size %q (use e.g. 4MiB)", v)
+		}
+		return ByteSize(n), nil
+	case int:
+		return ByteSize(v), nil
+	}
+	return data, nil
+}

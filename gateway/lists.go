@@ -1,0 +1,108 @@
+package gateway
+
+import (
+	"encoding/json"
+	"net/url"
+	"strconv"
+
+	"github.com/valyala/fasthttp"
+
+	"github.com/dockyard/dockyard/oci"
+	"github.com/dockyard/dockyard/vhost"
+)
+
+// maxPage bounds a listing answered without n; a Link header leads to the rest.
+const maxPage = 10000
+
+// page reads the n and last query parameters.
+func page(ctx *fasthttp.RequestCtx) (last string, n int, err error) {
+	args := ctx.QueryArgs()
+	last = string(args.Peek("last"))
+	n = maxPage
+	if raw := args.Peek("n"); len(raw) > 0 {
+		v, perr := strconv.Atoi(string(raw))
+		if perr != nil || v < 0 {
+			return "", 0, oci.ErrPaginationInvalid.Withf("n must be a non-negative integer, got %q", raw)
+		}
+		n = min(v, maxPage)
+	}
+	return last, n, nil
+}
+
+// nextLink sets the RFC 5988 Link header pointing at the page after last.
+func nextLink(ctx *fasthttp.RequestCtx, path, last string, n int) {
+	q := url.Values{"last": {last}, "n": {strconv.Itoa(n)}}
+	ctx.Response.Header.Set("Link", "<"+path+"?"+q.Encode()+`>; rel="next"`)
+}
+
+func writeJSON(ctx *fasthttp.RequestCtx, contentType string, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	ctx.SetContentType(contentType)
+	ctx.SetBody(b)
+	return nil
+}
+
+func (g *Gateway) tags(r *request) error {
+	last, n, err := page(r.ctx)
+	if err != nil {
+		return err
+	}
+	tags, more := []string{}, false
+	if n > 0 {
+		if tags, more, err = r.reg.Tags(r.ctx, r.repo, last, n); err != nil {
+			return err
+		}
+	} else if _, _, err = r.reg.Tags(r.ctx, r.repo, "", 0); err != nil {
+		return err // n=0 still reports an unknown repository
+	}
+	if more {
+		nextLink(r.ctx, "/v2/"+string(r.route.Repo)+"/tags/list", tags[len(tags)-1], n)
+	}
+	if tags == nil {
+		tags = []string{}
+	}
+	return writeJSON(r.ctx, "application/json", map[string]any{"name": string(r.route.Repo), "tags": tags})
+}
+
+func (g *Gateway) catalog(ctx *fasthttp.RequestCtx, reg vhost.Registry) error {
+	last, n, err := page(ctx)
+	if err != nil {
+		return err
+	}
+	repos, more := []string{}, false
+	if n > 0 {
+		if repos, more, err = reg.Catalog(ctx, last, n); err != nil {
+			return err
+		}
+	}
+	if more {
+		nextLink(ctx, "/v2/_catalog", repos[len(repos)-1], n)
+	}
+	if repos == nil {
+		repos = []string{}
+	}
+	return writeJSON(ctx, "application/json", map[string]any{"repositories": repos})
+}
+
+func (g *Gateway) referrers(r *request) error {
+	descs, err := r.reg.Referrers(r.ctx, r.repo, r.route.Digest)
+	if err != nil {
+		return err
+	}
+	if at := string(r.ctx.QueryArgs().Peek("artifactType")); at != "" {
+		kept := descs[:0]
+		for _, d := range descs {
+			if d.ArtifactType == at {
+				kept = append(kept, d)
+			}
+		}
+		descs = kept
+		r.ctx.Response.Header.Set("OCI-Filters-Applied", "artifactType")
+	}
+	return writeJSON(r.ctx, oci.MediaTypeOCIIndex, map[string]any{
+		"schemaVersion": 2, "mediaType": oci.MediaTypeOCIIndex, "manifests": descs,
+	})
+}

@@ -1,0 +1,113 @@
+package gateway
+
+import (
+	"io"
+	"mime"
+	"strings"
+
+	"github.com/valyala/fasthttp"
+
+	"github.com/dockyard/dockyard/oci"
+	"github.com/dockyard/dockyard/vhost"
+)
+
+func manifestLocation(repo oci.Repository, d oci.Digest) string {
+	return "/v2/" + string(repo) + "/manifests/" + string(d)
+}
+
+func (g *Gateway) getManifest(r *request) error {
+	ctx := r.ctx
+	m, err := r.reg.GetManifest(ctx, r.repo, r.route.Reference)
+	if err != nil {
+		return err
+	}
+	if !accepts(ctx.Request.Header.PeekAll("Accept"), m.MediaType) {
+		return oci.ErrManifestUnknown.Withf("manifest %s is %s, which the Accept header does not list", r.route.Reference, m.MediaType)
+	}
+	h := &ctx.Response.Header
+	etag := `"` + string(m.Digest) + `"`
+	h.Set("Docker-Content-Digest", string(m.Digest))
+	h.Set("Content-Type", m.MediaType)
+	h.Set("ETag", etag)
+	if notModified(ctx, etag) {
+		return nil
+	}
+	if ctx.IsHead() {
+		setContentLength(ctx, int64(len(m.Content)))
+		ctx.Response.SkipBody = true
+		return nil
+	}
+	ctx.SetBody(m.Content)
+	return nil
+}
+
+// accepts reports whether the Accept headers allow media type mt. No header, or a
+// wildcard, accepts anything.
+func accepts(headers [][]byte, mt string) bool {
+	var accept []string
+	for _, h := range headers {
+		accept = append(accept, strings.Split(string(h), ",")...)
+	}
+	if len(accept) == 0 {
+		return true
+	}
+	for _, part := range accept {
+		t, _, err := mime.ParseMediaType(strings.TrimSpace(part))
+		if err != nil {
+			continue
+		}
+		if t == mt || t == "*/*" || t == "application/*" {
+			return true
+		}
+	}
+	return false
+}
+
+func (g *Gateway) putManifest(r *request) error {
+	ctx := r.ctx
+	limit := g.opts.MaxManifestSize
+	if n := ctx.Request.Header.ContentLength(); int64(n) > limit {
+		return oci.ErrManifestTooLarge.Withf("manifest is %d bytes, the limit is %d", n, limit)
+	}
+	body, err := io.ReadAll(io.LimitReader(ctx.RequestBodyStream(), limit+1))
+	if err != nil {
+		return err
+	}
+	if int64(len(body)) > limit {
+		return oci.ErrManifestTooLarge.Withf("manifest is over the %d-byte limit", limit)
+	}
+	var tags []oci.Tag
+	for _, t := range ctx.QueryArgs().PeekMulti("tag") {
+		tag, err := oci.ParseTag(string(t))
+		if err != nil {
+			return err
+		}
+		tags = append(tags, tag)
+	}
+	res, err := r.reg.PutManifest(ctx, vhost.ManifestPush{
+		Repo: r.repo, Reference: r.route.Reference,
+		ContentType: string(ctx.Request.Header.ContentType()), Content: body, Tags: tags,
+	})
+	if err != nil {
+		return err
+	}
+	if res.Subject != "" {
+		ctx.Response.Header.Set("OCI-Subject", string(res.Subject))
+	}
+	if len(tags) > 0 {
+		names := make([]string, len(tags))
+		for i, t := range tags {
+			names[i] = string(t)
+		}
+		ctx.Response.Header.Set("OCI-Tag", strings.Join(names, ", "))
+	}
+	return created(ctx, manifestLocation(r.route.Repo, res.Digest), res.Digest)
+}
+
+func (g *Gateway) deleteManifest(r *request) error {
+	if err := r.reg.DeleteManifest(r.ctx, r.repo, r.route.Reference); err != nil {
+		return err
+	}
+	r.ctx.SetStatusCode(fasthttp.StatusAccepted)
+	return nil
+}

@@ -1,0 +1,200 @@
+package gateway
+
+import (
+	"io"
+	"strconv"
+	"strings"
+
+	"github.com/valyala/fasthttp"
+
+	"github.com/dockyard/dockyard/cache"
+	"github.com/dockyard/dockyard/oci"
+)
+
+func blobLocation(repo oci.Repository, d oci.Digest) string {
+	return "/v2/" + string(repo) + "/blobs/" + string(d)
+}
+
+func uploadLocation(repo oci.Repository, id string) string {
+	return "/v2/" + string(repo) + "/blobs/uploads/" + id
+}
+
+// startUpload answers POST /blobs/uploads/: a cross-repository mount, a monolithic
+// push with ?digest=, or the start of an upload session.
+func (g *Gateway) startUpload(r *request) error {
+	ctx := r.ctx
+	args := ctx.QueryArgs()
+	if mount := args.Peek("mount"); len(mount) > 0 {
+		if done, err := g.tryMount(r, string(mount), string(args.Peek("from"))); done || err != nil {
+			return err
+		}
+	}
+	if dg := args.Peek("digest"); len(dg) > 0 {
+		d, err := oci.ParseDigest(string(dg))
+		if err != nil {
+			return err
+		}
+		if _, err := r.reg.PutBlob(ctx, r.repo, d, ctx.RequestBodyStream(), bodyLength(ctx)); err != nil {
+			return err
+		}
+		return created(ctx, blobLocation(r.route.Repo, d), d)
+	}
+	alg := oci.SHA256
+	if a := args.Peek("digest-algorithm"); len(a) > 0 {
+		var err error
+		if alg, err = oci.ParseAlgorithm(string(a)); err != nil {
+			return oci.ErrDigestInvalid.Withf("digest-algorithm %q is not supported (sha256, sha512)", a)
+		}
+	}
+	u, err := r.reg.StartUpload(ctx, r.repo, alg)
+	if err != nil {
+		return err
+	}
+	// A body on the POST is the first chunk.
+	if hasBody(ctx) {
+		if u, err = r.reg.AppendUpload(ctx, r.repo, u.ID, 0, ctx.RequestBodyStream(), bodyLength(ctx)); err != nil {
+			return err
+		}
+	}
+	g.uploadAccepted(r, u, fasthttp.StatusAccepted)
+	return nil
+}
+
+// tryMount links an existing blob into the repository. done is false when the blob
+// cannot be mounted (unknown, or from another registry) and an upload should start.
+func (g *Gateway) tryMount(r *request, mount, fromName string) (done bool, err error) {
+	d, err := oci.ParseDigest(mount)
+	if err != nil {
+		return false, err
+	}
+	var from oci.Repository
+	if fromName != "" {
+		client, err := oci.ParseRepository(fromName)
+		if err != nil {
+			return false, err
+		}
+		// from is a name as the client sees it: resolve it like the target.
+		fromReg, fromRepo, err := g.opts.Router.Resolve(string(r.ctx.Host()), client)
+		if err != nil || fromReg != r.reg {
+			return false, nil
+		}
+		from = fromRepo
+	}
+	_, ok, err := r.reg.MountBlob(r.ctx, r.repo, from, d)
+	if !ok || err != nil {
+		return false, err
+	}
+	return true, created(r.ctx, blobLocation(r.route.Repo, d), d)
+}
+
+func created(ctx *fasthttp.RequestCtx, location string, d oci.Digest) error {
+	ctx.SetStatusCode(fasthttp.StatusCreated)
+	ctx.Response.Header.Set("Location", location)
+	ctx.Response.Header.Set("Docker-Content-Digest", string(d))
+	setContentLength(ctx, 0)
+	return nil
+}
+
+// uploadAccepted describes an open upload: where to send the next chunk and what the
+// registry holds so far.
+func (g *Gateway) uploadAccepted(r *request, u *cache.Upload, status int) {
+	h := &r.ctx.Response.Header
+	r.ctx.SetStatusCode(status)
+	h.Set("Location", uploadLocation(r.route.Repo, u.ID))
+	h.Set("Docker-Upload-UUID", u.ID)
+	h.Set("Range", "0-"+strconv.FormatInt(max(u.Offset-1, 0), 10))
+	setContentLength(r.ctx, 0)
+}
+
+func (g *Gateway) uploadStatus(r *request) error {
+	u, err := r.reg.GetUpload(r.ctx, r.repo, r.route.UploadID)
+	if err != nil {
+		return err
+	}
+	g.uploadAccepted(r, u, fasthttp.StatusNoContent)
+	return nil
+}
+
+func (g *Gateway) patchUpload(r *request) error {
+	start, err := chunkStart(r.ctx)
+	if err != nil {
+		return err
+	}
+	u, err := r.reg.AppendUpload(r.ctx, r.repo, r.route.UploadID, start, r.ctx.RequestBodyStream(), bodyLength(r.ctx))
+	if err != nil {
+		return err
+	}
+	g.uploadAccepted(r, u, fasthttp.StatusAccepted)
+	return nil
+}
+
+func (g *Gateway) finishUpload(r *request) error {
+	ctx := r.ctx
+	dg := ctx.QueryArgs().Peek("digest")
+	if len(dg) == 0 {
+		return oci.ErrDigestInvalid.Withf("the closing PUT needs a digest query parameter")
+	}
+	d, err := oci.ParseDigest(string(dg))
+	if err != nil {
+		return err
+	}
+	start, err := chunkStart(ctx)
+	if err != nil {
+		return err
+	}
+	var body io.Reader
+	if hasBody(ctx) {
+		body = ctx.RequestBodyStream()
+	}
+	if _, err := r.reg.FinishUpload(ctx, r.repo, r.route.UploadID, d, start, body, bodyLength(ctx)); err != nil {
+		return err
+	}
+	return created(ctx, blobLocation(r.route.Repo, d), d)
+}
+
+func (g *Gateway) cancelUpload(r *request) error {
+	if err := r.reg.CancelUpload(r.ctx, r.repo, r.route.UploadID); err != nil {
+		return err
+	}
+	r.ctx.SetStatusCode(fasthttp.StatusNoContent)
+	return nil
+}
+
+// chunkStart reads Content-Range ("<start>-<end>", optionally with a "bytes" unit) and
+// checks it against Content-Length. It returns -1 when the header is absent.
+func chunkStart(ctx *fasthttp.RequestCtx) (int64, error) {
+	h := strings.TrimSpace(string(ctx.Request.Header.Peek("Content-Range")))
+	if h == "" {
+		return -1, nil
+	}
+	spec := strings.TrimPrefix(strings.TrimPrefix(h, "bytes"), "=")
+	spec = strings.TrimSpace(spec)
+	spec, _, _ = strings.Cut(spec, "/")
+	first, last, ok := strings.Cut(spec, "-")
+	start, err1 := strconv.ParseInt(first, 10, 64)
+	end, err2 := strconv.ParseInt(last, 10, 64)
+	if !ok || err1 != nil || err2 != nil || start < 0 || end < start {
+		return 0, oci.ErrRangeInvalid.Withf("invalid Content-Range %q", h)
+	}
+	if n := bodyLength(ctx); n >= 0 && n != end-start+1 {
+		return 0, oci.ErrRangeInvalid.Withf("Content-Range %q covers %d bytes, the body has %d", h, end-start+1, n)
+	}
+	return start, nil
+}
+
+// bodyLength is the request's Content-Length, or -1 for a chunked body.
+func bodyLength(ctx *fasthttp.RequestCtx) int64 {
+	switch n := ctx.Request.Header.ContentLength(); {
+	case n >= 0:
+		return int64(n)
+	case n == -1:
+		return -1
+	default:
+		return 0
+	}
+}
+
+func hasBody(ctx *fasthttp.RequestCtx) bool {
+	n := ctx.Request.Header.ContentLength()
+	return n > 0 || n == -1
+}

@@ -1,0 +1,86 @@
+package oci
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+)
+
+// Code is one registry error code, declared once with its HTTP status and default
+// message. Handlers return errors built from codes and never write a status by hand.
+type Code struct {
+	Name    string
+	Status  int
+	Message string
+}
+
+// The error table. The names and messages are the distribution spec's; the statuses
+// are the ones clients expect for each code.
+var (
+	ErrBlobUnknown         = &Code{"BLOB_UNKNOWN", http.StatusNotFound, "blob unknown to registry"}
+	ErrBlobUploadInvalid   = &Code{"BLOB_UPLOAD_INVALID", http.StatusBadRequest, "blob upload invalid"}
+	ErrRangeInvalid        = &Code{"BLOB_UPLOAD_INVALID", http.StatusRequestedRangeNotSatisfiable, "requested range not satisfiable"}
+	ErrBlobUploadUnknown   = &Code{"BLOB_UPLOAD_UNKNOWN", http.StatusNotFound, "blob upload unknown to registry"}
+	ErrDigestInvalid       = &Code{"DIGEST_INVALID", http.StatusBadRequest, "provided digest did not match uploaded content"}
+	ErrManifestBlobUnknown = &Code{"MANIFEST_BLOB_UNKNOWN", http.StatusBadRequest, "manifest references a manifest or blob unknown to registry"}
+	ErrManifestInvalid     = &Code{"MANIFEST_INVALID", http.StatusBadRequest, "manifest invalid"}
+	ErrManifestTooLarge    = &Code{"MANIFEST_INVALID", http.StatusRequestEntityTooLarge, "manifest too large"}
+	ErrManifestUnknown     = &Code{"MANIFEST_UNKNOWN", http.StatusNotFound, "manifest unknown to registry"}
+	ErrNameInvalid         = &Code{"NAME_INVALID", http.StatusBadRequest, "invalid repository name"}
+	ErrNameUnknown         = &Code{"NAME_UNKNOWN", http.StatusNotFound, "repository name not known to registry"}
+	ErrSizeInvalid         = &Code{"SIZE_INVALID", http.StatusBadRequest, "provided length did not match content length"}
+	ErrUnauthorized        = &Code{"UNAUTHORIZED", http.StatusUnauthorized, "authentication required"}
+	ErrDenied              = &Code{"DENIED", http.StatusForbidden, "requested access to the resource is denied"}
+	ErrUnsupported         = &Code{"UNSUPPORTED", http.StatusMethodNotAllowed, "the operation is unsupported"}
+	ErrTooManyRequests     = &Code{"TOOMANYREQUESTS", http.StatusTooManyRequests, "too many requests"}
+	ErrNotFound            = &Code{"NOT_FOUND", http.StatusNotFound, "no such endpoint"}
+	ErrUnknown             = &Code{"UNKNOWN", http.StatusInternalServerError, "unknown error"}
+)
+
+// Error is a registry error: a code and a message for the client.
+type Error struct {
+	Code    *Code
+	Message string
+	Detail  any
+}
+
+func (e *Error) Error() string { return e.Code.Name + ": " + e.Message }
+
+// Is lets errors.Is match an *Error against its *Code.
+func (e *Error) Is(target error) bool {
+	c, ok := target.(*Code)
+	return ok && c == e.Code
+}
+
+// Error makes a bare code usable as an error with its default message.
+func (c *Code) Error() string { return c.Name + ": " + c.Message }
+
+// Withf returns an error of this code with a specific message.
+func (c *Code) Withf(format string, args ...any) *Error {
+	return &Error{Code: c, Message: fmt.Sprintf(format, args...)}
+}
+
+// WithDetail returns an error of this code with the default message and a detail.
+func (c *Code) WithDetail(detail any) *Error {
+	return &Error{Code: c, Message: c.Message, Detail: detail}
+}
+
+// AsError finds the registry error in err's chain. ok is false for internal errors,
+// which must be logged and answered as UNKNOWN.
+func AsError(err error) (e *Error, ok bool) {
+	if errors.As(err, &e) {
+		return e, true
+	}
+	var c *Code
+	if errors.As(err, &c) {
+		return &Error{Code: c, Message: c.Message}, true
+	}
+	return nil, false
+}
+
+// ErrRangeNotSatisfiable answers a blob GET whose Range lies outside the blob. The spec
+// has no code for it; the status is what clients act on.
+var ErrRangeNotSatisfiable = &Code{"BLOB_UNKNOWN", http.StatusRequestedRangeNotSatisfiable, "requested range not satisfiable"}
+
+// ErrPaginationInvalid answers a listing with a malformed n or last.
+var ErrPaginationInvalid = &Code{"UNSUPPORTED", http.StatusBadRequest, "invalid pagination parameters"}

@@ -1,0 +1,121 @@
+package vhost
+
+import (
+	"context"
+	"io"
+
+	"github.com/dockyard/dockyard/cache"
+	"github.com/dockyard/dockyard/oci"
+)
+
+// HostedOptions tune a hosted registry.
+type HostedOptions struct {
+	// AllowSparseIndex accepts manifests whose child manifests or layers were not pushed.
+	AllowSparseIndex bool
+}
+
+// Hosted is a registry whose content is pushed to it and stored locally.
+type Hosted struct {
+	name  string
+	store *cache.Store
+	opts  HostedOptions
+}
+
+// NewHosted returns the hosted registry name kept in store.
+func NewHosted(name string, store *cache.Store, opts HostedOptions) *Hosted {
+	return &Hosted{name: name, store: store, opts: opts}
+}
+
+func (h *Hosted) Name() string { return h.name }
+
+func (h *Hosted) StatBlob(ctx context.Context, repo oci.Repository, d oci.Digest) (int64, error) {
+	return h.store.StatBlob(ctx, h.name, string(repo), d)
+}
+
+func (h *Hosted) OpenBlob(ctx context.Context, repo oci.Repository, d oci.Digest) (io.ReadSeekCloser, int64, error) {
+	return h.store.OpenBlob(ctx, h.name, string(repo), d)
+}
+
+func (h *Hosted) DeleteBlob(ctx context.Context, repo oci.Repository, d oci.Digest) error {
+	return h.store.DeleteBlob(ctx, h.name, string(repo), d)
+}
+
+func (h *Hosted) StartUpload(ctx context.Context, repo oci.Repository, alg oci.Algorithm) (*cache.Upload, error) {
+	return h.store.StartUpload(ctx, h.name, string(repo), alg)
+}
+
+func (h *Hosted) MountBlob(ctx context.Context, repo, from oci.Repository, d oci.Digest) (int64, bool, error) {
+	return h.store.MountBlob(ctx, h.name, string(repo), string(from), d)
+}
+
+func (h *Hosted) PutBlob(ctx context.Context, repo oci.Repository, d oci.Digest, r io.Reader, length int64) (int64, error) {
+	return h.store.PutBlob(ctx, h.name, string(repo), d, r, length)
+}
+
+func (h *Hosted) GetUpload(ctx context.Context, repo oci.Repository, id string) (*cache.Upload, error) {
+	return h.store.GetUpload(ctx, h.name, string(repo), id)
+}
+
+func (h *Hosted) AppendUpload(ctx context.Context, repo oci.Repository, id string, start int64, r io.Reader, length int64) (*cache.Upload, error) {
+	return h.store.AppendUpload(ctx, h.name, string(repo), id, start, r, length)
+}
+
+func (h *Hosted) FinishUpload(ctx context.Context, repo oci.Repository, id string, d oci.Digest, start int64, r io.Reader, length int64) (int64, error) {
+	return h.store.FinishUpload(ctx, h.name, string(repo), id, d, start, r, length)
+}
+
+func (h *Hosted) CancelUpload(ctx context.Context, repo oci.Repository, id string) error {
+	return h.store.CancelUpload(ctx, h.name, string(repo), id)
+}
+
+func (h *Hosted) GetManifest(ctx context.Context, repo oci.Repository, ref oci.Reference) (*cache.StoredManifest, error) {
+	return h.store.GetManifest(ctx, h.name, string(repo), ref)
+}
+
+// PutManifest validates and stores a pushed manifest. Pushed by digest, the bytes must
+// hash to it; pushed by tag, the digest is the sha256 of the bytes.
+func (h *Hosted) PutManifest(ctx context.Context, p ManifestPush) (*PushResult, error) {
+	m, err := oci.ParseManifest(p.ContentType, p.Content)
+	if err != nil {
+		return nil, err
+	}
+	res := &PushResult{Digest: oci.FromBytes(oci.SHA256, p.Content), Tags: p.Tags}
+	if p.Reference.IsDigest() {
+		if got := oci.FromBytes(p.Reference.Digest.Algorithm(), p.Content); got != p.Reference.Digest {
+			return nil, oci.ErrDigestInvalid.Withf("manifest digest is %s, pushed as %s", got, p.Reference.Digest)
+		}
+		res.Digest = p.Reference.Digest
+	} else {
+		res.Tags = append([]oci.Tag{p.Reference.Tag}, p.Tags...)
+	}
+	if m.Subject != nil {
+		res.Subject = m.Subject.Digest
+	}
+	err = h.store.PutManifest(ctx, cache.PutManifestRequest{
+		Registry: h.name, Repo: string(p.Repo), Digest: res.Digest, Content: p.Content,
+		Manifest: m, Tags: res.Tags, AllowSparse: h.opts.AllowSparseIndex,
+	})
+	if err != nil {
+		return nil, err
+	}
+	return res, nil
+}
+
+func (h *Hosted) DeleteManifest(ctx context.Context, repo oci.Repository, ref oci.Reference) error {
+	if ref.IsDigest() {
+		return h.store.DeleteManifest(ctx, h.name, string(repo), ref.Digest)
+	}
+	return h.store.DeleteTag(ctx, h.name, string(repo), ref.Tag)
+}
+
+func (h *Hosted) Tags(ctx context.Context, repo oci.Repository, last string, n int) ([]string, bool, error) {
+	return h.store.ListTags(ctx, h.name, string(repo), last, n)
+}
+
+func (h *Hosted) Catalog(ctx context.Context, last string, n int) ([]string, bool, error) {
+	return h.store.ListRepositories(ctx, h.name, last, n)
+}
+
+func (h *Hosted) Referrers(ctx context.Context, repo oci.Repository, d oci.Digest) ([]oci.Descriptor, error) {
+	return h.store.Referrers(ctx, h.name, string(repo), d)
+}

@@ -1,0 +1,67 @@
+// Package vhost owns the virtual-registry model: the Registry interface every kind of
+// registry serves (hosted now; proxy and group build on it), and the Router that
+// resolves a request's host and repository to a registry. It does not parse HTTP.
+package vhost
+
+import (
+	"context"
+	"io"
+
+	"github.com/dockyard/dockyard/cache"
+	"github.com/dockyard/dockyard/oci"
+)
+
+// Registry is one virtual registry: the whole distribution API over its repositories.
+type Registry interface {
+	Name() string
+	Blobs
+	Uploads
+	Manifests
+}
+
+// Blobs reads and deletes blobs.
+type Blobs interface {
+	StatBlob(ctx context.Context, repo oci.Repository, d oci.Digest) (int64, error)
+	// OpenBlob returns the blob's bytes; for local blobs it is an *os.File.
+	OpenBlob(ctx context.Context, repo oci.Repository, d oci.Digest) (io.ReadSeekCloser, int64, error)
+	DeleteBlob(ctx context.Context, repo oci.Repository, d oci.Digest) error
+}
+
+// Uploads receives blobs.
+type Uploads interface {
+	StartUpload(ctx context.Context, repo oci.Repository, alg oci.Algorithm) (*cache.Upload, error)
+	// MountBlob links a stored blob into repo; ok is false when it cannot.
+	MountBlob(ctx context.Context, repo, from oci.Repository, d oci.Digest) (size int64, ok bool, err error)
+	PutBlob(ctx context.Context, repo oci.Repository, d oci.Digest, r io.Reader, length int64) (int64, error)
+	GetUpload(ctx context.Context, repo oci.Repository, id string) (*cache.Upload, error)
+	AppendUpload(ctx context.Context, repo oci.Repository, id string, start int64, r io.Reader, length int64) (*cache.Upload, error)
+	FinishUpload(ctx context.Context, repo oci.Repository, id string, d oci.Digest, start int64, r io.Reader, length int64) (int64, error)
+	CancelUpload(ctx context.Context, repo oci.Repository, id string) error
+}
+
+// Manifests reads, writes and lists manifests and tags.
+type Manifests interface {
+	GetManifest(ctx context.Context, repo oci.Repository, ref oci.Reference) (*cache.StoredManifest, error)
+	PutManifest(ctx context.Context, p ManifestPush) (*PushResult, error)
+	DeleteManifest(ctx context.Context, repo oci.Repository, ref oci.Reference) error
+	Tags(ctx context.Context, repo oci.Repository, last string, n int) ([]string, bool, error)
+	Catalog(ctx context.Context, last string, n int) ([]string, bool, error)
+	Referrers(ctx context.Context, repo oci.Repository, d oci.Digest) ([]oci.Descriptor, error)
+}
+
+// ManifestPush is a manifest PUT.
+type ManifestPush struct {
+	Repo        oci.Repository
+	Reference   oci.Reference
+	ContentType string
+	Content     []byte
+	// Tags are extra tags from `tag` query parameters (push by digest).
+	Tags []oci.Tag
+}
+
+// PushResult tells the client what was stored.
+type PushResult struct {
+	Digest  oci.Digest
+	Subject oci.Digest // set when the manifest has a subject
+	Tags    []oci.Tag  // the tags that now point at the manifest
+}
