@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"regexp"
 	"slices"
 	"strings"
 	"time"
@@ -161,9 +162,22 @@ func unwrapAll(err error) []string {
 	var out []string
 	for _, line := range strings.Split(err.Error(), "\n") {
 		line = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(line), "*"))
-		if line != "" && !strings.HasPrefix(line, "decoding failed due to the following error") && !strings.HasSuffix(line, "error(s) decoding:") {
-			out = append(out, line)
+		if line == "" || strings.HasPrefix(line, "decoding failed due to the following error") || strings.HasSuffix(line, "error(s) decoding:") {
+			continue
 		}
+		// mapstructure says "'a.b' has invalid keys: x"; say it like the other problems.
+		if m := quotedKey.FindStringSubmatch(line); m != nil {
+			key, rest := m[1], strings.TrimSpace(m[2])
+			if r, ok := strings.CutPrefix(rest, "has invalid keys:"); ok {
+				rest = "unknown keys:" + r
+			}
+			if key == "" {
+				line = rest
+			} else {
+				line = key + ": " + rest
+			}
+		}
+		out = append(out, line)
 	}
 	return out
 }
@@ -241,6 +255,8 @@ func (c *Config) Validate() error {
 	}
 	return errors.Join(errs...)
 }
+
+var quotedKey = regexp.MustCompile(`^'([^']*)' (.*)$`)
 
 var byteSizeType = reflect.TypeOf(ByteSize(0))
 

@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"strconv"
@@ -221,6 +222,7 @@ func (g *Gateway) writeError(ctx *fasthttp.RequestCtx, err error) {
 			e = oci.ErrUnknown.Withf("request timed out (request id %d)", id)
 		}
 	}
+	drainBody(ctx)
 	ctx.Response.ResetBody()
 	ctx.Response.Header.Del("Docker-Content-Digest")
 	ctx.Response.Header.Del("Location")
@@ -236,6 +238,20 @@ func (g *Gateway) writeError(ctx *fasthttp.RequestCtx, err error) {
 		return
 	}
 	ctx.SetBody(body)
+}
+
+// maxDrain is how much of an unread request body is read and dropped so that the
+// client, still sending, gets to read the error; past it the connection is closed.
+const maxDrain = 8 << 20
+
+func drainBody(ctx *fasthttp.RequestCtx) {
+	if !ctx.Request.IsBodyStream() {
+		return
+	}
+	n, _ := io.Copy(io.Discard, io.LimitReader(ctx.RequestBodyStream(), maxDrain+1))
+	if n > maxDrain {
+		ctx.SetConnectionClose()
+	}
 }
 
 func setContentLength(ctx *fasthttp.RequestCtx, n int64) {

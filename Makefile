@@ -1,0 +1,37 @@
+# dockyard — see README.md.
+GO      ?= go
+BIN     := bin/dockyard
+DATA    ?= ./data
+LISTEN  ?= :5000
+
+.PHONY: build run test unit e2e bench tools lint clean
+
+build:
+	$(GO) build -trimpath -o $(BIN) ./cmd/dockyard
+
+# Run dockyard on its embedded default: one hosted registry, local disk + Badger.
+run: build
+	./$(BIN) serve --listen $(LISTEN) --data $(DATA)
+
+tools:
+	./scripts/install-tools.sh
+
+# Everything: installs missing tools, then unit/integration tests and the
+# end-to-end suite (conformance, real clients, restarts).
+test: tools lint unit e2e
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed: $$out"; exit 1; fi
+	$(GO) vet ./...
+
+unit:
+	$(GO) test -race -count=1 ./...
+
+e2e: tools build
+	./test/e2e/run.sh
+
+bench: tools build
+	./test/bench/run.sh
+
+clean:
+	rm -rf bin test-results

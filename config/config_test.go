@@ -1,0 +1,80 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestEveryExampleConfigLoads(t *testing.T) {
+	files, _ := filepath.Glob("../configs/*.yaml")
+	if len(files) == 0 {
+		t.Fatal("no example configurations found")
+	}
+	for _, f := range files {
+		c, err := Load(f)
+		if err != nil {
+			t.Errorf("%s: %v", f, err)
+			continue
+		}
+		if len(c.Registries) == 0 || len(c.Routes) == 0 {
+			t.Errorf("%s: no registries or routes", f)
+		}
+	}
+}
+
+func TestEmbeddedDefault(t *testing.T) {
+	c, err := Load("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Listen != ":5000" || c.Data != "./data" || int64(c.HTTP.MaxManifestSize) != 4<<20 {
+		t.Errorf("defaults: listen %q data %q max manifest %d", c.Listen, c.Data, c.HTTP.MaxManifestSize)
+	}
+	if len(c.Registries) != 1 || c.Registries[0].Name != DefaultRegistry || c.Registries[0].Type != "hosted" {
+		t.Errorf("default registries: %+v", c.Registries)
+	}
+	if len(c.Routes) != 1 || c.Routes[0].Host != "*" || c.Routes[0].Registry != DefaultRegistry {
+		t.Errorf("default routes: %+v", c.Routes)
+	}
+}
+
+func TestEnvironmentOverridesFile(t *testing.T) {
+	t.Setenv("DOCKYARD_LISTEN", "127.0.0.1:6000")
+	t.Setenv("DOCKYARD_HTTP_IDLE_TIMEOUT", "7s")
+	c, err := Load("../configs/dockyard.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Listen != "127.0.0.1:6000" || c.HTTP.IdleTimeout != 7*time.Second {
+		t.Errorf("env overrides not applied: listen %q idle %v", c.Listen, c.HTTP.IdleTimeout)
+	}
+}
+
+func TestInvalidConfigReportsEveryProblemWithItsPath(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "bad.yaml")
+	os.WriteFile(path, []byte(`
+listen: ""
+lgo: {level: info}
+log: {level: loud}
+http: {max_manifest_size: huge, idle_timeout: -1s}
+storage: {driver: tape}
+registries:
+  - {name: a, type: hosted}
+  - {name: a, type: warehouse}
+routes:
+  - {host: "*", registry: nowhere}
+`), 0o644)
+	_, err := Load(path)
+	if err == nil {
+		t.Fatal("invalid configuration accepted")
+	}
+	for _, want := range []string{"lgo", "listen", "log.level", "max_manifest_size", "http.idle_timeout", "storage.driver",
+		"registries[1].name", "registries[1].type", "routes[0].registry"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error does not mention %s:\n%v", want, err)
+		}
+	}
+}

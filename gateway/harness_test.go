@@ -1,0 +1,129 @@
+package gateway_test
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/dockyard/dockyard/cache"
+	"github.com/dockyard/dockyard/gateway"
+	"github.com/dockyard/dockyard/vhost"
+)
+
+// testRegistry is a real gateway on a loopback port over a store in a temp dir.
+type testRegistry struct {
+	t     *testing.T
+	dir   string
+	addr  string
+	store *cache.Store
+	gw    *gateway.Gateway
+	done  chan error
+}
+
+type registryOptions struct {
+	sparse          bool
+	maxManifestSize int64
+}
+
+func startRegistry(t *testing.T, dir string, o registryOptions) *testRegistry {
+	t.Helper()
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	if testing.Verbose() {
+		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	}
+	store, err := cache.Open(cache.Options{Dir: dir, Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hosted := vhost.NewHosted("default", store, vhost.HostedOptions{AllowSparseIndex: o.sparse})
+	router, err := vhost.NewRouter([]vhost.Registry{hosted}, []vhost.Route{{Host: "*", Registry: "default"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	gw := gateway.New(gateway.Options{Router: router, Logger: log, MaxManifestSize: o.maxManifestSize})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &testRegistry{t: t, dir: dir, addr: ln.Addr().String(), store: store, gw: gw, done: make(chan error, 1)}
+	go func() { r.done <- gw.Serve(ln) }()
+	t.Cleanup(r.stop)
+	return r
+}
+
+// stop shuts the server down and closes the store; it is safe to call twice.
+func (r *testRegistry) stop() {
+	if r.gw == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := r.gw.Shutdown(ctx); err != nil {
+		r.t.Errorf("shutdown: %v", err)
+	}
+	<-r.done
+	if err := r.store.Close(); err != nil {
+		r.t.Errorf("close store: %v", err)
+	}
+	r.gw = nil
+}
+
+func (r *testRegistry) url(path string) string { return "http://" + r.addr + path }
+
+type response struct {
+	*http.Response
+	body []byte
+}
+
+// do sends one request; headers are name/value pairs.
+func (r *testRegistry) do(method, path string, body []byte, headers ...string) response {
+	r.t.Helper()
+	var rd io.Reader
+	if body != nil {
+		rd = bytes.NewReader(body)
+	}
+	req, err := http.NewRequest(method, r.url(path), rd)
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	for i := 0; i+1 < len(headers); i += 2 {
+		if strings.EqualFold(headers[i], "Host") {
+			req.Host = headers[i+1]
+			continue
+		}
+		req.Header.Add(headers[i], headers[i+1])
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		r.t.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	return response{resp, b}
+}
+
+// blobFiles lists the blob files on disk, relative to the data dir.
+func (r *testRegistry) blobFiles() []string {
+	var out []string
+	filepath.WalkDir(filepath.Join(r.dir, "blobs"), func(p string, d os.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			rel, _ := filepath.Rel(r.dir, p)
+			out = append(out, rel)
+		}
+		return nil
+	})
+	sort.Strings(out)
+	return out
+}

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs what dockyard's tests and benchmarks need, once: Debian packages through
+# apt-get and Go tools under .tools/. Each step is skipped when its tool is present.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+TOOLS="$PWD/.tools"
+mkdir -p "$TOOLS"
+
+need_apt=()
+command -v dockerd >/dev/null 2>&1 || need_apt+=(docker.io)
+command -v skopeo >/dev/null 2>&1 || need_apt+=(skopeo)
+command -v podman >/dev/null 2>&1 || need_apt+=(podman)
+command -v wrk >/dev/null 2>&1 || need_apt+=(wrk)
+command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+command -v jq >/dev/null 2>&1 || need_apt+=(jq)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "install-tools: apt-get install ${need_apt[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+go_tool() { # name module@version
+  if [ ! -x "$TOOLS/$1" ]; then
+    echo "install-tools: go install $2"
+    GOBIN="$TOOLS" go install "$2"
+  fi
+}
+go_tool conformance github.com/opencontainers/distribution-spec/conformance@v0.0.0-20260831232431-97274622c111
+go_tool crane github.com/google/go-containerregistry/cmd/crane@v0.22.1
+go_tool regctl github.com/regclient/regclient/cmd/regctl@v0.11.7
+go_tool oras oras.land/oras/cmd/oras@v1.3.6
+go_tool registry github.com/distribution/distribution/v3/cmd/registry@v3.1.2

@@ -1,0 +1,509 @@
+// Command loadgen is the client half of `make bench` (test/bench/run.sh): it pushes the
+// benchmark's content to a registry, times concurrent large-blob downloads and times
+// blob pushes. It speaks the OCI distribution API over plain HTTP and uses only the
+// standard library, so the same code drives dockyard and the reference registry.
+//
+// Subcommands (each prints KEY=VALUE lines on stdout for the driver script):
+//
+//	loadgen freeport
+//	loadgen setup -addr HOST:PORT -repo NAME -big FILE
+//	loadgen pull  -addr HOST:PORT -repo NAME -digest D -size N -n 8
+//	loadgen push  -addr HOST:PORT -repo NAME -file FILE -reps 3 -chunks 4
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"sort"
+	"strconv"
+	"sync"
+	"time"
+)
+
+const manifestType = "application/vnd.oci.image.manifest.v1+json"
+
+func main() {
+	if len(os.Args) < 2 {
+		fatalf("usage: loadgen freeport|setup|pull|push [flags]")
+	}
+	var err error
+	switch os.Args[1] {
+	case "freeport":
+		err = freeport()
+	case "setup":
+		err = setup(os.Args[2:])
+	case "pull":
+		err = pull(os.Args[2:])
+	case "push":
+		err = push(os.Args[2:])
+	default:
+		err = fmt.Errorf("unknown subcommand %q", os.Args[1])
+	}
+	if err != nil {
+		fatalf("loadgen %s: %v", os.Args[1], err)
+	}
+}
+
+func fatalf(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, format+"\n", args...)
+	os.Exit(1)
+}
+
+func freeport() error {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	defer l.Close()
+	fmt.Println(l.Addr().(*net.TCPAddr).Port)
+	return nil
+}
+
+// client is a keep-alive HTTP client with large socket buffers, so that the client's
+// per-byte cost is small and the same for every registry.
+func client(conns int) *http.Client {
+	return &http.Client{
+		Timeout: 5 * time.Minute,
+		Transport: &http.Transport{
+			Proxy:               nil,
+			DisableCompression:  true,
+			MaxIdleConns:        conns,
+			MaxIdleConnsPerHost: conns,
+			WriteBufferSize:     256 << 10,
+			ReadBufferSize:      64 << 10,
+		},
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}
+}
+
+type registry struct {
+	base *url.URL // http://host:port
+	repo string
+	hc   *http.Client
+}
+
+func newRegistry(addr, repo string, conns int) (*registry, error) {
+	u, err := url.Parse("http://" + addr)
+	if err != nil {
+		return nil, err
+	}
+	return &registry{base: u, repo: repo, hc: client(conns)}, nil
+}
+
+func (r *registry) url(path string) string {
+	return r.base.String() + "/v2/" + r.repo + path
+}
+
+// do sends one request, drains and closes the response body, and checks the status.
+func (r *registry) do(method, rawURL string, body io.Reader, size int64, hdr map[string]string, want ...int) (*http.Response, error) {
+	req, err := http.NewRequest(method, rawURL, body)
+	if err != nil {
+		return nil, err
+	}
+	if body != nil {
+		req.ContentLength = size
+		if size == 0 {
+			req.Body = http.NoBody
+		}
+		req.Header.Set("Content-Type", "application/octet-stream")
+	}
+	for k, v := range hdr {
+		req.Header.Set(k, v)
+	}
+	resp, err := r.hc.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	for _, w := range want {
+		if resp.StatusCode == w {
+			return resp, nil
+		}
+	}
+	return resp, fmt.Errorf("%s %s: status %d, want %v: %s", method, rawURL, resp.StatusCode, want, bytes.TrimSpace(msg))
+}
+
+// location resolves a response's Location header (relative or absolute) and returns
+// it with extra query parameters added.
+func (r *registry) location(resp *http.Response, extra url.Values) (string, error) {
+	loc := resp.Header.Get("Location")
+	if loc == "" {
+		return "", errors.New("response has no Location header")
+	}
+	u, err := url.Parse(loc)
+	if err != nil {
+		return "", err
+	}
+	u = r.base.ResolveReference(u)
+	if len(extra) > 0 {
+		q := u.Query()
+		for k, vs := range extra {
+			for _, v := range vs {
+				q.Add(k, v)
+			}
+		}
+		u.RawQuery = q.Encode()
+	}
+	return u.String(), nil
+}
+
+// pushBlob uploads a blob with POST then a single PUT ?digest= carrying the body.
+func (r *registry) pushBlob(d string, body io.Reader, size int64) error {
+	resp, err := r.do("POST", r.url("/blobs/uploads/"), nil, 0, nil, http.StatusAccepted)
+	if err != nil {
+		return err
+	}
+	loc, err := r.location(resp, url.Values{"digest": {d}})
+	if err != nil {
+		return err
+	}
+	_, err = r.do("PUT", loc, body, size, nil, http.StatusCreated)
+	return err
+}
+
+func digestOf(b []byte) string {
+	s := sha256.Sum256(b)
+	return "sha256:" + hex.EncodeToString(s[:])
+}
+
+// setup pushes a small image (2 KiB layer, tiny config, manifest tagged "latest") and
+// the big blob from a file, then checks that the registry serves them.
+func setup(args []string) error {
+	fs := flag.NewFlagSet("setup", flag.ExitOnError)
+	addr := fs.String("addr", "", "registry host:port")
+	repo := fs.String("repo", "bench/app", "repository")
+	big := fs.String("big", "", "file holding the big blob")
+	bigDigest := fs.String("big-digest", "", "digest of -big (computed when empty)")
+	fs.Parse(args)
+	r, err := newRegistry(*addr, *repo, 4)
+	if err != nil {
+		return err
+	}
+
+	layer := make([]byte, 2048)
+	rand.Read(layer)
+	config := []byte(`{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":["` + digestOf(layer) + `"]}}`)
+	type desc struct {
+		MediaType string `json:"mediaType"`
+		Digest    string `json:"digest"`
+		Size      int    `json:"size"`
+	}
+	manifest, _ := json.Marshal(struct {
+		SchemaVersion int    `json:"schemaVersion"`
+		MediaType     string `json:"mediaType"`
+		Config        desc   `json:"config"`
+		Layers        []desc `json:"layers"`
+	}{2, manifestType,
+		desc{"application/vnd.oci.image.config.v1+json", digestOf(config), len(config)},
+		[]desc{{"application/vnd.oci.image.layer.v1.tar+gzip", digestOf(layer), len(layer)}}})
+
+	for _, b := range [][]byte{layer, config} {
+		if err := r.pushBlob(digestOf(b), bytes.NewReader(b), int64(len(b))); err != nil {
+			return err
+		}
+	}
+	if _, err := r.do("PUT", r.url("/manifests/latest"), bytes.NewReader(manifest), int64(len(manifest)),
+		map[string]string{"Content-Type": manifestType}, http.StatusCreated); err != nil {
+		return err
+	}
+
+	f, err := os.Open(*big)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	if *bigDigest == "" {
+		h := sha256.New()
+		if _, err := io.Copy(h, f); err != nil {
+			return err
+		}
+		*bigDigest = "sha256:" + hex.EncodeToString(h.Sum(nil))
+		f.Seek(0, io.SeekStart)
+	}
+	if err := r.pushBlob(*bigDigest, f, st.Size()); err != nil {
+		return err
+	}
+
+	// Check what the benchmark will ask for.
+	if err := r.check(r.url("/manifests/latest"), manifestType, manifest); err != nil {
+		return err
+	}
+	if err := r.check(r.url("/blobs/"+digestOf(layer)), "", layer); err != nil {
+		return err
+	}
+	resp, err := r.do("HEAD", r.url("/blobs/"+*bigDigest), nil, 0, nil, http.StatusOK)
+	if err != nil {
+		return err
+	}
+	if resp.ContentLength != st.Size() {
+		return fmt.Errorf("HEAD big blob: Content-Length %d, want %d", resp.ContentLength, st.Size())
+	}
+	fmt.Printf("MANIFEST_URL=%s\n", r.url("/manifests/latest"))
+	fmt.Printf("MANIFEST_DIGEST=%s\n", digestOf(manifest))
+	fmt.Printf("SMALL_URL=%s\n", r.url("/blobs/"+digestOf(layer)))
+	fmt.Printf("BIG_DIGEST=%s\n", *bigDigest)
+	fmt.Printf("BIG_SIZE=%d\n", st.Size())
+	return nil
+}
+
+func (r *registry) check(rawURL, accept string, want []byte) error {
+	req, _ := http.NewRequest("GET", rawURL, nil)
+	if accept != "" {
+		req.Header.Set("Accept", accept)
+	}
+	resp, err := r.hc.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	got, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return err
+	}
+	if resp.StatusCode != http.StatusOK || !bytes.Equal(got, want) {
+		return fmt.Errorf("GET %s: status %d, %d bytes, want 200 and the %d pushed bytes", rawURL, resp.StatusCode, len(got), len(want))
+	}
+	return nil
+}
+
+// pull times n concurrent GETs of one blob, from the first request to the last byte.
+func pull(args []string) error {
+	fs := flag.NewFlagSet("pull", flag.ExitOnError)
+	addr := fs.String("addr", "", "registry host:port")
+	repo := fs.String("repo", "bench/app", "repository")
+	d := fs.String("digest", "", "blob digest")
+	size := fs.Int64("size", 0, "expected blob size")
+	n := fs.Int("n", 8, "concurrent downloads")
+	fs.Parse(args)
+	r, err := newRegistry(*addr, *repo, *n)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	var wg sync.WaitGroup
+	errs := make([]error, *n)
+	start := time.Now()
+	for i := range *n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			req, _ := http.NewRequestWithContext(ctx, "GET", r.url("/blobs/"+*d), nil)
+			resp, err := r.hc.Do(req)
+			if err != nil {
+				errs[i] = err
+				return
+			}
+			defer resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				errs[i] = fmt.Errorf("GET blob: status %d", resp.StatusCode)
+				return
+			}
+			buf := make([]byte, 256<<10)
+			var got int64
+			for {
+				k, err := resp.Body.Read(buf)
+				got += int64(k)
+				if err == io.EOF {
+					break
+				}
+				if err != nil {
+					errs[i] = err
+					return
+				}
+			}
+			if got != *size {
+				errs[i] = fmt.Errorf("GET blob: %d bytes, want %d", got, *size)
+			}
+		}()
+	}
+	wg.Wait()
+	el := time.Since(start).Seconds()
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	fmt.Printf("PULL_SECONDS=%.3f\n", el)
+	fmt.Printf("PULL_GBPS=%.3f\n", float64(*size)*float64(*n)/el/1e9)
+	return nil
+}
+
+// variant is the push file with its first 8 bytes replaced by a counter, so that each
+// timed push uploads content the registry has never seen (no deduplication shortcut)
+// without writing more files.
+type variant struct {
+	f      *os.File
+	size   int64
+	prefix [8]byte
+	digest string
+}
+
+// section returns bytes [off, off+n) of the variant as a stream.
+func (v *variant) section(off, n int64) io.Reader {
+	var rs []io.Reader
+	if off < 8 {
+		p := min(8-off, n)
+		rs = append(rs, bytes.NewReader(v.prefix[off:off+p]))
+		off, n = off+p, n-p
+	}
+	if n > 0 {
+		rs = append(rs, io.NewSectionReader(v.f, off, n))
+	}
+	return io.MultiReader(rs...)
+}
+
+// push times blob uploads in three ways, reps times each, and prints the medians.
+func push(args []string) error {
+	fs := flag.NewFlagSet("push", flag.ExitOnError)
+	addr := fs.String("addr", "", "registry host:port")
+	repo := fs.String("repo", "bench/push", "repository")
+	file := fs.String("file", "", "blob content")
+	reps := fs.Int("reps", 3, "repetitions per mode")
+	chunks := fs.Int("chunks", 4, "PATCH requests in chunked mode")
+	fs.Parse(args)
+	r, err := newRegistry(*addr, *repo, 2)
+	if err != nil {
+		return err
+	}
+	f, err := os.Open(*file)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	modes := []string{"post_put", "post_digest", "chunked"}
+	// Content and digests do not depend on the registry: each run of the bench makes
+	// the same variants for both registries.
+	var vs []*variant
+	for i := range len(modes) * *reps {
+		v := &variant{f: f, size: st.Size()}
+		binary.BigEndian.PutUint64(v.prefix[:], uint64(i+1)<<32|0xdeca)
+		h := sha256.New()
+		if _, err := io.Copy(h, v.section(0, v.size)); err != nil {
+			return err
+		}
+		v.digest = "sha256:" + hex.EncodeToString(h.Sum(nil))
+		vs = append(vs, v)
+	}
+	for mi, mode := range modes {
+		var times []float64
+		unsupported := false
+		for rep := range *reps {
+			v := vs[mi**reps+rep]
+			t, err := r.pushOnce(mode, v, *chunks)
+			if errors.Is(err, errUnsupported) {
+				unsupported = true
+				break
+			}
+			if err != nil {
+				return fmt.Errorf("%s push %d: %w", mode, rep+1, err)
+			}
+			times = append(times, t)
+			// Confirm the blob landed, then remove it (untimed) to keep disk use flat.
+			resp, err := r.do("HEAD", r.url("/blobs/"+v.digest), nil, 0, nil, http.StatusOK)
+			if err != nil {
+				return fmt.Errorf("%s push %d: %w", mode, rep+1, err)
+			}
+			if resp.ContentLength != v.size {
+				return fmt.Errorf("%s push %d: HEAD says %d bytes, want %d", mode, rep+1, resp.ContentLength, v.size)
+			}
+			r.do("DELETE", r.url("/blobs/"+v.digest), nil, 0, nil, http.StatusAccepted)
+		}
+		key := "PUSH_" + map[string]string{"post_put": "MONO", "post_digest": "POSTDIGEST", "chunked": "CHUNKED"}[mode]
+		if unsupported {
+			fmt.Printf("%s=n/a\n", key)
+			continue
+		}
+		fmt.Printf("%s_ALL=%s\n", key, fmtTimes(times))
+		sort.Float64s(times)
+		fmt.Printf("%s=%.3f\n", key, times[len(times)/2])
+	}
+	return nil
+}
+
+var errUnsupported = errors.New("unsupported by this registry")
+
+func fmtTimes(ts []float64) string {
+	s := ""
+	for i, t := range ts {
+		if i > 0 {
+			s += ","
+		}
+		s += strconv.FormatFloat(t, 'f', 3, 64)
+	}
+	return s
+}
+
+// pushOnce uploads one variant and returns the seconds from the first request to the
+// 201 Created.
+func (r *registry) pushOnce(mode string, v *variant, chunks int) (float64, error) {
+	start := time.Now()
+	switch mode {
+	case "post_put":
+		if err := r.pushBlob(v.digest, v.section(0, v.size), v.size); err != nil {
+			return 0, err
+		}
+	case "post_digest":
+		resp, err := r.do("POST", r.url("/blobs/uploads/?digest="+url.QueryEscape(v.digest)), v.section(0, v.size), v.size, nil,
+			http.StatusCreated, http.StatusAccepted)
+		if err != nil {
+			return 0, err
+		}
+		if resp.StatusCode == http.StatusAccepted {
+			// The registry ignored ?digest= and opened a session: cancel it.
+			if loc, err := r.location(resp, nil); err == nil {
+				r.do("DELETE", loc, nil, 0, nil, http.StatusNoContent, http.StatusNotFound)
+			}
+			return 0, errUnsupported
+		}
+	case "chunked":
+		resp, err := r.do("POST", r.url("/blobs/uploads/"), nil, 0, nil, http.StatusAccepted)
+		if err != nil {
+			return 0, err
+		}
+		step := (v.size + int64(chunks) - 1) / int64(chunks)
+		for off := int64(0); off < v.size; off += step {
+			n := min(step, v.size-off)
+			loc, err := r.location(resp, nil)
+			if err != nil {
+				return 0, err
+			}
+			resp, err = r.do("PATCH", loc, v.section(off, n), n,
+				map[string]string{"Content-Range": fmt.Sprintf("%d-%d", off, off+n-1)}, http.StatusAccepted)
+			if err != nil {
+				return 0, err
+			}
+		}
+		loc, err := r.location(resp, url.Values{"digest": {v.digest}})
+		if err != nil {
+			return 0, err
+		}
+		if _, err := r.do("PUT", loc, nil, 0, nil, http.StatusCreated); err != nil {
+			return 0, err
+		}
+	default:
+		return 0, fmt.Errorf("unknown mode %q", mode)
+	}
+	return time.Since(start).Seconds(), nil
+}

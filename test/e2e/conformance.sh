@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The OCI distribution-spec conformance suite with every category enabled: once on the
+# embedded default, once with sparse indexes accepted and OCI_DATA_SPARSE on.
+# Passes only with 0 failures and 0 skips.
+cd "$(dirname "$0")/../.."
+. test/e2e/lib.sh
+
+run_conformance() { # name config sparse
+  local name=$1 cfg=$2 sparse=$3
+  local args=()
+  [ -n "$cfg" ] && args=(--config "$cfg")
+  start_dockyard "conformance-$name" "${args[@]}"
+  local out="$RESULTS/conformance-$name"
+  (
+    . test/e2e/../conformance/env.sh
+    export OCI_DATA_SPARSE=$sparse OCI_REGISTRY=$DY_ADDR OCI_RESULTS_DIR="$out/results"
+    cd "$out" && conformance >"$out/conformance.log" 2>&1
+  ) || true
+  stop_dockyard
+  local counts
+  counts=$(grep -E '^  (Pass|FAIL|Error|Skip|Disabled)\.' "$out/conformance.log" | tr -s ' .:' ' ' | tr '\n' ' ')
+  echo "conformance ($name): $counts"
+  if grep -qE '^  FAIL\.+: +0$' "$out/conformance.log" && grep -qE '^  Error\.+: +0$' "$out/conformance.log" &&
+     grep -qE '^  Skip\.+: +0$' "$out/conformance.log" && grep -qE '^  Disabled\.+: +0$' "$out/conformance.log" &&
+     grep -qE '^  Pass\.+: +[1-9]' "$out/conformance.log"; then
+    pass "OCI conformance ($name): $counts"
+  else
+    grep 'failed test' "$out/conformance.log" | cut -c1-400 | head -20
+    fail "OCI conformance ($name): $counts"
+  fi
+}
+
+run_conformance default "" false
+run_conformance sparse configs/sparse.yaml true
+summary
