@@ -59,12 +59,6 @@ func referrerKey(reg, repo string, subject, d oci.Digest) []byte {
 	return key(kindReferrer, reg, repo, string(subject), string(d))
 }
 
-// lastPart returns what follows the last separator of a key.
-func lastPart(k []byte) string {
-	s := string(k)
-	return s[strings.LastIndexByte(s, 0)+1:]
-}
-
 // refRecord counts the references to a blob or manifest. ZeroSince is when the count
 // last dropped to zero (unix nanoseconds), the start of garbage collection's grace
 // period; it is 0 while the count is positive.

@@ -32,6 +32,7 @@ type testRegistry struct {
 type registryOptions struct {
 	sparse          bool
 	maxManifestSize int64
+	cors            gateway.CORS
 }
 
 func startRegistry(t *testing.T, dir string, o registryOptions) *testRegistry {
@@ -49,7 +50,7 @@ func startRegistry(t *testing.T, dir string, o registryOptions) *testRegistry {
 	if err != nil {
 		t.Fatal(err)
 	}
-	gw := gateway.New(gateway.Options{Router: router, Logger: log, MaxManifestSize: o.maxManifestSize})
+	gw := gateway.New(gateway.Options{Router: router, Logger: log, MaxManifestSize: o.maxManifestSize, CORS: o.cors})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

@@ -46,13 +46,17 @@ func (g *Gateway) getManifest(r *request) error {
 func accepts(headers [][]byte, mt string) bool {
 	var accept []string
 	for _, h := range headers {
-		accept = append(accept, strings.Split(string(h), ",")...)
+		for _, part := range strings.Split(string(h), ",") {
+			if part = strings.TrimSpace(part); part != "" {
+				accept = append(accept, part)
+			}
+		}
 	}
 	if len(accept) == 0 {
 		return true
 	}
 	for _, part := range accept {
-		t, _, err := mime.ParseMediaType(strings.TrimSpace(part))
+		t, _, err := mime.ParseMediaType(part)
 		if err != nil {
 			continue
 		}

@@ -41,14 +41,14 @@ digest_of() { crane digest "$1" 2>>"$LOG"; }
 
 # make_layout DIR TAG: writes an OCI image layout whose TAG is a two-platform index
 # (linux/amd64, linux/arm64), each image one gzip layer of random content. Sets
-# SRC_INDEX (digest) and SRC_CHILDREN (array of child digests). Built by hand so the
+# SRC_INDEX (digest), SRC_CHILDREN and SRC_CONFIGS (child and config digests, amd64 first). Built by hand so the
 # source bytes never came from dockyard.
 make_layout() {
   local dir=$1 tag=$2 tmp entries=() plat
   rm -rf "$dir"; mkdir -p "$dir/blobs/sha256"
   echo '{"imageLayoutVersion":"1.0.0"}' >"$dir/oci-layout"
   tmp=$(mktemp -d "$W/layout.XXXX")
-  SRC_CHILDREN=()
+  SRC_CHILDREN=() SRC_CONFIGS=()
   for plat in amd64 arm64; do
     mkdir -p "$tmp/$plat/rootfs"
     head -c 120000 /dev/urandom >"$tmp/$plat/rootfs/payload-$plat"
@@ -71,7 +71,7 @@ make_layout() {
     local md ms; md=$(file_sha "$tmp/$plat/manifest.json"); ms=$(stat -c %s "$tmp/$plat/manifest.json")
     cp "$tmp/$plat/manifest.json" "$dir/blobs/sha256/$md"
     cp "$tmp/$plat/rootfs/payload-$plat" "$dir.payload-$plat"
-    SRC_CHILDREN+=("sha256:$md")
+    SRC_CHILDREN+=("sha256:$md") SRC_CONFIGS+=("sha256:$cd")
     entries+=("$(jq -cn --arg d "sha256:$md" --argjson s "$ms" --arg a "$plat" \
       '{mediaType:"application/vnd.oci.image.manifest.v1+json",digest:$d,size:$s,platform:{architecture:$a,os:"linux"}}')")
   done
@@ -166,8 +166,8 @@ if ensure_docker; then
   check "docker pull: pulled image ID equals the pushed image ID" \
     eq "$DOCKER_ID" "$(docker image inspect --format '{{.Id}}' "$img" 2>>"$LOG")"
   check "docker pull: RepoDigests holds the manifest digest dockyard serves" \
-    eq "$R/e2e/app@$DOCKER_DIGEST" "$(docker image inspect --format '{{join .RepoDigests " "}}' "$img" 2>>"$LOG" |
-      tr ' ' '\n' | grep -F "$R/e2e/app@" | head -1)"
+    eq "$R/e2e/app@$DOCKER_DIGEST" "$(docker image inspect --format '{{json .RepoDigests}}' "$img" 2>>"$LOG" |
+      jq -r --arg p "$R/e2e/app@" '.[] | select(startswith($p))')"
   # The file bytes survived the round trip: save the pulled image, unpack its layer.
   rm -rf "$W/docker-save"; mkdir -p "$W/docker-save/layer"
   docker save "$img" 2>>"$LOG" | tar -x -C "$W/docker-save" 2>>"$LOG"
@@ -204,6 +204,15 @@ check "skopeo copy --all out of dockyard: same index digest, every blob byte-ide
   layout_has_source "$W/skopeo-out" v1 "$W/src-layout"
 check "skopeo inspect --raw: bytes hash to the source index digest" \
   eq "$SRC_INDEX" "sha256:$(skopeo inspect --raw --tls-verify=false "docker://$R/e2e/skopeo-multi:v1" 2>>"$LOG" | sha256_of)"
+
+if [ -n "$DOCKER_ID" ]; then # the daemon is up: docker resolves the index skopeo pushed
+  run docker pull --platform linux/arm64 "$R/e2e/skopeo-multi:v1"
+  check "docker pull --platform linux/arm64 of the index: arm64 image, RepoDigest is the index" \
+    eq "${SRC_CONFIGS[1]} arm64 $R/e2e/skopeo-multi@$SRC_INDEX" \
+    "$(docker image inspect --format '{{json .}}' "$R/e2e/skopeo-multi:v1" 2>>"$LOG" |
+      jq -r '"\(.Id) \(.Architecture) \(.RepoDigests | join(" "))"')"
+  run docker rmi "$R/e2e/skopeo-multi:v1"
+fi
 
 # ---------------------------------------------------------------------- 3. crane
 
@@ -355,5 +364,12 @@ check "referrers ?artifactType=<other>: 200 and OCI-Filters-Applied: artifactTyp
   eq "200 artifactType" "$(status_of ref-other) $(header ref-other OCI-Filters-Applied)"
 check "referrers ?artifactType=<other>: empty manifests list" \
   eq 0 "$(jq -r '.manifests | length' "$W/ref-other.json" 2>/dev/null)"
+
+# Deleting the referrer takes it out of the list; the subject stays.
+run orc manifest delete --plain-http --force "$R/e2e/app@$REF_DIGEST"
+referrers "" ref-after-delete
+check "referrers after deleting the referrer manifest: 200, empty list" \
+  eq "200 0" "$(status_of ref-after-delete) $(jq -r '.manifests | length' "$W/ref-after-delete.json" 2>/dev/null)"
+check "subject still served after its referrer was deleted" eq "$DOCKER_DIGEST" "$(digest_of "$R/e2e/app:1.0")"
 
 summary
