@@ -11,6 +11,7 @@ import (
 	"hash"
 	"io"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
@@ -228,39 +229,97 @@ func (s *Store) PutBlob(ctx context.Context, reg, repo string, d oci.Digest, r i
 	return u.Offset, s.update(func(txn *badger.Txn) error { return s.linkBlob(txn, reg, repo, d, u.Offset) })
 }
 
-// copyBufs holds the buffers uploads are copied through; large buffers mean few
-// syscalls per megabyte.
-var copyBufs = sync.Pool{New: func() any { b := make([]byte, 1<<20); return &b }}
+// copyBufs holds the buffers uploads are copied through.
+var copyBufs = sync.Pool{New: func() any { b := alignedBuffer(copyBufSize); return &b }}
 
-// copyHashing copies r to w and into h.
+const (
+	copyBufSize      = 256 << 10
+	copyBufsInFlight = 4 // per upload in flight: reading one while hashing and writing others
+)
+
+// copyHashing copies r to w and into h. Reading the request body, hashing and writing
+// run side by side on separate buffers, so an upload costs about as long as the
+// slowest of the three rather than their sum.
 func copyHashing(w io.Writer, h hash.Hash, r io.Reader) (int64, error) {
-	bp := copyBufs.Get().(*[]byte)
-	defer copyBufs.Put(bp)
-	buf := *bp
-	var n int64
-	for {
-		// Fill the buffer before writing: request bodies arrive in small reads.
-		nr := 0
-		var rerr error
-		for nr < len(buf) && rerr == nil {
-			var k int
-			k, rerr = r.Read(buf[nr:])
-			nr += k
-		}
-		if nr > 0 {
-			h.Write(buf[:nr])
-			if _, err := w.Write(buf[:nr]); err != nil {
-				return n, err
-			}
-			n += int64(nr)
-		}
-		if rerr == io.EOF {
-			return n, nil
-		}
-		if rerr != nil {
-			return n, rerr
+	type chunk struct {
+		buf     *[]byte
+		n       int
+		pending atomic.Int32 // hasher and writer still using buf
+	}
+	free := make(chan *[]byte, copyBufsInFlight)
+	for range copyBufsInFlight {
+		free <- copyBufs.Get().(*[]byte)
+	}
+	release := func(c *chunk) {
+		if c.pending.Add(-1) == 0 {
+			free <- c.buf
 		}
 	}
+	toHash := make(chan *chunk, copyBufsInFlight)
+	toWrite := make(chan *chunk, copyBufsInFlight)
+	hashed := make(chan struct{})
+	written := make(chan error, 1)
+	go func() {
+		for c := range toHash {
+			h.Write((*c.buf)[:c.n])
+			release(c)
+		}
+		close(hashed)
+	}()
+	go func() {
+		var err error
+		for c := range toWrite {
+			if err == nil {
+				_, err = w.Write((*c.buf)[:c.n])
+			}
+			release(c)
+		}
+		written <- err
+	}()
+	var n int64
+	var rerr error
+	for rerr == nil {
+		bp := <-free
+		var nr int
+		nr, rerr = fill(r, *bp)
+		if nr == 0 {
+			free <- bp
+			continue
+		}
+		c := &chunk{buf: bp, n: nr}
+		c.pending.Store(2)
+		toHash <- c
+		toWrite <- c
+		n += int64(nr)
+	}
+	close(toHash)
+	close(toWrite)
+	<-hashed
+	werr := <-written
+	for range copyBufsInFlight {
+		copyBufs.Put(<-free)
+	}
+	if werr != nil {
+		return n, werr
+	}
+	if rerr != io.EOF {
+		return n, rerr
+	}
+	return n, nil
+}
+
+// fill reads until buf is full or r ends: request bodies arrive in small reads, and
+// large writes keep syscalls few.
+func fill(r io.Reader, buf []byte) (int, error) {
+	n := 0
+	for n < len(buf) {
+		k, err := r.Read(buf[n:])
+		n += k
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
 }
 
 func bytesReader(b []byte) io.ReadSeeker { return bytes.NewReader(b) }

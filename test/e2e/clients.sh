@@ -14,6 +14,15 @@ W="$RESULTS/clients/work"
 LOG="$RESULTS/clients/commands.log"
 mkdir -p "$W"
 : >"$LOG"
+# Client configuration stays under $RESULTS: docker CLI config, containers/image
+# registries.conf (skopeo, podman), a permissive signature policy; regctl, oras and
+# podman get their own HOME/storage below.
+export DOCKER_CONFIG="$RESULTS/clients/docker-config"
+export CONTAINERS_REGISTRIES_CONF="$RESULTS/clients/registries.conf"
+mkdir -p "$DOCKER_CONFIG"; echo "{}" >"$DOCKER_CONFIG/config.json" # podman needs it to exist
+: >"$CONTAINERS_REGISTRIES_CONF"
+POLICY="$RESULTS/clients/policy.json"
+echo '{"default":[{"type":"insecureAcceptAnything"}]}' >"$POLICY"
 
 # ---------------------------------------------------------------------------- helpers
 
@@ -25,10 +34,12 @@ run() {
   [ $rc -eq 0 ] || echo "  (exit $rc: $*)" | tee -a "$LOG"
   return $rc
 }
-# eq WANT GOT [what]: a check body; prints both sides to the check log.
+# eq WANT GOT [what]: a check body; prints both sides to the check log. WANT may join
+# several values with single spaces; an empty one among them (nothing captured) fails.
 eq() {
   echo "eq ${3:-}: want '$1' got '$2'"
-  [ -n "$1" ] && [ "$1" = "$2" ]
+  case " $1 " in *"  "*) echo "  an expected value is empty"; return 1 ;; esac
+  [ "$1" = "$2" ]
 }
 sha256_of() { sha256sum | cut -d' ' -f1; }
 file_sha() { sha256sum "$1" | cut -d' ' -f1; }
@@ -40,8 +51,9 @@ manifest_sha() { crane manifest "$1" 2>>"$LOG" | sha256_of; }
 digest_of() { crane digest "$1" 2>>"$LOG"; }
 
 # make_layout DIR TAG: writes an OCI image layout whose TAG is a two-platform index
-# (linux/amd64, linux/arm64), each image one gzip layer of random content. Sets
-# SRC_INDEX (digest), SRC_CHILDREN and SRC_CONFIGS (child and config digests, amd64 first). Built by hand so the
+# (linux/amd64, linux/arm64), each image one gzip layer of random content, and the
+# original payload files next to DIR. Sets SRC_INDEX (digest), SRC_CHILDREN and
+# SRC_CONFIGS (child manifest and config digests, amd64 first). Built by hand so the
 # source bytes never came from dockyard.
 make_layout() {
   local dir=$1 tag=$2 tmp entries=() plat
@@ -97,8 +109,8 @@ index_matches_source() {
   done
 }
 
-# layout_has_source OUTDIR TAG: an OCI layout written by a client from dockyard holds
-# TAG -> the source index, and every blob of the source layout with identical bytes.
+# layout_has_source OUTDIR TAG SRCDIR: an OCI layout a client wrote from dockyard maps
+# TAG to the source index and holds every blob of SRCDIR with identical bytes.
 layout_has_source() {
   local out=$1 tag=$2 src=$3 f got
   got=$(jq -r --arg t "$tag" '.manifests[] | select(.annotations["org.opencontainers.image.ref.name"]==$t) | .digest' \
@@ -117,7 +129,15 @@ if ! kill -0 "$DY_PID" 2>/dev/null; then # port taken by someone else between pr
 fi
 R=$DY_ADDR
 echo "dockyard on $R (data $RESULTS/clients/data)"
-trap 'stop_dockyard' EXIT
+# On exit: stop dockyard, drop the images this run left in the shared Docker daemon.
+cleanup() {
+  stop_dockyard
+  docker info >/dev/null 2>&1 || return 0
+  docker images --format '{{.Repository}} {{.ID}}' 2>/dev/null |
+    awk -v r="$R/" 'index($1, r) == 1 { print $2 }' | sort -u | xargs -r docker rmi -f >/dev/null 2>&1
+  return 0
+}
+trap cleanup EXIT
 
 make_layout "$W/src-layout" v1
 echo "source index $SRC_INDEX children ${SRC_CHILDREN[*]}"
@@ -191,14 +211,11 @@ fi
 
 # ---------------------------------------------------------------------- 2. skopeo
 
-cat >"$W/policy.json" <<'EOF'
-{"default":[{"type":"insecureAcceptAnything"}]}
-EOF
-run skopeo --policy "$W/policy.json" copy --all --dest-tls-verify=false \
+run skopeo --policy "$POLICY" copy --all --dest-tls-verify=false \
   "oci:$W/src-layout:v1" "docker://$R/e2e/skopeo-multi:v1"
 check "skopeo copy --all into dockyard: index and both child manifests byte-identical" \
   index_matches_source "$R/e2e/skopeo-multi:v1"
-run skopeo --policy "$W/policy.json" copy --all --src-tls-verify=false \
+run skopeo --policy "$POLICY" copy --all --src-tls-verify=false \
   "docker://$R/e2e/skopeo-multi:v1" "oci:$W/skopeo-out:v1"
 check "skopeo copy --all out of dockyard: same index digest, every blob byte-identical" \
   layout_has_source "$W/skopeo-out" v1 "$W/src-layout"
@@ -262,10 +279,8 @@ driver = "vfs"
 graphroot = "$P/root"
 runroot = "$P/run"
 EOF
-: >"$P/registries.conf"
 pm() {
-  CONTAINERS_STORAGE_CONF="$P/storage.conf" CONTAINERS_REGISTRIES_CONF="$P/registries.conf" \
-    podman --tmpdir "$P/tmp" "$@"
+  CONTAINERS_STORAGE_CONF="$P/storage.conf" podman --tmpdir "$P/tmp" "$@"
 }
 not_podman_image() { ! pm image exists "$1"; }
 prootfs="$W/podman-rootfs"
@@ -283,7 +298,7 @@ check "podman push: config blob dockyard serves hashes to the local image ID" \
   eq "sha256:$PODMAN_ID" "sha256:$(crane config "$pimg" 2>>"$LOG" | sha256_of)"
 run pm rmi "$pimg"
 check "podman rmi: image gone locally before pulling" not_podman_image "$pimg"
-run pm pull --tls-verify=false --signature-policy "$W/policy.json" "$pimg"
+run pm pull --tls-verify=false --signature-policy "$POLICY" "$pimg"
 check "podman pull: image ID and manifest digest equal what was pushed" \
   eq "$PODMAN_ID $PODMAN_DIGEST" "$(pm image inspect --format '{{.Id}} {{.Digest}}' "$pimg" 2>>"$LOG")"
 mnt=$(pm image mount "$pimg" 2>>"$LOG")
@@ -291,7 +306,7 @@ check "podman pull: file contents of the pulled image equal the original" \
   same_bytes "$prootfs/opt/podman.bin" "$mnt/opt/podman.bin"
 [ -n "$mnt" ] && run pm image unmount "$pimg"
 # What docker pushed, pulled by podman.
-run pm pull --tls-verify=false --signature-policy "$W/policy.json" "$R/e2e/app:1.0"
+run pm pull --tls-verify=false --signature-policy "$POLICY" "$R/e2e/app:1.0"
 check "podman pull of the docker-pushed image: same image ID and digest" \
   eq "$DOCKER_ID $DOCKER_DIGEST" "sha256:$(pm image inspect --format '{{.Id}} {{.Digest}}' "$R/e2e/app:1.0" 2>>"$LOG")"
 
@@ -371,5 +386,11 @@ referrers "" ref-after-delete
 check "referrers after deleting the referrer manifest: 200, empty list" \
   eq "200 0" "$(status_of ref-after-delete) $(jq -r '.manifests | length' "$W/ref-after-delete.json" 2>/dev/null)"
 check "subject still served after its referrer was deleted" eq "$DOCKER_DIGEST" "$(digest_of "$R/e2e/app:1.0")"
+
+# A crash (or anything else stopping dockyard mid-run) shows up here, not only as
+# unreachable-registry failures above.
+dockyard_alive() { kill -0 "$DY_PID" && curl -fsS "http://$R/v2/"; }
+check "dockyard still running after all clients" dockyard_alive
+kill -0 "$DY_PID" 2>/dev/null || tail -20 "$RESULTS/clients/dockyard.log"
 
 summary
