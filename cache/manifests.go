@@ -60,9 +60,18 @@ func decodeContent(v []byte) (h contentHeader, data []byte, err error) {
 // GetManifest resolves ref in reg/repo and returns the manifest bytes.
 func (s *Store) GetManifest(ctx context.Context, reg, repo string, ref oci.Reference) (*StoredManifest, error) {
 	m := &StoredManifest{Digest: ref.Digest}
+	var tk []byte
+	if !ref.IsDigest() {
+		tk = tagKey(reg, repo, string(ref.Tag))
+		if e, ok := s.tags.get(tk); ok {
+			m.Digest, m.MediaType = e.digest, e.mediaType
+			return s.manifestContent(reg, repo, m)
+		}
+	}
+	gen := s.tags.generation()
 	err := s.db.View(func(txn *badger.Txn) error {
 		if !ref.IsDigest() {
-			v, ok, err := getValue(txn, tagKey(reg, repo, string(ref.Tag)))
+			v, ok, err := getValue(txn, tk)
 			if !ok || err != nil {
 				return errors.Join(err, unknownManifest(ok, ref))
 			}
@@ -80,11 +89,20 @@ func (s *Store) GetManifest(ctx context.Context, reg, repo string, ref oci.Refer
 	if err != nil {
 		return nil, err
 	}
+	if tk != nil {
+		s.tags.fill(tk, gen, tagEntry{m.Digest, m.MediaType})
+	}
+	return s.manifestContent(reg, repo, m)
+}
+
+// manifestContent fills in the bytes of m, from memory when they are small and were
+// read before.
+func (s *Store) manifestContent(reg, repo string, m *StoredManifest) (*StoredManifest, error) {
 	if c, ok := s.contents.Get(m.Digest); ok {
 		m.Content = c
 		return m, nil
 	}
-	err = s.db.View(func(txn *badger.Txn) error {
+	err := s.db.View(func(txn *badger.Txn) error {
 		item, err := txn.Get(contentKey(m.Digest))
 		if err != nil {
 			return err
@@ -129,7 +147,10 @@ type PutManifestRequest struct {
 func (s *Store) PutManifest(ctx context.Context, p PutManifestRequest) error {
 	now := s.now().UnixNano()
 	m := p.Manifest
+	var changed [][]byte
+	defer func() { s.tags.invalidate(changed...) }()
 	return s.update(func(txn *badger.Txn) error {
+		changed = changed[:0]
 		var blobs, children []oci.Digest
 		for _, b := range m.RequiredBlobs() {
 			ok, err := exists(txn, linkKey(p.Registry, p.Repo, b.Digest))
@@ -172,7 +193,9 @@ func (s *Store) PutManifest(ctx context.Context, p PutManifestRequest) error {
 			return err
 		}
 		for _, t := range p.Tags {
-			if err := txn.Set(tagKey(p.Registry, p.Repo, string(t)), tagValue(p.Digest, m.MediaType)); err != nil {
+			k := tagKey(p.Registry, p.Repo, string(t))
+			changed = append(changed, k)
+			if err := txn.Set(k, tagValue(p.Digest, m.MediaType)); err != nil {
 				return err
 			}
 		}
@@ -221,7 +244,10 @@ func (s *Store) putContent(txn *badger.Txn, p PutManifestRequest, blobs, childre
 // DeleteManifest removes manifest d from reg/repo with every tag that points at it and
 // its referrer entry.
 func (s *Store) DeleteManifest(ctx context.Context, reg, repo string, d oci.Digest) error {
+	var tags [][]byte
+	defer func() { s.tags.invalidate(tags...) }()
 	return s.update(func(txn *badger.Txn) error {
+		tags = tags[:0]
 		mk := repoManifestKey(reg, repo, d)
 		if ok, err := exists(txn, mk); !ok || err != nil {
 			return errors.Join(err, unknownManifest(ok, oci.Reference{Digest: d}))
@@ -232,7 +258,6 @@ func (s *Store) DeleteManifest(ctx context.Context, reg, repo string, d oci.Dige
 		if err := s.addRef(txn, contentRefsKey(d), 0, -1); err != nil {
 			return err
 		}
-		var tags [][]byte
 		it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: false, Prefix: prefix(kindTag, reg, repo)})
 		for it.Rewind(); it.Valid(); it.Next() {
 			item := it.Item()
@@ -269,8 +294,9 @@ func (s *Store) DeleteManifest(ctx context.Context, reg, repo string, d oci.Dige
 
 // DeleteTag removes a tag; the manifest stays.
 func (s *Store) DeleteTag(ctx context.Context, reg, repo string, tag oci.Tag) error {
+	k := tagKey(reg, repo, string(tag))
+	defer s.tags.invalidate(k)
 	return s.update(func(txn *badger.Txn) error {
-		k := tagKey(reg, repo, string(tag))
 		if ok, err := exists(txn, k); !ok || err != nil {
 			return errors.Join(err, unknownManifest(ok, oci.Reference{Tag: tag}))
 		}

@@ -29,6 +29,7 @@ type Store struct {
 	// contents caches small manifests by digest; content is immutable, so entries
 	// never go stale.
 	contents *lru.Cache[oci.Digest, []byte]
+	tags     *tagCache
 }
 
 // Options configure a Store.
@@ -77,7 +78,7 @@ func Open(opts Options) (*Store, error) {
 		return nil, fmt.Errorf("open index: %w", err)
 	}
 	contents, _ := lru.New[oci.Digest, []byte](4096)
-	return &Store{db: db, blobs: blobs, log: opts.Logger, now: opts.Now, contents: contents}, nil
+	return &Store{db: db, blobs: blobs, log: opts.Logger, now: opts.Now, contents: contents, tags: newTagCache(16384)}, nil
 }
 
 // Close flushes and closes the index.
