@@ -1,6 +1,7 @@
 package cache
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -60,7 +61,7 @@ func (s *Store) OpenBlob(ctx context.Context, reg, repo string, d oci.Digest) (i
 		if err != nil {
 			return nil, 0, oci.ErrBlobUnknown.WithDetail(map[string]string{"digest": string(d)})
 		}
-		return nopCloser{bytesReader(m.Content)}, int64(len(m.Content)), nil
+		return nopCloser{bytes.NewReader(m.Content)}, int64(len(m.Content)), nil
 	}
 	rc, size, err := s.blobs.Open(d)
 	if errors.Is(err, ErrNotExist) {

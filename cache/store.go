@@ -1,7 +1,6 @@
 package cache
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -191,16 +190,6 @@ func (s *Store) RefCounts(d oci.Digest) (blobRefs, manifestRefs int64, err error
 		return nil
 	})
 	return blobRefs, manifestRefs, err
-}
-
-// RepositoryExists reports whether anything was ever pushed to the repository.
-func (s *Store) RepositoryExists(ctx context.Context, reg, repo string) (bool, error) {
-	var ok bool
-	err := s.db.View(func(txn *badger.Txn) (err error) {
-		ok, err = exists(txn, repoKey(reg, repo))
-		return err
-	})
-	return ok, err
 }
 
 // keyedMutex serialises work on one key (an upload id) without a global lock.

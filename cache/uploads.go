@@ -1,7 +1,6 @@
 package cache
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding"
@@ -321,5 +320,3 @@ func fill(r io.Reader, buf []byte) (int, error) {
 	}
 	return n, nil
 }
-
-func bytesReader(b []byte) io.ReadSeeker { return bytes.NewReader(b) }

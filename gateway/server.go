@@ -88,9 +88,8 @@ func New(opts Options) *Gateway {
 			}
 			return fasthttp.RequestConfig{}
 		},
-		Logger:                             fasthttpLogger{opts.Logger},
-		CloseOnShutdown:                    true,
-		SleepWhenConcurrencyLimitsExceeded: 0,
+		Logger:          fasthttpLogger{opts.Logger},
+		CloseOnShutdown: true,
 	}
 	return g
 }
@@ -227,9 +226,6 @@ func (g *Gateway) writeError(ctx *fasthttp.RequestCtx, err error) {
 	ctx.Response.Header.Del("Docker-Content-Digest")
 	ctx.Response.Header.Del("Location")
 	ctx.SetStatusCode(e.Code.Status)
-	if e.Code == oci.ErrRangeInvalid || e.Code.Status == fasthttp.StatusRequestedRangeNotSatisfiable {
-		ctx.SetStatusCode(fasthttp.StatusRequestedRangeNotSatisfiable)
-	}
 	body, _ := json.Marshal(errorBody{Errors: []errorEntry{{Code: e.Code.Name, Message: e.Message, Detail: e.Detail}}})
 	ctx.SetContentType("application/json")
 	if ctx.IsHead() {

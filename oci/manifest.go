@@ -17,10 +17,6 @@ const (
 	MediaTypeDockerSigned   = "application/vnd.docker.distribution.manifest.v1+prettyjws"
 )
 
-// ManifestMediaTypes lists every manifest type a client may ask for, in order of
-// preference, for Accept headers sent upstream.
-var ManifestMediaTypes = []string{MediaTypeOCIIndex, MediaTypeOCIManifest, MediaTypeDockerList, MediaTypeDockerManifest}
-
 // IsIndexType reports whether a media type lists other manifests.
 func IsIndexType(mt string) bool { return mt == MediaTypeOCIIndex || mt == MediaTypeDockerList }
 
@@ -79,37 +75,26 @@ type manifestDoc struct {
 	SchemaVersion *int              `json:"schemaVersion"`
 	MediaType     string            `json:"mediaType"`
 	ArtifactType  string            `json:"artifactType"`
-	Config        *rawDescriptor    `json:"config"`
-	Layers        []rawDescriptor   `json:"layers"`
-	Manifests     []rawDescriptor   `json:"manifests"`
-	Subject       *rawDescriptor    `json:"subject"`
+	Config        *Descriptor       `json:"config"`
+	Layers        []Descriptor      `json:"layers"`
+	Manifests     []Descriptor      `json:"manifests"`
+	Subject       *Descriptor       `json:"subject"`
 	Annotations   map[string]string `json:"annotations"`
 }
 
-// rawDescriptor is a descriptor before its digest is validated.
-type rawDescriptor struct {
-	MediaType    string            `json:"mediaType"`
-	Digest       string            `json:"digest"`
-	Size         int64             `json:"size"`
-	URLs         []string          `json:"urls"`
-	Annotations  map[string]string `json:"annotations"`
-	ArtifactType string            `json:"artifactType"`
-	Platform     json.RawMessage   `json:"platform"`
-}
-
-func (r *rawDescriptor) parse(field string) (Descriptor, error) {
-	d, err := ParseDigest(r.Digest)
-	if err != nil {
-		return Descriptor{}, ErrManifestInvalid.Withf("%s: invalid digest %q", field, r.Digest)
+// validate checks a descriptor decoded from a pushed manifest, whose digest has not
+// been parsed yet.
+func (d *Descriptor) validate(field string) (Descriptor, error) {
+	if _, err := ParseDigest(string(d.Digest)); err != nil {
+		return Descriptor{}, ErrManifestInvalid.Withf("%s: invalid digest %q", field, d.Digest)
 	}
-	if r.Size < 0 {
+	if d.Size < 0 {
 		return Descriptor{}, ErrManifestInvalid.Withf("%s: negative size", field)
 	}
-	if r.MediaType == "" {
+	if d.MediaType == "" {
 		return Descriptor{}, ErrManifestInvalid.Withf("%s: mediaType is required", field)
 	}
-	return Descriptor{MediaType: r.MediaType, Digest: d, Size: r.Size, URLs: r.URLs,
-		Annotations: r.Annotations, ArtifactType: r.ArtifactType, Platform: r.Platform}, nil
+	return *d, nil
 }
 
 // ParseManifest validates a manifest pushed with the given Content-Type and returns
@@ -153,7 +138,7 @@ func ParseManifest(contentType string, body []byte) (*Manifest, error) {
 			return nil, ErrManifestInvalid.Withf("an index has manifests, not config or layers")
 		}
 		for i := range doc.Manifests {
-			d, err := doc.Manifests[i].parse("manifests[" + strconv.Itoa(i) + "]")
+			d, err := doc.Manifests[i].validate("manifests[" + strconv.Itoa(i) + "]")
 			if err != nil {
 				return nil, err
 			}
@@ -166,13 +151,13 @@ func ParseManifest(contentType string, body []byte) (*Manifest, error) {
 		if doc.Manifests != nil {
 			return nil, ErrManifestInvalid.Withf("an image manifest has layers, not manifests")
 		}
-		c, err := doc.Config.parse("config")
+		c, err := doc.Config.validate("config")
 		if err != nil {
 			return nil, err
 		}
 		m.Config = &c
 		for i := range doc.Layers {
-			d, err := doc.Layers[i].parse("layers[" + strconv.Itoa(i) + "]")
+			d, err := doc.Layers[i].validate("layers[" + strconv.Itoa(i) + "]")
 			if err != nil {
 				return nil, err
 			}
@@ -183,7 +168,7 @@ func ParseManifest(contentType string, body []byte) (*Manifest, error) {
 		}
 	}
 	if doc.Subject != nil {
-		s, err := doc.Subject.parse("subject")
+		s, err := doc.Subject.validate("subject")
 		if err != nil {
 			return nil, err
 		}
