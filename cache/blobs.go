@@ -136,3 +136,15 @@ func (s *Store) linkBlob(txn *badger.Txn, reg, repo string, d oci.Digest, size i
 type nopCloser struct{ io.ReadSeeker }
 
 func (nopCloser) Close() error { return nil }
+
+// HasBlob reports whether blob d is stored, whichever repositories link it.
+func (s *Store) HasBlob(d oci.Digest) (size int64, ok bool, err error) {
+	err = s.db.View(func(txn *badger.Txn) error {
+		v, found, err := getValue(txn, blobKey(d))
+		if found {
+			size, ok = decodeRefRecord(v).Size, true
+		}
+		return err
+	})
+	return size, ok, err
+}

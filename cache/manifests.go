@@ -18,6 +18,9 @@ type StoredManifest struct {
 	Digest    oci.Digest
 	MediaType string
 	Content   []byte
+	// Warning is set when the manifest is served from cache because its source could
+	// not be asked (a proxy whose upstream is down).
+	Warning string
 }
 
 // repoManifest records a manifest's presence in one repository.
@@ -25,6 +28,7 @@ type repoManifest struct {
 	MediaType string
 	PushedAt  int64 // unix nanoseconds
 	PulledAt  int64
+	Pulls     int64
 }
 
 // contentHeader describes manifest bytes and the references they hold: the blobs and
@@ -57,8 +61,17 @@ func decodeContent(v []byte) (h contentHeader, data []byte, err error) {
 	return h, v[k+int(n):], nil
 }
 
-// GetManifest resolves ref in reg/repo and returns the manifest bytes.
+// GetManifest resolves ref in reg/repo and returns the manifest bytes. Every manifest
+// read counts as a pull of the manifest (and of the tag, by tag) for lifecycle rules.
 func (s *Store) GetManifest(ctx context.Context, reg, repo string, ref oci.Reference) (*StoredManifest, error) {
+	m, err := s.getManifest(ctx, reg, repo, ref)
+	if err == nil {
+		s.recordPull(reg, repo, string(ref.Tag), m.Digest)
+	}
+	return m, err
+}
+
+func (s *Store) getManifest(ctx context.Context, reg, repo string, ref oci.Reference) (*StoredManifest, error) {
 	m := &StoredManifest{Digest: ref.Digest}
 	var tk []byte
 	if !ref.IsDigest() {

@@ -1,6 +1,7 @@
 package cache
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -29,6 +30,10 @@ type Store struct {
 	// never go stale.
 	contents *lru.Cache[oci.Digest, []byte]
 	tags     *tagCache
+
+	access      accessLog
+	stopFlusher context.CancelFunc
+	flusherDone chan struct{}
 }
 
 // Options configure a Store.
@@ -38,6 +43,8 @@ type Options struct {
 	Logger *slog.Logger
 	// Now is the clock; tests inject one. Defaults to time.Now.
 	Now func() time.Time
+	// AccessFlushInterval is how often pull records are written (default 5s).
+	AccessFlushInterval time.Duration
 }
 
 // maxCachedManifest bounds the manifests kept in memory; bigger ones are read from
@@ -76,12 +83,23 @@ func Open(opts Options) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open index: %w", err)
 	}
+	if opts.AccessFlushInterval <= 0 {
+		opts.AccessFlushInterval = 5 * time.Second
+	}
 	contents, _ := lru.New[oci.Digest, []byte](4096)
-	return &Store{db: db, blobs: blobs, log: opts.Logger, now: opts.Now, contents: contents, tags: newTagCache(16384)}, nil
+	s := &Store{db: db, blobs: blobs, log: opts.Logger, now: opts.Now, contents: contents, tags: newTagCache(16384)}
+	ctx, cancel := context.WithCancel(context.Background())
+	s.stopFlusher, s.flusherDone = cancel, make(chan struct{})
+	go s.flushAccessEvery(ctx, opts.AccessFlushInterval, s.flusherDone)
+	return s, nil
 }
 
-// Close flushes and closes the index.
-func (s *Store) Close() error { return s.db.Close() }
+// Close writes pending access records, then flushes and closes the index.
+func (s *Store) Close() error {
+	s.stopFlusher()
+	<-s.flusherDone
+	return s.db.Close()
+}
 
 // update runs fn in a read-write transaction, retrying when a concurrent transaction
 // changed what fn read (Badger's optimistic concurrency).

@@ -6,6 +6,8 @@ package config
 import (
 	"errors"
 	"fmt"
+	"net/url"
+	"os"
 	"reflect"
 	"regexp"
 	"slices"
@@ -62,15 +64,47 @@ type Storage struct {
 // Registry is one virtual registry.
 type Registry struct {
 	Name string `mapstructure:"name"`
-	Type string `mapstructure:"type"` // hosted (proxy and group come next)
-	// SparseIndex accepts image indexes whose child manifests were not pushed.
+	Type string `mapstructure:"type"` // hosted, proxy or group
+	// SparseIndex (hosted) accepts manifests whose child manifests or layers were not
+	// pushed.
 	SparseIndex bool `mapstructure:"sparse_index"`
+	// Upstream (proxy) is the registry this one caches.
+	Upstream Upstream `mapstructure:"upstream"`
+	// Members (group) are walked in order; PushTo names the hosted member that
+	// receives pushes (none: pushes are denied).
+	Members []string `mapstructure:"members"`
+	PushTo  string   `mapstructure:"push_to"`
 }
 
-// Route maps a Host pattern to a registry.
+// Upstream configures a proxy's upstream registry.
+type Upstream struct {
+	URL string `mapstructure:"url"` // https://ghcr.io, http://127.0.0.1:5001
+	// Credentials: a username with a password read from a file or an environment
+	// variable; none means anonymous (with the Bearer token flow where the upstream
+	// asks for it).
+	Username     string `mapstructure:"username"`
+	PasswordFile string `mapstructure:"password_file"`
+	PasswordEnv  string `mapstructure:"password_env"`
+	CAFile       string `mapstructure:"ca_file"`  // extra CA certificates for the upstream's TLS
+	Insecure     bool   `mapstructure:"insecure"` // skip TLS verification
+	// Timeout bounds connecting and waiting for response headers (not whole blob
+	// downloads, which only fail when the upstream stops sending for this long).
+	Timeout time.Duration `mapstructure:"timeout"`
+	// TagTTL is how long a tag fetched from upstream is served before it is
+	// revalidated; NegativeTTL how long an upstream 404 is remembered.
+	TagTTL      time.Duration `mapstructure:"tag_ttl"`
+	NegativeTTL time.Duration `mapstructure:"negative_ttl"`
+	// MaxSize refuses to cache blobs larger than this (0: no limit).
+	MaxSize ByteSize `mapstructure:"max_size"`
+}
+
+// Route maps a Host pattern to a registry. Namespaces route a leading repository
+// component inside the host to another registry: {ghcr: ghcr} sends /v2/ghcr/org/img/…
+// to registry ghcr as repository org/img.
 type Route struct {
-	Host     string `mapstructure:"host"`
-	Registry string `mapstructure:"registry"`
+	Host       string            `mapstructure:"host"`
+	Registry   string            `mapstructure:"registry"`
+	Namespaces map[string]string `mapstructure:"namespaces"`
 }
 
 // ByteSize is a size written as "4MiB", "512KB" or a plain number of bytes.
@@ -127,7 +161,7 @@ func Load(path string) (*Config, error) {
 	if decodeErr != nil {
 		problems = append(problems, unwrapAll(decodeErr)...)
 	}
-	c.applyEmbeddedDefault()
+	c.applyDefaults()
 	if err := c.Validate(); err != nil {
 		problems = append(problems, unwrapAll(err)...)
 	}
@@ -182,9 +216,32 @@ func unwrapAll(err error) []string {
 	return out
 }
 
-// applyEmbeddedDefault gives a configuration without registries the embedded default:
-// one hosted registry answering every host.
-func (c *Config) applyEmbeddedDefault() {
+// Defaults of a proxy's upstream settings.
+const (
+	DefaultUpstreamTimeout = 30 * time.Second
+	DefaultTagTTL          = 10 * time.Minute
+	DefaultNegativeTTL     = 30 * time.Second
+)
+
+// applyDefaults fills what viper cannot default inside lists, and gives a
+// configuration without registries the embedded default: one hosted registry
+// answering every host.
+func (c *Config) applyDefaults() {
+	for i := range c.Registries {
+		u := &c.Registries[i].Upstream
+		if c.Registries[i].Type != "proxy" {
+			continue
+		}
+		if u.Timeout == 0 {
+			u.Timeout = DefaultUpstreamTimeout
+		}
+		if u.TagTTL == 0 {
+			u.TagTTL = DefaultTagTTL
+		}
+		if u.NegativeTTL == 0 {
+			u.NegativeTTL = DefaultNegativeTTL
+		}
+	}
 	if len(c.Registries) == 0 {
 		c.Registries = []Registry{{Name: DefaultRegistry, Type: "hosted"}}
 		if len(c.Routes) == 0 {
@@ -226,18 +283,49 @@ func (c *Config) Validate() error {
 	if c.Storage.Driver != "filesystem" {
 		bad("storage.driver", "must be filesystem, not %q", c.Storage.Driver)
 	}
-	names := map[string]bool{}
+	types := map[string]string{}
 	for i, r := range c.Registries {
 		p := fmt.Sprintf("registries[%d]", i)
 		switch {
 		case r.Name == "":
 			bad(p+".name", "is required")
-		case names[r.Name]:
+		case types[r.Name] != "":
 			bad(p+".name", "%q is used twice", r.Name)
 		}
-		names[r.Name] = true
-		if r.Type != "hosted" {
-			bad(p+".type", "must be hosted, not %q", r.Type)
+		types[r.Name] = r.Type
+		if r.Type != "hosted" && r.Type != "proxy" && r.Type != "group" {
+			bad(p+".type", "must be hosted, proxy or group, not %q", r.Type)
+			types[r.Name] = "?"
+		}
+		if r.Type == "proxy" {
+			c.validateUpstream(p+".upstream", r.Upstream, bad)
+		} else if r.Upstream != (Upstream{}) {
+			bad(p+".upstream", "only proxy registries have an upstream")
+		}
+		if r.Type != "group" && (len(r.Members) > 0 || r.PushTo != "") {
+			bad(p, "only group registries have members and push_to")
+		}
+	}
+	for i, r := range c.Registries {
+		if r.Type != "group" {
+			continue
+		}
+		p := fmt.Sprintf("registries[%d]", i)
+		if len(r.Members) == 0 {
+			bad(p+".members", "a group needs at least one member")
+		}
+		for j, m := range r.Members {
+			switch t := types[m]; {
+			case t == "":
+				bad(fmt.Sprintf("%s.members[%d]", p, j), "names no configured registry: %q", m)
+			case t == "group":
+				bad(fmt.Sprintf("%s.members[%d]", p, j), "%q is a group; groups cannot be nested", m)
+			}
+		}
+		if r.PushTo != "" {
+			if types[r.PushTo] != "hosted" || !slices.Contains(r.Members, r.PushTo) {
+				bad(p+".push_to", "must name a hosted member of the group, not %q", r.PushTo)
+			}
 		}
 	}
 	hosts := map[string]bool{}
@@ -249,11 +337,42 @@ func (c *Config) Validate() error {
 			bad(p+".host", "%q is routed twice", r.Host)
 		}
 		hosts[strings.ToLower(r.Host)] = true
-		if !names[r.Registry] {
+		if types[r.Registry] == "" {
 			bad(p+".registry", "names no configured registry: %q", r.Registry)
+		}
+		for ns, reg := range r.Namespaces {
+			if strings.Contains(ns, "/") || ns == "" {
+				bad(p+".namespaces."+ns, "a namespace is one repository component")
+			}
+			if types[reg] == "" {
+				bad(p+".namespaces."+ns, "names no configured registry: %q", reg)
+			}
 		}
 	}
 	return errors.Join(errs...)
+}
+
+func (c *Config) validateUpstream(p string, u Upstream, bad func(path, format string, args ...any)) {
+	parsed, err := url.Parse(u.URL)
+	if u.URL == "" || err != nil || (parsed.Scheme != "http" && parsed.Scheme != "https") || parsed.Host == "" {
+		bad(p+".url", "must be an http:// or https:// URL, not %q", u.URL)
+	}
+	if u.PasswordFile != "" && u.PasswordEnv != "" {
+		bad(p, "set password_file or password_env, not both")
+	}
+	if u.PasswordFile != "" {
+		if _, err := os.Stat(u.PasswordFile); err != nil {
+			bad(p+".password_file", "cannot be read: %v", err)
+		}
+	}
+	if u.CAFile != "" {
+		if _, err := os.Stat(u.CAFile); err != nil {
+			bad(p+".ca_file", "cannot be read: %v", err)
+		}
+	}
+	if u.Timeout < 0 || u.TagTTL < 0 || u.NegativeTTL < 0 || u.MaxSize < 0 {
+		bad(p, "timeout, tag_ttl, negative_ttl and max_size must not be negative")
+	}
 }
 
 var quotedKey = regexp.MustCompile(`^'([^']*)' (.*)$`)

@@ -33,6 +33,12 @@ func (g *Gateway) getBlob(r *request) error {
 		body.Close()
 		return nil
 	}
+	seeker, seekable := body.(io.Seeker)
+	if !seekable || size < 0 {
+		// A blob still arriving from an upstream is sent whole, as it comes.
+		ctx.SetBodyStream(body, int(size))
+		return nil
+	}
 	start, length, partial, err := parseRange(string(ctx.Request.Header.Peek("Range")), size)
 	if err != nil {
 		body.Close()
@@ -40,7 +46,7 @@ func (g *Gateway) getBlob(r *request) error {
 		return err
 	}
 	if partial {
-		if _, err := body.Seek(start, io.SeekStart); err != nil {
+		if _, err := seeker.Seek(start, io.SeekStart); err != nil {
 			body.Close()
 			return err
 		}

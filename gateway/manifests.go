@@ -29,6 +29,9 @@ func (g *Gateway) getManifest(r *request) error {
 	h.Set("Docker-Content-Digest", string(m.Digest))
 	h.Set("Content-Type", m.MediaType)
 	h.Set("ETag", etag)
+	if m.Warning != "" {
+		h.Set("Warning", `299 - "`+strings.ReplaceAll(m.Warning, `"`, `'`)+`"`)
+	}
 	if notModified(ctx, etag) {
 		return nil
 	}

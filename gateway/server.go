@@ -145,11 +145,14 @@ func (g *Gateway) dispatch(ctx *fasthttp.RequestCtx, r Route) error {
 		}
 		return g.catalog(ctx, reg)
 	}
-	reg, repo, err := g.opts.Router.Resolve(string(ctx.Host()), r.Repo)
+	res, err := g.opts.Router.Resolve(string(ctx.Host()), r.Repo, string(ctx.QueryArgs().Peek("ns")))
 	if err != nil {
 		return err
 	}
-	req := &request{ctx: ctx, route: r, reg: reg, repo: repo}
+	if res.Namespace != "" {
+		ctx.Response.Header.Set("OCI-Namespace", res.Namespace)
+	}
+	req := &request{ctx: ctx, route: r, reg: res.Registry, repo: res.Repo}
 	method := string(ctx.Method())
 	switch r.Kind {
 	case KindTags:
@@ -226,6 +229,9 @@ func (g *Gateway) writeError(ctx *fasthttp.RequestCtx, err error) {
 	ctx.Response.Header.Del("Docker-Content-Digest")
 	ctx.Response.Header.Del("Location")
 	ctx.SetStatusCode(e.Code.Status)
+	if e.RetryAfter != "" {
+		ctx.Response.Header.Set("Retry-After", e.RetryAfter)
+	}
 	body, _ := json.Marshal(errorBody{Errors: []errorEntry{{Code: e.Code.Name, Message: e.Message, Detail: e.Detail}}})
 	ctx.SetContentType("application/json")
 	if ctx.IsHead() {

@@ -74,11 +74,11 @@ func (g *Gateway) tryMount(r *request, mount, fromName string) (done bool, err e
 			return false, err
 		}
 		// from is a name as the client sees it: resolve it like the target.
-		fromReg, fromRepo, err := g.opts.Router.Resolve(string(r.ctx.Host()), client)
-		if err != nil || fromReg != r.reg {
+		src, err := g.opts.Router.Resolve(string(r.ctx.Host()), client, "")
+		if err != nil || src.Registry != r.reg {
 			return false, nil
 		}
-		from = fromRepo
+		from = src.Repo
 	}
 	_, ok, err := r.reg.MountBlob(r.ctx, r.repo, from, d)
 	if !ok || err != nil {

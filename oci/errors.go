@@ -42,6 +42,8 @@ type Error struct {
 	Code    *Code
 	Message string
 	Detail  any
+	// RetryAfter is sent as the Retry-After header (TOOMANYREQUESTS).
+	RetryAfter string
 }
 
 func (e *Error) Error() string { return e.Code.Name + ": " + e.Message }
@@ -84,3 +86,7 @@ var ErrRangeNotSatisfiable = &Code{"BLOB_UNKNOWN", http.StatusRequestedRangeNotS
 
 // ErrPaginationInvalid answers a listing with a malformed n or last.
 var ErrPaginationInvalid = &Code{"UNSUPPORTED", http.StatusBadRequest, "invalid pagination parameters"}
+
+// ErrUpstreamUnavailable answers a request a proxy could not serve: the upstream is
+// unreachable or failing and nothing suitable is cached.
+var ErrUpstreamUnavailable = &Code{"UNKNOWN", http.StatusBadGateway, "upstream registry unavailable"}

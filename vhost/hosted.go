@@ -28,11 +28,14 @@ func NewHosted(name string, store *cache.Store, opts HostedOptions) *Hosted {
 
 func (h *Hosted) Name() string { return h.name }
 
+// Cached is the registry itself: everything it has is local.
+func (h *Hosted) Cached() *Hosted { return h }
+
 func (h *Hosted) StatBlob(ctx context.Context, repo oci.Repository, d oci.Digest) (int64, error) {
 	return h.store.StatBlob(ctx, h.name, string(repo), d)
 }
 
-func (h *Hosted) OpenBlob(ctx context.Context, repo oci.Repository, d oci.Digest) (io.ReadSeekCloser, int64, error) {
+func (h *Hosted) OpenBlob(ctx context.Context, repo oci.Repository, d oci.Digest) (io.ReadCloser, int64, error) {
 	return h.store.OpenBlob(ctx, h.name, string(repo), d)
 }
 

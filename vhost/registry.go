@@ -19,11 +19,19 @@ type Registry interface {
 	Manifests
 }
 
+// Cacher is a registry with local storage: Cached reads it without any upstream
+// request (a group looks there first).
+type Cacher interface {
+	Cached() *Hosted
+}
+
 // Blobs reads and deletes blobs.
 type Blobs interface {
 	StatBlob(ctx context.Context, repo oci.Repository, d oci.Digest) (int64, error)
-	// OpenBlob returns the blob's bytes; for local blobs it is an *os.File.
-	OpenBlob(ctx context.Context, repo oci.Repository, d oci.Digest) (io.ReadSeekCloser, int64, error)
+	// OpenBlob returns the blob's bytes and size (-1 if unknown). Local blobs are an
+	// *os.File (sent with sendfile) and seekable; a blob still arriving from an
+	// upstream is a stream.
+	OpenBlob(ctx context.Context, repo oci.Repository, d oci.Digest) (io.ReadCloser, int64, error)
 	DeleteBlob(ctx context.Context, repo oci.Repository, d oci.Digest) error
 }
 
@@ -48,6 +56,12 @@ type Manifests interface {
 	Catalog(ctx context.Context, last string, n int) ([]string, bool, error)
 	Referrers(ctx context.Context, repo oci.Repository, d oci.Digest) ([]oci.Descriptor, error)
 }
+
+var (
+	_ Registry = (*Hosted)(nil)
+	_ Registry = (*Proxy)(nil)
+	_ Registry = (*Group)(nil)
+)
 
 // ManifestPush is a manifest PUT.
 type ManifestPush struct {

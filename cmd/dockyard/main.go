@@ -11,12 +11,14 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
 	"github.com/dockyard/dockyard/cache"
 	"github.com/dockyard/dockyard/config"
 	"github.com/dockyard/dockyard/gateway"
+	"github.com/dockyard/dockyard/upstream"
 	"github.com/dockyard/dockyard/vhost"
 )
 
@@ -116,13 +118,13 @@ func serve(args []string, stderr io.Writer) error {
 
 // build wires the configured registries and routes into a gateway.
 func build(cfg *config.Config, store *cache.Store, log *slog.Logger) (*gateway.Gateway, error) {
-	var regs []vhost.Registry
-	for _, r := range cfg.Registries {
-		regs = append(regs, vhost.NewHosted(r.Name, store, vhost.HostedOptions{AllowSparseIndex: r.SparseIndex}))
+	regs, err := buildRegistries(cfg, store, log)
+	if err != nil {
+		return nil, err
 	}
 	var routes []vhost.Route
 	for _, r := range cfg.Routes {
-		routes = append(routes, vhost.Route{Host: r.Host, Registry: r.Registry})
+		routes = append(routes, vhost.Route{Host: r.Host, Registry: r.Registry, Namespaces: r.Namespaces})
 	}
 	router, err := vhost.NewRouter(regs, routes)
 	if err != nil {
@@ -137,6 +139,65 @@ func build(cfg *config.Config, store *cache.Store, log *slog.Logger) (*gateway.G
 			AllowedHeaders: c.AllowedHeaders, ExposedHeaders: c.ExposedHeaders,
 			AllowCredentials: c.AllowCredentials, MaxAge: c.MaxAge},
 	}), nil
+}
+
+// buildRegistries makes every configured registry; groups last, over the others.
+func buildRegistries(cfg *config.Config, store *cache.Store, log *slog.Logger) ([]vhost.Registry, error) {
+	byName := map[string]vhost.Registry{}
+	var regs []vhost.Registry
+	for _, r := range cfg.Registries {
+		var reg vhost.Registry
+		switch r.Type {
+		case "hosted":
+			reg = vhost.NewHosted(r.Name, store, vhost.HostedOptions{AllowSparseIndex: r.SparseIndex})
+		case "proxy":
+			u := r.Upstream
+			password, err := secret(u.PasswordFile, u.PasswordEnv)
+			if err != nil {
+				return nil, fmt.Errorf("registry %s: %w", r.Name, err)
+			}
+			client, err := upstream.New(upstream.Config{URL: u.URL, Username: u.Username, Password: password,
+				CAFile: u.CAFile, Insecure: u.Insecure, Timeout: u.Timeout})
+			if err != nil {
+				return nil, fmt.Errorf("registry %s: %w", r.Name, err)
+			}
+			reg = vhost.NewProxy(r.Name, store, client, vhost.ProxyOptions{
+				TagTTL: u.TagTTL, NegativeTTL: u.NegativeTTL, MaxSize: int64(u.MaxSize), Logger: log})
+		default:
+			continue
+		}
+		byName[r.Name] = reg
+		regs = append(regs, reg)
+	}
+	for _, r := range cfg.Registries {
+		if r.Type != "group" {
+			continue
+		}
+		var members []vhost.Registry
+		for _, m := range r.Members {
+			members = append(members, byName[m])
+		}
+		g := vhost.NewGroup(r.Name, members, byName[r.PushTo])
+		byName[r.Name] = g
+		regs = append(regs, g)
+	}
+	return regs, nil
+}
+
+// secret reads a credential from a file or an environment variable.
+func secret(file, env string) (string, error) {
+	switch {
+	case file != "":
+		b, err := os.ReadFile(file)
+		return strings.TrimSpace(string(b)), err
+	case env != "":
+		v, ok := os.LookupEnv(env)
+		if !ok {
+			return "", fmt.Errorf("environment variable %s is not set", env)
+		}
+		return v, nil
+	}
+	return "", nil
 }
 
 func newLogger(c config.Log, w io.Writer) *slog.Logger {

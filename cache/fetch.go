@@ -1,0 +1,200 @@
+package cache
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"os"
+	"sync"
+
+	"github.com/dgraph-io/badger/v4"
+
+	"github.com/dockyard/dockyard/oci"
+)
+
+// Fetch copies a blob in from elsewhere (an upstream registry) while any number of
+// readers stream it from the growing file: the first byte reaches clients as soon as
+// it arrives, and one download serves them all. Nothing is committed unless the bytes
+// match the digest, and readers never receive the last byte of a blob that failed
+// verification, so a client can never mistake corrupt content for complete content.
+type Fetch struct {
+	s    *Store
+	id   string
+	d    oci.Digest
+	size int64 // -1 when unknown
+	w    *os.File
+	r    *os.File // shared by readers (ReadAt)
+
+	mu      sync.Mutex
+	cond    *sync.Cond
+	written int64
+	done    bool
+	err     error
+	readers int
+}
+
+// ErrCorrupt reports content whose bytes do not match its digest.
+var ErrCorrupt = errors.New("content does not match its digest")
+
+// NewFetch prepares to receive blob d of the given size (-1 if unknown).
+func (s *Store) NewFetch(d oci.Digest, size int64) (*Fetch, error) {
+	fs, ok := s.blobs.(*FSBlobStore)
+	if !ok {
+		return nil, errors.New("cache: fetches need the filesystem blob store")
+	}
+	id := "fetch-" + newID()
+	w, err := os.OpenFile(fs.uploadPath(id), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	r, err := os.Open(fs.uploadPath(id))
+	if err != nil {
+		w.Close()
+		return nil, err
+	}
+	f := &Fetch{s: s, id: id, d: d, size: size, w: w, r: r}
+	f.cond = sync.NewCond(&f.mu)
+	return f, nil
+}
+
+// Size is the announced size of the blob, -1 if unknown.
+func (f *Fetch) Size() int64 { return f.size }
+
+// Fill copies src into the store, then verifies, commits and links the blob to
+// reg/repo. It returns when the blob is committed or has failed; readers follow along
+// meanwhile.
+func (f *Fetch) Fill(src io.Reader, reg, repo string) (err error) {
+	defer func() {
+		f.w.Close()
+		if err != nil {
+			f.s.blobs.RemoveUpload(f.id)
+		}
+		f.mu.Lock()
+		f.done, f.err = true, err
+		f.cond.Broadcast()
+		f.mu.Unlock()
+		f.release()
+	}()
+	h := f.d.Algorithm().New()
+	if err := f.copy(src, h); err != nil {
+		return err
+	}
+	if f.size >= 0 && f.written != f.size {
+		return fmt.Errorf("%w: %s has %d bytes, %d were announced", ErrCorrupt, f.d, f.written, f.size)
+	}
+	if got := oci.FromHash(f.d.Algorithm(), h); got != f.d {
+		return fmt.Errorf("%w: received bytes hash to %s, expected %s", ErrCorrupt, got, f.d)
+	}
+	if err := f.w.Sync(); err != nil {
+		return err
+	}
+	if err := f.s.blobs.Commit(f.id, f.d); err != nil {
+		return err
+	}
+	return f.s.update(func(txn *badger.Txn) error { return f.s.linkBlob(txn, reg, repo, f.d, f.written) })
+}
+
+func (f *Fetch) copy(src io.Reader, h hash.Hash) error {
+	bp := copyBufs.Get().(*[]byte)
+	defer copyBufs.Put(bp)
+	buf := *bp
+	for {
+		n, rerr := src.Read(buf)
+		if n > 0 {
+			h.Write(buf[:n])
+			if _, err := f.w.Write(buf[:n]); err != nil {
+				return err
+			}
+			f.mu.Lock()
+			f.written += int64(n)
+			f.cond.Broadcast()
+			f.mu.Unlock()
+			if f.size >= 0 && f.written > f.size {
+				return fmt.Errorf("%w: %s is longer than the announced %d bytes", ErrCorrupt, f.d, f.size)
+			}
+		}
+		if rerr == io.EOF {
+			return nil
+		}
+		if rerr != nil {
+			return rerr
+		}
+	}
+}
+
+// Reader streams the blob as it arrives. ok is false when the fetch is over and its
+// file is no longer shared: read the committed blob instead.
+func (f *Fetch) Reader(ctx context.Context) (rc io.ReadCloser, ok bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.readers < 0 {
+		return nil, false
+	}
+	f.readers++
+	return &fetchReader{f: f, ctx: ctx}, true
+}
+
+// release drops one user of the shared read descriptor (the filler counts as one).
+func (f *Fetch) release() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.readers--; f.readers < 0 {
+		f.r.Close()
+	}
+}
+
+type fetchReader struct {
+	f      *Fetch
+	ctx    context.Context
+	pos    int64
+	closed bool
+}
+
+func (r *fetchReader) Read(p []byte) (int, error) {
+	f := r.f
+	f.mu.Lock()
+	for {
+		avail := f.written
+		if !f.done || f.err != nil {
+			avail-- // the last byte waits for verification
+		}
+		if r.pos < avail {
+			break
+		}
+		if f.done {
+			err := f.err
+			f.mu.Unlock()
+			if err == nil {
+				return 0, io.EOF
+			}
+			return 0, err
+		}
+		if r.ctx.Err() != nil {
+			f.mu.Unlock()
+			return 0, r.ctx.Err()
+		}
+		f.cond.Wait()
+	}
+	avail := f.written
+	if !f.done {
+		avail--
+	}
+	f.mu.Unlock()
+	n := int(min(int64(len(p)), avail-r.pos))
+	n, err := f.r.ReadAt(p[:n], r.pos)
+	r.pos += int64(n)
+	if err == io.EOF {
+		err = nil
+	}
+	return n, err
+}
+
+func (r *fetchReader) Close() error {
+	if !r.closed {
+		r.closed = true
+		r.f.release()
+	}
+	return nil
+}

@@ -1,0 +1,430 @@
+package vhost
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"sync"
+	"time"
+
+	"golang.org/x/sync/singleflight"
+
+	"github.com/dockyard/dockyard/cache"
+	"github.com/dockyard/dockyard/oci"
+	"github.com/dockyard/dockyard/upstream"
+)
+
+// ProxyOptions tune a proxy registry.
+type ProxyOptions struct {
+	// TagTTL is how long a tag is served from cache before it is revalidated upstream.
+	TagTTL time.Duration
+	// NegativeTTL is how long an upstream "not found" is remembered.
+	NegativeTTL time.Duration
+	// MaxSize: larger blobs are streamed from upstream without being cached (0: no limit).
+	MaxSize int64
+	Logger  *slog.Logger
+	Now     func() time.Time
+}
+
+// Proxy is a pull-through cache of one upstream registry. Its cache is a hosted
+// registry's storage under the proxy's name: manifests by digest and blobs are kept
+// forever, tags are revalidated after TagTTL.
+type Proxy struct {
+	name  string
+	local *Hosted
+	up    *upstream.Client
+	opts  ProxyOptions
+	log   *slog.Logger
+
+	manifests singleflight.Group // one upstream manifest request per repo/reference
+
+	mu       sync.Mutex
+	fetches  map[oci.Digest]*blobFetch
+	fresh    map[string]time.Time // repo 0 tag → when last validated upstream
+	negative map[string]time.Time // repo 0 reference → until when "not found" holds
+}
+
+// blobFetch is one upstream blob download shared by every request for the digest.
+type blobFetch struct {
+	ready chan struct{} // closed once fetch or err is set
+	fetch *cache.Fetch
+	err   error
+}
+
+// NewProxy returns the proxy registry name over up, caching in store.
+func NewProxy(name string, store *cache.Store, up *upstream.Client, opts ProxyOptions) *Proxy {
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	return &Proxy{
+		name: name, up: up, opts: opts, log: opts.Logger.With("registry", name),
+		local:   NewHosted(name, store, HostedOptions{AllowSparseIndex: true}),
+		fetches: map[oci.Digest]*blobFetch{}, fresh: map[string]time.Time{}, negative: map[string]time.Time{},
+	}
+}
+
+func (p *Proxy) Name() string { return p.name }
+
+// Cached is what the proxy has cached, read without asking the upstream.
+func (p *Proxy) Cached() *Hosted { return p.local }
+
+// UpstreamHost is the upstream's host, as containerd names it in ?ns=.
+func (p *Proxy) UpstreamHost() string { return p.up.Host() }
+
+func (p *Proxy) denied() error {
+	return oci.ErrDenied.Withf("registry %q is a read-only cache of %s; push to a hosted registry", p.name, p.up.Host())
+}
+
+func (p *Proxy) StatBlob(ctx context.Context, repo oci.Repository, d oci.Digest) (int64, error) {
+	if size, err := p.local.StatBlob(ctx, repo, d); err == nil {
+		return size, nil
+	}
+	p.mu.Lock()
+	bf := p.fetches[d]
+	p.mu.Unlock()
+	if bf != nil {
+		<-bf.ready
+		if bf.err == nil && bf.fetch.Size() >= 0 {
+			return bf.fetch.Size(), nil
+		}
+	}
+	size, err := p.up.HeadBlob(ctx, string(repo), d)
+	if err != nil {
+		return 0, p.upstreamError(err, oci.ErrBlobUnknown, "blob "+string(d))
+	}
+	return size, nil
+}
+
+// OpenBlob serves a cached blob, or streams it from the upstream while caching it. A
+// blob already cached for another repository is linked to this one once the upstream
+// confirms the repository has it.
+func (p *Proxy) OpenBlob(ctx context.Context, repo oci.Repository, d oci.Digest) (io.ReadCloser, int64, error) {
+	if rc, size, err := p.local.OpenBlob(ctx, repo, d); err == nil {
+		return rc, size, nil
+	}
+	if _, ok, _ := p.local.store.HasBlob(d); ok {
+		if _, err := p.up.HeadBlob(ctx, string(repo), d); err == nil || errors.Is(err, upstream.ErrUnavailable) {
+			if _, ok, err := p.local.MountBlob(ctx, repo, "", d); ok && err == nil {
+				return p.local.OpenBlob(ctx, repo, d)
+			}
+		}
+	}
+	return p.fetchBlob(ctx, repo, d)
+}
+
+func (p *Proxy) fetchBlob(ctx context.Context, repo oci.Repository, d oci.Digest) (io.ReadCloser, int64, error) {
+	p.mu.Lock()
+	bf := p.fetches[d]
+	leader := bf == nil
+	if leader {
+		bf = &blobFetch{ready: make(chan struct{})}
+		p.fetches[d] = bf
+	}
+	p.mu.Unlock()
+	if leader {
+		p.startFetch(ctx, repo, d, bf)
+	}
+	select {
+	case <-bf.ready:
+	case <-ctx.Done():
+		return nil, 0, ctx.Err()
+	}
+	if errors.Is(bf.err, errTooLarge) {
+		body, size, err := p.up.GetBlob(ctx, string(repo), d)
+		if err != nil {
+			return nil, 0, p.upstreamError(err, oci.ErrBlobUnknown, "blob "+string(d))
+		}
+		return body, size, nil
+	}
+	if bf.err != nil {
+		return nil, 0, p.upstreamError(bf.err, oci.ErrBlobUnknown, "blob "+string(d))
+	}
+	if rc, ok := bf.fetch.Reader(ctx); ok {
+		return rc, bf.fetch.Size(), nil
+	}
+	return p.local.OpenBlob(ctx, repo, d) // finished meanwhile
+}
+
+var errTooLarge = errors.New("blob larger than the proxy caches")
+
+// startFetch begins the upstream download of d and the background copy into the
+// cache, which outlives the request that started it.
+func (p *Proxy) startFetch(ctx context.Context, repo oci.Repository, d oci.Digest, bf *blobFetch) {
+	finish := func() {
+		p.mu.Lock()
+		delete(p.fetches, d)
+		p.mu.Unlock()
+	}
+	body, size, err := p.up.GetBlob(ctx, string(repo), d)
+	if err == nil && p.opts.MaxSize > 0 && size > p.opts.MaxSize {
+		body.Close()
+		err = errTooLarge
+	}
+	var f *cache.Fetch
+	if err == nil {
+		if f, err = p.local.store.NewFetch(d, size); err != nil {
+			body.Close()
+		}
+	}
+	bf.fetch, bf.err = f, err
+	close(bf.ready)
+	if err != nil {
+		finish()
+		return
+	}
+	go func() {
+		defer finish()
+		defer body.Close()
+		start := p.opts.Now()
+		if err := f.Fill(body, p.name, string(repo)); err != nil {
+			p.log.Warn("upstream blob not cached", "repo", repo, "digest", d, "err", err)
+			return
+		}
+		p.log.Info("cached upstream blob", "repo", repo, "digest", d, "bytes", size, "seconds", p.opts.Now().Sub(start).Seconds())
+	}()
+}
+
+func (p *Proxy) DeleteBlob(ctx context.Context, repo oci.Repository, d oci.Digest) error {
+	return p.denied()
+}
+
+// GetManifest serves manifests by digest from cache (fetching them once), and tags
+// from cache while they are fresh; stale tags are revalidated with a HEAD upstream and
+// served from cache, with a warning, when the upstream cannot be asked.
+func (p *Proxy) GetManifest(ctx context.Context, repo oci.Repository, ref oci.Reference) (*cache.StoredManifest, error) {
+	local, lerr := p.local.GetManifest(ctx, repo, ref)
+	if ref.IsDigest() {
+		if lerr == nil {
+			return local, nil
+		}
+		return p.fetchManifest(ctx, repo, string(ref.Digest), "")
+	}
+	key := string(repo) + "\x00" + string(ref.Tag)
+	if lerr == nil && p.isFresh(key) {
+		return local, nil
+	}
+	if lerr != nil && p.isNegative(key) {
+		return nil, oci.ErrManifestUnknown.Withf("manifest %s:%s not found upstream (cached answer)", repo, ref.Tag)
+	}
+	v, err, _ := p.manifests.Do("head\x00"+key, func() (any, error) {
+		return p.up.HeadManifest(context.WithoutCancel(ctx), string(repo), string(ref.Tag))
+	})
+	if err != nil {
+		if lerr == nil && servableFromCache(err) {
+			p.log.Warn("upstream unavailable; serving cached tag", "repo", repo, "tag", ref.Tag, "err", err)
+			local.Warning = fmt.Sprintf("upstream %s unavailable; serving the cached %s:%s", p.up.Host(), repo, ref.Tag)
+			return local, nil
+		}
+		if isNotFound(err) {
+			p.setNegative(key)
+		}
+		return nil, p.upstreamError(err, oci.ErrManifestUnknown, "manifest "+string(repo)+":"+string(ref.Tag))
+	}
+	head := v.(*upstream.Manifest)
+	if lerr == nil && head.Digest != "" && head.Digest == local.Digest {
+		p.markFresh(key)
+		return local, nil
+	}
+	fetchRef := string(head.Digest)
+	if fetchRef == "" {
+		fetchRef = string(ref.Tag)
+	}
+	return p.fetchManifest(ctx, repo, fetchRef, ref.Tag)
+}
+
+// fetchManifest downloads a manifest, caches it (tagged when tag is set) and returns it.
+func (p *Proxy) fetchManifest(ctx context.Context, repo oci.Repository, ref string, tag oci.Tag) (*cache.StoredManifest, error) {
+	negKey := string(repo) + "\x00" + ref
+	if p.isNegative(negKey) {
+		return nil, oci.ErrManifestUnknown.Withf("manifest %s@%s not found upstream (cached answer)", repo, ref)
+	}
+	v, err, _ := p.manifests.Do("get\x00"+negKey+"\x00"+string(tag), func() (any, error) {
+		m, err := p.up.GetManifest(context.WithoutCancel(ctx), string(repo), ref)
+		if err != nil {
+			return nil, err
+		}
+		parsed, err := oci.ParseManifest(m.MediaType, m.Content)
+		if err != nil {
+			return nil, fmt.Errorf("upstream manifest %s@%s: %w", repo, ref, err)
+		}
+		var tags []oci.Tag
+		if tag != "" {
+			tags = []oci.Tag{tag}
+		}
+		if err := p.local.store.PutManifest(context.WithoutCancel(ctx), cache.PutManifestRequest{
+			Registry: p.name, Repo: string(repo), Digest: m.Digest, Content: m.Content,
+			Manifest: parsed, Tags: tags, AllowSparse: true,
+		}); err != nil {
+			return nil, err
+		}
+		if tag != "" {
+			p.markFresh(string(repo) + "\x00" + string(tag))
+		}
+		return &cache.StoredManifest{Digest: m.Digest, MediaType: parsed.MediaType, Content: m.Content}, nil
+	})
+	if err != nil {
+		if isNotFound(err) {
+			p.setNegative(negKey)
+		}
+		return nil, p.upstreamError(err, oci.ErrManifestUnknown, "manifest "+string(repo)+"@"+ref)
+	}
+	m := *v.(*cache.StoredManifest)
+	return &m, nil
+}
+
+func (p *Proxy) isFresh(key string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	at, ok := p.fresh[key]
+	return ok && p.opts.Now().Sub(at) < p.opts.TagTTL
+}
+
+func (p *Proxy) markFresh(key string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.fresh[key] = p.opts.Now()
+}
+
+func (p *Proxy) isNegative(key string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	until, ok := p.negative[key]
+	if ok && p.opts.Now().After(until) {
+		delete(p.negative, key)
+		return false
+	}
+	return ok
+}
+
+func (p *Proxy) setNegative(key string) {
+	if p.opts.NegativeTTL <= 0 {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.negative[key] = p.opts.Now().Add(p.opts.NegativeTTL)
+}
+
+func isNotFound(err error) bool {
+	var se *upstream.StatusError
+	return errors.As(err, &se) && se.Status == http.StatusNotFound
+}
+
+// servableFromCache reports whether a failed revalidation may fall back to the cached
+// copy: the upstream is down, failing or rate limiting, not saying the tag is gone.
+func servableFromCache(err error) bool {
+	var se *upstream.StatusError
+	if errors.As(err, &se) {
+		return se.Status == http.StatusTooManyRequests
+	}
+	return errors.Is(err, upstream.ErrUnavailable)
+}
+
+// upstreamError turns an upstream failure into the registry error the client gets.
+func (p *Proxy) upstreamError(err error, unknown *oci.Code, what string) error {
+	var se *upstream.StatusError
+	switch {
+	case errors.As(err, &se):
+		switch se.Status {
+		case http.StatusNotFound:
+			return unknown.Withf("%s not found upstream at %s", what, p.up.Host())
+		case http.StatusUnauthorized:
+			return oci.ErrUnauthorized.Withf("upstream %s refused dockyard's credentials for %s: %s", p.up.Host(), what, se.Message)
+		case http.StatusForbidden:
+			return oci.ErrDenied.Withf("upstream %s denied access to %s: %s", p.up.Host(), what, se.Message)
+		case http.StatusTooManyRequests:
+			e := oci.ErrTooManyRequests.Withf("upstream %s is rate limiting: %s", p.up.Host(), se.Message)
+			e.RetryAfter = se.RetryAfter
+			return e
+		}
+		return oci.ErrUpstreamUnavailable.Withf("upstream %s answered %d for %s: %s", p.up.Host(), se.Status, what, se.Message)
+	case errors.Is(err, upstream.ErrUnavailable):
+		return oci.ErrUpstreamUnavailable.Withf("%s is not cached and upstream %s is unavailable: %v", what, p.up.Host(), err)
+	case errors.Is(err, upstream.ErrCorrupt), errors.Is(err, cache.ErrCorrupt):
+		return oci.ErrUpstreamUnavailable.Withf("upstream %s sent corrupt content for %s", p.up.Host(), what)
+	}
+	return err
+}
+
+// Pushes and deletes are refused: a proxy is a cache.
+
+func (p *Proxy) StartUpload(ctx context.Context, repo oci.Repository, alg oci.Algorithm) (*cache.Upload, error) {
+	return nil, p.denied()
+}
+func (p *Proxy) MountBlob(ctx context.Context, repo, from oci.Repository, d oci.Digest) (int64, bool, error) {
+	return 0, false, p.denied()
+}
+func (p *Proxy) PutBlob(ctx context.Context, repo oci.Repository, d oci.Digest, r io.Reader, length int64) (int64, error) {
+	return 0, p.denied()
+}
+func (p *Proxy) GetUpload(ctx context.Context, repo oci.Repository, id string) (*cache.Upload, error) {
+	return nil, p.denied()
+}
+func (p *Proxy) AppendUpload(ctx context.Context, repo oci.Repository, id string, start int64, r io.Reader, length int64) (*cache.Upload, error) {
+	return nil, p.denied()
+}
+func (p *Proxy) FinishUpload(ctx context.Context, repo oci.Repository, id string, d oci.Digest, start int64, r io.Reader, length int64) (int64, error) {
+	return 0, p.denied()
+}
+func (p *Proxy) CancelUpload(ctx context.Context, repo oci.Repository, id string) error {
+	return p.denied()
+}
+func (p *Proxy) PutManifest(ctx context.Context, m ManifestPush) (*PushResult, error) {
+	return nil, p.denied()
+}
+func (p *Proxy) DeleteManifest(ctx context.Context, repo oci.Repository, ref oci.Reference) error {
+	return p.denied()
+}
+
+// Tags lists the upstream's tags, or the cached ones when the upstream is unavailable.
+func (p *Proxy) Tags(ctx context.Context, repo oci.Repository, last string, n int) ([]string, bool, error) {
+	tags, more, err := p.up.Tags(ctx, string(repo), last, n)
+	if err == nil {
+		return tags, more, nil
+	}
+	if servableFromCache(err) {
+		p.log.Warn("upstream unavailable; listing cached tags", "repo", repo, "err", err)
+		return p.local.Tags(ctx, repo, last, n)
+	}
+	return nil, false, p.upstreamError(err, oci.ErrNameUnknown, "repository "+string(repo))
+}
+
+// Catalog lists the cached repositories (upstreams such as Docker Hub have no catalog).
+func (p *Proxy) Catalog(ctx context.Context, last string, n int) ([]string, bool, error) {
+	return p.local.Catalog(ctx, last, n)
+}
+
+// Referrers lists the upstream's referrers together with cached ones.
+func (p *Proxy) Referrers(ctx context.Context, repo oci.Repository, d oci.Digest) ([]oci.Descriptor, error) {
+	local, err := p.local.Referrers(ctx, repo, d)
+	if err != nil {
+		return nil, err
+	}
+	remote, err := p.up.Referrers(ctx, string(repo), d)
+	if err != nil {
+		p.log.Warn("upstream referrers unavailable; listing cached ones", "repo", repo, "err", err)
+		return local, nil
+	}
+	return mergeDescriptors(local, remote), nil
+}
+
+// mergeDescriptors concatenates lists of descriptors, each digest once.
+func mergeDescriptors(lists ...[]oci.Descriptor) []oci.Descriptor {
+	seen := map[oci.Digest]bool{}
+	out := []oci.Descriptor{}
+	for _, l := range lists {
+		for _, d := range l {
+			if !seen[d.Digest] {
+				seen[d.Digest] = true
+				out = append(out, d)
+			}
+		}
+	}
+	return out
+}
