@@ -29,8 +29,10 @@ type accessLog struct {
 	pending map[string]Access // index key → pulls since the last flush
 }
 
-// recordPull notes a pull of manifest d in reg/repo, through tag when it is not empty.
-func (s *Store) recordPull(reg, repo, tag string, d oci.Digest) {
+// RecordPull notes a pull of manifest d in reg/repo, through tag when it is not empty.
+// Reads through GetManifest are recorded already; this is for manifests served
+// otherwise (fetched from an upstream).
+func (s *Store) RecordPull(reg, repo, tag string, d oci.Digest) {
 	now := s.now().UnixNano()
 	s.access.mu.Lock()
 	defer s.access.mu.Unlock()

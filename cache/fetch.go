@@ -155,14 +155,8 @@ type fetchReader struct {
 func (r *fetchReader) Read(p []byte) (int, error) {
 	f := r.f
 	f.mu.Lock()
-	for {
-		avail := f.written
-		if !f.done || f.err != nil {
-			avail-- // the last byte waits for verification
-		}
-		if r.pos < avail {
-			break
-		}
+	avail := f.readable()
+	for r.pos >= avail {
 		if f.done {
 			err := f.err
 			f.mu.Unlock()
@@ -176,10 +170,7 @@ func (r *fetchReader) Read(p []byte) (int, error) {
 			return 0, r.ctx.Err()
 		}
 		f.cond.Wait()
-	}
-	avail := f.written
-	if !f.done {
-		avail--
+		avail = f.readable()
 	}
 	f.mu.Unlock()
 	n := int(min(int64(len(p)), avail-r.pos))
@@ -189,6 +180,15 @@ func (r *fetchReader) Read(p []byte) (int, error) {
 		err = nil
 	}
 	return n, err
+}
+
+// readable is how much readers may have: everything once verified, else all but the
+// last byte, which is held back until the digest is checked. Call with mu held.
+func (f *Fetch) readable() int64 {
+	if f.done && f.err == nil {
+		return f.written
+	}
+	return max(f.written-1, 0)
 }
 
 func (r *fetchReader) Close() error {

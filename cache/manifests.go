@@ -66,7 +66,7 @@ func decodeContent(v []byte) (h contentHeader, data []byte, err error) {
 func (s *Store) GetManifest(ctx context.Context, reg, repo string, ref oci.Reference) (*StoredManifest, error) {
 	m, err := s.getManifest(ctx, reg, repo, ref)
 	if err == nil {
-		s.recordPull(reg, repo, string(ref.Tag), m.Digest)
+		s.RecordPull(reg, repo, string(ref.Tag), m.Digest)
 	}
 	return m, err
 }

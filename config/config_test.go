@@ -78,3 +78,47 @@ routes:
 		}
 	}
 }
+
+func TestInvalidFederationIsReported(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "bad.yaml")
+	os.WriteFile(path, []byte(`
+registries:
+  - {name: dev, type: hosted, upstream: {url: "https://x"}}
+  - {name: cache, type: proxy, upstream: {url: "ftp://nowhere", password_file: /no/such/file}}
+  - {name: all, type: group, members: [dev, ghost, inner], push_to: cache}
+  - {name: inner, type: group, members: [dev]}
+routes:
+  - {host: "*", registry: all, namespaces: {"a/b": dev, hub: nothing}}
+`), 0o644)
+	_, err := Load(path)
+	if err == nil {
+		t.Fatal("invalid federation accepted")
+	}
+	for _, want := range []string{"registries[0].upstream", "registries[1].upstream.url", "registries[1].upstream.password_file",
+		"registries[2].members[1]", "registries[2].members[2]", "registries[2].push_to", "routes[0].namespaces.a/b", "routes[0].namespaces.hub"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error does not mention %s:\n%v", want, err)
+		}
+	}
+}
+
+func TestProxyDefaults(t *testing.T) {
+	c, err := Load("../configs/docker-hub-mirror.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	u := c.Registries[0].Upstream
+	if u.TagTTL != time.Hour || u.Timeout != 30*time.Second || u.NegativeTTL != time.Minute {
+		t.Errorf("configured values: %+v", u)
+	}
+	n, err := Load("../configs/nexus.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g := n.Registries[1].Upstream; g != (Upstream{}) {
+		t.Errorf("a hosted registry got upstream settings: %+v", g)
+	}
+	if gh := n.Registries[2].Upstream; gh.NegativeTTL != 30*time.Second || gh.TagTTL != 10*time.Minute {
+		t.Errorf("ghcr: %+v", gh)
+	}
+}

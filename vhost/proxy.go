@@ -275,6 +275,7 @@ func (p *Proxy) fetchManifest(ctx context.Context, repo oci.Repository, ref stri
 		return nil, p.upstreamError(err, oci.ErrManifestUnknown, "manifest "+string(repo)+"@"+ref)
 	}
 	m := *v.(*cache.StoredManifest)
+	p.local.store.RecordPull(p.name, string(repo), string(tag), m.Digest)
 	return &m, nil
 }
 

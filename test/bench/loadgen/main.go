@@ -7,8 +7,10 @@
 //
 //	loadgen freeport
 //	loadgen setup -addr HOST:PORT -repo NAME -big FILE
-//	loadgen pull  -addr HOST:PORT -repo NAME -digest D -size N -n 8
+//	loadgen pull  -addr HOST:PORT -repo NAME -digest D -size N -n 8 [-verify] [-key PULL]
 //	loadgen push  -addr HOST:PORT -repo NAME -file FILE -reps 3 -chunks 4
+//	loadgen proxy-setup -addr HOST:PORT -repo NAME -mib 256 -count 4
+//	loadgen ttfb  -targets up=HOST:PORT,dy=HOST:PORT -repo NAME -digests D1,D2 -size N
 package main
 
 import (
@@ -22,13 +24,17 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"hash"
 	"io"
+	mrand "math/rand/v2"
 	"net"
 	"net/http"
 	"net/url"
 	"os"
+	"slices"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 )
@@ -37,7 +43,7 @@ const manifestType = "application/vnd.oci.image.manifest.v1+json"
 
 func main() {
 	if len(os.Args) < 2 {
-		fatalf("usage: loadgen freeport|setup|pull|push [flags]")
+		fatalf("usage: loadgen freeport|setup|pull|push|proxy-setup|ttfb [flags]")
 	}
 	var err error
 	switch os.Args[1] {
@@ -49,6 +55,10 @@ func main() {
 		err = pull(os.Args[2:])
 	case "push":
 		err = push(os.Args[2:])
+	case "proxy-setup":
+		err = proxySetup(os.Args[2:])
+	case "ttfb":
+		err = ttfb(os.Args[2:])
 	default:
 		err = fmt.Errorf("unknown subcommand %q", os.Args[1])
 	}
@@ -286,6 +296,7 @@ func (r *registry) check(rawURL, accept string, want []byte) error {
 }
 
 // pull times n concurrent GETs of one blob, from the first request to the last byte.
+// With -verify every client hashes what it receives and fails unless it is the blob.
 func pull(args []string) error {
 	fs := flag.NewFlagSet("pull", flag.ExitOnError)
 	addr := fs.String("addr", "", "registry host:port")
@@ -293,6 +304,8 @@ func pull(args []string) error {
 	d := fs.String("digest", "", "blob digest")
 	size := fs.Int64("size", 0, "expected blob size")
 	n := fs.Int("n", 8, "concurrent downloads")
+	verify := fs.Bool("verify", false, "check every client's bytes against -digest (sha256)")
+	key := fs.String("key", "PULL", "prefix of the printed keys")
 	fs.Parse(args)
 	r, err := newRegistry(*addr, *repo, *n)
 	if err != nil {
@@ -302,38 +315,18 @@ func pull(args []string) error {
 	defer cancel()
 	var wg sync.WaitGroup
 	errs := make([]error, *n)
+	ttfbs := make([]time.Duration, *n)
 	start := time.Now()
 	for i := range *n {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			req, _ := http.NewRequestWithContext(ctx, "GET", r.url("/blobs/"+*d), nil)
-			resp, err := r.hc.Do(req)
+			res, err := r.get(ctx, *d, *size, *verify, start)
 			if err != nil {
-				errs[i] = err
+				errs[i] = fmt.Errorf("client %d of %d: %w", i+1, *n, err)
 				return
 			}
-			defer resp.Body.Close()
-			if resp.StatusCode != http.StatusOK {
-				errs[i] = fmt.Errorf("GET blob: status %d", resp.StatusCode)
-				return
-			}
-			buf := make([]byte, 256<<10)
-			var got int64
-			for {
-				k, err := resp.Body.Read(buf)
-				got += int64(k)
-				if err == io.EOF {
-					break
-				}
-				if err != nil {
-					errs[i] = err
-					return
-				}
-			}
-			if got != *size {
-				errs[i] = fmt.Errorf("GET blob: %d bytes, want %d", got, *size)
-			}
+			ttfbs[i] = res.firstByte
 		}()
 	}
 	wg.Wait()
@@ -341,9 +334,75 @@ func pull(args []string) error {
 	if err := errors.Join(errs...); err != nil {
 		return err
 	}
-	fmt.Printf("PULL_SECONDS=%.3f\n", el)
-	fmt.Printf("PULL_GBPS=%.3f\n", float64(*size)*float64(*n)/el/1e9)
+	slices.Sort(ttfbs)
+	fmt.Printf("%s_SECONDS=%.3f\n", *key, el)
+	fmt.Printf("%s_GBPS=%.3f\n", *key, float64(*size)*float64(*n)/el/1e9)
+	fmt.Printf("%s_TTFB_MAX_MS=%.1f\n", *key, ttfbs[len(ttfbs)-1].Seconds()*1000)
+	if *verify {
+		fmt.Printf("%s_VERIFIED=%d\n", *key, *n)
+	}
 	return nil
+}
+
+// getResult is the timing of one blob GET, measured from a common start.
+type getResult struct {
+	header    time.Duration // response headers received
+	firstByte time.Duration // first body byte received
+	done      time.Duration // last body byte received
+}
+
+// get downloads blob d, checks its size (and with verify its sha256 digest) and
+// reports when the headers, the first and the last byte arrived.
+func (r *registry) get(ctx context.Context, d string, size int64, verify bool, start time.Time) (getResult, error) {
+	var res getResult
+	req, _ := http.NewRequestWithContext(ctx, "GET", r.url("/blobs/"+d), nil)
+	resp, err := r.hc.Do(req)
+	if err != nil {
+		return res, err
+	}
+	defer resp.Body.Close()
+	res.header = time.Since(start)
+	if resp.StatusCode != http.StatusOK {
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+		return res, fmt.Errorf("GET blob: status %d: %s", resp.StatusCode, bytes.TrimSpace(msg))
+	}
+	var h hash.Hash
+	if verify {
+		h = sha256.New()
+	}
+	buf := make([]byte, 256<<10)
+	var got int64
+	for {
+		k, err := resp.Body.Read(buf)
+		if k > 0 {
+			if got == 0 {
+				res.firstByte = time.Since(start)
+			}
+			got += int64(k)
+			if h != nil {
+				h.Write(buf[:k])
+			}
+		}
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return res, fmt.Errorf("GET blob: after %d of %d bytes: %w", got, size, err)
+		}
+	}
+	res.done = time.Since(start)
+	if got != size {
+		return res, fmt.Errorf("GET blob: %d bytes, want %d", got, size)
+	}
+	if h != nil {
+		if sum := "sha256:" + hex.EncodeToString(h.Sum(nil)); sum != d {
+			return res, fmt.Errorf("GET blob: the %d bytes hash to %s, want %s", got, sum, d)
+		}
+	}
+	if cl := resp.ContentLength; cl >= 0 && cl != size {
+		return res, fmt.Errorf("GET blob: Content-Length %d, want %d", cl, size)
+	}
+	return res, nil
 }
 
 // variant is the push file with its first 8 bytes replaced by a counter, so that each
@@ -506,4 +565,109 @@ func (r *registry) pushOnce(mode string, v *variant, chunks int) (float64, error
 		return 0, fmt.Errorf("unknown mode %q", mode)
 	}
 	return time.Since(start).Seconds(), nil
+}
+
+// proxySetup pushes count blobs of mib MiB to a registry (the upstream of the proxy
+// benchmarks) and prints their digests as PROXY_DIGEST_1..count. The blobs are one
+// pseudo-random buffer with a different first 8 bytes each, so every measurement can
+// ask for content that no cache has seen. A per-run seed keeps them apart between runs.
+func proxySetup(args []string) error {
+	fs := flag.NewFlagSet("proxy-setup", flag.ExitOnError)
+	addr := fs.String("addr", "", "registry host:port")
+	repo := fs.String("repo", "bench/proxy", "repository")
+	mib := fs.Int("mib", 256, "size of each blob in MiB")
+	count := fs.Int("count", 4, "number of blobs")
+	fs.Parse(args)
+	r, err := newRegistry(*addr, *repo, 2)
+	if err != nil {
+		return err
+	}
+	var seed [32]byte
+	rand.Read(seed[:])
+	base := make([]byte, *mib<<20)
+	mrand.NewChaCha8(seed).Read(base)
+	fmt.Printf("PROXY_SIZE=%d\n", len(base))
+	for i := range *count {
+		binary.BigEndian.PutUint64(base[:8], uint64(i+1)<<32|0xb10b)
+		d := digestOf(base)
+		if err := r.pushBlob(d, bytes.NewReader(base), int64(len(base))); err != nil {
+			return fmt.Errorf("blob %d: %w", i+1, err)
+		}
+		resp, err := r.do("HEAD", r.url("/blobs/"+d), nil, 0, nil, http.StatusOK)
+		if err != nil {
+			return fmt.Errorf("blob %d: %w", i+1, err)
+		}
+		if resp.ContentLength != int64(len(base)) {
+			return fmt.Errorf("blob %d: HEAD says %d bytes, want %d", i+1, resp.ContentLength, len(base))
+		}
+		fmt.Printf("PROXY_DIGEST_%d=%s\n", i+1, d)
+	}
+	return nil
+}
+
+// ttfb measures, for each digest in turn, one cold GET through every target: the time
+// to the first body byte and to the last, verifying the content. The order of the
+// targets rotates from one digest to the next. It prints per target NAME (upper case)
+// TTFB_NAME_MS and FULL_NAME_S (medians) and the single runs.
+func ttfb(args []string) error {
+	fs := flag.NewFlagSet("ttfb", flag.ExitOnError)
+	targets := fs.String("targets", "", "NAME=HOST:PORT,...")
+	repo := fs.String("repo", "bench/proxy", "repository")
+	digests := fs.String("digests", "", "D1,D2,...: one cold blob per run")
+	size := fs.Int64("size", 0, "expected blob size")
+	fs.Parse(args)
+	type target struct {
+		name  string
+		r     *registry
+		ttfb  []float64 // ms
+		hdr   []float64 // ms
+		total []float64 // s
+	}
+	var ts []*target
+	for _, t := range strings.Split(*targets, ",") {
+		name, addr, ok := strings.Cut(t, "=")
+		if !ok {
+			return fmt.Errorf("bad target %q, want NAME=HOST:PORT", t)
+		}
+		r, err := newRegistry(addr, *repo, 1)
+		if err != nil {
+			return err
+		}
+		ts = append(ts, &target{name: strings.ToUpper(name), r: r})
+	}
+	ds := strings.Split(*digests, ",")
+	for run, d := range ds {
+		for k := range ts {
+			t := ts[(run+k)%len(ts)]
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+			res, err := t.r.get(ctx, d, *size, true, time.Now())
+			cancel()
+			if err != nil {
+				return fmt.Errorf("%s, run %d (%s): %w", t.name, run+1, d, err)
+			}
+			t.ttfb = append(t.ttfb, res.firstByte.Seconds()*1000)
+			t.hdr = append(t.hdr, res.header.Seconds()*1000)
+			t.total = append(t.total, res.done.Seconds())
+		}
+	}
+	median := func(xs []float64) float64 {
+		s := slices.Clone(xs)
+		slices.Sort(s)
+		return s[len(s)/2]
+	}
+	join := func(xs []float64, prec int) string {
+		var ss []string
+		for _, x := range xs {
+			ss = append(ss, strconv.FormatFloat(x, 'f', prec, 64))
+		}
+		return strings.Join(ss, ",")
+	}
+	for _, t := range ts {
+		fmt.Printf("TTFB_%s_MS=%.1f\n", t.name, median(t.ttfb))
+		fmt.Printf("TTFB_%s_MS_ALL=%s\n", t.name, join(t.ttfb, 1))
+		fmt.Printf("HDR_%s_MS=%.1f\n", t.name, median(t.hdr))
+		fmt.Printf("FULL_%s_S=%.3f\n", t.name, median(t.total))
+		fmt.Printf("FULL_%s_S_ALL=%s\n", t.name, join(t.total, 3))
+	}
+	return nil
 }

@@ -1,0 +1,371 @@
+package vhost_test
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/random"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/validate"
+
+	"github.com/dockyard/dockyard/cache"
+	"github.com/dockyard/dockyard/oci"
+	"github.com/dockyard/dockyard/upstream"
+	"github.com/dockyard/dockyard/vhost"
+)
+
+func ref(t *testing.T, s string) name.Reference {
+	t.Helper()
+	r, err := name.ParseReference(s, name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+func randomImage(t *testing.T, layerSize int64, layers int) v1.Image {
+	t.Helper()
+	img, err := random.Image(layerSize, int64(layers))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return img
+}
+
+func digestOf(t *testing.T, x interface{ Digest() (v1.Hash, error) }) string {
+	t.Helper()
+	h, err := x.Digest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h.String()
+}
+
+type proxyConfig struct {
+	ttl     time.Duration
+	timeout time.Duration
+	clock   *fakeClock
+}
+
+// startProxy serves a proxy of u as the only registry.
+func startProxy(t *testing.T, u *testUpstream, pc proxyConfig) *server {
+	t.Helper()
+	if pc.ttl == 0 {
+		pc.ttl = time.Hour
+	}
+	if pc.timeout == 0 {
+		pc.timeout = 5 * time.Second
+	}
+	return startServer(t, func(store *cache.Store) ([]vhost.Registry, []vhost.Route) {
+		client, err := upstream.New(upstream.Config{URL: u.URL, Timeout: pc.timeout})
+		if err != nil {
+			t.Fatal(err)
+		}
+		opts := vhost.ProxyOptions{TagTTL: pc.ttl, NegativeTTL: time.Second, Logger: testLogger()}
+		if pc.clock != nil {
+			opts.Now = pc.clock.Now
+		}
+		p := vhost.NewProxy("up", store, client, opts)
+		return []vhost.Registry{p}, []vhost.Route{{Host: "*", Registry: "up"}}
+	})
+}
+
+type httpResult struct {
+	status int
+	header http.Header
+	body   []byte
+	err    error
+}
+
+func get(method, url string, headers ...string) httpResult {
+	req, err := http.NewRequest(method, url, nil)
+	if err != nil {
+		return httpResult{err: err}
+	}
+	for i := 0; i+1 < len(headers); i += 2 {
+		if headers[i] == "Host" {
+			req.Host = headers[i+1]
+		} else {
+			req.Header.Set(headers[i], headers[i+1])
+		}
+	}
+	resp, err := (&http.Client{Timeout: 60 * time.Second}).Do(req)
+	if err != nil {
+		return httpResult{err: err}
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return httpResult{status: resp.StatusCode, header: resp.Header, body: b, err: err}
+}
+
+func TestProxyPullsThroughAndServesFromCacheWhenUpstreamFails(t *testing.T) {
+	u := newTestUpstream(t)
+	img := randomImage(t, 64<<10, 2)
+	if err := remote.Write(ref(t, u.host()+"/org/app:1.0"), img); err != nil {
+		t.Fatal(err)
+	}
+	clock := &fakeClock{now: time.Unix(1e9, 0)}
+	s := startProxy(t, u, proxyConfig{ttl: time.Minute, clock: clock})
+
+	got, err := remote.Image(ref(t, s.addr+"/org/app:1.0"))
+	if err != nil {
+		t.Fatalf("pull through: %v", err)
+	}
+	if digestOf(t, got) != digestOf(t, img) {
+		t.Fatal("pulled a different image")
+	}
+	if err := validate.Image(got); err != nil {
+		t.Fatalf("pulled image: %v", err)
+	}
+
+	u.set(func(u *testUpstream) { u.failing = true })
+	clock.Advance(2 * time.Minute) // the tag is stale: revalidation fails, the cache answers
+	r := get("GET", "http://"+s.addr+"/v2/org/app/manifests/1.0", "Accept", "*/*")
+	if r.status != 200 || !strings.Contains(r.header.Get("Warning"), "unavailable") {
+		t.Errorf("stale tag with upstream down: %d, Warning %q", r.status, r.header.Get("Warning"))
+	}
+	got, err = remote.Image(ref(t, s.addr+"/org/app:1.0"))
+	if err != nil {
+		t.Fatalf("pull from cache with upstream down: %v", err)
+	}
+	if err := validate.Image(got); err != nil {
+		t.Fatalf("cached image: %v", err)
+	}
+	// Nothing cached and the upstream down: a clear error, not a hang.
+	r = get("GET", "http://"+s.addr+"/v2/org/app/manifests/2.0")
+	if r.status != http.StatusBadGateway || !strings.Contains(string(r.body), "unavailable") {
+		t.Errorf("uncached tag with upstream down: %d %s", r.status, r.body)
+	}
+}
+
+func TestConcurrentColdPullsShareOneUpstreamFetch(t *testing.T) {
+	u := newTestUpstream(t)
+	size := int64(256 << 20)
+	if raceEnabled || testing.Short() {
+		size = 16 << 20
+	}
+	layer, err := random.Layer(size, "application/octet-stream")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Push the big layer as a blob of the upstream repository.
+	if err := remote.WriteLayer(ref(t, u.host()+"/big/blob:x").Context(), layer); err != nil {
+		t.Fatal(err)
+	}
+	d := digestOf(t, layer)
+	if size, err = layer.Size(); err != nil {
+		t.Fatal(err)
+	}
+	s := startProxy(t, u, proxyConfig{})
+
+	const clients = 32
+	var wg sync.WaitGroup
+	sums := make([]string, clients)
+	errs := make([]error, clients)
+	for i := range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			resp, err := http.Get("http://" + s.addr + "/v2/big/blob/blobs/" + d)
+			if err != nil {
+				errs[i] = err
+				return
+			}
+			defer resp.Body.Close()
+			h := sha256.New()
+			n, err := io.Copy(h, resp.Body)
+			if err != nil || resp.StatusCode != 200 || n != size {
+				errs[i] = fmt.Errorf("status %d, %d bytes, %v", resp.StatusCode, n, err)
+				return
+			}
+			sums[i] = "sha256:" + hex.EncodeToString(h.Sum(nil))
+		}()
+	}
+	wg.Wait()
+	for i := range clients {
+		if errs[i] != nil {
+			t.Errorf("client %d: %v", i, errs[i])
+		} else if sums[i] != d {
+			t.Errorf("client %d received bytes hashing to %s, want %s", i, sums[i], d)
+		}
+	}
+	if n := u.blobGets.Load(); n != 1 {
+		t.Errorf("%d upstream blob GETs for %d concurrent cold pulls, want 1", n, clients)
+	}
+	// Later pulls come from the cache.
+	if r := get("GET", "http://"+s.addr+"/v2/big/blob/blobs/"+d); r.status != 200 || int64(len(r.body)) != size {
+		t.Errorf("cached pull: %d, %d bytes", r.status, len(r.body))
+	}
+	if n := u.blobGets.Load(); n != 1 {
+		t.Errorf("%d upstream blob GETs after a cached pull, want 1", n)
+	}
+}
+
+func TestCorruptUpstreamBytesAreNeverCached(t *testing.T) {
+	u := newTestUpstream(t)
+	layer, err := random.Layer(1<<20, "application/octet-stream")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.WriteLayer(ref(t, u.host()+"/bad/blob:x").Context(), layer); err != nil {
+		t.Fatal(err)
+	}
+	d := digestOf(t, layer)
+	s := startProxy(t, u, proxyConfig{})
+	u.set(func(u *testUpstream) { u.corrupt = true })
+
+	r := get("GET", "http://"+s.addr+"/v2/bad/blob/blobs/"+d)
+	if r.err == nil && r.status == 200 && sha256Hex(r.body) == d {
+		t.Fatal("corrupt upstream content was served as the blob")
+	}
+	if size, _ := layer.Size(); r.err == nil && r.status == 200 && int64(len(r.body)) == size {
+		t.Fatalf("a client received a complete body of corrupt content (status %d)", r.status)
+	}
+	if _, ok, _ := s.store.HasBlob(oci.Digest(d)); ok {
+		t.Fatal("corrupt content was cached")
+	}
+	if left, _ := os.ReadDir(filepath.Join(s.dir, "uploads")); len(left) != 0 {
+		t.Errorf("%d partial files left behind", len(left))
+	}
+
+	u.set(func(u *testUpstream) { u.corrupt = false })
+	r = get("GET", "http://"+s.addr+"/v2/bad/blob/blobs/"+d)
+	if r.err != nil || r.status != 200 || sha256Hex(r.body) != d {
+		t.Fatalf("after the upstream is fixed: %d %v", r.status, r.err)
+	}
+	if _, ok, _ := s.store.HasBlob(oci.Digest(d)); !ok {
+		t.Fatal("verified content was not cached")
+	}
+}
+
+func sha256Hex(b []byte) string {
+	s := sha256.Sum256(b)
+	return "sha256:" + hex.EncodeToString(s[:])
+}
+
+func TestTagMovedUpstreamIsSeenAfterTheTTLAndNotBefore(t *testing.T) {
+	u := newTestUpstream(t)
+	first, second := randomImage(t, 1024, 1), randomImage(t, 1024, 1)
+	tag := u.host() + "/moving/app:latest"
+	if err := remote.Write(ref(t, tag), first); err != nil {
+		t.Fatal(err)
+	}
+	clock := &fakeClock{now: time.Unix(1e9, 0)}
+	s := startProxy(t, u, proxyConfig{ttl: 10 * time.Minute, clock: clock})
+	resolve := func() string {
+		r := get("HEAD", "http://"+s.addr+"/v2/moving/app/manifests/latest", "Accept", "*/*")
+		return r.header.Get("Docker-Content-Digest")
+	}
+	if got := resolve(); got != digestOf(t, first) {
+		t.Fatalf("first resolution: %s", got)
+	}
+	if err := remote.Write(ref(t, tag), second); err != nil {
+		t.Fatal(err)
+	}
+	clock.Advance(9 * time.Minute)
+	if got := resolve(); got != digestOf(t, first) {
+		t.Errorf("within the TTL the cached tag must be served: got %s", got)
+	}
+	clock.Advance(2 * time.Minute)
+	if got := resolve(); got != digestOf(t, second) {
+		t.Errorf("after the TTL the moved tag must be seen: got %s, want %s", got, digestOf(t, second))
+	}
+}
+
+func TestUpstreamErrorsMapToOCIErrors(t *testing.T) {
+	u := newTestUpstream(t)
+	s := startProxy(t, u, proxyConfig{})
+	for _, c := range []struct {
+		upstream   int
+		retryAfter string
+		status     int
+		code       string
+	}{
+		{401, "", 401, "UNAUTHORIZED"},
+		{403, "", 403, "DENIED"},
+		{404, "", 404, "MANIFEST_UNKNOWN"},
+		{429, "7", 429, "TOOMANYREQUESTS"},
+	} {
+		u.set(func(u *testUpstream) { u.status, u.retryAfter = c.upstream, c.retryAfter })
+		r := get("GET", fmt.Sprintf("http://%s/v2/err/app%d/manifests/v1", s.addr, c.upstream))
+		if r.status != c.status || !strings.Contains(string(r.body), `"code":"`+c.code+`"`) {
+			t.Errorf("upstream %d: got %d %s, want %d %s", c.upstream, r.status, r.body, c.status, c.code)
+		}
+		if r.header.Get("Retry-After") != c.retryAfter {
+			t.Errorf("upstream %d: Retry-After %q, want %q", c.upstream, r.header.Get("Retry-After"), c.retryAfter)
+		}
+	}
+}
+
+func TestStalledUpstreamGivesAnErrorNotAHang(t *testing.T) {
+	u := newTestUpstream(t)
+	s := startProxy(t, u, proxyConfig{timeout: 300 * time.Millisecond})
+	u.set(func(u *testUpstream) { u.stall = time.Minute })
+	r := get("GET", "http://"+s.addr+"/v2/slow/app/manifests/v1")
+	if r.err != nil || r.status != http.StatusBadGateway {
+		t.Fatalf("stalled upstream: %d %v %s", r.status, r.err, r.body)
+	}
+}
+
+func TestHeadOfAnUncachedBlobDoesNotDownloadIt(t *testing.T) {
+	u := newTestUpstream(t)
+	layer, err := random.Layer(2<<20, "application/octet-stream")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.WriteLayer(ref(t, u.host()+"/head/blob:x").Context(), layer); err != nil {
+		t.Fatal(err)
+	}
+	s := startProxy(t, u, proxyConfig{})
+	size, _ := layer.Size()
+	r := get("HEAD", "http://"+s.addr+"/v2/head/blob/blobs/"+digestOf(t, layer))
+	if r.status != 200 || r.header.Get("Content-Length") != fmt.Sprint(size) {
+		t.Fatalf("HEAD: %d length %q", r.status, r.header.Get("Content-Length"))
+	}
+	if n := u.blobGets.Load(); n != 0 {
+		t.Errorf("HEAD caused %d upstream blob downloads", n)
+	}
+}
+
+func TestMultiPlatformIndexChildrenAreFetchedWhenAskedFor(t *testing.T) {
+	u := newTestUpstream(t)
+	idx, err := random.Index(1024, 1, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.WriteIndex(ref(t, u.host()+"/multi/app:v1"), idx); err != nil {
+		t.Fatal(err)
+	}
+	s := startProxy(t, u, proxyConfig{})
+	got, err := remote.Index(ref(t, s.addr+"/multi/app:v1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := validate.Index(got); err != nil { // fetches every child and layer through the proxy
+		t.Fatalf("index through the proxy: %v", err)
+	}
+	if digestOf(t, got) != digestOf(t, idx) {
+		t.Fatal("index digest differs")
+	}
+	// Children are now cached: served with the upstream failing.
+	u.set(func(u *testUpstream) { u.failing = true })
+	m, _ := idx.IndexManifest()
+	for _, child := range m.Manifests {
+		r := get("GET", "http://"+s.addr+"/v2/multi/app/manifests/"+child.Digest.String(), "Accept", "*/*")
+		if r.status != 200 {
+			t.Errorf("cached child %s: %d", child.Digest, r.status)
+		}
+	}
+}
+

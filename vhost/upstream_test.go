@@ -1,0 +1,177 @@
+package vhost_test
+
+import (
+	"context"
+	"io"
+	"log"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/registry"
+
+	"github.com/dockyard/dockyard/cache"
+	"github.com/dockyard/dockyard/gateway"
+	"github.com/dockyard/dockyard/vhost"
+)
+
+// testUpstream is an upstream registry in the test process: go-containerregistry's
+// in-memory registry behind the Bearer token flow that ghcr.io uses, which the test can
+// tell to fail, stall, corrupt blobs or answer with a chosen status.
+type testUpstream struct {
+	*httptest.Server
+	blobGets atomic.Int64 // GETs of /blobs/ that reached the registry
+
+	mu         sync.Mutex
+	failing    bool          // answer 500 to everything
+	stall      time.Duration // wait before answering
+	corrupt    bool          // flip a byte in blob bodies
+	status     int           // answer manifest requests with this status
+	retryAfter string
+}
+
+const upstreamToken = "t0ken"
+
+func newTestUpstream(t *testing.T) *testUpstream {
+	u := &testUpstream{}
+	reg := registry.New(registry.WithReferrersSupport(true), registry.Logger(log.New(io.Discard, "", 0)))
+	u.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		u.mu.Lock()
+		failing, stall, corrupt, status, retryAfter := u.failing, u.stall, u.corrupt, u.status, u.retryAfter
+		u.mu.Unlock()
+		if stall > 0 {
+			select {
+			case <-time.After(stall):
+			case <-r.Context().Done():
+				return
+			}
+		}
+		if failing {
+			http.Error(w, "upstream failure", http.StatusInternalServerError)
+			return
+		}
+		if r.URL.Path == "/token" {
+			w.Header().Set("Content-Type", "application/json")
+			io.WriteString(w, `{"token":"`+upstreamToken+`","access_token":"`+upstreamToken+`"}`)
+			return
+		}
+		if r.Header.Get("Authorization") != "Bearer "+upstreamToken {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="`+u.URL+`/token",service="test-upstream",scope="repository:x:pull"`)
+			w.WriteHeader(http.StatusUnauthorized)
+			io.WriteString(w, `{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}`)
+			return
+		}
+		if status != 0 && strings.Contains(r.URL.Path, "/manifests/") {
+			if retryAfter != "" {
+				w.Header().Set("Retry-After", retryAfter)
+			}
+			w.WriteHeader(status)
+			io.WriteString(w, `{"errors":[{"code":"DENIED","message":"forced by the test"}]}`)
+			return
+		}
+		if r.Method == "GET" && strings.Contains(r.URL.Path, "/blobs/") {
+			u.blobGets.Add(1)
+			if corrupt {
+				reg.ServeHTTP(&corruptingWriter{ResponseWriter: w}, r)
+				return
+			}
+		}
+		reg.ServeHTTP(w, r)
+	}))
+	t.Cleanup(u.Close)
+	return u
+}
+
+func (u *testUpstream) set(f func(u *testUpstream)) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	f(u)
+}
+
+func (u *testUpstream) host() string { return strings.TrimPrefix(u.URL, "http://") }
+
+// corruptingWriter flips the first body byte it writes.
+type corruptingWriter struct {
+	http.ResponseWriter
+	done bool
+}
+
+func (c *corruptingWriter) Write(p []byte) (int, error) {
+	if !c.done && len(p) > 0 {
+		c.done = true
+		q := append([]byte(nil), p...)
+		q[0] ^= 0xff
+		return c.ResponseWriter.Write(q)
+	}
+	return c.ResponseWriter.Write(p)
+}
+
+// fakeClock is a settable clock for TTLs.
+type fakeClock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func (c *fakeClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *fakeClock) Advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.now = c.now.Add(d)
+}
+
+// server is a dockyard gateway over registries built by the test.
+type server struct {
+	addr  string
+	store *cache.Store
+	dir   string
+}
+
+func testLogger() *slog.Logger {
+	if testing.Verbose() {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	}
+	return slog.New(slog.NewTextHandler(io.Discard, nil))
+}
+
+// startServer opens a store, lets build make the registries and routes over it, and
+// serves them on a loopback port.
+func startServer(t *testing.T, build func(store *cache.Store) ([]vhost.Registry, []vhost.Route)) *server {
+	t.Helper()
+	dir := t.TempDir()
+	store, err := cache.Open(cache.Options{Dir: dir, Logger: testLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	regs, routes := build(store)
+	router, err := vhost.NewRouter(regs, routes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gw := gateway.New(gateway.Options{Router: router, Logger: testLogger()})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- gw.Serve(ln) }()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		gw.Shutdown(ctx)
+		<-done
+		store.Close()
+	})
+	return &server{addr: ln.Addr().String(), store: store, dir: dir}
+}
