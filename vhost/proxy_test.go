@@ -368,4 +368,3 @@ func TestMultiPlatformIndexChildrenAreFetchedWhenAskedFor(t *testing.T) {
 		}
 	}
 }
-

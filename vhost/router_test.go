@@ -6,7 +6,6 @@ import (
 	"github.com/dockyard/dockyard/oci"
 )
 
-
 // fakeRegistry satisfies Registry by embedding; only Name is used by the router.
 type fakeRegistry struct {
 	Registry
@@ -43,7 +42,7 @@ func TestRouterResolvesHostsNamespacesAndNs(t *testing.T) {
 		{"x.example.com", "a/b", "", "all", "a/b", ""},
 		{"x.example.com", "hub/library/alpine", "", "hub", "library/alpine", ""},
 		{"x.example.com", "hub", "", "all", "hub", ""}, // a bare namespace is a repository name
-		{"x.eu.example.com", "a", "", "ghcr", "a", ""},  // longest wildcard wins
+		{"x.eu.example.com", "a", "", "ghcr", "a", ""}, // longest wildcard wins
 		{"other.org", "a", "", "fallback", "a", ""},
 		{"other.org", "library/alpine", "docker.io", "hub", "library/alpine", "docker.io"},
 		{"other.org", "org/x", "ghcr.io", "ghcr", "org/x", "ghcr.io"},
