@@ -128,7 +128,9 @@ func (p *Proxy) fetchBlob(ctx context.Context, repo oci.Repository, d oci.Digest
 	}
 	p.mu.Unlock()
 	if leader {
-		p.startFetch(ctx, repo, d, bf)
+		if body, size := p.startFetch(ctx, repo, d, bf); body != nil {
+			return body, size, nil // too large to cache: the leader streams its download
+		}
 	}
 	select {
 	case <-bf.ready:
@@ -154,8 +156,9 @@ func (p *Proxy) fetchBlob(ctx context.Context, repo oci.Repository, d oci.Digest
 var errTooLarge = errors.New("blob larger than the proxy caches")
 
 // startFetch begins the upstream download of d and the background copy into the
-// cache, which outlives the request that started it.
-func (p *Proxy) startFetch(ctx context.Context, repo oci.Repository, d oci.Digest, bf *blobFetch) {
+// cache, which outlives the request that started it. A blob too large to cache is
+// returned to the leader to stream through; the others download their own.
+func (p *Proxy) startFetch(ctx context.Context, repo oci.Repository, d oci.Digest, bf *blobFetch) (io.ReadCloser, int64) {
 	finish := func() {
 		p.mu.Lock()
 		delete(p.fetches, d)
@@ -163,8 +166,10 @@ func (p *Proxy) startFetch(ctx context.Context, repo oci.Repository, d oci.Diges
 	}
 	body, size, err := p.up.GetBlob(ctx, string(repo), d)
 	if err == nil && p.opts.MaxSize > 0 && size > p.opts.MaxSize {
-		body.Close()
-		err = errTooLarge
+		bf.err = errTooLarge
+		close(bf.ready)
+		finish()
+		return body, size
 	}
 	var f *cache.Fetch
 	if err == nil {
@@ -176,7 +181,7 @@ func (p *Proxy) startFetch(ctx context.Context, repo oci.Repository, d oci.Diges
 	close(bf.ready)
 	if err != nil {
 		finish()
-		return
+		return nil, 0
 	}
 	go func() {
 		defer finish()
@@ -188,6 +193,7 @@ func (p *Proxy) startFetch(ctx context.Context, repo oci.Repository, d oci.Diges
 		}
 		p.log.Info("cached upstream blob", "repo", repo, "digest", d, "bytes", size, "seconds", p.opts.Now().Sub(start).Seconds())
 	}()
+	return nil, 0
 }
 
 func (p *Proxy) DeleteBlob(ctx context.Context, repo oci.Repository, d oci.Digest) error {

@@ -3,6 +3,7 @@ package vhost_test
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/pem"
 	"fmt"
 	"io"
 	"net/http"
@@ -56,6 +57,8 @@ type proxyConfig struct {
 	ttl     time.Duration
 	timeout time.Duration
 	clock   *fakeClock
+	maxSize int64
+	caFile  string
 }
 
 // startProxy serves a proxy of u as the only registry.
@@ -68,11 +71,11 @@ func startProxy(t *testing.T, u *testUpstream, pc proxyConfig) *server {
 		pc.timeout = 5 * time.Second
 	}
 	return startServer(t, func(store *cache.Store) ([]vhost.Registry, []vhost.Route) {
-		client, err := upstream.New(upstream.Config{URL: u.URL, Timeout: pc.timeout})
+		client, err := upstream.New(upstream.Config{URL: u.URL, Timeout: pc.timeout, CAFile: pc.caFile})
 		if err != nil {
 			t.Fatal(err)
 		}
-		opts := vhost.ProxyOptions{TagTTL: pc.ttl, NegativeTTL: time.Second, Logger: testLogger()}
+		opts := vhost.ProxyOptions{TagTTL: pc.ttl, NegativeTTL: time.Second, MaxSize: pc.maxSize, Logger: testLogger()}
 		if pc.clock != nil {
 			opts.Now = pc.clock.Now
 		}
@@ -366,5 +369,78 @@ func TestMultiPlatformIndexChildrenAreFetchedWhenAskedFor(t *testing.T) {
 		if r.status != 200 {
 			t.Errorf("cached child %s: %d", child.Digest, r.status)
 		}
+	}
+}
+
+func TestProxyOfATLSUpstreamTrustsItsConfiguredCA(t *testing.T) {
+	u := newUpstream(t, true)
+	img := randomImage(t, 1024, 1)
+	if err := remote.Write(ref(t, u.host()+"/tls/app:v1"), img, remote.WithTransport(u.Client().Transport)); err != nil {
+		t.Fatal(err)
+	}
+	// Without the CA the upstream's certificate is refused.
+	s := startProxy(t, u, proxyConfig{})
+	if r := get("GET", "http://"+s.addr+"/v2/tls/app/manifests/v1"); r.status != http.StatusBadGateway {
+		t.Errorf("untrusted certificate: %d %s", r.status, r.body)
+	}
+	ca := filepath.Join(t.TempDir(), "ca.pem")
+	os.WriteFile(ca, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: u.Certificate().Raw}), 0o644)
+	s = startProxy(t, u, proxyConfig{caFile: ca})
+	got, err := remote.Image(ref(t, s.addr+"/tls/app:v1"))
+	if err != nil {
+		t.Fatalf("pull through a proxy trusting the CA: %v", err)
+	}
+	if err := validate.Image(got); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestBlobsOverMaxSizeAreStreamedButNotCached(t *testing.T) {
+	u := newTestUpstream(t)
+	layer, err := random.Layer(256<<10, "application/octet-stream")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.WriteLayer(ref(t, u.host()+"/huge/blob:x").Context(), layer); err != nil {
+		t.Fatal(err)
+	}
+	d := digestOf(t, layer)
+	s := startProxy(t, u, proxyConfig{maxSize: 64 << 10})
+	for i := range 2 {
+		r := get("GET", "http://"+s.addr+"/v2/huge/blob/blobs/"+d)
+		if r.status != 200 || sha256Hex(r.body) != d {
+			t.Fatalf("pull %d: %d", i, r.status)
+		}
+	}
+	if _, ok, _ := s.store.HasBlob(oci.Digest(d)); ok {
+		t.Error("a blob over max_size was cached")
+	}
+	if n := u.blobGets.Load(); n != 2 {
+		t.Errorf("%d upstream GETs for two pulls of an uncacheable blob, want 2", n)
+	}
+}
+
+func TestConcurrentRequestsForAnUncachedManifestShareOneFetch(t *testing.T) {
+	u := newTestUpstream(t)
+	img := randomImage(t, 1024, 1)
+	if err := remote.Write(ref(t, u.host()+"/sf/app:v1"), img); err != nil {
+		t.Fatal(err)
+	}
+	u.manifestGets.Store(0)
+	u.set(func(u *testUpstream) { u.stall = 200 * time.Millisecond }) // let the requests overlap
+	s := startProxy(t, u, proxyConfig{})
+	var wg sync.WaitGroup
+	for range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if r := get("GET", "http://"+s.addr+"/v2/sf/app/manifests/v1", "Accept", "*/*"); r.status != 200 {
+				t.Errorf("GET: %d", r.status)
+			}
+		}()
+	}
+	wg.Wait()
+	if n := u.manifestGets.Load(); n != 1 {
+		t.Errorf("%d upstream manifest GETs for 16 concurrent requests, want 1", n)
 	}
 }

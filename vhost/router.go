@@ -8,8 +8,8 @@ import (
 	"github.com/dockyard/dockyard/oci"
 )
 
-// Route sends requests for a host pattern to a registry. Host is an exact name,
-// a wildcard "*.example.com" or "*" for any host. Namespaces send repositories whose
+// Route sends requests for a host pattern to a registry. Host is an exact name (with
+// a port it matches only that port), a wildcard "*.example.com" or "*" for any host. Namespaces send repositories whose
 // first component is a key to another registry, without that component:
 // {ghcr: ghcr} routes /v2/ghcr/org/img/… to registry ghcr, repository org/img.
 type Route struct {
@@ -138,10 +138,14 @@ func (rt *Router) ResolveHost(host string) (Registry, error) {
 }
 
 func (rt *Router) hostRoute(host string) (*hostRoute, error) {
+	host = strings.ToLower(host)
+	// A route naming a port matches only that port; others match any port.
+	if hr, ok := rt.exact[host]; ok {
+		return hr, nil
+	}
 	if h, _, err := net.SplitHostPort(host); err == nil {
 		host = h
 	}
-	host = strings.ToLower(host)
 	if hr, ok := rt.exact[host]; ok {
 		return hr, nil
 	}

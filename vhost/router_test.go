@@ -26,6 +26,7 @@ func TestRouterResolvesHostsNamespacesAndNs(t *testing.T) {
 	}
 	rt, err := NewRouter(regs, []Route{
 		{Host: "dev.example.com", Registry: "dev"},
+		{Host: "dev.example.com:6000", Registry: "fallback"},
 		{Host: "*.example.com", Registry: "all", Namespaces: map[string]string{"hub": "hub"}},
 		{Host: "*.eu.example.com", Registry: "ghcr"},
 		{Host: "*", Registry: "fallback"},
@@ -39,6 +40,7 @@ func TestRouterResolvesHostsNamespacesAndNs(t *testing.T) {
 	}{
 		{"dev.example.com:5000", "a/b", "", "dev", "a/b", ""},
 		{"DEV.example.com", "a/b", "", "dev", "a/b", ""},
+		{"dev.example.com:6000", "a/b", "", "fallback", "a/b", ""}, // a route with a port wins for that port
 		{"x.example.com", "a/b", "", "all", "a/b", ""},
 		{"x.example.com", "hub/library/alpine", "", "hub", "library/alpine", ""},
 		{"x.example.com", "hub", "", "all", "hub", ""}, // a bare namespace is a repository name

@@ -27,7 +27,8 @@ import (
 // tell to fail, stall, corrupt blobs or answer with a chosen status.
 type testUpstream struct {
 	*httptest.Server
-	blobGets atomic.Int64 // GETs of /blobs/ that reached the registry
+	blobGets     atomic.Int64 // GETs of /blobs/ that reached the registry
+	manifestGets atomic.Int64 // GETs of /manifests/
 
 	mu         sync.Mutex
 	failing    bool          // answer 500 to everything
@@ -39,10 +40,13 @@ type testUpstream struct {
 
 const upstreamToken = "t0ken"
 
-func newTestUpstream(t *testing.T) *testUpstream {
+func newTestUpstream(t *testing.T) *testUpstream { return newUpstream(t, false) }
+
+// newUpstream starts the upstream, over TLS with a self-signed certificate when tls.
+func newUpstream(t *testing.T, tls bool) *testUpstream {
 	u := &testUpstream{}
 	reg := registry.New(registry.WithReferrersSupport(true), registry.Logger(log.New(io.Discard, "", 0)))
-	u.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	u.Server = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		u.mu.Lock()
 		failing, stall, corrupt, status, retryAfter := u.failing, u.stall, u.corrupt, u.status, u.retryAfter
 		u.mu.Unlock()
@@ -76,6 +80,9 @@ func newTestUpstream(t *testing.T) *testUpstream {
 			io.WriteString(w, `{"errors":[{"code":"DENIED","message":"forced by the test"}]}`)
 			return
 		}
+		if r.Method == "GET" && strings.Contains(r.URL.Path, "/manifests/") {
+			u.manifestGets.Add(1)
+		}
 		if r.Method == "GET" && strings.Contains(r.URL.Path, "/blobs/") {
 			u.blobGets.Add(1)
 			if corrupt {
@@ -85,6 +92,11 @@ func newTestUpstream(t *testing.T) *testUpstream {
 		}
 		reg.ServeHTTP(w, r)
 	}))
+	if tls {
+		u.StartTLS()
+	} else {
+		u.Start()
+	}
 	t.Cleanup(u.Close)
 	return u
 }
@@ -95,7 +107,9 @@ func (u *testUpstream) set(f func(u *testUpstream)) {
 	f(u)
 }
 
-func (u *testUpstream) host() string { return strings.TrimPrefix(u.URL, "http://") }
+func (u *testUpstream) host() string {
+	return strings.TrimPrefix(strings.TrimPrefix(u.URL, "http://"), "https://")
+}
 
 // corruptingWriter flips the first body byte it writes.
 type corruptingWriter struct {
