@@ -215,10 +215,10 @@ func (c *Client) HeadBlob(ctx context.Context, repo string, d oci.Digest) (int64
 }
 
 // GetBlob starts downloading a blob; the caller verifies and closes it. The download
-// is not bound to ctx's deadline, only to the upstream pausing longer than the
-// timeout, so one slow client cannot cut it short for others sharing it.
-func (c *Client) GetBlob(ctx context.Context, repo string, d oci.Digest) (io.ReadCloser, int64, error) {
-	resp, err := c.do(context.WithoutCancel(ctx), "GET", repo, "/blobs/"+string(d), "")
+// is bound to no request, only to the upstream pausing longer than the timeout: it may
+// be shared by many clients and outlive the one that started it.
+func (c *Client) GetBlob(repo string, d oci.Digest) (io.ReadCloser, int64, error) {
+	resp, err := c.do(context.Background(), "GET", repo, "/blobs/"+string(d), "")
 	if err != nil {
 		return nil, 0, err
 	}

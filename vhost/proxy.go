@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	lru "github.com/hashicorp/golang-lru/v2"
 	"golang.org/x/sync/singleflight"
 
 	"github.com/dockyard/dockyard/cache"
@@ -39,13 +40,20 @@ type Proxy struct {
 	opts  ProxyOptions
 	log   *slog.Logger
 
-	manifests singleflight.Group // one upstream manifest request per repo/reference
+	// manifests shares one upstream manifest request per repo/reference. Shared work
+	// runs on a background context: a request's context (fasthttp recycles it) must
+	// not outlive the request.
+	manifests singleflight.Group
 
 	mu       sync.Mutex
 	fetches  map[oci.Digest]*blobFetch
-	fresh    map[string]time.Time // repo 0 tag → when last validated upstream
-	negative map[string]time.Time // repo 0 reference → until when "not found" holds
+	fresh    *lru.Cache[string, time.Time] // repo 0 tag → when last validated upstream
+	negative *lru.Cache[string, time.Time] // repo 0 reference → until when "not found" holds
 }
+
+// maxRemembered bounds the tags whose freshness, and the references whose absence, a
+// proxy remembers.
+const maxRemembered = 100000
 
 // blobFetch is one upstream blob download shared by every request for the digest.
 type blobFetch struct {
@@ -65,8 +73,13 @@ func NewProxy(name string, store *cache.Store, up *upstream.Client, opts ProxyOp
 	return &Proxy{
 		name: name, up: up, opts: opts, log: opts.Logger.With("registry", name),
 		local:   NewHosted(name, store, HostedOptions{AllowSparseIndex: true}),
-		fetches: map[oci.Digest]*blobFetch{}, fresh: map[string]time.Time{}, negative: map[string]time.Time{},
+		fetches: map[oci.Digest]*blobFetch{}, fresh: mustLRU(), negative: mustLRU(),
 	}
+}
+
+func mustLRU() *lru.Cache[string, time.Time] {
+	c, _ := lru.New[string, time.Time](maxRemembered)
+	return c
 }
 
 func (p *Proxy) Name() string { return p.name }
@@ -138,7 +151,7 @@ func (p *Proxy) fetchBlob(ctx context.Context, repo oci.Repository, d oci.Digest
 		return nil, 0, ctx.Err()
 	}
 	if errors.Is(bf.err, errTooLarge) {
-		body, size, err := p.up.GetBlob(ctx, string(repo), d)
+		body, size, err := p.up.GetBlob(string(repo), d)
 		if err != nil {
 			return nil, 0, p.upstreamError(err, oci.ErrBlobUnknown, "blob "+string(d))
 		}
@@ -164,7 +177,7 @@ func (p *Proxy) startFetch(ctx context.Context, repo oci.Repository, d oci.Diges
 		delete(p.fetches, d)
 		p.mu.Unlock()
 	}
-	body, size, err := p.up.GetBlob(ctx, string(repo), d)
+	body, size, err := p.up.GetBlob(string(repo), d)
 	if err == nil && p.opts.MaxSize > 0 && size > p.opts.MaxSize {
 		bf.err = errTooLarge
 		close(bf.ready)
@@ -219,7 +232,7 @@ func (p *Proxy) GetManifest(ctx context.Context, repo oci.Repository, ref oci.Re
 		return nil, oci.ErrManifestUnknown.Withf("manifest %s:%s not found upstream (cached answer)", repo, ref.Tag)
 	}
 	v, err, _ := p.manifests.Do("head\x00"+key, func() (any, error) {
-		return p.up.HeadManifest(context.WithoutCancel(ctx), string(repo), string(ref.Tag))
+		return p.up.HeadManifest(context.Background(), string(repo), string(ref.Tag))
 	})
 	if err != nil {
 		if lerr == nil && servableFromCache(err) {
@@ -251,7 +264,7 @@ func (p *Proxy) fetchManifest(ctx context.Context, repo oci.Repository, ref stri
 		return nil, oci.ErrManifestUnknown.Withf("manifest %s@%s not found upstream (cached answer)", repo, ref)
 	}
 	v, err, _ := p.manifests.Do("get\x00"+negKey+"\x00"+string(tag), func() (any, error) {
-		m, err := p.up.GetManifest(context.WithoutCancel(ctx), string(repo), ref)
+		m, err := p.up.GetManifest(context.Background(), string(repo), ref)
 		if err != nil {
 			return nil, err
 		}
@@ -263,7 +276,7 @@ func (p *Proxy) fetchManifest(ctx context.Context, repo oci.Repository, ref stri
 		if tag != "" {
 			tags = []oci.Tag{tag}
 		}
-		if err := p.local.store.PutManifest(context.WithoutCancel(ctx), cache.PutManifestRequest{
+		if err := p.local.store.PutManifest(context.Background(), cache.PutManifestRequest{
 			Registry: p.name, Repo: string(repo), Digest: m.Digest, Content: m.Content,
 			Manifest: parsed, Tags: tags, AllowSparse: true,
 		}); err != nil {
@@ -286,36 +299,25 @@ func (p *Proxy) fetchManifest(ctx context.Context, repo oci.Repository, ref stri
 }
 
 func (p *Proxy) isFresh(key string) bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	at, ok := p.fresh[key]
+	at, ok := p.fresh.Get(key)
 	return ok && p.opts.Now().Sub(at) < p.opts.TagTTL
 }
 
-func (p *Proxy) markFresh(key string) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.fresh[key] = p.opts.Now()
-}
+func (p *Proxy) markFresh(key string) { p.fresh.Add(key, p.opts.Now()) }
 
 func (p *Proxy) isNegative(key string) bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	until, ok := p.negative[key]
+	until, ok := p.negative.Get(key)
 	if ok && p.opts.Now().After(until) {
-		delete(p.negative, key)
+		p.negative.Remove(key)
 		return false
 	}
 	return ok
 }
 
 func (p *Proxy) setNegative(key string) {
-	if p.opts.NegativeTTL <= 0 {
-		return
+	if p.opts.NegativeTTL > 0 {
+		p.negative.Add(key, p.opts.Now().Add(p.opts.NegativeTTL))
 	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.negative[key] = p.opts.Now().Add(p.opts.NegativeTTL)
 }
 
 func isNotFound(err error) bool {
