@@ -20,7 +20,9 @@ func (g *Gateway) getBlob(r *request) error {
 			return err
 		}
 		blobHeaders(ctx, d, etag)
-		setContentLength(ctx, size)
+		if size >= 0 {
+			setContentLength(ctx, size)
+		}
 		ctx.Response.SkipBody = true
 		return nil
 	}

@@ -162,3 +162,28 @@ func TestPullsThroughAnyRegistryAreRecorded(t *testing.T) {
 		t.Errorf("pull records: manifest %+v, tag %+v", m, tagged)
 	}
 }
+
+// A proxy shares the blob store with hosted registries; it must never hand out a blob
+// it has not been shown the upstream repository holds, least of all while the upstream
+// cannot be asked.
+func TestProxyNeverServesOtherRegistriesBlobs(t *testing.T) {
+	u := newTestUpstream(t)
+	s, hosts := startNexus(t, u)
+	private := randomImage(t, 2048, 1)
+	if err := remote.Write(ref(t, s.addr+"/team/secret:1"), private, remote.WithTransport(hostRewriter(hosts["dev"]))); err != nil {
+		t.Fatal(err)
+	}
+	layers, _ := private.Layers()
+	d := digestOf(t, layers[0])
+	for _, failing := range []bool{false, true} {
+		u.set(func(u *testUpstream) { u.failing = failing })
+		for _, repo := range []string{"team/secret", "other/repo"} {
+			for _, method := range []string{"GET", "HEAD"} {
+				r := get(method, "http://"+s.addr+"/v2/"+repo+"/blobs/"+d, "Host", hosts["up"])
+				if r.status == 200 {
+					t.Errorf("upstream failing=%v: %s %s through the proxy served dev's blob", failing, method, repo)
+				}
+			}
+		}
+	}
+}

@@ -121,8 +121,11 @@ func (p *Proxy) OpenBlob(ctx context.Context, repo oci.Repository, d oci.Digest)
 	if rc, size, err := p.local.OpenBlob(ctx, repo, d); err == nil {
 		return rc, size, nil
 	}
+	// Stored for another repository (or registry): linked here only when the upstream
+	// confirms this repository has it. An unreachable upstream confirms nothing, so
+	// content never leaks across repositories or out of hosted registries.
 	if _, ok, _ := p.local.store.HasBlob(d); ok {
-		if _, err := p.up.HeadBlob(ctx, string(repo), d); err == nil || errors.Is(err, upstream.ErrUnavailable) {
+		if _, err := p.up.HeadBlob(ctx, string(repo), d); err == nil {
 			if _, ok, err := p.local.MountBlob(ctx, repo, "", d); ok && err == nil {
 				return p.local.OpenBlob(ctx, repo, d)
 			}

@@ -79,7 +79,7 @@ not_in_list() { echo "'$1' must not be in: $(echo $2)"; ! grep -qxF -- "$1" <<<"
 # ---------------------------------------------------------------- processes and cleanup
 
 UP_PIDS=()
-DY_PID="" DY_ADDR=""
+DY_PID="" DY_ADDR="" MIRROR_URL=""
 # start_upstream NAME [HTPASSWD]: a CNCF registry on a free loopback port, data under
 # $F/NAME; sets UP_ADDR and UP_PID.
 start_upstream() {
@@ -97,7 +97,7 @@ start_upstream() {
     echo "  addr: 127.0.0.1:$port"
     [ -n "$htpasswd" ] && printf 'auth:\n  htpasswd: {realm: dockyard-e2e, path: %s}\n' "$htpasswd"
   } >"$d/config.yml"
-  "$TOOLS/registry" serve "$d/config.yml" >>"$d/registry.log" 2>&1 &
+  OTEL_TRACES_EXPORTER=none "$TOOLS/registry" serve "$d/config.yml" >>"$d/registry.log" 2>&1 &
   UP_PID=$!
   UP_PIDS+=("$UP_PID")
   UP_ADDR="127.0.0.1:$port"
@@ -273,7 +273,7 @@ registries:
 routes:
   - {host: "*", registry: plain, namespaces: {auth: auth, anon: anon, wrongpw: wrongpw}}
 EOF
-if start_dockyard federation-proxies --config "$F/proxies.yaml" && kill -0 "$DY_PID" 2>/dev/null; then
+if start_dockyard federation/proxies --config "$F/proxies.yaml" && kill -0 "$DY_PID" 2>/dev/null; then
   P=$DY_ADDR
   check "plain proxy: digest equals the upstream's" eq "$OPEN_DIGEST" "$(digest_of "$P/team/open:1")"
   check "plain proxy: manifest bytes hash to the upstream digest" \
@@ -314,9 +314,22 @@ if start_dockyard federation-proxies --config "$F/proxies.yaml" && kill -0 "$DY_
   req wrongpw-tag "http://$P/v2/wrongpw/team/secret/manifests/1" -H "Accept: $ACCEPT" >/dev/null
   check "proxy with a wrong password: 401 UNAUTHORIZED naming the upstream, password not echoed" \
     unauthorized wrongpw-tag
+  # The authenticated upstream goes away. The layer sits in dockyard's shared blob store
+  # (the authenticated proxy cached it); a proxy whose upstream cannot confirm the
+  # repository has it must not hand it out.
+  stop_pid "$UP_AUTH_PID"
+  check "htpasswd upstream is stopped" down "$UP_AUTH"
+  code=$(req anon-blob-down "http://$P/v2/anon/team/secret/blobs/$SECRET_LAYER")
+  check "upstream down: the proxy without credentials still does not serve the other proxy's cached layer" \
+    eq "not-2xx" "$([ "${code:0:1}" = 2 ] && echo "$code ($(sha256_of <"$W/anon-blob-down.body"))" || echo not-2xx)"
+  code=$(req anon-manifest-down "http://$P/v2/anon/team/secret/manifests/$SECRET_DIGEST" -H "Accept: $ACCEPT")
+  check "upstream down: the proxy without credentials does not serve the cached manifest by digest" \
+    eq "not-2xx" "$([ "${code:0:1}" = 2 ] && echo "$code" || echo not-2xx)"
+  check "upstream down: the proxy with credentials serves its cached image" \
+    eq "$SECRET_DIGEST" "$(digest_of "$P/auth/team/secret:1")"
   stop_dockyard
 else
-  fail "dockyard with the proxy configuration started (see $RESULTS/federation-proxies/dockyard.log)"
+  fail "dockyard with the proxy configuration started (see $RESULTS/federation/proxies/dockyard.log)"
 fi
 stop_pid "$UP_AUTH_PID"
 
@@ -327,7 +340,7 @@ sed "s#https://registry-1.docker.io#http://$UP_PLAIN#" configs/docker-hub-mirror
 check "mirror config: generated from configs/docker-hub-mirror.yaml with only the upstream URL changed" \
   eq "1 1" "$(diff configs/docker-hub-mirror.yaml "$F/docker-hub-mirror.yaml" | grep -c '^<') $(grep -c "url: http://$UP_PLAIN\$" "$F/docker-hub-mirror.yaml")"
 DOCKER_UP=0
-if start_dockyard federation-mirror --config "$F/docker-hub-mirror.yaml" && kill -0 "$DY_PID" 2>/dev/null; then
+if start_dockyard federation/mirror --config "$F/docker-hub-mirror.yaml" && kill -0 "$DY_PID" 2>/dev/null; then
   M=$DY_ADDR
   MIRROR_URL="http://$M"
   set_daemon_json --arg m "$MIRROR_URL" '.["registry-mirrors"] = ([$m] + ((.["registry-mirrors"] // []) - [$m]))'
@@ -335,7 +348,7 @@ if start_dockyard federation-mirror --config "$F/docker-hub-mirror.yaml" && kill
   check "dockerd restarted with daemon.json registry-mirrors = [$MIRROR_URL]" \
     eq "$MIRROR_URL" "$(docker info --format '{{join .RegistryConfig.Mirrors " "}}' 2>>"$LOG" | tr ' ' '\n' | grep -xF "$MIRROR_URL/" | sed 's#/$##')"
 else
-  fail "dockyard with configs/docker-hub-mirror.yaml started (see $RESULTS/federation-mirror/dockyard.log)"
+  fail "dockyard with configs/docker-hub-mirror.yaml started (see $RESULTS/federation/mirror/dockyard.log)"
 fi
 
 if [ "$DOCKER_UP" = 1 ]; then
@@ -353,8 +366,8 @@ if [ "$DOCKER_UP" = 1 ]; then
     has_word "$NAME@$MIRROR_DIGEST" "$(repo_digests "$NAME:1.0")"
   check "the pull went through dockyard: its catalog lists library/$NAME" \
     in_list "library/$NAME" "$(catalog "$M")"
-  check "dockyard saw the daemon's requests for /v2/library/$NAME/manifests/1.0" \
-    grep -q "library/$NAME" "$RESULTS/federation-mirror/dockyard.log"
+  check "dockyard logged caching library/$NAME blobs from the upstream" \
+    grep -q "library/$NAME" "$RESULTS/federation/mirror/dockyard.log"
 
   # The upstream goes away: the cached image still pulls.
   stop_pid "$UP_PLAIN_PID"
@@ -368,7 +381,7 @@ if [ "$DOCKER_UP" = 1 ]; then
   # dockyard restarts while the upstream is down: the tag is stale, served from the cache
   # with a Warning, and docker still pulls it.
   stop_dockyard
-  DY_PORT=${M##*:} start_dockyard federation-mirror --config "$F/docker-hub-mirror.yaml"
+  DY_PORT=${M##*:} start_dockyard federation/mirror --config "$F/docker-hub-mirror.yaml"
   code=$(req mirror-stale "http://$M/v2/library/$NAME/manifests/1.0" -H "Accept: $ACCEPT")
   check "after a dockyard restart, upstream down: the cached tag is served (200, same digest)" \
     eq "200 $MIRROR_DIGEST" "$code $(header mirror-stale Docker-Content-Digest)"
@@ -402,11 +415,11 @@ check "nexus config: generated from configs/nexus.yaml with only the two upstrea
 check "nexus config: dockyard check-config accepts it" bin/dockyard check-config --config "$F/nexus.yaml"
 
 GROUP_UP=0
-if start_dockyard federation-nexus --config "$F/nexus.yaml" && kill -0 "$DY_PID" 2>/dev/null; then
+if start_dockyard federation/nexus --config "$F/nexus.yaml" && kill -0 "$DY_PID" 2>/dev/null; then
   GROUP_UP=1
   PORT=${DY_ADDR##*:}
 else
-  fail "dockyard with configs/nexus.yaml started (see $RESULTS/federation-nexus/dockyard.log)"
+  fail "dockyard with configs/nexus.yaml started (see $RESULTS/federation/nexus/dockyard.log)"
   PORT=1
 fi
 DEV=dev.registry.example.com:$PORT PROD=prod.registry.example.com:$PORT
@@ -421,7 +434,7 @@ if [ "$DOCKER_UP" = 1 ] && [ "$GROUP_UP" = 1 ]; then
   if grep -qiE 'HTTP response to HTTPS client|x509|tls' "$W/probe.out"; then
     echo "docker insists on TLS for $GRP; adding insecure-registries"
     set_daemon_json --arg m "$MIRROR_URL" --argjson h "$(printf '%s\n' "${HOSTNAMES[@]}" | sed "s/\$/:$PORT/" | jq -R . | jq -s .)" \
-      '.["registry-mirrors"] = ([$m] + ((.["registry-mirrors"] // []) - [$m])) | .["insecure-registries"] = ((.["insecure-registries"] // []) + $h | unique)'
+      '(if $m == "" then . else .["registry-mirrors"] = ([$m] + ((.["registry-mirrors"] // []) - [$m])) end) | .["insecure-registries"] = ((.["insecure-registries"] // []) + $h | unique)'
     restart_dockerd || DOCKER_UP=0
   fi
 fi
@@ -586,6 +599,12 @@ check "ghcr upstream down: ghcr.registry.example.com still serves team/app:3" \
 check "ghcr upstream down: crane export through the group, file equals the original" \
   exported_file "$GRP/team/app:3" data/ghcr3.bin "$W/img-ghcr3/data/ghcr3.bin"
 check "ghcr upstream down: dev's app:1 still wins in the group" eq "${DIG[dev1]:-}" "$(digest_of "$GRP/team/app:1")"
+# dev is private to its users; the public-cache hostname must not hand out dev's layers
+# just because its own upstream cannot be asked.
+DEV1_LAYER=$(cr manifest "$DEV/team/app:1" 2>>"$LOG" | jq -r '.layers[0].digest')
+code=$(req ghcr-devblob "http://$GHCR/v2/team/app/blobs/$DEV1_LAYER")
+check "ghcr upstream down: ghcr.registry.example.com does not serve a layer only dev has" \
+  eq "not-2xx" "$([ "${code:0:1}" = 2 ] && echo "$code ($(sha256_of <"$W/ghcr-devblob.body"))" || echo not-2xx)"
 code=$(req grp-uncached "http://$GRP/v2/team/app/manifests/4" -H "Accept: $ACCEPT")
 check "ghcr upstream down, app:4 never pulled: a 5xx error from the group, not a 404" \
   eq "5 UNKNOWN" "${code:0:1} $(err_code grp-uncached)"
