@@ -162,8 +162,8 @@ fi
 # --- proxy: pull-through caches of a plain reference registry ----------------------
 # The upstream is a plain reference registry holding the content. dockyard (type:
 # proxy) and the reference registry in proxy mode both cache it, with empty caches.
-# Every client checks the sha256 of what it gets. The upstream's access log counts the
-# blob GETs each proxy sends it. Failures here are reported in the table (FAIL) and make
+# Clients check the sha256 of what they get (all but the 'not hashing' round). The
+# upstream's access log counts the blob GETs each proxy sends it. Failures here are reported in the table (FAIL) and make
 # the script exit non-zero after printing it.
 PROXY_REPO=bench/proxy
 PROXY_ENV=$OUT/proxy.env
@@ -179,6 +179,13 @@ start_proxy_server() {
   PROXY_PIDS+=("$SERVER_PID")
   wait_up "$addr" || { log "$name did not start"; tail -20 "$OUT/$name.log" >&2; return 1; }
   SERVER_PID=""
+}
+
+# cpu_ticks PID...: user+system CPU clock ticks the processes have used so far.
+cpu_ticks() {
+  local p t=0
+  for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done
+  echo "$t"
 }
 
 # upstream_gets DIGEST: how many GETs of the blob the upstream has logged.
@@ -227,41 +234,53 @@ routes:
   - {host: "*", registry: up}
 EOF
   start_proxy_server proxy-upstream "$UP_ADDR" env OTEL_TRACES_EXPORTER=none "$TOOLS/registry" serve "$TMP/upstream.yml" || return 1
+  local up_pid=${PROXY_PIDS[-1]}
   start_proxy_server proxy-dockyard "$DYP_ADDR" env DOCKYARD_LOG_LEVEL=info \
     bin/dockyard serve --config "$TMP/dockyard-proxy.yml" --listen "$DYP_ADDR" --data "$TMP/dockyard-proxy" || return 1
   local dy_pid=${PROXY_PIDS[-1]}
   start_proxy_server proxy-reference "$REFP_ADDR" env OTEL_TRACES_EXPORTER=none "$TOOLS/registry" serve "$TMP/reference-proxy.yml" || return 1
   local ref_pid=${PROXY_PIDS[-1]}
 
-  log "proxy: pushing $((PROXY_REPS + 1)) blobs of ${PROXY_MIB} MiB to the upstream"
-  timeout 120 "$LG" proxy-setup -addr "$UP_ADDR" -repo "$PROXY_REPO" -mib "$PROXY_MIB" -count $((PROXY_REPS + 1)) >"$TMP/proxy-setup.env" || return 1
+  log "proxy: pushing $((PROXY_REPS + 2)) blobs of ${PROXY_MIB} MiB to the upstream"
+  timeout 120 "$LG" proxy-setup -addr "$UP_ADDR" -repo "$PROXY_REPO" -mib "$PROXY_MIB" -count $((PROXY_REPS + 2)) >"$TMP/proxy-setup.env" || return 1
   # shellcheck disable=SC1091
   . "$TMP/proxy-setup.env"
-  local d=$PROXY_DIGEST_1 n name addr before
+  local d n name addr before mode key verify ticks pids
   : >"$PROXY_ENV"
 
-  # 16 cold pulls of one blob: straight from the upstream, then through each proxy
-  # (each proxy has never seen it), then once more warm through each proxy.
-  for name in UP:"$UP_ADDR" DY:"$DYP_ADDR" REF:"$REFP_ADDR"; do
-    addr=${name#*:} name=${name%%:*}
-    sync
-    before=$(upstream_gets "$d")
-    log "proxy: $PROXY_PULLS concurrent cold GETs of a ${PROXY_MIB} MiB blob, $name ($addr)"
-    timeout 150 "$LG" pull -addr "$addr" -repo "$PROXY_REPO" -digest "$d" -size "$PROXY_SIZE" -n "$PROXY_PULLS" \
-      -verify -key "COLD_$name" >>"$PROXY_ENV" || { log "proxy: $name cold pulls failed"; return 1; }
-    sleep 0.5 # let the access log line of the last GET land
-    echo "COLD_${name}_UPGETS=$(($(upstream_gets "$d") - before))" >>"$PROXY_ENV"
-    [ "$name" = UP ] && continue
-    before=$(upstream_gets "$d")
-    timeout 60 "$LG" pull -addr "$addr" -repo "$PROXY_REPO" -digest "$d" -size "$PROXY_SIZE" -n 1 \
-      -verify -key "WARM_$name" >>"$PROXY_ENV" || { log "proxy: $name warm pull failed"; return 1; }
-    sleep 0.5
-    echo "WARM_${name}_UPGETS=$(($(upstream_gets "$d") - before))" >>"$PROXY_ENV"
+  # $PROXY_PULLS cold pulls of one blob: straight from the upstream, then through each
+  # proxy (which has never seen it), then once more warm through each proxy. Clients
+  # hash what they get, as docker and containerd do; a second round on another blob
+  # has the clients only count bytes, to show the servers' share of the time.
+  for mode in COLD:"$PROXY_DIGEST_1" RAW:"$PROXY_DIGEST_2"; do
+    d=${mode#*:} mode=${mode%%:*}
+    verify=-verify
+    [ "$mode" = RAW ] && verify=""
+    for name in UP:"$UP_ADDR" DY:"$DYP_ADDR" REF:"$REFP_ADDR"; do
+      addr=${name#*:} name=${name%%:*} key=${mode}_$name
+      pids=("$up_pid")
+      [ "$name" = DY ] && pids+=("$dy_pid")
+      [ "$name" = REF ] && pids+=("$ref_pid")
+      sync
+      before=$(upstream_gets "$d") ticks=$(cpu_ticks "${pids[@]}")
+      log "proxy: $PROXY_PULLS concurrent cold GETs of a ${PROXY_MIB} MiB blob, $name ($addr)${verify:+, verified}"
+      timeout 150 "$LG" pull -addr "$addr" -repo "$PROXY_REPO" -digest "$d" -size "$PROXY_SIZE" -n "$PROXY_PULLS" \
+        $verify -key "$key" >>"$PROXY_ENV" || { log "proxy: $key pulls failed"; return 1; }
+      echo "${key}_CPU_S=$(awk -v t=$(($(cpu_ticks "${pids[@]}") - ticks)) -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.2f", t / hz}')" >>"$PROXY_ENV"
+      sleep 0.5 # let the access log line of the last GET land
+      echo "${key}_UPGETS=$(($(upstream_gets "$d") - before))" >>"$PROXY_ENV"
+      [ "$name" = UP ] || [ "$mode" = RAW ] && continue
+      before=$(upstream_gets "$d")
+      timeout 60 "$LG" pull -addr "$addr" -repo "$PROXY_REPO" -digest "$d" -size "$PROXY_SIZE" -n 1 \
+        -verify -key "WARM_$name" >>"$PROXY_ENV" || { log "proxy: $name warm pull failed"; return 1; }
+      sleep 0.5
+      echo "WARM_${name}_UPGETS=$(($(upstream_gets "$d") - before))" >>"$PROXY_ENV"
+    done
   done
 
   # Time to first byte of a cold blob, one fresh blob per run.
   local ds=""
-  for n in $(seq 2 $((PROXY_REPS + 1))); do
+  for n in $(seq 3 $((PROXY_REPS + 2))); do
     d=PROXY_DIGEST_$n
     ds=$ds${ds:+,}${!d}
   done
@@ -294,7 +313,7 @@ fi
 # --- table -------------------------------------------------------------------------
 get() { awk -F= -v k="$2" '$1 == k {print $2}' "$OUT/$1.env"; }
 # ratio A B: A/B with two decimals, or n/a.
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || a == "n/a" || b == "n/a" || b + 0 == 0) print "n/a"; else printf "%.2f", a / b }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a !~ /^[0-9.]+$/ || b !~ /^[0-9.]+$/ || b + 0 == 0) print "n/a"; else printf "%.2f", a / b }'; }
 # meets RATIO MIN: yes/NO.
 meets() { awk -v r="$1" -v m="$2" 'BEGIN { if (r == "n/a") print "-"; else if (r + 0 >= m) print "yes"; else print "NO" }'; }
 
@@ -307,28 +326,37 @@ pget() {
 }
 # atmost RATIO MAX: yes/NO, for a ratio that must stay at or below MAX.
 atmost() { awk -v r="$1" -v m="$2" 'BEGIN { if (r == "n/a") print "-"; else if (r + 0 <= m) print "yes"; else print "NO" }'; }
+# rx A B: the ratio A/B as "1.23x", or n/a.
+rx() { local q; q=$(ratio "$1" "$2"); [ "$q" = n/a ] && echo n/a || echo "${q}x"; }
 prow() { printf '%-38s %9s %9s %9s %7s %7s  %-22s %s\n' "$@"; }
 proxy_table() {
   local u d r
   echo
   echo "proxy: dockyard (type: proxy) and the reference registry in proxy mode, both with empty caches, in front"
-  echo "of a plain reference registry (the upstream) on loopback; ${PROXY_MIB} MiB blobs; every client checks the sha256"
+  echo "of a plain reference registry (the upstream) on loopback; ${PROXY_MIB} MiB blobs, new content for each measurement"
   prow "workload" "upstream" "dockyard" "ref-proxy" "dy/up" "ref/dy" "target" "met"
   prow "--------" "--------" "--------" "---------" "-----" "------" "------" "---"
   u=$(pget COLD_UP_SECONDS) d=$(pget COLD_DY_SECONDS) r=$(pget COLD_REF_SECONDS)
-  prow "${PROXY_PULLS}x cold blob GET, aggregate (s)" "$u" "$d" "$r" "$(ratio "$d" "$u")x" "$(ratio "$r" "$d")x" \
+  prow "${PROXY_PULLS}x cold blob GET, aggregate (s)" "$u" "$d" "$r" "$(rx "$d" "$u")" "$(rx "$r" "$d")" \
     "dy/up <= 1.2x" "$(atmost "$(ratio "$d" "$u")" 1.2)"
   prow "  aggregate throughput (GB/s)" "$(pget COLD_UP_GBPS)" "$(pget COLD_DY_GBPS)" "$(pget COLD_REF_GBPS)" "" "" "" ""
+  u=$(pget COLD_UP_CPU_S) d=$(pget COLD_DY_CPU_S) r=$(pget COLD_REF_CPU_S)
+  prow "  server CPU, proxy + upstream (s)" "$u" "$d" "$r" "$(rx "$d" "$u")" "$(rx "$r" "$d")" "" ""
+  u=$(pget RAW_UP_SECONDS) d=$(pget RAW_DY_SECONDS) r=$(pget RAW_REF_SECONDS)
+  prow "  same, clients not hashing (s)" "$u" "$d" "$r" "$(rx "$d" "$u")" "$(rx "$r" "$d")" "" ""
+  u=$(pget RAW_UP_CPU_S) d=$(pget RAW_DY_CPU_S) r=$(pget RAW_REF_CPU_S)
+  prow "    server CPU, proxy + upstream (s)" "$u" "$d" "$r" "$(rx "$d" "$u")" "$(rx "$r" "$d")" "" ""
   prow "  slowest first byte (ms)" "$(pget COLD_UP_TTFB_MAX_MS)" "$(pget COLD_DY_TTFB_MAX_MS)" "$(pget COLD_REF_TTFB_MAX_MS)" "" "" "" ""
-  d=$(pget COLD_DY_UPGETS)
-  prow "  upstream blob GETs (then warm GET)" "$(pget COLD_UP_UPGETS)" "$d (+$(pget WARM_DY_UPGETS))" \
-    "$(pget COLD_REF_UPGETS) (+$(pget WARM_REF_UPGETS))" "" "" "dockyard: 1 (+0)" \
-    "$([ "$d" = 1 ] && [ "$(pget WARM_DY_UPGETS)" = 0 ] && echo yes || echo NO)"
+  d="$(pget COLD_DY_UPGETS)/$(pget RAW_DY_UPGETS) (+$(pget WARM_DY_UPGETS))"
+  prow "  upstream blob GETs: 2 rounds (+warm)" "$(pget COLD_UP_UPGETS)/$(pget RAW_UP_UPGETS)" "$d" \
+    "$(pget COLD_REF_UPGETS)/$(pget RAW_REF_UPGETS) (+$(pget WARM_REF_UPGETS))" "" "" "dockyard: 1/1 (+0)" \
+    "$(case "$d" in "1/1 (+0)") echo yes ;; *FAIL*) echo - ;; *) echo NO ;; esac)"
   u=$(pget TTFB_UP_MS) d=$(pget TTFB_DY_MS) r=$(pget TTFB_REF_MS)
-  prow "cold blob TTFB, median of $PROXY_REPS (ms)" "$u" "$d" "$r" "$(ratio "$d" "$u")x" "$(ratio "$r" "$d")x" \
-    "dy <= up + 100 ms" "$(awk -v d="$d" -v u="$u" 'BEGIN { if (d == "" || u == "" || d == "FAIL" || u == "FAIL") print "-"; else if (d + 0 <= u + 100) print "yes"; else print "NO" }')"
+  prow "cold blob TTFB, median of $PROXY_REPS (ms)" "$u" "$d" "$r" "$(rx "$d" "$u")" "$(rx "$r" "$d")" \
+    "dy <= up + 100 ms" "$(awk -v d="$d" -v u="$u" 'BEGIN { if (d !~ /^[0-9.]+$/ || u !~ /^[0-9.]+$/) print "-"; else if (d + 0 <= u + 100) print "yes"; else print "NO" }')"
   u=$(pget FULL_UP_S) d=$(pget FULL_DY_S) r=$(pget FULL_REF_S)
-  prow "  same GETs, to last byte (s)" "$u" "$d" "$r" "$(ratio "$d" "$u")x" "$(ratio "$r" "$d")x" "" ""
+  prow "  same GETs, to last byte (s)" "$u" "$d" "$r" "$(rx "$d" "$u")" "$(rx "$r" "$d")" "" ""
+  prow "  wait for the last byte (ms)" "$(pget TAIL_UP_MS)" "$(pget TAIL_DY_MS)" "$(pget TAIL_REF_MS)" "" "" "" ""
   d=$(pget DY_HWM_KB) r=$(pget REF_HWM_KB)
   if [ "$d" != FAIL ] && [ -n "$d" ]; then
     d=$(awk -v k="$d" 'BEGIN {printf "%.1f", k / 1024}') r=$(awk -v k="$r" 'BEGIN {printf "%.1f", k / 1024}')
@@ -337,10 +365,14 @@ proxy_table() {
     "$(awk -v m="$d" 'BEGIN { if (m == "" || m == "FAIL") print "-"; else print (m + 0 < 150) ? "yes" : "NO" }')"
   echo
   echo "cold GETs: $PROXY_PULLS clients start together, first request to last byte of the last client; upstream = the"
-  echo "same GETs sent straight to the upstream. TTFB: first request to first body byte, one new blob per run (runs"
-  printf '  ms: upstream %s | dockyard %s | ref-proxy %s).\n' "$(pget TTFB_UP_MS_ALL)" "$(pget TTFB_DY_MS_ALL)" "$(pget TTFB_REF_MS_ALL)"
+  echo "same GETs sent straight to the upstream; clients hash (sha256) as they read, but not in the 'not hashing' round."
+  echo "server CPU: user+system time of the upstream (and the proxy) during the round; steadier than wall time on a"
+  echo "shared machine."
+  echo "TTFB: first request to first body byte, one new blob per run, sync before each GET; dockyard sends the last"
+  echo "byte only once the blob is verified and fsynced (the 'wait for the last byte' row)."
+  printf 'TTFB runs (ms): upstream %s | dockyard %s | ref-proxy %s\n' "$(pget TTFB_UP_MS_ALL)" "$(pget TTFB_DY_MS_ALL)" "$(pget TTFB_REF_MS_ALL)"
   echo "upstream GETs of each TTFB blob (upstream + dockyard + ref-proxy): $(pget TTFB_UPGETS);" \
-    "dockyard logged $(pget DY_CACHED_LOGS) blobs cached, $(pget DY_NOT_CACHED_LOGS) failed (want $((PROXY_REPS + 1)) and 0)."
+    "dockyard logged $(pget DY_CACHED_LOGS) blobs cached, $(pget DY_NOT_CACHED_LOGS) failed (want $((PROXY_REPS + 2)) and 0)."
   echo "ratio: dy/up is dockyard/upstream (1 = as fast as the origin); ref/dy is ref-proxy/dockyard (above 1: dockyard better)."
   if [ -n "$PROXY_FAILED" ]; then
     echo "PROXY PART FAILED: see the bench log and test-results/bench/proxy-*.log"

@@ -36,6 +36,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -323,7 +324,7 @@ func pull(args []string) error {
 			defer wg.Done()
 			res, err := r.get(ctx, *d, *size, *verify, start)
 			if err != nil {
-				errs[i] = fmt.Errorf("client %d of %d: %w", i+1, *n, err)
+				errs[i] = err
 				return
 			}
 			ttfbs[i] = res.firstByte
@@ -331,7 +332,7 @@ func pull(args []string) error {
 	}
 	wg.Wait()
 	el := time.Since(start).Seconds()
-	if err := errors.Join(errs...); err != nil {
+	if err := joinSame(errs); err != nil {
 		return err
 	}
 	slices.Sort(ttfbs)
@@ -344,10 +345,36 @@ func pull(args []string) error {
 	return nil
 }
 
+// joinSame reports the clients' errors, each different message once with the clients
+// that got it.
+func joinSame(errs []error) error {
+	var msgs []string
+	who := map[string][]string{}
+	for i, err := range errs {
+		if err == nil {
+			continue
+		}
+		m := err.Error()
+		if who[m] == nil {
+			msgs = append(msgs, m)
+		}
+		who[m] = append(who[m], strconv.Itoa(i+1))
+	}
+	if len(msgs) == 0 {
+		return nil
+	}
+	var out []string
+	for _, m := range msgs {
+		out = append(out, fmt.Sprintf("clients %s of %d: %s", strings.Join(who[m], ","), len(errs), m))
+	}
+	return errors.New(strings.Join(out, "\n"))
+}
+
 // getResult is the timing of one blob GET, measured from a common start.
 type getResult struct {
 	header    time.Duration // response headers received
 	firstByte time.Duration // first body byte received
+	allButOne time.Duration // all but the last byte received
 	done      time.Duration // last body byte received
 }
 
@@ -377,6 +404,9 @@ func (r *registry) get(ctx context.Context, d string, size int64, verify bool, s
 		if k > 0 {
 			if got == 0 {
 				res.firstByte = time.Since(start)
+			}
+			if got < size-1 && got+int64(k) >= size-1 {
+				res.allButOne = time.Since(start)
 			}
 			got += int64(k)
 			if h != nil {
@@ -607,8 +637,10 @@ func proxySetup(args []string) error {
 
 // ttfb measures, for each digest in turn, one cold GET through every target: the time
 // to the first body byte and to the last, verifying the content. The order of the
-// targets rotates from one digest to the next. It prints per target NAME (upper case)
-// TTFB_NAME_MS and FULL_NAME_S (medians) and the single runs.
+// targets rotates from one digest to the next, and dirty pages are flushed (sync)
+// before each GET so that no GET pays for the writeback of the one before. It prints
+// per target NAME (upper case) TTFB_NAME_MS and FULL_NAME_S (medians) and the single
+// runs, and TAIL_NAME_MS: how long the last byte came after all the others.
 func ttfb(args []string) error {
 	fs := flag.NewFlagSet("ttfb", flag.ExitOnError)
 	targets := fs.String("targets", "", "NAME=HOST:PORT,...")
@@ -621,6 +653,7 @@ func ttfb(args []string) error {
 		r     *registry
 		ttfb  []float64 // ms
 		hdr   []float64 // ms
+		tail  []float64 // ms
 		total []float64 // s
 	}
 	var ts []*target
@@ -639,6 +672,7 @@ func ttfb(args []string) error {
 	for run, d := range ds {
 		for k := range ts {
 			t := ts[(run+k)%len(ts)]
+			syscall.Sync()
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 			res, err := t.r.get(ctx, d, *size, true, time.Now())
 			cancel()
@@ -647,6 +681,7 @@ func ttfb(args []string) error {
 			}
 			t.ttfb = append(t.ttfb, res.firstByte.Seconds()*1000)
 			t.hdr = append(t.hdr, res.header.Seconds()*1000)
+			t.tail = append(t.tail, (res.done-res.allButOne).Seconds()*1000)
 			t.total = append(t.total, res.done.Seconds())
 		}
 	}
@@ -666,6 +701,7 @@ func ttfb(args []string) error {
 		fmt.Printf("TTFB_%s_MS=%.1f\n", t.name, median(t.ttfb))
 		fmt.Printf("TTFB_%s_MS_ALL=%s\n", t.name, join(t.ttfb, 1))
 		fmt.Printf("HDR_%s_MS=%.1f\n", t.name, median(t.hdr))
+		fmt.Printf("TAIL_%s_MS=%.1f\n", t.name, median(t.tail))
 		fmt.Printf("FULL_%s_S=%.3f\n", t.name, median(t.total))
 		fmt.Printf("FULL_%s_S_ALL=%s\n", t.name, join(t.total, 3))
 	}
