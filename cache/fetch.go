@@ -7,6 +7,7 @@ import (
 	"hash"
 	"io"
 	"os"
+	"strconv"
 	"sync"
 
 	"github.com/dgraph-io/badger/v4"
@@ -96,32 +97,60 @@ func (f *Fetch) Fill(src io.Reader, reg, repo string) (err error) {
 	return f.s.update(func(txn *badger.Txn) error { return f.s.linkBlob(txn, reg, repo, f.d, f.written) })
 }
 
+// copy writes src to the file as it arrives, so readers see every byte at once, and
+// hashes it alongside on another goroutine.
 func (f *Fetch) copy(src io.Reader, h hash.Hash) error {
-	bp := copyBufs.Get().(*[]byte)
-	defer copyBufs.Put(bp)
-	buf := *bp
-	for {
-		n, rerr := src.Read(buf)
-		if n > 0 {
-			h.Write(buf[:n])
-			if _, err := f.w.Write(buf[:n]); err != nil {
-				return err
-			}
-			f.mu.Lock()
-			f.written += int64(n)
-			f.cond.Broadcast()
-			f.mu.Unlock()
-			if f.size >= 0 && f.written > f.size {
-				return fmt.Errorf("%w: %s is longer than the announced %d bytes", ErrCorrupt, f.d, f.size)
-			}
-		}
-		if rerr == io.EOF {
-			return nil
-		}
-		if rerr != nil {
-			return rerr
-		}
+	type chunk struct {
+		buf *[]byte
+		n   int
 	}
+	free := make(chan *[]byte, copyBufsInFlight)
+	for range copyBufsInFlight {
+		free <- copyBufs.Get().(*[]byte)
+	}
+	toHash := make(chan chunk, copyBufsInFlight)
+	hashed := make(chan struct{})
+	go func() {
+		for c := range toHash {
+			h.Write((*c.buf)[:c.n])
+			free <- c.buf
+		}
+		close(hashed)
+	}()
+	err := func() error {
+		for {
+			bp := <-free
+			n, rerr := src.Read(*bp)
+			if n == 0 {
+				free <- bp
+			} else {
+				if _, err := f.w.Write((*bp)[:n]); err != nil {
+					free <- bp
+					return err
+				}
+				toHash <- chunk{bp, n}
+				f.mu.Lock()
+				f.written += int64(n)
+				f.cond.Broadcast()
+				f.mu.Unlock()
+				if f.size >= 0 && f.written > f.size {
+					return fmt.Errorf("%w: %s is longer than the announced %d bytes", ErrCorrupt, f.d, f.size)
+				}
+			}
+			if rerr == io.EOF {
+				return nil
+			}
+			if rerr != nil {
+				return rerr
+			}
+		}
+	}()
+	close(toHash)
+	<-hashed
+	for range copyBufsInFlight {
+		copyBufs.Put(<-free)
+	}
+	return err
 }
 
 // Reader streams the blob as it arrives. ok is false when the fetch is over and its
@@ -133,7 +162,13 @@ func (f *Fetch) Reader(ctx context.Context) (rc io.ReadCloser, ok bool) {
 		return nil, false
 	}
 	f.readers++
-	return &fetchReader{f: f, ctx: ctx}, true
+	r := &fetchReader{f: f, ctx: ctx}
+	// A descriptor of its own (with its own offset) lets the reader hand file ranges to
+	// the socket with sendfile; the shared one only serves ReadAt.
+	if own, err := os.Open("/proc/self/fd/" + strconv.Itoa(int(f.r.Fd()))); err == nil {
+		r.own = own
+	}
+	return r, true
 }
 
 // release drops one user of the shared read descriptor (the filler counts as one).
@@ -148,33 +183,72 @@ func (f *Fetch) release() {
 type fetchReader struct {
 	f      *Fetch
 	ctx    context.Context
+	own    *os.File // nil when /proc is unavailable
 	pos    int64
 	closed bool
 }
 
-func (r *fetchReader) Read(p []byte) (int, error) {
+// wait blocks until bytes past r.pos may be read or the fetch is over, and returns how
+// far reading may go.
+func (r *fetchReader) wait() (avail int64, done bool, err error) {
 	f := r.f
 	f.mu.Lock()
-	avail := f.readable()
-	for r.pos >= avail {
-		if f.done {
-			err := f.err
-			f.mu.Unlock()
-			if err == nil {
-				return 0, io.EOF
-			}
-			return 0, err
+	defer f.mu.Unlock()
+	for {
+		avail = f.readable()
+		if r.pos < avail || f.done {
+			return avail, f.done, f.err
 		}
-		if r.ctx.Err() != nil {
-			f.mu.Unlock()
-			return 0, r.ctx.Err()
+		if err := r.ctx.Err(); err != nil {
+			return avail, false, err
 		}
 		f.cond.Wait()
-		avail = f.readable()
 	}
-	f.mu.Unlock()
+}
+
+// WriteTo sends the blob to w as it arrives, with sendfile when w can take a file.
+func (r *fetchReader) WriteTo(w io.Writer) (int64, error) {
+	rf, ok := w.(io.ReaderFrom)
+	if !ok || r.own == nil {
+		return io.Copy(w, struct{ io.Reader }{r})
+	}
+	var total int64
+	for {
+		avail, done, err := r.wait()
+		if r.pos >= avail {
+			if done && err == nil {
+				return total, nil
+			}
+			if err == nil {
+				err = io.ErrUnexpectedEOF
+			}
+			return total, err
+		}
+		if _, err := r.own.Seek(r.pos, io.SeekStart); err != nil {
+			return total, err
+		}
+		n, err := rf.ReadFrom(io.LimitReader(r.own, avail-r.pos))
+		r.pos += n
+		total += n
+		if err != nil {
+			return total, err
+		}
+	}
+}
+
+func (r *fetchReader) Read(p []byte) (int, error) {
+	avail, done, err := r.wait()
+	if r.pos >= avail {
+		if done && err == nil {
+			return 0, io.EOF
+		}
+		if err == nil {
+			err = io.ErrUnexpectedEOF
+		}
+		return 0, err
+	}
 	n := int(min(int64(len(p)), avail-r.pos))
-	n, err := f.r.ReadAt(p[:n], r.pos)
+	n, err = r.f.r.ReadAt(p[:n], r.pos)
 	r.pos += int64(n)
 	if err == io.EOF {
 		err = nil
@@ -194,6 +268,9 @@ func (f *Fetch) readable() int64 {
 func (r *fetchReader) Close() error {
 	if !r.closed {
 		r.closed = true
+		if r.own != nil {
+			r.own.Close()
+		}
 		r.f.release()
 	}
 	return nil
