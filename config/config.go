@@ -28,6 +28,76 @@ type Config struct {
 	Storage    Storage    `mapstructure:"storage"`
 	Registries []Registry `mapstructure:"registries"`
 	Routes     []Route    `mapstructure:"routes"`
+	Auth       Auth       `mapstructure:"auth"`
+	TLS        TLS        `mapstructure:"tls"`
+}
+
+// TLS serves the listener over HTTPS; the files are re-read when they change.
+type TLS struct {
+	CertFile string `mapstructure:"cert_file"`
+	KeyFile  string `mapstructure:"key_file"`
+}
+
+// Auth configures authentication and authorisation.
+type Auth struct {
+	Mode      string     `mapstructure:"mode"` // none, basic, token
+	UsersFile string     `mapstructure:"users_file"`
+	LDAP      LDAP       `mapstructure:"ldap"`
+	Token     Token      `mapstructure:"token"`
+	Rules     []AuthRule `mapstructure:"rules"`
+	RateLimit RateLimit  `mapstructure:"rate_limit"`
+}
+
+// LDAP configures a directory (enabled when url is set).
+type LDAP struct {
+	URL                string        `mapstructure:"url"`
+	StartTLS           bool          `mapstructure:"start_tls"`
+	InsecureSkipVerify bool          `mapstructure:"insecure_skip_verify"`
+	CAFile             string        `mapstructure:"ca_file"`
+	BindDN             string        `mapstructure:"bind_dn"`
+	BindPasswordFile   string        `mapstructure:"bind_password_file"`
+	BindPasswordEnv    string        `mapstructure:"bind_password_env"`
+	UserBase           string        `mapstructure:"user_base"`
+	UserFilter         string        `mapstructure:"user_filter"`
+	GroupBase          string        `mapstructure:"group_base"`
+	GroupFilter        string        `mapstructure:"group_filter"`
+	GroupNameAttr      string        `mapstructure:"group_name_attr"`
+	MemberOfAttr       string        `mapstructure:"member_of_attr"`
+	Nested             bool          `mapstructure:"nested"`
+	Timeout            time.Duration `mapstructure:"timeout"`
+	PoolSize           int           `mapstructure:"pool_size"`
+	CacheTTL           time.Duration `mapstructure:"cache_ttl"`
+}
+
+// Token configures the Docker token service.
+type Token struct {
+	Issuer     string        `mapstructure:"issuer"`
+	KeyFile    string        `mapstructure:"key_file"` // PEM EC P-256 or RSA; default data/auth/token-key.pem, created
+	TTL        time.Duration `mapstructure:"ttl"`
+	RefreshTTL time.Duration `mapstructure:"refresh_ttl"`
+	Hosts      []TokenHost   `mapstructure:"hosts"`
+}
+
+// TokenHost overrides the realm and service for one Host.
+type TokenHost struct {
+	Host    string `mapstructure:"host"`
+	Realm   string `mapstructure:"realm"`
+	Service string `mapstructure:"service"`
+}
+
+// AuthRule gives subjects actions on repositories of registries.
+type AuthRule struct {
+	Subjects     []string `mapstructure:"subjects"`
+	Registries   []string `mapstructure:"registries"`
+	Repositories []string `mapstructure:"repositories"`
+	Actions      []string `mapstructure:"actions"`
+}
+
+// RateLimit locks out a user or address after repeated failed logins.
+type RateLimit struct {
+	Failures int           `mapstructure:"failures"`
+	Window   time.Duration `mapstructure:"window"`
+	Lockout  time.Duration `mapstructure:"lockout"`
 }
 
 // Log configures logging.
@@ -130,6 +200,24 @@ func setDefaults(v *viper.Viper) {
 	v.SetDefault("http.cors.allow_credentials", false)
 	v.SetDefault("http.cors.max_age", "10m")
 	v.SetDefault("storage.driver", "filesystem")
+	v.SetDefault("auth.mode", "none")
+	v.SetDefault("auth.users_file", "")
+	v.SetDefault("auth.token.issuer", "dockyard")
+	v.SetDefault("auth.token.key_file", "")
+	v.SetDefault("auth.token.ttl", "5m")
+	v.SetDefault("auth.token.refresh_ttl", "720h")
+	v.SetDefault("auth.ldap.url", "")
+	v.SetDefault("auth.ldap.timeout", "5s")
+	v.SetDefault("auth.ldap.pool_size", 4)
+	v.SetDefault("auth.ldap.cache_ttl", "1m")
+	v.SetDefault("auth.ldap.user_filter", "(uid={username})")
+	v.SetDefault("auth.ldap.group_filter", "(|(member={dn})(uniqueMember={dn}))")
+	v.SetDefault("auth.ldap.group_name_attr", "cn")
+	v.SetDefault("auth.rate_limit.failures", 10)
+	v.SetDefault("auth.rate_limit.window", "1m")
+	v.SetDefault("auth.rate_limit.lockout", "5m")
+	v.SetDefault("tls.cert_file", "")
+	v.SetDefault("tls.key_file", "")
 }
 
 // Load reads the configuration: built-in defaults, then the YAML file at path (if
@@ -349,7 +437,73 @@ func (c *Config) Validate() error {
 			}
 		}
 	}
+	c.validateAuth(types, bad)
+	if (c.TLS.CertFile == "") != (c.TLS.KeyFile == "") {
+		bad("tls", "set both cert_file and key_file, or neither")
+	}
+	for _, f := range []struct{ path, file string }{{"tls.cert_file", c.TLS.CertFile}, {"tls.key_file", c.TLS.KeyFile}} {
+		if f.file != "" {
+			if _, err := os.Stat(f.file); err != nil {
+				bad(f.path, "cannot be read: %v", err)
+			}
+		}
+	}
 	return errors.Join(errs...)
+}
+
+func (c *Config) validateAuth(types map[string]string, bad func(path, format string, args ...any)) {
+	a := c.Auth
+	switch a.Mode {
+	case "none", "basic", "token":
+	default:
+		bad("auth.mode", "must be none, basic or token, not %q", a.Mode)
+	}
+	if a.Mode != "none" && a.UsersFile == "" && a.LDAP.URL == "" && len(a.Rules) == 0 {
+		bad("auth", "mode %s needs users_file, ldap or rules", a.Mode)
+	}
+	if a.UsersFile != "" {
+		if _, err := os.Stat(a.UsersFile); err != nil {
+			bad("auth.users_file", "cannot be read: %v", err)
+		}
+	}
+	if l := a.LDAP; l.URL != "" {
+		if !strings.HasPrefix(l.URL, "ldap://") && !strings.HasPrefix(l.URL, "ldaps://") {
+			bad("auth.ldap.url", "must start with ldap:// or ldaps://")
+		}
+		if l.UserBase == "" {
+			bad("auth.ldap.user_base", "is required")
+		}
+		if !strings.Contains(l.UserFilter, "{username}") {
+			bad("auth.ldap.user_filter", "must contain {username}")
+		}
+		if l.MemberOfAttr == "" && l.GroupBase == "" {
+			bad("auth.ldap", "set group_base (group search) or member_of_attr")
+		}
+		if l.MemberOfAttr == "" && !strings.Contains(l.GroupFilter, "{dn}") {
+			bad("auth.ldap.group_filter", "must contain {dn}")
+		}
+	}
+	for i, r := range a.Rules {
+		p := fmt.Sprintf("auth.rules[%d]", i)
+		if len(r.Subjects) == 0 || len(r.Registries) == 0 || len(r.Repositories) == 0 || len(r.Actions) == 0 {
+			bad(p, "subjects, registries, repositories and actions are all required")
+		}
+		for _, s := range r.Subjects {
+			if s != "anonymous" && s != "authenticated" && !strings.HasPrefix(s, "user:") && !strings.HasPrefix(s, "group:") {
+				bad(p+".subjects", "%q must be user:NAME, group:NAME, anonymous or authenticated", s)
+			}
+		}
+		for _, reg := range r.Registries {
+			if reg != "*" && types[reg] == "" {
+				bad(p+".registries", "names no configured registry: %q", reg)
+			}
+		}
+		for _, act := range r.Actions {
+			if act != "pull" && act != "push" && act != "delete" {
+				bad(p+".actions", "%q must be pull, push or delete", act)
+			}
+		}
+	}
 }
 
 func (c *Config) validateUpstream(p string, u Upstream, bad func(path, format string, args ...any)) {

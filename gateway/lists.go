@@ -67,22 +67,35 @@ func (g *Gateway) tags(r *request) error {
 	return writeJSON(r.ctx, "application/json", map[string]any{"name": string(r.route.Repo), "tags": tags})
 }
 
-func (g *Gateway) catalog(ctx *fasthttp.RequestCtx, reg vhost.Registry) error {
+// catalog lists the registry's repositories that visible admits (what the caller may
+// pull), paging over the filtered list.
+func (g *Gateway) catalog(ctx *fasthttp.RequestCtx, reg vhost.Registry, visible func(string) bool) error {
 	last, n, err := page(ctx)
 	if err != nil {
 		return err
 	}
 	repos, more := []string{}, false
-	if n > 0 {
-		if repos, more, err = reg.Catalog(ctx, last, n); err != nil {
+	for n > 0 {
+		batch, batchMore, err := reg.Catalog(ctx, last, maxPage)
+		if err != nil {
 			return err
 		}
+		for _, name := range batch {
+			if len(repos) == n {
+				more = true
+				break
+			}
+			if visible(name) {
+				repos = append(repos, name)
+			}
+		}
+		if more || !batchMore || len(batch) == 0 {
+			break
+		}
+		last = batch[len(batch)-1]
 	}
 	if more {
 		nextLink(ctx, "/v2/_catalog", repos[len(repos)-1], n)
-	}
-	if repos == nil {
-		repos = []string{}
 	}
 	return writeJSON(ctx, "application/json", map[string]any{"repositories": repos})
 }

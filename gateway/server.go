@@ -18,6 +18,7 @@ import (
 
 	"github.com/valyala/fasthttp"
 
+	"github.com/dockyard/dockyard/auth"
 	"github.com/dockyard/dockyard/oci"
 	"github.com/dockyard/dockyard/vhost"
 )
@@ -32,6 +33,12 @@ type Options struct {
 	// bounds reading a blob upload body; IdleTimeout closes idle keep-alive connections.
 	ReadTimeout, UploadTimeout, IdleTimeout, WriteTimeout time.Duration
 	CORS                                                  CORS
+	// Auth, when set, authenticates and authorises every request (nil: open registry).
+	Auth *auth.Service
+	// TokenHosts override the token realm and service per Host.
+	TokenHosts []TokenHost
+	// TLS tells the gateway it is served over TLS (for the token realm's scheme).
+	TLS bool
 }
 
 // CORS lists what browsers on other origins may do. No origins means no CORS headers.
@@ -47,6 +54,7 @@ type CORS struct {
 // Gateway serves the distribution API.
 type Gateway struct {
 	opts   Options
+	auth   *auth.Service
 	log    *slog.Logger
 	server *fasthttp.Server
 	reqID  atomic.Uint64
@@ -69,7 +77,7 @@ func New(opts Options) *Gateway {
 	if opts.IdleTimeout <= 0 {
 		opts.IdleTimeout = 2 * time.Minute
 	}
-	g := &Gateway{opts: opts, log: opts.Logger}
+	g := &Gateway{opts: opts, auth: opts.Auth, log: opts.Logger}
 	g.server = &fasthttp.Server{
 		Handler: g.handle,
 		Name:    "dockyard",
@@ -108,6 +116,12 @@ func (g *Gateway) handle(ctx *fasthttp.RequestCtx) {
 	if g.cors(ctx) {
 		return
 	}
+	if g.auth != nil && string(ctx.Path()) == "/token" {
+		if err := g.token(ctx); err != nil {
+			g.writeError(ctx, err)
+		}
+		return
+	}
 	route, err := ParseRoute(string(ctx.URI().PathOriginal()))
 	if err == nil {
 		err = g.checkMethod(ctx, route)
@@ -133,7 +147,17 @@ func (g *Gateway) checkMethod(ctx *fasthttp.RequestCtx, r Route) error {
 }
 
 func (g *Gateway) dispatch(ctx *fasthttp.RequestCtx, r Route) error {
+	who := &principal{}
+	if g.auth != nil {
+		var err error
+		if who, err = g.authenticate(ctx); err != nil {
+			return err
+		}
+	}
 	if r.Kind == KindBase {
+		if g.auth != nil && who.anonymous() {
+			return g.challenge(ctx, "", "", "authentication required")
+		}
 		ctx.SetContentType("application/json")
 		ctx.SetBodyString("{}")
 		return nil
@@ -143,7 +167,15 @@ func (g *Gateway) dispatch(ctx *fasthttp.RequestCtx, r Route) error {
 		if err != nil {
 			return err
 		}
-		return g.catalog(ctx, reg)
+		visible := func(string) bool { return true }
+		if g.auth != nil {
+			if who.claims != nil && !tokenAllows(who.claims, "registry", "catalog", "*") {
+				return g.challenge(ctx, "registry:catalog:*", "insufficient_scope", "the catalog needs a registry:catalog:* token")
+			}
+			id := who.identity()
+			visible = func(repo string) bool { return g.auth.Decide(id, reg.Name(), repo, auth.Pull) }
+		}
+		return g.catalog(ctx, reg, visible)
 	}
 	res, err := g.opts.Router.Resolve(string(ctx.Host()), r.Repo, string(ctx.QueryArgs().Peek("ns")))
 	if err != nil {
@@ -152,7 +184,12 @@ func (g *Gateway) dispatch(ctx *fasthttp.RequestCtx, r Route) error {
 	if res.Namespace != "" {
 		ctx.Response.Header.Set("OCI-Namespace", res.Namespace)
 	}
-	req := &request{ctx: ctx, route: r, reg: res.Registry, repo: res.Repo}
+	req := &request{ctx: ctx, route: r, reg: res.Registry, repo: res.Repo, who: who}
+	if g.auth != nil {
+		if err := g.authorize(req, actionFor(r.Kind, string(ctx.Method()))); err != nil {
+			return err
+		}
+	}
 	method := string(ctx.Method())
 	switch r.Kind {
 	case KindTags:
@@ -199,6 +236,7 @@ type request struct {
 	route Route
 	reg   vhost.Registry
 	repo  oci.Repository
+	who   *principal
 }
 
 type errorBody struct {

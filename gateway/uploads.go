@@ -7,6 +7,7 @@ import (
 
 	"github.com/valyala/fasthttp"
 
+	"github.com/dockyard/dockyard/auth"
 	"github.com/dockyard/dockyard/cache"
 	"github.com/dockyard/dockyard/oci"
 )
@@ -67,6 +68,9 @@ func (g *Gateway) tryMount(r *request, mount, fromName string) (done bool, err e
 	if err != nil {
 		return false, err
 	}
+	if fromName == "" && g.auth != nil {
+		return false, nil // with access control, a mount must name a source the caller may read
+	}
 	var from oci.Repository
 	if fromName != "" {
 		client, err := oci.ParseRepository(fromName)
@@ -76,6 +80,10 @@ func (g *Gateway) tryMount(r *request, mount, fromName string) (done bool, err e
 		// from is a name as the client sees it: resolve it like the target.
 		src, err := g.opts.Router.Resolve(string(r.ctx.Host()), client, "")
 		if err != nil || src.Registry != r.reg {
+			return false, nil
+		}
+		// Mounting reads the source: without pull on it, upload instead.
+		if g.auth != nil && !g.may(r.who, string(client), src.Registry, string(src.Repo), auth.Pull) {
 			return false, nil
 		}
 		from = src.Repo

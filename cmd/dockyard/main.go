@@ -3,6 +3,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -27,6 +28,7 @@ const usage = `dockyard: a private container registry and registry federation ga
 Usage:
   dockyard serve [--config FILE] [--listen ADDR] [--data DIR]
   dockyard check-config --config FILE
+  dockyard token create|list|revoke …   (CI tokens; see dockyard token)
 
 With no configuration file, dockyard serves one hosted registry for every host on
 :5000 with its data under ./data.
@@ -58,6 +60,8 @@ func run(args []string, stdout, stderr io.Writer) error {
 		}
 		fmt.Fprintln(stdout, "configuration is valid")
 		return nil
+	case "token":
+		return tokenCommand(args[1:], stdout)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return nil
@@ -99,6 +103,13 @@ func serve(args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	if cfg.TLS.CertFile != "" {
+		cert, err := newReloadingCert(cfg.TLS.CertFile, cfg.TLS.KeyFile, log)
+		if err != nil {
+			return err
+		}
+		l = tls.NewListener(l, &tls.Config{GetCertificate: cert.GetCertificate, MinVersion: tls.VersionTLS12})
+	}
 	log.Info("dockyard listening", "addr", l.Addr().String(), "data", cfg.Data, "registries", len(cfg.Registries))
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -130,8 +141,17 @@ func build(cfg *config.Config, store *cache.Store, log *slog.Logger) (*gateway.G
 	if err != nil {
 		return nil, err
 	}
+	authService, err := buildAuth(cfg, store, log)
+	if err != nil {
+		return nil, err
+	}
+	var tokenHosts []gateway.TokenHost
+	for _, h := range cfg.Auth.Token.Hosts {
+		tokenHosts = append(tokenHosts, gateway.TokenHost{Host: h.Host, Realm: h.Realm, Service: h.Service})
+	}
 	c := cfg.HTTP.CORS
 	return gateway.New(gateway.Options{
+		Auth: authService, TokenHosts: tokenHosts, TLS: cfg.TLS.CertFile != "",
 		Router: router, Logger: log, MaxManifestSize: int64(cfg.HTTP.MaxManifestSize),
 		ReadTimeout: cfg.HTTP.ReadTimeout, UploadTimeout: cfg.HTTP.UploadTimeout,
 		IdleTimeout: cfg.HTTP.IdleTimeout, WriteTimeout: cfg.HTTP.WriteTimeout,

@@ -1,0 +1,237 @@
+package auth
+
+import (
+	"crypto/sha256"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Mode is how clients authenticate.
+type Mode string
+
+const (
+	ModeNone  Mode = "none"  // no authentication: everything is allowed
+	ModeBasic Mode = "basic" // HTTP Basic on every request
+	ModeToken Mode = "token" // Docker token auth: Basic at the token endpoint, Bearer JWTs on the API
+)
+
+// Config assembles a Service.
+type Config struct {
+	Mode      Mode
+	UsersFile *UsersFile
+	LDAP      *LDAP
+	Tokens    TokenStore // CI tokens; nil disables them
+	Rules     []Rule
+	Signer    *Signer // token mode
+	TokenTTL  time.Duration
+	// RefreshTTL is the lifetime of refresh tokens (docker login keeps one).
+	RefreshTTL time.Duration
+	RateLimit  RateLimit
+	Logger     *slog.Logger
+	Now        func() time.Time
+}
+
+// RateLimit locks a user name or client address out after Failures failed logins
+// within Window, for Lockout.
+type RateLimit struct {
+	Failures int
+	Window   time.Duration
+	Lockout  time.Duration
+}
+
+// ErrRateLimited means too many failed logins; RetryAfter says for how long.
+type ErrRateLimited struct{ RetryAfter time.Duration }
+
+func (e *ErrRateLimited) Error() string {
+	return fmt.Sprintf("too many failed logins; retry in %s", e.RetryAfter.Round(time.Second))
+}
+
+// Service answers the gateway's questions: who is this, and may they do that.
+type Service struct {
+	cfg     Config
+	policy  *Policy
+	log     *slog.Logger
+	limiter *limiter
+
+	mu     sync.Mutex
+	logins map[string]cachedLogin // user → a recent successful login
+}
+
+// loginCacheTTL spares bcrypt and LDAP binds on every request of a Basic-auth client.
+const loginCacheTTL = time.Minute
+
+// NewService validates the rules and returns the service.
+func NewService(cfg Config) (*Service, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.TokenTTL <= 0 {
+		cfg.TokenTTL = 5 * time.Minute
+	}
+	if cfg.RefreshTTL <= 0 {
+		cfg.RefreshTTL = 30 * 24 * time.Hour
+	}
+	if cfg.RateLimit.Failures <= 0 {
+		cfg.RateLimit = RateLimit{Failures: 10, Window: time.Minute, Lockout: 5 * time.Minute}
+	}
+	if cfg.Mode == ModeToken && cfg.Signer == nil {
+		return nil, errors.New("token mode needs a signing key")
+	}
+	p, err := NewPolicy(cfg.Rules)
+	if err != nil {
+		return nil, err
+	}
+	return &Service{cfg: cfg, policy: p, log: cfg.Logger, logins: map[string]cachedLogin{},
+		limiter: &limiter{cfg: cfg.RateLimit, now: cfg.Now, entries: map[string]*limitEntry{}}}, nil
+}
+
+// Mode reports how clients authenticate.
+func (s *Service) Mode() Mode { return s.cfg.Mode }
+
+// Signer issues and verifies tokens (token mode).
+func (s *Service) Signer() *Signer { return s.cfg.Signer }
+
+// TokenTTL and RefreshTTL are the lifetimes of issued tokens.
+func (s *Service) TokenTTL() time.Duration   { return s.cfg.TokenTTL }
+func (s *Service) RefreshTTL() time.Duration { return s.cfg.RefreshTTL }
+
+// Login checks a user name and password (or CI token) from remote: CI tokens first,
+// then the users file, then LDAP. Failures count towards the rate limit; passwords are
+// never logged.
+func (s *Service) Login(ctx context.Context, user, password, remote string) (*Identity, error) {
+	if wait := s.limiter.blocked(user, remote); wait > 0 {
+		s.log.Warn("login refused: rate limited", "user", user, "remote", remote)
+		return nil, &ErrRateLimited{RetryAfter: wait}
+	}
+	secret := sha256.Sum256([]byte(password))
+	s.mu.Lock()
+	c, ok := s.logins[user]
+	s.mu.Unlock()
+	if ok && s.cfg.Now().Before(c.expires) && constantTimeEqual(string(c.secret[:]), string(secret[:])) {
+		return c.id, nil
+	}
+	id, err := s.login(ctx, user, password)
+	if err != nil {
+		if errors.Is(err, ErrDirectoryUnavailable) {
+			s.log.Error("login failed: LDAP unavailable", "user", user, "remote", remote, "err", err)
+			return nil, err
+		}
+		s.limiter.fail(user, remote)
+		s.log.Info("login failed", "user", user, "remote", remote)
+		return nil, ErrBadCredentials
+	}
+	s.limiter.succeed(user)
+	s.mu.Lock()
+	if len(s.logins) > 10000 {
+		s.logins = map[string]cachedLogin{}
+	}
+	s.logins[user] = cachedLogin{secret: secret, id: id, expires: s.cfg.Now().Add(loginCacheTTL)}
+	s.mu.Unlock()
+	return id, nil
+}
+
+func (s *Service) login(ctx context.Context, user, password string) (*Identity, error) {
+	if s.cfg.Tokens != nil && strings.HasPrefix(password, ciTokenPrefix) {
+		return s.checkCIToken(user, password)
+	}
+	var errs []error
+	if s.cfg.UsersFile != nil {
+		id, err := s.cfg.UsersFile.Check(ctx, user, password)
+		if err == nil || !errors.Is(err, ErrUnknownUser) {
+			return id, err
+		}
+		errs = append(errs, err)
+	}
+	if s.cfg.LDAP != nil {
+		return s.cfg.LDAP.Check(ctx, user, password)
+	}
+	errs = append(errs, ErrBadCredentials)
+	return nil, errors.Join(errs...)
+}
+
+// StillValid reports whether a refresh token's subject may still log in without a
+// password: a users-file user that was removed may not.
+func (s *Service) StillValid(c *Claims) bool {
+	if c.Source == "users-file" {
+		return s.cfg.UsersFile != nil && s.cfg.UsersFile.Has(c.Subject)
+	}
+	return true
+}
+
+// Decide says whether id may do action on repo of registry, and logs why at debug
+// level.
+func (s *Service) Decide(id *Identity, registry, repo string, action Action) bool {
+	d := s.policy.Decide(id, registry, repo, action)
+	s.log.Debug("authorization", "subject", id.String(), "registry", registry, "repo", repo, "action", action, "decision", d.String())
+	return d.Allowed
+}
+
+// Allowed filters want down to what id may do on repo of registry.
+func (s *Service) Allowed(id *Identity, registry, repo string, want []Action) []Action {
+	return s.policy.Actions(id, registry, repo, want)
+}
+
+// limiter counts failed logins per user name and per client address.
+type limiter struct {
+	cfg     RateLimit
+	now     func() time.Time
+	mu      sync.Mutex
+	entries map[string]*limitEntry
+}
+
+type limitEntry struct {
+	failures    int
+	windowStart time.Time
+	lockedUntil time.Time
+}
+
+func (l *limiter) blocked(user, remote string) time.Duration {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	now := l.now()
+	var wait time.Duration
+	for _, k := range []string{"u:" + user, "a:" + remote} {
+		if e := l.entries[k]; e != nil && now.Before(e.lockedUntil) {
+			wait = max(wait, e.lockedUntil.Sub(now))
+		}
+	}
+	return wait
+}
+
+func (l *limiter) fail(user, remote string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	now := l.now()
+	if len(l.entries) > 100000 { // forget stale entries rather than grow without bound
+		for k, e := range l.entries {
+			if now.Sub(e.windowStart) > l.cfg.Window && now.After(e.lockedUntil) {
+				delete(l.entries, k)
+			}
+		}
+	}
+	for _, k := range []string{"u:" + user, "a:" + remote} {
+		e := l.entries[k]
+		if e == nil || now.Sub(e.windowStart) > l.cfg.Window {
+			e = &limitEntry{windowStart: now}
+			l.entries[k] = e
+		}
+		if e.failures++; e.failures >= l.cfg.Failures {
+			e.lockedUntil = now.Add(l.cfg.Lockout)
+			e.failures, e.windowStart = 0, now
+		}
+	}
+}
+
+func (l *limiter) succeed(user string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	delete(l.entries, "u:"+user)
+}

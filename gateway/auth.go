@@ -1,0 +1,201 @@
+package gateway
+
+import (
+	"encoding/base64"
+	"errors"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/valyala/fasthttp"
+
+	"github.com/dockyard/dockyard/auth"
+	"github.com/dockyard/dockyard/oci"
+	"github.com/dockyard/dockyard/vhost"
+)
+
+// TokenHost overrides the token realm and service name for one Host.
+type TokenHost struct {
+	Host    string
+	Realm   string
+	Service string
+}
+
+// principal is who sent a request: an identity (nil: anonymous) and, with token auth,
+// what its bearer token grants.
+type principal struct {
+	id     *auth.Identity
+	claims *auth.Claims
+}
+
+func (p *principal) anonymous() bool { return p.id.Anonymous() && p.claims == nil }
+
+// identity is who the principal is, for rules: a bearer token's subject and groups.
+func (p *principal) identity() *auth.Identity {
+	if p.claims != nil {
+		return &auth.Identity{Name: p.claims.Subject, Groups: p.claims.Groups, Source: p.claims.Source}
+	}
+	return p.id
+}
+
+// actionFor maps a request to the action rules speak of.
+func actionFor(kind Kind, method string) auth.Action {
+	switch {
+	case kind == KindUploads || kind == KindUpload || method == "PUT":
+		return auth.Push
+	case method == "DELETE":
+		return auth.Delete
+	}
+	return auth.Pull
+}
+
+// authenticate reads the request's credentials. Bad credentials are an error (401);
+// no credentials is the anonymous principal.
+func (g *Gateway) authenticate(ctx *fasthttp.RequestCtx) (*principal, error) {
+	h := string(ctx.Request.Header.Peek("Authorization"))
+	switch {
+	case h == "":
+		return &principal{}, nil
+	case strings.HasPrefix(h, "Bearer ") && g.auth.Mode() == auth.ModeToken:
+		c, err := g.auth.Signer().Verify(strings.TrimSpace(h[len("Bearer "):]), g.service(ctx))
+		if err != nil || c.Kind != "" {
+			return nil, g.challenge(ctx, "", "invalid_token", "the bearer token is invalid or expired")
+		}
+		return &principal{claims: c}, nil
+	case strings.HasPrefix(h, "Basic "):
+		user, password, ok := basicCredentials(h)
+		if !ok {
+			return nil, g.challenge(ctx, "", "", "malformed Basic credentials")
+		}
+		id, err := g.auth.Login(ctx, user, password, ctx.RemoteIP().String())
+		if err != nil {
+			return nil, g.loginError(ctx, err)
+		}
+		return &principal{id: id}, nil
+	}
+	return nil, g.challenge(ctx, "", "", "unsupported Authorization scheme")
+}
+
+func basicCredentials(h string) (user, password string, ok bool) {
+	raw, err := base64.StdEncoding.DecodeString(strings.TrimSpace(h[len("Basic "):]))
+	if err != nil {
+		return "", "", false
+	}
+	return strings.Cut(string(raw), ":")
+}
+
+// loginError answers a failed login: rate limited (429), directory down (401 with the
+// reason), or bad credentials (401).
+func (g *Gateway) loginError(ctx *fasthttp.RequestCtx, err error) error {
+	var rl *auth.ErrRateLimited
+	if errors.As(err, &rl) {
+		e := oci.ErrTooManyRequests.Withf("%v", rl)
+		e.RetryAfter = strconv.Itoa(int(rl.RetryAfter.Seconds()) + 1)
+		return e
+	}
+	if errors.Is(err, auth.ErrDirectoryUnavailable) {
+		return g.challenge(ctx, "", "", "login failed: the LDAP directory is unavailable")
+	}
+	return g.challenge(ctx, "", "", "invalid username or password")
+}
+
+// challenge answers 401 with the WWW-Authenticate header of the auth mode. scope is
+// the token scope the client should ask for.
+func (g *Gateway) challenge(ctx *fasthttp.RequestCtx, scope, tokenErr, msg string) error {
+	if g.auth.Mode() == auth.ModeToken {
+		v := `Bearer realm="` + g.realm(ctx) + `",service="` + g.service(ctx) + `"`
+		if scope != "" {
+			v += `,scope="` + scope + `"`
+		}
+		if tokenErr != "" {
+			v += `,error="` + tokenErr + `"`
+		}
+		ctx.Response.Header.Set("WWW-Authenticate", v)
+	} else {
+		ctx.Response.Header.Set("WWW-Authenticate", `Basic realm="dockyard"`)
+	}
+	return oci.ErrUnauthorized.Withf("%s", msg)
+}
+
+func (g *Gateway) tokenHost(ctx *fasthttp.RequestCtx) TokenHost {
+	host := string(ctx.Host())
+	for _, th := range g.opts.TokenHosts {
+		if strings.EqualFold(th.Host, host) {
+			return th
+		}
+	}
+	h, _, _ := strings.Cut(host, ":")
+	for _, th := range g.opts.TokenHosts {
+		if strings.EqualFold(th.Host, h) {
+			return th
+		}
+	}
+	return TokenHost{}
+}
+
+// realm is the token endpoint's URL for the request's host.
+func (g *Gateway) realm(ctx *fasthttp.RequestCtx) string {
+	if r := g.tokenHost(ctx).Realm; r != "" {
+		return r
+	}
+	scheme := "http"
+	if g.opts.TLS || string(ctx.Request.Header.Peek("X-Forwarded-Proto")) == "https" {
+		scheme = "https"
+	}
+	return scheme + "://" + string(ctx.Host()) + "/token"
+}
+
+// service names the registry in tokens (their audience): per host, by default the
+// Host header itself, so a token for one virtual host is useless on another.
+func (g *Gateway) service(ctx *fasthttp.RequestCtx) string {
+	if s := g.tokenHost(ctx).Service; s != "" {
+		return s
+	}
+	return string(ctx.Host())
+}
+
+// may reports whether p may do action on a repository (named as the client sees it,
+// and as it is inside its registry).
+func (g *Gateway) may(p *principal, clientRepo string, reg vhost.Registry, repo string, action auth.Action) bool {
+	if p.claims != nil {
+		return tokenAllows(p.claims, "repository", clientRepo, string(action))
+	}
+	return g.auth.Decide(p.id, reg.Name(), repo, action)
+}
+
+func tokenAllows(c *auth.Claims, typ, name, action string) bool {
+	for _, a := range c.Access {
+		if a.Type == typ && a.Name == name && (slices.Contains(a.Actions, action) || slices.Contains(a.Actions, "*")) {
+			return true
+		}
+	}
+	return false
+}
+
+// authorize lets a request through or answers 401 (who are you / get a token with this
+// scope) or 403 DENIED (you may not).
+func (g *Gateway) authorize(r *request, action auth.Action) error {
+	if r.who.anonymous() && r.route.Kind == KindBase {
+		return g.challenge(r.ctx, "", "", "authentication required")
+	}
+	if r.route.Kind == KindBase {
+		return nil
+	}
+	client := string(r.route.Repo)
+	if g.may(r.who, client, r.reg, string(r.repo), action) {
+		return nil
+	}
+	scope := "repository:" + client + ":" + string(action)
+	if action == auth.Push {
+		scope = "repository:" + client + ":pull,push"
+	}
+	// Anonymous, or a token lacking a scope its subject has: ask for (a better) token.
+	if r.who.anonymous() || (r.who.claims != nil && g.auth.Decide(r.who.identity(), r.reg.Name(), string(r.repo), action)) {
+		tokenErr := ""
+		if r.who.claims != nil {
+			tokenErr = "insufficient_scope"
+		}
+		return g.challenge(r.ctx, scope, tokenErr, "authentication required to "+string(action)+" "+client)
+	}
+	return oci.ErrDenied.Withf("%s may not %s %s", r.who.identity(), action, client)
+}

@@ -1,0 +1,161 @@
+package gateway
+
+import (
+	"encoding/json"
+	"errors"
+	"net/url"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/valyala/fasthttp"
+
+	"github.com/dockyard/dockyard/auth"
+	"github.com/dockyard/dockyard/oci"
+)
+
+// token is the Docker token endpoint: GET with optional Basic credentials and scope
+// parameters, and the OAuth2 POST form (grant_type password or refresh_token) that
+// docker login uses. The access granted is what was asked for, cut down to what the
+// rules allow the caller.
+func (g *Gateway) token(ctx *fasthttp.RequestCtx) error {
+	if g.auth.Mode() != auth.ModeToken {
+		return oci.ErrNotFound.Withf("token auth is not enabled")
+	}
+	var (
+		id      *auth.Identity
+		scopes  []string
+		service string
+		offline bool
+		err     error
+	)
+	switch string(ctx.Method()) {
+	case "GET":
+		args := ctx.QueryArgs()
+		service = string(args.Peek("service"))
+		for _, s := range args.PeekMulti("scope") {
+			scopes = append(scopes, strings.Fields(string(s))...)
+		}
+		offline = string(args.Peek("offline_token")) == "true"
+		if h := string(ctx.Request.Header.Peek("Authorization")); h != "" {
+			user, password, ok := basicCredentials(h)
+			if !strings.HasPrefix(h, "Basic ") || !ok {
+				return g.tokenError(ctx, errors.New("malformed credentials"))
+			}
+			if id, err = g.auth.Login(ctx, user, password, ctx.RemoteIP().String()); err != nil {
+				return g.tokenError(ctx, err)
+			}
+		}
+	case "POST":
+		form, perr := url.ParseQuery(string(ctx.PostBody()))
+		if perr != nil {
+			return oci.ErrUnsupported.Withf("malformed form")
+		}
+		service = form.Get("service")
+		scopes = strings.Fields(form.Get("scope"))
+		switch form.Get("grant_type") {
+		case "password":
+			if id, err = g.auth.Login(ctx, form.Get("username"), form.Get("password"), ctx.RemoteIP().String()); err != nil {
+				return g.tokenError(ctx, err)
+			}
+			offline = form.Get("access_type") == "offline"
+		case "refresh_token":
+			c, verr := g.auth.Signer().Verify(form.Get("refresh_token"), service)
+			if verr != nil || c.Kind != "refresh" || !g.auth.StillValid(c) {
+				return g.tokenError(ctx, errors.New("invalid refresh token"))
+			}
+			id = &auth.Identity{Name: c.Subject, Groups: c.Groups, Source: c.Source}
+		default:
+			return oci.ErrUnsupported.Withf("grant_type must be password or refresh_token")
+		}
+	default:
+		return oci.ErrUnsupported.Withf("use GET or POST")
+	}
+	if service == "" {
+		service = g.service(ctx)
+	}
+	access := g.grant(ctx, id, scopes)
+	claims := auth.Claims{Access: access}
+	subject := ""
+	if id != nil {
+		subject, claims.Groups, claims.Source = id.Name, id.Groups, id.Source
+	}
+	signed, exp, err := g.auth.Signer().Sign(claims, subject, service, g.auth.TokenTTL())
+	if err != nil {
+		return err
+	}
+	body := map[string]any{
+		"token": signed, "access_token": signed,
+		"expires_in": int(time.Until(exp).Seconds()), "issued_at": time.Now().UTC().Format(time.RFC3339),
+	}
+	if offline && id != nil && id.Source != "token" {
+		refresh, _, err := g.auth.Signer().Sign(auth.Claims{Kind: "refresh", Groups: id.Groups, Source: id.Source}, id.Name, service, g.auth.RefreshTTL())
+		if err != nil {
+			return err
+		}
+		body["refresh_token"] = refresh
+	}
+	b, _ := json.Marshal(body)
+	ctx.SetContentType("application/json")
+	ctx.Response.Header.Set("Cache-Control", "no-store")
+	ctx.SetBody(b)
+	return nil
+}
+
+func (g *Gateway) tokenError(ctx *fasthttp.RequestCtx, err error) error {
+	var rl *auth.ErrRateLimited
+	if errors.As(err, &rl) {
+		return g.loginError(ctx, err)
+	}
+	if errors.Is(err, auth.ErrDirectoryUnavailable) {
+		return oci.ErrUnauthorized.Withf("login failed: the LDAP directory is unavailable")
+	}
+	return oci.ErrUnauthorized.Withf("invalid username or password")
+}
+
+// grant intersects the requested scopes ("repository:NAME:pull,push",
+// "registry:catalog:*") with what the rules give id.
+func (g *Gateway) grant(ctx *fasthttp.RequestCtx, id *auth.Identity, scopes []string) []auth.Access {
+	out := []auth.Access{}
+	for _, scope := range scopes {
+		typ, rest, ok := strings.Cut(scope, ":")
+		i := strings.LastIndexByte(rest, ':')
+		if !ok || i < 0 {
+			continue
+		}
+		name, actions := rest[:i], strings.Split(rest[i+1:], ",")
+		switch typ {
+		case "registry":
+			if name == "catalog" && slices.Contains(actions, "*") {
+				out = append(out, auth.Access{Type: "registry", Name: "catalog", Actions: []string{"*"}})
+			}
+		case "repository":
+			repo, err := oci.ParseRepository(name)
+			if err != nil {
+				continue
+			}
+			res, err := g.opts.Router.Resolve(string(ctx.Host()), repo, "")
+			if err != nil {
+				continue
+			}
+			var want []auth.Action
+			for _, a := range actions {
+				if a == "*" {
+					want = append(want, auth.Pull, auth.Push, auth.Delete)
+				} else if act, err := auth.ParseAction(a); err == nil {
+					want = append(want, act)
+				}
+			}
+			allowed := g.auth.Allowed(id, res.Registry.Name(), string(res.Repo), want)
+			if len(allowed) == 0 {
+				continue
+			}
+			names := make([]string, len(allowed))
+			for i, a := range allowed {
+				names[i] = string(a)
+			}
+			out = append(out, auth.Access{Type: "repository", Name: name, Actions: names})
+		}
+	}
+	return out
+}
