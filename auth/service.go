@@ -115,7 +115,8 @@ func (s *Service) Login(ctx context.Context, user, password, remote string) (*Id
 	s.mu.Lock()
 	c, ok := s.logins[user]
 	s.mu.Unlock()
-	if ok && s.cfg.Now().Before(c.expires) && constantTimeEqual(string(c.secret[:]), string(secret[:])) {
+	// CI tokens are never served from the cache: a revoked token stops at once.
+	if ok && !strings.HasPrefix(password, ciTokenPrefix) && s.cfg.Now().Before(c.expires) && constantTimeEqual(string(c.secret[:]), string(secret[:])) {
 		return c.id, nil
 	}
 	id, err := s.login(ctx, user, password)
@@ -129,6 +130,9 @@ func (s *Service) Login(ctx context.Context, user, password, remote string) (*Id
 		return nil, ErrBadCredentials
 	}
 	s.limiter.succeed(user)
+	if id.Source == "token" {
+		return id, nil
+	}
 	s.mu.Lock()
 	if len(s.logins) > 10000 {
 		s.logins = map[string]cachedLogin{}

@@ -28,7 +28,12 @@ type principal struct {
 	claims *auth.Claims
 }
 
-func (p *principal) anonymous() bool { return p.id.Anonymous() && p.claims == nil }
+// anonymous reports whether nobody is known: no credentials, or a token issued to
+// nobody.
+func (p *principal) anonymous() bool { return p.identity().Anonymous() }
+
+// presented reports whether the request carried valid credentials of any kind.
+func (p *principal) presented() bool { return p.claims != nil || !p.id.Anonymous() }
 
 // identity is who the principal is, for rules: a bearer token's subject and groups.
 func (p *principal) identity() *auth.Identity {
@@ -175,12 +180,6 @@ func tokenAllows(c *auth.Claims, typ, name, action string) bool {
 // authorize lets a request through or answers 401 (who are you / get a token with this
 // scope) or 403 DENIED (you may not).
 func (g *Gateway) authorize(r *request, action auth.Action) error {
-	if r.who.anonymous() && r.route.Kind == KindBase {
-		return g.challenge(r.ctx, "", "", "authentication required")
-	}
-	if r.route.Kind == KindBase {
-		return nil
-	}
 	client := string(r.route.Repo)
 	if g.may(r.who, client, r.reg, string(r.repo), action) {
 		return nil

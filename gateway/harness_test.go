@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dockyard/dockyard/auth"
 	"github.com/dockyard/dockyard/cache"
 	"github.com/dockyard/dockyard/gateway"
 	"github.com/dockyard/dockyard/vhost"
@@ -21,18 +22,21 @@ import (
 
 // testRegistry is a real gateway on a loopback port over a store in a temp dir.
 type testRegistry struct {
-	t     *testing.T
-	dir   string
-	addr  string
-	store *cache.Store
-	gw    *gateway.Gateway
-	done  chan error
+	// headers are sent with every request (credentials).
+	headers []string
+	t       *testing.T
+	dir     string
+	addr    string
+	store   *cache.Store
+	gw      *gateway.Gateway
+	done    chan error
 }
 
 type registryOptions struct {
 	sparse          bool
 	maxManifestSize int64
 	cors            gateway.CORS
+	auth            func(store *cache.Store) *auth.Service
 }
 
 func startRegistry(t *testing.T, dir string, o registryOptions) *testRegistry {
@@ -50,7 +54,11 @@ func startRegistry(t *testing.T, dir string, o registryOptions) *testRegistry {
 	if err != nil {
 		t.Fatal(err)
 	}
-	gw := gateway.New(gateway.Options{Router: router, Logger: log, MaxManifestSize: o.maxManifestSize, CORS: o.cors})
+	var authService *auth.Service
+	if o.auth != nil {
+		authService = o.auth(store)
+	}
+	gw := gateway.New(gateway.Options{Router: router, Logger: log, MaxManifestSize: o.maxManifestSize, CORS: o.cors, Auth: authService})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -96,6 +104,7 @@ func (r *testRegistry) do(method, path string, body []byte, headers ...string) r
 	if err != nil {
 		r.t.Fatal(err)
 	}
+	headers = append(append([]string{}, r.headers...), headers...)
 	for i := 0; i+1 < len(headers); i += 2 {
 		if strings.EqualFold(headers[i], "Host") {
 			req.Host = headers[i+1]

@@ -155,7 +155,7 @@ func (g *Gateway) dispatch(ctx *fasthttp.RequestCtx, r Route) error {
 		}
 	}
 	if r.Kind == KindBase {
-		if g.auth != nil && who.anonymous() {
+		if g.auth != nil && !who.presented() {
 			return g.challenge(ctx, "", "", "authentication required")
 		}
 		ctx.SetContentType("application/json")
