@@ -1,8 +1,8 @@
 package auth
 
 import (
-	"crypto/sha256"
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"log/slog"
