@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net/url"
 	"os"
+	"path/filepath"
 	"reflect"
 	"regexp"
 	"slices"
@@ -250,6 +251,9 @@ func Load(path string) (*Config, error) {
 		problems = append(problems, unwrapAll(decodeErr)...)
 	}
 	c.applyDefaults()
+	if path != "" {
+		c.resolvePaths(filepath.Dir(path))
+	}
 	if err := c.Validate(); err != nil {
 		problems = append(problems, unwrapAll(err)...)
 	}
@@ -302,6 +306,25 @@ func unwrapAll(err error) []string {
 		out = append(out, line)
 	}
 	return out
+}
+
+// resolvePaths makes the file paths of a configuration file relative to its directory.
+func (c *Config) resolvePaths(dir string) {
+	fix := func(p *string) {
+		if *p != "" && !filepath.IsAbs(*p) {
+			*p = filepath.Join(dir, *p)
+		}
+	}
+	for i := range c.Registries {
+		fix(&c.Registries[i].Upstream.PasswordFile)
+		fix(&c.Registries[i].Upstream.CAFile)
+	}
+	fix(&c.Auth.UsersFile)
+	fix(&c.Auth.LDAP.CAFile)
+	fix(&c.Auth.LDAP.BindPasswordFile)
+	fix(&c.Auth.Token.KeyFile)
+	fix(&c.TLS.CertFile)
+	fix(&c.TLS.KeyFile)
 }
 
 // Defaults of a proxy's upstream settings.
