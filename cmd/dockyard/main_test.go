@@ -1,0 +1,117 @@
+package main
+
+import (
+	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"io"
+	"log/slog"
+	"math/big"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/dockyard/dockyard/cache"
+	"github.com/dockyard/dockyard/config"
+)
+
+// Every example configuration builds a working gateway.
+func TestExampleConfigurationsBuild(t *testing.T) {
+	files, _ := filepath.Glob("../../configs/*.yaml")
+	for _, f := range files {
+		cfg, err := config.Load(f)
+		if err != nil {
+			t.Fatalf("%s: %v", f, err)
+		}
+		cfg.Data = t.TempDir()
+		store, err := cache.Open(cache.Options{Dir: cfg.Data, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := build(cfg, store, slog.New(slog.NewTextHandler(io.Discard, nil))); err != nil {
+			t.Errorf("%s: %v", f, err)
+		}
+		store.Close()
+	}
+}
+
+func writeCert(t *testing.T, dir, cn string) (string, string) {
+	t.Helper()
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: cn},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), DNSNames: []string{cn}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kder, _ := x509.MarshalPKCS8PrivateKey(key)
+	certFile, keyFile := filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key")
+	os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600)
+	os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder}), 0o600)
+	return certFile, keyFile
+}
+
+func TestRenewedCertificateIsServedWithoutRestart(t *testing.T) {
+	dir := t.TempDir()
+	certFile, keyFile := writeCert(t, dir, "first.example.com")
+	rc, err := newReloadingCert(certFile, keyFile, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	name := func() string {
+		c, err := rc.GetCertificate(&tls.ClientHelloInfo{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		leaf, _ := x509.ParseCertificate(c.Certificate[0])
+		return leaf.Subject.CommonName
+	}
+	if got := name(); got != "first.example.com" {
+		t.Fatalf("served %s", got)
+	}
+	writeCert(t, dir, "second.example.com")
+	future := time.Now().Add(time.Minute)
+	os.Chtimes(certFile, future, future)
+	rc.checked = time.Time{}
+	if got := name(); got != "second.example.com" {
+		t.Errorf("after renewal served %s", got)
+	}
+}
+
+func TestTokenCommands(t *testing.T) {
+	data := t.TempDir()
+	var out bytes.Buffer
+	if err := run([]string{"token", "create", "--data", data, "--user", "ci", "--scope", "default/team/*:pull,push", "--expires", "30d"}, &out, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	secret := strings.SplitN(out.String(), "\n", 2)[0]
+	if !strings.HasPrefix(secret, "dyt_") {
+		t.Fatalf("token: %q", out.String())
+	}
+	out.Reset()
+	if err := run([]string{"token", "list", "--data", data}, &out, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out.String(), "default/team/*:pull,push") || !strings.Contains(out.String(), "active") || strings.Contains(out.String(), secret) {
+		t.Errorf("list: %s", out.String())
+	}
+	id := strings.Fields(strings.Split(out.String(), "\n")[1])[0]
+	if err := run([]string{"token", "revoke", "--data", data, id}, io.Discard, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	out.Reset()
+	run([]string{"token", "list", "--data", data}, &out, io.Discard)
+	if !strings.Contains(out.String(), "revoked") {
+		t.Errorf("after revoke: %s", out.String())
+	}
+	if err := run([]string{"token", "create", "--data", data, "--user", "ci", "--scope", "bad"}, io.Discard, io.Discard); err == nil {
+		t.Error("a malformed scope was accepted")
+	}
+}
