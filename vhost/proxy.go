@@ -57,7 +57,8 @@ const maxRemembered = 100000
 
 // blobFetch is one upstream blob download shared by every request for the digest.
 type blobFetch struct {
-	ready chan struct{} // closed once fetch or err is set
+	repo  oci.Repository // the repository the download is for
+	ready chan struct{}  // closed once fetch or err is set
 	fetch *cache.Fetch
 	err   error
 }
@@ -139,10 +140,17 @@ func (p *Proxy) fetchBlob(ctx context.Context, repo oci.Repository, d oci.Digest
 	bf := p.fetches[d]
 	leader := bf == nil
 	if leader {
-		bf = &blobFetch{ready: make(chan struct{})}
+		bf = &blobFetch{repo: repo, ready: make(chan struct{})}
 		p.fetches[d] = bf
 	}
 	p.mu.Unlock()
+	if !leader && bf.repo != repo {
+		// Sharing another repository's download: first make sure this repository
+		// has the blob upstream.
+		if _, err := p.up.HeadBlob(ctx, string(repo), d); err != nil {
+			return nil, 0, p.upstreamError(err, oci.ErrBlobUnknown, "blob "+string(d))
+		}
+	}
 	if leader {
 		if body, size := p.startFetch(ctx, repo, d, bf); body != nil {
 			return body, size, nil // too large to cache: the leader streams its download
