@@ -72,7 +72,7 @@ func (s *Store) OpenBlob(ctx context.Context, reg, repo string, d oci.Digest) (i
 }
 
 // DeleteBlob unlinks blob d from reg/repo. The bytes stay until garbage collection
-// finds no reference left.
+// finds no manifest referencing them.
 func (s *Store) DeleteBlob(ctx context.Context, reg, repo string, d oci.Digest) error {
 	return s.update(func(txn *badger.Txn) error {
 		lk := linkKey(reg, repo, d)
@@ -85,7 +85,7 @@ func (s *Store) DeleteBlob(ctx context.Context, reg, repo string, d oci.Digest) 
 		if err := txn.Delete(lk); err != nil {
 			return err
 		}
-		return s.addRef(txn, blobKey(d), 0, -1)
+		return txn.Delete(linkByDigestKey(d, reg, repo))
 	})
 }
 
@@ -118,8 +118,14 @@ func (s *Store) MountBlob(ctx context.Context, reg, repo, from string, d oci.Dig
 	return size, ok, err
 }
 
-// linkBlob makes blob d servable through reg/repo, counting the new reference.
+// linkBlob makes blob d servable through reg/repo. The blob's record is created the
+// first time (taking over references that waited for it) and its grace period starts
+// again while nothing references it, so a blob being reused is not collected under the
+// client's feet.
 func (s *Store) linkBlob(txn *badger.Txn, reg, repo string, d oci.Digest, size int64) error {
+	if err := s.ensureRecord(txn, blobKey(d), d, size); err != nil {
+		return err
+	}
 	lk := linkKey(reg, repo, d)
 	if ok, err := exists(txn, lk); ok || err != nil {
 		return err
@@ -127,10 +133,78 @@ func (s *Store) linkBlob(txn *badger.Txn, reg, repo string, d oci.Digest, size i
 	if err := txn.Set(lk, binary.AppendVarint(nil, size)); err != nil {
 		return err
 	}
-	if err := s.addRef(txn, blobKey(d), size, 1); err != nil {
+	if err := txn.Set(linkByDigestKey(d, reg, repo), nil); err != nil {
 		return err
 	}
 	return s.touchRepo(txn, reg, repo)
+}
+
+// ensureRecord creates the reference record at k for content d, counting the pending
+// references to it, or refreshes the grace period of an unreferenced one.
+func (s *Store) ensureRecord(txn *badger.Txn, k []byte, d oci.Digest, size int64) error {
+	v, ok, err := getValue(txn, k)
+	if err != nil {
+		return err
+	}
+	r := refRecord{Size: size}
+	if ok {
+		if r = decodeRefRecord(v); r.Refs > 0 {
+			return nil
+		}
+	} else {
+		pending, err := keysWithPrefix(txn, prefix(kindPending, string(d)))
+		if err != nil {
+			return err
+		}
+		for _, pk := range pending {
+			if err := txn.Delete(pk); err != nil {
+				return err
+			}
+		}
+		r.Refs = int64(len(pending))
+	}
+	r.ZeroSince = 0
+	if r.Refs == 0 {
+		r.ZeroSince = s.now().UnixNano()
+	}
+	return txn.Set(k, r.encode())
+}
+
+// keysWithPrefix lists the keys below p.
+func keysWithPrefix(txn *badger.Txn, p []byte) ([][]byte, error) {
+	var out [][]byte
+	it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: false, Prefix: p})
+	defer it.Close()
+	for it.Rewind(); it.Valid(); it.Next() {
+		out = append(out, it.Item().KeyCopy(nil))
+	}
+	return out, nil
+}
+
+// reference counts one more reference from manifest `from` to content d (a blob or a
+// manifest, whose record is at k), or records it as pending when d is not stored yet.
+func (s *Store) reference(txn *badger.Txn, k []byte, d, from oci.Digest) error {
+	ok, err := exists(txn, k)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return txn.Set(pendingKey(d, from), nil)
+	}
+	return s.addRef(txn, k, 0, 1)
+}
+
+// unreference drops what reference counted.
+func (s *Store) unreference(txn *badger.Txn, k []byte, d, from oci.Digest) error {
+	pk := pendingKey(d, from)
+	ok, err := exists(txn, pk)
+	if err != nil {
+		return err
+	}
+	if ok {
+		return txn.Delete(pk)
+	}
+	return s.addRef(txn, k, 0, -1)
 }
 
 type nopCloser struct{ io.ReadSeeker }

@@ -20,6 +20,8 @@ const (
 	kindReferrer     = 'r' // r reg 0 repo 0 subject 0 digest → descriptor
 	kindRepo         = 'p' // p reg 0 repo → created-at
 	kindUpload       = 'u' // u id → uploadRecord
+	kindLinkByDigest = 'L' // L digest 0 reg 0 repo → (empty): the links of a blob, for GC
+	kindPending      = 'P' // P digest 0 manifest → (empty): a reference to content not stored yet
 )
 
 func key(kind byte, parts ...string) []byte {
@@ -55,13 +57,19 @@ func linkKey(reg, repo string, d oci.Digest) []byte {
 func repoManifestKey(reg, repo string, d oci.Digest) []byte {
 	return key(kindRepoManifest, reg, repo, string(d))
 }
+func linkByDigestKey(d oci.Digest, reg, repo string) []byte {
+	return key(kindLinkByDigest, string(d), reg, repo)
+}
+func pendingKey(d, from oci.Digest) []byte { return key(kindPending, string(d), string(from)) }
 func referrerKey(reg, repo string, subject, d oci.Digest) []byte {
 	return key(kindReferrer, reg, repo, string(subject), string(d))
 }
 
-// refRecord counts the references to a blob or manifest. ZeroSince is when the count
-// last dropped to zero (unix nanoseconds), the start of garbage collection's grace
-// period; it is 0 while the count is positive.
+// refRecord counts the references to a blob or manifest: manifests that list it (and,
+// for a manifest, repositories holding it). Repository links of a blob do not count:
+// a blob no manifest needs is garbage once its grace period is over, which protects a
+// layer uploaded just before its manifest. ZeroSince is when the count last was (or
+// was refreshed at) zero, in unix nanoseconds; 0 while the count is positive.
 type refRecord struct {
 	Size      int64
 	Refs      int64

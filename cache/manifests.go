@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/dgraph-io/badger/v4"
 
@@ -32,7 +33,7 @@ type repoManifest struct {
 }
 
 // contentHeader describes manifest bytes and the references they hold: the blobs and
-// child manifests whose counts this content raised when it was first stored.
+// child manifests it lists, each counted once (or pending until it is stored).
 type contentHeader struct {
 	MediaType string       `json:"mediaType"`
 	Blobs     []oci.Digest `json:"blobs,omitempty"`
@@ -170,10 +171,11 @@ func (s *Store) PutManifest(ctx context.Context, p PutManifestRequest) error {
 			if err != nil {
 				return err
 			}
-			if ok {
-				blobs = append(blobs, b.Digest)
-			} else if !p.AllowSparse {
+			if !ok && !p.AllowSparse {
 				return oci.ErrManifestBlobUnknown.Withf("blob %s referenced by the manifest is not in repository %s", b.Digest, p.Repo)
+			}
+			if !slices.Contains(blobs, b.Digest) {
+				blobs = append(blobs, b.Digest)
 			}
 		}
 		for _, c := range m.Children {
@@ -181,10 +183,11 @@ func (s *Store) PutManifest(ctx context.Context, p PutManifestRequest) error {
 			if err != nil {
 				return err
 			}
-			if ok {
-				children = append(children, c.Digest)
-			} else if !p.AllowSparse {
+			if !ok && !p.AllowSparse {
 				return oci.ErrManifestBlobUnknown.Withf("manifest %s listed by the index is not in repository %s", c.Digest, p.Repo)
+			}
+			if !slices.Contains(children, c.Digest) {
+				children = append(children, c.Digest)
 			}
 		}
 		if err := s.putContent(txn, p, blobs, children); err != nil {
@@ -241,13 +244,16 @@ func (s *Store) putContent(txn *badger.Txn, p PutManifestRequest, blobs, childre
 	if err := txn.Set(ck, v); err != nil {
 		return err
 	}
+	if err := s.ensureRecord(txn, contentRefsKey(p.Digest), p.Digest, int64(len(p.Content))); err != nil {
+		return err
+	}
 	for _, b := range blobs {
-		if err := s.addRef(txn, blobKey(b), 0, 1); err != nil {
+		if err := s.reference(txn, blobKey(b), b, p.Digest); err != nil {
 			return err
 		}
 	}
 	for _, c := range children {
-		if err := s.addRef(txn, contentRefsKey(c), 0, 1); err != nil {
+		if err := s.reference(txn, contentRefsKey(c), c, p.Digest); err != nil {
 			return err
 		}
 	}
