@@ -10,8 +10,6 @@ import (
 	"strconv"
 	"sync"
 
-	"github.com/dgraph-io/badger/v4"
-
 	"github.com/dockyard/dockyard/oci"
 )
 
@@ -91,10 +89,7 @@ func (f *Fetch) Fill(src io.Reader, reg, repo string) (err error) {
 	if err := f.w.Sync(); err != nil {
 		return err
 	}
-	if err := f.s.blobs.Commit(f.id, f.d); err != nil {
-		return err
-	}
-	return f.s.update(func(txn *badger.Txn) error { return f.s.linkBlob(txn, reg, repo, f.d, f.written) })
+	return f.s.commitBlob(f.id, f.d, reg, repo, f.written)
 }
 
 // copy writes src to the file as it arrives, so readers see every byte at once, and

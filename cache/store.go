@@ -26,6 +26,8 @@ type Store struct {
 	now   func() time.Time
 
 	uploadLocks keyedMutex
+	// blobLocks serialise committing a blob file with deleting it (GC).
+	blobLocks keyedMutex
 	// contents caches small manifests by digest; content is immutable, so entries
 	// never go stale.
 	contents *lru.Cache[oci.Digest, []byte]

@@ -163,14 +163,25 @@ func (s *Store) FinishUpload(ctx context.Context, reg, repo, id string, d oci.Di
 		}
 		return 0, err
 	}
-	if err := s.blobs.Commit(u.ID, d); err != nil {
-		return 0, err
+	return u.Offset, s.commitBlob(u.ID, d, reg, repo, u.Offset, uploadKey(id))
+}
+
+// commitBlob moves a verified upload file into place as blob d and links it to
+// reg/repo (deleting the keys in done, such as the upload session, in the same
+// transaction). It holds the blob's lock so garbage collection cannot delete the
+// blob between the file's arrival and its record's.
+func (s *Store) commitBlob(id string, d oci.Digest, reg, repo string, size int64, done ...[]byte) error {
+	defer s.blobLocks.lock(string(d))()
+	if err := s.blobs.Commit(id, d); err != nil {
+		return err
 	}
-	return u.Offset, s.update(func(txn *badger.Txn) error {
-		if err := txn.Delete(uploadKey(id)); err != nil {
-			return err
+	return s.update(func(txn *badger.Txn) error {
+		for _, k := range done {
+			if err := txn.Delete(k); err != nil {
+				return err
+			}
 		}
-		return s.linkBlob(txn, reg, repo, d, u.Offset)
+		return s.linkBlob(txn, reg, repo, d, size)
 	})
 }
 
@@ -219,13 +230,13 @@ func (s *Store) PutBlob(ctx context.Context, reg, repo string, d oci.Digest, r i
 		err = s.verifyUpload(u, h, d)
 	}
 	if err == nil {
-		err = s.blobs.Commit(u.ID, d)
+		err = s.commitBlob(u.ID, d, reg, repo, u.Offset)
 	}
 	if err != nil {
 		s.blobs.RemoveUpload(u.ID)
 		return 0, err
 	}
-	return u.Offset, s.update(func(txn *badger.Txn) error { return s.linkBlob(txn, reg, repo, d, u.Offset) })
+	return u.Offset, nil
 }
 
 // copyBufs holds the buffers uploads are copied through.
