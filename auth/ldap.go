@@ -234,11 +234,63 @@ func (l *LDAP) findUser(c *ldap.Conn, user string) (*Identity, string, error) {
 	}
 	id := &Identity{Name: user, Source: "ldap"}
 	if l.cfg.MemberOfAttr != "" {
-		for _, g := range entries[0].GetAttributeValues(l.cfg.MemberOfAttr) {
-			id.Groups = append(id.Groups, groupName(g))
+		groups, err := l.memberOf(c, entries[0].GetAttributeValues(l.cfg.MemberOfAttr))
+		if err != nil {
+			return nil, "", err
 		}
+		id.Groups = groups
 	}
 	return id, entries[0].DN, nil
+}
+
+// memberOf names the groups a user's memberOf values point at and, with Nested, the
+// groups those groups are members of (read from each group entry's memberOf).
+func (l *LDAP) memberOf(c *ldap.Conn, dns []string) ([]string, error) {
+	var names []string
+	seen := map[string]bool{}
+	queue := dns
+	for depth := 0; len(queue) > 0 && depth < 8; depth++ {
+		var next []string
+		for _, dn := range queue {
+			if seen[strings.ToLower(dn)] {
+				continue
+			}
+			seen[strings.ToLower(dn)] = true
+			names = append(names, groupName(dn))
+			if !l.cfg.Nested {
+				continue
+			}
+			req := ldap.NewSearchRequest(dn, ldap.ScopeBaseObject, ldap.NeverDerefAliases, 1,
+				int(l.cfg.Timeout.Seconds()), false, "(objectClass=*)", []string{l.cfg.MemberOfAttr}, nil)
+			res, err := c.Search(req)
+			if err != nil {
+				if ldap.IsErrorWithCode(err, ldap.LDAPResultNoSuchObject) {
+					continue
+				}
+				return nil, fmt.Errorf("%w: read group %s: %v", ErrDirectoryUnavailable, dn, err)
+			}
+			for _, e := range res.Entries {
+				next = append(next, e.GetAttributeValues(l.cfg.MemberOfAttr)...)
+			}
+		}
+		queue = next
+	}
+	return names, nil
+}
+
+// Lookup finds a user and their current groups without a password (refreshing a
+// token): ErrUnknownUser when the directory no longer has them.
+func (l *LDAP) Lookup(ctx context.Context, user string) (*Identity, error) {
+	svc, err := l.serviceConn()
+	if err != nil {
+		return nil, err
+	}
+	id, dn, err := l.findUser(svc, user)
+	if err == nil && l.cfg.MemberOfAttr == "" {
+		id.Groups, err = l.groups(svc, dn)
+	}
+	l.release(svc, err == nil || errors.Is(err, ErrUnknownUser))
+	return id, err
 }
 
 // groups finds the groups listing dn as a member, and with Nested the groups

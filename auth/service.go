@@ -9,6 +9,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"golang.org/x/sync/singleflight"
 )
 
 // Mode is how clients authenticate.
@@ -60,6 +62,9 @@ type Service struct {
 
 	mu     sync.Mutex
 	logins map[string]cachedLogin // user → a recent successful login
+	// checking shares one password check among concurrent logins of the same
+	// credentials (32 connections whose cached login expired at once).
+	checking singleflight.Group
 }
 
 // loginCacheTTL spares bcrypt and LDAP binds on every request of a Basic-auth client.
@@ -119,7 +124,8 @@ func (s *Service) Login(ctx context.Context, user, password, remote string) (*Id
 	if ok && !strings.HasPrefix(password, ciTokenPrefix) && s.cfg.Now().Before(c.expires) && constantTimeEqual(string(c.secret[:]), string(secret[:])) {
 		return c.id, nil
 	}
-	id, err := s.login(ctx, user, password)
+	v, err, _ := s.checking.Do(user+"\x00"+string(secret[:]), func() (any, error) { return s.login(ctx, user, password) })
+	id, _ := v.(*Identity)
 	if err != nil {
 		if errors.Is(err, ErrDirectoryUnavailable) {
 			s.log.Error("login failed: LDAP unavailable", "user", user, "remote", remote, "err", err)
@@ -130,8 +136,8 @@ func (s *Service) Login(ctx context.Context, user, password, remote string) (*Id
 		return nil, ErrBadCredentials
 	}
 	s.limiter.succeed(user)
-	if id.Source == "token" {
-		return id, nil
+	if id.Source != "users-file" {
+		return id, nil // CI tokens are checked every time; LDAP has its own cache_ttl
 	}
 	s.mu.Lock()
 	if len(s.logins) > 10000 {
@@ -161,13 +167,20 @@ func (s *Service) login(ctx context.Context, user, password string) (*Identity, 
 	return nil, errors.Join(errs...)
 }
 
-// StillValid reports whether a refresh token's subject may still log in without a
-// password: a users-file user that was removed may not.
-func (s *Service) StillValid(c *Claims) bool {
-	if c.Source == "users-file" {
-		return s.cfg.UsersFile != nil && s.cfg.UsersFile.Has(c.Subject)
+// Refresh re-resolves the subject of a refresh token: a user removed from the users
+// file or the directory gets nothing, and LDAP users get their current groups.
+func (s *Service) Refresh(ctx context.Context, c *Claims) (*Identity, error) {
+	switch c.Source {
+	case "users-file":
+		if s.cfg.UsersFile != nil && s.cfg.UsersFile.Has(c.Subject) {
+			return &Identity{Name: c.Subject, Source: c.Source}, nil
+		}
+	case "ldap":
+		if s.cfg.LDAP != nil {
+			return s.cfg.LDAP.Lookup(ctx, c.Subject)
+		}
 	}
-	return true
+	return nil, ErrUnknownUser
 }
 
 // Decide says whether id may do action on repo of registry, and logs why at debug

@@ -91,14 +91,19 @@ func (u *UsersFile) reload(force bool) error {
 // dummyHash keeps the time of a check for an unknown user close to a known user's.
 var dummyHash, _ = bcrypt.GenerateFromPassword([]byte("dockyard timing equaliser"), MinBcryptCost)
 
-func (u *UsersFile) Check(ctx context.Context, user, password string) (*Identity, error) {
-	u.mu.Lock()
+// refresh re-reads the file when it changed, at most once a second. Call with mu held.
+func (u *UsersFile) refresh() {
 	if time.Since(u.checked) > time.Second {
 		u.checked = time.Now()
 		// On error the last good file stays in force: a half-written file must not lock
 		// everyone out.
 		_ = u.reload(false)
 	}
+}
+
+func (u *UsersFile) Check(ctx context.Context, user, password string) (*Identity, error) {
+	u.mu.Lock()
+	u.refresh()
 	hash, ok := u.users[user]
 	u.mu.Unlock()
 	if !ok {
@@ -115,6 +120,7 @@ func (u *UsersFile) Check(ctx context.Context, user, password string) (*Identity
 func (u *UsersFile) Has(user string) bool {
 	u.mu.Lock()
 	defer u.mu.Unlock()
+	u.refresh()
 	_, ok := u.users[user]
 	return ok
 }

@@ -222,3 +222,17 @@ func (s *Store) HasBlob(d oci.Digest) (size int64, ok bool, err error) {
 	})
 	return size, ok, err
 }
+
+// BlobRepositories lists the repositories of reg that blob d is linked to.
+func (s *Store) BlobRepositories(ctx context.Context, reg string, d oci.Digest) ([]string, error) {
+	var out []string
+	err := s.db.View(func(txn *badger.Txn) error {
+		p := prefix(kindLinkByDigest, string(d), reg)
+		keys, err := keysWithPrefix(txn, p)
+		for _, k := range keys {
+			out = append(out, string(k[len(p):]))
+		}
+		return err
+	})
+	return out, err
+}

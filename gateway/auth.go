@@ -187,6 +187,12 @@ func (g *Gateway) authorize(r *request, action auth.Action) error {
 	scope := "repository:" + client + ":" + string(action)
 	if action == auth.Push {
 		scope = "repository:" + client + ":pull,push"
+		// A mount reads its source: ask for that too, as registries do.
+		if from := string(r.ctx.QueryArgs().Peek("from")); from != "" && len(r.ctx.QueryArgs().Peek("mount")) > 0 {
+			if _, err := oci.ParseRepository(from); err == nil {
+				scope += " repository:" + from + ":pull"
+			}
+		}
 	}
 	// Anonymous, or a token lacking a scope its subject has: ask for (a better) token.
 	if r.who.anonymous() || (r.who.claims != nil && g.auth.Decide(r.who.identity(), r.reg.Name(), string(r.repo), action)) {

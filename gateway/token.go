@@ -61,20 +61,26 @@ func (g *Gateway) token(ctx *fasthttp.RequestCtx) error {
 			offline = form.Get("access_type") == "offline"
 		case "refresh_token":
 			c, verr := g.auth.Signer().Verify(form.Get("refresh_token"), service)
-			if verr != nil || c.Kind != "refresh" || !g.auth.StillValid(c) {
+			if verr != nil || c.Kind != "refresh" {
 				return g.tokenError(ctx, errors.New("invalid refresh token"))
 			}
-			id = &auth.Identity{Name: c.Subject, Groups: c.Groups, Source: c.Source}
+			if id, err = g.auth.Refresh(ctx, c); err != nil {
+				return g.tokenError(ctx, err)
+			}
 		default:
 			return oci.ErrUnsupported.Withf("grant_type must be password or refresh_token")
 		}
 	default:
 		return oci.ErrUnsupported.Withf("use GET or POST")
 	}
+	host, ok := g.hostForService(ctx, service)
+	if !ok {
+		return oci.ErrDenied.Withf("this token endpoint does not issue tokens for service %q", service)
+	}
 	if service == "" {
 		service = g.service(ctx)
 	}
-	access := g.grant(ctx, id, scopes)
+	access := g.grant(host, id, scopes)
 	claims := auth.Claims{Access: access}
 	subject := ""
 	if id != nil {
@@ -102,6 +108,21 @@ func (g *Gateway) token(ctx *fasthttp.RequestCtx) error {
 	return nil
 }
 
+// hostForService finds the virtual host whose registry a token for service is for:
+// the requesting host by default, or the host configured with that service. Rights
+// are always computed for that host's registries, never another's.
+func (g *Gateway) hostForService(ctx *fasthttp.RequestCtx, service string) (string, bool) {
+	if service == "" || service == g.service(ctx) {
+		return string(ctx.Host()), true
+	}
+	for _, th := range g.opts.TokenHosts {
+		if th.Service == service {
+			return th.Host, true
+		}
+	}
+	return "", false
+}
+
 func (g *Gateway) tokenError(ctx *fasthttp.RequestCtx, err error) error {
 	var rl *auth.ErrRateLimited
 	if errors.As(err, &rl) {
@@ -115,7 +136,7 @@ func (g *Gateway) tokenError(ctx *fasthttp.RequestCtx, err error) error {
 
 // grant intersects the requested scopes ("repository:NAME:pull,push",
 // "registry:catalog:*") with what the rules give id.
-func (g *Gateway) grant(ctx *fasthttp.RequestCtx, id *auth.Identity, scopes []string) []auth.Access {
+func (g *Gateway) grant(host string, id *auth.Identity, scopes []string) []auth.Access {
 	out := []auth.Access{}
 	for _, scope := range scopes {
 		typ, rest, ok := strings.Cut(scope, ":")
@@ -134,7 +155,7 @@ func (g *Gateway) grant(ctx *fasthttp.RequestCtx, id *auth.Identity, scopes []st
 			if err != nil {
 				continue
 			}
-			res, err := g.opts.Router.Resolve(string(ctx.Host()), repo, "")
+			res, err := g.opts.Router.Resolve(host, repo, "")
 			if err != nil {
 				continue
 			}

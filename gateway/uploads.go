@@ -10,6 +10,7 @@ import (
 	"github.com/dockyard/dockyard/auth"
 	"github.com/dockyard/dockyard/cache"
 	"github.com/dockyard/dockyard/oci"
+	"github.com/dockyard/dockyard/vhost"
 )
 
 func blobLocation(repo oci.Repository, d oci.Digest) string {
@@ -68,10 +69,28 @@ func (g *Gateway) tryMount(r *request, mount, fromName string) (done bool, err e
 	if err != nil {
 		return false, err
 	}
-	if fromName == "" && g.auth != nil {
-		return false, nil // with access control, a mount must name a source the caller may read
-	}
 	var from oci.Repository
+	if fromName == "" && g.auth != nil {
+		// With access control, a mount without a source reads from a repository the
+		// caller may pull: find one holding the blob, or upload.
+		loc, ok := r.reg.(vhost.BlobLocator)
+		if !ok {
+			return false, nil
+		}
+		repos, err := loc.BlobRepositories(r.ctx, d)
+		if err != nil {
+			return false, err
+		}
+		for _, repo := range repos {
+			if g.auth.Decide(r.who.identity(), r.reg.Name(), string(repo), auth.Pull) {
+				from = repo
+				break
+			}
+		}
+		if from == "" {
+			return false, nil
+		}
+	}
 	if fromName != "" {
 		client, err := oci.ParseRepository(fromName)
 		if err != nil {
@@ -82,8 +101,13 @@ func (g *Gateway) tryMount(r *request, mount, fromName string) (done bool, err e
 		if err != nil || src.Registry != r.reg {
 			return false, nil
 		}
-		// Mounting reads the source: without pull on it, upload instead.
+		// Mounting reads the source: without pull on it, upload instead. A token that
+		// lacks a scope its subject has is answered with a challenge for it.
 		if g.auth != nil && !g.may(r.who, string(client), src.Registry, string(src.Repo), auth.Pull) {
+			if r.who.claims != nil && g.auth.Decide(r.who.identity(), src.Registry.Name(), string(src.Repo), auth.Pull) {
+				scope := "repository:" + string(r.route.Repo) + ":pull,push repository:" + string(client) + ":pull"
+				return false, g.challenge(r.ctx, scope, "insufficient_scope", "the token does not cover pulling "+string(client)+" for the mount")
+			}
 			return false, nil
 		}
 		from = src.Repo

@@ -263,3 +263,18 @@ func (g *Group) Referrers(ctx context.Context, repo oci.Repository, d oci.Digest
 	}
 	return mergeDescriptors(lists...), nil
 }
+
+// BlobRepositories lists the repositories of the group's members holding blob d.
+func (g *Group) BlobRepositories(ctx context.Context, d oci.Digest) ([]oci.Repository, error) {
+	var out []oci.Repository
+	for _, m := range g.members {
+		if c, ok := m.(Cacher); ok {
+			repos, err := c.Cached().BlobRepositories(ctx, d)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, repos...)
+		}
+	}
+	return out, nil
+}

@@ -122,3 +122,13 @@ func (h *Hosted) Catalog(ctx context.Context, last string, n int) ([]string, boo
 func (h *Hosted) Referrers(ctx context.Context, repo oci.Repository, d oci.Digest) ([]oci.Descriptor, error) {
 	return h.store.Referrers(ctx, h.name, string(repo), d)
 }
+
+// BlobRepositories lists the repositories holding blob d.
+func (h *Hosted) BlobRepositories(ctx context.Context, d oci.Digest) ([]oci.Repository, error) {
+	names, err := h.store.BlobRepositories(ctx, h.name, d)
+	out := make([]oci.Repository, len(names))
+	for i, n := range names {
+		out[i] = oci.Repository(n)
+	}
+	return out, err
+}

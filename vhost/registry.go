@@ -25,6 +25,12 @@ type Cacher interface {
 	Cached() *Hosted
 }
 
+// BlobLocator is a registry that can say which of its repositories hold a blob (to
+// authorise a mount that names no source).
+type BlobLocator interface {
+	BlobRepositories(ctx context.Context, d oci.Digest) ([]oci.Repository, error)
+}
+
 // Blobs reads and deletes blobs.
 type Blobs interface {
 	StatBlob(ctx context.Context, repo oci.Repository, d oci.Digest) (int64, error)
