@@ -16,6 +16,11 @@ command -v jq >/dev/null 2>&1 || need_apt+=(jq)
 command -v pgrep >/dev/null 2>&1 || need_apt+=(procps)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
 command -v htpasswd >/dev/null 2>&1 || need_apt+=(apache2-utils) # bcrypt htpasswd for upstreams with auth
+# A real OpenLDAP for the auth end-to-end test (test/e2e/auth.sh starts its own slapd; the
+# package's own service is not used). slapd lives in /usr/sbin, which may not be in PATH.
+[ -x /usr/sbin/slapd ] || command -v slapd >/dev/null 2>&1 || need_apt+=(slapd)
+command -v ldapadd >/dev/null 2>&1 || need_apt+=(ldap-utils)
+command -v openssl >/dev/null 2>&1 || need_apt+=(openssl) # test CA and server certificate for TLS
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "install-tools: apt-get install ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive

@@ -8,7 +8,10 @@
 # Knobs (environment): BENCH_DURATION (wrk seconds, default 10), BENCH_WARMUP (2),
 # BENCH_BIG_MIB (512), BENCH_PUSH_MIB (256), BENCH_PULLS (8), BENCH_REPS (3);
 # proxy part: BENCH_PROXY_MIB (256), BENCH_PROXY_PULLS (16), BENCH_PROXY_REPS (3 TTFB
-# runs); BENCH_ONLY=hosted or BENCH_ONLY=proxy runs one part alone (development).
+# runs); auth part: BENCH_AUTH_REPS (3 interleaved rounds of the three modes; the table
+# shows medians), BENCH_AUTH_PROFILE (1: profile dockyard with perf for a few seconds per
+# mode when perf works, 0: never); BENCH_ONLY=hosted, proxy or auth runs one part alone
+# (development).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -23,12 +26,18 @@ REPS=${BENCH_REPS:-3}
 PROXY_MIB=${BENCH_PROXY_MIB:-256}
 PROXY_PULLS=${BENCH_PROXY_PULLS:-16}
 PROXY_REPS=${BENCH_PROXY_REPS:-3}
+AUTH_REPS=${BENCH_AUTH_REPS:-3}
+AUTH_PROFILE=${BENCH_AUTH_PROFILE:-1}
 ONLY=${BENCH_ONLY:-}
-case "$ONLY" in "" | hosted | proxy) ;; *) echo "bench: BENCH_ONLY must be hosted or proxy"; exit 2 ;; esac
+case "$ONLY" in "" | hosted | proxy | auth) ;; *) echo "bench: BENCH_ONLY must be hosted, proxy or auth"; exit 2 ;; esac
+# part NAME: whether this run includes that part.
+part() { [ -z "$ONLY" ] || [ "$ONLY" = "$1" ]; }
 CONNS=32
 ACCEPT='Accept: application/vnd.oci.image.manifest.v1+json'
 
-for t in wrk curl "$TOOLS/registry" bin/dockyard; do
+tools=(wrk curl "$TOOLS/registry" bin/dockyard)
+part auth && tools+=(htpasswd)
+for t in "${tools[@]}"; do
   command -v "$t" >/dev/null 2>&1 || { echo "bench: $t is missing (run make tools build)"; exit 2; }
 done
 
@@ -37,9 +46,11 @@ mkdir -p "$OUT"
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/dockyard-bench.XXXXXX")
 SERVER_PID=""
 PROXY_PIDS=() # the proxy part's servers, all running at once
+AUX_PIDS=()   # background load and profilers of the auth part
+declare -A AUTH_PID=() # the auth part's servers by mode, all running at once
 cleanup() {
   local p
-  for p in "$SERVER_PID" "${PROXY_PIDS[@]}"; do
+  for p in "${AUX_PIDS[@]}" "$SERVER_PID" "${PROXY_PIDS[@]}" "${AUTH_PID[@]}"; do
     [ -n "$p" ] || continue
     kill "$p" 2>/dev/null || true
     wait "$p" 2>/dev/null || true
@@ -55,31 +66,43 @@ log "building loadgen"
 go build -o "$TMP/loadgen" ./test/bench/loadgen
 LG=$TMP/loadgen
 
-if [ "$ONLY" != proxy ]; then
+if part hosted; then
   log "generating ${BIG_MIB} MiB and ${PUSH_MIB} MiB random files"
   head -c $((BIG_MIB << 20)) /dev/urandom >"$TMP/big.bin"
   head -c $((PUSH_MIB << 20)) /dev/urandom >"$TMP/push.bin"
   BIG_DIGEST=sha256:$(sha256sum "$TMP/big.bin" | cut -d' ' -f1)
 fi
 
-# wait_up ADDR: waits until /v2/ answers.
+# wait_up ADDR: waits until /v2/ answers (200, or 401 when auth is on).
 wait_up() {
+  local code
   for _ in $(seq 1 100); do
-    curl -fsS -o /dev/null "http://$1/v2/" 2>/dev/null && return 0
+    code=$(curl -sS -o /dev/null -w '%{http_code}' "http://$1/v2/" 2>/dev/null) || code=000
+    case $code in 200 | 401) return 0 ;; esac
     kill -0 "$SERVER_PID" 2>/dev/null || return 1
     sleep 0.1
   done
   return 1
 }
 
-# wrk_rps NAME URL [HEADER]: warms up, then measures; prints requests/s. Fails when any
-# response was not 2xx/3xx or sockets failed.
+# cpu_ticks PID...: user+system CPU clock ticks the processes have used so far.
+cpu_ticks() {
+  local p t=0
+  for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done
+  echo "$t"
+}
+
+# wrk_rps NAME URL [HEADER...]: warms up, then measures; prints requests/s. Fails when
+# any response was not 2xx/3xx or sockets failed. With WRK_CPU_PID set, writes that
+# process's CPU clock ticks during the measured run to NAME.cpu.
 wrk_rps() {
   local name=$1 url=$2; shift 2
-  local hdr=()
-  [ $# -gt 0 ] && hdr=(-H "$1")
+  local hdr=() h ticks
+  for h in "$@"; do hdr+=(-H "$h"); done
   timeout $((WARMUP + 30)) wrk -t2 -c$CONNS -d${WARMUP}s "${hdr[@]}" "$url" >/dev/null
+  [ -z "${WRK_CPU_PID:-}" ] || ticks=$(cpu_ticks "$WRK_CPU_PID")
   timeout $((DURATION + 30)) wrk -t2 -c$CONNS -d${DURATION}s --latency "${hdr[@]}" "$url" >"$OUT/$name.wrk"
+  [ -z "${WRK_CPU_PID:-}" ] || echo $(($(cpu_ticks "$WRK_CPU_PID") - ticks)) >"$OUT/$name.cpu"
   if grep -qE 'Non-2xx|Socket errors' "$OUT/$name.wrk"; then
     log "$name: wrk saw errors:"; grep -E 'Non-2xx|Socket errors' "$OUT/$name.wrk" >&2
     return 1
@@ -115,7 +138,7 @@ stop_server() {
   SERVER_PID=""
 }
 
-if [ "$ONLY" != proxy ]; then
+if part hosted; then
 # --- dockyard ---------------------------------------------------------------------
 PORT=$("$LG" freeport)
 ADDR=127.0.0.1:$PORT
@@ -179,13 +202,6 @@ start_proxy_server() {
   PROXY_PIDS+=("$SERVER_PID")
   wait_up "$addr" || { log "$name did not start"; tail -20 "$OUT/$name.log" >&2; return 1; }
   SERVER_PID=""
-}
-
-# cpu_ticks PID...: user+system CPU clock ticks the processes have used so far.
-cpu_ticks() {
-  local p t=0
-  for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done
-  echo "$t"
 }
 
 # upstream_gets DIGEST: how many GETs of the blob the upstream has logged.
@@ -297,7 +313,7 @@ EOF
   cat "$PROXY_ENV" >&2
 }
 
-if [ "$ONLY" != hosted ]; then
+if part proxy; then
   if ! run_proxy; then
     PROXY_FAILED=1
     log "proxy: FAILED (see above and $OUT/proxy-*.log)"
@@ -308,6 +324,260 @@ if [ "$ONLY" != hosted ]; then
   done
   PROXY_PIDS=()
   rm -rf "$TMP/upstream" "$TMP/dockyard-proxy" "$TMP/reference-proxy"
+fi
+
+# --- auth: what authentication costs -----------------------------------------------
+# Manifest GET by tag on dockyard with the same wrk load in three modes, one server
+# each, all started up front and measured in interleaved rounds (anonymous, token,
+# basic, anonymous, ...) so that a noisy neighbour hurts every mode alike:
+#   anonymous: no auth configured;
+#   token: one Bearer JWT fetched once with curl from the realm of the 401 challenge and
+#     sent on every request (dockyard verifies its ES256 signature each time);
+#   basic: user and password on every request (dockyard caches a successful bcrypt
+#     check for a minute; each round logs in a user of its own right before it, so every
+#     round measures the cached path while BENCH_WARMUP + BENCH_DURATION stay under a
+#     minute; longer runs include the bcrypt checks of the cache's expiry).
+# Before measuring, the script checks that auth is enforced (anonymous and bad
+# credentials get 401). Failures are reported in the table (FAIL) and make the script
+# exit non-zero after printing it.
+AUTH_ENV=$OUT/auth.env
+AUTH_FAILED=""
+AUTH_PASS=bench-$RANDOM$RANDOM
+AUTH_REPO=bench/app
+AUTH_KEYS=(ANON TOKEN BASIC)
+declare -A AUTH_MODE=([ANON]=none [TOKEN]=token [BASIC]=basic)
+declare -A AUTH_URL=() AUTH_AUTHZ=()
+
+# http_code CURL-ARGS...: the status code curl gets (000 when it got none).
+http_code() { curl -sS -o /dev/null -w '%{http_code}' "$@" 2>/dev/null || true; }
+
+# expect_code WANT WHAT CURL-ARGS...: fails unless curl gets status WANT.
+expect_code() {
+  local want=$1 what=$2 got
+  shift 2
+  got=$(timeout 30 curl -sS -o /dev/null -w '%{http_code}' "$@" 2>/dev/null) || true
+  [ "$got" = "$want" ] && return 0
+  log "auth: $what: status ${got:-none}, want $want"
+  return 1
+}
+
+# challenge ADDR: the WWW-Authenticate header of an anonymous GET /v2/.
+challenge() {
+  timeout 30 curl -sS -o /dev/null -D - "http://$1/v2/" 2>/dev/null | tr -d '\r' |
+    sed -n 's/^[Ww][Ww][Ww]-[Aa]uthenticate: *//p'
+}
+
+# basic_authz USER: the Authorization header value of Basic auth as USER.
+basic_authz() { echo "Basic $(printf '%s:%s' "$1" "$AUTH_PASS" | base64 -w0)"; }
+
+# basic_login KEY USER: logs USER in on the basic server (dockyard checks bcrypt and
+# caches the login for a minute) and makes them the user of the next measurement.
+basic_login() {
+  AUTH_AUTHZ[$1]=$(basic_authz "$2")
+  expect_code 200 "basic: manifest GET as $2" -H "$ACCEPT" -H "Authorization: ${AUTH_AUTHZ[$1]}" "${AUTH_URL[$1]}"
+}
+
+# auth_start KEY: starts dockyard in the key's auth mode, pushes the test image with
+# credentials and checks that auth is enforced. Fills AUTH_PID, AUTH_URL, AUTH_AUTHZ.
+auth_start() {
+  local key=$1 mode=${AUTH_MODE[$1]} name=auth-${1,,} port addr cfg ch realm service json token sig c i subjects=""
+  cfg=$TMP/$name.yml
+  for ((i = 0; i <= AUTH_REPS + 1; i++)); do subjects+=${subjects:+, }user:bench$i; done
+  port=$("$LG" freeport) || return 1
+  addr=127.0.0.1:$port
+  mkdir -p "$TMP/$name"
+  {
+    echo "log: {level: warn}"
+    [ "$mode" = none ] || cat <<EOF
+auth:
+  mode: $mode
+  users_file: $TMP/auth-users.htpasswd
+  token: {ttl: 1h}
+  rules:
+    - {subjects: [$subjects], registries: ["*"], repositories: ["**"], actions: [pull, push, delete]}
+EOF
+  } >"$cfg"
+  log "auth: starting dockyard (auth mode $mode) on $addr"
+  DOCKYARD_LOG_LEVEL=warn bin/dockyard serve --config "$cfg" --listen "$addr" --data "$TMP/$name" >"$OUT/$name.log" 2>&1 &
+  SERVER_PID=$!
+  AUTH_PID[$key]=$SERVER_PID
+  wait_up "$addr" || { log "auth: dockyard ($mode) did not start"; tail -20 "$OUT/$name.log" >&2; SERVER_PID=""; return 1; }
+  SERVER_PID=""
+  ch=$(challenge "$addr")
+  AUTH_AUTHZ[$key]=""
+  case $mode in
+  none)
+    [ -z "$ch" ] || { log "auth: none: GET /v2/ challenges ($ch)"; return 1; }
+    ;;
+  token)
+    case $ch in Bearer\ *realm=*service=*) ;; *) log "auth: token: GET /v2/ challenge is '$ch', want Bearer realm=...,service=..."; return 1 ;; esac
+    realm=$(sed -n 's/.*realm="\([^"]*\)".*/\1/p' <<<"$ch")
+    service=$(sed -n 's/.*service="\([^"]*\)".*/\1/p' <<<"$ch")
+    log "auth: token: fetching one token from $realm (service $service, scope repository:$AUTH_REPO:pull,push)"
+    json=$(timeout 30 curl -fsS -u "bench0:$AUTH_PASS" -G "$realm" --data-urlencode "service=$service" \
+      --data-urlencode "scope=repository:$AUTH_REPO:pull,push") || { log "auth: token: the token request failed"; return 1; }
+    token=$(sed -n 's/.*"token": *"\([^"]*\)".*/\1/p' <<<"$json")
+    [ -n "$token" ] || { log "auth: token: no token in the answer: $json"; return 1; }
+    AUTH_AUTHZ[$key]="Bearer $token"
+    echo "TOKEN_BYTES=${#token}" >>"$AUTH_ENV"
+    ;;
+  basic)
+    case $ch in Basic\ *) ;; *) log "auth: basic: GET /v2/ challenge is '$ch', want Basic"; return 1 ;; esac
+    AUTH_AUTHZ[$key]=$(basic_authz bench0)
+    ;;
+  esac
+  log "auth: $mode: pushing the test image${AUTH_AUTHZ[$key]:+ with credentials}"
+  timeout 60 "$LG" setup -addr "$addr" -repo "$AUTH_REPO" -auth "${AUTH_AUTHZ[$key]}" >"$TMP/$name-setup.env" || return 1
+  AUTH_URL[$key]=$(sed -n 's/^MANIFEST_URL=//p' "$TMP/$name-setup.env")
+  [ -n "${AUTH_URL[$key]}" ] || return 1
+  case $mode in
+  token)
+    expect_code 401 "token: anonymous manifest GET" -H "$ACCEPT" "${AUTH_URL[$key]}" || return 1
+    sig=${token##*.} c=A
+    [ "${sig:0:1}" = A ] && c=B
+    expect_code 401 "token: manifest GET with a bad signature" -H "$ACCEPT" \
+      -H "Authorization: Bearer ${token%.*}.$c${sig:1}" "${AUTH_URL[$key]}" || return 1
+    ;;
+  basic)
+    expect_code 401 "basic: anonymous manifest GET" -H "$ACCEPT" "${AUTH_URL[$key]}" || return 1
+    expect_code 401 "basic: manifest GET with a wrong password" -H "$ACCEPT" -u "bench0:wrong" "${AUTH_URL[$key]}" || return 1
+    ;;
+  esac
+}
+
+# auth_measure KEY ROUND: one wrk run of manifest GETs with the key's credentials;
+# appends req/s and dockyard's CPU microseconds per request to the key's lists.
+auth_measure() {
+  local key=$1 round=$2 name=auth-${1,,}-$2 hdrs=("$ACCEPT") rps reqs ticks
+  kill -0 "${AUTH_PID[$key]}" 2>/dev/null || { log "auth: dockyard (${AUTH_MODE[$key]}) is not running"; return 1; }
+  [ "$key" != BASIC ] || basic_login "$key" "bench$round" || return 1
+  [ -z "${AUTH_AUTHZ[$key]}" ] || hdrs+=("Authorization: ${AUTH_AUTHZ[$key]}")
+  log "auth: round $round, ${AUTH_MODE[$key]}: manifest GET by tag (wrk -c$CONNS -d${DURATION}s)"
+  rps=$(WRK_CPU_PID=${AUTH_PID[$key]} wrk_rps "$name" "${AUTH_URL[$key]}" "${hdrs[@]}") || return 1
+  [ -n "$rps" ] || { log "auth: $name: no wrk result"; return 1; }
+  reqs=$(awk '/ requests in / {print $1}' "$OUT/$name.wrk")
+  ticks=$(cat "$OUT/$name.cpu")
+  AUTH_RPS_ALL[$key]+=${AUTH_RPS_ALL[$key]:+,}$(printf %.0f "$rps")
+  AUTH_CPU_ALL[$key]+=${AUTH_CPU_ALL[$key]:+,}$(awk -v t="$ticks" -v n="$reqs" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.1f", t / hz * 1e6 / n}')
+}
+declare -A AUTH_RPS_ALL=() AUTH_CPU_ALL=()
+
+# median A,B,...: the median of a comma-separated list.
+median() { tr , '\n' <<<"$1" | sort -g | awk '{v[NR] = $1} END {if (NR) print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
+
+# perf_shares KEY < perf script -F ip,sym: KEY_PROF_* lines, the share (%) of the
+# samples whose stack holds: the gateway's authenticate (AUTHN), the JWT check
+# auth.(*Signer).Verify (VERIFY), the ECDSA signature check in it (ECDSA), JWT header
+# and claims decoding (JWTDECODE), the login of Basic auth (LOGIN) and bcrypt (BCRYPT);
+# KERNEL is samples in the kernel (network, scheduling). P-256 assembly leaves lose
+# their callers in perf's frame-pointer unwinding; they count as ECDSA and JWT check
+# (nothing else uses P-256 here).
+perf_shares() {
+  awk -v key="$1" '
+    function flush(  i, fr, c) {
+      if (!n) return
+      total++
+      delete c
+      if (k[1]) c["KERNEL"] = 1
+      if (f[1] ~ /p256|fips140\/nistec|fips140\/ecdsa|fips140\/bigmod/) c["VERIFY"] = c["ECDSA"] = 1
+      for (i = 1; i <= n; i++) {
+        fr = f[i]
+        if (fr ~ /dockyard\/gateway\.\(\*Gateway\)\.authenticate$/) c["AUTHN"] = 1
+        if (fr ~ /dockyard\/auth\.\(\*Signer\)\.Verify$/) c["VERIFY"] = 1
+        if (fr ~ /^crypto\/ecdsa\./) c["ECDSA"] = 1
+        if (fr ~ /jwt\/v5\.\(\*Parser\)\.ParseUnverified$/) c["JWTDECODE"] = 1
+        if (fr ~ /dockyard\/auth\.\(\*Service\)\.Login$/) c["LOGIN"] = 1
+        if (fr ~ /crypto\/(bcrypt|blowfish)\./) c["BCRYPT"] = 1
+      }
+      if (("VERIFY" in c) || ("LOGIN" in c)) c["AUTHN"] = 1
+      for (i in c) cnt[i]++
+      n = 0
+    }
+    /^[ \t]*$/ { flush(); next }
+    /^[ \t]*[0-9a-f]+ / { n++; k[n] = $1 ~ /^ffffffff/; sub(/^[ \t]*[0-9a-f]+ /, ""); f[n] = $0; next }
+    END {
+      flush()
+      printf "%s_PROF_SAMPLES=%d\n", key, total
+      split("AUTHN VERIFY ECDSA JWTDECODE LOGIN BCRYPT KERNEL", names, " ")
+      for (i = 1; i <= 7; i++) printf "%s_PROF_%s=%.1f\n", key, names[i], total ? 100 * cnt[names[i]] / total : 0
+    }'
+}
+
+# auth_profile KEY: profiles the key's dockyard with perf for a few seconds under the
+# same load (after the measured rounds, so it disturbs none of them); writes the shares
+# of its CPU samples spent in the auth code (perf_shares) to auth.env and the functions
+# with the most samples to auth-KEY-perf.txt.
+auth_profile() {
+  local key=$1 hdr=(-H "$ACCEPT") secs=$((DURATION < 4 ? DURATION : 4)) wpid data=$TMP/perf.data
+  [ "$key" != BASIC ] || basic_login "$key" "bench$((AUTH_REPS + 1))" || return 1
+  [ -z "${AUTH_AUTHZ[$key]}" ] || hdr+=(-H "Authorization: ${AUTH_AUTHZ[$key]}")
+  log "auth: ${AUTH_MODE[$key]}: profiling dockyard for $secs s under the same load"
+  timeout $((secs + 30)) wrk -t2 -c$CONNS -d$((secs + 2))s "${hdr[@]}" "${AUTH_URL[$key]}" >"$OUT/auth-${key,,}-profile.wrk" &
+  wpid=$!
+  AUX_PIDS+=("$wpid")
+  sleep 1
+  timeout $((secs + 30)) perf record -q -F 499 -g -p "${AUTH_PID[$key]}" -o "$data" -- sleep "$secs" >/dev/null 2>&1 || true
+  wait "$wpid" || true
+  AUX_PIDS=()
+  [ -s "$data" ] || { log "auth: perf recorded nothing"; return 0; }
+  timeout 120 perf report -i "$data" --no-children --stdio --sort sym -g none --percent-limit 0.5 \
+    >"$OUT/auth-${key,,}-perf.txt" 2>/dev/null || true
+  timeout 120 perf script -i "$data" -F ip,sym 2>/dev/null | perf_shares "$key" >>"$AUTH_ENV"
+  rm -f "$data"
+}
+
+run_auth() {
+  local key round i failed=""
+  : >"$AUTH_ENV"
+  # bench0 pushes (and owns the token); benchN is round N's Basic user; the last one
+  # is the profile's.
+  : >"$TMP/auth-users.htpasswd"
+  for ((i = 0; i <= AUTH_REPS + 1; i++)); do
+    htpasswd -Bbn -C 10 "bench$i" "$AUTH_PASS" 2>/dev/null | sed '/^$/d' >>"$TMP/auth-users.htpasswd" ||
+      { log "auth: htpasswd failed"; return 1; }
+  done
+  for key in "${AUTH_KEYS[@]}"; do
+    auth_start "$key" || { log "auth: ${AUTH_MODE[$key]}: setup FAILED"; return 1; }
+  done
+  for ((round = 1; round <= AUTH_REPS && ! failed; round++)); do
+    for key in "${AUTH_KEYS[@]}"; do
+      auth_measure "$key" "$round" || { failed=1; log "auth: round $round, ${AUTH_MODE[$key]}: FAILED"; break; }
+    done
+  done
+  for key in "${AUTH_KEYS[@]}"; do
+    echo "${key}_RPS_ALL=${AUTH_RPS_ALL[$key]:-}"
+    echo "${key}_CPU_US_ALL=${AUTH_CPU_ALL[$key]:-}"
+    [ -n "$failed" ] || echo "${key}_RPS=$(median "${AUTH_RPS_ALL[$key]}")"
+    [ -n "$failed" ] || echo "${key}_CPU_US=$(median "${AUTH_CPU_ALL[$key]}" | xargs printf %.1f)"
+  done >>"$AUTH_ENV"
+  if [ -n "$failed" ]; then
+    :
+  elif [ "$AUTH_PROFILE" = 1 ] && command -v perf >/dev/null 2>&1 &&
+    perf record -q -o "$TMP/perf-probe.data" -- true >/dev/null 2>&1; then
+    for key in "${AUTH_KEYS[@]}"; do auth_profile "$key" || { failed=1; break; }; done
+  else
+    log "auth: no CPU profiles (BENCH_AUTH_PROFILE=$AUTH_PROFILE, or perf is missing or not permitted)"
+  fi
+  log "auth: timing ES256 signature verification alone (1 s, one goroutine)"
+  timeout 30 "$LG" es256 -seconds 1 >>"$AUTH_ENV" || log "auth: es256 timing failed"
+  cat "$AUTH_ENV" >&2
+  [ -z "$failed" ]
+}
+
+# stop_auth: stops the auth part's servers.
+stop_auth() {
+  local key
+  for key in "${!AUTH_PID[@]}"; do
+    kill "${AUTH_PID[$key]}" 2>/dev/null || true
+    wait "${AUTH_PID[$key]}" 2>/dev/null || true
+  done
+  AUTH_PID=()
+  rm -rf "$TMP"/auth-anon "$TMP"/auth-token "$TMP"/auth-basic "$TMP/perf-probe.data"
+}
+
+if part auth; then
+  run_auth || AUTH_FAILED=1
+  stop_auth
 fi
 
 # --- table -------------------------------------------------------------------------
@@ -378,11 +648,68 @@ proxy_table() {
     echo "PROXY PART FAILED: see the bench log and test-results/bench/proxy-*.log"
   fi
 }
+# aget KEY: a result of the auth part, FAIL when it is missing after a failure.
+aget() {
+  local v
+  v=$(awk -F= -v k="$1" '$1 == k {print $2}' "$AUTH_ENV" 2>/dev/null)
+  if [ -z "$v" ] && [ -n "$AUTH_FAILED" ]; then v=FAIL; fi
+  echo "$v"
+}
+arow() { printf '%-44s %9s %9s %11s %9s %10s\n' "$@"; }
+auth_table() {
+  local k label rps cpu a_rps a_cpu es secs=$((DURATION < 4 ? DURATION : 4))
+  echo
+  echo "auth: manifest GET by tag on dockyard alone, wrk -t2 -c$CONNS -d${DURATION}s keep-alive, credentials on every"
+  echo "request; one dockyard per mode, median of $AUTH_REPS interleaved rounds"
+  arow "mode" "req/s" "vs anon" "CPU us/req" "vs anon" "in auth %"
+  arow "----" "-----" "-------" "----------" "-------" "---------"
+  a_rps=$(aget ANON_RPS) a_cpu=$(aget ANON_CPU_US)
+  for k in ANON:"anonymous (no auth configured)" TOKEN:"token: Bearer JWT (ES256)" BASIC:"basic: Basic user:password"; do
+    label=${k#*:} k=${k%%:*}
+    rps=$(aget "${k}_RPS") cpu=$(aget "${k}_CPU_US")
+    arow "$label" "$(case $rps in "" | FAIL) echo "${rps:--}" ;; *) printf %.0f "$rps" ;; esac)" \
+      "$(rx "$rps" "$a_rps")" "${cpu:--}" "$(rx "$cpu" "$a_cpu")" "$(aget "${k}_PROF_AUTHN")"
+  done
+  echo
+  echo "vs anon: the mode's req/s / anonymous req/s (1.00x: auth costs nothing, 0.50x: half the throughput)."
+  echo "CPU us/req: dockyard's user+system CPU during the measured run / requests served, and the mode's / anonymous"
+  echo "(the cost of auth per request). wrk shares the $(nproc) cores with the server: req/s understates the"
+  echo "server-side cost, CPU per request does not."
+  printf 'runs, req/s: anonymous %s | token %s | basic %s\n' "$(aget ANON_RPS_ALL)" "$(aget TOKEN_RPS_ALL)" "$(aget BASIC_RPS_ALL)"
+  printf 'runs, CPU us/req: anonymous %s | token %s | basic %s\n' "$(aget ANON_CPU_US_ALL)" "$(aget TOKEN_CPU_US_ALL)" "$(aget BASIC_CPU_US_ALL)"
+  echo "token: one token (scope repository:$AUTH_REPO:pull,push, $(aget TOKEN_BYTES) bytes) fetched once with curl from the"
+  echo "realm of the 401 challenge and sent on every request; dockyard checks its ES256 signature, issuer, audience"
+  echo "and expiry on every request (no cache). basic: dockyard checks bcrypt (cost 10) once per user, then accepts"
+  echo "the password for a minute from its login cache (sha256 compare); each round logs a user of its own in just"
+  echo "before it, so runs shorter than a minute measure the cached path."
+  echo "Checked first: anonymous GETs, a token with a bad signature and a wrong password get 401; wrk saw only 2xx."
+  if [[ $(aget TOKEN_PROF_SAMPLES) =~ ^[0-9]+$ ]]; then
+    echo "in auth %: share of dockyard's CPU samples in the gateway's authenticate (perf -F 499 -g, $secs s under the"
+    echo "same load after the rounds). Breakdown, % of samples (P-256 assembly, whose callers perf loses, counted as"
+    echo "ECDSA):"
+    printf '  token: JWT check %s%% (ECDSA P-256 signature %s%%, base64 and JSON decoding %s%%); kernel %s%%\n' \
+      "$(aget TOKEN_PROF_VERIFY)" "$(aget TOKEN_PROF_ECDSA)" "$(aget TOKEN_PROF_JWTDECODE)" "$(aget TOKEN_PROF_KERNEL)"
+    printf '  basic: login %s%% (bcrypt %s%%); kernel %s%%. anonymous: kernel %s%%. Top functions: auth-*-perf.txt\n' \
+      "$(aget BASIC_PROF_LOGIN)" "$(aget BASIC_PROF_BCRYPT)" "$(aget BASIC_PROF_KERNEL)" "$(aget ANON_PROF_KERNEL)"
+  else
+    echo "in auth %: no CPU profile (perf missing or not permitted, or BENCH_AUTH_PROFILE=0)."
+  fi
+  es=$(aget ES256_VERIFY_US)
+  if [[ $es =~ ^[0-9.]+$ ]]; then
+    echo "ES256 signature verification alone (crypto/ecdsa, one goroutine): $es us; $(nproc) cores can check at most" \
+      "$(awk -v u="$es" -v c="$(nproc)" 'BEGIN {printf "%.0f", c * 1e6 / u}') tokens/s."
+  fi
+  if [ -n "$AUTH_FAILED" ]; then
+    echo "AUTH PART FAILED: see the bench log and test-results/bench/auth-*.log"
+  fi
+}
 row() { printf '%-38s %12s %12s %9s  %-22s %s\n' "$@"; }
 {
   echo "dockyard benchmark — $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, wrk -t2 -c$CONNS -d${DURATION}s"
-  echo "reference: CNCF distribution registry v3.1.2 (filesystem, inmemory blob descriptor cache)"
-  if [ "$ONLY" != proxy ]; then
+  if part hosted || part proxy; then
+    echo "reference: CNCF distribution registry v3.1.2 (filesystem, inmemory blob descriptor cache)"
+  fi
+  if part hosted; then
   echo
   row "workload" "dockyard" "reference" "ratio" "target" "met"
   row "--------" "--------" "---------" "-----" "------" "---"
@@ -419,8 +746,11 @@ row() { printf '%-38s %12s %12s %9s  %-22s %s\n' "$@"; }
     echo "(*) the reference registry ignores POST ?digest= (opens a session, 202); ratio is against its POST+PUT."
   fi
   fi # hosted part
-  if [ "$ONLY" != hosted ]; then
+  if part proxy; then
     proxy_table
   fi
+  if part auth; then
+    auth_table
+  fi
 } | tee "$OUT/summary.txt"
-[ -z "$PROXY_FAILED" ] || exit 1
+[ -z "$PROXY_FAILED" ] && [ -z "$AUTH_FAILED" ] || exit 1

@@ -6,16 +6,19 @@
 // Subcommands (each prints KEY=VALUE lines on stdout for the driver script):
 //
 //	loadgen freeport
-//	loadgen setup -addr HOST:PORT -repo NAME -big FILE
+//	loadgen setup -addr HOST:PORT -repo NAME [-big FILE] [-auth 'Bearer TOKEN']
 //	loadgen pull  -addr HOST:PORT -repo NAME -digest D -size N -n 8 [-verify] [-key PULL]
 //	loadgen push  -addr HOST:PORT -repo NAME -file FILE -reps 3 -chunks 4
 //	loadgen proxy-setup -addr HOST:PORT -repo NAME -mib 256 -count 4
 //	loadgen ttfb  -targets up=HOST:PORT,dy=HOST:PORT -repo NAME -digests D1,D2 -size N
+//	loadgen es256 [-seconds 1]
 package main
 
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/binary"
@@ -44,7 +47,7 @@ const manifestType = "application/vnd.oci.image.manifest.v1+json"
 
 func main() {
 	if len(os.Args) < 2 {
-		fatalf("usage: loadgen freeport|setup|pull|push|proxy-setup|ttfb [flags]")
+		fatalf("usage: loadgen freeport|setup|pull|push|proxy-setup|ttfb|es256 [flags]")
 	}
 	var err error
 	switch os.Args[1] {
@@ -60,6 +63,8 @@ func main() {
 		err = proxySetup(os.Args[2:])
 	case "ttfb":
 		err = ttfb(os.Args[2:])
+	case "es256":
+		err = es256(os.Args[2:])
 	default:
 		err = fmt.Errorf("unknown subcommand %q", os.Args[1])
 	}
@@ -104,6 +109,7 @@ type registry struct {
 	base *url.URL // http://host:port
 	repo string
 	hc   *http.Client
+	auth string // Authorization header of every request (setup), or empty
 }
 
 func newRegistry(addr, repo string, conns int) (*registry, error) {
@@ -130,6 +136,9 @@ func (r *registry) do(method, rawURL string, body io.Reader, size int64, hdr map
 			req.Body = http.NoBody
 		}
 		req.Header.Set("Content-Type", "application/octet-stream")
+	}
+	if r.auth != "" {
+		req.Header.Set("Authorization", r.auth)
 	}
 	for k, v := range hdr {
 		req.Header.Set(k, v)
@@ -193,18 +202,21 @@ func digestOf(b []byte) string {
 }
 
 // setup pushes a small image (2 KiB layer, tiny config, manifest tagged "latest") and
-// the big blob from a file, then checks that the registry serves them.
+// the big blob from a file (when -big is given), then checks that the registry serves
+// them. With -auth every request carries that Authorization header.
 func setup(args []string) error {
 	fs := flag.NewFlagSet("setup", flag.ExitOnError)
 	addr := fs.String("addr", "", "registry host:port")
 	repo := fs.String("repo", "bench/app", "repository")
-	big := fs.String("big", "", "file holding the big blob")
+	big := fs.String("big", "", "file holding the big blob (none when empty)")
 	bigDigest := fs.String("big-digest", "", "digest of -big (computed when empty)")
+	authz := fs.String("auth", "", "Authorization header for every request, e.g. 'Bearer TOKEN'")
 	fs.Parse(args)
 	r, err := newRegistry(*addr, *repo, 4)
 	if err != nil {
 		return err
 	}
+	r.auth = *authz
 
 	layer := make([]byte, 2048)
 	rand.Read(layer)
@@ -232,6 +244,14 @@ func setup(args []string) error {
 		map[string]string{"Content-Type": manifestType}, http.StatusCreated); err != nil {
 		return err
 	}
+	if err := r.check(r.url("/manifests/latest"), manifestType, manifest); err != nil {
+		return err
+	}
+	fmt.Printf("MANIFEST_URL=%s\n", r.url("/manifests/latest"))
+	fmt.Printf("MANIFEST_DIGEST=%s\n", digestOf(manifest))
+	if *big == "" {
+		return nil
+	}
 
 	f, err := os.Open(*big)
 	if err != nil {
@@ -255,9 +275,6 @@ func setup(args []string) error {
 	}
 
 	// Check what the benchmark will ask for.
-	if err := r.check(r.url("/manifests/latest"), manifestType, manifest); err != nil {
-		return err
-	}
 	if err := r.check(r.url("/blobs/"+digestOf(layer)), "", layer); err != nil {
 		return err
 	}
@@ -268,8 +285,6 @@ func setup(args []string) error {
 	if resp.ContentLength != st.Size() {
 		return fmt.Errorf("HEAD big blob: Content-Length %d, want %d", resp.ContentLength, st.Size())
 	}
-	fmt.Printf("MANIFEST_URL=%s\n", r.url("/manifests/latest"))
-	fmt.Printf("MANIFEST_DIGEST=%s\n", digestOf(manifest))
 	fmt.Printf("SMALL_URL=%s\n", r.url("/blobs/"+digestOf(layer)))
 	fmt.Printf("BIG_DIGEST=%s\n", *bigDigest)
 	fmt.Printf("BIG_SIZE=%d\n", st.Size())
@@ -278,6 +293,9 @@ func setup(args []string) error {
 
 func (r *registry) check(rawURL, accept string, want []byte) error {
 	req, _ := http.NewRequest("GET", rawURL, nil)
+	if r.auth != "" {
+		req.Header.Set("Authorization", r.auth)
+	}
 	if accept != "" {
 		req.Header.Set("Accept", accept)
 	}
@@ -705,5 +723,32 @@ func ttfb(args []string) error {
 		fmt.Printf("FULL_%s_S=%.3f\n", t.name, median(t.total))
 		fmt.Printf("FULL_%s_S_ALL=%s\n", t.name, join(t.total, 3))
 	}
+	return nil
+}
+
+// es256 times ECDSA P-256 signature verification (what checking an ES256 JWT costs) on
+// one goroutine, to compare with the CPU a token-authenticated request costs.
+func es256(args []string) error {
+	fs := flag.NewFlagSet("es256", flag.ExitOnError)
+	secs := fs.Float64("seconds", 1, "how long to verify")
+	fs.Parse(args)
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return err
+	}
+	h := sha256.Sum256([]byte("header.claims"))
+	sig, err := ecdsa.SignASN1(rand.Reader, k, h[:])
+	if err != nil {
+		return err
+	}
+	ecdsa.VerifyASN1(&k.PublicKey, h[:], sig) // warm-up
+	n, start := 0, time.Now()
+	for time.Since(start).Seconds() < *secs {
+		if !ecdsa.VerifyASN1(&k.PublicKey, h[:], sig) {
+			return errors.New("signature does not verify")
+		}
+		n++
+	}
+	fmt.Printf("ES256_VERIFY_US=%.1f\n", time.Since(start).Seconds()*1e6/float64(n))
 	return nil
 }
