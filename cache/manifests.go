@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"time"
 
 	"github.com/dgraph-io/badger/v4"
 
@@ -153,6 +154,8 @@ type PutManifestRequest struct {
 	// AllowSparse accepts manifests whose layers or child manifests are not all in the
 	// repository (mirrors of partial images). Only what exists is counted.
 	AllowSparse bool
+	// Immutable names, for tags that may not move to another manifest, why not.
+	Immutable map[oci.Tag]string
 }
 
 // PutManifest stores a manifest, its tags and its referrer entry in one transaction,
@@ -210,6 +213,15 @@ func (s *Store) PutManifest(ctx context.Context, p PutManifestRequest) error {
 		}
 		for _, t := range p.Tags {
 			k := tagKey(p.Registry, p.Repo, string(t))
+			if why, ok := p.Immutable[t]; ok {
+				v, found, err := getValue(txn, k)
+				if err != nil {
+					return err
+				}
+				if old, _ := decodeTagValue(v); found && old != p.Digest {
+					return oci.ErrDenied.Withf("tag %s:%s is an immutable release (%s) and already points at %s; push a new version instead", p.Repo, t, why, old)
+				}
+			}
 			changed = append(changed, k)
 			if err := txn.Set(k, tagValue(p.Digest, m.MediaType)); err != nil {
 				return err
@@ -383,6 +395,48 @@ func (s *Store) Referrers(ctx context.Context, reg, repo string, d oci.Digest) (
 				return err
 			}
 			out = append(out, desc)
+		}
+		return nil
+	})
+	return out, err
+}
+
+// TagInfo is what lifecycle rules know of a tag.
+type TagInfo struct {
+	Tag      string
+	Digest   oci.Digest
+	PushedAt time.Time // when the manifest was last pushed to the repository
+	PulledAt time.Time // zero: never pulled
+}
+
+// TagInfos lists the tags of reg/repo with their push and pull times.
+func (s *Store) TagInfos(ctx context.Context, reg, repo string) ([]TagInfo, error) {
+	if err := s.FlushAccess(); err != nil {
+		return nil, err
+	}
+	var out []TagInfo
+	err := s.db.View(func(txn *badger.Txn) error {
+		tp := prefix(kindTag, reg, repo)
+		it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: true, Prefix: tp})
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			ti := TagInfo{Tag: string(it.Item().Key()[len(tp):])}
+			if err := it.Item().Value(func(v []byte) error { ti.Digest, _ = decodeTagValue(v); return nil }); err != nil {
+				return err
+			}
+			var rm repoManifest
+			if _, err := getJSON(txn, repoManifestKey(reg, repo, ti.Digest), &rm); err != nil {
+				return err
+			}
+			ti.PushedAt = time.Unix(0, rm.PushedAt)
+			var a Access
+			if _, err := getJSON(txn, tagAccessKey(reg, repo, ti.Tag), &a); err != nil {
+				return err
+			}
+			if a.PulledAt != 0 {
+				ti.PulledAt = time.Unix(0, a.PulledAt)
+			}
+			out = append(out, ti)
 		}
 		return nil
 	})

@@ -12,6 +12,7 @@ import (
 	"reflect"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -31,6 +32,77 @@ type Config struct {
 	Routes     []Route    `mapstructure:"routes"`
 	Auth       Auth       `mapstructure:"auth"`
 	TLS        TLS        `mapstructure:"tls"`
+	Lifecycle  Lifecycle  `mapstructure:"lifecycle"`
+}
+
+// Lifecycle configures tag classes, immutability, retention and the cleanup jobs.
+type Lifecycle struct {
+	Classes   TagClasses  `mapstructure:"classes"`
+	Immutable []Immutable `mapstructure:"immutable"`
+	Retention []Retention `mapstructure:"retention"`
+	GC        GC          `mapstructure:"gc"`
+	Uploads   Uploads     `mapstructure:"uploads"`
+}
+
+// TagClasses override the patterns of tag classes (regular expressions).
+type TagClasses struct {
+	Release  string `mapstructure:"release"`
+	RC       string `mapstructure:"rc"`
+	Snapshot string `mapstructure:"snapshot"`
+}
+
+// Immutable protects release tags of some repositories.
+type Immutable struct {
+	Registries   []string `mapstructure:"registries"`
+	Repositories []string `mapstructure:"repositories"`
+	RCs          bool     `mapstructure:"rcs"`          // protect release candidates too
+	AllowDelete  bool     `mapstructure:"allow_delete"` // deleting a protected tag is allowed
+}
+
+// Retention is one retention policy: a tag is kept when any of its rules keeps it.
+type Retention struct {
+	Name          string        `mapstructure:"name"`
+	Registries    []string      `mapstructure:"registries"`
+	Repositories  []string      `mapstructure:"repositories"`
+	Schedule      time.Duration `mapstructure:"schedule"` // run every; 0: only on demand
+	Semver        *SemverRule   `mapstructure:"semver"`
+	PulledWithin  time.Duration `mapstructure:"pulled_within"`
+	PushedWithin  time.Duration `mapstructure:"pushed_within"`
+	KeepLast      int           `mapstructure:"keep_last"`
+	Keep          []string      `mapstructure:"keep"` // tag patterns (regular expressions)
+	Snapshots     *SnapshotRule `mapstructure:"snapshots"`
+	RCs           *RCRule       `mapstructure:"rcs"`
+	UntaggedGrace time.Duration `mapstructure:"untagged_grace"`
+}
+
+// SemverRule keeps the newest N majors, M minors of the newest, P patches each.
+type SemverRule struct {
+	Majors  int    `mapstructure:"majors"`
+	Minors  int    `mapstructure:"minors"`
+	Patches string `mapstructure:"patches"` // a number or "all"
+}
+
+// SnapshotRule keeps the newest snapshots of each version.
+type SnapshotRule struct {
+	KeepPerVersion int  `mapstructure:"keep_per_version"`
+	DropReleased   bool `mapstructure:"drop_released"`
+}
+
+// RCRule keeps release candidates until their release exists.
+type RCRule struct {
+	DropReleased bool `mapstructure:"drop_released"`
+}
+
+// GC configures garbage collection.
+type GC struct {
+	Interval time.Duration `mapstructure:"interval"` // 0: only on demand
+	Grace    time.Duration `mapstructure:"grace"`
+}
+
+// Uploads configures the purge of abandoned uploads.
+type Uploads struct {
+	PurgeAfter time.Duration `mapstructure:"purge_after"`
+	Interval   time.Duration `mapstructure:"interval"`
 }
 
 // TLS serves the listener over HTTPS; the files are re-read when they change.
@@ -218,6 +290,13 @@ func setDefaults(v *viper.Viper) {
 	v.SetDefault("auth.rate_limit.window", "1m")
 	v.SetDefault("auth.rate_limit.lockout", "5m")
 	v.SetDefault("tls.cert_file", "")
+	v.SetDefault("lifecycle.gc.interval", "1h")
+	v.SetDefault("lifecycle.gc.grace", "1h")
+	v.SetDefault("lifecycle.uploads.purge_after", "24h")
+	v.SetDefault("lifecycle.uploads.interval", "1h")
+	v.SetDefault("lifecycle.classes.release", "")
+	v.SetDefault("lifecycle.classes.rc", "")
+	v.SetDefault("lifecycle.classes.snapshot", "")
 	v.SetDefault("tls.key_file", "")
 }
 
@@ -242,7 +321,7 @@ func Load(path string) (*Config, error) {
 	decodeErr := v.Unmarshal(&c, func(dc *mapstructure.DecoderConfig) {
 		dc.ErrorUnused = true
 		dc.DecodeHook = mapstructure.ComposeDecodeHookFunc(
-			mapstructure.StringToTimeDurationHookFunc(),
+			durationHook,
 			mapstructure.StringToSliceHookFunc(","),
 			byteSizeHook,
 		)
@@ -461,6 +540,7 @@ func (c *Config) Validate() error {
 		}
 	}
 	c.validateAuth(types, bad)
+	c.validateLifecycle(types, bad)
 	if (c.TLS.CertFile == "") != (c.TLS.KeyFile == "") {
 		bad("tls", "set both cert_file and key_file, or neither")
 	}
@@ -529,6 +609,54 @@ func (c *Config) validateAuth(types map[string]string, bad func(path, format str
 	}
 }
 
+func (c *Config) validateLifecycle(types map[string]string, bad func(path, format string, args ...any)) {
+	l := c.Lifecycle
+	for _, p := range []struct{ path, re string }{{"lifecycle.classes.release", l.Classes.Release}, {"lifecycle.classes.rc", l.Classes.RC}, {"lifecycle.classes.snapshot", l.Classes.Snapshot}} {
+		if _, err := regexp.Compile(p.re); err != nil {
+			bad(p.path, "invalid regular expression: %v", err)
+		}
+	}
+	checkRegs := func(path string, regs []string) {
+		for _, r := range regs {
+			if r != "*" && types[r] == "" {
+				bad(path, "names no configured registry: %q", r)
+			}
+		}
+	}
+	for i, im := range l.Immutable {
+		p := fmt.Sprintf("lifecycle.immutable[%d]", i)
+		if len(im.Registries) == 0 || len(im.Repositories) == 0 {
+			bad(p, "registries and repositories are required")
+		}
+		checkRegs(p+".registries", im.Registries)
+	}
+	for i, r := range l.Retention {
+		p := fmt.Sprintf("lifecycle.retention[%d]", i)
+		if len(r.Registries) == 0 || len(r.Repositories) == 0 {
+			bad(p, "registries and repositories are required")
+		}
+		checkRegs(p+".registries", r.Registries)
+		for _, reg := range r.Registries {
+			if t := types[reg]; t != "" && t != "hosted" {
+				bad(p+".registries", "retention applies to hosted registries; %q is a %s", reg, t)
+			}
+		}
+		if s := r.Semver; s != nil && s.Patches != "all" && s.Patches != "" {
+			if _, err := strconv.Atoi(s.Patches); err != nil {
+				bad(p+".semver.patches", "must be a number or all")
+			}
+		}
+		for _, k := range r.Keep {
+			if _, err := regexp.Compile("^(?:" + k + ")$"); err != nil {
+				bad(p+".keep", "invalid pattern %q", k)
+			}
+		}
+	}
+	if l.GC.Interval < 0 || l.GC.Grace < 0 || l.Uploads.PurgeAfter < 0 || l.Uploads.Interval < 0 {
+		bad("lifecycle", "intervals and grace periods must not be negative")
+	}
+}
+
 func (c *Config) validateUpstream(p string, u Upstream, bad func(path, format string, args ...any)) {
 	parsed, err := url.Parse(u.URL)
 	if u.URL == "" || err != nil || (parsed.Scheme != "http" && parsed.Scheme != "https") || parsed.Host == "" {
@@ -550,6 +678,27 @@ func (c *Config) validateUpstream(p string, u Upstream, bad func(path, format st
 	if u.Timeout < 0 || u.TagTTL < 0 || u.NegativeTTL < 0 || u.MaxSize < 0 {
 		bad(p, "timeout, tag_ttl, negative_ttl and max_size must not be negative")
 	}
+}
+
+var durationType = reflect.TypeOf(time.Duration(0))
+
+// durationHook reads durations, including days ("30d") that retention rules need.
+func durationHook(from, to reflect.Type, data any) (any, error) {
+	if to != durationType {
+		return data, nil
+	}
+	str, ok := data.(string)
+	if !ok {
+		return data, nil
+	}
+	if days, found := strings.CutSuffix(str, "d"); found {
+		n, err := strconv.Atoi(days)
+		if err != nil {
+			return nil, fmt.Errorf("invalid duration %q", str)
+		}
+		return time.Duration(n) * 24 * time.Hour, nil
+	}
+	return time.ParseDuration(str)
 }
 
 var quotedKey = regexp.MustCompile(`^'([^']*)' (.*)$`)

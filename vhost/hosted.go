@@ -12,6 +12,9 @@ import (
 type HostedOptions struct {
 	// AllowSparseIndex accepts manifests whose child manifests or layers were not pushed.
 	AllowSparseIndex bool
+	// Immutable says whether a tag of a repository is protected: then it never moves
+	// to another manifest, and it is deleted only when allowDelete. why names the rule.
+	Immutable func(repo, tag string) (why string, protected, allowDelete bool)
 }
 
 // Hosted is a registry whose content is pushed to it and stored locally.
@@ -94,9 +97,20 @@ func (h *Hosted) PutManifest(ctx context.Context, p ManifestPush) (*PushResult, 
 	if m.Subject != nil {
 		res.Subject = m.Subject.Digest
 	}
+	var immutable map[oci.Tag]string
+	if h.opts.Immutable != nil {
+		for _, t := range res.Tags {
+			if why, ok, _ := h.opts.Immutable(string(p.Repo), string(t)); ok {
+				if immutable == nil {
+					immutable = map[oci.Tag]string{}
+				}
+				immutable[t] = why
+			}
+		}
+	}
 	err = h.store.PutManifest(ctx, cache.PutManifestRequest{
 		Registry: h.name, Repo: string(p.Repo), Digest: res.Digest, Content: p.Content,
-		Manifest: m, Tags: res.Tags, AllowSparse: h.opts.AllowSparseIndex,
+		Manifest: m, Tags: res.Tags, AllowSparse: h.opts.AllowSparseIndex, Immutable: immutable,
 	})
 	if err != nil {
 		return nil, err
@@ -105,6 +119,26 @@ func (h *Hosted) PutManifest(ctx context.Context, p ManifestPush) (*PushResult, 
 }
 
 func (h *Hosted) DeleteManifest(ctx context.Context, repo oci.Repository, ref oci.Reference) error {
+	if h.opts.Immutable != nil {
+		tags := []string{string(ref.Tag)}
+		if ref.IsDigest() {
+			infos, err := h.store.TagInfos(ctx, h.name, string(repo))
+			if err != nil {
+				return err
+			}
+			tags = tags[:0]
+			for _, ti := range infos {
+				if ti.Digest == ref.Digest {
+					tags = append(tags, ti.Tag)
+				}
+			}
+		}
+		for _, t := range tags {
+			if why, ok, allowDelete := h.opts.Immutable(string(repo), t); ok && !allowDelete {
+				return oci.ErrDenied.Withf("tag %s:%s is an immutable release (%s); deleting it is not allowed", repo, t, why)
+			}
+		}
+	}
 	if ref.IsDigest() {
 		return h.store.DeleteManifest(ctx, h.name, string(repo), ref.Digest)
 	}

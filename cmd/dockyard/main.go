@@ -19,6 +19,7 @@ import (
 	"github.com/dockyard/dockyard/cache"
 	"github.com/dockyard/dockyard/config"
 	"github.com/dockyard/dockyard/gateway"
+	"github.com/dockyard/dockyard/lifecycle"
 	"github.com/dockyard/dockyard/upstream"
 	"github.com/dockyard/dockyard/vhost"
 )
@@ -29,6 +30,11 @@ Usage:
   dockyard serve [--config FILE] [--listen ADDR] [--data DIR]
   dockyard check-config --config FILE
   dockyard token create|list|revoke …   (CI tokens; see dockyard token)
+  dockyard lifecycle plan|apply [--registry R] [--repo GLOB] [--json]
+  dockyard gc [--dry-run] [--grace D]
+  dockyard fsck [--repair] [--verify-digests]
+(the administrative commands open the index: run them while the server is stopped;
+the server itself runs retention, GC and upload purging on the configured schedules)
 
 With no configuration file, dockyard serves one hosted registry for every host on
 :5000 with its data under ./data.
@@ -62,6 +68,12 @@ func run(args []string, stdout, stderr io.Writer) error {
 		return nil
 	case "token":
 		return tokenCommand(args[1:], stdout)
+	case "gc":
+		return gcCommand(args[1:], stdout)
+	case "lifecycle":
+		return lifecycleCommand(args[1:], stdout)
+	case "fsck":
+		return fsckCommand(args[1:], stdout)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return nil
@@ -114,6 +126,11 @@ func serve(args []string, stderr io.Writer) error {
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	jobs, _, err := buildLifecycle(cfg, store, log)
+	if err != nil {
+		return err
+	}
+	jobs.Start(ctx)
 	errc := make(chan error, 1)
 	go func() { errc <- gw.Serve(l) }()
 	select {
@@ -129,7 +146,11 @@ func serve(args []string, stderr io.Writer) error {
 
 // build wires the configured registries and routes into a gateway.
 func build(cfg *config.Config, store *cache.Store, log *slog.Logger) (*gateway.Gateway, error) {
-	regs, err := buildRegistries(cfg, store, log)
+	_, im, err := buildLifecycle(cfg, store, log)
+	if err != nil {
+		return nil, err
+	}
+	regs, err := buildRegistries(cfg, store, im, log)
 	if err != nil {
 		return nil, err
 	}
@@ -162,14 +183,14 @@ func build(cfg *config.Config, store *cache.Store, log *slog.Logger) (*gateway.G
 }
 
 // buildRegistries makes every configured registry; groups last, over the others.
-func buildRegistries(cfg *config.Config, store *cache.Store, log *slog.Logger) ([]vhost.Registry, error) {
+func buildRegistries(cfg *config.Config, store *cache.Store, im *lifecycle.Immutability, log *slog.Logger) ([]vhost.Registry, error) {
 	byName := map[string]vhost.Registry{}
 	var regs []vhost.Registry
 	for _, r := range cfg.Registries {
 		var reg vhost.Registry
 		switch r.Type {
 		case "hosted":
-			reg = vhost.NewHosted(r.Name, store, vhost.HostedOptions{AllowSparseIndex: r.SparseIndex})
+			reg = vhost.NewHosted(r.Name, store, vhost.HostedOptions{AllowSparseIndex: r.SparseIndex, Immutable: immutableHook(im, r.Name)})
 		case "proxy":
 			u := r.Upstream
 			password, err := secret(u.PasswordFile, u.PasswordEnv)

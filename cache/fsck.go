@@ -1,0 +1,198 @@
+package cache
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+
+	"github.com/dgraph-io/badger/v4"
+
+	"github.com/dockyard/dockyard/oci"
+)
+
+// CheckOptions tune Check.
+type CheckOptions struct {
+	Repair        bool // fix reference counts, drop entries that point at nothing
+	VerifyDigests bool // re-hash every blob file
+}
+
+// CheckReport lists what Check found.
+type CheckReport struct {
+	Blobs, Manifests, Tags int
+	Problems               []string
+	Repaired               int
+}
+
+// Check verifies the index against itself and the blob files: every blob record has a
+// file of its size (and digest), every link and tag points at something, every manifest
+// has its content, and every reference count equals a recount. With Repair, counts are
+// rewritten and dangling entries removed; orphan files are left to garbage collection.
+func (s *Store) Check(ctx context.Context, opts CheckOptions) (CheckReport, error) {
+	var rep CheckReport
+	problem := func(format string, args ...any) { rep.Problems = append(rep.Problems, fmt.Sprintf(format, args...)) }
+	var fixes []func(txn *badger.Txn) error
+
+	blobRefs := map[oci.Digest]int64{}
+	contentRefs := map[oci.Digest]int64{}
+	blobs := map[oci.Digest]refRecord{}
+	contents := map[oci.Digest]refRecord{}
+	err := s.db.View(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: true})
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			item := it.Item()
+			k := item.KeyCopy(nil)
+			v, err := item.ValueCopy(nil)
+			if err != nil {
+				return err
+			}
+			parts := strings.Split(string(k[1:]), "\x00")
+			switch k[0] {
+			case kindBlob:
+				blobs[oci.Digest(parts[0])] = decodeRefRecord(v)
+			case kindContentRefs:
+				contents[oci.Digest(parts[0])] = decodeRefRecord(v)
+			case kindContent:
+				h, _, err := decodeContent(v)
+				if err != nil {
+					problem("manifest %s: unreadable content record: %v", parts[0], err)
+					continue
+				}
+				d := oci.Digest(parts[0])
+				for _, b := range h.Blobs {
+					if ok, _ := exists(txn, pendingKey(b, d)); !ok {
+						blobRefs[b]++
+					}
+				}
+				for _, c := range h.Children {
+					if ok, _ := exists(txn, pendingKey(c, d)); !ok {
+						contentRefs[c]++
+					}
+				}
+			case kindRepoManifest:
+				rep.Manifests++
+				d := oci.Digest(parts[2])
+				contentRefs[d]++
+				if ok, _ := exists(txn, contentKey(d)); !ok {
+					problem("manifest %s in %s/%s has no content", d, parts[0], parts[1])
+					fixes = append(fixes, func(txn *badger.Txn) error { return txn.Delete(k) })
+				}
+			case kindTag:
+				rep.Tags++
+				d, _ := decodeTagValue(v)
+				if ok, _ := exists(txn, repoManifestKey(parts[0], parts[1], d)); !ok {
+					problem("tag %s/%s:%s points at %s, which the repository does not have", parts[0], parts[1], parts[2], d)
+					fixes = append(fixes, func(txn *badger.Txn) error { return txn.Delete(k) })
+				}
+			case kindLink:
+				d := oci.Digest(parts[2])
+				size, _ := binary.Varint(v)
+				if ok, _ := exists(txn, blobKey(d)); !ok {
+					problem("link %s/%s → %s has no blob record", parts[0], parts[1], d)
+					reg, repo := parts[0], parts[1]
+					fixes = append(fixes, func(txn *badger.Txn) error {
+						if err := txn.Delete(k); err != nil {
+							return err
+						}
+						return txn.Delete(linkByDigestKey(d, reg, repo))
+					})
+				}
+				_ = size
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return rep, err
+	}
+	rep.Blobs = len(blobs)
+	for d, r := range blobs {
+		size, err := s.blobs.Stat(d)
+		switch {
+		case errors.Is(err, ErrNotExist):
+			problem("blob %s: the index has it, its file is missing", d)
+			dd := d
+			fixes = append(fixes, func(txn *badger.Txn) error { return s.dropBlobRecord(txn, dd) })
+			continue
+		case err != nil:
+			return rep, err
+		case size != r.Size:
+			problem("blob %s: file has %d bytes, the index says %d", d, size, r.Size)
+		}
+		if opts.VerifyDigests {
+			if got, err := s.hashBlob(d); err != nil {
+				return rep, err
+			} else if got != d {
+				problem("blob %s: file content hashes to %s", d, got)
+			}
+		}
+		if want := blobRefs[d]; r.Refs != want {
+			problem("blob %s: reference count %d, recount %d", d, r.Refs, want)
+			fixes = append(fixes, s.setRefs(blobKey(d), r, want))
+		}
+	}
+	for d, r := range contents {
+		if want := contentRefs[d]; r.Refs != want {
+			problem("manifest %s: reference count %d, recount %d", d, r.Refs, want)
+			fixes = append(fixes, s.setRefs(contentRefsKey(d), r, want))
+		}
+	}
+	if opts.Repair && len(fixes) > 0 {
+		for _, fix := range fixes {
+			if err := s.update(fix); err != nil {
+				return rep, err
+			}
+			rep.Repaired++
+		}
+	}
+	return rep, nil
+}
+
+func (s *Store) setRefs(k []byte, r refRecord, refs int64) func(txn *badger.Txn) error {
+	return func(txn *badger.Txn) error {
+		r.Refs = refs
+		r.ZeroSince = 0
+		if refs == 0 {
+			r.ZeroSince = s.now().UnixNano()
+		}
+		return txn.Set(k, r.encode())
+	}
+}
+
+// dropBlobRecord removes a blob's record and links (its file is gone).
+func (s *Store) dropBlobRecord(txn *badger.Txn, d oci.Digest) error {
+	links, err := keysWithPrefix(txn, prefix(kindLinkByDigest, string(d)))
+	if err != nil {
+		return err
+	}
+	p := prefix(kindLinkByDigest, string(d))
+	for _, lk := range links {
+		reg, repo, _ := strings.Cut(string(lk[len(p):]), "\x00")
+		if err := txn.Delete(linkKey(reg, repo, d)); err != nil {
+			return err
+		}
+		if err := txn.Delete(lk); err != nil {
+			return err
+		}
+	}
+	return txn.Delete(blobKey(d))
+}
+
+func (s *Store) hashBlob(d oci.Digest) (oci.Digest, error) {
+	rc, _, err := s.blobs.Open(d)
+	if err != nil {
+		return "", err
+	}
+	defer rc.Close()
+	h := d.Algorithm().New()
+	if _, err := io.Copy(h, rc); err != nil {
+		return "", err
+	}
+	return oci.FromHash(d.Algorithm(), h), nil
+}

@@ -1,0 +1,210 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"regexp"
+	"strconv"
+	"text/tabwriter"
+	"time"
+
+	"github.com/dockyard/dockyard/cache"
+	"github.com/dockyard/dockyard/config"
+	"github.com/dockyard/dockyard/lifecycle"
+)
+
+// buildLifecycle makes the retention engine, immutability rules and jobs of the
+// configuration.
+func buildLifecycle(cfg *config.Config, store *cache.Store, log *slog.Logger) (*lifecycle.Jobs, *lifecycle.Immutability, error) {
+	l := cfg.Lifecycle
+	classes, err := lifecycle.CompileClasses(l.Classes.Release, l.Classes.RC, l.Classes.Snapshot)
+	if err != nil {
+		return nil, nil, err
+	}
+	im := &lifecycle.Immutability{Classes: classes}
+	for _, r := range l.Immutable {
+		im.Rules = append(im.Rules, lifecycle.ImmutableRule{Registries: r.Registries, Repositories: r.Repositories,
+			Candidates: r.RCs, AllowDelete: r.AllowDelete})
+	}
+	var hosted []string
+	for _, r := range cfg.Registries {
+		if r.Type == "hosted" {
+			hosted = append(hosted, r.Name)
+		}
+	}
+	engine := &lifecycle.Engine{Store: store, Registries: hosted, Classes: classes, Immutable: im, Log: log}
+	every := map[string]time.Duration{}
+	for i, r := range l.Retention {
+		p := lifecycle.Policy{Name: r.Name, Registries: r.Registries, Repositories: r.Repositories, UntaggedGrace: r.UntaggedGrace}
+		if p.Name == "" {
+			p.Name = "retention[" + strconv.Itoa(i) + "]"
+		}
+		if s := r.Semver; s != nil {
+			patches := -1
+			if s.Patches != "all" && s.Patches != "" {
+				patches, _ = strconv.Atoi(s.Patches)
+			}
+			p.Rules = append(p.Rules, lifecycle.Semver{Majors: s.Majors, Minors: s.Minors, Patches: patches})
+		}
+		if r.PulledWithin > 0 {
+			p.Rules = append(p.Rules, lifecycle.PulledWithin{Window: r.PulledWithin})
+		}
+		if r.PushedWithin > 0 {
+			p.Rules = append(p.Rules, lifecycle.PushedWithin{Window: r.PushedWithin})
+		}
+		if r.KeepLast > 0 {
+			p.Rules = append(p.Rules, lifecycle.KeepLast{Count: r.KeepLast})
+		}
+		if len(r.Keep) > 0 {
+			var pats []*regexp.Regexp
+			for _, k := range r.Keep {
+				pats = append(pats, regexp.MustCompile("^(?:"+k+")$"))
+			}
+			p.Rules = append(p.Rules, lifecycle.Patterns{Patterns: pats})
+		}
+		if s := r.Snapshots; s != nil {
+			p.Rules = append(p.Rules, lifecycle.Snapshots{PerVersion: s.KeepPerVersion, DropReleased: s.DropReleased})
+		}
+		if rc := r.RCs; rc != nil {
+			p.Rules = append(p.Rules, lifecycle.Candidates{DropReleased: rc.DropReleased})
+		}
+		engine.Policies = append(engine.Policies, p)
+		if r.Schedule > 0 {
+			every[p.Name] = r.Schedule
+		}
+	}
+	jobs := &lifecycle.Jobs{Engine: engine, Store: store, GCInterval: l.GC.Interval, GCGrace: l.GC.Grace,
+		PurgeInterval: l.Uploads.Interval, PurgeAfter: l.Uploads.PurgeAfter, RetentionEvery: every, Log: log}
+	return jobs, im, nil
+}
+
+// immutableHook adapts the immutability rules to one hosted registry.
+func immutableHook(im *lifecycle.Immutability, reg string) func(repo, tag string) (string, bool, bool) {
+	if im == nil || len(im.Rules) == 0 {
+		return nil
+	}
+	return func(repo, tag string) (string, bool, bool) {
+		i := im.Rule(reg, repo, tag)
+		if i < 0 {
+			return "", false, false
+		}
+		return "lifecycle.immutable[" + strconv.Itoa(i) + "]", true, im.Rules[i].AllowDelete
+	}
+}
+
+// openOffline opens the store of a configuration for an administrative command.
+func openOffline(path, data string) (*config.Config, *cache.Store, error) {
+	cfg, err := config.Load(path)
+	if err != nil {
+		return nil, nil, err
+	}
+	if data != "" {
+		cfg.Data = data
+	}
+	store, err := cache.Open(cache.Options{Dir: cfg.Data})
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w (is the server running on this data directory?)", err)
+	}
+	return cfg, store, nil
+}
+
+// gcCommand: dockyard gc [--dry-run] [--grace D].
+func gcCommand(args []string, stdout io.Writer) error {
+	fs := flag.NewFlagSet("gc", flag.ContinueOnError)
+	path := fs.String("config", "", "configuration file")
+	data := fs.String("data", "", "data directory")
+	dry := fs.Bool("dry-run", false, "report what would be deleted")
+	grace := fs.Duration("grace", -1, "override lifecycle.gc.grace")
+	purge := fs.Bool("purge-uploads", true, "also purge abandoned uploads")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	cfg, store, err := openOffline(*path, *data)
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+	g := cfg.Lifecycle.GC.Grace
+	if *grace >= 0 {
+		g = *grace
+	}
+	r, err := store.CollectGarbage(context.Background(), cache.GCOptions{Grace: g, DryRun: *dry})
+	if err != nil {
+		return err
+	}
+	verb := "deleted"
+	if *dry {
+		verb = "would delete"
+	}
+	fmt.Fprintf(stdout, "gc %s %d manifests, %d blobs (%d bytes), %d orphan files (grace %s)\n", verb, r.Manifests, r.Blobs, r.Bytes, r.OrphanFiles, g)
+	if *purge && !*dry {
+		n, err := store.PurgeUploads(context.Background(), cfg.Lifecycle.Uploads.PurgeAfter)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "purged %d abandoned uploads older than %s\n", n, cfg.Lifecycle.Uploads.PurgeAfter)
+	}
+	return nil
+}
+
+// lifecycleCommand: dockyard lifecycle plan|apply [--registry R] [--repo GLOB] [--json].
+func lifecycleCommand(args []string, stdout io.Writer) error {
+	if len(args) == 0 || (args[0] != "plan" && args[0] != "apply") {
+		return errors.New("usage: dockyard lifecycle plan|apply [--registry R] [--repo GLOB] [--json]")
+	}
+	fs := flag.NewFlagSet("lifecycle "+args[0], flag.ContinueOnError)
+	path := fs.String("config", "", "configuration file")
+	data := fs.String("data", "", "data directory")
+	registry := fs.String("registry", "", "only this registry")
+	repo := fs.String("repo", "", "only repositories matching this glob")
+	asJSON := fs.Bool("json", false, "print the plan as JSON")
+	if err := fs.Parse(args[1:]); err != nil {
+		return err
+	}
+	cfg, store, err := openOffline(*path, *data)
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+	jobs, _, err := buildLifecycle(cfg, store, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		return err
+	}
+	ctx := context.Background()
+	plan, err := jobs.Engine.Plan(ctx, *registry, *repo)
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(plan); err != nil {
+			return err
+		}
+	} else {
+		w := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(w, "REGISTRY\tREPOSITORY\tTAG\tCLASS\tDECISION\tWHY")
+		for _, d := range plan {
+			verdict := "delete"
+			if d.Keep {
+				verdict = "keep"
+			}
+			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", d.Registry, d.Repository, d.Tag, d.Class, verdict, d.Reason)
+		}
+		w.Flush()
+	}
+	if args[0] == "apply" {
+		res, err := jobs.Engine.Apply(ctx, plan, cfg.Lifecycle.GC.Grace)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "deleted %d tags and %d untagged manifests; collected %d manifests and %d blobs\n",
+			res.TagsDeleted, res.UntaggedDeleted, res.GarbageCollected.Manifests, res.GarbageCollected.Blobs)
+	}
+	return nil
+}

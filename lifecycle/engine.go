@@ -1,0 +1,169 @@
+package lifecycle
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/dockyard/dockyard/auth"
+	"github.com/dockyard/dockyard/cache"
+	"github.com/dockyard/dockyard/oci"
+)
+
+// Store is what lifecycle needs of storage.
+type Store interface {
+	ListRepositories(ctx context.Context, reg, last string, n int) ([]string, bool, error)
+	TagInfos(ctx context.Context, reg, repo string) ([]cache.TagInfo, error)
+	DeleteTag(ctx context.Context, reg, repo string, tag oci.Tag) error
+	PruneUntagged(ctx context.Context, reg string, grace time.Duration, dryRun bool) (int, error)
+	CollectGarbage(ctx context.Context, opts cache.GCOptions) (cache.GCReport, error)
+}
+
+// Policy applies retention rules to the repositories of some registries.
+type Policy struct {
+	Name         string
+	Registries   []string // names or "*"
+	Repositories []string // globs
+	Rules        []Rule
+	// UntaggedGrace: untagged manifests no tag reaches go after this (0: left alone).
+	UntaggedGrace time.Duration
+}
+
+func (p Policy) covers(reg, repo string) bool {
+	regOK := false
+	for _, r := range p.Registries {
+		regOK = regOK || r == "*" || r == reg
+	}
+	if !regOK {
+		return false
+	}
+	for _, g := range p.Repositories {
+		if auth.MatchGlob(g, repo) {
+			return true
+		}
+	}
+	return false
+}
+
+// Engine plans and applies retention.
+type Engine struct {
+	Store      Store
+	Registries []string // hosted registries retention may touch
+	Policies   []Policy
+	Classes    Classes
+	Immutable  *Immutability
+	Now        func() time.Time
+	Log        *slog.Logger
+}
+
+// Plan lists every tag of the covered repositories with keep or delete and the rule
+// that decided. registry and repoGlob narrow it ("" for all).
+func (e *Engine) Plan(ctx context.Context, registry, repoGlob string) ([]Decision, error) {
+	var out []Decision
+	for _, reg := range e.Registries {
+		if registry != "" && reg != registry {
+			continue
+		}
+		repos, _, err := e.Store.ListRepositories(ctx, reg, "", 1<<30)
+		if err != nil {
+			return nil, err
+		}
+		for _, repo := range repos {
+			if repoGlob != "" && !auth.MatchGlob(repoGlob, repo) {
+				continue
+			}
+			for _, p := range e.Policies {
+				if !p.covers(reg, repo) {
+					continue
+				}
+				infos, err := e.Store.TagInfos(ctx, reg, repo)
+				if err != nil {
+					return nil, err
+				}
+				tags := make([]Tag, 0, len(infos))
+				for _, ti := range infos {
+					tags = append(tags, e.tag(ti))
+				}
+				protected := func(tag string) bool { return e.Immutable.protects(reg, repo, e.Classes.Of(tag)) }
+				for _, d := range Plan(repo, tags, p.Rules, protected, e.now()) {
+					d.Registry, d.Policy = reg, p.Name
+					out = append(out, d)
+				}
+				break // the first policy covering a repository decides it
+			}
+		}
+	}
+	return out, nil
+}
+
+func (e *Engine) tag(ti cache.TagInfo) Tag {
+	t := Tag{Name: ti.Tag, Digest: string(ti.Digest), PushedAt: ti.PushedAt, PulledAt: ti.PulledAt, Class: e.Classes.Of(ti.Tag)}
+	if t.Class != Other {
+		t.Version = baseVersion(ti.Tag)
+	}
+	return t
+}
+
+func (e *Engine) now() time.Time {
+	if e.Now != nil {
+		return e.Now()
+	}
+	return time.Now()
+}
+
+// Result summarises an applied plan.
+type Result struct {
+	TagsDeleted      int            `json:"tagsDeleted"`
+	UntaggedDeleted  int            `json:"untaggedDeleted"`
+	GarbageCollected cache.GCReport `json:"gc"`
+}
+
+// Apply deletes the tags the plan deletes, then the untagged manifests each policy
+// lets go of, then collects garbage with grace (nothing is reclaimed before it).
+func (e *Engine) Apply(ctx context.Context, plan []Decision, grace time.Duration) (Result, error) {
+	var res Result
+	for _, d := range plan {
+		if d.Keep {
+			continue
+		}
+		tag, err := oci.ParseTag(d.Tag)
+		if err != nil {
+			return res, err
+		}
+		if err := e.Store.DeleteTag(ctx, d.Registry, d.Repository, tag); err != nil {
+			if e, ok := oci.AsError(err); !ok || e.Code != oci.ErrManifestUnknown {
+				return res, fmt.Errorf("delete %s/%s:%s: %w", d.Registry, d.Repository, d.Tag, err)
+			}
+		}
+		res.TagsDeleted++
+	}
+	for _, reg := range e.Registries {
+		for _, p := range e.Policies {
+			if p.UntaggedGrace > 0 && (containsOrStar(p.Registries, reg)) {
+				n, err := e.Store.PruneUntagged(ctx, reg, p.UntaggedGrace, false)
+				if err != nil {
+					return res, err
+				}
+				res.UntaggedDeleted += n
+				break
+			}
+		}
+	}
+	gc, err := e.Store.CollectGarbage(ctx, cache.GCOptions{Grace: grace})
+	res.GarbageCollected = gc
+	if e.Log != nil {
+		e.Log.Info("retention applied", "tags_deleted", res.TagsDeleted, "untagged_deleted", res.UntaggedDeleted,
+			"manifests_collected", gc.Manifests, "blobs_collected", gc.Blobs, "bytes", gc.Bytes)
+	}
+	return res, err
+}
+
+func containsOrStar(list []string, s string) bool {
+	for _, x := range list {
+		if x == "*" || x == s {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,63 @@
+package lifecycle
+
+import (
+	"github.com/dockyard/dockyard/auth"
+)
+
+// ImmutableRule protects release tags (and optionally release candidates) of some
+// repositories from being overwritten, and unless AllowDelete from being deleted.
+type ImmutableRule struct {
+	Registries   []string
+	Repositories []string
+	Candidates   bool // protect release candidates too
+	AllowDelete  bool
+}
+
+// Immutability is the list of immutability rules.
+type Immutability struct {
+	Rules   []ImmutableRule
+	Classes Classes
+}
+
+// Rule returns the index of the rule protecting tag in reg/repo, or -1.
+func (im *Immutability) Rule(reg, repo, tag string) int {
+	if im == nil {
+		return -1
+	}
+	class := im.Classes.Of(tag)
+	for i, r := range im.Rules {
+		if (class == Release || (class == Candidate && r.Candidates)) && containsOrStar(r.Registries, reg) && matchAny(r.Repositories, repo) {
+			return i
+		}
+	}
+	return -1
+}
+
+// MayDelete reports whether a protected tag may be deleted.
+func (im *Immutability) MayDelete(reg, repo, tag string) bool {
+	i := im.Rule(reg, repo, tag)
+	return i < 0 || im.Rules[i].AllowDelete
+}
+
+// protects reports whether retention must keep a tag of this class.
+func (im *Immutability) protects(reg, repo string, class Class) bool {
+	if im == nil {
+		return false
+	}
+	for _, r := range im.Rules {
+		if (class == Release || (class == Candidate && r.Candidates)) && !r.AllowDelete &&
+			containsOrStar(r.Registries, reg) && matchAny(r.Repositories, repo) {
+			return true
+		}
+	}
+	return false
+}
+
+func matchAny(globs []string, repo string) bool {
+	for _, g := range globs {
+		if auth.MatchGlob(g, repo) {
+			return true
+		}
+	}
+	return false
+}

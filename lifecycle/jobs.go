@@ -1,0 +1,118 @@
+package lifecycle
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/dockyard/dockyard/cache"
+)
+
+// ErrBusy means a job of that kind is already running.
+var ErrBusy = errors.New("a job of this kind is already running")
+
+// Jobs runs retention, garbage collection and upload purging on intervals, one at a
+// time per kind, with log lines and counters; the same jobs run on demand.
+type Jobs struct {
+	Engine *Engine
+	Store  interface {
+		CollectGarbage(ctx context.Context, opts cache.GCOptions) (cache.GCReport, error)
+		PurgeUploads(ctx context.Context, maxAge time.Duration) (int, error)
+	}
+	GCInterval    time.Duration
+	GCGrace       time.Duration
+	PurgeInterval time.Duration
+	PurgeAfter    time.Duration
+	// RetentionEvery runs each policy (by name) on its own interval.
+	RetentionEvery map[string]time.Duration
+	Log            *slog.Logger
+
+	gcMu, purgeMu, retentionMu sync.Mutex
+	// Counters since start.
+	GCRuns, BlobsCollected, ManifestsCollected, UploadsPurged, RetentionRuns, TagsDeleted atomic.Int64
+}
+
+// Start runs the scheduled jobs until ctx ends.
+func (j *Jobs) Start(ctx context.Context) {
+	every := func(d time.Duration, run func()) {
+		if d <= 0 {
+			return
+		}
+		go func() {
+			t := time.NewTicker(d)
+			defer t.Stop()
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-t.C:
+					run()
+				}
+			}
+		}()
+	}
+	every(j.GCInterval, func() { j.GC(ctx, false) })
+	every(j.PurgeInterval, func() { j.Purge(ctx) })
+	for name, d := range j.RetentionEvery {
+		every(d, func() { j.Retention(ctx, name) })
+	}
+}
+
+// GC collects garbage now.
+func (j *Jobs) GC(ctx context.Context, dryRun bool) (cache.GCReport, error) {
+	if !j.gcMu.TryLock() {
+		return cache.GCReport{}, ErrBusy
+	}
+	defer j.gcMu.Unlock()
+	start := time.Now()
+	r, err := j.Store.CollectGarbage(ctx, cache.GCOptions{Grace: j.GCGrace, DryRun: dryRun})
+	j.GCRuns.Add(1)
+	if !dryRun {
+		j.BlobsCollected.Add(int64(r.Blobs))
+		j.ManifestsCollected.Add(int64(r.Manifests))
+	}
+	j.Log.Info("garbage collection", "dry_run", dryRun, "manifests", r.Manifests, "blobs", r.Blobs, "bytes", r.Bytes,
+		"orphan_files", r.OrphanFiles, "seconds", time.Since(start).Seconds(), "err", err)
+	return r, err
+}
+
+// Purge drops abandoned uploads now.
+func (j *Jobs) Purge(ctx context.Context) (int, error) {
+	if !j.purgeMu.TryLock() {
+		return 0, ErrBusy
+	}
+	defer j.purgeMu.Unlock()
+	n, err := j.Store.PurgeUploads(ctx, j.PurgeAfter)
+	j.UploadsPurged.Add(int64(n))
+	j.Log.Info("upload purge", "purged", n, "older_than", j.PurgeAfter.String(), "err", err)
+	return n, err
+}
+
+// Retention applies one policy (or every policy when name is empty) now.
+func (j *Jobs) Retention(ctx context.Context, name string) (Result, error) {
+	if !j.retentionMu.TryLock() {
+		return Result{}, ErrBusy
+	}
+	defer j.retentionMu.Unlock()
+	e := *j.Engine
+	if name != "" {
+		e.Policies = nil
+		for _, p := range j.Engine.Policies {
+			if p.Name == name {
+				e.Policies = append(e.Policies, p)
+			}
+		}
+	}
+	plan, err := e.Plan(ctx, "", "")
+	if err != nil {
+		return Result{}, err
+	}
+	res, err := e.Apply(ctx, plan, j.GCGrace)
+	j.RetentionRuns.Add(1)
+	j.TagsDeleted.Add(int64(res.TagsDeleted))
+	j.Log.Info("retention", "policy", name, "tags_deleted", res.TagsDeleted, "untagged_deleted", res.UntaggedDeleted, "err", err)
+	return res, err
+}

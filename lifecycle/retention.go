@@ -1,0 +1,229 @@
+package lifecycle
+
+import (
+	"regexp"
+	"sort"
+	"time"
+
+	"github.com/Masterminds/semver/v3"
+)
+
+// Tag is what retention knows of a tag.
+type Tag struct {
+	Name     string
+	Digest   string
+	PushedAt time.Time
+	PulledAt time.Time // zero: never pulled
+	Class    Class
+	Version  *semver.Version // the release version the tag is about, nil for others
+}
+
+// Rule keeps some tags of a repository. A policy keeps a tag when any rule keeps it.
+type Rule interface {
+	Name() string
+	Keep(tags []Tag, now time.Time) map[string]bool
+}
+
+// Semver keeps, among releases, the newest version of each of the Majors newest
+// majors; within the newest major, the versions whose minor is among the Minors newest
+// minors, at most Patches per minor (newest first; Patches < 0 means all).
+type Semver struct{ Majors, Minors, Patches int }
+
+func (r Semver) Name() string { return "semver" }
+
+func (r Semver) Keep(tags []Tag, _ time.Time) map[string]bool {
+	keep := map[string]bool{}
+	releases := byClass(tags, Release)
+	sort.Slice(releases, func(i, j int) bool { return releases[i].Version.GreaterThan(releases[j].Version) })
+	var majors []uint64
+	for _, t := range releases {
+		if len(majors) == 0 || majors[len(majors)-1] != t.Version.Major() {
+			majors = append(majors, t.Version.Major())
+		}
+	}
+	// The newest version of each of the N newest majors.
+	for i, major := range majors {
+		if i >= r.Majors {
+			break
+		}
+		for _, t := range releases {
+			if t.Version.Major() == major {
+				keep[t.Name] = true
+				break
+			}
+		}
+	}
+	if len(majors) == 0 || r.Minors <= 0 {
+		return keep
+	}
+	// Within the newest major: the M newest minors, P patches each.
+	var minors []uint64
+	perMinor := map[uint64]int{}
+	for _, t := range releases {
+		if t.Version.Major() != majors[0] {
+			continue
+		}
+		minor := t.Version.Minor()
+		if len(minors) == 0 || minors[len(minors)-1] != minor {
+			if len(minors) == r.Minors {
+				break
+			}
+			minors = append(minors, minor)
+		}
+		if r.Patches < 0 || perMinor[minor] < r.Patches {
+			perMinor[minor]++
+			keep[t.Name] = true
+		}
+	}
+	return keep
+}
+
+// PulledWithin keeps tags pulled in the last Window.
+type PulledWithin struct{ Window time.Duration }
+
+func (r PulledWithin) Name() string { return "pulled_within" }
+func (r PulledWithin) Keep(tags []Tag, now time.Time) map[string]bool {
+	return keepIf(tags, func(t Tag) bool { return !t.PulledAt.IsZero() && now.Sub(t.PulledAt) <= r.Window })
+}
+
+// PushedWithin keeps tags pushed in the last Window.
+type PushedWithin struct{ Window time.Duration }
+
+func (r PushedWithin) Name() string { return "pushed_within" }
+func (r PushedWithin) Keep(tags []Tag, now time.Time) map[string]bool {
+	return keepIf(tags, func(t Tag) bool { return now.Sub(t.PushedAt) <= r.Window })
+}
+
+// KeepLast keeps the Count most recently pushed tags.
+type KeepLast struct{ Count int }
+
+func (r KeepLast) Name() string { return "keep_last" }
+func (r KeepLast) Keep(tags []Tag, _ time.Time) map[string]bool {
+	sorted := append([]Tag(nil), tags...)
+	sort.SliceStable(sorted, func(i, j int) bool { return sorted[i].PushedAt.After(sorted[j].PushedAt) })
+	keep := map[string]bool{}
+	for i := 0; i < r.Count && i < len(sorted); i++ {
+		keep[sorted[i].Name] = true
+	}
+	return keep
+}
+
+// Patterns keeps tags matching any pattern (whole tag).
+type Patterns struct{ Patterns []*regexp.Regexp }
+
+func (r Patterns) Name() string { return "keep" }
+func (r Patterns) Keep(tags []Tag, _ time.Time) map[string]bool {
+	return keepIf(tags, func(t Tag) bool {
+		for _, p := range r.Patterns {
+			if p.MatchString(t.Name) {
+				return true
+			}
+		}
+		return false
+	})
+}
+
+// Snapshots keeps the PerVersion newest snapshots of each base version, and none of a
+// version already released when DropReleased.
+type Snapshots struct {
+	PerVersion   int
+	DropReleased bool
+}
+
+func (r Snapshots) Name() string { return "snapshots" }
+func (r Snapshots) Keep(tags []Tag, _ time.Time) map[string]bool {
+	released := releasedVersions(tags)
+	groups := map[string][]Tag{}
+	for _, t := range byClass(tags, Snapshot) {
+		if r.DropReleased && released[t.Version.String()] {
+			continue
+		}
+		groups[t.Version.String()] = append(groups[t.Version.String()], t)
+	}
+	keep := map[string]bool{}
+	for _, g := range groups {
+		sort.SliceStable(g, func(i, j int) bool { return g[i].PushedAt.After(g[j].PushedAt) })
+		for i := 0; i < r.PerVersion && i < len(g); i++ {
+			keep[g[i].Name] = true
+		}
+	}
+	return keep
+}
+
+// Candidates keeps release candidates, but not those of a version already released
+// when DropReleased.
+type Candidates struct{ DropReleased bool }
+
+func (r Candidates) Name() string { return "rcs" }
+func (r Candidates) Keep(tags []Tag, _ time.Time) map[string]bool {
+	released := releasedVersions(tags)
+	return keepIf(byClass(tags, Candidate), func(t Tag) bool { return !r.DropReleased || !released[t.Version.String()] })
+}
+
+func byClass(tags []Tag, c Class) []Tag {
+	var out []Tag
+	for _, t := range tags {
+		if t.Class == c && (t.Version != nil || c == Other) {
+			out = append(out, t)
+		}
+	}
+	return out
+}
+
+func releasedVersions(tags []Tag) map[string]bool {
+	out := map[string]bool{}
+	for _, t := range byClass(tags, Release) {
+		out[t.Version.String()] = true
+	}
+	return out
+}
+
+func keepIf(tags []Tag, f func(Tag) bool) map[string]bool {
+	keep := map[string]bool{}
+	for _, t := range tags {
+		if f(t) {
+			keep[t.Name] = true
+		}
+	}
+	return keep
+}
+
+// Decision is the plan's verdict on one tag and the rule that decided it.
+type Decision struct {
+	Registry   string `json:"registry"`
+	Policy     string `json:"policy"`
+	Repository string `json:"repository"`
+	Tag        string `json:"tag"`
+	Digest     string `json:"digest"`
+	Class      Class  `json:"class"`
+	Keep       bool   `json:"keep"`
+	Reason     string `json:"reason"`
+}
+
+// Plan decides every tag of one repository under rules. protected tags (immutable
+// releases that may not be deleted) are always kept.
+func Plan(repo string, tags []Tag, rules []Rule, protected func(tag string) bool, now time.Time) []Decision {
+	kept := map[string]string{}
+	for _, r := range rules {
+		for name := range r.Keep(tags, now) {
+			if _, ok := kept[name]; !ok {
+				kept[name] = r.Name()
+			}
+		}
+	}
+	out := make([]Decision, 0, len(tags))
+	for _, t := range tags {
+		d := Decision{Repository: repo, Tag: t.Name, Digest: t.Digest, Class: t.Class}
+		switch reason, ok := kept[t.Name]; {
+		case ok:
+			d.Keep, d.Reason = true, "kept by "+reason
+		case protected != nil && protected(t.Name):
+			d.Keep, d.Reason = true, "immutable release"
+		default:
+			d.Reason = "no rule keeps it"
+		}
+		out = append(out, d)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Tag < out[j].Tag })
+	return out
+}
