@@ -117,6 +117,10 @@ func TestGarbageCollectionRacingPushesNeverLosesAnAcknowledgedImage(t *testing.T
 		}
 	}
 
+	if rep, err := r.store.Check(context.Background(), cache.CheckOptions{VerifyDigests: true}); err != nil || len(rep.Problems) != 0 {
+		t.Fatalf("fsck after the race: %v %v", err, rep.Problems)
+	}
+
 	// Delete every tag and manifest; collection then leaves nothing behind.
 	for _, p := range acked {
 		r.do("DELETE", "/v2/"+p.repo+"/manifests/"+sha256Of(p.manifest), nil)
@@ -205,5 +209,27 @@ func TestStaleUploadsArePurged(t *testing.T) {
 	}
 	if left, _ := os.ReadDir(filepath.Join(r.dir, "uploads")); len(left) != 0 {
 		t.Errorf("%d upload files left", len(left))
+	}
+}
+
+func TestFsckFindsAndRepairsInconsistencies(t *testing.T) {
+	r := startRegistry(t, t.TempDir(), registryOptions{})
+	layer := []byte("a layer whose file will vanish")
+	r.pushImage("fsck/app", "v1", []byte(`{"fsck":1}`), layer)
+	ctx := context.Background()
+	if rep, err := r.store.Check(ctx, cache.CheckOptions{VerifyDigests: true}); err != nil || len(rep.Problems) != 0 {
+		t.Fatalf("a healthy store: %v %v", err, rep.Problems)
+	}
+	d := oci.Digest(sha256Of(layer))
+	os.Remove(filepath.Join(r.dir, "blobs", "sha256", d.Encoded()[:2], d.Encoded()))
+	rep, err := r.store.Check(ctx, cache.CheckOptions{Repair: true})
+	if err != nil || len(rep.Problems) == 0 || rep.Repaired == 0 {
+		t.Fatalf("missing file not found: %v %+v", err, rep)
+	}
+	if rep, _ := r.store.Check(ctx, cache.CheckOptions{}); len(rep.Problems) != 0 {
+		t.Errorf("after repair: %v", rep.Problems)
+	}
+	if resp := r.do("GET", "/v2/fsck/app/blobs/"+string(d), nil); resp.StatusCode != 404 {
+		t.Errorf("the lost blob: %d", resp.StatusCode)
 	}
 }
