@@ -42,6 +42,8 @@ type Lifecycle struct {
 	Retention []Retention `mapstructure:"retention"`
 	GC        GC          `mapstructure:"gc"`
 	Uploads   Uploads     `mapstructure:"uploads"`
+	// Admins may call /-/admin/ when authentication is on ("user:NAME", "group:NAME").
+	Admins []string `mapstructure:"admins"`
 }
 
 // TagClasses override the patterns of tag classes (regular expressions).

@@ -39,6 +39,10 @@ type Options struct {
 	TokenHosts []TokenHost
 	// TLS tells the gateway it is served over TLS (for the token realm's scheme).
 	TLS bool
+	// Admin runs lifecycle jobs on demand at /-/admin/; Admins ("user:NAME",
+	// "group:NAME") may call it when authentication is on.
+	Admin  Admin
+	Admins []string
 }
 
 // CORS lists what browsers on other origins may do. No origins means no CORS headers.
@@ -114,6 +118,12 @@ func (g *Gateway) Handler() fasthttp.RequestHandler { return g.handle }
 func (g *Gateway) handle(ctx *fasthttp.RequestCtx) {
 	ctx.Response.Header.Set("Docker-Distribution-API-Version", "registry/2.0")
 	if g.cors(ctx) {
+		return
+	}
+	if strings.HasPrefix(string(ctx.Path()), "/-/admin/") {
+		if err := g.admin(ctx); err != nil {
+			g.writeError(ctx, err)
+		}
 		return
 	}
 	if g.auth != nil && string(ctx.Path()) == "/token" {

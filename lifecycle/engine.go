@@ -60,7 +60,7 @@ type Engine struct {
 // Plan lists every tag of the covered repositories with keep or delete and the rule
 // that decided. registry and repoGlob narrow it ("" for all).
 func (e *Engine) Plan(ctx context.Context, registry, repoGlob string) ([]Decision, error) {
-	var out []Decision
+	out := []Decision{}
 	for _, reg := range e.Registries {
 		if registry != "" && reg != registry {
 			continue

@@ -15,7 +15,9 @@ import (
 
 	"github.com/dockyard/dockyard/cache"
 	"github.com/dockyard/dockyard/config"
+	"github.com/dockyard/dockyard/gateway"
 	"github.com/dockyard/dockyard/lifecycle"
+	"github.com/dockyard/dockyard/oci"
 )
 
 // buildLifecycle makes the retention engine, immutability rules and jobs of the
@@ -207,4 +209,34 @@ func lifecycleCommand(args []string, stdout io.Writer) error {
 			res.TagsDeleted, res.UntaggedDeleted, res.GarbageCollected.Manifests, res.GarbageCollected.Blobs)
 	}
 	return nil
+}
+
+// adminJobs runs lifecycle jobs for the gateway's admin endpoint.
+type adminJobs struct{ jobs *lifecycle.Jobs }
+
+func (a adminJobs) Run(ctx context.Context, job string, params map[string]string) (any, error) {
+	j := a.jobs
+	busy := func(v any, err error) (any, error) {
+		if errors.Is(err, lifecycle.ErrBusy) {
+			return nil, gateway.ErrAdminBusy
+		}
+		return v, err
+	}
+	switch job {
+	case "gc":
+		return busy(j.GC(ctx, params["dry_run"] == "true"))
+	case "purge":
+		n, err := j.Purge(ctx)
+		return busy(map[string]int{"purged": n}, err)
+	case "retention":
+		return busy(j.Retention(ctx, params["policy"]))
+	case "plan":
+		return j.Engine.Plan(ctx, params["registry"], params["repo"])
+	case "jobs":
+		return map[string]int64{
+			"gcRuns": j.GCRuns.Load(), "blobsCollected": j.BlobsCollected.Load(), "manifestsCollected": j.ManifestsCollected.Load(),
+			"uploadsPurged": j.UploadsPurged.Load(), "retentionRuns": j.RetentionRuns.Load(), "tagsDeleted": j.TagsDeleted.Load(),
+		}, nil
+	}
+	return nil, oci.ErrNotFound.Withf("unknown job %q (gc, purge, retention, plan, jobs)", job)
 }

@@ -107,7 +107,7 @@ func serve(args []string, stderr io.Writer) error {
 		return err
 	}
 	defer store.Close()
-	gw, err := build(cfg, store, log)
+	gw, jobs, err := build(cfg, store, log)
 	if err != nil {
 		return err
 	}
@@ -126,10 +126,6 @@ func serve(args []string, stderr io.Writer) error {
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	jobs, _, err := buildLifecycle(cfg, store, log)
-	if err != nil {
-		return err
-	}
 	jobs.Start(ctx)
 	errc := make(chan error, 1)
 	go func() { errc <- gw.Serve(l) }()
@@ -145,14 +141,14 @@ func serve(args []string, stderr io.Writer) error {
 }
 
 // build wires the configured registries and routes into a gateway.
-func build(cfg *config.Config, store *cache.Store, log *slog.Logger) (*gateway.Gateway, error) {
-	_, im, err := buildLifecycle(cfg, store, log)
+func build(cfg *config.Config, store *cache.Store, log *slog.Logger) (*gateway.Gateway, *lifecycle.Jobs, error) {
+	jobs, im, err := buildLifecycle(cfg, store, log)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	regs, err := buildRegistries(cfg, store, im, log)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	var routes []vhost.Route
 	for _, r := range cfg.Routes {
@@ -160,11 +156,11 @@ func build(cfg *config.Config, store *cache.Store, log *slog.Logger) (*gateway.G
 	}
 	router, err := vhost.NewRouter(regs, routes)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	authService, err := buildAuth(cfg, store, log)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	var tokenHosts []gateway.TokenHost
 	for _, h := range cfg.Auth.Token.Hosts {
@@ -172,6 +168,7 @@ func build(cfg *config.Config, store *cache.Store, log *slog.Logger) (*gateway.G
 	}
 	c := cfg.HTTP.CORS
 	return gateway.New(gateway.Options{
+		Admin: adminJobs{jobs}, Admins: cfg.Lifecycle.Admins,
 		Auth: authService, TokenHosts: tokenHosts, TLS: cfg.TLS.CertFile != "",
 		Router: router, Logger: log, MaxManifestSize: int64(cfg.HTTP.MaxManifestSize),
 		ReadTimeout: cfg.HTTP.ReadTimeout, UploadTimeout: cfg.HTTP.UploadTimeout,
@@ -179,7 +176,7 @@ func build(cfg *config.Config, store *cache.Store, log *slog.Logger) (*gateway.G
 		CORS: gateway.CORS{AllowedOrigins: c.AllowedOrigins, AllowedMethods: c.AllowedMethods,
 			AllowedHeaders: c.AllowedHeaders, ExposedHeaders: c.ExposedHeaders,
 			AllowCredentials: c.AllowCredentials, MaxAge: c.MaxAge},
-	}), nil
+	}), jobs, nil
 }
 
 // buildRegistries makes every configured registry; groups last, over the others.

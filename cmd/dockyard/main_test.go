@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -12,11 +13,15 @@ import (
 	"io"
 	"log/slog"
 	"math/big"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/crypto/bcrypt"
 
 	"github.com/dockyard/dockyard/cache"
 	"github.com/dockyard/dockyard/config"
@@ -35,7 +40,7 @@ func TestExampleConfigurationsBuild(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := build(cfg, store, slog.New(slog.NewTextHandler(io.Discard, nil))); err != nil {
+		if _, _, err := build(cfg, store, slog.New(slog.NewTextHandler(io.Discard, nil))); err != nil {
 			t.Errorf("%s: %v", f, err)
 		}
 		store.Close()
@@ -113,5 +118,66 @@ func TestTokenCommands(t *testing.T) {
 	}
 	if err := run([]string{"token", "create", "--data", data, "--user", "ci", "--scope", "bad"}, io.Discard, io.Discard); err == nil {
 		t.Error("a malformed scope was accepted")
+	}
+}
+
+func TestAdminEndpointRunsJobsForAdminsOnly(t *testing.T) {
+	dir := t.TempDir()
+	users := filepath.Join(dir, "htpasswd")
+	var lines string
+	for _, u := range []string{"root", "dev"} {
+		h, _ := bcrypt.GenerateFromPassword([]byte(u+"-pw"), 10)
+		lines += u + ":" + string(h) + "\n"
+	}
+	os.WriteFile(users, []byte(lines), 0o600)
+	cfgFile := filepath.Join(dir, "c.yaml")
+	os.WriteFile(cfgFile, []byte(`
+auth:
+  mode: basic
+  users_file: htpasswd
+  rules:
+    - {subjects: [authenticated], registries: ["*"], repositories: ["**"], actions: [pull]}
+lifecycle:
+  admins: [user:root]
+`), 0o600)
+	cfg, err := config.Load(cfgFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Data = filepath.Join(dir, "data")
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	store, err := cache.Open(cache.Options{Dir: cfg.Data, Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	gw, _, err := build(cfg, store, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	go gw.Serve(ln)
+	defer gw.Shutdown(context.Background())
+	post := func(user string) (int, string) {
+		req, _ := http.NewRequest("POST", "http://"+ln.Addr().String()+"/-/admin/gc?dry_run=true", nil)
+		if user != "" {
+			req.SetBasicAuth(user, user+"-pw")
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	if st, _ := post(""); st != 401 {
+		t.Errorf("anonymous: %d", st)
+	}
+	if st, body := post("dev"); st != 403 || !strings.Contains(body, "DENIED") {
+		t.Errorf("non-admin: %d %s", st, body)
+	}
+	if st, body := post("root"); st != 200 || !strings.Contains(body, `"blobs":0`) {
+		t.Errorf("admin: %d %s", st, body)
 	}
 }
