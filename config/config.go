@@ -219,6 +219,15 @@ type Registry struct {
 	// receives pushes (none: pushes are denied).
 	Members []string `mapstructure:"members"`
 	PushTo  string   `mapstructure:"push_to"`
+	// Cache (proxy) limits what the proxy keeps: least recently pulled content goes
+	// first when over max_size, and content not pulled within pulled_within goes.
+	Cache ProxyCache `mapstructure:"cache"`
+}
+
+// ProxyCache limits a proxy's cache; the GC job enforces it.
+type ProxyCache struct {
+	MaxSize      ByteSize      `mapstructure:"max_size"`
+	PulledWithin time.Duration `mapstructure:"pulled_within"`
 }
 
 // Upstream configures a proxy's upstream registry.
@@ -493,6 +502,9 @@ func (c *Config) Validate() error {
 			c.validateUpstream(p+".upstream", r.Upstream, bad)
 		} else if r.Upstream != (Upstream{}) {
 			bad(p+".upstream", "only proxy registries have an upstream")
+		}
+		if r.Type != "proxy" && r.Cache != (ProxyCache{}) {
+			bad(p+".cache", "only proxy registries have cache limits")
 		}
 		if r.Type != "group" && (len(r.Members) > 0 || r.PushTo != "") {
 			bad(p, "only group registries have members and push_to")

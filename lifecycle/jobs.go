@@ -21,7 +21,10 @@ type Jobs struct {
 	Store  interface {
 		CollectGarbage(ctx context.Context, opts cache.GCOptions) (cache.GCReport, error)
 		PurgeUploads(ctx context.Context, maxAge time.Duration) (int, error)
+		EvictCache(ctx context.Context, reg string, maxBytes int64, pulledWithin time.Duration) (cache.EvictReport, error)
 	}
+	// Evictions trim proxy caches before each collection.
+	Evictions     []Eviction
 	GCInterval    time.Duration
 	GCGrace       time.Duration
 	PurgeInterval time.Duration
@@ -61,13 +64,30 @@ func (j *Jobs) Start(ctx context.Context) {
 	}
 }
 
-// GC collects garbage now.
+// Eviction is the cache limit of one proxy registry.
+type Eviction struct {
+	Registry     string
+	MaxBytes     int64
+	PulledWithin time.Duration
+}
+
+// GC trims proxy caches, then collects garbage now.
 func (j *Jobs) GC(ctx context.Context, dryRun bool) (cache.GCReport, error) {
 	if !j.gcMu.TryLock() {
 		return cache.GCReport{}, ErrBusy
 	}
 	defer j.gcMu.Unlock()
 	start := time.Now()
+	for _, e := range j.Evictions {
+		if dryRun {
+			break
+		}
+		r, err := j.Store.EvictCache(ctx, e.Registry, e.MaxBytes, e.PulledWithin)
+		j.Log.Info("proxy cache eviction", "registry", e.Registry, "manifests", r.Manifests, "bytes", r.Bytes, "err", err)
+		if err != nil {
+			return cache.GCReport{}, err
+		}
+	}
 	r, err := j.Store.CollectGarbage(ctx, cache.GCOptions{Grace: j.GCGrace, DryRun: dryRun})
 	j.GCRuns.Add(1)
 	if !dryRun {

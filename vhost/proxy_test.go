@@ -70,7 +70,11 @@ func startProxy(t *testing.T, u *testUpstream, pc proxyConfig) *server {
 	if pc.timeout == 0 {
 		pc.timeout = 5 * time.Second
 	}
-	return startServer(t, func(store *cache.Store) ([]vhost.Registry, []vhost.Route) {
+	var now func() time.Time
+	if pc.clock != nil {
+		now = pc.clock.Now
+	}
+	return startServerAt(t, now, func(store *cache.Store) ([]vhost.Registry, []vhost.Route) {
 		client, err := upstream.New(upstream.Config{URL: u.URL, Timeout: pc.timeout, CAFile: pc.caFile})
 		if err != nil {
 			t.Fatal(err)

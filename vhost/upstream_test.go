@@ -162,9 +162,14 @@ func testLogger() *slog.Logger {
 // startServer opens a store, lets build make the registries and routes over it, and
 // serves them on a loopback port.
 func startServer(t *testing.T, build func(store *cache.Store) ([]vhost.Registry, []vhost.Route)) *server {
+	return startServerAt(t, nil, build)
+}
+
+// startServerAt is startServer with the store on the clock now (nil: the real one).
+func startServerAt(t *testing.T, now func() time.Time, build func(store *cache.Store) ([]vhost.Registry, []vhost.Route)) *server {
 	t.Helper()
 	dir := t.TempDir()
-	store, err := cache.Open(cache.Options{Dir: dir, Logger: testLogger()})
+	store, err := cache.Open(cache.Options{Dir: dir, Logger: testLogger(), Now: now})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -82,6 +82,11 @@ func buildLifecycle(cfg *config.Config, store *cache.Store, log *slog.Logger) (*
 	}
 	jobs := &lifecycle.Jobs{Engine: engine, Store: store, GCInterval: l.GC.Interval, GCGrace: l.GC.Grace,
 		PurgeInterval: l.Uploads.Interval, PurgeAfter: l.Uploads.PurgeAfter, RetentionEvery: every, Log: log}
+	for _, r := range cfg.Registries {
+		if r.Type == "proxy" && r.Cache != (config.ProxyCache{}) {
+			jobs.Evictions = append(jobs.Evictions, lifecycle.Eviction{Registry: r.Name, MaxBytes: int64(r.Cache.MaxSize), PulledWithin: r.Cache.PulledWithin})
+		}
+	}
 	return jobs, im, nil
 }
 
