@@ -39,7 +39,9 @@ func (g *Gateway) admin(ctx *fasthttp.RequestCtx) error {
 		return oci.ErrUnsupported.Withf("use POST to run %s", job)
 	}
 	params := map[string]string{}
-	ctx.QueryArgs().VisitAll(func(k, v []byte) { params[string(k)] = string(v) })
+	for k, v := range ctx.QueryArgs().All() {
+		params[string(k)] = string(v)
+	}
 	res, err := g.opts.Admin.Run(context.Background(), job, params)
 	if errors.Is(err, ErrAdminBusy) {
 		return oci.ErrTooManyRequests.Withf("job %s is already running", job)

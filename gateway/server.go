@@ -112,9 +112,6 @@ func (g *Gateway) Serve(l net.Listener) error { return g.server.Serve(l) }
 // Shutdown stops accepting connections and waits for open requests.
 func (g *Gateway) Shutdown(ctx context.Context) error { return g.server.ShutdownWithContext(ctx) }
 
-// Handler exposes the request handler (for tests with an in-memory listener).
-func (g *Gateway) Handler() fasthttp.RequestHandler { return g.handle }
-
 func (g *Gateway) handle(ctx *fasthttp.RequestCtx) {
 	ctx.Response.Header.Set("Docker-Distribution-API-Version", "registry/2.0")
 	if g.cors(ctx) {

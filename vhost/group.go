@@ -27,9 +27,6 @@ func NewGroup(name string, members []Registry, pushTo Registry) *Group {
 
 func (g *Group) Name() string { return g.name }
 
-// Members are the group's registries in walk order.
-func (g *Group) Members() []Registry { return g.members }
-
 // Cached is the push member's storage, where a group's own content lives.
 func (g *Group) Cached() *Hosted {
 	if c, ok := g.pushTo.(Cacher); ok {
