@@ -2,6 +2,7 @@ package cache
 
 import (
 	"encoding/binary"
+	"strconv"
 	"strings"
 
 	"github.com/dockyard/dockyard/oci"
@@ -93,13 +94,24 @@ func decodeRefRecord(b []byte) (r refRecord) {
 	return r
 }
 
-// tagValue is the digest and media type a tag points at: everything a manifest GET by
-// tag needs besides the bytes, in one read.
-func tagValue(d oci.Digest, mediaType string) []byte {
-	return []byte(string(d) + "\x00" + mediaType)
+// tagValue is the digest and media type a tag points at (everything a manifest GET by
+// tag needs besides the bytes, in one read) and when the tag was pushed.
+func tagValue(d oci.Digest, mediaType string, pushedAt int64) []byte {
+	return []byte(string(d) + "\x00" + mediaType + "\x00" + strconv.FormatInt(pushedAt, 10))
 }
 
 func decodeTagValue(b []byte) (oci.Digest, string) {
-	d, mt, _ := strings.Cut(string(b), "\x00")
+	d, rest, _ := strings.Cut(string(b), "\x00")
+	mt, _, _ := strings.Cut(rest, "\x00")
 	return oci.Digest(d), mt
+}
+
+// tagPushedAt is when the tag was last pushed (unix nanoseconds), 0 if unrecorded.
+func tagPushedAt(b []byte) int64 {
+	parts := strings.SplitN(string(b), "\x00", 3)
+	if len(parts) < 3 {
+		return 0
+	}
+	n, _ := strconv.ParseInt(parts[2], 10, 64)
+	return n
 }

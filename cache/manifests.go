@@ -219,11 +219,11 @@ func (s *Store) PutManifest(ctx context.Context, p PutManifestRequest) error {
 					return err
 				}
 				if old, _ := decodeTagValue(v); found && old != p.Digest {
-					return oci.ErrDenied.Withf("tag %s:%s is an immutable release (%s) and already points at %s; push a new version instead", p.Repo, t, why, old)
+					return oci.ErrDenied.Withf("tag %s:%s is immutable (%s) and already points at %s; push a new version instead", p.Repo, t, why, old)
 				}
 			}
 			changed = append(changed, k)
-			if err := txn.Set(k, tagValue(p.Digest, m.MediaType)); err != nil {
+			if err := txn.Set(k, tagValue(p.Digest, m.MediaType, now)); err != nil {
 				return err
 			}
 		}
@@ -405,7 +405,7 @@ func (s *Store) Referrers(ctx context.Context, reg, repo string, d oci.Digest) (
 type TagInfo struct {
 	Tag      string
 	Digest   oci.Digest
-	PushedAt time.Time // when the manifest was last pushed to the repository
+	PushedAt time.Time // when the tag was last pushed
 	PulledAt time.Time // zero: never pulled
 }
 
@@ -421,14 +421,22 @@ func (s *Store) TagInfos(ctx context.Context, reg, repo string) ([]TagInfo, erro
 		defer it.Close()
 		for it.Rewind(); it.Valid(); it.Next() {
 			ti := TagInfo{Tag: string(it.Item().Key()[len(tp):])}
-			if err := it.Item().Value(func(v []byte) error { ti.Digest, _ = decodeTagValue(v); return nil }); err != nil {
+			var pushed int64
+			if err := it.Item().Value(func(v []byte) error {
+				ti.Digest, _ = decodeTagValue(v)
+				pushed = tagPushedAt(v)
+				return nil
+			}); err != nil {
 				return err
 			}
-			var rm repoManifest
-			if _, err := getJSON(txn, repoManifestKey(reg, repo, ti.Digest), &rm); err != nil {
-				return err
+			if pushed == 0 { // recorded before tags had their own push time
+				var rm repoManifest
+				if _, err := getJSON(txn, repoManifestKey(reg, repo, ti.Digest), &rm); err != nil {
+					return err
+				}
+				pushed = rm.PushedAt
 			}
-			ti.PushedAt = time.Unix(0, rm.PushedAt)
+			ti.PushedAt = time.Unix(0, pushed)
 			var a Access
 			if _, err := getJSON(txn, tagAccessKey(reg, repo, ti.Tag), &a); err != nil {
 				return err

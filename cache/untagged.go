@@ -10,11 +10,12 @@ import (
 	"github.com/dockyard/dockyard/oci"
 )
 
-// PruneUntagged deletes, in the repositories of reg, manifests that no tag reaches
-// (directly, as a child of a tagged index, or as a referrer of a kept manifest) and
-// that were pushed before the grace period. Garbage collection then takes what they
-// alone referenced. It returns how many manifests it deleted (or would delete).
-func (s *Store) PruneUntagged(ctx context.Context, reg string, grace time.Duration, dryRun bool) (int, error) {
+// PruneUntagged deletes, in the repositories of reg that include admits (nil: all),
+// manifests that no tag reaches (directly, as a child of a tagged index, or as a
+// referrer of a kept manifest) and that were pushed before the grace period. Garbage
+// collection then takes what they alone referenced. It returns how many manifests it
+// deleted (or would delete).
+func (s *Store) PruneUntagged(ctx context.Context, reg string, include func(repo string) bool, grace time.Duration, dryRun bool) (int, error) {
 	repos, _, err := s.ListRepositories(ctx, reg, "", 1<<30)
 	if err != nil {
 		return 0, err
@@ -22,6 +23,9 @@ func (s *Store) PruneUntagged(ctx context.Context, reg string, grace time.Durati
 	cutoff := s.now().Add(-grace).UnixNano()
 	n := 0
 	for _, repo := range repos {
+		if include != nil && !include(repo) {
+			continue
+		}
 		victims, err := s.untagged(reg, repo, cutoff)
 		if err != nil {
 			return n, err

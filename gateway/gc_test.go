@@ -125,7 +125,7 @@ func TestGarbageCollectionRacingPushesNeverLosesAnAcknowledgedImage(t *testing.T
 	for _, p := range acked {
 		r.do("DELETE", "/v2/"+p.repo+"/manifests/"+sha256Of(p.manifest), nil)
 	}
-	if _, err := r.store.PruneUntagged(context.Background(), "default", 0, false); err != nil {
+	if _, err := r.store.PruneUntagged(context.Background(), "default", nil, 0, false); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := r.store.CollectGarbage(context.Background(), cache.GCOptions{Grace: 0}); err != nil {
@@ -166,7 +166,7 @@ func TestCollectingAnIndexTakesItsChildrenAndLayersUnlessSharedElsewhere(t *test
 		t.Fatalf("delete the index's last tag: %d", resp.StatusCode)
 	}
 	// Untagged now, the index and its children go; the shared child stays for other/app.
-	if _, err := r.store.PruneUntagged(context.Background(), "default", 0, false); err != nil {
+	if _, err := r.store.PruneUntagged(context.Background(), "default", nil, 0, false); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := r.store.CollectGarbage(context.Background(), cache.GCOptions{Grace: 0}); err != nil {

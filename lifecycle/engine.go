@@ -16,7 +16,7 @@ type Store interface {
 	ListRepositories(ctx context.Context, reg, last string, n int) ([]string, bool, error)
 	TagInfos(ctx context.Context, reg, repo string) ([]cache.TagInfo, error)
 	DeleteTag(ctx context.Context, reg, repo string, tag oci.Tag) error
-	PruneUntagged(ctx context.Context, reg string, grace time.Duration, dryRun bool) (int, error)
+	PruneUntagged(ctx context.Context, reg string, include func(repo string) bool, grace time.Duration, dryRun bool) (int, error)
 	CollectGarbage(ctx context.Context, opts cache.GCOptions) (cache.GCReport, error)
 }
 
@@ -119,9 +119,10 @@ type Result struct {
 	GarbageCollected cache.GCReport `json:"gc"`
 }
 
-// Apply deletes the tags the plan deletes, then the untagged manifests each policy
-// lets go of, then collects garbage with grace (nothing is reclaimed before it).
-func (e *Engine) Apply(ctx context.Context, plan []Decision, grace time.Duration) (Result, error) {
+// Apply deletes the tags the plan deletes, then the untagged manifests of the
+// repositories each policy governs (narrowed to registry and repoGlob, "" for all),
+// then collects garbage with grace (nothing is reclaimed before it).
+func (e *Engine) Apply(ctx context.Context, plan []Decision, registry, repoGlob string, grace time.Duration) (Result, error) {
 	var res Result
 	for _, d := range plan {
 		if d.Keep {
@@ -139,15 +140,25 @@ func (e *Engine) Apply(ctx context.Context, plan []Decision, grace time.Duration
 		res.TagsDeleted++
 	}
 	for _, reg := range e.Registries {
-		for _, p := range e.Policies {
-			if p.UntaggedGrace > 0 && (containsOrStar(p.Registries, reg)) {
-				n, err := e.Store.PruneUntagged(ctx, reg, p.UntaggedGrace, false)
-				if err != nil {
-					return res, err
-				}
-				res.UntaggedDeleted += n
-				break
+		if registry != "" && reg != registry {
+			continue
+		}
+		for i, p := range e.Policies {
+			if p.UntaggedGrace <= 0 || !containsOrStar(p.Registries, reg) {
+				continue
 			}
+			// A repository is governed by the first policy covering it.
+			include := func(repo string) bool {
+				if repoGlob != "" && !auth.MatchGlob(repoGlob, repo) {
+					return false
+				}
+				return e.governs(i, reg, repo)
+			}
+			n, err := e.Store.PruneUntagged(ctx, reg, include, p.UntaggedGrace, false)
+			if err != nil {
+				return res, err
+			}
+			res.UntaggedDeleted += n
 		}
 	}
 	gc, err := e.Store.CollectGarbage(ctx, cache.GCOptions{Grace: grace})
@@ -157,6 +168,16 @@ func (e *Engine) Apply(ctx context.Context, plan []Decision, grace time.Duration
 			"manifests_collected", gc.Manifests, "blobs_collected", gc.Blobs, "bytes", gc.Bytes)
 	}
 	return res, err
+}
+
+// governs reports whether policy i is the first one covering reg/repo.
+func (e *Engine) governs(i int, reg, repo string) bool {
+	for j, p := range e.Policies {
+		if p.covers(reg, repo) {
+			return j == i
+		}
+	}
+	return false
 }
 
 func containsOrStar(list []string, s string) bool {

@@ -130,7 +130,7 @@ func (j *Jobs) Retention(ctx context.Context, name string) (Result, error) {
 	if err != nil {
 		return Result{}, err
 	}
-	res, err := e.Apply(ctx, plan, j.GCGrace)
+	res, err := e.Apply(ctx, plan, "", "", j.GCGrace)
 	j.RetentionRuns.Add(1)
 	j.TagsDeleted.Add(int64(res.TagsDeleted))
 	j.Log.Info("retention", "policy", name, "tags_deleted", res.TagsDeleted, "untagged_deleted", res.UntaggedDeleted, "err", err)

@@ -94,8 +94,12 @@ func digest(b []byte) string {
 
 // push stores a one-layer image whose content is unique to tag and variant.
 func (r *registry) push(repo, tag, variant string) (int, []byte) {
-	config := []byte(fmt.Sprintf(`{"tag":%q,"variant":%q}`, tag, variant))
-	layer := []byte("layer of " + tag + variant)
+	id := tag // distinct content per tag, or per variant when one is given
+	if variant != "" {
+		id = variant
+	}
+	config := []byte(fmt.Sprintf(`{"content":%q}`, id))
+	layer := []byte("layer of " + id)
 	for _, b := range [][]byte{config, layer} {
 		if st, body := r.do("POST", "/v2/"+repo+"/blobs/uploads/?digest="+digest(b), b, "application/octet-stream"); st != 201 {
 			r.t.Fatalf("blob: %d %s", st, body)
@@ -210,7 +214,7 @@ func TestRetentionScenarios(t *testing.T) {
 	e := engine(cases[0].policy)
 	e.Policies[0].UntaggedGrace = time.Nanosecond
 	plan, _ = e.Plan(ctx, "", "")
-	res, err := e.Apply(ctx, plan, 0)
+	res, err := e.Apply(ctx, plan, "", "", 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -265,5 +269,39 @@ func TestImmutableReleases(t *testing.T) {
 	}
 	if st, _ := r.push("other/x", "1.0.0", "b"); st != 201 {
 		t.Errorf("releases outside the rule stay mutable: %d", st)
+	}
+}
+
+// A tag's push time is its own, not its manifest's: retagging an old manifest makes only
+// the new tag recent. And pruning untagged manifests stays inside the policy's
+// repositories.
+func TestTagPushTimesAndPruningScope(t *testing.T) {
+	clk := &clock{now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	r := start(t, clk, nil)
+	r.push("app/a", "2.1.0", "same")
+	clk.Advance(time.Hour)
+	r.push("app/a", "latest", "same") // the same manifest, tagged later
+	clk.Advance(time.Hour)
+	if st, body := r.push("other/b", "gone", "x"); st != 201 {
+		t.Fatalf("push: %d %s", st, body)
+	}
+	r.do("DELETE", "/v2/other/b/manifests/gone", nil, "") // other/b now holds an untagged manifest
+	e := &lifecycle.Engine{Store: r.store, Registries: []string{"dev"}, Classes: lifecycle.DefaultClasses(), Now: clk.Now,
+		Policies: []lifecycle.Policy{{Name: "p", Registries: []string{"dev"}, Repositories: []string{"app/**"},
+			Rules: []lifecycle.Rule{lifecycle.KeepLast{Count: 1}}, UntaggedGrace: time.Nanosecond}}}
+	ctx := context.Background()
+	plan, err := e.Plan(ctx, "", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(kept(plan), " "); got != "latest" {
+		t.Errorf("keep_last 1 keeps %q, want the most recently pushed tag", got)
+	}
+	res, err := e.Apply(ctx, plan, "", "", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.UntaggedDeleted != 0 {
+		t.Errorf("pruned %d untagged manifests outside app/**", res.UntaggedDeleted)
 	}
 }

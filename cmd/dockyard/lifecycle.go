@@ -206,7 +206,7 @@ func lifecycleCommand(args []string, stdout io.Writer) error {
 		w.Flush()
 	}
 	if args[0] == "apply" {
-		res, err := jobs.Engine.Apply(ctx, plan, cfg.Lifecycle.GC.Grace)
+		res, err := jobs.Engine.Apply(ctx, plan, *registry, *repo, cfg.Lifecycle.GC.Grace)
 		if err != nil {
 			return err
 		}
