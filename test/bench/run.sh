@@ -10,8 +10,9 @@
 # proxy part: BENCH_PROXY_MIB (256), BENCH_PROXY_PULLS (16), BENCH_PROXY_REPS (3 TTFB
 # runs); auth part: BENCH_AUTH_REPS (3 interleaved rounds of the three modes; the table
 # shows medians), BENCH_AUTH_PROFILE (1: profile dockyard with perf for a few seconds per
-# mode when perf works, 0: never); BENCH_ONLY=hosted, proxy or auth runs one part alone
-# (development).
+# mode when perf works, 0: never); lifecycle part: BENCH_GC_BLOBS (100000),
+# BENCH_GC_MANIFESTS (10000), BENCH_RET_TAGS (10000); BENCH_ONLY=hosted, proxy, auth or
+# lifecycle runs one part alone (development).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -28,14 +29,19 @@ PROXY_PULLS=${BENCH_PROXY_PULLS:-16}
 PROXY_REPS=${BENCH_PROXY_REPS:-3}
 AUTH_REPS=${BENCH_AUTH_REPS:-3}
 AUTH_PROFILE=${BENCH_AUTH_PROFILE:-1}
+GC_BLOBS=${BENCH_GC_BLOBS:-100000}
+GC_MANIFESTS=${BENCH_GC_MANIFESTS:-10000}
+RET_TAGS=${BENCH_RET_TAGS:-10000}
 ONLY=${BENCH_ONLY:-}
-case "$ONLY" in "" | hosted | proxy | auth) ;; *) echo "bench: BENCH_ONLY must be hosted, proxy or auth"; exit 2 ;; esac
+case "$ONLY" in "" | hosted | proxy | auth | lifecycle) ;; *) echo "bench: BENCH_ONLY must be hosted, proxy, auth or lifecycle"; exit 2 ;; esac
 # part NAME: whether this run includes that part.
 part() { [ -z "$ONLY" ] || [ "$ONLY" = "$1" ]; }
 CONNS=32
 ACCEPT='Accept: application/vnd.oci.image.manifest.v1+json'
 
-tools=(wrk curl "$TOOLS/registry" bin/dockyard)
+tools=(go)
+# Every part but lifecycle (which builds its own program on the Go API) drives servers.
+[ "$ONLY" = lifecycle ] || tools+=(wrk curl "$TOOLS/registry" bin/dockyard)
 part auth && tools+=(htpasswd)
 for t in "${tools[@]}"; do
   command -v "$t" >/dev/null 2>&1 || { echo "bench: $t is missing (run make tools build)"; exit 2; }
@@ -580,6 +586,64 @@ if part auth; then
   stop_auth
 fi
 
+# --- lifecycle: garbage collection and retention planning --------------------------
+# No server: test/bench/lcbench builds a store through dockyard's Go API (cache,
+# lifecycle, oci) and times the calls the scheduled jobs, `dockyard gc` and `dockyard
+# lifecycle plan` make. The reference registry has no online GC or retention planning
+# to compare with, and the issue sets no target: the rows are reported.
+#   gc: $GC_BLOBS small blobs in 4 repositories, $GC_MANIFESTS tagged manifests
+#     referencing them (13 blobs each, base layers shared), every other manifest
+#     deleted one by one, then a 15 s pause (Badger finishes compacting what the setup
+#     wrote, so the memory measured is the collection's) and CollectGarbage with no
+#     grace: dry run, collection, second collection.
+#   retention: $RET_TAGS tags in one repository, Engine.Plan with Semver + Candidates +
+#     Snapshots + KeepLast, then 500 of the manifests it lets go deleted one by one.
+# lcbench checks its results (what was collected; the plan decides every tag) and
+# fails otherwise; failures are reported in the table (FAIL) and make the script exit
+# non-zero after printing it.
+LC_GC_ENV=$OUT/lifecycle-gc.env
+LC_RET_ENV=$OUT/lifecycle-retention.env
+LIFECYCLE_FAILED=""
+
+# pprof_top PROFILE OUT: the profile's top functions, flat and cumulative.
+pprof_top() {
+  {
+    echo "== flat"
+    go tool pprof -top -nodecount=30 "$1" 2>/dev/null | sed 1,5d
+    echo
+    echo "== cumulative"
+    go tool pprof -top -cum -nodecount=40 "$1" 2>/dev/null | sed 1,5d
+  } >"$2" || true
+}
+
+run_lifecycle() {
+  : >"$LC_GC_ENV"
+  : >"$LC_RET_ENV"
+  log "lifecycle: building lcbench"
+  go build -o "$TMP/lcbench" ./test/bench/lcbench || { log "lifecycle: build FAILED"; return 1; }
+  log "lifecycle: gc over $GC_BLOBS blobs and $GC_MANIFESTS manifests (setup takes a minute or two)"
+  timeout 600 "$TMP/lcbench" gc -dir "$TMP/lc-gc" -blobs "$GC_BLOBS" -manifests "$GC_MANIFESTS" -settle 15s \
+    -cpuprofile "$OUT/lifecycle-gc.cpu.pprof" -memprofile "$OUT/lifecycle-gc.heap.pprof" \
+    >"$LC_GC_ENV" 2>"$OUT/lifecycle-gc.log" || { log "lifecycle: gc FAILED:"; tail -5 "$OUT/lifecycle-gc.log" >&2; return 1; }
+  rm -rf "$TMP/lc-gc"
+  cat "$LC_GC_ENV" >&2
+  log "lifecycle: retention plan over $RET_TAGS tags"
+  timeout 300 "$TMP/lcbench" retention -dir "$TMP/lc-ret" -tags "$RET_TAGS" \
+    -cpuprofile "$OUT/lifecycle-plan.cpu.pprof" >"$LC_RET_ENV" 2>"$OUT/lifecycle-retention.log" ||
+    { log "lifecycle: retention FAILED:"; tail -5 "$OUT/lifecycle-retention.log" >&2; return 1; }
+  rm -rf "$TMP/lc-ret"
+  cat "$LC_RET_ENV" >&2
+  pprof_top "$OUT/lifecycle-gc.cpu.pprof" "$OUT/lifecycle-gc-cpu.txt"
+  pprof_top "$OUT/lifecycle-plan.cpu.pprof" "$OUT/lifecycle-plan-cpu.txt"
+  go tool pprof -sample_index=alloc_space -top -cum -nodecount=40 -base "$OUT/lifecycle-gc.heap.pprof.base" \
+    "$OUT/lifecycle-gc.heap.pprof" 2>/dev/null | sed 1,5d >"$OUT/lifecycle-gc-alloc.txt" || true
+}
+
+if part lifecycle; then
+  run_lifecycle || LIFECYCLE_FAILED=1
+  rm -rf "$TMP/lc-gc" "$TMP/lc-ret"
+fi
+
 # --- table -------------------------------------------------------------------------
 get() { awk -F= -v k="$2" '$1 == k {print $2}' "$OUT/$1.env"; }
 # ratio A B: A/B with two decimals, or n/a.
@@ -703,9 +767,71 @@ auth_table() {
     echo "AUTH PART FAILED: see the bench log and test-results/bench/auth-*.log"
   fi
 }
+# lget ENV KEY: a result of the lifecycle part, FAIL when it is missing after a failure.
+lget() {
+  local v
+  v=$(awk -F= -v k="$2" '$1 == k {print $2}' "$1" 2>/dev/null)
+  if [ -z "$v" ] && [ -n "$LIFECYCLE_FAILED" ]; then v=FAIL; fi
+  echo "$v"
+}
+lrow() { printf '%-46s %9s %8s %9s %8s %9s %9s  %-7s %s\n' "$@"; }
+# lphase LABEL ENV PREFIX: a row with a phase's seconds, CPU time, peak heap, peak RSS
+# and peak anonymous RSS.
+lphase() {
+  lrow "$1" "$(lget "$2" "${3}_S")" "$(lget "$2" "${3}_CPU_S")" "$(lget "$2" "${3}_HEAP_MIB")" \
+    "$(lget "$2" "${3}_HWM_MIB")" "$(lget "$2" "${3}_ANON_MIB")" "n/a" "report" "-"
+}
+# lsub LABEL VALUE: an indented row with a value only.
+lsub() { lrow "  $1" "$2" "" "" "" "" "n/a" "report" "-"; }
+lifecycle_table() {
+  local g=$LC_GC_ENV r=$LC_RET_ENV
+  echo
+  echo "lifecycle: garbage collection and retention planning on dockyard's store, called through the Go API"
+  echo "(test/bench/lcbench, no HTTP). The reference registry has no online GC or retention planning, so there is"
+  echo "no comparison (reference: n/a), and the issue sets no target (report)."
+  lrow "workload" "dockyard" "CPU (s)" "heap MiB" "RSS MiB" "anon MiB" "reference" "target" "met"
+  lrow "--------" "--------" "-------" "--------" "-------" "--------" "---------" "------" "---"
+  lphase "GC dry run (s)" "$g" GC_DRY
+  lphase "GC of $(lget "$g" GC_MANIFESTS) manifests + $(lget "$g" GC_BLOBS) blobs (s)" "$g" GC
+  lsub "collected per second" "$(awk -v s="$(lget "$g" GC_S)" -v m="$(lget "$g" GC_MANIFESTS)" -v b="$(lget "$g" GC_BLOBS)" \
+    'BEGIN { if (s + 0 > 0 && m b ~ /^[0-9]+$/) printf "%.0f", (m + b) / s; else print "n/a" }')"
+  lphase "GC again, nothing to collect (s)" "$g" GC2
+  lphase "retention: $(lget "$r" RET_PLAN_REPS) plans of $(lget "$r" RET_TAGS) tags (s)" "$r" RET_PLAN_ALL
+  lsub "one plan, median (s)" "$(lget "$r" RET_PLAN_S)"
+  lsub "tags planned per second" "$(lget "$r" RET_PLAN_TAGS_PER_S)"
+  lsub "TagInfos alone (store reads), median (s)" "$(lget "$r" RET_TAGINFOS_S)"
+  lphase "delete $(lget "$g" DELETE_MANIFESTS) manifests, $(lget "$g" GC_TAGS_PER_REPO) tags/repo (s)" "$g" DELETE
+  lsub "per manifest (ms)" "$(awk -v s="$(lget "$g" DELETE_S)" -v n="$(lget "$g" DELETE_MANIFESTS)" \
+    'BEGIN { if (n + 0 > 0) printf "%.2f", s * 1000 / n; else print "n/a" }')"
+  lphase "delete $(lget "$r" RET_DELETE_MANIFESTS) manifests, $(lget "$r" RET_TAGS) tags/repo (s)" "$r" RET_DELETE
+  lsub "per manifest (ms)" "$(lget "$r" RET_DELETE_MS_EACH)"
+  echo
+  echo "gc store: $(lget "$g" SETUP_BLOBS) blobs of 16-64 bytes in 4 repositories (set up in $(lget "$g" SETUP_BLOBS_S) s, 32 goroutines),"
+  echo "$(lget "$g" SETUP_MANIFESTS) tagged manifests of 13 blobs each (in $(lget "$g" SETUP_MANIFESTS_S) s); every other manifest deleted, 15 s pause."
+  echo "collected $(lget "$g" GC_MANIFESTS) manifests, $(lget "$g" GC_BLOBS) blobs, $(lget "$g" GC_BYTES) bytes, $(lget "$g" GC_ORPHANS) orphan files" \
+    "(want $(lget "$g" GC_WANT_MANIFESTS) and $(lget "$g" GC_WANT_BLOBS)); dry run: $(lget "$g" GC_DRY_MANIFESTS) manifests," \
+    "$(lget "$g" GC_DRY_BLOBS) blobs; second run: $(lget "$g" GC2_MANIFESTS) and $(lget "$g" GC2_BLOBS)."
+  echo "GC wall time per collected item: $(lget "$g" GC_MS_PER_ITEM) ms; one small write+fsync on this disk: $(lget "$g" FSYNC_MS) ms;" \
+    "voluntary context switches during GC: $(lget "$g" GC_CSW)."
+  echo "retention repository: $(lget "$r" RET_RELEASES) releases, $(lget "$r" RET_RCS) RCs, $(lget "$r" RET_SNAPSHOTS) snapshots," \
+    "$(lget "$r" RET_OTHERS) others (pushed in $(lget "$r" SETUP_TAGS_S) s); the plan keeps $(lget "$r" RET_PLAN_KEPT) ($(lget "$r" RET_PLAN_KEPT_BY))."
+  printf 'plan runs (s): %s\n' "$(lget "$r" RET_PLAN_S_ALL)"
+  echo "deletes: DeleteManifest one at a time (what untagged pruning does); allocated per delete:" \
+    "$(awk -v a="$(lget "$g" DELETE_ALLOC_MIB)" -v n="$(lget "$g" DELETE_MANIFESTS)" 'BEGIN { if (n + 0 > 0) printf "%.0f", a * 1024 / n }') KiB" \
+    "with $(lget "$g" GC_TAGS_PER_REPO) tags in the repository, $(lget "$r" RET_DELETE_ALLOC_KB_EACH) KiB with $(lget "$r" RET_TAGS)."
+  echo "heap: peak of Go heap objects (live and not yet swept; Badger's memtables and caches are Go memory) sampled"
+  echo "every 5 ms; RSS: VmHWM of the lcbench process, reset before each phase (it counts Badger's memory-mapped"
+  echo "index files); anon: peak RssAnon sampled every 5 ms; CPU: user+system time of the phase."
+  echo "CPU profiles: lifecycle-gc-cpu.txt, lifecycle-plan-cpu.txt; what the collection allocated:"
+  echo "lifecycle-gc-alloc.txt (the .pprof files are beside them)."
+  if [ -n "$LIFECYCLE_FAILED" ]; then
+    echo "LIFECYCLE PART FAILED: see the bench log and test-results/bench/lifecycle-*.log"
+  fi
+}
+
 row() { printf '%-38s %12s %12s %9s  %-22s %s\n' "$@"; }
 {
-  echo "dockyard benchmark — $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, wrk -t2 -c$CONNS -d${DURATION}s"
+  echo "dockyard benchmark — $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores$([ "$ONLY" = lifecycle ] || echo ", wrk -t2 -c$CONNS -d${DURATION}s")"
   if part hosted || part proxy; then
     echo "reference: CNCF distribution registry v3.1.2 (filesystem, inmemory blob descriptor cache)"
   fi
@@ -752,5 +878,8 @@ row() { printf '%-38s %12s %12s %9s  %-22s %s\n' "$@"; }
   if part auth; then
     auth_table
   fi
+  if part lifecycle; then
+    lifecycle_table
+  fi
 } | tee "$OUT/summary.txt"
-[ -z "$PROXY_FAILED" ] && [ -z "$AUTH_FAILED" ] || exit 1
+[ -z "$PROXY_FAILED" ] && [ -z "$AUTH_FAILED" ] && [ -z "$LIFECYCLE_FAILED" ] || exit 1

@@ -60,23 +60,6 @@ declare -A PW=([alice]=alice-ldap-pw [bob]=bob-ldap-pw [carol]=carol-ldap-pw [da
 
 # ---------------------------------------------------------------------------- helpers
 
-run() {
-  echo "+ $*" >>"$LOG"
-  "$@" >>"$LOG" 2>&1
-  local rc=$?
-  [ $rc -eq 0 ] || echo "  (exit $rc: $*)" >>"$LOG"
-  return $rc
-}
-# eq WANT GOT [what]: WANT may join several values with single spaces; an empty one
-# among them (nothing captured) fails.
-eq() {
-  echo "eq ${3:-}: want '$1' got '$2'"
-  case " $1 " in *"  "*) echo "  an expected value is empty"; return 1 ;; esac
-  [ "$1" = "$2" ]
-}
-sha256_of() { sha256sum | cut -d' ' -f1; }
-file_sha() { sha256sum "$1" | cut -d' ' -f1; }
-same_bytes() { echo "cmp $1 $2"; [ -f "$1" ] && [ -f "$2" ] && cmp "$1" "$2"; }
 # req NAME METHOD URL [curl args...]: one HTTPS request verified with the test CA; prints
 # the status, keeps NAME.h and NAME.body.
 req() {
@@ -966,16 +949,7 @@ mkdir -p "$out"
   export OCI_USERNAME=builder OCI_PASSWORD="${PW[builder]}"
   cd "$out" && timeout 600 conformance >"$out/conformance.log" 2>&1
 )
-counts=$(grep -E '^  (Pass|FAIL|Error|Skip|Disabled)\.' "$out/conformance.log" | tr -s ' .:' ' ' | tr '\n' ' ')
-echo "conformance (token auth, builder): $counts"
-if grep -qE '^  FAIL\.+: +0$' "$out/conformance.log" && grep -qE '^  Error\.+: +0$' "$out/conformance.log" &&
-   grep -qE '^  Skip\.+: +0$' "$out/conformance.log" && grep -qE '^  Disabled\.+: +0$' "$out/conformance.log" &&
-   grep -qE '^  Pass\.+: +[1-9]' "$out/conformance.log"; then
-  pass "OCI conformance under token auth with OCI_USERNAME/OCI_PASSWORD: $counts"
-else
-  grep 'failed test' "$out/conformance.log" | cut -c1-400 | head -20
-  fail "OCI conformance under token auth: $counts (see $out/conformance.log)"
-fi
+conformance_result "token auth, builder" "$out/conformance.log"
 . test/conformance/env.sh
 code=$(req conf-anon GET "https://$REG/v2/$OCI_REPO1/tags/list")
 check "conformance repositories are not readable anonymously (401)" eq 401 "$code"

@@ -26,25 +26,6 @@ echo '{"default":[{"type":"insecureAcceptAnything"}]}' >"$POLICY"
 
 # ---------------------------------------------------------------------------- helpers
 
-# run CMD...: runs a client command, output to $LOG; returns its status.
-run() {
-  echo "+ $*" >>"$LOG"
-  "$@" >>"$LOG" 2>&1
-  local rc=$?
-  [ $rc -eq 0 ] || echo "  (exit $rc: $*)" | tee -a "$LOG"
-  return $rc
-}
-# eq WANT GOT [what]: a check body; prints both sides to the check log. WANT may join
-# several values with single spaces; an empty one among them (nothing captured) fails.
-eq() {
-  echo "eq ${3:-}: want '$1' got '$2'"
-  case " $1 " in *"  "*) echo "  an expected value is empty"; return 1 ;; esac
-  [ "$1" = "$2" ]
-}
-sha256_of() { sha256sum | cut -d' ' -f1; }
-file_sha() { sha256sum "$1" | cut -d' ' -f1; }
-# same_bytes A B: both files exist and are byte-identical.
-same_bytes() { echo "cmp $1 $2"; [ -f "$1" ] && [ -f "$2" ] && cmp "$1" "$2"; }
 # manifest_sha REF: sha256 of the manifest bytes the registry serves for REF.
 # (piped, not captured: $(...) would drop a trailing newline of the manifest bytes)
 manifest_sha() { crane manifest "$1" 2>>"$LOG" | sha256_of; }

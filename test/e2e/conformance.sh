@@ -17,17 +17,7 @@ run_conformance() { # name config sparse
     cd "$out" && conformance >"$out/conformance.log" 2>&1
   ) || true
   stop_dockyard
-  local counts
-  counts=$(grep -E '^  (Pass|FAIL|Error|Skip|Disabled)\.' "$out/conformance.log" | tr -s ' .:' ' ' | tr '\n' ' ')
-  echo "conformance ($name): $counts"
-  if grep -qE '^  FAIL\.+: +0$' "$out/conformance.log" && grep -qE '^  Error\.+: +0$' "$out/conformance.log" &&
-     grep -qE '^  Skip\.+: +0$' "$out/conformance.log" && grep -qE '^  Disabled\.+: +0$' "$out/conformance.log" &&
-     grep -qE '^  Pass\.+: +[1-9]' "$out/conformance.log"; then
-    pass "OCI conformance ($name): $counts"
-  else
-    grep 'failed test' "$out/conformance.log" | cut -c1-400 | head -20
-    fail "OCI conformance ($name): $counts"
-  fi
+  conformance_result "$name" "$out/conformance.log"
 }
 
 run_conformance default "" false

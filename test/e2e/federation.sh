@@ -36,22 +36,6 @@ T0=$SECONDS
 
 # ---------------------------------------------------------------------------- helpers
 
-run() {
-  echo "+ $*" >>"$LOG"
-  "$@" >>"$LOG" 2>&1
-  local rc=$?
-  [ $rc -eq 0 ] || echo "  (exit $rc: $*)" | tee -a "$LOG"
-  return $rc
-}
-# eq WANT GOT [what]: WANT may join several values with single spaces; an empty one
-# among them (nothing captured) fails.
-eq() {
-  echo "eq ${3:-}: want '$1' got '$2'"
-  case " $1 " in *"  "*) echo "  an expected value is empty"; return 1 ;; esac
-  [ "$1" = "$2" ]
-}
-sha256_of() { sha256sum | cut -d' ' -f1; }
-same_bytes() { echo "cmp $1 $2"; [ -f "$1" ] && [ -f "$2" ] && cmp "$1" "$2"; }
 # crane against plain-HTTP registries named by hostname (loopback IPs need no flag).
 cr() { crane --insecure "$@"; }
 digest_of() { cr digest "$1" 2>>"$LOG"; }
@@ -565,16 +549,7 @@ mkdir -p "$out"
   export OCI_REGISTRY=$GRP OCI_RESULTS_DIR="$out/results"
   cd "$out" && timeout 900 conformance >"$out/conformance.log" 2>&1
 )
-counts=$(grep -E '^  (Pass|FAIL|Error|Skip|Disabled)\.' "$out/conformance.log" | tr -s ' .:' ' ' | tr '\n' ' ')
-echo "conformance (group $GRP): $counts"
-if grep -qE '^  FAIL\.+: +0$' "$out/conformance.log" && grep -qE '^  Error\.+: +0$' "$out/conformance.log" &&
-   grep -qE '^  Skip\.+: +0$' "$out/conformance.log" && grep -qE '^  Disabled\.+: +0$' "$out/conformance.log" &&
-   grep -qE '^  Pass\.+: +[1-9]' "$out/conformance.log"; then
-  pass "OCI conformance via the group hostname: $counts"
-else
-  grep 'failed test' "$out/conformance.log" | cut -c1-400 | head -20
-  fail "OCI conformance via the group hostname: $counts (see $out/conformance.log)"
-fi
+conformance_result "group $GRP" "$out/conformance.log"
 . test/conformance/env.sh
 DEV_REPOS=$(catalog "$DEV") PROD_REPOS=$(catalog "$PROD")
 for r in "$OCI_REPO1" "$OCI_REPO2"; do

@@ -49,6 +49,43 @@ stop_dockyard() {
   wait "$DY_PID" 2>/dev/null || true
 }
 
+# run CMD...: runs a command with its output in $LOG; returns its status.
+run() {
+  echo "+ $*" >>"$LOG"
+  "$@" >>"$LOG" 2>&1
+  local rc=$?
+  [ $rc -eq 0 ] || echo "  (exit $rc: $*)" | tee -a "$LOG"
+  return $rc
+}
+# eq WANT GOT [what]: a check body; prints both sides to the check log. WANT may join
+# several values with single spaces; an empty one among them (nothing captured) fails.
+eq() {
+  echo "eq ${3:-}: want '$1' got '$2'"
+  case " ${1% } " in *"  "*) echo "  an expected value is empty"; return 1 ;; esac
+  [ "$1" = "$2" ]
+}
+sha256_of() { sha256sum | cut -d' ' -f1; }
+file_sha() { sha256sum "$1" | cut -d' ' -f1; }
+# same_bytes A B: both files exist and are byte-identical.
+same_bytes() { echo "cmp $1 $2"; [ -f "$1" ] && [ -f "$2" ] && cmp "$1" "$2"; }
+
+# conformance_result NAME LOG: one check that the conformance run logged in LOG had
+# passes and 0 failures, errors, skips and disabled tests. (The suite's exit code does
+# not say so.)
+conformance_result() {
+  local name=$1 log=$2 counts
+  counts=$(grep -E '^  (Pass|FAIL|Error|Skip|Disabled)\.' "$log" | tr -s ' .:' ' ' | tr '\n' ' ')
+  echo "conformance ($name): $counts"
+  if grep -qE '^  FAIL\.+: +0$' "$log" && grep -qE '^  Error\.+: +0$' "$log" &&
+     grep -qE '^  Skip\.+: +0$' "$log" && grep -qE '^  Disabled\.+: +0$' "$log" &&
+     grep -qE '^  Pass\.+: +[1-9]' "$log"; then
+    pass "OCI conformance ($name): $counts"
+  else
+    grep 'failed test' "$log" | cut -c1-400 | head -20
+    fail "OCI conformance ($name): $counts (see $log)"
+  fi
+}
+
 summary() {
   echo
   if [ ${#FAILURES[@]} -gt 0 ]; then printf 'failed: %s\n' "${FAILURES[@]}"; fi

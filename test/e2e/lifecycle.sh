@@ -32,23 +32,9 @@ mkdir -p "$DOCKER_CONFIG"; echo "{}" >"$DOCKER_CONFIG/config.json"
 
 # ---------------------------------------------------------------------------- helpers
 
-# run CMD...: runs a command, output to $LOG; returns its status.
-run() {
-  echo "+ $*" >>"$LOG"
-  "$@" >>"$LOG" 2>&1
-  local rc=$?
-  [ $rc -eq 0 ] || echo "  (exit $rc: $*)" | tee -a "$LOG"
-  return $rc
-}
-# eq WANT GOT [what]: a check body; an empty WANT fails.
-eq() {
-  echo "eq ${3:-}: want '$1' got '$2'"
-  [ -n "$1" ] && [ "$1" = "$2" ]
-}
 ne() { echo "ne ${3:-}: '$1' vs '$2'"; [ -n "$1" ] && [ -n "$2" ] && [ "$1" != "$2" ]; }
 # has FILE REGEX: FILE has a line matching the extended REGEX (shows the file).
 has() { echo "--- $1 (want /$2/)"; cat "$1"; grep -qE -- "$2" "$1"; }
-sha256_of() { sha256sum | cut -d' ' -f1; }
 digest_of() { crane digest "$1" 2>>"$LOG"; }
 ACCEPT="application/vnd.oci.image.manifest.v1+json,application/vnd.oci.image.index.v1+json,application/vnd.docker.distribution.manifest.v2+json,application/vnd.docker.distribution.manifest.list.v2+json"
 
