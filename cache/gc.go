@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -44,66 +45,75 @@ type GCReport struct {
 // Grace is zero: the collection repeats until nothing more goes).
 func (s *Store) CollectGarbage(ctx context.Context, opts GCOptions) (GCReport, error) {
 	var total GCReport
+	cutoff := s.now().Add(-opts.Grace).UnixNano()
 	for round := 0; round < 64; round++ {
-		r, err := s.collectOnce(ctx, opts)
+		r, err := s.collectOnce(ctx, cutoff, opts.DryRun)
 		total.Manifests += r.Manifests
 		total.Blobs += r.Blobs
 		total.Bytes += r.Bytes
-		total.OrphanFiles += r.OrphanFiles
-		if err != nil || opts.DryRun || r.Manifests+r.Blobs == 0 {
+		if err != nil {
 			return total, err
 		}
+		if opts.DryRun || r.Manifests+r.Blobs == 0 {
+			break
+		}
+		// What this round released became unreferenced now: with a grace period it
+		// waits for a later collection.
+		if opts.Grace > 0 {
+			break
+		}
+		cutoff = s.now().Add(-opts.Grace).UnixNano()
 	}
-	return total, nil
+	orphans, err := s.removeOrphanFiles(cutoff, opts.DryRun)
+	total.OrphanFiles = orphans
+	return total, err
 }
 
-func (s *Store) collectOnce(ctx context.Context, opts GCOptions) (GCReport, error) {
+// gcBatch is how many deletions share one index transaction (and one disk sync).
+const gcBatch = 256
+
+func (s *Store) collectOnce(ctx context.Context, cutoff int64, dryRun bool) (GCReport, error) {
 	var r GCReport
-	cutoff := s.now().Add(-opts.Grace).UnixNano()
 	manifests, err := s.unreferenced(kindContentRefs, cutoff)
 	if err != nil {
 		return r, err
 	}
-	for _, d := range manifests {
+	for i := 0; i < len(manifests); i += gcBatch {
 		if err := ctx.Err(); err != nil {
 			return r, err
 		}
-		if opts.DryRun {
-			r.Manifests++
+		batch := manifests[i:min(i+gcBatch, len(manifests))]
+		if dryRun {
+			r.Manifests += len(batch)
 			continue
 		}
-		deleted, err := s.deleteContent(d, cutoff)
+		n, err := s.deleteContents(batch, cutoff)
+		r.Manifests += n
 		if err != nil {
 			return r, err
-		}
-		if deleted {
-			r.Manifests++
 		}
 	}
 	blobs, err := s.unreferenced(kindBlob, cutoff)
 	if err != nil {
 		return r, err
 	}
-	for _, d := range blobs {
+	for i := 0; i < len(blobs); i += gcBatch {
 		if err := ctx.Err(); err != nil {
 			return r, err
 		}
-		if opts.DryRun {
-			r.Blobs++
+		batch := blobs[i:min(i+gcBatch, len(blobs))]
+		if dryRun {
+			r.Blobs += len(batch)
 			continue
 		}
-		size, deleted, err := s.deleteBlob(d, cutoff)
+		n, bytes, err := s.deleteBlobs(batch, cutoff)
+		r.Blobs += n
+		r.Bytes += bytes
 		if err != nil {
 			return r, err
 		}
-		if deleted {
-			r.Blobs++
-			r.Bytes += size
-		}
 	}
-	orphans, err := s.removeOrphanFiles(cutoff, opts.DryRun)
-	r.OrphanFiles = orphans
-	return r, err
+	return r, nil
 }
 
 // unreferenced lists the digests of records of kind whose count has been zero since
@@ -137,81 +147,97 @@ func stillUnreferenced(txn *badger.Txn, k []byte, cutoff int64) (refRecord, bool
 	return r, r.Refs == 0 && r.ZeroSince != 0 && r.ZeroSince <= cutoff, nil
 }
 
-// deleteContent deletes manifest bytes nothing references and releases what they
-// reference.
-func (s *Store) deleteContent(d oci.Digest, cutoff int64) (bool, error) {
-	var deleted bool
+// deleteContents deletes manifest bytes nothing references and releases what they
+// reference, in one transaction that re-checks every count.
+func (s *Store) deleteContents(batch []oci.Digest, cutoff int64) (int, error) {
+	var deleted []oci.Digest
 	err := s.update(func(txn *badger.Txn) error {
-		deleted = false
-		_, ok, err := stillUnreferenced(txn, contentRefsKey(d), cutoff)
-		if !ok || err != nil {
-			return err
-		}
-		item, err := txn.Get(contentKey(d))
-		if err != nil && !errors.Is(err, badger.ErrKeyNotFound) {
-			return err
-		}
-		if err == nil {
-			var h contentHeader
-			if err := item.Value(func(v []byte) (err error) { h, _, err = decodeContent(v); return err }); err != nil {
+		deleted = deleted[:0]
+		for _, d := range batch {
+			_, ok, err := stillUnreferenced(txn, contentRefsKey(d), cutoff)
+			if err != nil {
 				return err
 			}
-			for _, b := range h.Blobs {
-				if err := s.unreference(txn, blobKey(b), b, d); err != nil {
+			if !ok {
+				continue
+			}
+			item, err := txn.Get(contentKey(d))
+			if err != nil && !errors.Is(err, badger.ErrKeyNotFound) {
+				return err
+			}
+			if err == nil {
+				var h contentHeader
+				if err := item.Value(func(v []byte) (err error) { h, _, err = decodeContent(v); return err }); err != nil {
+					return err
+				}
+				for _, b := range h.Blobs {
+					if err := s.unreference(txn, blobKey(b), b, d); err != nil {
+						return err
+					}
+				}
+				for _, c := range h.Children {
+					if err := s.unreference(txn, contentRefsKey(c), c, d); err != nil {
+						return err
+					}
+				}
+				if err := txn.Delete(contentKey(d)); err != nil {
 					return err
 				}
 			}
-			for _, c := range h.Children {
-				if err := s.unreference(txn, contentRefsKey(c), c, d); err != nil {
-					return err
-				}
-			}
-			if err := txn.Delete(contentKey(d)); err != nil {
+			if err := txn.Delete(contentRefsKey(d)); err != nil {
 				return err
 			}
+			deleted = append(deleted, d)
 		}
-		deleted = true
-		return txn.Delete(contentRefsKey(d))
+		return nil
 	})
-	if deleted {
+	if err != nil {
+		return 0, err
+	}
+	for _, d := range deleted {
 		s.contents.Remove(d)
 	}
-	return deleted, err
+	return len(deleted), nil
 }
 
-// deleteBlob deletes an unreferenced blob: its record and links first, then its file,
-// under the blob's lock so that a concurrent upload of the same digest cannot slip a
-// fresh file in between.
-func (s *Store) deleteBlob(d oci.Digest, cutoff int64) (int64, bool, error) {
-	defer s.blobLocks.lock(string(d))()
-	var size int64
-	var deleted bool
-	err := s.update(func(txn *badger.Txn) error {
-		deleted = false
-		r, ok, err := stillUnreferenced(txn, blobKey(d), cutoff)
-		if !ok || err != nil {
-			return err
-		}
-		links, err := keysWithPrefix(txn, prefix(kindLinkByDigest, string(d)))
-		if err != nil {
-			return err
-		}
-		for _, lk := range links {
-			reg, repo, _ := strings.Cut(string(lk[len(prefix(kindLinkByDigest, string(d))):]), "\x00")
-			if err := txn.Delete(linkKey(reg, repo, d)); err != nil {
-				return err
-			}
-			if err := txn.Delete(lk); err != nil {
-				return err
-			}
-		}
-		size, deleted = r.Size, true
-		return txn.Delete(blobKey(d))
-	})
-	if err != nil || !deleted {
-		return 0, false, err
+// deleteBlobs deletes unreferenced blobs: their records and links first, in one
+// transaction, then their files, all under the blobs' locks so that a concurrent
+// upload of the same digest cannot slip a fresh file in between.
+func (s *Store) deleteBlobs(batch []oci.Digest, cutoff int64) (int, int64, error) {
+	sorted := append([]oci.Digest(nil), batch...)
+	slices.Sort(sorted) // a fixed order: GC is the only holder of several locks
+	for _, d := range sorted {
+		defer s.blobLocks.lock(string(d))()
 	}
-	return size, true, s.blobs.Delete(d)
+	var deleted []oci.Digest
+	var bytes int64
+	err := s.update(func(txn *badger.Txn) error {
+		deleted, bytes = deleted[:0], 0
+		for _, d := range sorted {
+			r, ok, err := stillUnreferenced(txn, blobKey(d), cutoff)
+			if err != nil {
+				return err
+			}
+			if !ok {
+				continue
+			}
+			if err := s.dropBlobRecord(txn, d); err != nil {
+				return err
+			}
+			deleted = append(deleted, d)
+			bytes += r.Size
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, 0, err
+	}
+	for _, d := range deleted {
+		if err := s.blobs.Delete(d); err != nil {
+			return len(deleted), bytes, err
+		}
+	}
+	return len(deleted), bytes, nil
 }
 
 // removeOrphanFiles deletes blob files without an index record (left by a crash

@@ -149,6 +149,9 @@ func gcCommand(args []string, stdout io.Writer) error {
 		verb = "would delete"
 	}
 	fmt.Fprintf(stdout, "gc %s %d manifests, %d blobs (%d bytes), %d orphan files (grace %s)\n", verb, r.Manifests, r.Blobs, r.Bytes, r.OrphanFiles, g)
+	if *dry {
+		fmt.Fprintln(stdout, "(a dry run sees what is unreferenced now; what those manifests alone reference is released, and counted, only when they go)")
+	}
 	if *purge && !*dry {
 		n, err := store.PurgeUploads(context.Background(), cfg.Lifecycle.Uploads.PurgeAfter)
 		if err != nil {
