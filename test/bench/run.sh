@@ -743,7 +743,7 @@ auth_table() {
   printf 'runs, CPU us/req: anonymous %s | token %s | basic %s\n' "$(aget ANON_CPU_US_ALL)" "$(aget TOKEN_CPU_US_ALL)" "$(aget BASIC_CPU_US_ALL)"
   echo "token: one token (scope repository:$AUTH_REPO:pull,push, $(aget TOKEN_BYTES) bytes) fetched once with curl from the"
   echo "realm of the 401 challenge and sent on every request; dockyard checks its ES256 signature, issuer, audience"
-  echo "and expiry on every request (no cache). basic: dockyard checks bcrypt (cost 10) once per user, then accepts"
+  echo "and expiry on every request (a token seen before skips the signature check). basic: dockyard checks bcrypt (cost 10) once per user, then accepts"
   echo "the password for a minute from its login cache (sha256 compare); each round logs a user of its own in just"
   echo "before it, so runs shorter than a minute measure the cached path."
   echo "Checked first: anonymous GETs, a token with a bad signature and a wrong password get 401; wrk saw only 2xx."

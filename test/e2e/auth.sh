@@ -240,22 +240,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-ensure_docker() {
-  docker info >/dev/null 2>&1 && return 0
-  local d="$RESULTS/docker"
-  mkdir -p "$d"
-  if ! pgrep -x dockerd >/dev/null; then
-    if ! pgrep -x containerd >/dev/null; then
-      nohup setsid containerd >>"$d/containerd.log" 2>&1 </dev/null &
-      for _ in $(seq 1 50); do [ -S /run/containerd/containerd.sock ] && break; sleep 0.2; done
-    fi
-    nohup setsid dockerd --storage-driver=vfs --iptables=false --ip6tables=false --bridge=none \
-      >>"$d/dockerd.log" 2>&1 </dev/null &
-  fi
-  for _ in $(seq 1 60); do docker info >/dev/null 2>&1 && return 0; sleep 1; done
-  echo "docker daemon not ready after 60s"; tail -20 "$d/dockerd.log" 2>/dev/null
-  return 1
-}
 
 # ======================================================================== 0. set-up
 

@@ -125,24 +125,6 @@ echo "source index $SRC_INDEX children ${SRC_CHILDREN[*]}"
 
 # ---------------------------------------------------------------------- 1. docker
 
-ensure_docker() {
-  docker info >/dev/null 2>&1 && return 0
-  local d="$RESULTS/docker"
-  mkdir -p "$d"
-  if ! pgrep -x dockerd >/dev/null; then
-    if ! pgrep -x containerd >/dev/null; then
-      echo "starting containerd (log $d/containerd.log)"
-      nohup setsid containerd >"$d/containerd.log" 2>&1 </dev/null &
-      for _ in $(seq 1 50); do [ -S /run/containerd/containerd.sock ] && break; sleep 0.2; done
-    fi
-    echo "starting dockerd (log $d/dockerd.log)"
-    nohup setsid dockerd --storage-driver=vfs --iptables=false --ip6tables=false --bridge=none \
-      >"$d/dockerd.log" 2>&1 </dev/null &
-  fi
-  for _ in $(seq 1 60); do docker info >/dev/null 2>&1 && return 0; sleep 1; done
-  echo "docker daemon not ready after 60s"; tail -20 "$d/dockerd.log" 2>/dev/null
-  return 1
-}
 
 DOCKER_DIGEST="" DOCKER_ID=""
 if ensure_docker; then

@@ -86,6 +86,27 @@ conformance_result() {
   fi
 }
 
+# ensure_docker: starts containerd and dockerd (vfs, no iptables, no bridge) when no
+# Docker daemon answers; bounded wait.
+ensure_docker() {
+  docker info >/dev/null 2>&1 && return 0
+  local d="$RESULTS/docker"
+  mkdir -p "$d"
+  if ! pgrep -x dockerd >/dev/null; then
+    if ! pgrep -x containerd >/dev/null; then
+      echo "starting containerd (log $d/containerd.log)"
+      nohup setsid containerd >"$d/containerd.log" 2>&1 </dev/null &
+      for _ in $(seq 1 50); do [ -S /run/containerd/containerd.sock ] && break; sleep 0.2; done
+    fi
+    echo "starting dockerd (log $d/dockerd.log)"
+    nohup setsid dockerd --storage-driver=vfs --iptables=false --ip6tables=false --bridge=none \
+      >"$d/dockerd.log" 2>&1 </dev/null &
+  fi
+  for _ in $(seq 1 60); do docker info >/dev/null 2>&1 && return 0; sleep 1; done
+  echo "docker daemon not ready after 60s"; tail -20 "$d/dockerd.log" 2>/dev/null
+  return 1
+}
+
 summary() {
   echo
   if [ ${#FAILURES[@]} -gt 0 ]; then printf 'failed: %s\n' "${FAILURES[@]}"; fi
