@@ -16,5 +16,5 @@ for t in test/e2e/conformance.sh test/e2e/clients.sh test/e2e/restart.sh test/e2
   total_pass=$((total_pass + ${p:-0})); total_fail=$((total_fail + ${f:-1}))
   [ "$rc" -eq 0 ] || status=1
 done
-echo "e2e total: $total_pass passed, $total_fail failed"
+echo "total: $total_pass passed, $total_fail failed"
 exit $status
