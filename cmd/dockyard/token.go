@@ -11,8 +11,6 @@ import (
 	"time"
 
 	"github.com/dockyard/dockyard/auth"
-	"github.com/dockyard/dockyard/cache"
-	"github.com/dockyard/dockyard/config"
 )
 
 const tokenUsage = `dockyard token create --user USER --scope REGISTRY/GLOB:ACTIONS [--scope …] [--group G …] [--expires 30d]
@@ -41,16 +39,9 @@ func tokenCommand(args []string, stdout io.Writer) error {
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
 	}
-	cfg, err := config.Load(*path)
+	_, store, err := openOffline(*path, *data)
 	if err != nil {
 		return err
-	}
-	if *data != "" {
-		cfg.Data = *data
-	}
-	store, err := cache.Open(cache.Options{Dir: cfg.Data})
-	if err != nil {
-		return fmt.Errorf("%w (is the server running on this data directory?)", err)
 	}
 	defer store.Close()
 	switch args[0] {
