@@ -90,6 +90,16 @@ func (s *Store) Check(ctx context.Context, opts CheckOptions) (CheckReport, erro
 					problem("tag %s/%s:%s points at %s, which the repository does not have", parts[0], parts[1], parts[2], d)
 					fixes = append(fixes, func(txn *badger.Txn) error { return txn.Delete(k) })
 				}
+				if bk := tagByDigestKey(parts[0], parts[1], d, parts[2]); !mustExist(txn, bk) {
+					problem("tag %s/%s:%s is missing from the index of %s's tags", parts[0], parts[1], parts[2], d)
+					fixes = append(fixes, func(txn *badger.Txn) error { return txn.Set(bk, nil) })
+				}
+			case kindTagByDigest:
+				v, found, _ := getValue(txn, tagKey(parts[0], parts[1], parts[3]))
+				if d, _ := decodeTagValue(v); !found || string(d) != parts[2] {
+					problem("the index of %s's tags lists %s/%s:%s, which points elsewhere", parts[2], parts[0], parts[1], parts[3])
+					fixes = append(fixes, func(txn *badger.Txn) error { return txn.Delete(k) })
+				}
 			case kindLink:
 				d := oci.Digest(parts[2])
 				size, _ := binary.Varint(v)
@@ -152,6 +162,11 @@ func (s *Store) Check(ctx context.Context, opts CheckOptions) (CheckReport, erro
 		}
 	}
 	return rep, nil
+}
+
+func mustExist(txn *badger.Txn, k []byte) bool {
+	ok, _ := exists(txn, k)
+	return ok
 }
 
 func (s *Store) setRefs(k []byte, r refRecord, refs int64) func(txn *badger.Txn) error {

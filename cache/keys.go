@@ -23,6 +23,7 @@ const (
 	kindUpload       = 'u' // u id → uploadRecord
 	kindLinkByDigest = 'L' // L digest 0 reg 0 repo → (empty): the links of a blob, for GC
 	kindPending      = 'P' // P digest 0 manifest → (empty): a reference to content not stored yet
+	kindTagByDigest  = 'T' // T reg 0 repo 0 digest 0 tag → (empty): the tags of a manifest
 )
 
 func key(kind byte, parts ...string) []byte {
@@ -60,6 +61,9 @@ func repoManifestKey(reg, repo string, d oci.Digest) []byte {
 }
 func linkByDigestKey(d oci.Digest, reg, repo string) []byte {
 	return key(kindLinkByDigest, string(d), reg, repo)
+}
+func tagByDigestKey(reg, repo string, d oci.Digest, tag string) []byte {
+	return key(kindTagByDigest, reg, repo, string(d), tag)
 }
 func pendingKey(d, from oci.Digest) []byte { return key(kindPending, string(d), string(from)) }
 func referrerKey(reg, repo string, subject, d oci.Digest) []byte {

@@ -213,17 +213,23 @@ func (s *Store) PutManifest(ctx context.Context, p PutManifestRequest) error {
 		}
 		for _, t := range p.Tags {
 			k := tagKey(p.Registry, p.Repo, string(t))
-			if why, ok := p.Immutable[t]; ok {
-				v, found, err := getValue(txn, k)
-				if err != nil {
-					return err
-				}
-				if old, _ := decodeTagValue(v); found && old != p.Digest {
+			v, found, err := getValue(txn, k)
+			if err != nil {
+				return err
+			}
+			if old, _ := decodeTagValue(v); found && old != p.Digest {
+				if why, ok := p.Immutable[t]; ok {
 					return oci.ErrDenied.Withf("tag %s:%s is immutable (%s) and already points at %s; push a new version instead", p.Repo, t, why, old)
+				}
+				if err := txn.Delete(tagByDigestKey(p.Registry, p.Repo, old, string(t))); err != nil {
+					return err
 				}
 			}
 			changed = append(changed, k)
 			if err := txn.Set(k, tagValue(p.Digest, m.MediaType, now)); err != nil {
+				return err
+			}
+			if err := txn.Set(tagByDigestKey(p.Registry, p.Repo, p.Digest, string(t)), nil); err != nil {
 				return err
 			}
 		}
@@ -289,23 +295,18 @@ func (s *Store) DeleteManifest(ctx context.Context, reg, repo string, d oci.Dige
 		if err := s.addRef(txn, contentRefsKey(d), 0, -1); err != nil {
 			return err
 		}
-		it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: false, Prefix: prefix(kindTag, reg, repo)})
-		for it.Rewind(); it.Valid(); it.Next() {
-			item := it.Item()
-			err := item.Value(func(v []byte) error {
-				if td, _ := decodeTagValue(v); td == d {
-					tags = append(tags, item.KeyCopy(nil))
-				}
-				return nil
-			})
-			if err != nil {
-				it.Close()
+		bp := prefix(kindTagByDigest, reg, repo, string(d))
+		byDigest, err := keysWithPrefix(txn, bp)
+		if err != nil {
+			return err
+		}
+		for _, bk := range byDigest {
+			k := tagKey(reg, repo, string(bk[len(bp):]))
+			tags = append(tags, k)
+			if err := txn.Delete(k); err != nil {
 				return err
 			}
-		}
-		it.Close()
-		for _, k := range tags {
-			if err := txn.Delete(k); err != nil {
+			if err := txn.Delete(bk); err != nil {
 				return err
 			}
 		}
@@ -328,8 +329,13 @@ func (s *Store) DeleteTag(ctx context.Context, reg, repo string, tag oci.Tag) er
 	k := tagKey(reg, repo, string(tag))
 	defer s.tags.invalidate(k)
 	return s.update(func(txn *badger.Txn) error {
-		if ok, err := exists(txn, k); !ok || err != nil {
+		v, ok, err := getValue(txn, k)
+		if !ok || err != nil {
 			return errors.Join(err, unknownManifest(ok, oci.Reference{Tag: tag}))
+		}
+		d, _ := decodeTagValue(v)
+		if err := txn.Delete(tagByDigestKey(reg, repo, d, string(tag))); err != nil {
+			return err
 		}
 		return txn.Delete(k)
 	})
