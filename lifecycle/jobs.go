@@ -34,6 +34,7 @@ type Jobs struct {
 	Log            *slog.Logger
 
 	gcMu, purgeMu, retentionMu sync.Mutex
+	running                    sync.WaitGroup
 	// Counters since start.
 	GCRuns, BlobsCollected, ManifestsCollected, UploadsPurged, RetentionRuns, TagsDeleted atomic.Int64
 }
@@ -44,7 +45,9 @@ func (j *Jobs) Start(ctx context.Context) {
 		if d <= 0 {
 			return
 		}
+		j.running.Add(1)
 		go func() {
+			defer j.running.Done()
 			t := time.NewTicker(d)
 			defer t.Stop()
 			for {
@@ -70,6 +73,10 @@ type Eviction struct {
 	MaxBytes     int64
 	PulledWithin time.Duration
 }
+
+// Wait returns once the scheduled jobs have stopped (after Start's context ended),
+// so the store is not closed under a running job.
+func (j *Jobs) Wait() { j.running.Wait() }
 
 // GC trims proxy caches, then collects garbage now.
 func (j *Jobs) GC(ctx context.Context, dryRun bool) (cache.GCReport, error) {

@@ -131,13 +131,17 @@ func serve(args []string, stderr io.Writer) error {
 	go func() { errc <- gw.Serve(l) }()
 	select {
 	case err := <-errc:
+		stop()
+		jobs.Wait()
 		return err
 	case <-ctx.Done():
 	}
 	log.Info("shutting down")
 	sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	return gw.Shutdown(sctx)
+	err = gw.Shutdown(sctx)
+	jobs.Wait() // a job still running finishes before the store closes
+	return err
 }
 
 // build wires the configured registries and routes into a gateway.
