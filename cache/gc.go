@@ -18,9 +18,9 @@ import (
 
 // Garbage collection is online: it runs while pushes and pulls go on. It deletes
 // manifests and blobs whose reference count is zero and has been zero for longer than
-// a grace period, each in its own transaction that re-checks the count (a concurrent
-// push that references the content makes the transaction conflict, and the content
-// stays). A blob's index record (and its links) go first and its file second, under
+// a grace period, in batches whose transaction re-checks every count (a concurrent push
+// that references the content makes the transaction conflict and retry, and the
+// content stays). A blob's index record (and its links) go first and its file second, under
 // the blob's lock, so a crash never leaves the index pointing at a missing file; a
 // file left without a record is removed by a later run.
 
