@@ -696,19 +696,24 @@ func (c *Config) validateUpstream(p string, u Upstream, bad func(path, format st
 
 var durationType = reflect.TypeOf(time.Duration(0))
 
-// durationHook reads durations, including days ("30d") that retention rules need.
+// durationHook reads durations with ParseDuration.
 func durationHook(from, to reflect.Type, data any) (any, error) {
 	if to != durationType {
 		return data, nil
 	}
-	str, ok := data.(string)
-	if !ok {
-		return data, nil
+	if str, ok := data.(string); ok {
+		return ParseDuration(str)
 	}
+	return data, nil
+}
+
+// ParseDuration reads a Go duration or a number of days ("30d"), as retention rules
+// and token lifetimes are written.
+func ParseDuration(str string) (time.Duration, error) {
 	if days, found := strings.CutSuffix(str, "d"); found {
 		n, err := strconv.Atoi(days)
-		if err != nil {
-			return nil, fmt.Errorf("invalid duration %q", str)
+		if err != nil || n < 0 {
+			return 0, fmt.Errorf("invalid duration %q", str)
 		}
 		return time.Duration(n) * 24 * time.Hour, nil
 	}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net"
+	"slices"
 	"strings"
 
 	"github.com/valyala/fasthttp"
@@ -74,18 +75,9 @@ func (g *Gateway) adminAllowed(ctx *fasthttp.RequestCtx) error {
 		return g.challenge(ctx, "", "", "the admin endpoint needs credentials")
 	}
 	for _, s := range g.opts.Admins {
-		if s == "user:"+id.Name || (strings.HasPrefix(s, "group:") && containsString(id.Groups, s[len("group:"):])) {
+		if s == "user:"+id.Name || (strings.HasPrefix(s, "group:") && slices.Contains(id.Groups, s[len("group:"):])) {
 			return nil
 		}
 	}
 	return oci.ErrDenied.Withf("%s is not an administrator", id)
-}
-
-func containsString(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }

@@ -4,6 +4,7 @@
 package gateway
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -117,7 +118,7 @@ func (g *Gateway) handle(ctx *fasthttp.RequestCtx) {
 	if g.cors(ctx) {
 		return
 	}
-	if strings.HasPrefix(string(ctx.Path()), "/-/admin/") {
+	if bytes.HasPrefix(ctx.Path(), adminPrefix) {
 		if err := g.admin(ctx); err != nil {
 			g.writeError(ctx, err)
 		}
@@ -140,6 +141,8 @@ func (g *Gateway) handle(ctx *fasthttp.RequestCtx) {
 		g.writeError(ctx, err)
 	}
 }
+
+var adminPrefix = []byte("/-/admin/")
 
 func (g *Gateway) checkMethod(ctx *fasthttp.RequestCtx, r Route) error {
 	ep := endpoints[r.Kind]

@@ -5,12 +5,12 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/dockyard/dockyard/auth"
+	"github.com/dockyard/dockyard/config"
 )
 
 const tokenUsage = `dockyard token create --user USER --scope REGISTRY/GLOB:ACTIONS [--scope …] [--group G …] [--expires 30d]
@@ -57,7 +57,7 @@ func tokenCommand(args []string, stdout io.Writer) error {
 			}
 			grants = append(grants, g)
 		}
-		ttl, err := parseLifetime(*expires)
+		ttl, err := lifetime(*expires)
 		if err != nil {
 			return err
 		}
@@ -114,17 +114,10 @@ func scopeString(gs []auth.Grant) string {
 	return strings.Join(parts, " ")
 }
 
-// parseLifetime reads a duration that may be given in days ("30d").
-func parseLifetime(s string) (time.Duration, error) {
+// lifetime reads --expires: a duration or days, "0" for never.
+func lifetime(s string) (time.Duration, error) {
 	if s == "0" || s == "" {
 		return 0, nil
 	}
-	if d, ok := strings.CutSuffix(s, "d"); ok {
-		n, err := strconv.Atoi(d)
-		if err != nil || n < 0 {
-			return 0, fmt.Errorf("invalid lifetime %q", s)
-		}
-		return time.Duration(n) * 24 * time.Hour, nil
-	}
-	return time.ParseDuration(s)
+	return config.ParseDuration(s)
 }
