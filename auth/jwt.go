@@ -22,11 +22,15 @@ import (
 	lru "github.com/hashicorp/golang-lru/v2"
 )
 
-// Access is one entry of a token's access claim, as the Docker token spec defines it.
+// Access is one entry of a token's access claim, as the Docker token spec defines it,
+// bound to the virtual registry the access was decided for: a name routes to different
+// registries on different hosts, or with a different ns parameter, and the grant holds
+// for one of them only.
 type Access struct {
-	Type    string   `json:"type"` // "repository" or "registry"
-	Name    string   `json:"name"` // repository name as the client sees it, or "catalog"
-	Actions []string `json:"actions"`
+	Type     string   `json:"type"` // "repository" or "registry"
+	Name     string   `json:"name"` // repository name as the client sees it, or "catalog"
+	Actions  []string `json:"actions"`
+	Registry string   `json:"registry"`
 }
 
 // Claims are what dockyard's tokens carry.
@@ -36,6 +40,22 @@ type Claims struct {
 	Groups []string `json:"groups,omitempty"`
 	Kind   string   `json:"kind,omitempty"` // "refresh" for refresh tokens
 	Source string   `json:"src,omitempty"`
+	// Limit carries a CI token's scopes into the bearer tokens it is exchanged for:
+	// rules decided for the subject (the catalog filter, mounts without a source) stay
+	// capped by them. nil: no limit.
+	Limit *[]Grant `json:"limit,omitempty"`
+}
+
+// Identity is who the claims speak for, with the groups and limit they carry.
+func (c *Claims) Identity() *Identity {
+	id := &Identity{Name: c.Subject, Groups: c.Groups, Source: c.Source}
+	if c.Limit != nil {
+		id.Limit = *c.Limit
+		if id.Limit == nil {
+			id.Limit = []Grant{}
+		}
+	}
+	return id
 }
 
 // Signer issues and verifies tokens with one key (ES256 or RS256) named by its kid.

@@ -57,7 +57,7 @@ func (s *Store) OpenBlob(ctx context.Context, reg, repo string, d oci.Digest) (i
 	}
 	if !linked {
 		// A manifest may be fetched through the blobs endpoint too.
-		m, err := s.GetManifest(ctx, reg, repo, oci.Reference{Digest: d})
+		m, err := s.getManifest(ctx, reg, repo, oci.Reference{Digest: d})
 		if err != nil {
 			return nil, 0, oci.ErrBlobUnknown.WithDetail(map[string]string{"digest": string(d)})
 		}

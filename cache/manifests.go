@@ -73,6 +73,11 @@ func (s *Store) GetManifest(ctx context.Context, reg, repo string, ref oci.Refer
 	return m, err
 }
 
+// HeadManifest resolves ref like GetManifest without counting a pull.
+func (s *Store) HeadManifest(ctx context.Context, reg, repo string, ref oci.Reference) (*StoredManifest, error) {
+	return s.getManifest(ctx, reg, repo, ref)
+}
+
 func (s *Store) getManifest(ctx context.Context, reg, repo string, ref oci.Reference) (*StoredManifest, error) {
 	m := &StoredManifest{Digest: ref.Digest}
 	var tk []byte

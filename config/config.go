@@ -6,6 +6,7 @@ package config
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -189,6 +190,9 @@ type HTTP struct {
 	WriteTimeout    time.Duration `mapstructure:"write_timeout"`
 	MaxManifestSize ByteSize      `mapstructure:"max_manifest_size"`
 	CORS            CORS          `mapstructure:"cors"`
+	// TrustedProxies are addresses or CIDR ranges of load balancers and TLS
+	// terminators whose X-Forwarded-For header names the real client.
+	TrustedProxies []string `mapstructure:"trusted_proxies"`
 }
 
 // CORS configures cross-origin access for browser clients.
@@ -277,6 +281,7 @@ func setDefaults(v *viper.Viper) {
 	v.SetDefault("http.idle_timeout", "2m")
 	v.SetDefault("http.write_timeout", "0s")
 	v.SetDefault("http.max_manifest_size", "4MiB")
+	v.SetDefault("http.trusted_proxies", []string{})
 	v.SetDefault("http.cors.allowed_origins", []string{})
 	v.SetDefault("http.cors.allowed_methods", []string{"GET", "HEAD", "OPTIONS"})
 	v.SetDefault("http.cors.allowed_headers", []string{"Authorization", "Accept", "Content-Type", "Range"})
@@ -417,6 +422,19 @@ func (c *Config) resolvePaths(dir string) {
 	fix(&c.TLS.KeyFile)
 }
 
+// ParsePrefix reads an address ("10.0.0.1", "::1") or a CIDR range ("10.0.0.0/8").
+func ParsePrefix(s string) (netip.Prefix, error) {
+	if p, err := netip.ParsePrefix(s); err == nil {
+		return p.Masked(), nil
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("%q is neither an address nor a CIDR range", s)
+	}
+	a = a.Unmap()
+	return netip.PrefixFrom(a, a.BitLen()), nil
+}
+
 // Defaults of a proxy's upstream settings.
 const (
 	DefaultUpstreamTimeout = 30 * time.Second
@@ -476,6 +494,11 @@ func (c *Config) Validate() error {
 	}{{"http.read_timeout", c.HTTP.ReadTimeout}, {"http.upload_timeout", c.HTTP.UploadTimeout}, {"http.idle_timeout", c.HTTP.IdleTimeout}, {"http.write_timeout", c.HTTP.WriteTimeout}} {
 		if d.v < 0 {
 			bad(d.path, "must not be negative")
+		}
+	}
+	for i, p := range c.HTTP.TrustedProxies {
+		if _, err := ParsePrefix(p); err != nil {
+			bad(fmt.Sprintf("http.trusted_proxies[%d]", i), "%v", err)
 		}
 	}
 	if c.HTTP.MaxManifestSize <= 0 {

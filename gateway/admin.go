@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"net"
 	"slices"
 	"strings"
 
@@ -61,7 +60,7 @@ func (g *Gateway) admin(ctx *fasthttp.RequestCtx) error {
 
 func (g *Gateway) adminAllowed(ctx *fasthttp.RequestCtx) error {
 	if g.auth == nil {
-		if ip := ctx.RemoteIP(); ip.IsLoopback() || ip.Equal(net.IPv6loopback) {
+		if g.clientIP(ctx).IsLoopback() && !g.forwardedByUntrusted(ctx) {
 			return nil
 		}
 		return oci.ErrDenied.Withf("the admin endpoint answers loopback clients only when authentication is off")

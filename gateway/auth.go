@@ -35,23 +35,13 @@ func (p *principal) anonymous() bool { return p.identity().Anonymous() }
 // presented reports whether the request carried valid credentials of any kind.
 func (p *principal) presented() bool { return p.claims != nil || !p.id.Anonymous() }
 
-// identity is who the principal is, for rules: a bearer token's subject and groups.
+// identity is who the principal is, for rules: a bearer token's subject, groups and
+// CI-token limit, or the identity a password or CI token proved.
 func (p *principal) identity() *auth.Identity {
 	if p.claims != nil {
-		return &auth.Identity{Name: p.claims.Subject, Groups: p.claims.Groups, Source: p.claims.Source}
+		return p.claims.Identity()
 	}
 	return p.id
-}
-
-// actionFor maps a request to the action rules speak of.
-func actionFor(kind Kind, method string) auth.Action {
-	switch {
-	case kind == KindUploads || kind == KindUpload || method == "PUT":
-		return auth.Push
-	case method == "DELETE":
-		return auth.Delete
-	}
-	return auth.Pull
 }
 
 // authenticate reads the request's credentials. Bad credentials are an error (401);
@@ -72,7 +62,7 @@ func (g *Gateway) authenticate(ctx *fasthttp.RequestCtx) (*principal, error) {
 		if !ok {
 			return nil, g.challenge(ctx, "", "", "malformed Basic credentials")
 		}
-		id, err := g.auth.Login(ctx, user, password, ctx.RemoteIP().String())
+		id, err := g.auth.Login(ctx, user, password, g.clientAddr(ctx))
 		if err != nil {
 			return nil, g.loginError(ctx, err)
 		}
@@ -160,17 +150,31 @@ func (g *Gateway) service(ctx *fasthttp.RequestCtx) string {
 }
 
 // may reports whether p may do action on a repository (named as the client sees it,
-// and as it is inside its registry).
+// and as it is inside its registry). A bearer token's access counts only for the
+// registry it was granted for.
 func (g *Gateway) may(p *principal, clientRepo string, reg vhost.Registry, repo string, action auth.Action) bool {
 	if p.claims != nil {
-		return tokenAllows(p.claims, "repository", clientRepo, string(action))
+		return tokenAllows(p.claims, "repository", clientRepo, reg.Name(), string(action))
 	}
 	return g.auth.Decide(p.id, reg.Name(), repo, action)
 }
 
-func tokenAllows(c *auth.Claims, typ, name, action string) bool {
+// tokenAllows reports whether the token grants action on the named resource of
+// registry reg.
+func tokenAllows(c *auth.Claims, typ, name, reg, action string) bool {
 	for _, a := range c.Access {
-		if a.Type == typ && a.Name == name && (slices.Contains(a.Actions, action) || slices.Contains(a.Actions, "*")) {
+		if a.Type == typ && a.Name == name && a.Registry == reg && (slices.Contains(a.Actions, action) || slices.Contains(a.Actions, "*")) {
+			return true
+		}
+	}
+	return false
+}
+
+// tokenBound reports whether the token grants anything on repository name in
+// registry reg.
+func tokenBound(c *auth.Claims, name, reg string) bool {
+	for _, a := range c.Access {
+		if a.Type == "repository" && a.Name == name && a.Registry == reg {
 			return true
 		}
 	}

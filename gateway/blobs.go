@@ -130,7 +130,7 @@ func parseRange(h string, size int64) (start, length int64, partial bool, err er
 }
 
 func (g *Gateway) deleteBlob(r *request) error {
-	if err := r.reg.DeleteBlob(r.ctx, r.repo, r.route.Digest); err != nil {
+	if err := r.w.DeleteBlob(r.ctx, r.repo, r.route.Digest); err != nil {
 		return err
 	}
 	r.ctx.SetStatusCode(fasthttp.StatusAccepted)

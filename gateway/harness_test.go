@@ -37,6 +37,10 @@ type registryOptions struct {
 	maxManifestSize int64
 	cors            gateway.CORS
 	auth            func(store *cache.Store) *auth.Service
+	// registries replaces the one hosted registry "default" answering every host.
+	registries func(store *cache.Store) ([]vhost.Registry, []vhost.Route)
+	// gateway adjusts the gateway's options before it starts.
+	gateway func(*gateway.Options)
 }
 
 func startRegistry(t *testing.T, dir string, o registryOptions) *testRegistry {
@@ -49,8 +53,12 @@ func startRegistry(t *testing.T, dir string, o registryOptions) *testRegistry {
 	if err != nil {
 		t.Fatal(err)
 	}
-	hosted := vhost.NewHosted("default", store, vhost.HostedOptions{AllowSparseIndex: o.sparse})
-	router, err := vhost.NewRouter([]vhost.Registry{hosted}, []vhost.Route{{Host: "*", Registry: "default"}})
+	regs := []vhost.Registry{vhost.NewHosted("default", store, vhost.HostedOptions{AllowSparseIndex: o.sparse})}
+	routes := []vhost.Route{{Host: "*", Registry: "default"}}
+	if o.registries != nil {
+		regs, routes = o.registries(store)
+	}
+	router, err := vhost.NewRouter(regs, routes)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -58,7 +66,11 @@ func startRegistry(t *testing.T, dir string, o registryOptions) *testRegistry {
 	if o.auth != nil {
 		authService = o.auth(store)
 	}
-	gw := gateway.New(gateway.Options{Router: router, Logger: log, MaxManifestSize: o.maxManifestSize, CORS: o.cors, Auth: authService})
+	opts := gateway.Options{Router: router, Logger: log, MaxManifestSize: o.maxManifestSize, CORS: o.cors, Auth: authService}
+	if o.gateway != nil {
+		o.gateway(&opts)
+	}
+	gw := gateway.New(opts)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

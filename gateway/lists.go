@@ -7,8 +7,8 @@ import (
 
 	"github.com/valyala/fasthttp"
 
+	"github.com/dockyard/dockyard/auth"
 	"github.com/dockyard/dockyard/oci"
-	"github.com/dockyard/dockyard/vhost"
 )
 
 // maxPage bounds a listing answered without n; a Link header leads to the rest.
@@ -67,9 +67,19 @@ func (g *Gateway) tags(r *request) error {
 	return writeJSON(r.ctx, "application/json", map[string]any{"name": string(r.route.Repo), "tags": tags})
 }
 
-// catalog lists the registry's repositories that visible admits (what the caller may
-// pull), paging over the filtered list.
-func (g *Gateway) catalog(ctx *fasthttp.RequestCtx, reg vhost.Registry, visible func(string) bool) error {
+// catalog lists the repositories of the host's registry that the caller may pull,
+// paging over the filtered list. A bearer token must carry registry:catalog:* for
+// this registry.
+func (g *Gateway) catalog(r *request) error {
+	ctx, reg := r.ctx, r.reg
+	visible := func(string) bool { return true }
+	if g.auth != nil {
+		if c := r.who.claims; c != nil && !tokenAllows(c, "registry", "catalog", reg.Name(), "*") {
+			return g.challenge(ctx, "registry:catalog:*", "insufficient_scope", "the catalog needs a registry:catalog:* token")
+		}
+		id := r.who.identity()
+		visible = func(repo string) bool { return g.auth.Decide(id, reg.Name(), repo, auth.Pull) }
+	}
 	last, n, err := page(ctx)
 	if err != nil {
 		return err

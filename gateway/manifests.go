@@ -17,7 +17,11 @@ func manifestLocation(repo oci.Repository, d oci.Digest) string {
 
 func (g *Gateway) getManifest(r *request) error {
 	ctx := r.ctx
-	m, err := r.reg.GetManifest(ctx, r.repo, r.route.Reference)
+	get := r.reg.GetManifest
+	if ctx.IsHead() {
+		get = r.reg.HeadManifest // a HEAD is not a pull
+	}
+	m, err := get(ctx, r.repo, r.route.Reference)
 	if err != nil {
 		return err
 	}
@@ -91,7 +95,7 @@ func (g *Gateway) putManifest(r *request) error {
 		}
 		tags = append(tags, tag)
 	}
-	res, err := r.reg.PutManifest(ctx, vhost.ManifestPush{
+	res, err := r.w.PutManifest(ctx, vhost.ManifestPush{
 		Repo: r.repo, Reference: r.route.Reference,
 		ContentType: string(ctx.Request.Header.ContentType()), Content: body, Tags: tags,
 	})
@@ -112,7 +116,7 @@ func (g *Gateway) putManifest(r *request) error {
 }
 
 func (g *Gateway) deleteManifest(r *request) error {
-	if err := r.reg.DeleteManifest(r.ctx, r.repo, r.route.Reference); err != nil {
+	if err := r.w.DeleteManifest(r.ctx, r.repo, r.route.Reference); err != nil {
 		return err
 	}
 	r.ctx.SetStatusCode(fasthttp.StatusAccepted)

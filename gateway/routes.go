@@ -4,6 +4,7 @@ import (
 	"net/url"
 	"strings"
 
+	"github.com/dockyard/dockyard/auth"
 	"github.com/dockyard/dockyard/oci"
 )
 
@@ -21,21 +22,93 @@ const (
 	KindReferrers             // /v2/<name>/referrers/<digest>
 )
 
-// endpoint is one row of the route table: the methods each endpoint answers.
-type endpoint struct {
-	name    string
-	methods []string
+// The route table: every V2 endpoint with, for each method it answers, the action
+// rules must allow, whether the registry must take writes, and the handler. Dispatch,
+// the Allow header and authorisation are lookups here, never separate switches that
+// must agree.
+var endpoints = map[Kind]endpoint{
+	KindBase: {name: "base", scope: scopeNone, ops: []op{
+		{method: "GET", handle: (*Gateway).base},
+		{method: "HEAD", handle: (*Gateway).base},
+	}},
+	KindCatalog: {name: "catalog", scope: scopeRegistry, ops: []op{
+		{method: "GET", action: auth.Pull, handle: (*Gateway).catalog},
+	}},
+	KindTags: {name: "tags", ops: []op{
+		{method: "GET", action: auth.Pull, handle: (*Gateway).tags},
+	}},
+	KindManifest: {name: "manifest", ops: []op{
+		{method: "GET", action: auth.Pull, handle: (*Gateway).getManifest},
+		{method: "HEAD", action: auth.Pull, handle: (*Gateway).getManifest},
+		{method: "PUT", action: auth.Push, write: true, handle: (*Gateway).putManifest},
+		{method: "DELETE", action: auth.Delete, write: true, handle: (*Gateway).deleteManifest},
+	}},
+	KindBlob: {name: "blob", ops: []op{
+		{method: "GET", action: auth.Pull, handle: (*Gateway).getBlob},
+		{method: "HEAD", action: auth.Pull, handle: (*Gateway).getBlob},
+		{method: "DELETE", action: auth.Delete, write: true, handle: (*Gateway).deleteBlob},
+	}},
+	KindUploads: {name: "uploads", upload: true, ops: []op{
+		{method: "POST", action: auth.Push, write: true, handle: (*Gateway).startUpload},
+	}},
+	KindUpload: {name: "upload", upload: true, ops: []op{
+		{method: "GET", action: auth.Push, write: true, handle: (*Gateway).uploadStatus},
+		{method: "PATCH", action: auth.Push, write: true, handle: (*Gateway).patchUpload},
+		{method: "PUT", action: auth.Push, write: true, handle: (*Gateway).finishUpload},
+		{method: "DELETE", action: auth.Push, write: true, handle: (*Gateway).cancelUpload},
+	}},
+	KindReferrers: {name: "referrers", ops: []op{
+		{method: "GET", action: auth.Pull, handle: (*Gateway).referrers},
+	}},
 }
 
-var endpoints = map[Kind]endpoint{
-	KindBase:      {"base", []string{"GET", "HEAD"}},
-	KindCatalog:   {"catalog", []string{"GET"}},
-	KindTags:      {"tags", []string{"GET"}},
-	KindManifest:  {"manifest", []string{"GET", "HEAD", "PUT", "DELETE"}},
-	KindBlob:      {"blob", []string{"GET", "HEAD", "DELETE"}},
-	KindUploads:   {"uploads", []string{"POST"}},
-	KindUpload:    {"upload", []string{"GET", "PATCH", "PUT", "DELETE"}},
-	KindReferrers: {"referrers", []string{"GET"}},
+// endpoint is one row of the route table.
+type endpoint struct {
+	name  string
+	scope scope
+	// upload endpoints receive blob data: their bodies may take hours, so they get the
+	// upload timeout; every other body is small and read under the short one.
+	upload bool
+	ops    []op
+}
+
+// scope is what an endpoint addresses, and so what a request for it is resolved to.
+type scope int
+
+const (
+	scopeRepository scope = iota // a repository of the registry the host and name route to
+	scopeRegistry                // the registry serving the host (the catalog)
+	scopeNone                    // nothing (the base endpoint)
+)
+
+// op is one method of an endpoint.
+type op struct {
+	method string
+	// action is what the rules must allow the caller on the repository.
+	action auth.Action
+	// write: the registry must take writes (a proxy, or a group without push_to, is
+	// answered DENIED before the handler runs).
+	write  bool
+	handle func(*Gateway, *request) error
+}
+
+// op finds the endpoint's handling of method.
+func (e endpoint) op(method string) (op, bool) {
+	for _, o := range e.ops {
+		if o.method == method {
+			return o, true
+		}
+	}
+	return op{}, false
+}
+
+// allow lists the endpoint's methods for the Allow header.
+func (e endpoint) allow() string {
+	methods := make([]string, len(e.ops))
+	for i, o := range e.ops {
+		methods[i] = o.method
+	}
+	return strings.Join(methods, ", ")
 }
 
 // Route is a parsed V2 request path.
@@ -106,6 +179,22 @@ func ParseRoute(rawPath string) (Route, error) {
 		return Route{}, oci.ErrNotFound.Withf("not a registry API path: %q", rawPath)
 	}
 	return r, err
+}
+
+// isUploadRequest reports whether a request (method and raw request URI) sends blob
+// data to an upload endpoint.
+func isUploadRequest(method, uri []byte) bool {
+	switch string(method) {
+	case "POST", "PATCH", "PUT":
+	default:
+		return false
+	}
+	path := string(uri)
+	if i := strings.IndexByte(path, '?'); i >= 0 {
+		path = path[:i]
+	}
+	r, err := ParseRoute(path)
+	return err == nil && endpoints[r.Kind].upload
 }
 
 func parseUploadID(s string) (string, error) {

@@ -12,6 +12,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -44,6 +45,10 @@ type Options struct {
 	// "group:NAME") may call it when authentication is on.
 	Admin  Admin
 	Admins []string
+	// TrustedProxies are the load balancers and TLS terminators whose X-Forwarded-For
+	// names the real client (for login rate limits and the admin endpoint's loopback
+	// rule). Requests from other peers are taken at their address.
+	TrustedProxies []netip.Prefix
 }
 
 // CORS lists what browsers on other origins may do. No origins means no CORS headers.
@@ -95,8 +100,10 @@ func New(opts Options) *Gateway {
 		ReadTimeout:                  opts.ReadTimeout,
 		WriteTimeout:                 opts.WriteTimeout,
 		IdleTimeout:                  opts.IdleTimeout,
+		// Only blob uploads get the long timeout: a manifest or token body trickled
+		// slowly must not hold a connection for an hour.
 		HeaderReceived: func(h *fasthttp.RequestHeader) fasthttp.RequestConfig {
-			if m := string(h.Method()); m == "PATCH" || m == "PUT" || m == "POST" {
+			if isUploadRequest(h.Method(), h.RequestURI()) {
 				return fasthttp.RequestConfig{ReadTimeout: opts.UploadTimeout}
 			}
 			return fasthttp.RequestConfig{}
@@ -118,24 +125,17 @@ func (g *Gateway) handle(ctx *fasthttp.RequestCtx) {
 	if g.cors(ctx) {
 		return
 	}
-	if bytes.HasPrefix(ctx.Path(), adminPrefix) {
-		if err := g.admin(ctx); err != nil {
-			g.writeError(ctx, err)
+	var err error
+	switch {
+	case bytes.HasPrefix(ctx.Path(), adminPrefix):
+		err = g.admin(ctx)
+	case g.auth != nil && string(ctx.Path()) == "/token":
+		err = g.token(ctx)
+	default:
+		var route Route
+		if route, err = ParseRoute(string(ctx.URI().PathOriginal())); err == nil {
+			err = g.dispatch(ctx, route)
 		}
-		return
-	}
-	if g.auth != nil && string(ctx.Path()) == "/token" {
-		if err := g.token(ctx); err != nil {
-			g.writeError(ctx, err)
-		}
-		return
-	}
-	route, err := ParseRoute(string(ctx.URI().PathOriginal()))
-	if err == nil {
-		err = g.checkMethod(ctx, route)
-	}
-	if err == nil {
-		err = g.dispatch(ctx, route)
 	}
 	if err != nil {
 		g.writeError(ctx, err)
@@ -144,107 +144,90 @@ func (g *Gateway) handle(ctx *fasthttp.RequestCtx) {
 
 var adminPrefix = []byte("/-/admin/")
 
-func (g *Gateway) checkMethod(ctx *fasthttp.RequestCtx, r Route) error {
-	ep := endpoints[r.Kind]
-	method := string(ctx.Method())
-	for _, m := range ep.methods {
-		if m == method {
-			return nil
-		}
+// dispatch looks the request up in the route table, authenticates the caller,
+// resolves what the endpoint addresses, authorises the action and runs the handler.
+func (g *Gateway) dispatch(ctx *fasthttp.RequestCtx, route Route) error {
+	ep := endpoints[route.Kind]
+	o, ok := ep.op(string(ctx.Method()))
+	if !ok {
+		ctx.Response.Header.Set("Allow", ep.allow())
+		return oci.ErrUnsupported.Withf("method %s is not allowed on the %s endpoint", ctx.Method(), ep.name)
 	}
-	ctx.Response.Header.Set("Allow", strings.Join(ep.methods, ", "))
-	return oci.ErrUnsupported.Withf("method %s is not allowed on the %s endpoint", method, ep.name)
-}
-
-func (g *Gateway) dispatch(ctx *fasthttp.RequestCtx, r Route) error {
-	who := &principal{}
+	req := &request{ctx: ctx, route: route, who: &principal{}}
 	if g.auth != nil {
 		var err error
-		if who, err = g.authenticate(ctx); err != nil {
+		if req.who, err = g.authenticate(ctx); err != nil {
 			return err
 		}
 	}
-	if r.Kind == KindBase {
-		if g.auth != nil && !who.presented() {
-			return g.challenge(ctx, "", "", "authentication required")
-		}
-		ctx.SetContentType("application/json")
-		ctx.SetBodyString("{}")
-		return nil
-	}
-	if r.Kind == KindCatalog {
+	switch ep.scope {
+	case scopeRegistry:
 		reg, err := g.opts.Router.ResolveHost(string(ctx.Host()))
 		if err != nil {
 			return err
 		}
-		visible := func(string) bool { return true }
-		if g.auth != nil {
-			if who.claims != nil && !tokenAllows(who.claims, "registry", "catalog", "*") {
-				return g.challenge(ctx, "registry:catalog:*", "insufficient_scope", "the catalog needs a registry:catalog:* token")
-			}
-			id := who.identity()
-			visible = func(repo string) bool { return g.auth.Decide(id, reg.Name(), repo, auth.Pull) }
+		req.reg = reg
+	case scopeRepository:
+		if err := g.resolve(req); err != nil {
+			return err
 		}
-		return g.catalog(ctx, reg, visible)
+		if g.auth != nil {
+			if err := g.authorize(req, o.action); err != nil {
+				return err
+			}
+		}
+		if o.write {
+			w, err := req.reg.Writer()
+			if err != nil {
+				return err
+			}
+			req.w = w
+		}
 	}
-	res, err := g.opts.Router.Resolve(string(ctx.Host()), r.Repo, string(ctx.QueryArgs().Peek("ns")))
+	return o.handle(g, req)
+}
+
+// resolve routes the request's repository to its registry. The ns parameter
+// (containerd's mirror hint) may choose a proxy, but never a registry other than the one
+// a bearer token's access was granted for: then the request goes where the host routes
+// it, as without ns.
+func (g *Gateway) resolve(req *request) error {
+	host := string(req.ctx.Host())
+	res, err := g.opts.Router.Resolve(host, req.route.Repo, string(req.ctx.QueryArgs().Peek("ns")))
 	if err != nil {
 		return err
 	}
-	if res.Namespace != "" {
-		ctx.Response.Header.Set("OCI-Namespace", res.Namespace)
-	}
-	req := &request{ctx: ctx, route: r, reg: res.Registry, repo: res.Repo, who: who}
-	if g.auth != nil {
-		if err := g.authorize(req, actionFor(r.Kind, string(ctx.Method()))); err != nil {
+	if res.Namespace != "" && req.who.claims != nil && !tokenBound(req.who.claims, string(req.route.Repo), res.Registry.Name()) {
+		if res, err = g.opts.Router.Resolve(host, req.route.Repo, ""); err != nil {
 			return err
 		}
 	}
-	method := string(ctx.Method())
-	switch r.Kind {
-	case KindTags:
-		return g.tags(req)
-	case KindManifest:
-		switch method {
-		case "GET", "HEAD":
-			return g.getManifest(req)
-		case "PUT":
-			return g.putManifest(req)
-		default:
-			return g.deleteManifest(req)
-		}
-	case KindBlob:
-		switch method {
-		case "GET", "HEAD":
-			return g.getBlob(req)
-		default:
-			return g.deleteBlob(req)
-		}
-	case KindUploads:
-		return g.startUpload(req)
-	case KindUpload:
-		switch method {
-		case "GET":
-			return g.uploadStatus(req)
-		case "PATCH":
-			return g.patchUpload(req)
-		case "PUT":
-			return g.finishUpload(req)
-		default:
-			return g.cancelUpload(req)
-		}
-	case KindReferrers:
-		return g.referrers(req)
+	if res.Namespace != "" {
+		req.ctx.Response.Header.Set("OCI-Namespace", res.Namespace)
 	}
-	return oci.ErrNotFound
+	req.reg, req.repo = res.Registry, res.Repo
+	return nil
+}
+
+// base answers /v2/: the API is here, and with authentication on, whether the
+// caller's credentials are good.
+func (g *Gateway) base(r *request) error {
+	if g.auth != nil && !r.who.presented() {
+		return g.challenge(r.ctx, "", "", "authentication required")
+	}
+	r.ctx.SetContentType("application/json")
+	r.ctx.SetBodyString("{}")
+	return nil
 }
 
 // request is one routed request: the client's view (route) and the registry's (reg,
-// repo, where namespace routing may have removed a prefix).
+// repo, where namespace routing may have removed a prefix); w is set for endpoints that
+// write.
 type request struct {
 	ctx   *fasthttp.RequestCtx
 	route Route
 	reg   vhost.Registry
+	w     vhost.Writer
 	repo  oci.Repository
 	who   *principal
 }

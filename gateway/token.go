@@ -3,6 +3,7 @@ package gateway
 import (
 	"encoding/json"
 	"errors"
+	"io"
 	"net/url"
 	"slices"
 	"strings"
@@ -13,6 +14,10 @@ import (
 	"github.com/dockyard/dockyard/auth"
 	"github.com/dockyard/dockyard/oci"
 )
+
+// maxTokenForm bounds the token endpoint's POST form (a user name, a password or
+// refresh token, a service and scopes): nothing legitimate comes near it.
+const maxTokenForm = 64 << 10
 
 // token is the Docker token endpoint: GET with optional Basic credentials and scope
 // parameters, and the OAuth2 POST form (grant_type password or refresh_token) that
@@ -42,12 +47,20 @@ func (g *Gateway) token(ctx *fasthttp.RequestCtx) error {
 			if !strings.HasPrefix(h, "Basic ") || !ok {
 				return g.tokenError(ctx, errors.New("malformed credentials"))
 			}
-			if id, err = g.auth.Login(ctx, user, password, ctx.RemoteIP().String()); err != nil {
+			if id, err = g.auth.Login(ctx, user, password, g.clientAddr(ctx)); err != nil {
 				return g.tokenError(ctx, err)
 			}
 		}
 	case "POST":
-		form, perr := url.ParseQuery(string(ctx.PostBody()))
+		body, rerr := io.ReadAll(io.LimitReader(ctx.RequestBodyStream(), maxTokenForm+1))
+		if rerr != nil {
+			return rerr
+		}
+		if len(body) > maxTokenForm {
+			ctx.SetConnectionClose() // do not read the rest
+			return oci.ErrBodyTooLarge.Withf("the token request form is over %d bytes", maxTokenForm)
+		}
+		form, perr := url.ParseQuery(string(body))
 		if perr != nil {
 			return oci.ErrUnsupported.Withf("malformed form")
 		}
@@ -55,7 +68,7 @@ func (g *Gateway) token(ctx *fasthttp.RequestCtx) error {
 		scopes = strings.Fields(form.Get("scope"))
 		switch form.Get("grant_type") {
 		case "password":
-			if id, err = g.auth.Login(ctx, form.Get("username"), form.Get("password"), ctx.RemoteIP().String()); err != nil {
+			if id, err = g.auth.Login(ctx, form.Get("username"), form.Get("password"), g.clientAddr(ctx)); err != nil {
 				return g.tokenError(ctx, err)
 			}
 			offline = form.Get("access_type") == "offline"
@@ -85,6 +98,10 @@ func (g *Gateway) token(ctx *fasthttp.RequestCtx) error {
 	subject := ""
 	if id != nil {
 		subject, claims.Groups, claims.Source = id.Name, id.Groups, id.Source
+		if id.Limit != nil {
+			limit := id.Limit
+			claims.Limit = &limit
+		}
 	}
 	signed, exp, err := g.auth.Signer().Sign(claims, subject, service, g.auth.TokenTTL())
 	if err != nil {
@@ -135,7 +152,8 @@ func (g *Gateway) tokenError(ctx *fasthttp.RequestCtx, err error) error {
 }
 
 // grant intersects the requested scopes ("repository:NAME:pull,push",
-// "registry:catalog:*") with what the rules give id.
+// "registry:catalog:*") with what the rules give id on host, each access bound to the
+// registry it was decided for.
 func (g *Gateway) grant(host string, id *auth.Identity, scopes []string) []auth.Access {
 	out := []auth.Access{}
 	for _, scope := range scopes {
@@ -147,8 +165,11 @@ func (g *Gateway) grant(host string, id *auth.Identity, scopes []string) []auth.
 		name, actions := rest[:i], strings.Split(rest[i+1:], ",")
 		switch typ {
 		case "registry":
-			if name == "catalog" && slices.Contains(actions, "*") {
-				out = append(out, auth.Access{Type: "registry", Name: "catalog", Actions: []string{"*"}})
+			if name != "catalog" || !slices.Contains(actions, "*") {
+				continue
+			}
+			if reg, err := g.opts.Router.ResolveHost(host); err == nil {
+				out = append(out, auth.Access{Type: "registry", Name: "catalog", Actions: []string{"*"}, Registry: reg.Name()})
 			}
 		case "repository":
 			repo, err := oci.ParseRepository(name)
@@ -175,7 +196,7 @@ func (g *Gateway) grant(host string, id *auth.Identity, scopes []string) []auth.
 			for i, a := range allowed {
 				names[i] = string(a)
 			}
-			out = append(out, auth.Access{Type: "repository", Name: name, Actions: names})
+			out = append(out, auth.Access{Type: "repository", Name: name, Actions: names, Registry: res.Registry.Name()})
 		}
 	}
 	return out

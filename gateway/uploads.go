@@ -36,7 +36,7 @@ func (g *Gateway) startUpload(r *request) error {
 		if err != nil {
 			return err
 		}
-		if _, err := r.reg.PutBlob(ctx, r.repo, d, ctx.RequestBodyStream(), bodyLength(ctx)); err != nil {
+		if _, err := r.w.PutBlob(ctx, r.repo, d, ctx.RequestBodyStream(), bodyLength(ctx)); err != nil {
 			return err
 		}
 		return created(ctx, blobLocation(r.route.Repo, d), d)
@@ -48,13 +48,13 @@ func (g *Gateway) startUpload(r *request) error {
 			return oci.ErrDigestInvalid.Withf("digest-algorithm %q is not supported (sha256, sha512)", a)
 		}
 	}
-	u, err := r.reg.StartUpload(ctx, r.repo, alg)
+	u, err := r.w.StartUpload(ctx, r.repo, alg)
 	if err != nil {
 		return err
 	}
 	// A body on the POST is the first chunk.
 	if hasBody(ctx) {
-		if u, err = r.reg.AppendUpload(ctx, r.repo, u.ID, 0, ctx.RequestBodyStream(), bodyLength(ctx)); err != nil {
+		if u, err = r.w.AppendUpload(ctx, r.repo, u.ID, 0, ctx.RequestBodyStream(), bodyLength(ctx)); err != nil {
 			return err
 		}
 	}
@@ -112,7 +112,7 @@ func (g *Gateway) tryMount(r *request, mount, fromName string) (done bool, err e
 		}
 		from = src.Repo
 	}
-	_, ok, err := r.reg.MountBlob(r.ctx, r.repo, from, d)
+	_, ok, err := r.w.MountBlob(r.ctx, r.repo, from, d)
 	if !ok || err != nil {
 		return false, err
 	}
@@ -139,7 +139,7 @@ func (g *Gateway) uploadAccepted(r *request, u *cache.Upload, status int) {
 }
 
 func (g *Gateway) uploadStatus(r *request) error {
-	u, err := r.reg.GetUpload(r.ctx, r.repo, r.route.UploadID)
+	u, err := r.w.GetUpload(r.ctx, r.repo, r.route.UploadID)
 	if err != nil {
 		return err
 	}
@@ -152,7 +152,7 @@ func (g *Gateway) patchUpload(r *request) error {
 	if err != nil {
 		return err
 	}
-	u, err := r.reg.AppendUpload(r.ctx, r.repo, r.route.UploadID, start, r.ctx.RequestBodyStream(), bodyLength(r.ctx))
+	u, err := r.w.AppendUpload(r.ctx, r.repo, r.route.UploadID, start, r.ctx.RequestBodyStream(), bodyLength(r.ctx))
 	if err != nil {
 		return err
 	}
@@ -178,14 +178,14 @@ func (g *Gateway) finishUpload(r *request) error {
 	if hasBody(ctx) {
 		body = ctx.RequestBodyStream()
 	}
-	if _, err := r.reg.FinishUpload(ctx, r.repo, r.route.UploadID, d, start, body, bodyLength(ctx)); err != nil {
+	if _, err := r.w.FinishUpload(ctx, r.repo, r.route.UploadID, d, start, body, bodyLength(ctx)); err != nil {
 		return err
 	}
 	return created(ctx, blobLocation(r.route.Repo, d), d)
 }
 
 func (g *Gateway) cancelUpload(r *request) error {
-	if err := r.reg.CancelUpload(r.ctx, r.repo, r.route.UploadID); err != nil {
+	if err := r.w.CancelUpload(r.ctx, r.repo, r.route.UploadID); err != nil {
 		return err
 	}
 	r.ctx.SetStatusCode(fasthttp.StatusNoContent)

@@ -25,6 +25,7 @@ var (
 	ErrManifestBlobUnknown = &Code{"MANIFEST_BLOB_UNKNOWN", http.StatusBadRequest, "manifest references a manifest or blob unknown to registry"}
 	ErrManifestInvalid     = &Code{"MANIFEST_INVALID", http.StatusBadRequest, "manifest invalid"}
 	ErrManifestTooLarge    = &Code{"MANIFEST_INVALID", http.StatusRequestEntityTooLarge, "manifest too large"}
+	ErrBodyTooLarge        = &Code{"SIZE_INVALID", http.StatusRequestEntityTooLarge, "request body too large"}
 	ErrManifestUnknown     = &Code{"MANIFEST_UNKNOWN", http.StatusNotFound, "manifest unknown to registry"}
 	ErrNameInvalid         = &Code{"NAME_INVALID", http.StatusBadRequest, "invalid repository name"}
 	ErrNameUnknown         = &Code{"NAME_UNKNOWN", http.StatusNotFound, "repository name not known to registry"}

@@ -214,11 +214,12 @@ func (c *Client) HeadBlob(ctx context.Context, repo string, d oci.Digest) (int64
 	return resp.ContentLength, nil
 }
 
-// GetBlob starts downloading a blob; the caller verifies and closes it. The download
-// is bound to no request, only to the upstream pausing longer than the timeout: it may
-// be shared by many clients and outlive the one that started it.
-func (c *Client) GetBlob(repo string, d oci.Digest) (io.ReadCloser, int64, error) {
-	resp, err := c.do(context.Background(), "GET", repo, "/blobs/"+string(d), "")
+// GetBlob starts downloading a blob; the caller verifies and closes it. ctx should be
+// bound to no request, only to the proxy's lifetime: the download may be shared by many
+// clients and outlive the one that started it. The upstream pausing longer than the
+// timeout ends it too.
+func (c *Client) GetBlob(ctx context.Context, repo string, d oci.Digest) (io.ReadCloser, int64, error) {
+	resp, err := c.do(ctx, "GET", repo, "/blobs/"+string(d), "")
 	if err != nil {
 		return nil, 0, err
 	}

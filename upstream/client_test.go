@@ -1,6 +1,7 @@
 package upstream
 
 import (
+	"context"
 	"errors"
 	"io"
 	"net/http"
@@ -87,7 +88,7 @@ func TestStalledDownloadFailsAfterTheTimeout(t *testing.T) {
 		<-release
 	})
 	c, _ := New(Config{URL: s.URL, Username: "u", Password: "p", Timeout: 200 * time.Millisecond})
-	body, _, err := c.GetBlob("org/app", oci.FromBytes(oci.SHA256, nil))
+	body, _, err := c.GetBlob(context.Background(), "org/app", oci.FromBytes(oci.SHA256, nil))
 	if err != nil {
 		t.Fatal(err)
 	}

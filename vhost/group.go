@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"log/slog"
 	"slices"
 
 	"github.com/dockyard/dockyard/cache"
@@ -17,57 +18,61 @@ type Group struct {
 	name    string
 	members []Registry
 	pushTo  Registry // nil: pushes are denied
+	log     *slog.Logger
 }
 
 // NewGroup returns the group name over members; pushTo (nil for none) must be one of
 // them.
-func NewGroup(name string, members []Registry, pushTo Registry) *Group {
-	return &Group{name: name, members: members, pushTo: pushTo}
+func NewGroup(name string, members []Registry, pushTo Registry, log *slog.Logger) *Group {
+	if log == nil {
+		log = slog.Default()
+	}
+	return &Group{name: name, members: members, pushTo: pushTo, log: log.With("registry", name)}
 }
 
 func (g *Group) Name() string { return g.name }
 
-// Cached is the push member's storage, where a group's own content lives.
-func (g *Group) Cached() *Hosted {
-	if c, ok := g.pushTo.(Cacher); ok {
-		return c.Cached()
-	}
-	return nil
-}
-
-// isUnknown reports errors that mean "not here, ask the next member".
-func isUnknown(err error) bool {
+// notHere reports member answers that mean "not here, ask the next member". An
+// upstream refusing a repository is one of them: Docker Hub answers 401 (after granting
+// an anonymous token) and ghcr.io 403 for repositories they do not have, so inside a
+// group they cannot be told from "unknown".
+func notHere(err error) bool {
 	return errors.Is(err, oci.ErrManifestUnknown) || errors.Is(err, oci.ErrBlobUnknown) ||
-		errors.Is(err, oci.ErrNameUnknown)
+		errors.Is(err, oci.ErrNameUnknown) || errors.Is(err, oci.ErrUnauthorized) ||
+		errors.Is(err, oci.ErrDenied)
 }
 
-// walk asks each member in turn until one answers without "unknown". Digests are asked
-// of every member's local storage first, so cached content never causes an upstream
-// request. The first error other than "unknown" is returned when nobody has it.
-func walk[T any](g *Group, byDigest bool, ask func(Registry) (T, error)) (T, error) {
+// walk asks each member in turn until one has it. Digests are asked of every member's
+// local storage first, so cached content never causes an upstream request. When nobody
+// has it, the first failure that is not "not here" is returned (an upstream that could
+// not be asked), else unknown.
+func walk[T any](g *Group, byDigest bool, unknown error, ask func(Reader) (T, error)) (T, error) {
 	var zero T
 	var firstErr error
-	try := func(r Registry) (T, bool) {
+	try := func(r Reader) (T, bool) {
 		v, err := ask(r)
 		if err == nil {
 			return v, true
 		}
-		if !isUnknown(err) && firstErr == nil {
+		if errors.Is(err, oci.ErrUnauthorized) || errors.Is(err, oci.ErrDenied) {
+			g.log.Debug("member refused; asking the next", "err", err)
+		}
+		if !notHere(err) && firstErr == nil {
 			firstErr = err
 		}
 		return zero, false
 	}
 	if byDigest {
 		for _, m := range g.members {
-			if c, ok := m.(Cacher); ok {
-				if v, ok := try(c.Cached()); ok {
+			if l, ok := m.(local); ok {
+				if v, ok := try(l.Local()); ok {
 					return v, nil
 				}
 			}
 		}
 	}
 	for _, m := range g.members {
-		if _, local := m.(*Hosted); byDigest && local {
+		if _, hosted := m.(*Hosted); byDigest && hosted {
 			continue // already asked above
 		}
 		if v, ok := try(m); ok {
@@ -77,14 +82,15 @@ func walk[T any](g *Group, byDigest bool, ask func(Registry) (T, error)) (T, err
 	if firstErr != nil {
 		return zero, firstErr
 	}
-	var err error
-	switch any(zero).(type) {
-	case *cache.StoredManifest:
-		err = oci.ErrManifestUnknown.Withf("no member of group %q has it", g.name)
-	default:
-		err = oci.ErrBlobUnknown.Withf("no member of group %q has it", g.name)
-	}
-	return zero, err
+	return zero, unknown
+}
+
+func (g *Group) blobUnknown(d oci.Digest) error {
+	return oci.ErrBlobUnknown.Withf("no member of group %q has blob %s", g.name, d)
+}
+
+func (g *Group) manifestUnknown(repo oci.Repository, ref oci.Reference) error {
+	return oci.ErrManifestUnknown.Withf("no member of group %q has manifest %s of %s", g.name, ref, repo)
 }
 
 type blob struct {
@@ -93,11 +99,11 @@ type blob struct {
 }
 
 func (g *Group) StatBlob(ctx context.Context, repo oci.Repository, d oci.Digest) (int64, error) {
-	return walk(g, true, func(r Registry) (int64, error) { return r.StatBlob(ctx, repo, d) })
+	return walk(g, true, g.blobUnknown(d), func(r Reader) (int64, error) { return r.StatBlob(ctx, repo, d) })
 }
 
 func (g *Group) OpenBlob(ctx context.Context, repo oci.Repository, d oci.Digest) (io.ReadCloser, int64, error) {
-	b, err := walk(g, true, func(r Registry) (blob, error) {
+	b, err := walk(g, true, g.blobUnknown(d), func(r Reader) (blob, error) {
 		rc, size, err := r.OpenBlob(ctx, repo, d)
 		return blob{rc, size}, err
 	})
@@ -105,99 +111,55 @@ func (g *Group) OpenBlob(ctx context.Context, repo oci.Repository, d oci.Digest)
 }
 
 func (g *Group) GetManifest(ctx context.Context, repo oci.Repository, ref oci.Reference) (*cache.StoredManifest, error) {
-	return walk(g, ref.IsDigest(), func(r Registry) (*cache.StoredManifest, error) { return r.GetManifest(ctx, repo, ref) })
+	return walk(g, ref.IsDigest(), g.manifestUnknown(repo, ref), func(r Reader) (*cache.StoredManifest, error) {
+		return r.GetManifest(ctx, repo, ref)
+	})
 }
 
-func (g *Group) denied() error {
-	return oci.ErrDenied.Withf("group %q accepts no pushes or deletes (no push_to member is configured)", g.name)
+func (g *Group) HeadManifest(ctx context.Context, repo oci.Repository, ref oci.Reference) (*cache.StoredManifest, error) {
+	return walk(g, ref.IsDigest(), g.manifestUnknown(repo, ref), func(r Reader) (*cache.StoredManifest, error) {
+		return r.HeadManifest(ctx, repo, ref)
+	})
 }
 
-func (g *Group) DeleteBlob(ctx context.Context, repo oci.Repository, d oci.Digest) error {
+// Writer is the push member, with mounts that may take blobs any member stores.
+func (g *Group) Writer() (Writer, error) {
 	if g.pushTo == nil {
-		return g.denied()
+		return nil, oci.ErrDenied.Withf("group %q accepts no pushes or deletes (no push_to member is configured)", g.name)
 	}
-	return g.pushTo.DeleteBlob(ctx, repo, d)
+	w, err := g.pushTo.Writer()
+	if err != nil {
+		return nil, err
+	}
+	return groupWriter{Writer: w, g: g}, nil
 }
 
-func (g *Group) StartUpload(ctx context.Context, repo oci.Repository, alg oci.Algorithm) (*cache.Upload, error) {
-	if g.pushTo == nil {
-		return nil, g.denied()
-	}
-	return g.pushTo.StartUpload(ctx, repo, alg)
+// groupWriter writes through the push member.
+type groupWriter struct {
+	Writer
+	g *Group
 }
 
 // MountBlob mounts into the push member: from its own repository, or from any
 // member's stored copy.
-func (g *Group) MountBlob(ctx context.Context, repo, from oci.Repository, d oci.Digest) (int64, bool, error) {
-	if g.pushTo == nil {
-		return 0, false, g.denied()
-	}
-	size, ok, err := g.pushTo.MountBlob(ctx, repo, from, d)
+func (w groupWriter) MountBlob(ctx context.Context, repo, from oci.Repository, d oci.Digest) (int64, bool, error) {
+	size, ok, err := w.Writer.MountBlob(ctx, repo, from, d)
 	if ok || err != nil || from == "" {
 		return size, ok, err
 	}
-	for _, m := range g.members {
-		if c, isCacher := m.(Cacher); isCacher && m != g.pushTo {
-			if _, err := c.Cached().StatBlob(ctx, from, d); err == nil {
-				return g.pushTo.MountBlob(ctx, repo, "", d)
+	for _, m := range w.g.members {
+		if l, isLocal := m.(local); isLocal && m != w.g.pushTo {
+			if _, err := l.Local().StatBlob(ctx, from, d); err == nil {
+				return w.Writer.MountBlob(ctx, repo, "", d)
 			}
 		}
 	}
 	return 0, false, nil
 }
 
-func (g *Group) PutBlob(ctx context.Context, repo oci.Repository, d oci.Digest, r io.Reader, length int64) (int64, error) {
-	if g.pushTo == nil {
-		return 0, g.denied()
-	}
-	return g.pushTo.PutBlob(ctx, repo, d, r, length)
-}
-
-func (g *Group) GetUpload(ctx context.Context, repo oci.Repository, id string) (*cache.Upload, error) {
-	if g.pushTo == nil {
-		return nil, g.denied()
-	}
-	return g.pushTo.GetUpload(ctx, repo, id)
-}
-
-func (g *Group) AppendUpload(ctx context.Context, repo oci.Repository, id string, start int64, r io.Reader, length int64) (*cache.Upload, error) {
-	if g.pushTo == nil {
-		return nil, g.denied()
-	}
-	return g.pushTo.AppendUpload(ctx, repo, id, start, r, length)
-}
-
-func (g *Group) FinishUpload(ctx context.Context, repo oci.Repository, id string, d oci.Digest, start int64, r io.Reader, length int64) (int64, error) {
-	if g.pushTo == nil {
-		return 0, g.denied()
-	}
-	return g.pushTo.FinishUpload(ctx, repo, id, d, start, r, length)
-}
-
-func (g *Group) CancelUpload(ctx context.Context, repo oci.Repository, id string) error {
-	if g.pushTo == nil {
-		return g.denied()
-	}
-	return g.pushTo.CancelUpload(ctx, repo, id)
-}
-
-func (g *Group) PutManifest(ctx context.Context, m ManifestPush) (*PushResult, error) {
-	if g.pushTo == nil {
-		return nil, g.denied()
-	}
-	return g.pushTo.PutManifest(ctx, m)
-}
-
-func (g *Group) DeleteManifest(ctx context.Context, repo oci.Repository, ref oci.Reference) error {
-	if g.pushTo == nil {
-		return g.denied()
-	}
-	return g.pushTo.DeleteManifest(ctx, repo, ref)
-}
-
 // Tags is the sorted union of the members' tags.
 func (g *Group) Tags(ctx context.Context, repo oci.Repository, last string, n int) ([]string, bool, error) {
-	return g.union(func(r Registry) ([]string, error) {
+	return g.union(func(r Reader) ([]string, error) {
 		tags, _, err := r.Tags(ctx, repo, "", maxUnion)
 		return tags, err
 	}, last, n, oci.ErrNameUnknown.Withf("repository %s is unknown to every member of group %q", repo, g.name))
@@ -205,7 +167,7 @@ func (g *Group) Tags(ctx context.Context, repo oci.Repository, last string, n in
 
 // Catalog is the sorted union of the members' repositories.
 func (g *Group) Catalog(ctx context.Context, last string, n int) ([]string, bool, error) {
-	return g.union(func(r Registry) ([]string, error) {
+	return g.union(func(r Reader) ([]string, error) {
 		repos, _, err := r.Catalog(ctx, "", maxUnion)
 		return repos, err
 	}, last, n, nil)
@@ -214,18 +176,20 @@ func (g *Group) Catalog(ctx context.Context, last string, n int) ([]string, bool
 // maxUnion bounds what is gathered from each member for a union listing.
 const maxUnion = 100000
 
-// union merges the members' lists, then pages through the result. unknown is returned
-// when no member knows the name at all (nil: an empty list is fine).
-func (g *Group) union(list func(Registry) ([]string, error), last string, n int, unknown error) ([]string, bool, error) {
+// union merges the members' lists, then pages through the result. A member that
+// cannot answer is logged and left out: one upstream down or refusing must not hide
+// what the others have. unknown is returned when no member knows the name at all (nil:
+// an empty list is fine).
+func (g *Group) union(list func(Reader) ([]string, error), last string, n int, unknown error) ([]string, bool, error) {
 	set := map[string]bool{}
 	known := false
 	for _, m := range g.members {
 		names, err := list(m)
-		if isUnknown(err) {
-			continue
-		}
 		if err != nil {
-			return nil, false, err
+			if !notHere(err) {
+				g.log.Warn("member left out of a listing", "member", m.Name(), "err", err)
+			}
+			continue
 		}
 		known = true
 		for _, name := range names {
@@ -248,13 +212,17 @@ func (g *Group) union(list func(Registry) ([]string, error), last string, n int,
 	return all, false, nil
 }
 
-// Referrers is the union of the members' referrers.
+// Referrers is the union of the members' referrers; a member that cannot answer is
+// logged and left out.
 func (g *Group) Referrers(ctx context.Context, repo oci.Repository, d oci.Digest) ([]oci.Descriptor, error) {
 	var lists [][]oci.Descriptor
 	for _, m := range g.members {
 		refs, err := m.Referrers(ctx, repo, d)
 		if err != nil {
-			return nil, err
+			if !notHere(err) {
+				g.log.Warn("member left out of referrers", "member", m.Name(), "err", err)
+			}
+			continue
 		}
 		lists = append(lists, refs)
 	}
@@ -265,8 +233,8 @@ func (g *Group) Referrers(ctx context.Context, repo oci.Repository, d oci.Digest
 func (g *Group) BlobRepositories(ctx context.Context, d oci.Digest) ([]oci.Repository, error) {
 	var out []oci.Repository
 	for _, m := range g.members {
-		if c, ok := m.(Cacher); ok {
-			repos, err := c.Cached().BlobRepositories(ctx, d)
+		if l, ok := m.(local); ok {
+			repos, err := l.Local().BlobRepositories(ctx, d)
 			if err != nil {
 				return nil, err
 			}

@@ -29,7 +29,7 @@ func startNexus(t *testing.T, u *testUpstream) (*server, map[string]string) {
 		dev := vhost.NewHosted("dev", store, vhost.HostedOptions{})
 		prod := vhost.NewHosted("prod", store, vhost.HostedOptions{})
 		up := vhost.NewProxy("up", store, client, vhost.ProxyOptions{TagTTL: time.Hour, Logger: testLogger()})
-		all := vhost.NewGroup("all", []vhost.Registry{dev, prod, up}, dev)
+		all := vhost.NewGroup("all", []vhost.Registry{dev, prod, up}, dev, nil)
 		return []vhost.Registry{dev, prod, up, all}, []vhost.Route{
 			{Host: "dev.test", Registry: "dev"}, {Host: "prod.test", Registry: "prod"}, {Host: "up.test", Registry: "up"},
 			{Host: "*", Registry: "all", Namespaces: map[string]string{"up": "up"}},
@@ -130,7 +130,7 @@ func (h hostRewriter) RoundTrip(r *http.Request) (*http.Response, error) {
 func TestGroupWithoutPushMemberDeniesPushes(t *testing.T) {
 	s := startServer(t, func(store *cache.Store) ([]vhost.Registry, []vhost.Route) {
 		a := vhost.NewHosted("a", store, vhost.HostedOptions{})
-		g := vhost.NewGroup("g", []vhost.Registry{a}, nil)
+		g := vhost.NewGroup("g", []vhost.Registry{a}, nil, nil)
 		return []vhost.Registry{a, g}, []vhost.Route{{Host: "*", Registry: "g"}}
 	})
 	r := get("POST", "http://"+s.addr+"/v2/x/blobs/uploads/")
@@ -139,27 +139,50 @@ func TestGroupWithoutPushMemberDeniesPushes(t *testing.T) {
 	}
 }
 
-func TestPullsThroughAnyRegistryAreRecorded(t *testing.T) {
+// Pull records count GETs of a manifest, exactly once each, whichever kind of registry
+// serves it; HEADs (update checkers) are not pulls.
+func TestPullsAreRecordedExactlyAndHeadsAreNot(t *testing.T) {
 	u := newTestUpstream(t)
-	s, _ := startNexus(t, u)
-	img := randomImage(t, 512, 1)
-	if err := remote.Write(ref(t, u.host()+"/rec/app:v1"), img); err != nil {
+	s, hosts := startNexus(t, u)
+	upImg, devImg := randomImage(t, 512, 1), randomImage(t, 512, 1)
+	if err := remote.Write(ref(t, u.host()+"/rec/app:v1"), upImg); err != nil {
 		t.Fatal(err)
 	}
-	for range 3 {
-		if _, st := resolveVia(s, "registry.test", "rec/app", "v1"); st != 200 {
-			t.Fatalf("pull: %d", st)
+	if err := remote.Write(ref(t, s.addr+"/rec/dev:v1"), devImg, remote.WithTransport(hostRewriter(hosts["dev"]))); err != nil {
+		t.Fatal(err)
+	}
+	manifest := func(method, host, repo string) {
+		t.Helper()
+		r := get(method, "http://"+s.addr+"/v2/"+repo+"/manifests/v1", "Host", host, "Accept", "*/*")
+		if r.status != 200 {
+			t.Fatalf("%s %s via %s: %d %s", method, repo, host, r.status, r.body)
+		}
+	}
+	for _, c := range []struct{ host, repo string }{
+		{hosts["up"], "rec/app"},     // the proxy itself
+		{"registry.test", "rec/app"}, // the group, through the proxy
+		{hosts["dev"], "rec/dev"},    // a hosted registry
+		{"registry.test", "rec/dev"}, // the group, through the hosted member
+	} {
+		manifest("GET", c.host, c.repo)
+		for range 4 {
+			manifest("HEAD", c.host, c.repo)
 		}
 	}
 	if err := s.store.FlushAccess(); err != nil {
 		t.Fatal(err)
 	}
-	m, tagged, err := s.store.PullInfo(t.Context(), "up", "rec/app", "v1", oci.Digest(digestOf(t, img)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if tagged.Pulls < 3 || tagged.PulledAt == 0 || m.Pulls < 3 || m.PulledAt == 0 {
-		t.Errorf("pull records: manifest %+v, tag %+v", m, tagged)
+	for _, c := range []struct {
+		reg, repo string
+		img       v1.Image
+	}{{"up", "rec/app", upImg}, {"dev", "rec/dev", devImg}} {
+		m, tagged, err := s.store.PullInfo(t.Context(), c.reg, c.repo, "v1", oci.Digest(digestOf(t, c.img)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if tagged.Pulls != 2 || tagged.PulledAt == 0 || m.Pulls != 2 || m.PulledAt == 0 {
+			t.Errorf("%s/%s: want 2 pulls (two GETs, HEADs not counted), got manifest %+v, tag %+v", c.reg, c.repo, m, tagged)
+		}
 	}
 }
 

@@ -31,8 +31,11 @@ func NewHosted(name string, store *cache.Store, opts HostedOptions) *Hosted {
 
 func (h *Hosted) Name() string { return h.name }
 
-// Cached is the registry itself: everything it has is local.
-func (h *Hosted) Cached() *Hosted { return h }
+// Local is the registry itself: everything it has is local.
+func (h *Hosted) Local() *Hosted { return h }
+
+// Writer is the registry itself: a hosted registry takes pushes.
+func (h *Hosted) Writer() (Writer, error) { return h, nil }
 
 func (h *Hosted) StatBlob(ctx context.Context, repo oci.Repository, d oci.Digest) (int64, error) {
 	return h.store.StatBlob(ctx, h.name, string(repo), d)
@@ -76,6 +79,10 @@ func (h *Hosted) CancelUpload(ctx context.Context, repo oci.Repository, id strin
 
 func (h *Hosted) GetManifest(ctx context.Context, repo oci.Repository, ref oci.Reference) (*cache.StoredManifest, error) {
 	return h.store.GetManifest(ctx, h.name, string(repo), ref)
+}
+
+func (h *Hosted) HeadManifest(ctx context.Context, repo oci.Repository, ref oci.Reference) (*cache.StoredManifest, error) {
+	return h.store.HeadManifest(ctx, h.name, string(repo), ref)
 }
 
 // PutManifest validates and stores a pushed manifest. Pushed by digest, the bytes must

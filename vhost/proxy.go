@@ -49,6 +49,12 @@ type Proxy struct {
 	fetches  map[oci.Digest]*blobFetch
 	fresh    *lru.Cache[string, time.Time] // repo 0 tag → when last validated upstream
 	negative *lru.Cache[string, time.Time] // repo 0 reference → until when "not found" holds
+
+	// Background downloads outlive the requests that start them but not the proxy:
+	// Close cancels them and waits, so the store is never closed under a fill.
+	life  context.Context
+	stop  context.CancelFunc
+	fills sync.WaitGroup
 }
 
 // maxRemembered bounds the tags whose freshness, and the references whose absence, a
@@ -61,6 +67,9 @@ type blobFetch struct {
 	ready chan struct{}  // closed once fetch or err is set
 	fetch *cache.Fetch
 	err   error
+	// filled is closed once the background copy has ended; fillErr says how.
+	filled  chan struct{}
+	fillErr error
 }
 
 // NewProxy returns the proxy registry name over up, caching in store.
@@ -71,11 +80,19 @@ func NewProxy(name string, store *cache.Store, up *upstream.Client, opts ProxyOp
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
+	life, stop := context.WithCancel(context.Background())
 	return &Proxy{
 		name: name, up: up, opts: opts, log: opts.Logger.With("registry", name),
 		local:   NewHosted(name, store, HostedOptions{AllowSparseIndex: true}),
 		fetches: map[oci.Digest]*blobFetch{}, fresh: mustLRU(), negative: mustLRU(),
+		life: life, stop: stop,
 	}
+}
+
+// Close cancels the proxy's background downloads and waits for them to end.
+func (p *Proxy) Close() {
+	p.stop()
+	p.fills.Wait()
 }
 
 func mustLRU() *lru.Cache[string, time.Time] {
@@ -85,15 +102,16 @@ func mustLRU() *lru.Cache[string, time.Time] {
 
 func (p *Proxy) Name() string { return p.name }
 
-// Cached is what the proxy has cached, read without asking the upstream.
-func (p *Proxy) Cached() *Hosted { return p.local }
+// Local is what the proxy has cached, read without asking the upstream.
+func (p *Proxy) Local() *Hosted { return p.local }
+
+// Writer refuses: a proxy is a read-only cache.
+func (p *Proxy) Writer() (Writer, error) {
+	return nil, oci.ErrDenied.Withf("registry %q is a read-only cache of %s; push to a hosted registry", p.name, p.up.Host())
+}
 
 // UpstreamHost is the upstream's host, as containerd names it in ?ns=.
 func (p *Proxy) UpstreamHost() string { return p.up.Host() }
-
-func (p *Proxy) denied() error {
-	return oci.ErrDenied.Withf("registry %q is a read-only cache of %s; push to a hosted registry", p.name, p.up.Host())
-}
 
 func (p *Proxy) StatBlob(ctx context.Context, repo oci.Repository, d oci.Digest) (int64, error) {
 	if size, err := p.local.StatBlob(ctx, repo, d); err == nil {
@@ -102,8 +120,14 @@ func (p *Proxy) StatBlob(ctx context.Context, repo oci.Repository, d oci.Digest)
 	p.mu.Lock()
 	bf := p.fetches[d]
 	p.mu.Unlock()
-	if bf != nil {
-		<-bf.ready
+	// Another request of this repository is downloading it: its size is known. A
+	// download for another repository proves nothing about this one.
+	if bf != nil && bf.repo == repo {
+		select {
+		case <-bf.ready:
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		}
 		if bf.err == nil && bf.fetch.Size() >= 0 {
 			return bf.fetch.Size(), nil
 		}
@@ -140,7 +164,7 @@ func (p *Proxy) fetchBlob(ctx context.Context, repo oci.Repository, d oci.Digest
 	bf := p.fetches[d]
 	leader := bf == nil
 	if leader {
-		bf = &blobFetch{repo: repo, ready: make(chan struct{})}
+		bf = &blobFetch{repo: repo, ready: make(chan struct{}), filled: make(chan struct{})}
 		p.fetches[d] = bf
 	}
 	p.mu.Unlock()
@@ -162,7 +186,7 @@ func (p *Proxy) fetchBlob(ctx context.Context, repo oci.Repository, d oci.Digest
 		return nil, 0, ctx.Err()
 	}
 	if errors.Is(bf.err, errTooLarge) {
-		body, size, err := p.up.GetBlob(string(repo), d)
+		body, size, err := p.up.GetBlob(p.life, string(repo), d)
 		if err != nil {
 			return nil, 0, p.upstreamError(err, oci.ErrBlobUnknown, "blob "+string(d))
 		}
@@ -174,7 +198,16 @@ func (p *Proxy) fetchBlob(ctx context.Context, repo oci.Repository, d oci.Digest
 	if rc, ok := bf.fetch.Reader(ctx); ok {
 		return rc, bf.fetch.Size(), nil
 	}
-	return p.local.OpenBlob(ctx, repo, d) // finished meanwhile
+	// The download ended meanwhile: read the committed blob, unless it failed.
+	select {
+	case <-bf.filled:
+	case <-ctx.Done():
+		return nil, 0, ctx.Err()
+	}
+	if bf.fillErr != nil {
+		return nil, 0, p.upstreamError(bf.fillErr, oci.ErrBlobUnknown, "blob "+string(d))
+	}
+	return p.local.OpenBlob(ctx, repo, d)
 }
 
 var errTooLarge = errors.New("blob larger than the proxy caches")
@@ -188,7 +221,7 @@ func (p *Proxy) startFetch(ctx context.Context, repo oci.Repository, d oci.Diges
 		delete(p.fetches, d)
 		p.mu.Unlock()
 	}
-	body, size, err := p.up.GetBlob(string(repo), d)
+	body, size, err := p.up.GetBlob(p.life, string(repo), d)
 	if err == nil && p.opts.MaxSize > 0 && size > p.opts.MaxSize {
 		bf.err = errTooLarge
 		close(bf.ready)
@@ -207,11 +240,16 @@ func (p *Proxy) startFetch(ctx context.Context, repo oci.Repository, d oci.Diges
 		finish()
 		return nil, 0
 	}
+	p.fills.Add(1)
 	go func() {
+		defer p.fills.Done()
 		defer finish()
 		defer body.Close()
 		start := p.opts.Now()
-		if err := f.Fill(body, p.name, string(repo)); err != nil {
+		err := f.Fill(body, p.name, string(repo))
+		bf.fillErr = err
+		close(bf.filled)
+		if err != nil {
 			p.log.Warn("upstream blob not cached", "repo", repo, "digest", d, "err", err)
 			return
 		}
@@ -220,15 +258,24 @@ func (p *Proxy) startFetch(ctx context.Context, repo oci.Repository, d oci.Diges
 	return nil, 0
 }
 
-func (p *Proxy) DeleteBlob(ctx context.Context, repo oci.Repository, d oci.Digest) error {
-	return p.denied()
+func (p *Proxy) GetManifest(ctx context.Context, repo oci.Repository, ref oci.Reference) (*cache.StoredManifest, error) {
+	m, err := p.manifest(ctx, repo, ref)
+	if err == nil {
+		p.local.store.RecordPull(p.name, string(repo), string(ref.Tag), m.Digest)
+	}
+	return m, err
 }
 
-// GetManifest serves manifests by digest from cache (fetching them once), and tags
-// from cache while they are fresh; stale tags are revalidated with a HEAD upstream and
-// served from cache, with a warning, when the upstream cannot be asked.
-func (p *Proxy) GetManifest(ctx context.Context, repo oci.Repository, ref oci.Reference) (*cache.StoredManifest, error) {
-	local, lerr := p.local.GetManifest(ctx, repo, ref)
+func (p *Proxy) HeadManifest(ctx context.Context, repo oci.Repository, ref oci.Reference) (*cache.StoredManifest, error) {
+	return p.manifest(ctx, repo, ref)
+}
+
+// manifest serves manifests by digest from cache (fetching them once), and tags from
+// cache while they are fresh; stale tags are revalidated with a HEAD upstream and
+// served from cache, with a warning, when the upstream cannot be asked. An upstream
+// "not found" is remembered for NegativeTTL, whether or not a stale copy is cached.
+func (p *Proxy) manifest(ctx context.Context, repo oci.Repository, ref oci.Reference) (*cache.StoredManifest, error) {
+	local, lerr := p.local.HeadManifest(ctx, repo, ref)
 	if ref.IsDigest() {
 		if lerr == nil {
 			return local, nil
@@ -239,11 +286,11 @@ func (p *Proxy) GetManifest(ctx context.Context, repo oci.Repository, ref oci.Re
 	if lerr == nil && p.isFresh(key) {
 		return local, nil
 	}
-	if lerr != nil && p.isNegative(key) {
+	if p.isNegative(key) {
 		return nil, oci.ErrManifestUnknown.Withf("manifest %s:%s not found upstream (cached answer)", repo, ref.Tag)
 	}
 	v, err, _ := p.manifests.Do("head\x00"+key, func() (any, error) {
-		return p.up.HeadManifest(context.Background(), string(repo), string(ref.Tag))
+		return p.up.HeadManifest(p.life, string(repo), string(ref.Tag))
 	})
 	if err != nil {
 		if lerr == nil && servableFromCache(err) {
@@ -275,7 +322,7 @@ func (p *Proxy) fetchManifest(ctx context.Context, repo oci.Repository, ref stri
 		return nil, oci.ErrManifestUnknown.Withf("manifest %s@%s not found upstream (cached answer)", repo, ref)
 	}
 	v, err, _ := p.manifests.Do("get\x00"+negKey+"\x00"+string(tag), func() (any, error) {
-		m, err := p.up.GetManifest(context.Background(), string(repo), ref)
+		m, err := p.up.GetManifest(p.life, string(repo), ref)
 		if err != nil {
 			return nil, err
 		}
@@ -287,7 +334,7 @@ func (p *Proxy) fetchManifest(ctx context.Context, repo oci.Repository, ref stri
 		if tag != "" {
 			tags = []oci.Tag{tag}
 		}
-		if err := p.local.store.PutManifest(context.Background(), cache.PutManifestRequest{
+		if err := p.local.store.PutManifest(p.life, cache.PutManifestRequest{
 			Registry: p.name, Repo: string(repo), Digest: m.Digest, Content: m.Content,
 			Manifest: parsed, Tags: tags, AllowSparse: true,
 		}); err != nil {
@@ -305,7 +352,6 @@ func (p *Proxy) fetchManifest(ctx context.Context, repo oci.Repository, ref stri
 		return nil, p.upstreamError(err, oci.ErrManifestUnknown, "manifest "+string(repo)+"@"+ref)
 	}
 	m := *v.(*cache.StoredManifest)
-	p.local.store.RecordPull(p.name, string(repo), string(tag), m.Digest)
 	return &m, nil
 }
 
@@ -370,36 +416,6 @@ func (p *Proxy) upstreamError(err error, unknown *oci.Code, what string) error {
 		return oci.ErrUpstreamUnavailable.Withf("upstream %s sent corrupt content for %s", p.up.Host(), what)
 	}
 	return err
-}
-
-// Pushes and deletes are refused: a proxy is a cache.
-
-func (p *Proxy) StartUpload(ctx context.Context, repo oci.Repository, alg oci.Algorithm) (*cache.Upload, error) {
-	return nil, p.denied()
-}
-func (p *Proxy) MountBlob(ctx context.Context, repo, from oci.Repository, d oci.Digest) (int64, bool, error) {
-	return 0, false, p.denied()
-}
-func (p *Proxy) PutBlob(ctx context.Context, repo oci.Repository, d oci.Digest, r io.Reader, length int64) (int64, error) {
-	return 0, p.denied()
-}
-func (p *Proxy) GetUpload(ctx context.Context, repo oci.Repository, id string) (*cache.Upload, error) {
-	return nil, p.denied()
-}
-func (p *Proxy) AppendUpload(ctx context.Context, repo oci.Repository, id string, start int64, r io.Reader, length int64) (*cache.Upload, error) {
-	return nil, p.denied()
-}
-func (p *Proxy) FinishUpload(ctx context.Context, repo oci.Repository, id string, d oci.Digest, start int64, r io.Reader, length int64) (int64, error) {
-	return 0, p.denied()
-}
-func (p *Proxy) CancelUpload(ctx context.Context, repo oci.Repository, id string) error {
-	return p.denied()
-}
-func (p *Proxy) PutManifest(ctx context.Context, m ManifestPush) (*PushResult, error) {
-	return nil, p.denied()
-}
-func (p *Proxy) DeleteManifest(ctx context.Context, repo oci.Repository, ref oci.Reference) error {
-	return p.denied()
 }
 
 // Tags lists the upstream's tags, or the cached ones when the upstream is unavailable.

@@ -10,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"os/signal"
 	"strings"
@@ -170,8 +171,17 @@ func build(cfg *config.Config, store *cache.Store, log *slog.Logger) (*gateway.G
 	for _, h := range cfg.Auth.Token.Hosts {
 		tokenHosts = append(tokenHosts, gateway.TokenHost{Host: h.Host, Realm: h.Realm, Service: h.Service})
 	}
+	var trusted []netip.Prefix
+	for _, p := range cfg.HTTP.TrustedProxies {
+		prefix, err := config.ParsePrefix(p)
+		if err != nil {
+			return nil, nil, err
+		}
+		trusted = append(trusted, prefix)
+	}
 	c := cfg.HTTP.CORS
 	return gateway.New(gateway.Options{
+		TrustedProxies: trusted,
 		Admin: adminJobs{jobs}, Admins: cfg.Lifecycle.Admins,
 		Auth: authService, TokenHosts: tokenHosts, TLS: cfg.TLS.CertFile != "",
 		Router: router, Logger: log, MaxManifestSize: int64(cfg.HTTP.MaxManifestSize),
@@ -219,7 +229,7 @@ func buildRegistries(cfg *config.Config, store *cache.Store, im *lifecycle.Immut
 		for _, m := range r.Members {
 			members = append(members, byName[m])
 		}
-		g := vhost.NewGroup(r.Name, members, byName[r.PushTo])
+		g := vhost.NewGroup(r.Name, members, byName[r.PushTo], log)
 		byName[r.Name] = g
 		regs = append(regs, g)
 	}

@@ -1,0 +1,235 @@
+package gateway_test
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"io"
+	"log"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/registry"
+	"github.com/google/go-containerregistry/pkg/v1/random"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"golang.org/x/crypto/bcrypt"
+
+	"github.com/dockyard/dockyard/auth"
+	"github.com/dockyard/dockyard/cache"
+	"github.com/dockyard/dockyard/gateway"
+	"github.com/dockyard/dockyard/upstream"
+	"github.com/dockyard/dockyard/vhost"
+)
+
+// federated serves hosted "dev" on dev.test, hosted "prod" on prod.test (both token
+// hosts sharing the service "registry.test"), and a proxy "vendor" of a private
+// upstream that holds vendor/secret:v1. alice may do everything on dev and nothing
+// else; nobody may pull through vendor.
+func federated(t *testing.T) (r *testRegistry, upstreamHost string) {
+	t.Helper()
+	up := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
+	t.Cleanup(up.Close)
+	upstreamHost = strings.TrimPrefix(up.URL, "http://")
+	img, err := random.Image(1024, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref, _ := name.ParseReference(upstreamHost + "/vendor/secret:v1")
+	if err := remote.Write(ref, img); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	r = startRegistry(t, dir, registryOptions{
+		registries: func(store *cache.Store) ([]vhost.Registry, []vhost.Route) {
+			client, err := upstream.New(upstream.Config{URL: up.URL, Timeout: 5 * time.Second})
+			if err != nil {
+				t.Fatal(err)
+			}
+			dev := vhost.NewHosted("dev", store, vhost.HostedOptions{})
+			prod := vhost.NewHosted("prod", store, vhost.HostedOptions{})
+			vendor := vhost.NewProxy("vendor", store, client, vhost.ProxyOptions{TagTTL: time.Hour})
+			return []vhost.Registry{dev, prod, vendor}, []vhost.Route{
+				{Host: "dev.test", Registry: "dev"}, {Host: "prod.test", Registry: "prod"}, {Host: "*", Registry: "dev"},
+			}
+		},
+		gateway: func(o *gateway.Options) {
+			o.TokenHosts = []gateway.TokenHost{{Host: "dev.test", Service: "registry.test"}, {Host: "prod.test", Service: "registry.test"}}
+		},
+		auth: func(store *cache.Store) *auth.Service {
+			key, err := auth.LoadOrCreateKey(filepath.Join(dir, "key.pem"), true)
+			if err != nil {
+				t.Fatal(err)
+			}
+			signer, err := auth.NewSigner(key, "dockyard")
+			if err != nil {
+				t.Fatal(err)
+			}
+			s, err := auth.NewService(auth.Config{Mode: auth.ModeToken, Signer: signer, UsersFile: usersFile(t, "alice", "alice-pw"), Tokens: store,
+				Rules: []auth.Rule{{Subjects: []string{"user:alice"}, Grant: auth.Grant{Registries: []string{"dev"}, Repositories: []string{"**"},
+					Actions: []auth.Action{auth.Pull, auth.Push, auth.Delete}}}},
+				Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return s
+		},
+	})
+	return r, upstreamHost
+}
+
+func usersFile(t *testing.T, user, password string) *auth.UsersFile {
+	t.Helper()
+	h, _ := bcrypt.GenerateFromPassword([]byte(password), auth.MinBcryptCost)
+	p := filepath.Join(t.TempDir(), "htpasswd")
+	if err := os.WriteFile(p, []byte(user+":"+string(h)+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	uf, err := auth.NewUsersFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return uf
+}
+
+// hostToken asks the token endpoint of host for scopes as alice.
+func hostToken(t *testing.T, r *testRegistry, host string, scopes ...string) string {
+	t.Helper()
+	q := url.Values{"service": {"registry.test"}, "scope": scopes}
+	resp := r.do("GET", "/token?"+q.Encode(), nil, "Authorization", basic("alice", "alice-pw"), "Host", host)
+	var body struct{ Token string }
+	if json.Unmarshal(resp.body, &body); resp.StatusCode != 200 || body.Token == "" {
+		t.Fatalf("token on %s: %d %s", host, resp.StatusCode, resp.body)
+	}
+	return body.Token
+}
+
+// A token granted for a repository of one registry must not open the same name in
+// another registry: not through containerd's ns parameter (which routes to a proxy of
+// that upstream, here one holding private upstream credentials), and not on another
+// host that shares the token service.
+func TestTokensAreBoundToTheRegistryTheyWereGrantedFor(t *testing.T) {
+	r, upstreamHost := federated(t)
+	tok := hostToken(t, r, "dev.test", "repository:vendor/secret:pull")
+	if c := decodeClaims(t, tok); len(c.Access) != 1 || c.Access[0].Registry != "dev" {
+		t.Fatalf("alice's token for vendor/secret on dev: %+v", c.Access)
+	}
+	bearer := "Bearer " + tok
+	resp := r.do("GET", "/v2/vendor/secret/manifests/v1?ns="+upstreamHost, nil, "Authorization", bearer, "Host", "dev.test")
+	if resp.StatusCode == 200 || resp.Header.Get("OCI-Namespace") != "" {
+		t.Fatalf("a dev token pulled through the vendor proxy with ns=: %d %s", resp.StatusCode, resp.body)
+	}
+	if resp.StatusCode != 404 || !strings.Contains(string(resp.body), "MANIFEST_UNKNOWN") {
+		t.Errorf("with ns ignored the request is dev's, which lacks it: %d %s", resp.StatusCode, resp.body)
+	}
+
+	// Two hosts, one service: a token from dev.test works on prod.test's audience but
+	// not on prod's repositories.
+	tok = hostToken(t, r, "dev.test", "repository:team/app:pull,push")
+	resp = r.do("POST", "/v2/team/app/blobs/uploads/", nil, "Authorization", "Bearer "+tok, "Host", "prod.test")
+	if resp.StatusCode != 403 && resp.StatusCode != 401 {
+		t.Fatalf("a dev token opened an upload on prod: %d %s", resp.StatusCode, resp.body)
+	}
+	if resp := r.do("POST", "/v2/team/app/blobs/uploads/", nil, "Authorization", "Bearer "+tok, "Host", "dev.test"); resp.StatusCode != 202 {
+		t.Errorf("the same token on dev: %d %s", resp.StatusCode, resp.body)
+	}
+	// Asked on prod.test, the grant is decided for prod: alice gets nothing there.
+	q := url.Values{"service": {"registry.test"}, "scope": {"repository:team/app:pull,push"}}
+	resp = r.do("GET", "/token?"+q.Encode(), nil, "Authorization", basic("alice", "alice-pw"), "Host", "prod.test")
+	var body struct{ Token string }
+	json.Unmarshal(resp.body, &body)
+	if c := decodeClaims(t, body.Token); len(c.Access) != 0 {
+		t.Errorf("alice's token on prod: %+v", c.Access)
+	}
+}
+
+// A CI token exchanged for a bearer token keeps its scope for what is decided for its
+// subject rather than from the token's access list: the catalog and mounts that name
+// no source.
+func TestCITokenLimitSurvivesTheExchangeForABearerToken(t *testing.T) {
+	r := authRegistry(t, auth.ModeToken)
+	aliceAll := "Bearer " + mustToken(t, r, basic("alice", "alice-pw"), "repository:team/app:pull,push", "repository:public/img:pull,push", "repository:secret/x:pull,push")
+	seed(r, aliceAll)
+	scope, _ := auth.ParseScope("default/team/**:pull,push")
+	secret, _, err := auth.CreateCIToken(r.store, "alice", nil, []auth.Grant{scope}, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ci := basic("alice", secret)
+	tok := mustToken(t, r, ci, "registry:catalog:*", "repository:team/new:pull,push")
+	var cat struct{ Repositories []string }
+	resp := r.do("GET", "/v2/_catalog", nil, "Authorization", "Bearer "+tok)
+	if json.Unmarshal(resp.body, &cat); resp.StatusCode != 200 || strings.Join(cat.Repositories, ",") != "team/app" {
+		t.Errorf("catalog through a CI token scoped to team/**: %d %v", resp.StatusCode, cat.Repositories)
+	}
+	d := sha256Of([]byte("layer of secret/x"))
+	resp = r.do("POST", "/v2/team/new/blobs/uploads/?mount="+d, nil, "Authorization", "Bearer "+tok)
+	if resp.StatusCode != 202 {
+		t.Errorf("a mount without from, outside the CI token's scope: %d, want 202 (an upload)", resp.StatusCode)
+	}
+	d = sha256Of([]byte("layer of team/app"))
+	if resp := r.do("POST", "/v2/team/new/blobs/uploads/?mount="+d, nil, "Authorization", "Bearer "+tok); resp.StatusCode != 201 {
+		t.Errorf("a mount without from, inside the CI token's scope: %d, want 201", resp.StatusCode)
+	}
+}
+
+// The token endpoint reads at most a small form, whatever the client sends.
+func TestTokenFormIsBounded(t *testing.T) {
+	r := authRegistry(t, auth.ModeToken)
+	form := "grant_type=password&username=alice&password=alice-pw&padding=" + strings.Repeat("a", 1<<20)
+	resp := r.do("POST", "/token", []byte(form), "Content-Type", "application/x-www-form-urlencoded")
+	if resp.StatusCode != http.StatusRequestEntityTooLarge || !strings.Contains(string(resp.body), "SIZE_INVALID") {
+		t.Errorf("a 1 MiB token form: %d %s", resp.StatusCode, resp.body)
+	}
+	// A chunked body of unknown length is cut off the same way.
+	req, _ := http.NewRequest("POST", r.url("/token"), io.MultiReader(strings.NewReader(form), bytes.NewReader(make([]byte, 4<<20))))
+	req.ContentLength = -1
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	got, err := http.DefaultClient.Do(req)
+	if err == nil {
+		got.Body.Close()
+		if got.StatusCode != http.StatusRequestEntityTooLarge {
+			t.Errorf("a chunked 5 MiB token form: %d", got.StatusCode)
+		}
+	}
+	// (err != nil: the server answered and closed before the client finished sending.)
+	form = url.Values{"grant_type": {"password"}, "username": {"alice"}, "password": {"alice-pw"}, "service": {r.addr}}.Encode()
+	if resp := r.do("POST", "/token", []byte(form), "Content-Type", "application/x-www-form-urlencoded"); resp.StatusCode != 200 {
+		t.Errorf("a normal token form: %d %s", resp.StatusCode, resp.body)
+	}
+}
+
+// Only blob uploads get the long upload timeout: a manifest body that never arrives
+// is cut off by the short read timeout.
+func TestOnlyUploadsGetTheUploadTimeout(t *testing.T) {
+	r := startRegistry(t, t.TempDir(), registryOptions{gateway: func(o *gateway.Options) {
+		o.ReadTimeout, o.UploadTimeout = time.Second, time.Hour
+	}})
+	stalled := func(method, path string) (closed bool) {
+		c, err := net.Dial("tcp", r.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		io.WriteString(c, method+" "+path+" HTTP/1.1\r\nHost: x\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\nContent-Length: 100\r\n\r\n{")
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		_, err = io.ReadAll(c)
+		var ne net.Error
+		return err == nil || !(errors.As(err, &ne) && ne.Timeout())
+	}
+	if !stalled("PUT", "/v2/a/manifests/v1") {
+		t.Error("a stalled manifest body held the connection past the read timeout")
+	}
+	loc := r.startUpload("a")
+	if stalled("PATCH", loc) {
+		t.Error("a stalled upload chunk was cut off by the read timeout, not the upload timeout")
+	}
+}

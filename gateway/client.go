@@ -1,0 +1,77 @@
+package gateway
+
+import (
+	"net"
+	"net/netip"
+	"strings"
+
+	"github.com/valyala/fasthttp"
+)
+
+// clientIP is the address of the client a request comes from. Behind a load balancer
+// or TLS terminator the peer is the proxy: when it is one of Options.TrustedProxies, the
+// client is the last address in X-Forwarded-For that is not itself a trusted proxy
+// (each proxy appends the address it received the request from, so the addresses left
+// of the first untrusted one were written by the client and prove nothing).
+func (g *Gateway) clientIP(ctx *fasthttp.RequestCtx) netip.Addr {
+	peer := peerAddr(ctx)
+	if !g.trustedProxy(peer) {
+		return peer
+	}
+	var hops []string
+	for _, v := range ctx.Request.Header.PeekAll("X-Forwarded-For") {
+		hops = append(hops, strings.Split(string(v), ",")...)
+	}
+	client := peer
+	for i := len(hops) - 1; i >= 0; i-- {
+		a, ok := parseHop(hops[i])
+		if !ok {
+			break // a hop no proxy of ours wrote: trust nothing left of it
+		}
+		client = a
+		if !g.trustedProxy(a) {
+			break
+		}
+	}
+	return client
+}
+
+// clientAddr is clientIP as text, for rate limits and logs.
+func (g *Gateway) clientAddr(ctx *fasthttp.RequestCtx) string { return g.clientIP(ctx).String() }
+
+// forwardedByUntrusted reports whether a request says it was forwarded (it names
+// another client) while its peer is not a trusted proxy: a local reverse proxy that
+// is not configured as trusted must not make remote clients look local.
+func (g *Gateway) forwardedByUntrusted(ctx *fasthttp.RequestCtx) bool {
+	h := &ctx.Request.Header
+	forwarded := len(h.Peek("X-Forwarded-For")) > 0 || len(h.Peek("Forwarded")) > 0 || len(h.Peek("X-Real-Ip")) > 0
+	return forwarded && !g.trustedProxy(peerAddr(ctx))
+}
+
+func (g *Gateway) trustedProxy(a netip.Addr) bool {
+	for _, p := range g.opts.TrustedProxies {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+func peerAddr(ctx *fasthttp.RequestCtx) netip.Addr {
+	a, _ := netip.AddrFromSlice(ctx.RemoteIP())
+	return a.Unmap()
+}
+
+// parseHop reads one X-Forwarded-For entry: an address, possibly with a port.
+func parseHop(s string) (netip.Addr, bool) {
+	s = strings.TrimSpace(s)
+	if a, err := netip.ParseAddr(s); err == nil {
+		return a.Unmap(), true
+	}
+	if host, _, err := net.SplitHostPort(s); err == nil {
+		if a, err := netip.ParseAddr(host); err == nil {
+			return a.Unmap(), true
+		}
+	}
+	return netip.Addr{}, false
+}
