@@ -182,7 +182,7 @@ func build(cfg *config.Config, store *cache.Store, log *slog.Logger) (*gateway.G
 	c := cfg.HTTP.CORS
 	return gateway.New(gateway.Options{
 		TrustedProxies: trusted,
-		Admin: adminJobs{jobs}, Admins: cfg.Lifecycle.Admins,
+		Admin:          adminJobs{jobs}, Admins: cfg.Lifecycle.Admins,
 		Auth: authService, TokenHosts: tokenHosts, TLS: cfg.TLS.CertFile != "",
 		Router: router, Logger: log, MaxManifestSize: int64(cfg.HTTP.MaxManifestSize),
 		ReadTimeout: cfg.HTTP.ReadTimeout, UploadTimeout: cfg.HTTP.UploadTimeout,
