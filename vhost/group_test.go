@@ -139,6 +139,59 @@ func TestGroupWithoutPushMemberDeniesPushes(t *testing.T) {
 	}
 }
 
+// Docker Hub answers 401 (after granting an anonymous token) and ghcr.io 403 for
+// repositories they do not have. Inside a group that means "not here": the dev-only
+// repository lists its dev tags, a tag nobody has is 404 MANIFEST_UNKNOWN, and what the
+// upstream does have still comes through.
+func TestGroupTreatsUpstreamRefusalsOfUnknownRepositoriesAsNotHere(t *testing.T) {
+	for _, refusal := range []int{http.StatusUnauthorized, http.StatusForbidden} {
+		t.Run(http.StatusText(refusal), func(t *testing.T) {
+			u := newTestUpstream(t)
+			s, hosts := startNexus(t, u)
+			devImg, upImg := randomImage(t, 512, 1), randomImage(t, 512, 1)
+			if err := remote.Write(ref(t, s.addr+"/team/devonly:1.0"), devImg, remote.WithTransport(hostRewriter(hosts["dev"]))); err != nil {
+				t.Fatal(err)
+			}
+			if err := remote.Write(ref(t, u.host()+"/lib/tool:2.0"), upImg); err != nil {
+				t.Fatal(err)
+			}
+			u.set(func(u *testUpstream) { u.unknownRepo = refusal })
+			via := func(method, path string) httpResult {
+				return get(method, "http://"+s.addr+path, "Host", "registry.test", "Accept", "*/*")
+			}
+			if r := via("GET", "/v2/team/devonly/tags/list"); r.status != 200 || !strings.Contains(string(r.body), `"1.0"`) {
+				t.Errorf("tags of a dev-only repository: %d %s", r.status, r.body)
+			}
+			for _, path := range []string{"/v2/team/devonly/manifests/9.9", "/v2/nobody/has/manifests/latest"} {
+				if r := via("GET", path); r.status != 404 || !strings.Contains(string(r.body), "MANIFEST_UNKNOWN") {
+					t.Errorf("GET %s: %d %s, want 404 MANIFEST_UNKNOWN", path, r.status, r.body)
+				}
+				if r := via("HEAD", path); r.status != 404 {
+					t.Errorf("HEAD %s: %d, want 404", path, r.status)
+				}
+			}
+			if r := via("GET", "/v2/nobody/has/tags/list"); r.status != 404 || !strings.Contains(string(r.body), "NAME_UNKNOWN") {
+				t.Errorf("tags of a repository nobody has: %d %s", r.status, r.body)
+			}
+			if r := via("GET", "/v2/nobody/has/blobs/"+digestOf(t, upImg)); r.status != 404 || !strings.Contains(string(r.body), "BLOB_UNKNOWN") {
+				t.Errorf("a blob of a repository nobody has: %d %s", r.status, r.body)
+			}
+			if r := via("GET", "/v2/team/devonly/referrers/"+digestOf(t, devImg)); r.status != 200 {
+				t.Errorf("referrers of a dev manifest: %d %s", r.status, r.body)
+			}
+			if r := via("GET", "/v2/_catalog"); r.status != 200 || !strings.Contains(string(r.body), "team/devonly") {
+				t.Errorf("catalog: %d %s", r.status, r.body)
+			}
+			if d, st := resolveVia(s, "registry.test", "lib/tool", "2.0"); st != 200 || d != digestOf(t, upImg) {
+				t.Errorf("an upstream image through the group: %d %s", st, d)
+			}
+			if r := via("GET", "/v2/lib/tool/tags/list"); r.status != 200 || !strings.Contains(string(r.body), `"2.0"`) {
+				t.Errorf("tags of an upstream repository: %d %s", r.status, r.body)
+			}
+		})
+	}
+}
+
 // Pull records count GETs of a manifest, exactly once each, whichever kind of registry
 // serves it; HEADs (update checkers) are not pulls.
 func TestPullsAreRecordedExactlyAndHeadsAreNot(t *testing.T) {

@@ -195,6 +195,9 @@ func (p *Proxy) fetchBlob(ctx context.Context, repo oci.Repository, d oci.Digest
 	if bf.err != nil {
 		return nil, 0, p.upstreamError(bf.err, oci.ErrBlobUnknown, "blob "+string(d))
 	}
+	if hookBeforeReader != nil {
+		hookBeforeReader(bf.filled)
+	}
 	if rc, ok := bf.fetch.Reader(ctx); ok {
 		return rc, bf.fetch.Size(), nil
 	}
@@ -211,6 +214,11 @@ func (p *Proxy) fetchBlob(ctx context.Context, repo oci.Repository, d oci.Digest
 }
 
 var errTooLarge = errors.New("blob larger than the proxy caches")
+
+// hookBeforeReader, set by tests only, runs before a request joins a download, with
+// the channel closed once the download has ended: tests use it to make a download end
+// (or fail) between a request finding it and reading it.
+var hookBeforeReader func(filled <-chan struct{})
 
 // startFetch begins the upstream download of d and the background copy into the
 // cache, which outlives the request that started it. A blob too large to cache is

@@ -448,3 +448,91 @@ func TestConcurrentRequestsForAnUncachedManifestShareOneFetch(t *testing.T) {
 		t.Errorf("%d upstream manifest GETs for 16 concurrent requests, want 1", n)
 	}
 }
+
+// A download that fails between a request finding it and reading it is an upstream
+// failure (502), not a blob the registry does not know (404).
+func TestAFailedDownloadIsABadGatewayForEveryoneWaitingOnIt(t *testing.T) {
+	u := newTestUpstream(t)
+	img := randomImage(t, 64<<10, 1)
+	if err := remote.Write(ref(t, u.host()+"/org/app:1.0"), img); err != nil {
+		t.Fatal(err)
+	}
+	layers, _ := img.Layers()
+	layer := digestOf(t, layers[0])
+	u.set(func(u *testUpstream) { u.corrupt = true })
+	s := startProxy(t, u, proxyConfig{})
+	defer vhost.SetHookBeforeReader(func(filled <-chan struct{}) { <-filled })()
+	r := get("GET", "http://"+s.addr+"/v2/org/app/blobs/"+layer)
+	if r.status != http.StatusBadGateway {
+		t.Errorf("a blob whose download failed before it was read: %d %s, want 502", r.status, r.body)
+	}
+}
+
+// A HEAD of a blob another repository is downloading is answered only once the
+// upstream says this repository has it.
+func TestStatOfABlobDownloadingForAnotherRepositoryAsksTheUpstream(t *testing.T) {
+	u := newTestUpstream(t)
+	img := randomImage(t, 256<<10, 1)
+	if err := remote.Write(ref(t, u.host()+"/org/a:1.0"), img); err != nil {
+		t.Fatal(err)
+	}
+	layers, _ := img.Layers()
+	layer := digestOf(t, layers[0])
+	gate := make(chan struct{})
+	u.set(func(u *testUpstream) { u.gate, u.unknownRepo = gate, http.StatusNotFound })
+	s := startProxy(t, u, proxyConfig{})
+	started := make(chan struct{})
+	done := make(chan httpResult)
+	go func() {
+		req, _ := http.NewRequest("GET", "http://"+s.addr+"/v2/org/a/blobs/"+layer, nil)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			done <- httpResult{err: err}
+			return
+		}
+		close(started) // headers arrived: the download is in flight and held at the gate
+		b, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		done <- httpResult{status: resp.StatusCode, body: b, err: err}
+	}()
+	select {
+	case <-started:
+	case r := <-done:
+		t.Fatalf("download for org/a: %+v", r)
+	}
+	r := get("HEAD", "http://"+s.addr+"/v2/org/b/blobs/"+layer)
+	close(gate)
+	if r.status != 404 {
+		t.Errorf("HEAD through org/b while org/a downloads the blob: %d, want 404", r.status)
+	}
+	if r := <-done; r.err != nil || r.status != 200 || oci.FromBytes(oci.SHA256, r.body) != oci.Digest(layer) {
+		t.Errorf("the download for org/a: %d %v", r.status, r.err)
+	}
+}
+
+// An upstream "not found" is remembered for the negative TTL even when a stale copy is
+// cached: the tag is gone upstream, and asking again on every request helps nobody.
+func TestNegativeCacheHoldsWhenAStaleCopyIsCached(t *testing.T) {
+	u := newTestUpstream(t)
+	clock := &fakeClock{now: time.Now()}
+	img := randomImage(t, 512, 1)
+	if err := remote.Write(ref(t, u.host()+"/org/app:1.0"), img); err != nil {
+		t.Fatal(err)
+	}
+	s := startProxy(t, u, proxyConfig{ttl: time.Minute, clock: clock})
+	if r := get("GET", "http://"+s.addr+"/v2/org/app/manifests/1.0", "Accept", "*/*"); r.status != 200 {
+		t.Fatalf("first pull: %d", r.status)
+	}
+	u.set(func(u *testUpstream) { u.status = http.StatusNotFound }) // the tag is gone upstream
+	clock.Advance(2 * time.Minute)                                  // and the cached one is stale
+	heads := u.manifestHeads.Load()
+	for i := range 3 {
+		r := get("GET", "http://"+s.addr+"/v2/org/app/manifests/1.0", "Accept", "*/*")
+		if r.status != 404 {
+			t.Errorf("pull %d of a tag deleted upstream: %d", i, r.status)
+		}
+	}
+	if n := u.manifestHeads.Load() - heads; n != 1 {
+		t.Errorf("upstream asked %d times within the negative TTL, want 1", n)
+	}
+}

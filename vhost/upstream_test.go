@@ -36,6 +36,15 @@ type testUpstream struct {
 	corrupt    bool          // flip a byte in blob bodies
 	status     int           // answer manifest requests with this status
 	retryAfter string
+	// unknownRepo answers requests for repositories the upstream does not have the way
+	// public registries do: 401 with an insufficient_scope challenge after granting an
+	// anonymous token (Docker Hub), 403 DENIED (ghcr.io), or 404 NAME_UNKNOWN. 0: the
+	// in-memory registry's own answer (it serves any blob through any repository).
+	unknownRepo int
+	// gate, when set, holds blob bodies after their first half until it is closed.
+	gate chan struct{}
+	// manifestHeads counts HEADs of /manifests/ that reached the registry.
+	manifestHeads atomic.Int64
 }
 
 const upstreamToken = "t0ken"
@@ -48,7 +57,7 @@ func newUpstream(t *testing.T, tls bool) *testUpstream {
 	reg := registry.New(registry.WithReferrersSupport(true), registry.Logger(log.New(io.Discard, "", 0)))
 	u.Server = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		u.mu.Lock()
-		failing, stall, corrupt, status, retryAfter := u.failing, u.stall, u.corrupt, u.status, u.retryAfter
+		failing, stall, corrupt, status, retryAfter, unknownRepo, gate := u.failing, u.stall, u.corrupt, u.status, u.retryAfter, u.unknownRepo, u.gate
 		u.mu.Unlock()
 		if stall > 0 {
 			select {
@@ -72,6 +81,9 @@ func newUpstream(t *testing.T, tls bool) *testUpstream {
 			io.WriteString(w, `{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}`)
 			return
 		}
+		if r.Method == "HEAD" && strings.Contains(r.URL.Path, "/manifests/") {
+			u.manifestHeads.Add(1)
+		}
 		if status != 0 && strings.Contains(r.URL.Path, "/manifests/") {
 			if retryAfter != "" {
 				w.Header().Set("Retry-After", retryAfter)
@@ -80,15 +92,35 @@ func newUpstream(t *testing.T, tls bool) *testUpstream {
 			io.WriteString(w, `{"errors":[{"code":"DENIED","message":"forced by the test"}]}`)
 			return
 		}
+		if repo, ok := repoOf(r.URL.Path); unknownRepo != 0 && ok && !hasRepo(reg, repo) {
+			if unknownRepo == http.StatusUnauthorized {
+				w.Header().Set("WWW-Authenticate", `Bearer realm="`+u.URL+`/token",service="test-upstream",scope="repository:`+repo+`:pull",error="insufficient_scope"`)
+				w.WriteHeader(http.StatusUnauthorized)
+				io.WriteString(w, `{"errors":[{"code":"UNAUTHORIZED","message":"authentication required","detail":[{"Type":"repository","Class":"","Name":"`+repo+`","Action":"pull"}]}]}`)
+				return
+			}
+			w.WriteHeader(unknownRepo)
+			if unknownRepo == http.StatusNotFound {
+				io.WriteString(w, `{"errors":[{"code":"NAME_UNKNOWN","message":"repository name not known to registry"}]}`)
+				return
+			}
+			io.WriteString(w, `{"errors":[{"code":"DENIED","message":"requested access to the resource is denied"}]}`)
+			return
+		}
 		if r.Method == "GET" && strings.Contains(r.URL.Path, "/manifests/") {
 			u.manifestGets.Add(1)
 		}
 		if r.Method == "GET" && strings.Contains(r.URL.Path, "/blobs/") {
 			u.blobGets.Add(1)
-			if corrupt {
-				reg.ServeHTTP(&corruptingWriter{ResponseWriter: w}, r)
-				return
+			var bw http.ResponseWriter = w
+			if gate != nil {
+				bw = &gatingWriter{ResponseWriter: w, gate: gate}
 			}
+			if corrupt {
+				bw = &corruptingWriter{ResponseWriter: bw}
+			}
+			reg.ServeHTTP(bw, r)
+			return
 		}
 		reg.ServeHTTP(w, r)
 	}))
@@ -101,6 +133,27 @@ func newUpstream(t *testing.T, tls bool) *testUpstream {
 	return u
 }
 
+// repoOf is the repository a /v2/<name>/{manifests,blobs,tags,referrers}/… path names.
+func repoOf(path string) (string, bool) {
+	rest, ok := strings.CutPrefix(path, "/v2/")
+	if !ok {
+		return "", false
+	}
+	for _, sep := range []string{"/manifests/", "/blobs/", "/tags/", "/referrers/"} {
+		if i := strings.LastIndex(rest, sep); i > 0 {
+			return rest[:i], true
+		}
+	}
+	return "", false
+}
+
+// hasRepo asks the in-memory registry whether it holds any tag of repo.
+func hasRepo(reg http.Handler, repo string) bool {
+	rec := httptest.NewRecorder()
+	reg.ServeHTTP(rec, httptest.NewRequest("GET", "/v2/"+repo+"/tags/list", nil))
+	return rec.Code == http.StatusOK
+}
+
 func (u *testUpstream) set(f func(u *testUpstream)) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
@@ -109,6 +162,29 @@ func (u *testUpstream) set(f func(u *testUpstream)) {
 
 func (u *testUpstream) host() string {
 	return strings.TrimPrefix(strings.TrimPrefix(u.URL, "http://"), "https://")
+}
+
+// gatingWriter sends the first half of a body, then waits for its gate.
+type gatingWriter struct {
+	http.ResponseWriter
+	gate   chan struct{}
+	passed bool
+}
+
+func (g *gatingWriter) Write(p []byte) (int, error) {
+	if g.passed || len(p) < 2 {
+		return g.ResponseWriter.Write(p)
+	}
+	g.passed = true
+	half := len(p) / 2
+	n, err := g.ResponseWriter.Write(p[:half])
+	if err != nil {
+		return n, err
+	}
+	g.ResponseWriter.(http.Flusher).Flush()
+	<-g.gate
+	m, err := g.ResponseWriter.Write(p[half:])
+	return n + m, err
 }
 
 // corruptingWriter flips the first body byte it writes.
