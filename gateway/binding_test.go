@@ -2,6 +2,7 @@ package gateway_test
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"io"
@@ -231,5 +232,36 @@ func TestOnlyUploadsGetTheUploadTimeout(t *testing.T) {
 	loc := r.startUpload("a")
 	if stalled("PATCH", loc) {
 		t.Error("a stalled upload chunk was cut off by the read timeout, not the upload timeout")
+	}
+}
+
+// Shutdown waits for open requests until its deadline, then closes their connections
+// and waits for the handlers to return: the store is closed next, and never under a
+// handler still reading an upload.
+func TestShutdownCutsOffHandlersStillRunningAtTheDeadline(t *testing.T) {
+	r := startRegistry(t, t.TempDir(), registryOptions{})
+	loc := r.startUpload("a")
+	c, err := net.Dial("tcp", r.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	io.WriteString(c, "PATCH "+loc+" HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nContent-Length: 1000000\r\n\r\nfirst bytes")
+	time.Sleep(200 * time.Millisecond) // let the handler start reading the body
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	if err := r.gw.Shutdown(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("shutdown with a stalled upload: %v, want the deadline", err)
+	}
+	// The handler is done: its connection was closed, not left reading.
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_, err = io.ReadAll(c)
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		t.Error("the stalled upload's connection is still open after Shutdown returned")
+	}
+	r.gw = nil // stopped; the cleanup closes the store
+	if err := r.store.Close(); err != nil {
+		t.Fatal(err)
 	}
 }

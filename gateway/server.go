@@ -15,6 +15,7 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -68,6 +69,14 @@ type Gateway struct {
 	log    *slog.Logger
 	server *fasthttp.Server
 	reqID  atomic.Uint64
+
+	// Shutdown waits for handlers; past its deadline it closes the connections still
+	// open so that handlers reading a body stop, and waits for them again: the store
+	// is closed after the gateway and must never be closed under a handler.
+	connMu   sync.Mutex
+	conns    map[net.Conn]struct{}
+	handlers atomic.Int64 // running handlers
+	idle     *sync.Cond   // on connMu; broadcast when handlers drops to 0
 }
 
 // New builds a gateway.
@@ -87,10 +96,12 @@ func New(opts Options) *Gateway {
 	if opts.IdleTimeout <= 0 {
 		opts.IdleTimeout = 2 * time.Minute
 	}
-	g := &Gateway{opts: opts, auth: opts.Auth, log: opts.Logger}
+	g := &Gateway{opts: opts, auth: opts.Auth, log: opts.Logger, conns: map[net.Conn]struct{}{}}
+	g.idle = sync.NewCond(&g.connMu)
 	g.server = &fasthttp.Server{
-		Handler: g.handle,
-		Name:    "dockyard",
+		Handler:   g.handle,
+		ConnState: g.track,
+		Name:      "dockyard",
 		// Blob bodies stream to disk; only small bodies are read ahead into memory.
 		StreamRequestBody:            true,
 		MaxRequestBodySize:           256 << 10,
@@ -117,10 +128,48 @@ func New(opts Options) *Gateway {
 // Serve answers requests on l until Shutdown.
 func (g *Gateway) Serve(l net.Listener) error { return g.server.Serve(l) }
 
-// Shutdown stops accepting connections and waits for open requests.
-func (g *Gateway) Shutdown(ctx context.Context) error { return g.server.ShutdownWithContext(ctx) }
+// Shutdown stops accepting connections and waits for open requests until ctx ends;
+// then it closes the connections left and waits for their handlers to return.
+func (g *Gateway) Shutdown(ctx context.Context) error {
+	err := g.server.ShutdownWithContext(ctx)
+	if err != nil {
+		g.connMu.Lock()
+		n := len(g.conns)
+		for c := range g.conns {
+			c.Close()
+		}
+		g.connMu.Unlock()
+		g.log.Warn("shutdown: closed connections still busy at the deadline", "connections", n)
+	}
+	g.connMu.Lock()
+	for g.handlers.Load() > 0 {
+		g.idle.Wait()
+	}
+	g.connMu.Unlock()
+	return err
+}
+
+// track keeps the set of open connections (ConnState hook).
+func (g *Gateway) track(c net.Conn, state fasthttp.ConnState) {
+	g.connMu.Lock()
+	defer g.connMu.Unlock()
+	switch state {
+	case fasthttp.StateNew:
+		g.conns[c] = struct{}{}
+	case fasthttp.StateClosed, fasthttp.StateHijacked:
+		delete(g.conns, c)
+	}
+}
 
 func (g *Gateway) handle(ctx *fasthttp.RequestCtx) {
+	g.handlers.Add(1)
+	defer func() {
+		if g.handlers.Add(-1) == 0 {
+			g.connMu.Lock()
+			g.idle.Broadcast()
+			g.connMu.Unlock()
+		}
+	}()
 	ctx.Response.Header.Set("Docker-Distribution-API-Version", "registry/2.0")
 	if g.cors(ctx) {
 		return

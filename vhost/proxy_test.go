@@ -536,3 +536,52 @@ func TestNegativeCacheHoldsWhenAStaleCopyIsCached(t *testing.T) {
 		t.Errorf("upstream asked %d times within the negative TTL, want 1", n)
 	}
 }
+
+// Closing a proxy cancels its background downloads and waits for them: the store is
+// closed after the proxies and must never be closed under a fill.
+func TestCloseCancelsAndWaitsForDownloads(t *testing.T) {
+	u := newTestUpstream(t)
+	img := randomImage(t, 256<<10, 1)
+	if err := remote.Write(ref(t, u.host()+"/org/app:1.0"), img); err != nil {
+		t.Fatal(err)
+	}
+	layers, _ := img.Layers()
+	layer := digestOf(t, layers[0])
+	gate := make(chan struct{}) // never opened: the upstream stalls mid-blob
+	defer close(gate)
+	u.set(func(u *testUpstream) { u.gate = gate })
+	dir := t.TempDir()
+	store, err := cache.Open(cache.Options{Dir: dir, Logger: testLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	client, err := upstream.New(upstream.Config{URL: u.URL, Timeout: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := vhost.NewProxy("up", store, client, vhost.ProxyOptions{TagTTL: time.Hour, Logger: testLogger()})
+	rc, _, err := p.OpenBlob(t.Context(), "org/app", oci.Digest(layer))
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := make([]byte, 1)
+	if _, err := io.ReadFull(rc, first); err != nil { // the fill is running
+		t.Fatal(err)
+	}
+	rc.Close()
+	closed := make(chan struct{})
+	go func() { p.Close(); close(closed) }()
+	select {
+	case <-closed:
+	case <-time.After(30 * time.Second):
+		t.Fatal("Close did not return while a download was stalled")
+	}
+	left, _ := filepath.Glob(filepath.Join(dir, "uploads", "fetch-*"))
+	if len(left) != 0 {
+		t.Errorf("download files left after Close: %v", left)
+	}
+	if _, err := store.StatBlob(t.Context(), "up", "org/app", oci.Digest(layer)); err == nil {
+		t.Error("a cancelled download was committed")
+	}
+}

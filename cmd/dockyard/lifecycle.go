@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"regexp"
 	"strconv"
+	"sync"
 	"text/tabwriter"
 	"time"
 
@@ -219,10 +220,22 @@ func lifecycleCommand(args []string, stdout io.Writer) error {
 	return nil
 }
 
-// adminJobs runs lifecycle jobs for the gateway's admin endpoint.
-type adminJobs struct{ jobs *lifecycle.Jobs }
+// adminJobs runs lifecycle jobs for the gateway's admin endpoint, under the server's
+// lifetime (life ends at shutdown) rather than the request's, and counted so that the
+// store is not closed under one.
+type adminJobs struct {
+	jobs    *lifecycle.Jobs
+	life    context.Context
+	running sync.WaitGroup
+}
 
-func (a adminJobs) Run(ctx context.Context, job string, params map[string]string) (any, error) {
+// Wait returns once no job started through the admin endpoint is running.
+func (a *adminJobs) Wait() { a.running.Wait() }
+
+func (a *adminJobs) Run(_ context.Context, job string, params map[string]string) (any, error) {
+	a.running.Add(1)
+	defer a.running.Done()
+	ctx := a.life
 	j := a.jobs
 	busy := func(v any, err error) (any, error) {
 		if errors.Is(err, lifecycle.ErrBusy) {

@@ -107,53 +107,79 @@ func serve(args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	defer store.Close()
-	gw, jobs, err := build(cfg, store, log)
+	defer store.Close() // last: after everything that uses it has stopped
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	a, err := build(ctx, cfg, store, log)
 	if err != nil {
 		return err
 	}
 	l, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
+		a.close()
 		return err
 	}
 	if cfg.TLS.CertFile != "" {
 		cert, err := newReloadingCert(cfg.TLS.CertFile, cfg.TLS.KeyFile, log)
 		if err != nil {
+			a.close()
 			return err
 		}
 		l = tls.NewListener(l, &tls.Config{GetCertificate: cert.GetCertificate, MinVersion: tls.VersionTLS12})
 	}
 	log.Info("dockyard listening", "addr", l.Addr().String(), "data", cfg.Data, "registries", len(cfg.Registries))
 
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	jobs.Start(ctx)
+	a.jobs.Start(ctx)
 	errc := make(chan error, 1)
-	go func() { errc <- gw.Serve(l) }()
+	go func() { errc <- a.gw.Serve(l) }()
 	select {
-	case err := <-errc:
+	case err = <-errc:
 		stop()
-		jobs.Wait()
-		return err
 	case <-ctx.Done():
+		log.Info("shutting down")
+		sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		err = a.gw.Shutdown(sctx)
 	}
-	log.Info("shutting down")
-	sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	err = gw.Shutdown(sctx)
-	jobs.Wait() // a job still running finishes before the store closes
+	a.close()
 	return err
 }
 
-// build wires the configured registries and routes into a gateway.
-func build(cfg *config.Config, store *cache.Store, log *slog.Logger) (*gateway.Gateway, *lifecycle.Jobs, error) {
+// app is a built server. It stops in order: the gateway first (serve shuts it down:
+// no new requests, running ones finished or cut off), then the jobs, scheduled and
+// on demand (their context, the server's, has ended), then the proxies' background
+// downloads; the store is closed after all of them.
+type app struct {
+	gw      *gateway.Gateway
+	jobs    *lifecycle.Jobs
+	admin   *adminJobs
+	proxies []*vhost.Proxy
+}
+
+func (a *app) close() {
+	a.jobs.Wait()
+	a.admin.Wait()
+	for _, p := range a.proxies {
+		p.Close()
+	}
+}
+
+// build wires the configured registries and routes into a gateway. Jobs run on
+// demand under ctx, the server's lifetime.
+func build(ctx context.Context, cfg *config.Config, store *cache.Store, log *slog.Logger) (*app, error) {
 	jobs, im, err := buildLifecycle(cfg, store, log)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	regs, err := buildRegistries(cfg, store, im, log)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
+	}
+	a := &app{jobs: jobs, admin: &adminJobs{jobs: jobs, life: ctx}}
+	for _, r := range regs {
+		if p, ok := r.(*vhost.Proxy); ok {
+			a.proxies = append(a.proxies, p)
+		}
 	}
 	var routes []vhost.Route
 	for _, r := range cfg.Routes {
@@ -161,11 +187,11 @@ func build(cfg *config.Config, store *cache.Store, log *slog.Logger) (*gateway.G
 	}
 	router, err := vhost.NewRouter(regs, routes)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	authService, err := buildAuth(cfg, store, log)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	var tokenHosts []gateway.TokenHost
 	for _, h := range cfg.Auth.Token.Hosts {
@@ -175,14 +201,14 @@ func build(cfg *config.Config, store *cache.Store, log *slog.Logger) (*gateway.G
 	for _, p := range cfg.HTTP.TrustedProxies {
 		prefix, err := config.ParsePrefix(p)
 		if err != nil {
-			return nil, nil, err
+			return nil, err
 		}
 		trusted = append(trusted, prefix)
 	}
 	c := cfg.HTTP.CORS
-	return gateway.New(gateway.Options{
+	a.gw = gateway.New(gateway.Options{
 		TrustedProxies: trusted,
-		Admin:          adminJobs{jobs}, Admins: cfg.Lifecycle.Admins,
+		Admin:          a.admin, Admins: cfg.Lifecycle.Admins,
 		Auth: authService, TokenHosts: tokenHosts, TLS: cfg.TLS.CertFile != "",
 		Router: router, Logger: log, MaxManifestSize: int64(cfg.HTTP.MaxManifestSize),
 		ReadTimeout: cfg.HTTP.ReadTimeout, UploadTimeout: cfg.HTTP.UploadTimeout,
@@ -190,7 +216,8 @@ func build(cfg *config.Config, store *cache.Store, log *slog.Logger) (*gateway.G
 		CORS: gateway.CORS{AllowedOrigins: c.AllowedOrigins, AllowedMethods: c.AllowedMethods,
 			AllowedHeaders: c.AllowedHeaders, ExposedHeaders: c.ExposedHeaders,
 			AllowCredentials: c.AllowCredentials, MaxAge: c.MaxAge},
-	}), jobs, nil
+	})
+	return a, nil
 }
 
 // buildRegistries makes every configured registry; groups last, over the others.

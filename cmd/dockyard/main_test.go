@@ -40,7 +40,7 @@ func TestExampleConfigurationsBuild(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, _, err := build(cfg, store, slog.New(slog.NewTextHandler(io.Discard, nil))); err != nil {
+		if _, err := build(t.Context(), cfg, store, slog.New(slog.NewTextHandler(io.Discard, nil))); err != nil {
 			t.Errorf("%s: %v", f, err)
 		}
 		store.Close()
@@ -151,13 +151,13 @@ lifecycle:
 		t.Fatal(err)
 	}
 	defer store.Close()
-	gw, _, err := build(cfg, store, log)
+	a, err := build(t.Context(), cfg, store, log)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ln, _ := net.Listen("tcp", "127.0.0.1:0")
-	go gw.Serve(ln)
-	defer gw.Shutdown(context.Background())
+	go a.gw.Serve(ln)
+	defer a.gw.Shutdown(context.Background())
 	post := func(user string) (int, string) {
 		req, _ := http.NewRequest("POST", "http://"+ln.Addr().String()+"/-/admin/gc?dry_run=true", nil)
 		if user != "" {
