@@ -585,3 +585,22 @@ func TestCloseCancelsAndWaitsForDownloads(t *testing.T) {
 		t.Error("a cancelled download was committed")
 	}
 }
+
+// A proxy is a read-only cache: every write is DENIED before a handler runs.
+func TestProxyRefusesEveryWrite(t *testing.T) {
+	u := newTestUpstream(t)
+	s := startProxy(t, u, proxyConfig{})
+	d := "sha256:" + strings.Repeat("a", 64)
+	for _, c := range []struct{ method, path string }{
+		{"POST", "/v2/org/app/blobs/uploads/"},
+		{"PUT", "/v2/org/app/manifests/1.0"},
+		{"DELETE", "/v2/org/app/manifests/" + d},
+		{"DELETE", "/v2/org/app/blobs/" + d},
+		{"PATCH", "/v2/org/app/blobs/uploads/abc"},
+	} {
+		r := get(c.method, "http://"+s.addr+c.path)
+		if r.status != 403 || !strings.Contains(string(r.body), "read-only cache") {
+			t.Errorf("%s %s: %d %s", c.method, c.path, r.status, r.body)
+		}
+	}
+}
