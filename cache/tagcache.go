@@ -9,9 +9,12 @@ import (
 )
 
 // tagCache keeps recently read tags in memory so that a manifest GET by tag is a
-// memory hit. It is exact, not eventually consistent: every transaction that changes
-// tags invalidates them after it commits, and a reader only fills the cache when no
-// invalidation happened while it read the index.
+// memory hit. It never keeps a stale entry past the change: every transaction that
+// changes tags invalidates them right after it commits, and a reader only fills the
+// cache when no invalidation happened while it read the index. Between a commit and
+// its invalidation a reader may still get the old value, as it would had it read a
+// moment earlier; it is per process, so other instances sharing an index need their own
+// invalidation.
 type tagCache struct {
 	entries *lru.Cache[string, tagEntry]
 	mu      sync.Mutex // orders fills against invalidations
