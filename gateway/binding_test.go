@@ -26,6 +26,7 @@ import (
 
 	"github.com/dockyard/dockyard/auth"
 	"github.com/dockyard/dockyard/cache"
+	"github.com/dockyard/dockyard/config"
 	"github.com/dockyard/dockyard/gateway"
 	"github.com/dockyard/dockyard/upstream"
 	"github.com/dockyard/dockyard/vhost"
@@ -263,5 +264,52 @@ func TestShutdownCutsOffHandlersStillRunningAtTheDeadline(t *testing.T) {
 	r.gw = nil // stopped; the cleanup closes the store
 	if err := r.store.Close(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+type okAdmin struct{}
+
+func (okAdmin) Run(context.Context, string, map[string]string) (any, error) {
+	return map[string]bool{"ran": true}, nil
+}
+
+// Without authentication the admin endpoint answers loopback clients only. Behind a
+// reverse proxy on the same machine every request comes from loopback: the client is
+// read from X-Forwarded-For only when the proxy is trusted, and a forwarded request
+// from an untrusted peer is never taken for a local one.
+func TestAdminLoopbackRuleSeesThroughProxies(t *testing.T) {
+	for _, c := range []struct {
+		name    string
+		trusted []string
+		xff     string
+		status  int
+	}{
+		{"direct loopback", nil, "", 200},
+		{"forwarded by an untrusted local proxy", nil, "203.0.113.7", 403},
+		{"forwarded by a trusted proxy for a remote client", []string{"127.0.0.1"}, "203.0.113.7", 403},
+		{"a trusted proxy for a local client", []string{"127.0.0.0/8"}, "127.0.0.5", 200},
+		{"a remote client claiming to be local", []string{"127.0.0.1"}, "127.0.0.1, 203.0.113.7", 403},
+		{"hops through two trusted proxies", []string{"127.0.0.1", "10.0.0.0/8"}, "203.0.113.7, 10.1.2.3", 403},
+		{"a hop no proxy wrote makes the client unknown", []string{"127.0.0.1"}, "127.0.0.9, not-an-address", 403},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			r := startRegistry(t, t.TempDir(), registryOptions{gateway: func(o *gateway.Options) {
+				o.Admin = okAdmin{}
+				for _, p := range c.trusted {
+					prefix, err := config.ParsePrefix(p)
+					if err != nil {
+						t.Fatal(err)
+					}
+					o.TrustedProxies = append(o.TrustedProxies, prefix)
+				}
+			}})
+			var headers []string
+			if c.xff != "" {
+				headers = []string{"X-Forwarded-For", c.xff}
+			}
+			if resp := r.do("POST", "/-/admin/gc", nil, headers...); resp.StatusCode != c.status {
+				t.Errorf("%d %s, want %d", resp.StatusCode, resp.body, c.status)
+			}
+		})
 	}
 }

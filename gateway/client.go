@@ -26,7 +26,9 @@ func (g *Gateway) clientIP(ctx *fasthttp.RequestCtx) netip.Addr {
 	for i := len(hops) - 1; i >= 0; i-- {
 		a, ok := parseHop(hops[i])
 		if !ok {
-			break // a hop no proxy of ours wrote: trust nothing left of it
+			// Not written by a proxy of ours: the client is unknown, and an unknown
+			// client is neither local nor anyone in particular.
+			return netip.Addr{}
 		}
 		client = a
 		if !g.trustedProxy(a) {
@@ -37,7 +39,12 @@ func (g *Gateway) clientIP(ctx *fasthttp.RequestCtx) netip.Addr {
 }
 
 // clientAddr is clientIP as text, for rate limits and logs.
-func (g *Gateway) clientAddr(ctx *fasthttp.RequestCtx) string { return g.clientIP(ctx).String() }
+func (g *Gateway) clientAddr(ctx *fasthttp.RequestCtx) string {
+	if a := g.clientIP(ctx); a.IsValid() {
+		return a.String()
+	}
+	return "unknown"
+}
 
 // forwardedByUntrusted reports whether a request says it was forwarded (it names
 // another client) while its peer is not a trusted proxy: a local reverse proxy that
