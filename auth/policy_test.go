@@ -2,6 +2,7 @@ package auth
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
@@ -176,7 +177,9 @@ func TestSignerRejectsTamperedExpiredAndForeignTokens(t *testing.T) {
 	}
 }
 
-func TestRateLimitLocksOutAfterRepeatedFailures(t *testing.T) {
+// Failed logins lock out the (user, address) pair: the attacker's address, not the
+// user everywhere, and not every user behind the attacker's address.
+func TestRateLimitLocksOutTheUserAddressPair(t *testing.T) {
 	now := time.Unix(1e9, 0)
 	clock := func() time.Time { return now }
 	s, err := NewService(Config{Mode: ModeBasic, Rules: nil, RateLimit: RateLimit{Failures: 3, Window: time.Minute, Lockout: time.Minute}, Now: clock})
@@ -189,18 +192,31 @@ func TestRateLimitLocksOutAfterRepeatedFailures(t *testing.T) {
 			t.Fatalf("failure: %v", err)
 		}
 	}
-	if _, err := s.Login(ctx, "alice", "bad", "10.0.0.2"); err == nil {
-		t.Fatal("locked-out user logged in")
+	if _, err := s.Login(ctx, "alice", "bad", "10.0.0.1"); err == nil {
+		t.Fatal("locked-out pair logged in")
 	} else if _, ok := err.(*ErrRateLimited); !ok {
-		t.Errorf("locked-out user: %v, want rate limited", err)
+		t.Errorf("locked-out pair: %v, want rate limited", err)
 	}
-	if _, err := s.Login(ctx, "bob", "bad", "10.0.0.1"); err == nil {
-		t.Fatal("locked-out address")
-	} else if _, ok := err.(*ErrRateLimited); !ok {
-		t.Errorf("locked-out address: %v, want rate limited", err)
+	if _, err := s.Login(ctx, "alice", "bad", "10.0.0.2"); err != ErrBadCredentials {
+		t.Errorf("alice from another address: %v, want an ordinary failure", err)
+	}
+	if _, err := s.Login(ctx, "bob", "bad", "10.0.0.1"); err != ErrBadCredentials {
+		t.Errorf("another user from the attacker's address: %v, want an ordinary failure", err)
 	}
 	now = now.Add(2 * time.Minute)
 	if _, err := s.Login(ctx, "alice", "bad", "10.0.0.1"); err != ErrBadCredentials {
 		t.Errorf("after the lockout: %v", err)
+	}
+}
+
+// The limiter remembers a bounded number of pairs, however many attack at once.
+func TestRateLimiterIsBounded(t *testing.T) {
+	now := time.Unix(1e9, 0)
+	l := &limiter{cfg: RateLimit{Failures: 3, Window: time.Minute, Lockout: time.Minute}, now: func() time.Time { return now }, max: 100, entries: map[string]*limitEntry{}}
+	for i := range 1000 {
+		l.fail("user", fmt.Sprint("10.0.", i/250, ".", i%250))
+		if len(l.entries) > 100 {
+			t.Fatalf("%d entries after %d failures, bound 100", len(l.entries), i+1)
+		}
 	}
 }

@@ -38,8 +38,9 @@ type Config struct {
 	Now        func() time.Time
 }
 
-// RateLimit locks a user name or client address out after Failures failed logins
-// within Window, for Lockout.
+// RateLimit locks a (user name, client address) pair out after Failures failed
+// logins within Window, for Lockout. Pairs, not users: otherwise anyone could lock a
+// user out from anywhere, and behind a proxy that hides client addresses, everyone.
 type RateLimit struct {
 	Failures int
 	Window   time.Duration
@@ -95,7 +96,7 @@ func NewService(cfg Config) (*Service, error) {
 		return nil, err
 	}
 	return &Service{cfg: cfg, policy: p, log: cfg.Logger, logins: map[string]cachedLogin{},
-		limiter: &limiter{cfg: cfg.RateLimit, now: cfg.Now, entries: map[string]*limitEntry{}}}, nil
+		limiter: &limiter{cfg: cfg.RateLimit, now: cfg.Now, max: maxLimitEntries, entries: map[string]*limitEntry{}}}, nil
 }
 
 // Mode reports how clients authenticate.
@@ -135,7 +136,7 @@ func (s *Service) Login(ctx context.Context, user, password, remote string) (*Id
 		s.log.Info("login failed", "user", user, "remote", remote)
 		return nil, ErrBadCredentials
 	}
-	s.limiter.succeed(user)
+	s.limiter.succeed(user, remote)
 	if id.Source != "users-file" {
 		return id, nil // CI tokens are checked every time; LDAP has its own cache_ttl
 	}
@@ -196,13 +197,17 @@ func (s *Service) Allowed(id *Identity, registry, repo string, want []Action) []
 	return s.policy.Actions(id, registry, repo, want)
 }
 
-// limiter counts failed logins per user name and per client address.
+// limiter counts failed logins per (user name, client address) pair.
 type limiter struct {
 	cfg     RateLimit
 	now     func() time.Time
+	max     int // entries kept at most
 	mu      sync.Mutex
 	entries map[string]*limitEntry
 }
+
+// maxLimitEntries bounds the pairs the limiter remembers.
+const maxLimitEntries = 100000
 
 type limitEntry struct {
 	failures    int
@@ -210,45 +215,59 @@ type limitEntry struct {
 	lockedUntil time.Time
 }
 
+func pairKey(user, remote string) string { return user + "\x00" + remote }
+
 func (l *limiter) blocked(user, remote string) time.Duration {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	now := l.now()
-	var wait time.Duration
-	for _, k := range []string{"u:" + user, "a:" + remote} {
-		if e := l.entries[k]; e != nil && now.Before(e.lockedUntil) {
-			wait = max(wait, e.lockedUntil.Sub(now))
-		}
+	if e := l.entries[pairKey(user, remote)]; e != nil && l.now().Before(e.lockedUntil) {
+		return e.lockedUntil.Sub(l.now())
 	}
-	return wait
+	return 0
 }
 
 func (l *limiter) fail(user, remote string) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	now := l.now()
-	if len(l.entries) > 100000 { // forget stale entries rather than grow without bound
-		for k, e := range l.entries {
-			if now.Sub(e.windowStart) > l.cfg.Window && now.After(e.lockedUntil) {
-				delete(l.entries, k)
-			}
-		}
+	k := pairKey(user, remote)
+	e := l.entries[k]
+	if e == nil {
+		l.makeRoom(now)
+		e = &limitEntry{windowStart: now}
+		l.entries[k] = e
 	}
-	for _, k := range []string{"u:" + user, "a:" + remote} {
-		e := l.entries[k]
-		if e == nil || now.Sub(e.windowStart) > l.cfg.Window {
-			e = &limitEntry{windowStart: now}
-			l.entries[k] = e
-		}
-		if e.failures++; e.failures >= l.cfg.Failures {
-			e.lockedUntil = now.Add(l.cfg.Lockout)
-			e.failures, e.windowStart = 0, now
-		}
+	if now.Sub(e.windowStart) > l.cfg.Window {
+		e.failures, e.windowStart = 0, now
+	}
+	if e.failures++; e.failures >= l.cfg.Failures {
+		e.lockedUntil = now.Add(l.cfg.Lockout)
+		e.failures, e.windowStart = 0, now
 	}
 }
 
-func (l *limiter) succeed(user string) {
+// makeRoom keeps the map under its bound: stale entries go first; if every entry is
+// live (a flood of distinct pairs), arbitrary ones go, which at worst forgets some
+// failures early.
+func (l *limiter) makeRoom(now time.Time) {
+	if len(l.entries) < l.max {
+		return
+	}
+	for k, e := range l.entries {
+		if now.Sub(e.windowStart) > l.cfg.Window && now.After(e.lockedUntil) {
+			delete(l.entries, k)
+		}
+	}
+	for k := range l.entries {
+		if len(l.entries) < l.max {
+			break
+		}
+		delete(l.entries, k)
+	}
+}
+
+func (l *limiter) succeed(user, remote string) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	delete(l.entries, "u:"+user)
+	delete(l.entries, pairKey(user, remote))
 }

@@ -21,11 +21,12 @@ import (
 
 	"github.com/dockyard/dockyard/auth"
 	"github.com/dockyard/dockyard/cache"
+	"github.com/dockyard/dockyard/gateway"
 )
 
 // authRegistry serves one hosted registry "default" under rules for alice (team/**:
 // everything), bob (team/**: pull; bob/**: pull, push) and anonymous (public/*: pull).
-func authRegistry(t *testing.T, mode auth.Mode) *testRegistry {
+func authRegistry(t *testing.T, mode auth.Mode, gatewayOpts ...func(*gateway.Options)) *testRegistry {
 	t.Helper()
 	dir := t.TempDir()
 	users := filepath.Join(t.TempDir(), "htpasswd")
@@ -35,7 +36,11 @@ func authRegistry(t *testing.T, mode auth.Mode) *testRegistry {
 		lines += u[0] + ":" + string(h) + "\n"
 	}
 	os.WriteFile(users, []byte(lines), 0o600)
-	return startRegistry(t, dir, registryOptions{auth: func(store *cache.Store) *auth.Service {
+	var adjust func(*gateway.Options)
+	if len(gatewayOpts) > 0 {
+		adjust = gatewayOpts[0]
+	}
+	return startRegistry(t, dir, registryOptions{gateway: adjust, auth: func(store *cache.Store) *auth.Service {
 		uf, err := auth.NewUsersFile(users)
 		if err != nil {
 			t.Fatal(err)

@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -311,5 +312,27 @@ func TestAdminLoopbackRuleSeesThroughProxies(t *testing.T) {
 				t.Errorf("%d %s, want %d", resp.StatusCode, resp.body, c.status)
 			}
 		})
+	}
+}
+
+// Behind a trusted reverse proxy, failed logins lock out the attacker's (user,
+// address) pair, read from X-Forwarded-For; the user still logs in from elsewhere.
+func TestLockoutBehindATrustedProxyIsPerClient(t *testing.T) {
+	r := authRegistry(t, auth.ModeBasic, func(o *gateway.Options) {
+		p, _ := config.ParsePrefix("127.0.0.1")
+		o.TrustedProxies = []netip.Prefix{p}
+	})
+	attacker, user := "203.0.113.66", "198.51.100.7"
+	for range 5 {
+		r.do("GET", "/v2/", nil, "Authorization", basic("alice", "guess"), "X-Forwarded-For", attacker)
+	}
+	if resp := r.do("GET", "/v2/", nil, "Authorization", basic("alice", "alice-pw"), "X-Forwarded-For", attacker); resp.StatusCode != http.StatusTooManyRequests {
+		t.Errorf("the attacker's address, right password: %d, want 429", resp.StatusCode)
+	}
+	if resp := r.do("GET", "/v2/", nil, "Authorization", basic("alice", "alice-pw"), "X-Forwarded-For", user); resp.StatusCode != 200 {
+		t.Errorf("alice from her own address: %d, want 200", resp.StatusCode)
+	}
+	if resp := r.do("GET", "/v2/", nil, "Authorization", basic("bob", "bob-pw"), "X-Forwarded-For", attacker); resp.StatusCode != 200 {
+		t.Errorf("bob behind the attacker's address: %d, want 200", resp.StatusCode)
 	}
 }
