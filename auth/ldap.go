@@ -47,6 +47,8 @@ type LDAP struct {
 	tls  *tls.Config
 	log  *slog.Logger
 	pool chan *ldap.Conn
+	// groupBase is GroupBase parsed: memberOf values outside it are not groups of ours.
+	groupBase *ldap.DN
 
 	mu    sync.Mutex
 	cache map[string]cachedLogin // user → last successful login
@@ -90,7 +92,11 @@ func NewLDAP(cfg LDAPConfig, log *slog.Logger) (*LDAP, error) {
 	if u, err := parseHost(cfg.URL); err == nil {
 		tc.ServerName = u
 	}
-	return &LDAP{cfg: cfg, tls: tc, log: log, pool: make(chan *ldap.Conn, cfg.PoolSize), cache: map[string]cachedLogin{}}, nil
+	base, err := ldap.ParseDN(cfg.GroupBase)
+	if err != nil || cfg.GroupBase == "" {
+		return nil, fmt.Errorf("LDAP group_base %q: a DN is required: %v", cfg.GroupBase, err)
+	}
+	return &LDAP{cfg: cfg, tls: tc, log: log, pool: make(chan *ldap.Conn, cfg.PoolSize), groupBase: base, cache: map[string]cachedLogin{}}, nil
 }
 
 func parseHost(url string) (string, error) {
@@ -244,7 +250,9 @@ func (l *LDAP) findUser(c *ldap.Conn, user string) (*Identity, string, error) {
 }
 
 // memberOf names the groups a user's memberOf values point at and, with Nested, the
-// groups those groups are members of (read from each group entry's memberOf).
+// groups those groups are members of (read from each group entry's memberOf). Only
+// groups under group_base count: a directory may let users create groups elsewhere,
+// and one named like a privileged group must not grant its rights.
 func (l *LDAP) memberOf(c *ldap.Conn, dns []string) ([]string, error) {
 	var names []string
 	seen := map[string]bool{}
@@ -256,7 +264,12 @@ func (l *LDAP) memberOf(c *ldap.Conn, dns []string) ([]string, error) {
 				continue
 			}
 			seen[strings.ToLower(dn)] = true
-			names = append(names, groupName(dn))
+			name, ok := l.groupName(dn)
+			if !ok {
+				l.log.Debug("LDAP memberOf outside group_base ignored", "group", dn)
+				continue
+			}
+			names = append(names, name)
 			if !l.cfg.Nested {
 				continue
 			}
@@ -326,10 +339,12 @@ func (l *LDAP) groups(c *ldap.Conn, dn string) ([]string, error) {
 	return names, nil
 }
 
-// groupName is the first RDN value of a group DN ("cn=dev,ou=groups,…" → "dev").
-func groupName(dn string) string {
-	if parsed, err := ldap.ParseDN(dn); err == nil && len(parsed.RDNs) > 0 && len(parsed.RDNs[0].Attributes) > 0 {
-		return parsed.RDNs[0].Attributes[0].Value
+// groupName is the first RDN value of a group DN under group_base ("cn=dev,ou=groups,…"
+// → "dev"); ok is false for DNs elsewhere or unreadable.
+func (l *LDAP) groupName(dn string) (name string, ok bool) {
+	parsed, err := ldap.ParseDN(dn)
+	if err != nil || len(parsed.RDNs) == 0 || len(parsed.RDNs[0].Attributes) == 0 || !l.groupBase.AncestorOfFold(parsed) {
+		return "", false
 	}
-	return dn
+	return parsed.RDNs[0].Attributes[0].Value, true
 }

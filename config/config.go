@@ -616,8 +616,10 @@ func (c *Config) validateAuth(types map[string]string, bad func(path, format str
 		if !strings.Contains(l.UserFilter, "{username}") {
 			bad("auth.ldap.user_filter", "must contain {username}")
 		}
-		if l.MemberOfAttr == "" && l.GroupBase == "" {
-			bad("auth.ldap", "set group_base (group search) or member_of_attr")
+		if l.GroupBase == "" {
+			// With member_of_attr too: only groups under group_base count, or any
+			// group a user can create elsewhere would grant rights.
+			bad("auth.ldap.group_base", "is required (groups are searched there, and with member_of_attr only groups under it count)")
 		}
 		if l.MemberOfAttr == "" && !strings.Contains(l.GroupFilter, "{dn}") {
 			bad("auth.ldap.group_filter", "must contain {dn}")

@@ -981,8 +981,11 @@ check "memberOf: alice (memberOf dev) pulls and pushes team/app" \
   eq "200 201" "$(req mo-alice GET "https://$REG/v2/team/app/manifests/v1" -H "Accept: $ACCEPT" -u "alice:${PW[alice]}") $(put_manifest mo-alice-put "$REG" team/app alice "$M_FILE" -u "alice:${PW[alice]}")"
 check "memberOf: bob (memberOf ops) pulls team/app" \
   eq 200 "$(req mo-bob GET "https://$REG/v2/team/app/manifests/v1" -H "Accept: $ACCEPT" -u "bob:${PW[bob]}")"
+check "LDAP: erin's memberOf is a self-service group named dev outside group_base" \
+  eq "cn=dev,ou=selfservice,dc=example,dc=org" \
+  "$(ldapsearch "${SVC[@]}" -LLL -b uid=erin,ou=people,dc=example,dc=org -s base memberOf 2>>"$LOG" | sed -n 's/^memberOf: //p')"
 code=$(req mo-erin GET "https://$REG/v2/team/app/manifests/v1" -H "Accept: $ACCEPT" -u "erin:${PW[erin]}")
-check "memberOf: erin (no memberOf) → 403 DENIED on team/app" eq "403 DENIED" "$code $(err_code mo-erin)"
+check "memberOf: erin (memberOf only a 'dev' outside group_base) → 403 DENIED on team/app" eq "403 DENIED" "$code $(err_code mo-erin)"
 make_manifest memberof-carol
 check "memberOf with nested: true: carol (platform, a member of dev) pulls and pushes team/app" \
   eq "200 201" "$(req mo-carol GET "https://$REG/v2/team/app/manifests/v1" -H "Accept: $ACCEPT" -u "carol:${PW[carol]}") $(put_manifest mo-carol-put "$REG" team/app carol "$M_FILE" -u "carol:${PW[carol]}")"
