@@ -1,10 +1,12 @@
 package auth
 
 import (
+	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base32"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -29,11 +31,87 @@ type CIToken struct {
 	Revoked   bool      `json:"revoked"`
 }
 
-// TokenStore keeps CI tokens (the cache package's index implements it).
+// TokenStore keeps CI tokens and per-user revocations.
 type TokenStore interface {
 	PutCIToken(t CIToken) error
 	GetCIToken(id string) (*CIToken, error) // nil, nil when unknown
 	ListCITokens() ([]CIToken, error)
+	// PutRevocation records that every token issued to user before `before` is void.
+	PutRevocation(user string, before time.Time) error
+	Revocations() (map[string]time.Time, error)
+}
+
+// Records is a table of opaque records by id (the index keeps them: see
+// cache.RecordTable).
+type Records interface {
+	Put(id string, v []byte) error
+	Get(id string) ([]byte, bool, error)
+	List(fn func(id string, v []byte) error) error
+}
+
+// NewTokenStore keeps CI tokens and revocations as JSON records in two tables.
+func NewTokenStore(tokens, revocations Records) TokenStore {
+	return recordTokenStore{tokens: tokens, revocations: revocations}
+}
+
+type recordTokenStore struct{ tokens, revocations Records }
+
+func (s recordTokenStore) PutCIToken(t CIToken) error {
+	b, err := json.Marshal(t)
+	if err != nil {
+		return err
+	}
+	return s.tokens.Put(t.ID, b)
+}
+
+func (s recordTokenStore) GetCIToken(id string) (*CIToken, error) {
+	v, ok, err := s.tokens.Get(id)
+	if !ok || err != nil {
+		return nil, err
+	}
+	var t CIToken
+	if err := json.Unmarshal(v, &t); err != nil {
+		return nil, fmt.Errorf("CI token record %s: %w", id, err)
+	}
+	return &t, nil
+}
+
+func (s recordTokenStore) ListCITokens() ([]CIToken, error) {
+	var out []CIToken
+	err := s.tokens.List(func(id string, v []byte) error {
+		var t CIToken
+		if err := json.Unmarshal(v, &t); err != nil {
+			return fmt.Errorf("CI token record %s: %w", id, err)
+		}
+		out = append(out, t)
+		return nil
+	})
+	return out, err
+}
+
+type revocation struct {
+	Before time.Time `json:"before"`
+}
+
+func (s recordTokenStore) PutRevocation(user string, before time.Time) error {
+	b, err := json.Marshal(revocation{Before: before.UTC()})
+	if err != nil {
+		return err
+	}
+	return s.revocations.Put(user, b)
+}
+
+func (s recordTokenStore) Revocations() (map[string]time.Time, error) {
+	out := map[string]time.Time{}
+	err := s.revocations.List(func(user string, v []byte) error {
+		var r revocation
+		if err := json.Unmarshal(v, &r); err != nil {
+			return fmt.Errorf("revocation record %s: %w", user, err)
+		}
+		out[user] = r.Before
+		return nil
+	})
+	return out, err
 }
 
 // NewCIToken makes a token for user with scopes, expiring after ttl (0: never). It
@@ -78,7 +156,7 @@ func ParseScope(s string) (Grant, error) {
 
 var errTokenInvalid = errors.New("invalid token")
 
-func (s *Service) checkCIToken(user, token string) (*Identity, error) {
+func (s *Service) checkCIToken(ctx context.Context, user, token string) (*Identity, error) {
 	rest := strings.TrimPrefix(token, ciTokenPrefix)
 	id, _, ok := strings.Cut(rest, "_")
 	if !ok {
@@ -97,11 +175,21 @@ func (s *Service) checkCIToken(user, token string) (*Identity, error) {
 	if user != t.User && user != "token" {
 		return nil, errTokenInvalid
 	}
+	// The token acts for its user only while the user exists: removing someone from
+	// the users file or the directory ends their tokens too.
+	current, err := s.users.lookup(ctx, t.User)
+	if err != nil {
+		return nil, err
+	}
+	groups := t.Groups
+	if current.Source == "ldap" {
+		groups = current.Groups // the directory's groups now, as for refresh tokens
+	}
 	scopes := t.Scopes
 	if scopes == nil {
 		scopes = []Grant{}
 	}
-	return &Identity{Name: t.User, Groups: t.Groups, Source: "token", Limit: scopes}, nil
+	return &Identity{Name: t.User, Groups: groups, Source: "token", Limit: scopes}, nil
 }
 
 // CreateCIToken stores a new token and returns its secret.

@@ -61,6 +61,9 @@ type Service struct {
 	log     *slog.Logger
 	limiter *limiter
 
+	users   *userChecks
+	revoked revocations
+
 	mu     sync.Mutex
 	logins map[string]cachedLogin // user → a recent successful login
 	// checking shares one password check among concurrent logins of the same
@@ -95,8 +98,18 @@ func NewService(cfg Config) (*Service, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Service{cfg: cfg, policy: p, log: cfg.Logger, logins: map[string]cachedLogin{},
-		limiter: &limiter{cfg: cfg.RateLimit, now: cfg.Now, max: maxLimitEntries, entries: map[string]*limitEntry{}}}, nil
+	s := &Service{cfg: cfg, policy: p, log: cfg.Logger, logins: map[string]cachedLogin{},
+		users:   &userChecks{files: cfg.UsersFile, ldap: cfg.LDAP, now: cfg.Now, answers: map[string]userCheck{}},
+		revoked: revocations{before: map[string]time.Time{}},
+		limiter: &limiter{cfg: cfg.RateLimit, now: cfg.Now, max: maxLimitEntries, entries: map[string]*limitEntry{}}}
+	if cfg.Tokens != nil {
+		before, err := cfg.Tokens.Revocations()
+		if err != nil {
+			return nil, fmt.Errorf("load token revocations: %w", err)
+		}
+		s.revoked.before = before
+	}
+	return s, nil
 }
 
 // Mode reports how clients authenticate.
@@ -151,7 +164,7 @@ func (s *Service) Login(ctx context.Context, user, password, remote string) (*Id
 
 func (s *Service) login(ctx context.Context, user, password string) (*Identity, error) {
 	if s.cfg.Tokens != nil && strings.HasPrefix(password, ciTokenPrefix) {
-		return s.checkCIToken(user, password)
+		return s.checkCIToken(ctx, user, password)
 	}
 	var errs []error
 	if s.cfg.UsersFile != nil {
@@ -169,8 +182,12 @@ func (s *Service) login(ctx context.Context, user, password string) (*Identity, 
 }
 
 // Refresh re-resolves the subject of a refresh token: a user removed from the users
-// file or the directory gets nothing, and LDAP users get their current groups.
+// file or the directory gets nothing, nor does one whose tokens were revoked after it
+// was issued, and LDAP users get their current groups.
 func (s *Service) Refresh(ctx context.Context, c *Claims) (*Identity, error) {
+	if c.IssuedAt == nil || s.Revoked(c.Subject, c.IssuedAt.Time) {
+		return nil, ErrUnknownUser
+	}
 	switch c.Source {
 	case "users-file":
 		if s.cfg.UsersFile != nil && s.cfg.UsersFile.Has(c.Subject) {

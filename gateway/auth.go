@@ -53,8 +53,8 @@ func (g *Gateway) authenticate(ctx *fasthttp.RequestCtx) (*principal, error) {
 		return &principal{}, nil
 	case strings.HasPrefix(h, "Bearer ") && g.auth.Mode() == auth.ModeToken:
 		c, err := g.auth.Signer().Verify(strings.TrimSpace(h[len("Bearer "):]), g.service(ctx))
-		if err != nil || c.Kind != "" {
-			return nil, g.challenge(ctx, "", "invalid_token", "the bearer token is invalid or expired")
+		if err != nil || c.Kind != "" || c.IssuedAt == nil || g.auth.Revoked(c.Subject, c.IssuedAt.Time) {
+			return nil, g.challenge(ctx, "", "invalid_token", "the bearer token is invalid, expired or revoked")
 		}
 		return &principal{claims: c}, nil
 	case strings.HasPrefix(h, "Basic "):

@@ -45,7 +45,7 @@ func authRegistry(t *testing.T, mode auth.Mode, gatewayOpts ...func(*gateway.Opt
 		if err != nil {
 			t.Fatal(err)
 		}
-		cfg := auth.Config{Mode: mode, UsersFile: uf, Tokens: store, Rules: []auth.Rule{
+		cfg := auth.Config{Mode: mode, UsersFile: uf, Tokens: tokenStore(store), Rules: []auth.Rule{
 			{Subjects: []string{"user:alice"}, Grant: auth.Grant{Registries: []string{"*"}, Repositories: []string{"team/**", "secret/**", "public/**"}, Actions: []auth.Action{auth.Pull, auth.Push, auth.Delete}}},
 			{Subjects: []string{"user:bob"}, Grant: auth.Grant{Registries: []string{"default"}, Repositories: []string{"team/**"}, Actions: []auth.Action{auth.Pull}}},
 			{Subjects: []string{"user:bob"}, Grant: auth.Grant{Registries: []string{"default"}, Repositories: []string{"bob/**"}, Actions: []auth.Action{auth.Pull, auth.Push}}},
@@ -66,6 +66,10 @@ func authRegistry(t *testing.T, mode auth.Mode, gatewayOpts ...func(*gateway.Opt
 		}
 		return s
 	}})
+}
+
+func tokenStore(store *cache.Store) auth.TokenStore {
+	return auth.NewTokenStore(store.CITokenRecords(), store.RevocationRecords())
 }
 
 func basic(user, password string) string {
@@ -250,7 +254,7 @@ func TestCITokensActWithinTheirScopeUntilRevoked(t *testing.T) {
 	r := authRegistry(t, auth.ModeBasic)
 	seed(r, basic("alice", "alice-pw"))
 	scope, _ := auth.ParseScope("default/team/app:pull")
-	secret, tok, err := auth.CreateCIToken(r.store, "alice", nil, []auth.Grant{scope}, time.Hour)
+	secret, tok, err := auth.CreateCIToken(tokenStore(r.store), "alice", nil, []auth.Grant{scope}, time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -270,11 +274,11 @@ func TestCITokensActWithinTheirScopeUntilRevoked(t *testing.T) {
 	if resp := r.do("GET", "/v2/team/app/manifests/v1", nil, "Authorization", basic("bob", secret)); resp.StatusCode != 401 {
 		t.Errorf("alice's token with bob's name: %d", resp.StatusCode)
 	}
-	stored, _ := r.store.GetCIToken(tok.ID)
+	stored, _ := tokenStore(r.store).GetCIToken(tok.ID)
 	if stored == nil || strings.Contains(stored.Hash, secret) || stored.Hash == secret {
 		t.Fatalf("token record: %+v", stored)
 	}
-	if err := auth.RevokeCIToken(r.store, tok.ID); err != nil {
+	if err := auth.RevokeCIToken(tokenStore(r.store), tok.ID); err != nil {
 		t.Fatal(err)
 	}
 	if resp := r.do("GET", "/v2/team/app/manifests/v1", nil, "Authorization", ci); resp.StatusCode != 401 {

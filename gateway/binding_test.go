@@ -76,7 +76,7 @@ func federated(t *testing.T) (r *testRegistry, upstreamHost string) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			s, err := auth.NewService(auth.Config{Mode: auth.ModeToken, Signer: signer, UsersFile: usersFile(t, "alice", "alice-pw"), Tokens: store,
+			s, err := auth.NewService(auth.Config{Mode: auth.ModeToken, Signer: signer, UsersFile: usersFile(t, "alice", "alice-pw"), Tokens: tokenStore(store),
 				Rules: []auth.Rule{{Subjects: []string{"user:alice"}, Grant: auth.Grant{Registries: []string{"dev"}, Repositories: []string{"**"},
 					Actions: []auth.Action{auth.Pull, auth.Push, auth.Delete}}}},
 				Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
@@ -162,7 +162,7 @@ func TestCITokenLimitSurvivesTheExchangeForABearerToken(t *testing.T) {
 	aliceAll := "Bearer " + mustToken(t, r, basic("alice", "alice-pw"), "repository:team/app:pull,push", "repository:public/img:pull,push", "repository:secret/x:pull,push")
 	seed(r, aliceAll)
 	scope, _ := auth.ParseScope("default/team/**:pull,push")
-	secret, _, err := auth.CreateCIToken(r.store, "alice", nil, []auth.Grant{scope}, time.Hour)
+	secret, _, err := auth.CreateCIToken(tokenStore(r.store), "alice", nil, []auth.Grant{scope}, time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -334,5 +334,40 @@ func TestLockoutBehindATrustedProxyIsPerClient(t *testing.T) {
 	}
 	if resp := r.do("GET", "/v2/", nil, "Authorization", basic("bob", "bob-pw"), "X-Forwarded-For", attacker); resp.StatusCode != 200 {
 		t.Errorf("bob behind the attacker's address: %d, want 200", resp.StatusCode)
+	}
+}
+
+// Revoking a user ends the bearer and refresh tokens issued to them, at once.
+func TestRevokedUsersTokensAreRefused(t *testing.T) {
+	r := authRegistry(t, auth.ModeToken)
+	seed(r, "Bearer "+mustToken(t, r, basic("alice", "alice-pw"), "repository:team/app:pull,push", "repository:public/img:pull,push", "repository:secret/x:pull,push"))
+	form := url.Values{"grant_type": {"password"}, "username": {"bob"}, "password": {"bob-pw"},
+		"service": {r.addr}, "scope": {"repository:team/app:pull"}, "access_type": {"offline"}}
+	resp := r.do("POST", "/token", []byte(form.Encode()), "Content-Type", "application/x-www-form-urlencoded")
+	var body struct {
+		AccessToken  string `json:"access_token"`
+		RefreshToken string `json:"refresh_token"`
+	}
+	if json.Unmarshal(resp.body, &body); resp.StatusCode != 200 || body.RefreshToken == "" {
+		t.Fatalf("bob's login: %d %s", resp.StatusCode, resp.body)
+	}
+	if resp := r.do("GET", "/v2/team/app/manifests/v1", nil, "Authorization", "Bearer "+body.AccessToken); resp.StatusCode != 200 {
+		t.Fatalf("bob's token before the revocation: %d", resp.StatusCode)
+	}
+	time.Sleep(1100 * time.Millisecond) // token times have whole seconds
+	if _, err := r.auth.RevokeUser(t.Context(), "bob"); err != nil {
+		t.Fatal(err)
+	}
+	if resp := r.do("GET", "/v2/team/app/manifests/v1", nil, "Authorization", "Bearer "+body.AccessToken); resp.StatusCode != 401 {
+		t.Errorf("bob's bearer token after the revocation: %d, want 401", resp.StatusCode)
+	}
+	refresh := url.Values{"grant_type": {"refresh_token"}, "refresh_token": {body.RefreshToken}, "service": {r.addr}, "scope": {"repository:team/app:pull"}}
+	if resp := r.do("POST", "/token", []byte(refresh.Encode()), "Content-Type", "application/x-www-form-urlencoded"); resp.StatusCode != 401 {
+		t.Errorf("bob's refresh token after the revocation: %d %s, want 401", resp.StatusCode, resp.body)
+	}
+	time.Sleep(1100 * time.Millisecond)
+	tok := mustToken(t, r, basic("bob", "bob-pw"), "repository:team/app:pull")
+	if resp := r.do("GET", "/v2/team/app/manifests/v1", nil, "Authorization", "Bearer "+tok); resp.StatusCode != 200 {
+		t.Errorf("a token bob gets after the revocation: %d, want 200", resp.StatusCode)
 	}
 }

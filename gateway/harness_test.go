@@ -28,6 +28,7 @@ type testRegistry struct {
 	dir     string
 	addr    string
 	store   *cache.Store
+	auth    *auth.Service
 	gw      *gateway.Gateway
 	done    chan error
 }
@@ -75,7 +76,7 @@ func startRegistry(t *testing.T, dir string, o registryOptions) *testRegistry {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := &testRegistry{t: t, dir: dir, addr: ln.Addr().String(), store: store, gw: gw, done: make(chan error, 1)}
+	r := &testRegistry{t: t, dir: dir, addr: ln.Addr().String(), store: store, auth: authService, gw: gw, done: make(chan error, 1)}
 	go func() { r.done <- gw.Serve(ln) }()
 	t.Cleanup(r.stop)
 	return r

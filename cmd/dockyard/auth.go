@@ -19,7 +19,7 @@ func buildAuth(cfg *config.Config, store *cache.Store, log *slog.Logger) (*auth.
 	if a.Mode == "none" {
 		return nil, nil
 	}
-	ac := auth.Config{Mode: auth.Mode(a.Mode), Tokens: store, Logger: log,
+	ac := auth.Config{Mode: auth.Mode(a.Mode), Tokens: tokenStore(store), Logger: log,
 		TokenTTL: a.Token.TTL, RefreshTTL: a.Token.RefreshTTL,
 		RateLimit: auth.RateLimit{Failures: a.RateLimit.Failures, Window: a.RateLimit.Window, Lockout: a.RateLimit.Lockout}}
 	if a.UsersFile != "" {
@@ -65,6 +65,11 @@ func buildAuth(cfg *config.Config, store *cache.Store, log *slog.Logger) (*auth.
 		}
 	}
 	return auth.NewService(ac)
+}
+
+// tokenStore keeps CI tokens and revocations in the index.
+func tokenStore(store *cache.Store) auth.TokenStore {
+	return auth.NewTokenStore(store.CITokenRecords(), store.RevocationRecords())
 }
 
 // reloadingCert serves a certificate read from files, re-reading them when they change

@@ -14,6 +14,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/dockyard/dockyard/auth"
 	"github.com/dockyard/dockyard/cache"
 	"github.com/dockyard/dockyard/config"
 	"github.com/dockyard/dockyard/gateway"
@@ -225,6 +226,7 @@ func lifecycleCommand(args []string, stdout io.Writer) error {
 // store is not closed under one.
 type adminJobs struct {
 	jobs    *lifecycle.Jobs
+	auth    *auth.Service // nil when authentication is off
 	life    context.Context
 	running sync.WaitGroup
 }
@@ -253,11 +255,20 @@ func (a *adminJobs) Run(_ context.Context, job string, params map[string]string)
 		return busy(j.Retention(ctx, params["policy"]))
 	case "plan":
 		return j.Engine.Plan(ctx, params["registry"], params["repo"])
+	case "revoke":
+		if a.auth == nil {
+			return nil, oci.ErrUnsupported.Withf("authentication is off: there are no tokens to revoke")
+		}
+		if params["user"] == "" {
+			return nil, oci.ErrUnsupported.Withf("revoke needs ?user=NAME")
+		}
+		n, err := a.auth.RevokeUser(ctx, params["user"])
+		return map[string]any{"user": params["user"], "ciTokensRevoked": n}, err
 	case "jobs":
 		return map[string]int64{
 			"gcRuns": j.GCRuns.Load(), "blobsCollected": j.BlobsCollected.Load(), "manifestsCollected": j.ManifestsCollected.Load(),
 			"uploadsPurged": j.UploadsPurged.Load(), "retentionRuns": j.RetentionRuns.Load(), "tagsDeleted": j.TagsDeleted.Load(),
 		}, nil
 	}
-	return nil, oci.ErrNotFound.Withf("unknown job %q (gc, purge, retention, plan, jobs)", job)
+	return nil, oci.ErrNotFound.Withf("unknown job %q (gc, purge, retention, plan, jobs, revoke)", job)
 }

@@ -193,6 +193,7 @@ func build(ctx context.Context, cfg *config.Config, store *cache.Store, log *slo
 	if err != nil {
 		return nil, err
 	}
+	a.admin.auth = authService
 	var tokenHosts []gateway.TokenHost
 	for _, h := range cfg.Auth.Token.Hosts {
 		tokenHosts = append(tokenHosts, gateway.TokenHost{Host: h.Host, Realm: h.Realm, Service: h.Service})

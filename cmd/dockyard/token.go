@@ -16,6 +16,7 @@ import (
 const tokenUsage = `dockyard token create --user USER --scope REGISTRY/GLOB:ACTIONS [--scope …] [--group G …] [--expires 30d]
 dockyard token list
 dockyard token revoke ID
+dockyard token revoke --user USER   (every CI token of USER, and every bearer and refresh token issued to USER so far)
 (all take --config FILE and --data DIR; they open the index, so run them while the server is stopped)`
 
 type multiFlag []string
@@ -39,11 +40,12 @@ func tokenCommand(args []string, stdout io.Writer) error {
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
 	}
-	_, store, err := openOffline(*path, *data)
+	_, index, err := openOffline(*path, *data)
 	if err != nil {
 		return err
 	}
-	defer store.Close()
+	defer index.Close()
+	store := tokenStore(index)
 	switch args[0] {
 	case "create":
 		if *user == "" || len(scopes) == 0 {
@@ -90,8 +92,19 @@ func tokenCommand(args []string, stdout io.Writer) error {
 		}
 		return w.Flush()
 	case "revoke":
+		if *user != "" {
+			if err := store.PutRevocation(*user, time.Now()); err != nil {
+				return err
+			}
+			n, err := auth.RevokeUserCITokens(store, *user)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(stdout, "revoked %d CI tokens of %s; bearer and refresh tokens issued to %s before now are refused\n", n, *user, *user)
+			return nil
+		}
 		if fs.NArg() != 1 {
-			return errors.New("token revoke needs the token id")
+			return errors.New("token revoke needs the token id, or --user")
 		}
 		if err := auth.RevokeCIToken(store, fs.Arg(0)); err != nil {
 			return err
