@@ -14,8 +14,6 @@ import (
 // rules such as "keep if pulled within 30 days") are gathered in memory and written in
 // one transaction per flush interval, so pulls never wait for an index write.
 
-const kindTagAccess = 'a' // a reg 0 repo 0 tag → Access
-
 // Access is when a tag or manifest was last pulled and how often.
 type Access struct {
 	PulledAt int64 `json:"pulledAt"` // unix nanoseconds; 0: never

@@ -123,7 +123,7 @@ func (s *Store) MountBlob(ctx context.Context, reg, repo, from string, d oci.Dig
 // again while nothing references it, so a blob being reused is not collected under the
 // client's feet.
 func (s *Store) linkBlob(txn *badger.Txn, reg, repo string, d oci.Digest, size int64) error {
-	if err := s.ensureRecord(txn, blobKey(d), d, size); err != nil {
+	if err := s.ensureRecord(txn, kindBlob, d, size); err != nil {
 		return err
 	}
 	lk := linkKey(reg, repo, d)
@@ -139,9 +139,14 @@ func (s *Store) linkBlob(txn *badger.Txn, reg, repo string, d oci.Digest, size i
 	return s.touchRepo(txn, reg, repo)
 }
 
-// ensureRecord creates the reference record at k for content d, counting the pending
-// references to it, or refreshes the grace period of an unreferenced one.
-func (s *Store) ensureRecord(txn *badger.Txn, k []byte, d oci.Digest, size int64) error {
+// recordKey is the key of the reference record of kind (kindBlob or kindContentRefs)
+// for d.
+func recordKey(kind byte, d oci.Digest) []byte { return key(kind, string(d)) }
+
+// ensureRecord creates the reference record of kind for content d, counting the
+// pending references to it, or refreshes the grace period of an unreferenced one.
+func (s *Store) ensureRecord(txn *badger.Txn, kind byte, d oci.Digest, size int64) error {
+	k := recordKey(kind, d)
 	v, ok, err := getValue(txn, k)
 	if err != nil {
 		return err
@@ -152,7 +157,14 @@ func (s *Store) ensureRecord(txn *badger.Txn, k []byte, d oci.Digest, size int64
 			return nil
 		}
 	} else {
-		pending, err := keysWithPrefix(txn, prefix(kindPending, string(d)))
+		// Read the mark every new pending reference writes: a reference committed
+		// after this transaction started, which the scan below cannot see, then makes
+		// the transaction conflict and run again.
+		mark := pendingMarkKey(kind, d)
+		if _, err := exists(txn, mark); err != nil {
+			return err
+		}
+		pending, err := keysWithPrefix(txn, prefix(pendingKind(kind), string(d)))
 		if err != nil {
 			return err
 		}
@@ -161,50 +173,73 @@ func (s *Store) ensureRecord(txn *badger.Txn, k []byte, d oci.Digest, size int64
 				return err
 			}
 		}
+		if err := txn.Delete(mark); err != nil {
+			return err
+		}
 		r.Refs = int64(len(pending))
 	}
 	r.ZeroSince = 0
 	if r.Refs == 0 {
 		r.ZeroSince = s.now().UnixNano()
 	}
+	if hookBeforeRecordCommit != nil {
+		hookBeforeRecordCommit(d)
+	}
 	return txn.Set(k, r.encode())
 }
 
-// keysWithPrefix lists the keys below p.
-func keysWithPrefix(txn *badger.Txn, p []byte) ([][]byte, error) {
-	var out [][]byte
-	it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: false, Prefix: p})
-	defer it.Close()
-	for it.Rewind(); it.Valid(); it.Next() {
-		out = append(out, it.Item().KeyCopy(nil))
-	}
-	return out, nil
-}
+// hookBeforeRecordCommit, set by tests only, runs inside the transaction creating a
+// content record, after it has counted the pending references.
+var hookBeforeRecordCommit func(d oci.Digest)
 
-// reference counts one more reference from manifest `from` to content d (a blob or a
-// manifest, whose record is at k), or records it as pending when d is not stored yet.
-func (s *Store) reference(txn *badger.Txn, k []byte, d, from oci.Digest) error {
-	ok, err := exists(txn, k)
+// reference counts one more reference from manifest `from` to content d (a record of
+// kind kindBlob or kindContentRefs), or records it as pending when d is not stored yet.
+func (s *Store) reference(txn *badger.Txn, kind byte, d, from oci.Digest) error {
+	ok, err := exists(txn, recordKey(kind, d))
 	if err != nil {
 		return err
 	}
-	if !ok {
-		return txn.Set(pendingKey(d, from), nil)
+	if ok {
+		return s.addRef(txn, recordKey(kind, d), 0, 1)
 	}
-	return s.addRef(txn, k, 0, 1)
+	pk := pendingKey(kind, d, from)
+	if ok, err := exists(txn, pk); ok || err != nil {
+		return err
+	}
+	if err := txn.Set(pk, nil); err != nil {
+		return err
+	}
+	return s.movePendingMark(txn, kind, d, 1)
 }
 
 // unreference drops what reference counted.
-func (s *Store) unreference(txn *badger.Txn, k []byte, d, from oci.Digest) error {
-	pk := pendingKey(d, from)
+func (s *Store) unreference(txn *badger.Txn, kind byte, d, from oci.Digest) error {
+	pk := pendingKey(kind, d, from)
 	ok, err := exists(txn, pk)
 	if err != nil {
 		return err
 	}
 	if ok {
-		return txn.Delete(pk)
+		if err := txn.Delete(pk); err != nil {
+			return err
+		}
+		return s.movePendingMark(txn, kind, d, -1)
 	}
-	return s.addRef(txn, k, 0, -1)
+	return s.addRef(txn, recordKey(kind, d), 0, -1)
+}
+
+// movePendingMark moves the count of pending references to d kept in its mark.
+func (s *Store) movePendingMark(txn *badger.Txn, kind byte, d oci.Digest, delta int64) error {
+	mk := pendingMarkKey(kind, d)
+	v, _, err := getValue(txn, mk)
+	if err != nil {
+		return err
+	}
+	n, _ := binary.Varint(v)
+	if n += delta; n <= 0 {
+		return txn.Delete(mk)
+	}
+	return txn.Set(mk, binary.AppendVarint(nil, n))
 }
 
 type nopCloser struct{ io.ReadSeeker }

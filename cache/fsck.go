@@ -66,12 +66,12 @@ func (s *Store) Check(ctx context.Context, opts CheckOptions) (CheckReport, erro
 				}
 				d := oci.Digest(parts[0])
 				for _, b := range h.Blobs {
-					if ok, _ := exists(txn, pendingKey(b, d)); !ok {
+					if ok, _ := exists(txn, pendingKey(kindBlob, b, d)); !ok {
 						blobRefs[b]++
 					}
 				}
 				for _, c := range h.Children {
-					if ok, _ := exists(txn, pendingKey(c, d)); !ok {
+					if ok, _ := exists(txn, pendingKey(kindContentRefs, c, d)); !ok {
 						contentRefs[c]++
 					}
 				}

@@ -171,12 +171,12 @@ func (s *Store) deleteContents(batch []oci.Digest, cutoff int64) (int, error) {
 					return err
 				}
 				for _, b := range h.Blobs {
-					if err := s.unreference(txn, blobKey(b), b, d); err != nil {
+					if err := s.unreference(txn, kindBlob, b, d); err != nil {
 						return err
 					}
 				}
 				for _, c := range h.Children {
-					if err := s.unreference(txn, contentRefsKey(c), c, d); err != nil {
+					if err := s.unreference(txn, kindContentRefs, c, d); err != nil {
 						return err
 					}
 				}

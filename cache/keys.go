@@ -22,8 +22,24 @@ const (
 	kindRepo         = 'p' // p reg 0 repo → created-at
 	kindUpload       = 'u' // u id → uploadRecord
 	kindLinkByDigest = 'L' // L digest 0 reg 0 repo → (empty): the links of a blob, for GC
-	kindPending      = 'P' // P digest 0 manifest → (empty): a reference to content not stored yet
 	kindTagByDigest  = 'T' // T reg 0 repo 0 digest 0 tag → (empty): the tags of a manifest
+	kindTagAccess    = 'a' // a reg 0 repo 0 tag → Access (access.go)
+
+	// References to content not stored yet (proxies and sparse indexes list layers and
+	// children they do not have), counted once the content arrives. A layer reference
+	// and a child-manifest reference are kept apart: one manifest may name the same
+	// digest as both.
+	kindPendingBlob     = 'P' // P digest 0 manifest → (empty): manifest lists blob digest
+	kindPendingManifest = 'Q' // Q digest 0 manifest → (empty): index lists manifest digest
+	// kindPendingMark is written by every new pending reference and read by the
+	// transaction that creates the content's record: Badger detects conflicts on keys
+	// read, not on ranges scanned, so without a key both touch, a pending reference
+	// inserted after the record's scan would never be counted.
+	kindPendingMark = 'N' // N kind digest → number of pending references (P or Q)
+
+	kindMeta = 'V' // V name → index metadata (the format version)
+
+	// Also taken: 'k' and 'R' (records.go: CI tokens, revocations).
 )
 
 func key(kind byte, parts ...string) []byte {
@@ -65,7 +81,23 @@ func linkByDigestKey(d oci.Digest, reg, repo string) []byte {
 func tagByDigestKey(reg, repo string, d oci.Digest, tag string) []byte {
 	return key(kindTagByDigest, reg, repo, string(d), tag)
 }
-func pendingKey(d, from oci.Digest) []byte { return key(kindPending, string(d), string(from)) }
+
+// pendingKind is the pending-reference kind of a record kind (kindBlob or
+// kindContentRefs).
+func pendingKind(recordKind byte) byte {
+	if recordKind == kindBlob {
+		return kindPendingBlob
+	}
+	return kindPendingManifest
+}
+
+func pendingKey(recordKind byte, d, from oci.Digest) []byte {
+	return key(pendingKind(recordKind), string(d), string(from))
+}
+
+func pendingMarkKey(recordKind byte, d oci.Digest) []byte {
+	return key(kindPendingMark, string([]byte{pendingKind(recordKind)}), string(d))
+}
 func referrerKey(reg, repo string, subject, d oci.Digest) []byte {
 	return key(kindReferrer, reg, repo, string(subject), string(d))
 }

@@ -267,16 +267,16 @@ func (s *Store) putContent(txn *badger.Txn, p PutManifestRequest, blobs, childre
 	if err := txn.Set(ck, v); err != nil {
 		return err
 	}
-	if err := s.ensureRecord(txn, contentRefsKey(p.Digest), p.Digest, int64(len(p.Content))); err != nil {
+	if err := s.ensureRecord(txn, kindContentRefs, p.Digest, int64(len(p.Content))); err != nil {
 		return err
 	}
 	for _, b := range blobs {
-		if err := s.reference(txn, blobKey(b), b, p.Digest); err != nil {
+		if err := s.reference(txn, kindBlob, b, p.Digest); err != nil {
 			return err
 		}
 	}
 	for _, c := range children {
-		if err := s.reference(txn, contentRefsKey(c), c, p.Digest); err != nil {
+		if err := s.reference(txn, kindContentRefs, c, p.Digest); err != nil {
 			return err
 		}
 	}

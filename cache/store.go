@@ -90,6 +90,10 @@ func Open(opts Options) (*Store, error) {
 	}
 	contents, _ := lru.New[oci.Digest, []byte](4096)
 	s := &Store{db: db, blobs: blobs, log: opts.Logger, now: opts.Now, contents: contents, tags: newTagCache(16384)}
+	if err := s.upgrade(); err != nil {
+		db.Close()
+		return nil, err
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s.stopFlusher, s.flusherDone = cancel, make(chan struct{})
 	go s.flushAccessEvery(ctx, opts.AccessFlushInterval, s.flusherDone)
