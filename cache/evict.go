@@ -3,8 +3,8 @@ package cache
 import (
 	"context"
 	"encoding/binary"
-	"encoding/json"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
@@ -14,53 +14,56 @@ import (
 
 // EvictReport says what a proxy cache eviction removed.
 type EvictReport struct {
-	Manifests int   `json:"manifests"`
-	Bytes     int64 `json:"bytes"` // blob bytes unlinked (reclaimed by the next collection)
+	Manifests int `json:"manifests"`
+	// Bytes are the blob bytes the eviction made garbage: blobs no repository links any
+	// more and no manifest references, which the next collection deletes.
+	Bytes int64 `json:"bytes"`
 }
 
 type cachedManifest struct {
 	repo     string
 	digest   oci.Digest
 	lastUsed int64
+	listedAt int64
 }
 
 // EvictCache trims the cache of proxy registry reg: manifests not pulled within
 // pulledWithin (0: no limit) go, then the least recently pulled ones until the blobs
-// the registry links fit in maxBytes (0: no limit). An evicted manifest's tags go with
-// it and its blobs are unlinked from the repository; garbage collection reclaims them.
+// the registry holds fit in maxBytes (0: no limit). An evicted manifest's tags go with
+// it, and the blobs it lists that no other manifest of its repository lists are
+// unlinked from the repository; garbage collection reclaims what nothing needs.
 func (s *Store) EvictCache(ctx context.Context, reg string, maxBytes int64, pulledWithin time.Duration) (EvictReport, error) {
 	var rep EvictReport
 	if err := s.FlushAccess(); err != nil {
 		return rep, err
 	}
 	var manifests []cachedManifest
-	var total int64
+	held := map[oci.Digest]int64{} // distinct blobs linked anywhere in reg → size
 	err := s.db.View(func(txn *badger.Txn) error {
-		mp := append([]byte{kindRepoManifest}, append([]byte(reg), 0)...)
-		it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: true, Prefix: mp})
-		for it.Rewind(); it.Valid(); it.Next() {
-			rest := string(it.Item().Key()[len(mp):])
-			repo, d := splitLast(rest)
+		err := scan(txn, prefix(kindRepoManifest, reg), func(rest, v []byte) error {
+			repo, d := splitLast(string(rest))
 			var rm repoManifest
-			if err := it.Item().Value(func(v []byte) error { return json.Unmarshal(v, &rm) }); err != nil {
-				it.Close()
+			if err := decodeJSON(v, &rm); err != nil {
 				return err
 			}
-			manifests = append(manifests, cachedManifest{repo: repo, digest: oci.Digest(d), lastUsed: max(rm.PulledAt, rm.PushedAt)})
+			manifests = append(manifests, cachedManifest{repo: repo, digest: oci.Digest(d), lastUsed: max(rm.PulledAt, rm.PushedAt), listedAt: rm.ListedAt})
+			return nil
+		})
+		if err != nil {
+			return err
 		}
-		it.Close()
-		lp := append([]byte{kindLink}, append([]byte(reg), 0)...)
-		it = txn.NewIterator(badger.IteratorOptions{PrefetchValues: true, Prefix: lp})
-		defer it.Close()
-		for it.Rewind(); it.Valid(); it.Next() {
-			if err := it.Item().Value(func(v []byte) error { n, _ := binary.Varint(v); total += n; return nil }); err != nil {
-				return err
-			}
-		}
-		return nil
+		return scan(txn, prefix(kindLink, reg), func(rest, v []byte) error {
+			_, d := splitLast(string(rest))
+			held[oci.Digest(d)], _ = binary.Varint(v)
+			return nil
+		})
 	})
 	if err != nil {
 		return rep, err
+	}
+	var total int64
+	for _, n := range held {
+		total += n
 	}
 	sort.Slice(manifests, func(i, j int) bool { return manifests[i].lastUsed < manifests[j].lastUsed })
 	cutoff := int64(0)
@@ -76,43 +79,79 @@ func (s *Store) EvictCache(ctx context.Context, reg string, maxBytes int64, pull
 		if !stale && !over {
 			break
 		}
-		freed, err := s.evictManifest(ctx, reg, m.repo, m.digest)
+		r, err := s.evictManifestIf(reg, m)
 		if err != nil {
 			return rep, err
 		}
+		if !r.evicted {
+			continue // pulled or pushed since the snapshot
+		}
 		rep.Manifests++
-		rep.Bytes += freed
-		total -= freed
+		rep.Bytes += r.freed
+		total -= r.leftRegistry
 	}
 	return rep, nil
 }
 
-// evictManifest deletes a cached manifest and unlinks the blobs it lists from its
-// repository, returning the bytes unlinked.
-func (s *Store) evictManifest(ctx context.Context, reg, repo string, d oci.Digest) (int64, error) {
-	var blobs []oci.Digest
-	err := s.db.View(func(txn *badger.Txn) error {
-		item, err := txn.Get(contentKey(d))
-		if err != nil {
+type eviction struct {
+	evicted      bool
+	freed        int64 // bytes of blobs that became garbage
+	leftRegistry int64 // bytes of blobs no repository of the registry links any more
+}
+
+// evictManifestIf deletes a cached manifest, if it was not used since the snapshot,
+// and in the same transaction unlinks the blobs it lists that no other manifest of its
+// repository lists.
+func (s *Store) evictManifestIf(reg string, m cachedManifest) (eviction, error) {
+	var r eviction
+	var tags [][]byte
+	defer func() { s.tags.invalidate(tags...) }()
+	err := s.update(func(txn *badger.Txn) error {
+		r, tags = eviction{}, nil
+		var rm repoManifest
+		ok, err := getJSON(txn, repoManifestKey(reg, m.repo, m.digest), &rm)
+		if !ok || err != nil {
+			return err
+		}
+		if max(rm.PulledAt, rm.PushedAt) != m.lastUsed || rm.ListedAt != m.listedAt {
 			return nil
 		}
-		return item.Value(func(v []byte) error {
-			h, _, err := decodeContent(v)
-			blobs = h.Blobs
+		h, err := s.header(txn, m.digest)
+		if err != nil {
 			return err
+		}
+		content, _, err := getValue(txn, contentRefsKey(m.digest))
+		if err != nil {
+			return err
+		}
+		contentGoes := decodeRefRecord(content).Refs <= 1 // this repository was its last holder
+		if tags, err = s.deleteManifest(txn, reg, m.repo, m.digest); err != nil {
+			return err
+		}
+		r.evicted = true
+		if h == nil {
+			return nil
+		}
+		// Blobs still listed by the repository's other manifests stay linked.
+		listed := map[oci.Digest]bool{}
+		err = scanKeys(txn, prefix(kindRepoManifest, reg, m.repo), func(rest []byte) error {
+			other, err := s.header(txn, oci.Digest(rest))
+			if err != nil || other == nil {
+				return err
+			}
+			for _, b := range other.Blobs {
+				listed[b] = true
+			}
+			return nil
 		})
-	})
-	if err != nil {
-		return 0, err
-	}
-	if err := s.DeleteManifest(ctx, reg, repo, d); err != nil && !isUnknown(err) {
-		return 0, err
-	}
-	var freed int64
-	err = s.update(func(txn *badger.Txn) error {
-		freed = 0
-		for _, b := range blobs {
-			lk := linkKey(reg, repo, b)
+		if err != nil {
+			return err
+		}
+		for _, b := range h.Blobs {
+			if listed[b] {
+				continue
+			}
+			lk := linkKey(reg, m.repo, b)
 			v, ok, err := getValue(txn, lk)
 			if err != nil {
 				return err
@@ -120,18 +159,36 @@ func (s *Store) evictManifest(ctx context.Context, reg, repo string, d oci.Diges
 			if !ok {
 				continue
 			}
-			n, _ := binary.Varint(v)
-			freed += n
+			size, _ := binary.Varint(v)
 			if err := txn.Delete(lk); err != nil {
 				return err
 			}
-			if err := txn.Delete(linkByDigestKey(b, reg, repo)); err != nil {
+			if err := txn.Delete(linkByDigestKey(b, reg, m.repo)); err != nil {
 				return err
+			}
+			inRegistry, anywhere := false, false
+			err = scanKeys(txn, prefix(kindLinkByDigest, string(b)), func(rest []byte) error {
+				anywhere = true
+				inRegistry = inRegistry || strings.HasPrefix(string(rest), reg+"\x00")
+				return nil
+			})
+			if err != nil {
+				return err
+			}
+			if !inRegistry {
+				r.leftRegistry += size
+			}
+			blobRefs, _, err := getValue(txn, blobKey(b))
+			if err != nil {
+				return err
+			}
+			if !anywhere && contentGoes && decodeRefRecord(blobRefs).Refs <= 1 {
+				r.freed += size
 			}
 		}
 		return nil
 	})
-	return freed, err
+	return r, err
 }
 
 // splitLast splits "a/b\x00digest" at its last separator.

@@ -31,6 +31,10 @@ type repoManifest struct {
 	PushedAt  int64 // unix nanoseconds
 	PulledAt  int64
 	Pulls     int64
+	// ListedAt is when an index pushed to the repository last listed it. Conditional
+	// deletes compare it: a manifest that became some index's child since a job
+	// decided to delete it is not unreachable any more.
+	ListedAt int64 `json:",omitempty"`
 }
 
 // contentHeader describes manifest bytes and the references they hold: the blobs and
@@ -187,15 +191,27 @@ func (s *Store) PutManifest(ctx context.Context, p PutManifestRequest) error {
 			}
 		}
 		for _, c := range m.Children {
-			ok, err := exists(txn, repoManifestKey(p.Registry, p.Repo, c.Digest))
+			if slices.Contains(children, c.Digest) {
+				continue
+			}
+			children = append(children, c.Digest)
+			ck := repoManifestKey(p.Registry, p.Repo, c.Digest)
+			var child repoManifest
+			ok, err := getJSON(txn, ck, &child)
 			if err != nil {
 				return err
 			}
-			if !ok && !p.AllowSparse {
-				return oci.ErrManifestBlobUnknown.Withf("manifest %s listed by the index is not in repository %s", c.Digest, p.Repo)
+			if !ok {
+				if !p.AllowSparse {
+					return oci.ErrManifestBlobUnknown.Withf("manifest %s listed by the index is not in repository %s", c.Digest, p.Repo)
+				}
+				continue
 			}
-			if !slices.Contains(children, c.Digest) {
-				children = append(children, c.Digest)
+			// A job deleting the child conditionally reads this record: writing it
+			// makes that job's transaction see the new parent (or conflict).
+			child.ListedAt = now
+			if err := setJSON(txn, ck, child); err != nil {
+				return err
 			}
 		}
 		if err := s.putContent(txn, p, blobs, children); err != nil {
@@ -227,6 +243,10 @@ func (s *Store) PutManifest(ctx context.Context, p PutManifestRequest) error {
 					return oci.ErrDenied.Withf("tag %s:%s is immutable (%s) and already points at %s; push a new version instead", p.Repo, t, why, old)
 				}
 				if err := txn.Delete(tagByDigestKey(p.Registry, p.Repo, old, string(t))); err != nil {
+					return err
+				}
+				// The tag names other content now: its pulls were the old content's.
+				if err := txn.Delete(tagAccessKey(p.Registry, p.Repo, string(t))); err != nil {
 					return err
 				}
 			}
@@ -283,54 +303,136 @@ func (s *Store) putContent(txn *badger.Txn, p PutManifestRequest, blobs, childre
 	return nil
 }
 
+// Protect is asked, inside a deleting transaction, about every tag the delete would
+// remove, and about the tags of every index in the repository that lists the manifest
+// (directly or through other indexes): an error refuses the delete. Asked in the
+// transaction, a tag pushed while the delete runs cannot slip past it.
+type Protect func(tag string) error
+
 // DeleteManifest removes manifest d from reg/repo with every tag that points at it and
-// its referrer entry.
-func (s *Store) DeleteManifest(ctx context.Context, reg, repo string, d oci.Digest) error {
+// its referrer entry. protect (nil: nothing is protected) may refuse it.
+func (s *Store) DeleteManifest(ctx context.Context, reg, repo string, d oci.Digest, protect Protect) error {
 	var tags [][]byte
 	defer func() { s.tags.invalidate(tags...) }()
 	return s.update(func(txn *badger.Txn) error {
 		tags = tags[:0]
-		mk := repoManifestKey(reg, repo, d)
-		if ok, err := exists(txn, mk); !ok || err != nil {
+		if ok, err := exists(txn, repoManifestKey(reg, repo, d)); !ok || err != nil {
 			return errors.Join(err, unknownManifest(ok, oci.Reference{Digest: d}))
 		}
-		if err := txn.Delete(mk); err != nil {
-			return err
-		}
-		if err := s.addRef(txn, contentRefsKey(d), 0, -1); err != nil {
-			return err
-		}
-		bp := prefix(kindTagByDigest, reg, repo, string(d))
-		byDigest, err := keysWithPrefix(txn, bp)
-		if err != nil {
-			return err
-		}
-		for _, bk := range byDigest {
-			k := tagKey(reg, repo, string(bk[len(bp):]))
-			tags = append(tags, k)
-			if err := txn.Delete(k); err != nil {
-				return err
-			}
-			if err := txn.Delete(bk); err != nil {
+		if protect != nil {
+			if err := s.protectManifest(txn, reg, repo, d, protect); err != nil {
 				return err
 			}
 		}
-		item, err := txn.Get(contentKey(d))
-		if err != nil {
-			return err
+		if hookBeforeConditionalDelete != nil {
+			hookBeforeConditionalDelete()
 		}
-		return item.Value(func(v []byte) error {
-			h, _, err := decodeContent(v)
-			if err == nil && h.Subject != "" {
-				err = txn.Delete(referrerKey(reg, repo, h.Subject, d))
-			}
-			return err
-		})
+		var err error
+		tags, err = s.deleteManifest(txn, reg, repo, d)
+		return err
 	})
 }
 
-// DeleteTag removes a tag; the manifest stays.
-func (s *Store) DeleteTag(ctx context.Context, reg, repo string, tag oci.Tag) error {
+// protectManifest asks protect about the tags of d and of every index above it.
+func (s *Store) protectManifest(txn *badger.Txn, reg, repo string, d oci.Digest, protect Protect) error {
+	parents, err := s.parents(txn, reg, repo)
+	if err != nil {
+		return err
+	}
+	seen := map[oci.Digest]bool{}
+	queue := []oci.Digest{d}
+	for len(queue) > 0 {
+		m := queue[0]
+		queue = queue[1:]
+		if seen[m] {
+			continue
+		}
+		seen[m] = true
+		err := scanKeys(txn, prefix(kindTagByDigest, reg, repo, string(m)), func(tag []byte) error {
+			return protect(string(tag))
+		})
+		if err != nil {
+			return err
+		}
+		queue = append(queue, parents[m]...)
+	}
+	return nil
+}
+
+// parents maps each manifest of reg/repo to the indexes of the repository listing it.
+// Reading every manifest record puts them in the transaction's read set: an index
+// tagged meanwhile makes the transaction conflict.
+func (s *Store) parents(txn *badger.Txn, reg, repo string) (map[oci.Digest][]oci.Digest, error) {
+	out := map[oci.Digest][]oci.Digest{}
+	err := scanKeys(txn, prefix(kindRepoManifest, reg, repo), func(rest []byte) error {
+		idx := oci.Digest(rest)
+		h, err := s.header(txn, idx)
+		if err != nil || h == nil {
+			return err
+		}
+		for _, c := range h.Children {
+			out[c] = append(out[c], idx)
+		}
+		return nil
+	})
+	return out, err
+}
+
+// header reads the content header of manifest d (nil when its content is gone).
+func (s *Store) header(txn *badger.Txn, d oci.Digest) (*contentHeader, error) {
+	item, err := txn.Get(contentKey(d))
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var h contentHeader
+	err = item.Value(func(v []byte) (err error) { h, _, err = decodeContent(v); return err })
+	return &h, err
+}
+
+// deleteManifest removes d from reg/repo inside txn: its record (releasing the
+// repository's reference), every tag pointing at it with their pull records, and its
+// referrer entry. It returns the tag keys removed, for the tag cache.
+func (s *Store) deleteManifest(txn *badger.Txn, reg, repo string, d oci.Digest) ([][]byte, error) {
+	if err := txn.Delete(repoManifestKey(reg, repo, d)); err != nil {
+		return nil, err
+	}
+	if err := s.addRef(txn, contentRefsKey(d), 0, -1); err != nil {
+		return nil, err
+	}
+	bp := prefix(kindTagByDigest, reg, repo, string(d))
+	byDigest, err := keysWithPrefix(txn, bp)
+	if err != nil {
+		return nil, err
+	}
+	var tags [][]byte
+	for _, bk := range byDigest {
+		tag := string(bk[len(bp):])
+		k := tagKey(reg, repo, tag)
+		tags = append(tags, k)
+		for _, dk := range [][]byte{k, bk, tagAccessKey(reg, repo, tag)} {
+			if err := txn.Delete(dk); err != nil {
+				return nil, err
+			}
+		}
+	}
+	h, err := s.header(txn, d)
+	if err != nil {
+		return nil, err
+	}
+	if h != nil && h.Subject != "" {
+		if err := txn.Delete(referrerKey(reg, repo, h.Subject, d)); err != nil {
+			return nil, err
+		}
+	}
+	return tags, nil
+}
+
+// DeleteTag removes a tag; the manifest stays. protect (nil: nothing is protected)
+// may refuse it.
+func (s *Store) DeleteTag(ctx context.Context, reg, repo string, tag oci.Tag, protect Protect) error {
 	k := tagKey(reg, repo, string(tag))
 	defer s.tags.invalidate(k)
 	return s.update(func(txn *badger.Txn) error {
@@ -338,13 +440,52 @@ func (s *Store) DeleteTag(ctx context.Context, reg, repo string, tag oci.Tag) er
 		if !ok || err != nil {
 			return errors.Join(err, unknownManifest(ok, oci.Reference{Tag: tag}))
 		}
-		d, _ := decodeTagValue(v)
-		if err := txn.Delete(tagByDigestKey(reg, repo, d, string(tag))); err != nil {
-			return err
+		if protect != nil {
+			if err := protect(string(tag)); err != nil {
+				return err
+			}
 		}
-		return txn.Delete(k)
+		d, _ := decodeTagValue(v)
+		return deleteTag(txn, reg, repo, string(tag), d)
 	})
 }
+
+func deleteTag(txn *badger.Txn, reg, repo, tag string, d oci.Digest) error {
+	for _, k := range [][]byte{tagKey(reg, repo, tag), tagByDigestKey(reg, repo, d, tag), tagAccessKey(reg, repo, tag)} {
+		if err := txn.Delete(k); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// DeleteTagIf removes a tag only if it still points at d and was not pushed after
+// pushedBefore: what a retention job decided from a snapshot still holds when it acts.
+// deleted is false when the tag is gone or changed.
+func (s *Store) DeleteTagIf(ctx context.Context, reg, repo string, tag oci.Tag, d oci.Digest, pushedBefore time.Time) (deleted bool, err error) {
+	k := tagKey(reg, repo, string(tag))
+	defer s.tags.invalidate(k)
+	err = s.update(func(txn *badger.Txn) error {
+		deleted = false
+		v, ok, err := getValue(txn, k)
+		if !ok || err != nil {
+			return err
+		}
+		if now, _ := decodeTagValue(v); now != d || tagPushedAt(v) > pushedBefore.UnixNano() {
+			return nil
+		}
+		if hookBeforeConditionalDelete != nil {
+			hookBeforeConditionalDelete()
+		}
+		deleted = true
+		return deleteTag(txn, reg, repo, string(tag), d)
+	})
+	return deleted, err
+}
+
+// hookBeforeConditionalDelete, set by tests only, runs inside conditional deletes after
+// the condition was checked and before the transaction commits.
+var hookBeforeConditionalDelete func()
 
 // ListTags returns up to n tags of reg/repo after last, in byte order, and whether
 // more follow.

@@ -148,6 +148,8 @@ func getJSON(txn *badger.Txn, k []byte, into any) (bool, error) {
 	return true, json.Unmarshal(v, into)
 }
 
+func decodeJSON(v []byte, into any) error { return json.Unmarshal(v, into) }
+
 func setJSON(txn *badger.Txn, k []byte, v any) error {
 	b, err := json.Marshal(v)
 	if err != nil {

@@ -53,7 +53,7 @@ func TestTagReadsNeverSeeAMovedTagsOldManifest(t *testing.T) {
 			t.Fatalf("after moving the tag to %s (push %d), read %v %v", d, i, got, err)
 		}
 	}
-	if err := s.DeleteTag(ctx, "r", "app", "latest"); err != nil {
+	if err := s.DeleteTag(ctx, "r", "app", "latest", nil); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := s.GetManifest(ctx, "r", "app", ref); err == nil {

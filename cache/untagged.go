@@ -2,7 +2,6 @@ package cache
 
 import (
 	"context"
-	"encoding/json"
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
@@ -11,10 +10,15 @@ import (
 )
 
 // PruneUntagged deletes, in the repositories of reg that include admits (nil: all),
-// manifests that no tag reaches (directly, as a child of a tagged index, or as a
-// referrer of a kept manifest) and that were pushed before the grace period. Garbage
-// collection then takes what they alone referenced. It returns how many manifests it
-// deleted (or would delete).
+// manifests that nothing keeps: no tag reaches them (directly, as a child of a tagged
+// index, or as a referrer of a kept manifest) and neither does a manifest pushed within
+// the grace period. Garbage collection then takes what they alone referenced. It
+// returns how many manifests it deleted (or would delete).
+//
+// It decides from a snapshot and deletes each manifest in a transaction that checks
+// the decision still holds: the manifest was not pushed or listed by a new index since,
+// has no tag, and the indexes listing it and its subject are gone (they are deleted
+// first). A push during the run wins.
 func (s *Store) PruneUntagged(ctx context.Context, reg string, include func(repo string) bool, grace time.Duration, dryRun bool) (int, error) {
 	repos, _, err := s.ListRepositories(ctx, reg, "", 1<<30)
 	if err != nil {
@@ -30,66 +34,87 @@ func (s *Store) PruneUntagged(ctx context.Context, reg string, include func(repo
 		if err != nil {
 			return n, err
 		}
-		for _, d := range victims {
+		if hookAfterSnapshot != nil {
+			hookAfterSnapshot()
+		}
+		for _, v := range victims {
 			if err := ctx.Err(); err != nil {
 				return n, err
 			}
-			if !dryRun {
-				if err := s.DeleteManifest(ctx, reg, repo, d); err != nil && !isUnknown(err) {
-					return n, err
-				}
+			if dryRun {
+				n++
+				continue
 			}
-			n++
+			deleted, err := s.deleteUntaggedIf(reg, repo, v)
+			if err != nil {
+				return n, err
+			}
+			if deleted {
+				n++
+			}
 		}
 	}
 	return n, nil
 }
+
+// hookAfterSnapshot, set by tests only, runs between a job's snapshot and its deletes.
+var hookAfterSnapshot func()
 
 func isUnknown(err error) bool {
 	e, ok := oci.AsError(err)
 	return ok && e.Code == oci.ErrManifestUnknown
 }
 
-// untagged computes the unreachable manifests of one repository.
-func (s *Store) untagged(reg, repo string, cutoff int64) ([]oci.Digest, error) {
-	pushed := map[oci.Digest]int64{}
+// victim is an unreachable manifest as the snapshot saw it.
+type victim struct {
+	digest  oci.Digest
+	seen    repoManifest
+	parents []oci.Digest // indexes of the repository listing it (unreachable too)
+	subject oci.Digest   // the manifest it refers to, if any
+}
+
+// untagged computes the unreachable manifests of one repository, each after the
+// indexes listing it and after its subject.
+func (s *Store) untagged(reg, repo string, cutoff int64) ([]victim, error) {
+	records := map[oci.Digest]repoManifest{}
 	kept := map[oci.Digest]bool{}
-	children := map[oci.Digest][]oci.Digest{}
+	parents := map[oci.Digest][]oci.Digest{}
 	referrers := map[oci.Digest][]oci.Digest{} // subject → referrers
+	subjects := map[oci.Digest]oci.Digest{}
 	err := s.db.View(func(txn *badger.Txn) error {
-		mp := prefix(kindRepoManifest, reg, repo)
-		it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: true, Prefix: mp})
-		for it.Rewind(); it.Valid(); it.Next() {
-			d := oci.Digest(it.Item().Key()[len(mp):])
+		err := scan(txn, prefix(kindRepoManifest, reg, repo), func(rest, v []byte) error {
 			var rm repoManifest
-			if err := it.Item().Value(func(v []byte) error { return json.Unmarshal(v, &rm) }); err != nil {
-				it.Close()
+			if err := decodeJSON(v, &rm); err != nil {
 				return err
 			}
-			pushed[d] = rm.PushedAt
+			records[oci.Digest(rest)] = rm
+			return nil
+		})
+		if err != nil {
+			return err
 		}
-		it.Close()
-		tp := prefix(kindTag, reg, repo)
-		it = txn.NewIterator(badger.IteratorOptions{PrefetchValues: true, Prefix: tp})
-		for it.Rewind(); it.Valid(); it.Next() {
-			if err := it.Item().Value(func(v []byte) error { d, _ := decodeTagValue(v); kept[d] = true; return nil }); err != nil {
-				it.Close()
-				return err
+		err = scan(txn, prefix(kindTag, reg, repo), func(_, v []byte) error {
+			d, _ := decodeTagValue(v)
+			kept[d] = true
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		for d, rm := range records {
+			if rm.PushedAt > cutoff {
+				kept[d] = true // within its grace period
 			}
-		}
-		it.Close()
-		for d := range pushed {
-			item, err := txn.Get(contentKey(d))
-			if err != nil {
+			h, err := s.header(txn, d)
+			if err != nil || h == nil {
 				continue
 			}
-			var h contentHeader
-			if err := item.Value(func(v []byte) (err error) { h, _, err = decodeContent(v); return err }); err != nil {
-				return err
+			for _, c := range h.Children {
+				parents[c] = append(parents[c], d)
 			}
-			children[d] = h.Children
 			if h.Subject != "" {
 				referrers[h.Subject] = append(referrers[h.Subject], d)
+				subjects[d] = h.Subject
 			}
 		}
 		return nil
@@ -97,8 +122,14 @@ func (s *Store) untagged(reg, repo string, cutoff int64) ([]oci.Digest, error) {
 	if err != nil {
 		return nil, err
 	}
-	// Everything reachable from a tag stays: children of kept indexes, referrers of
-	// kept manifests.
+	children := map[oci.Digest][]oci.Digest{}
+	for c, ps := range parents {
+		for _, p := range ps {
+			children[p] = append(children[p], c)
+		}
+	}
+	// Everything reachable from a kept manifest stays: children of kept indexes,
+	// referrers of kept manifests.
 	queue := make([]oci.Digest, 0, len(kept))
 	for d := range kept {
 		queue = append(queue, d)
@@ -113,11 +144,67 @@ func (s *Store) untagged(reg, repo string, cutoff int64) ([]oci.Digest, error) {
 			}
 		}
 	}
-	var out []oci.Digest
-	for d, at := range pushed {
-		if !kept[d] && at <= cutoff {
-			out = append(out, d)
+	var out []victim
+	visited := map[oci.Digest]bool{}
+	var visit func(d oci.Digest)
+	visit = func(d oci.Digest) {
+		if visited[d] {
+			return
+		}
+		visited[d] = true
+		v := victim{digest: d, seen: records[d], subject: subjects[d]}
+		for _, p := range parents[d] {
+			if _, inRepo := records[p]; inRepo {
+				v.parents = append(v.parents, p)
+				visit(p)
+			}
+		}
+		if _, inRepo := records[v.subject]; inRepo && v.subject != "" {
+			visit(v.subject)
+		}
+		out = append(out, v)
+	}
+	for d := range records {
+		if !kept[d] {
+			visit(d)
 		}
 	}
 	return out, nil
+}
+
+// deleteUntaggedIf deletes a victim if the snapshot's decision still holds.
+func (s *Store) deleteUntaggedIf(reg, repo string, v victim) (deleted bool, err error) {
+	var tags [][]byte
+	defer func() { s.tags.invalidate(tags...) }()
+	err = s.update(func(txn *badger.Txn) error {
+		deleted, tags = false, nil
+		var rm repoManifest
+		ok, err := getJSON(txn, repoManifestKey(reg, repo, v.digest), &rm)
+		if !ok || err != nil {
+			return err
+		}
+		if rm.PushedAt != v.seen.PushedAt || rm.ListedAt != v.seen.ListedAt {
+			return nil // pushed again, or listed by a new index
+		}
+		tagged := false
+		err = scanKeys(txn, prefix(kindTagByDigest, reg, repo, string(v.digest)), func([]byte) error { tagged = true; return nil })
+		if err != nil || tagged {
+			return err
+		}
+		for _, d := range append(append([]oci.Digest{}, v.parents...), v.subject) {
+			if d == "" {
+				continue
+			}
+			if present, err := exists(txn, repoManifestKey(reg, repo, d)); present || err != nil {
+				return err // an index listing it, or its subject, survived
+			}
+		}
+		if hookBeforeConditionalDelete != nil {
+			hookBeforeConditionalDelete()
+		}
+		deleted = true
+		tags, err = s.deleteManifest(txn, reg, repo, v.digest)
+		return err
+	})
+	return deleted, err
 }

@@ -15,7 +15,7 @@ import (
 type Store interface {
 	ListRepositories(ctx context.Context, reg, last string, n int) ([]string, bool, error)
 	TagInfos(ctx context.Context, reg, repo string) ([]cache.TagInfo, error)
-	DeleteTag(ctx context.Context, reg, repo string, tag oci.Tag) error
+	DeleteTagIf(ctx context.Context, reg, repo string, tag oci.Tag, d oci.Digest, pushedBefore time.Time) (bool, error)
 	PruneUntagged(ctx context.Context, reg string, include func(repo string) bool, grace time.Duration, dryRun bool) (int, error)
 	CollectGarbage(ctx context.Context, opts cache.GCOptions) (cache.GCReport, error)
 }
@@ -114,12 +114,16 @@ func (e *Engine) now() time.Time {
 
 // Result summarises an applied plan.
 type Result struct {
-	TagsDeleted      int            `json:"tagsDeleted"`
+	TagsDeleted int `json:"tagsDeleted"`
+	// TagsChanged were pushed again (or deleted) between planning and applying, and so
+	// kept.
+	TagsChanged      int            `json:"tagsChanged"`
 	UntaggedDeleted  int            `json:"untaggedDeleted"`
 	GarbageCollected cache.GCReport `json:"gc"`
 }
 
-// Apply deletes the tags the plan deletes, then the untagged manifests of the
+// Apply deletes the tags the plan deletes — each only if it still points at the
+// planned manifest and was not pushed since —, then the untagged manifests of the
 // repositories each policy governs (narrowed to registry and repoGlob, "" for all),
 // then collects garbage with grace (nothing is reclaimed before it).
 func (e *Engine) Apply(ctx context.Context, plan []Decision, registry, repoGlob string, grace time.Duration) (Result, error) {
@@ -132,10 +136,16 @@ func (e *Engine) Apply(ctx context.Context, plan []Decision, registry, repoGlob 
 		if err != nil {
 			return res, err
 		}
-		if err := e.Store.DeleteTag(ctx, d.Registry, d.Repository, tag); err != nil {
-			if e, ok := oci.AsError(err); !ok || e.Code != oci.ErrManifestUnknown {
-				return res, fmt.Errorf("delete %s/%s:%s: %w", d.Registry, d.Repository, d.Tag, err)
+		deleted, err := e.Store.DeleteTagIf(ctx, d.Registry, d.Repository, tag, oci.Digest(d.Digest), d.PushedAt)
+		if err != nil {
+			return res, fmt.Errorf("delete %s/%s:%s: %w", d.Registry, d.Repository, d.Tag, err)
+		}
+		if !deleted {
+			res.TagsChanged++
+			if e.Log != nil {
+				e.Log.Info("retention kept a tag pushed since planning", "registry", d.Registry, "repo", d.Repository, "tag", d.Tag)
 			}
+			continue
 		}
 		res.TagsDeleted++
 	}

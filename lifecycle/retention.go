@@ -198,6 +198,9 @@ type Decision struct {
 	Class      Class  `json:"class"`
 	Keep       bool   `json:"keep"`
 	Reason     string `json:"reason"`
+	// PushedAt is when the tag was pushed as the plan saw it: Apply deletes the tag only
+	// if it has not been pushed since.
+	PushedAt time.Time `json:"-"`
 }
 
 // Plan decides every tag of one repository under rules. protected tags (immutable
@@ -213,7 +216,7 @@ func Plan(repo string, tags []Tag, rules []Rule, protected func(tag string) bool
 	}
 	out := make([]Decision, 0, len(tags))
 	for _, t := range tags {
-		d := Decision{Repository: repo, Tag: t.Name, Digest: t.Digest, Class: t.Class}
+		d := Decision{Repository: repo, Tag: t.Name, Digest: t.Digest, Class: t.Class, PushedAt: t.PushedAt}
 		switch reason, ok := kept[t.Name]; {
 		case ok:
 			d.Keep, d.Reason = true, "kept by "+reason

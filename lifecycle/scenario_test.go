@@ -264,6 +264,19 @@ func TestImmutableReleases(t *testing.T) {
 	if st, body := r.do("DELETE", "/v2/app/x/manifests/1.0.0", nil, ""); st != 403 || !strings.Contains(string(body), "DENIED") {
 		t.Errorf("delete of a protected tag: %d %s", st, body)
 	}
+	// A platform manifest of a protected multi-platform release is protected with it.
+	if st, body := r.push("app/x", "2.0.0-SNAPSHOT", "platform"); st != 201 {
+		t.Fatalf("child: %d %s", st, body)
+	}
+	_, m := r.do("GET", "/v2/app/x/manifests/2.0.0-SNAPSHOT", nil, "")
+	child := digest(m)
+	idx := fmt.Sprintf(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":%q,"size":1}]}`, child)
+	if st, body := r.do("PUT", "/v2/app/x/manifests/2.0.0", []byte(idx), "application/vnd.oci.image.index.v1+json"); st != 201 {
+		t.Fatalf("index: %d %s", st, body)
+	}
+	if st, body := r.do("DELETE", "/v2/app/x/manifests/"+child, nil, ""); st != 403 || !strings.Contains(string(body), "2.0.0") {
+		t.Errorf("delete of a manifest a protected release lists: %d %s", st, body)
+	}
 	if st, _ := r.push("other/x", "1.0.0", "a"); st != 201 {
 		t.Fatal("push outside the rule")
 	}
@@ -303,5 +316,44 @@ func TestTagPushTimesAndPruningScope(t *testing.T) {
 	}
 	if res.UntaggedDeleted != 0 {
 		t.Errorf("pruned %d untagged manifests outside app/**", res.UntaggedDeleted)
+	}
+}
+
+// Apply acts on what the plan saw: a tag pushed again between planning and applying —
+// to new content or to the same — is kept, and said to be.
+func TestApplyKeepsTagsPushedAfterPlanning(t *testing.T) {
+	clk := &clock{now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	r := start(t, clk, nil)
+	for _, tag := range []string{"1.0", "1.1", "1.2", "2.0"} {
+		clk.Advance(time.Minute)
+		if st, body := r.push("app/a", tag, ""); st != 201 {
+			t.Fatalf("push %s: %d %s", tag, st, body)
+		}
+	}
+	e := &lifecycle.Engine{Store: r.store, Registries: []string{"dev"}, Classes: lifecycle.DefaultClasses(), Now: clk.Now,
+		Policies: []lifecycle.Policy{{Name: "p", Registries: []string{"dev"}, Repositories: []string{"app/**"},
+			Rules: []lifecycle.Rule{lifecycle.KeepLast{Count: 1}}}}}
+	ctx := context.Background()
+	plan, err := e.Plan(ctx, "", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(kept(plan), " "); got != "2.0" {
+		t.Fatalf("plan keeps %q", got)
+	}
+	clk.Advance(time.Minute)
+	r.push("app/a", "1.0", "new content") // moved
+	r.push("app/a", "1.1", "")            // the same content, pushed again
+	res, err := e.Apply(ctx, plan, "", "", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.TagsDeleted != 1 || res.TagsChanged != 2 {
+		t.Errorf("deleted %d, kept as changed %d; want 1 (1.2) and 2 (1.0, 1.1)", res.TagsDeleted, res.TagsChanged)
+	}
+	for tag, want := range map[string]int{"1.0": 200, "1.1": 200, "1.2": 404, "2.0": 200} {
+		if st, _ := r.do("GET", "/v2/app/a/manifests/"+tag, nil, ""); st != want {
+			t.Errorf("%s after apply: %d, want %d", tag, st, want)
+		}
 	}
 }

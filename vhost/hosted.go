@@ -125,31 +125,23 @@ func (h *Hosted) PutManifest(ctx context.Context, p ManifestPush) (*PushResult, 
 	return res, nil
 }
 
+// DeleteManifest deletes a manifest (by digest, with its tags) or a tag. Immutable
+// releases refuse it, checked in the deleting transaction: the manifest's own tags and
+// those of every index listing it.
 func (h *Hosted) DeleteManifest(ctx context.Context, repo oci.Repository, ref oci.Reference) error {
+	var protect cache.Protect
 	if h.opts.Immutable != nil {
-		tags := []string{string(ref.Tag)}
-		if ref.IsDigest() {
-			infos, err := h.store.TagInfos(ctx, h.name, string(repo))
-			if err != nil {
-				return err
+		protect = func(tag string) error {
+			if why, ok, allowDelete := h.opts.Immutable(string(repo), tag); ok && !allowDelete {
+				return oci.ErrDenied.Withf("tag %s:%s is an immutable release (%s); deleting it, or a manifest it lists, is not allowed", repo, tag, why)
 			}
-			tags = tags[:0]
-			for _, ti := range infos {
-				if ti.Digest == ref.Digest {
-					tags = append(tags, ti.Tag)
-				}
-			}
-		}
-		for _, t := range tags {
-			if why, ok, allowDelete := h.opts.Immutable(string(repo), t); ok && !allowDelete {
-				return oci.ErrDenied.Withf("tag %s:%s is an immutable release (%s); deleting it is not allowed", repo, t, why)
-			}
+			return nil
 		}
 	}
 	if ref.IsDigest() {
-		return h.store.DeleteManifest(ctx, h.name, string(repo), ref.Digest)
+		return h.store.DeleteManifest(ctx, h.name, string(repo), ref.Digest, protect)
 	}
-	return h.store.DeleteTag(ctx, h.name, string(repo), ref.Tag)
+	return h.store.DeleteTag(ctx, h.name, string(repo), ref.Tag, protect)
 }
 
 func (h *Hosted) Tags(ctx context.Context, repo oci.Repository, last string, n int) ([]string, bool, error) {

@@ -480,7 +480,7 @@ func gcBench(args []string) error {
 	p := begin("delete", prof)
 	for r := range repos {
 		for k := 1; k < mPer; k += 2 {
-			if err := s.DeleteManifest(ctx, reg, repos[r], digests[r][k]); err != nil {
+			if err := s.DeleteManifest(ctx, reg, repos[r], digests[r][k], nil); err != nil {
 				return fmt.Errorf("delete manifest: %w", err)
 			}
 		}
@@ -781,7 +781,7 @@ func retentionBench(args []string) error {
 		logf("retention: deleting %d manifests of the %d-tag repository, one at a time", len(victims), len(tags))
 		p = begin("delete", nil)
 		for _, d := range victims {
-			if err := s.DeleteManifest(ctx, reg, repo, d); err != nil {
+			if err := s.DeleteManifest(ctx, reg, repo, d, nil); err != nil {
 				return fmt.Errorf("delete manifest: %w", err)
 			}
 		}
