@@ -70,6 +70,9 @@ func (s *Store) EvictCache(ctx context.Context, reg string, maxBytes int64, pull
 	if pulledWithin > 0 {
 		cutoff = s.now().Add(-pulledWithin).UnixNano()
 	}
+	// going counts, per blob, the references held by manifest contents this run made
+	// garbage: a blob is freed once only those are left.
+	going := map[oci.Digest]int64{}
 	for _, m := range manifests {
 		if err := ctx.Err(); err != nil {
 			return rep, err
@@ -79,7 +82,7 @@ func (s *Store) EvictCache(ctx context.Context, reg string, maxBytes int64, pull
 		if !stale && !over {
 			break
 		}
-		r, err := s.evictManifestIf(reg, m)
+		r, err := s.evictManifestIf(reg, m, going)
 		if err != nil {
 			return rep, err
 		}
@@ -102,12 +105,13 @@ type eviction struct {
 // evictManifestIf deletes a cached manifest, if it was not used since the snapshot,
 // and in the same transaction unlinks the blobs it lists that no other manifest of its
 // repository lists.
-func (s *Store) evictManifestIf(reg string, m cachedManifest) (eviction, error) {
+func (s *Store) evictManifestIf(reg string, m cachedManifest, going map[oci.Digest]int64) (eviction, error) {
 	var r eviction
 	var tags [][]byte
+	var goes []oci.Digest // blobs whose referencing content goes, once committed
 	defer func() { s.tags.invalidate(tags...) }()
 	err := s.update(func(txn *badger.Txn) error {
-		r, tags = eviction{}, nil
+		r, tags, goes = eviction{}, nil, nil
 		var rm repoManifest
 		ok, err := getJSON(txn, repoManifestKey(reg, m.repo, m.digest), &rm)
 		if !ok || err != nil {
@@ -131,6 +135,9 @@ func (s *Store) evictManifestIf(reg string, m cachedManifest) (eviction, error) 
 		r.evicted = true
 		if h == nil {
 			return nil
+		}
+		if contentGoes {
+			goes = h.Blobs
 		}
 		// Blobs still listed by the repository's other manifests stay linked.
 		listed := map[oci.Digest]bool{}
@@ -182,12 +189,21 @@ func (s *Store) evictManifestIf(reg string, m cachedManifest) (eviction, error) 
 			if err != nil {
 				return err
 			}
-			if !anywhere && contentGoes && decodeRefRecord(blobRefs).Refs <= 1 {
+			left := decodeRefRecord(blobRefs).Refs - going[b]
+			if contentGoes {
+				left--
+			}
+			if !anywhere && left <= 0 {
 				r.freed += size
 			}
 		}
 		return nil
 	})
+	if err == nil {
+		for _, b := range goes {
+			going[b]++
+		}
+	}
 	return r, err
 }
 
