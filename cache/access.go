@@ -11,8 +11,9 @@ import (
 )
 
 // Access records (last pull time and pull count of tags and manifests, for lifecycle
-// rules such as "keep if pulled within 30 days") are gathered in memory and written in
-// one transaction per flush interval, so pulls never wait for an index write.
+// rules such as "keep if pulled within 30 days") are gathered in memory and written
+// every flush interval, so pulls never wait for an index write. A tag's record lasts as
+// long as the tag points at the same content: deleting or moving the tag drops it.
 
 // Access is when a tag or manifest was last pulled and how often.
 type Access struct {
@@ -24,23 +25,27 @@ func tagAccessKey(reg, repo, tag string) []byte { return key(kindTagAccess, reg,
 
 type accessLog struct {
 	mu      sync.Mutex
-	pending map[string]Access // index key → pulls since the last flush
+	pending map[string]pull // index key → pulls since the last flush
+}
+
+// pull is what is gathered of one key between flushes.
+type pull struct {
+	at, n  int64
+	digest oci.Digest // the manifest pulled (for a tag: what it pointed at then)
 }
 
 // RecordPull notes a pull of manifest d in reg/repo, through tag when it is not empty.
-// Reads through GetManifest are recorded already; this is for manifests served
-// otherwise (fetched from an upstream).
 func (s *Store) RecordPull(reg, repo, tag string, d oci.Digest) {
 	now := s.now().UnixNano()
 	s.access.mu.Lock()
 	defer s.access.mu.Unlock()
 	if s.access.pending == nil {
-		s.access.pending = map[string]Access{}
+		s.access.pending = map[string]pull{}
 	}
 	note := func(k []byte) {
-		a := s.access.pending[string(k)]
-		a.PulledAt, a.Pulls = now, a.Pulls+1
-		s.access.pending[string(k)] = a
+		p := s.access.pending[string(k)]
+		p.at, p.n, p.digest = now, p.n+1, d
+		s.access.pending[string(k)] = p
 	}
 	note(repoManifestKey(reg, repo, d))
 	if tag != "" {
@@ -48,7 +53,13 @@ func (s *Store) RecordPull(reg, repo, tag string, d oci.Digest) {
 	}
 }
 
-// FlushAccess writes the pulls gathered since the last flush.
+// flushBatch bounds the records one flush transaction writes.
+const flushBatch = 1000
+
+// FlushAccess writes the pulls gathered since the last flush, in bounded
+// transactions. What could not be written goes back to the pending records (merged
+// with pulls since), so a failed flush loses no pull time: retention rules such as
+// pulled_within must not take an image in use for an unused one.
 func (s *Store) FlushAccess() error {
 	s.access.mu.Lock()
 	pending := s.access.pending
@@ -57,35 +68,78 @@ func (s *Store) FlushAccess() error {
 	if len(pending) == 0 {
 		return nil
 	}
-	return s.update(func(txn *badger.Txn) error {
-		for k, a := range pending {
-			kb := []byte(k)
-			if kb[0] == kindRepoManifest {
-				var rm repoManifest
-				ok, err := getJSON(txn, kb, &rm)
-				if err != nil {
-					return err
-				}
-				if !ok {
-					continue // deleted since it was pulled
-				}
-				rm.PulledAt, rm.Pulls = max(rm.PulledAt, a.PulledAt), rm.Pulls+a.Pulls
-				if err := setJSON(txn, kb, rm); err != nil {
-					return err
-				}
-				continue
-			}
-			var old Access
-			if _, err := getJSON(txn, kb, &old); err != nil {
+	keys := make([]string, 0, len(pending))
+	for k := range pending {
+		keys = append(keys, k)
+	}
+	written := 0
+	err := s.splitUpdate(0, len(keys), func(txn *badger.Txn, lo, hi int) error {
+		if hookFlushAccess != nil {
+			if err := hookFlushAccess(); err != nil {
 				return err
 			}
-			old.PulledAt, old.Pulls = max(old.PulledAt, a.PulledAt), old.Pulls+a.Pulls
-			if err := setJSON(txn, kb, old); err != nil {
+		}
+		for _, k := range keys[lo:hi] {
+			if err := s.writePull(txn, []byte(k), pending[k]); err != nil {
 				return err
 			}
 		}
 		return nil
+	}, func(lo, hi int) {
+		for _, k := range keys[lo:hi] {
+			delete(pending, k)
+		}
+		written += hi - lo
 	})
+	if err != nil {
+		s.access.mu.Lock()
+		for k, p := range pending {
+			q := s.access.pending[k]
+			if s.access.pending == nil {
+				s.access.pending = map[string]pull{}
+			}
+			if q.n > 0 { // pulled again meanwhile: keep the newer time and digest
+				p.at, p.digest = max(p.at, q.at), q.digest
+			}
+			p.n += q.n
+			s.access.pending[k] = p
+		}
+		s.access.mu.Unlock()
+	}
+	return err
+}
+
+// hookFlushAccess, set by tests only, runs in every flush transaction; an error fails
+// it.
+var hookFlushAccess func() error
+
+// writePull adds p to the pull record at k. A manifest record that is gone is not
+// recreated; nor is the record of a tag that was deleted, or moved to other content,
+// after the pull.
+func (s *Store) writePull(txn *badger.Txn, k []byte, p pull) error {
+	if k[0] == kindRepoManifest {
+		var rm repoManifest
+		ok, err := getJSON(txn, k, &rm)
+		if err != nil || !ok {
+			return err
+		}
+		rm.PulledAt, rm.Pulls = max(rm.PulledAt, p.at), rm.Pulls+p.n
+		return setJSON(txn, k, rm)
+	}
+	tag := append([]byte{kindTag}, k[1:]...) // a and t keys share their layout
+	v, ok, err := getValue(txn, tag)
+	if err != nil {
+		return err
+	}
+	if d, _ := decodeTagValue(v); !ok || d != p.digest || tagPushedAt(v) > p.at {
+		return nil // deleted, moved, or pushed again after this pull
+	}
+	var old Access
+	if _, err := getJSON(txn, k, &old); err != nil {
+		return err
+	}
+	old.PulledAt, old.Pulls = max(old.PulledAt, p.at), old.Pulls+p.n
+	return setJSON(txn, k, old)
 }
 
 // flushAccessEvery runs FlushAccess on an interval until ctx ends, then once more.

@@ -34,6 +34,7 @@ func (s *Store) Check(ctx context.Context, opts CheckOptions) (CheckReport, erro
 	var rep CheckReport
 	problem := func(format string, args ...any) { rep.Problems = append(rep.Problems, fmt.Sprintf(format, args...)) }
 	var fixes []func(txn *badger.Txn) error
+	var missing []oci.Digest // blobs whose records go, links and all
 
 	blobRefs := map[oci.Digest]int64{}
 	contentRefs := map[oci.Digest]int64{}
@@ -127,8 +128,7 @@ func (s *Store) Check(ctx context.Context, opts CheckOptions) (CheckReport, erro
 		switch {
 		case errors.Is(err, ErrNotExist):
 			problem("blob %s: the index has it, its file is missing", d)
-			dd := d
-			fixes = append(fixes, func(txn *badger.Txn) error { return s.dropBlobRecord(txn, dd) })
+			missing = append(missing, d)
 			continue
 		case err != nil:
 			return rep, err
@@ -153,13 +153,26 @@ func (s *Store) Check(ctx context.Context, opts CheckOptions) (CheckReport, erro
 			fixes = append(fixes, s.setRefs(contentRefsKey(d), r, want))
 		}
 	}
-	if opts.Repair && len(fixes) > 0 {
-		for _, fix := range fixes {
-			if err := s.update(fix); err != nil {
-				return rep, err
+	if !opts.Repair {
+		return rep, nil
+	}
+	// Many fixes share a transaction, as many as Badger takes.
+	err = s.splitUpdate(0, len(fixes), func(txn *badger.Txn, lo, hi int) error {
+		for _, fix := range fixes[lo:hi] {
+			if err := fix(txn); err != nil {
+				return err
 			}
-			rep.Repaired++
 		}
+		return nil
+	}, func(lo, hi int) { rep.Repaired += hi - lo })
+	if err != nil {
+		return rep, err
+	}
+	for _, d := range missing {
+		if err := s.dropRecordInChunks(d); err != nil {
+			return rep, err
+		}
+		rep.Repaired++
 	}
 	return rep, nil
 }
@@ -180,23 +193,53 @@ func (s *Store) setRefs(k []byte, r refRecord, refs int64) func(txn *badger.Txn)
 	}
 }
 
-// dropBlobRecord removes a blob's record and links (its file is gone).
+// dropRecordInChunks removes the record of blob d and its links, in as many
+// transactions as its links need.
+func (s *Store) dropRecordInChunks(d oci.Digest) error {
+	for {
+		done := false
+		err := s.update(func(txn *badger.Txn) error {
+			n, err := s.dropLinks(txn, d, linkChunk)
+			if err != nil || n == linkChunk {
+				return err
+			}
+			done = true
+			return txn.Delete(blobKey(d))
+		})
+		if err != nil || done {
+			return err
+		}
+	}
+}
+
+// dropBlobRecord removes a blob's record and links (its file is gone, or about to be).
 func (s *Store) dropBlobRecord(txn *badger.Txn, d oci.Digest) error {
-	links, err := keysWithPrefix(txn, prefix(kindLinkByDigest, string(d)))
-	if err != nil {
+	if _, err := s.dropLinks(txn, d, -1); err != nil {
 		return err
 	}
+	return txn.Delete(blobKey(d))
+}
+
+// dropLinks removes up to max (-1: all) links of blob d and returns how many it removed.
+func (s *Store) dropLinks(txn *badger.Txn, d oci.Digest, max int) (int, error) {
 	p := prefix(kindLinkByDigest, string(d))
+	links, err := keysWithPrefix(txn, p)
+	if err != nil {
+		return 0, err
+	}
+	if max >= 0 && len(links) > max {
+		links = links[:max]
+	}
 	for _, lk := range links {
 		reg, repo, _ := strings.Cut(string(lk[len(p):]), "\x00")
 		if err := txn.Delete(linkKey(reg, repo, d)); err != nil {
-			return err
+			return 0, err
 		}
 		if err := txn.Delete(lk); err != nil {
-			return err
+			return 0, err
 		}
 	}
-	return txn.Delete(blobKey(d))
+	return len(links), nil
 }
 
 func (s *Store) hashBlob(d oci.Digest) (oci.Digest, error) {

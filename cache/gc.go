@@ -22,7 +22,10 @@ import (
 // that references the content makes the transaction conflict and retry, and the
 // content stays). A blob's index record (and its links) go first and its file second, under
 // the blob's lock, so a crash never leaves the index pointing at a missing file; a
-// file left without a record is removed by a later run.
+// file left without a record is removed by a later run. Batches are sized by the
+// changes they make and split when Badger still finds them too big; a blob linked into
+// more repositories than one transaction can unlink is unlinked in chunks, each
+// re-checking that nothing references it.
 
 // GCOptions tune a collection.
 type GCOptions struct {
@@ -34,15 +37,17 @@ type GCOptions struct {
 
 // GCReport says what a collection did (or would do).
 type GCReport struct {
-	Manifests   int   `json:"manifests"`
-	Blobs       int   `json:"blobs"`
-	Bytes       int64 `json:"bytes"`
-	OrphanFiles int   `json:"orphanFiles"`
+	Manifests    int   `json:"manifests"`
+	Blobs        int   `json:"blobs"`
+	Bytes        int64 `json:"bytes"`
+	OrphanFiles  int   `json:"orphanFiles"`
+	Repositories int   `json:"repositories"` // emptied repositories dropped from the catalog
 }
 
 // CollectGarbage deletes what nothing references. Deleting a manifest releases what it
 // references; those are collected once their own grace period is over (at once when
-// Grace is zero: the collection repeats until nothing more goes).
+// Grace is zero: the collection repeats until nothing more goes). Repositories left
+// with nothing are dropped from the catalog, and the index's value log is compacted.
 func (s *Store) CollectGarbage(ctx context.Context, opts GCOptions) (GCReport, error) {
 	var total GCReport
 	cutoff := s.now().Add(-opts.Grace).UnixNano()
@@ -66,11 +71,76 @@ func (s *Store) CollectGarbage(ctx context.Context, opts GCOptions) (GCReport, e
 	}
 	orphans, err := s.removeOrphanFiles(cutoff, opts.DryRun)
 	total.OrphanFiles = orphans
-	return total, err
+	if err != nil {
+		return total, err
+	}
+	if total.Repositories, err = s.pruneEmptyRepositories(ctx, opts.DryRun); err != nil {
+		return total, err
+	}
+	if !opts.DryRun {
+		s.compactValueLog()
+	}
+	return total, nil
 }
 
-// gcBatch is how many deletions share one index transaction (and one disk sync).
-const gcBatch = 256
+// compactValueLog rewrites value-log files that are mostly garbage (Badger keeps large
+// values, such as big manifests, there, and never reclaims them by itself).
+func (s *Store) compactValueLog() {
+	for range 64 {
+		if err := s.db.RunValueLogGC(0.5); err != nil {
+			if !errors.Is(err, badger.ErrNoRewrite) && !errors.Is(err, badger.ErrRejected) {
+				s.log.Warn("index value-log compaction", "err", err)
+			}
+			return
+		}
+	}
+}
+
+// gcBatch is how many deletions share one index transaction (and one disk sync) at
+// most; maxBatchChanges bounds the keys they change, well inside what one Badger
+// transaction takes with the store's memtable size.
+const (
+	gcBatch         = 256
+	maxBatchChanges = 2000
+)
+
+// batches cuts items into runs of at most gcBatch items and maxBatchChanges changes
+// (cost(i) changes for item i).
+func batches[T any](items []T, cost func(T) int) [][]T {
+	var out [][]T
+	start, changes := 0, 0
+	for i, it := range items {
+		c := cost(it)
+		if i > start && (i-start == gcBatch || changes+c > maxBatchChanges) {
+			out = append(out, items[start:i])
+			start, changes = i, 0
+		}
+		changes += c
+	}
+	if start < len(items) {
+		out = append(out, items[start:])
+	}
+	return out
+}
+
+// splitUpdate runs apply on items [lo, hi) in one transaction, or, when Badger finds
+// it too big, on each half in turn; commit is told which ranges committed. apply must
+// build its results afresh on every call (a transaction runs again on a conflict). A
+// single item too big for a transaction is returned as badger.ErrTxnTooBig.
+func (s *Store) splitUpdate(lo, hi int, apply func(txn *badger.Txn, lo, hi int) error, commit func(lo, hi int)) error {
+	err := s.update(func(txn *badger.Txn) error { return apply(txn, lo, hi) })
+	if errors.Is(err, badger.ErrTxnTooBig) && hi-lo > 1 {
+		mid := (lo + hi) / 2
+		if err := s.splitUpdate(lo, mid, apply, commit); err != nil {
+			return err
+		}
+		return s.splitUpdate(mid, hi, apply, commit)
+	}
+	if err == nil {
+		commit(lo, hi)
+	}
+	return err
+}
 
 func (s *Store) collectOnce(ctx context.Context, cutoff int64, dryRun bool) (GCReport, error) {
 	var r GCReport
@@ -78,11 +148,14 @@ func (s *Store) collectOnce(ctx context.Context, cutoff int64, dryRun bool) (GCR
 	if err != nil {
 		return r, err
 	}
-	for i := 0; i < len(manifests); i += gcBatch {
+	costs, err := s.contentCosts(manifests)
+	if err != nil {
+		return r, err
+	}
+	for _, batch := range batches(manifests, func(d oci.Digest) int { return costs[d] }) {
 		if err := ctx.Err(); err != nil {
 			return r, err
 		}
-		batch := manifests[i:min(i+gcBatch, len(manifests))]
 		if dryRun {
 			r.Manifests += len(batch)
 			continue
@@ -97,11 +170,14 @@ func (s *Store) collectOnce(ctx context.Context, cutoff int64, dryRun bool) (GCR
 	if err != nil {
 		return r, err
 	}
-	for i := 0; i < len(blobs); i += gcBatch {
+	links, err := s.linkCounts(blobs)
+	if err != nil {
+		return r, err
+	}
+	for _, batch := range batches(blobs, func(d oci.Digest) int { return 1 + 2*links[d] }) {
 		if err := ctx.Err(); err != nil {
 			return r, err
 		}
-		batch := blobs[i:min(i+gcBatch, len(blobs))]
 		if dryRun {
 			r.Blobs += len(batch)
 			continue
@@ -116,23 +192,51 @@ func (s *Store) collectOnce(ctx context.Context, cutoff int64, dryRun bool) (GCR
 	return r, nil
 }
 
+// contentCosts estimates the keys deleting each manifest's content changes.
+func (s *Store) contentCosts(ds []oci.Digest) (map[oci.Digest]int, error) {
+	out := make(map[oci.Digest]int, len(ds))
+	err := s.db.View(func(txn *badger.Txn) error {
+		for _, d := range ds {
+			h, err := s.header(txn, d)
+			if err != nil {
+				return err
+			}
+			out[d] = 2
+			if h != nil {
+				out[d] += 2 * (len(h.Blobs) + len(h.Children))
+			}
+		}
+		return nil
+	})
+	return out, err
+}
+
+// linkCounts counts the repositories each blob is linked to.
+func (s *Store) linkCounts(ds []oci.Digest) (map[oci.Digest]int, error) {
+	out := make(map[oci.Digest]int, len(ds))
+	err := s.db.View(func(txn *badger.Txn) error {
+		for _, d := range ds {
+			err := scanKeys(txn, prefix(kindLinkByDigest, string(d)), func([]byte) error { out[d]++; return nil })
+			if err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	return out, err
+}
+
 // unreferenced lists the digests of records of kind whose count has been zero since
 // before cutoff.
 func (s *Store) unreferenced(kind byte, cutoff int64) ([]oci.Digest, error) {
 	var out []oci.Digest
 	err := s.db.View(func(txn *badger.Txn) error {
-		it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: true, Prefix: []byte{kind}})
-		defer it.Close()
-		for it.Rewind(); it.Valid(); it.Next() {
-			var r refRecord
-			if err := it.Item().Value(func(v []byte) error { r = decodeRefRecord(v); return nil }); err != nil {
-				return err
+		return scan(txn, []byte{kind}, func(rest, v []byte) error {
+			if r := decodeRefRecord(v); r.Refs == 0 && r.ZeroSince != 0 && r.ZeroSince <= cutoff {
+				out = append(out, oci.Digest(rest))
 			}
-			if r.Refs == 0 && r.ZeroSince != 0 && r.ZeroSince <= cutoff {
-				out = append(out, oci.Digest(it.Item().Key()[1:]))
-			}
-		}
-		return nil
+			return nil
+		})
 	})
 	return out, err
 }
@@ -148,12 +252,12 @@ func stillUnreferenced(txn *badger.Txn, k []byte, cutoff int64) (refRecord, bool
 }
 
 // deleteContents deletes manifest bytes nothing references and releases what they
-// reference, in one transaction that re-checks every count.
+// reference, in transactions that re-check every count.
 func (s *Store) deleteContents(batch []oci.Digest, cutoff int64) (int, error) {
-	var deleted []oci.Digest
-	err := s.update(func(txn *badger.Txn) error {
-		deleted = deleted[:0]
-		for _, d := range batch {
+	var deleted, attempt []oci.Digest
+	err := s.splitUpdate(0, len(batch), func(txn *badger.Txn, lo, hi int) error {
+		attempt = attempt[:0]
+		for _, d := range batch[lo:hi] {
 			_, ok, err := stillUnreferenced(txn, contentRefsKey(d), cutoff)
 			if err != nil {
 				return err
@@ -161,15 +265,11 @@ func (s *Store) deleteContents(batch []oci.Digest, cutoff int64) (int, error) {
 			if !ok {
 				continue
 			}
-			item, err := txn.Get(contentKey(d))
-			if err != nil && !errors.Is(err, badger.ErrKeyNotFound) {
+			h, err := s.header(txn, d)
+			if err != nil {
 				return err
 			}
-			if err == nil {
-				var h contentHeader
-				if err := item.Value(func(v []byte) (err error) { h, _, err = decodeContent(v); return err }); err != nil {
-					return err
-				}
+			if h != nil {
 				for _, b := range h.Blobs {
 					if err := s.unreference(txn, kindBlob, b, d); err != nil {
 						return err
@@ -187,22 +287,19 @@ func (s *Store) deleteContents(batch []oci.Digest, cutoff int64) (int, error) {
 			if err := txn.Delete(contentRefsKey(d)); err != nil {
 				return err
 			}
-			deleted = append(deleted, d)
+			attempt = append(attempt, d)
 		}
 		return nil
-	})
-	if err != nil {
-		return 0, err
-	}
+	}, func(lo, hi int) { deleted = append(deleted, attempt...) })
 	for _, d := range deleted {
 		s.contents.Remove(d)
 	}
-	return len(deleted), nil
+	return len(deleted), err
 }
 
-// deleteBlobs deletes unreferenced blobs: their records and links first, in one
-// transaction, then their files, all under the blobs' locks so that a concurrent
-// upload of the same digest cannot slip a fresh file in between.
+// deleteBlobs deletes unreferenced blobs: their records and links first, then their
+// files, all under the blobs' locks so that a concurrent upload of the same digest
+// cannot slip a fresh file in between.
 func (s *Store) deleteBlobs(batch []oci.Digest, cutoff int64) (int, int64, error) {
 	sorted := append([]oci.Digest(nil), batch...)
 	slices.Sort(sorted) // a fixed order: GC is the only holder of several locks
@@ -211,9 +308,21 @@ func (s *Store) deleteBlobs(batch []oci.Digest, cutoff int64) (int, int64, error
 	}
 	var deleted []oci.Digest
 	var bytes int64
-	err := s.update(func(txn *badger.Txn) error {
-		deleted, bytes = deleted[:0], 0
-		for _, d := range sorted {
+	type gone struct {
+		d    oci.Digest
+		size int64
+	}
+	var attempt []gone
+	commit := func(lo, hi int) {
+		for _, g := range attempt {
+			deleted = append(deleted, g.d)
+			bytes += g.size
+		}
+	}
+	var apply func(txn *badger.Txn, lo, hi int) error
+	apply = func(txn *badger.Txn, lo, hi int) error {
+		attempt = attempt[:0]
+		for _, d := range sorted[lo:hi] {
 			r, ok, err := stillUnreferenced(txn, blobKey(d), cutoff)
 			if err != nil {
 				return err
@@ -224,13 +333,33 @@ func (s *Store) deleteBlobs(batch []oci.Digest, cutoff int64) (int, int64, error
 			if err := s.dropBlobRecord(txn, d); err != nil {
 				return err
 			}
-			deleted = append(deleted, d)
-			bytes += r.Size
+			attempt = append(attempt, gone{d, r.Size})
 		}
 		return nil
-	})
-	if err != nil {
-		return 0, 0, err
+	}
+	for lo := 0; lo < len(sorted); {
+		// Try the rest in one go (split as needed); a blob too big alone is unlinked in
+		// chunks, then the rest goes on after it.
+		hi := len(sorted)
+		err := s.splitUpdate(lo, hi, apply, commit)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, badger.ErrTxnTooBig) {
+			return 0, 0, err
+		}
+		big := s.firstTooBig(sorted, lo, hi, apply, commit)
+		if big < 0 {
+			return 0, 0, err
+		}
+		size, ok, err := s.dropBigBlob(sorted[big], cutoff)
+		if err != nil {
+			return 0, 0, err
+		}
+		if ok {
+			deleted, bytes = append(deleted, sorted[big]), bytes+size
+		}
+		lo = big + 1
 	}
 	for _, d := range deleted {
 		if err := s.blobs.Delete(d); err != nil {
@@ -239,6 +368,111 @@ func (s *Store) deleteBlobs(batch []oci.Digest, cutoff int64) (int, int64, error
 	}
 	return len(deleted), bytes, nil
 }
+
+// firstTooBig finds the first item of [lo, hi) that is too big for a transaction on
+// its own, committing the items before it; -1 if none is.
+func (s *Store) firstTooBig(items []oci.Digest, lo, hi int, apply func(txn *badger.Txn, lo, hi int) error, commit func(lo, hi int)) int {
+	for i := lo; i < hi; i++ {
+		if err := s.splitUpdate(i, i+1, apply, commit); errors.Is(err, badger.ErrTxnTooBig) {
+			return i
+		}
+	}
+	return -1
+}
+
+// linkChunk is how many links of a blob one transaction removes when the blob has too
+// many for one.
+const linkChunk = 500
+
+// dropBigBlob deletes the record of a blob with too many links for one transaction:
+// its links in chunks, each in a transaction that re-checks nothing references the
+// blob (a push referencing it meanwhile stops the deletion), then the record.
+func (s *Store) dropBigBlob(d oci.Digest, cutoff int64) (size int64, deleted bool, err error) {
+	for {
+		more := false
+		err := s.update(func(txn *badger.Txn) error {
+			r, ok, err := stillUnreferenced(txn, blobKey(d), cutoff)
+			if err != nil || !ok {
+				deleted, more = false, false
+				return err
+			}
+			size = r.Size
+			n, err := s.dropLinks(txn, d, linkChunk)
+			if err != nil {
+				return err
+			}
+			more = n == linkChunk
+			if !more {
+				deleted = true
+				return txn.Delete(blobKey(d))
+			}
+			return nil
+		})
+		if err != nil || !more {
+			return size, deleted, err
+		}
+	}
+}
+
+// pruneEmptyRepositories drops from the catalog the repositories with no manifest, tag
+// or blob left. Writers blind-write a repository's key (touchRepo), and the pruning
+// transaction reads it: a push into the repository while it is pruned makes one of
+// them conflict, so a repository with content never loses its catalog entry.
+func (s *Store) pruneEmptyRepositories(ctx context.Context, dryRun bool) (int, error) {
+	var repos [][2]string
+	err := s.db.View(func(txn *badger.Txn) error {
+		return scanKeys(txn, []byte{kindRepo}, func(rest []byte) error {
+			reg, repo, ok := strings.Cut(string(rest), "\x00")
+			if ok {
+				repos = append(repos, [2]string{reg, repo})
+			}
+			return nil
+		})
+	})
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, r := range repos {
+		if err := ctx.Err(); err != nil {
+			return n, err
+		}
+		pruned := false
+		err := s.update(func(txn *badger.Txn) error {
+			pruned = false
+			if ok, err := exists(txn, repoKey(r[0], r[1])); !ok || err != nil {
+				return err
+			}
+			for _, kind := range []byte{kindRepoManifest, kindTag, kindLink} {
+				found := false
+				if err := scanKeys(txn, prefix(kind, r[0], r[1]), func([]byte) error { found = true; return errStop }); err != nil && !errors.Is(err, errStop) {
+					return err
+				}
+				if found {
+					return nil
+				}
+			}
+			pruned = true
+			if dryRun {
+				return nil
+			}
+			if hookBeforeConditionalDelete != nil {
+				hookBeforeConditionalDelete()
+			}
+			return txn.Delete(repoKey(r[0], r[1]))
+		})
+		if err != nil {
+			return n, err
+		}
+		if pruned {
+			n++
+		}
+	}
+	return n, nil
+}
+
+// errStop ends a scan early.
+var errStop = errors.New("stop")
 
 // removeOrphanFiles deletes blob files without an index record (left by a crash
 // between the two steps of a deletion, or of a commit) once they are older than the

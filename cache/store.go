@@ -20,6 +20,7 @@ import (
 // Badger index. Registries and repositories are namespaces inside it; blob bytes are
 // shared by all of them.
 type Store struct {
+	dir   string
 	db    *badger.DB
 	blobs BlobStore
 	log   *slog.Logger
@@ -47,6 +48,9 @@ type Options struct {
 	Now func() time.Time
 	// AccessFlushInterval is how often pull records are written (default 5s).
 	AccessFlushInterval time.Duration
+	// MemTableSize is the index's memtable size (default 16 MiB); it also bounds one
+	// transaction (15% of it). Tests make it small to reach that bound.
+	MemTableSize int64
 }
 
 // maxCachedManifest bounds the manifests kept in memory; bigger ones are read from
@@ -65,6 +69,9 @@ func Open(opts Options) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
+	if opts.MemTableSize <= 0 {
+		opts.MemTableSize = 16 << 20
+	}
 	bopts := badger.DefaultOptions(filepath.Join(opts.Dir, "index")).
 		WithLogger(badgerLogger{opts.Logger}).
 		// A 201 means the push is durable: every commit reaches the disk.
@@ -72,14 +79,14 @@ func Open(opts Options) (*Store, error) {
 		WithNumVersionsToKeep(1).
 		// Sized for a registry index (small values, modest write rate), keeping the
 		// resident set small.
-		WithMemTableSize(16 << 20).
+		WithMemTableSize(opts.MemTableSize).
 		WithNumMemtables(2).
 		WithNumLevelZeroTables(2).
 		WithNumLevelZeroTablesStall(8).
 		WithBlockCacheSize(32 << 20).
 		WithIndexCacheSize(16 << 20).
-		WithValueLogFileSize(64 << 20).
-		WithValueThreshold(64 << 10).
+		WithValueLogFileSize(max(1<<20, 4*opts.MemTableSize)).
+		WithValueThreshold(min(64<<10, opts.MemTableSize/32)).
 		WithNumCompactors(2)
 	db, err := badger.Open(bopts)
 	if err != nil {
@@ -89,7 +96,7 @@ func Open(opts Options) (*Store, error) {
 		opts.AccessFlushInterval = 5 * time.Second
 	}
 	contents, _ := lru.New[oci.Digest, []byte](4096)
-	s := &Store{db: db, blobs: blobs, log: opts.Logger, now: opts.Now, contents: contents, tags: newTagCache(16384)}
+	s := &Store{dir: opts.Dir, db: db, blobs: blobs, log: opts.Logger, now: opts.Now, contents: contents, tags: newTagCache(16384)}
 	if err := s.upgrade(); err != nil {
 		db.Close()
 		return nil, err
@@ -186,14 +193,11 @@ func (s *Store) addRef(txn *badger.Txn, k []byte, size, delta int64) error {
 	return txn.Set(k, r.encode())
 }
 
-// touchRepo records that a repository exists, for the catalog.
+// touchRepo records that a repository exists, for the catalog. It writes without
+// reading: concurrent pushes to one repository do not conflict over it, and the GC
+// transaction that drops empty repositories, which reads it, does.
 func (s *Store) touchRepo(txn *badger.Txn, reg, repo string) error {
-	k := repoKey(reg, repo)
-	ok, err := exists(txn, k)
-	if ok || err != nil {
-		return err
-	}
-	return txn.Set(k, []byte(s.now().UTC().Format(time.RFC3339)))
+	return txn.Set(repoKey(reg, repo), []byte(s.now().UTC().Format(time.RFC3339)))
 }
 
 // RefCounts reports the reference count of a blob or manifest (for tests, fsck and
