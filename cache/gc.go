@@ -2,7 +2,6 @@ package cache
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"io/fs"
 	"os"
@@ -524,43 +523,42 @@ func (s *Store) hasRecord(k []byte) (ok bool, err error) {
 	return ok, err
 }
 
-// PurgeUploads drops upload sessions started before maxAge ago and upload files no
-// session owns that are older than that. It returns how many were removed.
+// PurgeUploads drops upload sessions unused (no chunk received) for maxAge, and upload
+// files no session owns that are older than that. It returns how many were removed.
+// A session is checked again under its lock: a chunk arriving while the purge runs
+// keeps it.
 func (s *Store) PurgeUploads(ctx context.Context, maxAge time.Duration) (int, error) {
 	cutoff := s.now().Add(-maxAge)
 	live := map[string]bool{}
 	var stale []string
 	err := s.db.View(func(txn *badger.Txn) error {
-		it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: true, Prefix: []byte{kindUpload}})
-		defer it.Close()
-		for it.Rewind(); it.Valid(); it.Next() {
+		return scan(txn, []byte{kindUpload}, func(_, v []byte) error {
 			var u Upload
-			if err := it.Item().Value(func(v []byte) error { return json.Unmarshal(v, &u) }); err != nil {
+			if err := decodeJSON(v, &u); err != nil {
 				return err
 			}
-			if u.StartedAt.Before(cutoff) {
+			live[u.ID] = true
+			if u.lastActivity().Before(cutoff) {
 				stale = append(stale, u.ID)
-			} else {
-				live[u.ID] = true
 			}
-		}
-		return nil
+			return nil
+		})
 	})
 	if err != nil {
 		return 0, err
 	}
 	n := 0
 	for _, id := range stale {
-		unlock := s.uploadLocks.lock(id)
-		err := s.update(func(txn *badger.Txn) error { return txn.Delete(uploadKey(id)) })
-		if err == nil {
-			err = s.blobs.RemoveUpload(id)
+		if err := ctx.Err(); err != nil {
+			return n, err
 		}
-		unlock()
+		purged, err := s.purgeUpload(id, cutoff)
 		if err != nil {
 			return n, err
 		}
-		n++
+		if purged {
+			n++
+		}
 	}
 	fsStore, ok := s.blobs.(*FSBlobStore)
 	if !ok {
@@ -580,4 +578,24 @@ func (s *Store) PurgeUploads(ctx context.Context, maxAge time.Duration) (int, er
 		}
 	}
 	return n, nil
+}
+
+// purgeUpload drops session id if, under its lock, it is still unused since cutoff.
+func (s *Store) purgeUpload(id string, cutoff time.Time) (bool, error) {
+	defer s.uploadLocks.lock(id)()
+	purged := false
+	err := s.update(func(txn *badger.Txn) error {
+		var u Upload
+		ok, err := getJSON(txn, uploadKey(id), &u)
+		if !ok || err != nil || !u.lastActivity().Before(cutoff) {
+			purged = false
+			return err
+		}
+		purged = true
+		return txn.Delete(uploadKey(id))
+	})
+	if err != nil || !purged {
+		return false, err
+	}
+	return true, s.blobs.RemoveUpload(id)
 }

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"hash"
 	"io"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -28,6 +29,17 @@ type Upload struct {
 	Offset    int64
 	HashState []byte
 	StartedAt time.Time
+	// UpdatedAt is when a chunk last arrived (zero in sessions written before it was
+	// recorded: their start time stands in). Abandoned uploads are aged by it.
+	UpdatedAt time.Time `json:",omitempty"`
+}
+
+// lastActivity is when the session was last used.
+func (u *Upload) lastActivity() time.Time {
+	if u.UpdatedAt.After(u.StartedAt) {
+		return u.UpdatedAt
+	}
+	return u.StartedAt
 }
 
 func newID() string {
@@ -92,6 +104,7 @@ func (s *Store) AppendUpload(ctx context.Context, reg, repo, id string, start in
 	if err := u.saveHash(h); err != nil {
 		return nil, err
 	}
+	u.UpdatedAt = s.now().UTC()
 	return u, s.update(func(txn *badger.Txn) error { return setJSON(txn, uploadKey(id), u) })
 }
 
@@ -109,7 +122,7 @@ func (s *Store) appendChunk(u *Upload, r io.Reader, length int64) (hash.Hash, er
 	}
 	f, err := s.blobs.OpenUpload(u.ID, u.Offset)
 	if errors.Is(err, ErrNotExist) {
-		return nil, oci.ErrBlobUploadUnknown.Withf("upload %q has no data file", u.ID)
+		return nil, errUploadFileGone
 	}
 	if err != nil {
 		return nil, err
@@ -149,6 +162,9 @@ func (s *Store) FinishUpload(ctx context.Context, reg, repo, id string, d oci.Di
 	var h hash.Hash
 	if r != nil {
 		h, err = s.appendChunk(u, r, length)
+		if errors.Is(err, errUploadFileGone) {
+			return s.finishCommitted(u, d, r, length)
+		}
 	} else {
 		h, err = u.hash()
 	}
@@ -166,14 +182,48 @@ func (s *Store) FinishUpload(ctx context.Context, reg, repo, id string, d oci.Di
 	return u.Offset, s.commitBlob(u.ID, d, reg, repo, u.Offset, uploadKey(id))
 }
 
+// errUploadFileGone: the session's data file is missing.
+var errUploadFileGone = oci.ErrBlobUploadUnknown.Withf("the upload has no data file")
+
+// finishCommitted completes a session whose data file is gone because an earlier
+// attempt moved it into place as blob d and stopped (a crash) before recording it: the
+// final chunk r is hashed onto the session's state, and only if the result is d — the
+// client has shown it sent that content — and the blob is stored, is it linked.
+func (s *Store) finishCommitted(u *Upload, d oci.Digest, r io.Reader, length int64) (int64, error) {
+	h, err := u.hash()
+	if err != nil {
+		return 0, err
+	}
+	n, err := io.Copy(h, r)
+	if err != nil {
+		return 0, err
+	}
+	if length >= 0 && n != length {
+		return 0, oci.ErrSizeInvalid.Withf("chunk has %d bytes, %d were announced", n, length)
+	}
+	if d.Algorithm() != u.Algorithm || oci.FromHash(d.Algorithm(), h) != d {
+		return 0, errUploadFileGone
+	}
+	size := u.Offset + n
+	if stored, err := s.blobs.Stat(d); err != nil || stored != size {
+		return 0, errUploadFileGone
+	}
+	return size, s.commitBlob(u.ID, d, u.Registry, u.Repo, size, uploadKey(u.ID))
+}
+
 // commitBlob moves a verified upload file into place as blob d and links it to
 // reg/repo (deleting the keys in done, such as the upload session, in the same
 // transaction). It holds the blob's lock so garbage collection cannot delete the
-// blob between the file's arrival and its record's.
+// blob between the file's arrival and its record's. An upload file already moved into
+// place by an earlier attempt that stopped before its index transaction (a crash) is
+// taken as committed: only verified content is ever moved to a blob's path.
 func (s *Store) commitBlob(id string, d oci.Digest, reg, repo string, size int64, done ...[]byte) error {
 	defer s.blobLocks.lock(string(d))()
 	if err := s.blobs.Commit(id, d); err != nil {
-		return err
+		stored, serr := s.blobs.Stat(d)
+		if !errors.Is(err, os.ErrNotExist) || serr != nil || stored != size {
+			return err
+		}
 	}
 	return s.update(func(txn *badger.Txn) error {
 		for _, k := range done {
@@ -190,6 +240,9 @@ func (s *Store) commitBlob(id string, d oci.Digest, reg, repo string, size int64
 func (s *Store) verifyUpload(u *Upload, h hash.Hash, d oci.Digest) error {
 	if d.Algorithm() != u.Algorithm {
 		rc, err := s.blobs.ReadUpload(u.ID)
+		if errors.Is(err, ErrNotExist) {
+			return errUploadFileGone
+		}
 		if err != nil {
 			return err
 		}
