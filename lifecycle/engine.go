@@ -55,6 +55,10 @@ type Engine struct {
 	Immutable  *Immutability
 	Now        func() time.Time
 	Log        *slog.Logger
+	// Only, when set, restricts planning and applying to the repositories the policy
+	// of that name governs (a repository is governed by the first policy covering it,
+	// among all of them).
+	Only string
 }
 
 // Plan lists every tag of the covered repositories with keep or delete and the rule
@@ -76,6 +80,9 @@ func (e *Engine) Plan(ctx context.Context, registry, repoGlob string) ([]Decisio
 			for _, p := range e.Policies {
 				if !p.covers(reg, repo) {
 					continue
+				}
+				if e.Only != "" && p.Name != e.Only {
+					break // governed by another policy
 				}
 				infos, err := e.Store.TagInfos(ctx, reg, repo)
 				if err != nil {
@@ -154,7 +161,7 @@ func (e *Engine) Apply(ctx context.Context, plan []Decision, registry, repoGlob 
 			continue
 		}
 		for i, p := range e.Policies {
-			if p.UntaggedGrace <= 0 || !containsOrStar(p.Registries, reg) {
+			if p.UntaggedGrace <= 0 || !containsOrStar(p.Registries, reg) || (e.Only != "" && p.Name != e.Only) {
 				continue
 			}
 			// A repository is governed by the first policy covering it.

@@ -14,8 +14,10 @@ import (
 // ErrBusy means a job of that kind is already running.
 var ErrBusy = errors.New("a job of this kind is already running")
 
-// Jobs runs retention, garbage collection and upload purging on intervals, one at a
-// time per kind, with log lines and counters; the same jobs run on demand.
+// Jobs runs retention, garbage collection and upload purging on intervals, with log
+// lines and counters; the same jobs run on demand. A job does not run twice at once:
+// one collection, one purge, and one run of each retention policy at a time; a run
+// that finds its job busy is skipped, and says so in the log.
 type Jobs struct {
 	Engine *Engine
 	Store  interface {
@@ -33,8 +35,10 @@ type Jobs struct {
 	RetentionEvery map[string]time.Duration
 	Log            *slog.Logger
 
-	gcMu, purgeMu, retentionMu sync.Mutex
-	running                    sync.WaitGroup
+	gcMu, purgeMu sync.Mutex
+	policyMu      sync.Mutex
+	policyLocks   map[string]*sync.Mutex // one per retention policy
+	running       sync.WaitGroup
 	// Counters since start.
 	GCRuns, BlobsCollected, ManifestsCollected, UploadsPurged, RetentionRuns, TagsDeleted atomic.Int64
 }
@@ -67,6 +71,12 @@ func (j *Jobs) Start(ctx context.Context) {
 	}
 }
 
+// busy logs a run skipped because the same job is still running.
+func (j *Jobs) busy(job string, attrs ...any) error {
+	j.Log.Warn("job skipped: the previous run is still going", append([]any{"job", job}, attrs...)...)
+	return ErrBusy
+}
+
 // Eviction is the cache limit of one proxy registry.
 type Eviction struct {
 	Registry     string
@@ -81,7 +91,7 @@ func (j *Jobs) Wait() { j.running.Wait() }
 // GC trims proxy caches, then collects garbage now.
 func (j *Jobs) GC(ctx context.Context, dryRun bool) (cache.GCReport, error) {
 	if !j.gcMu.TryLock() {
-		return cache.GCReport{}, ErrBusy
+		return cache.GCReport{}, j.busy("gc")
 	}
 	defer j.gcMu.Unlock()
 	start := time.Now()
@@ -109,7 +119,7 @@ func (j *Jobs) GC(ctx context.Context, dryRun bool) (cache.GCReport, error) {
 // Purge drops abandoned uploads now.
 func (j *Jobs) Purge(ctx context.Context) (int, error) {
 	if !j.purgeMu.TryLock() {
-		return 0, ErrBusy
+		return 0, j.busy("purge")
 	}
 	defer j.purgeMu.Unlock()
 	n, err := j.Store.PurgeUploads(ctx, j.PurgeAfter)
@@ -118,21 +128,56 @@ func (j *Jobs) Purge(ctx context.Context) (int, error) {
 	return n, err
 }
 
-// Retention applies one policy (or every policy when name is empty) now.
-func (j *Jobs) Retention(ctx context.Context, name string) (Result, error) {
-	if !j.retentionMu.TryLock() {
-		return Result{}, ErrBusy
+// policyLock is the lock of one retention policy.
+func (j *Jobs) policyLock(name string) *sync.Mutex {
+	j.policyMu.Lock()
+	defer j.policyMu.Unlock()
+	if j.policyLocks == nil {
+		j.policyLocks = map[string]*sync.Mutex{}
 	}
-	defer j.retentionMu.Unlock()
-	e := *j.Engine
-	if name != "" {
-		e.Policies = nil
-		for _, p := range j.Engine.Policies {
-			if p.Name == name {
-				e.Policies = append(e.Policies, p)
-			}
+	if j.policyLocks[name] == nil {
+		j.policyLocks[name] = &sync.Mutex{}
+	}
+	return j.policyLocks[name]
+}
+
+// Retention applies one policy (or every policy, one after another, when name is
+// empty) now. A policy already running is skipped; with name empty the others still
+// run, and ErrBusy is returned only when every policy was busy.
+func (j *Jobs) Retention(ctx context.Context, name string) (Result, error) {
+	var total Result
+	ran, skipped := 0, 0
+	for _, p := range j.Engine.Policies {
+		if name != "" && p.Name != name {
+			continue
+		}
+		mu := j.policyLock(p.Name)
+		if !mu.TryLock() {
+			skipped++
+			j.busy("retention", "policy", p.Name)
+			continue
+		}
+		res, err := j.retain(ctx, p)
+		mu.Unlock()
+		ran++
+		total.TagsDeleted += res.TagsDeleted
+		total.TagsChanged += res.TagsChanged
+		total.UntaggedDeleted += res.UntaggedDeleted
+		total.GarbageCollected = res.GarbageCollected
+		if err != nil {
+			return total, err
 		}
 	}
+	if ran == 0 && skipped > 0 {
+		return total, ErrBusy
+	}
+	return total, nil
+}
+
+// retain plans and applies one policy.
+func (j *Jobs) retain(ctx context.Context, p Policy) (Result, error) {
+	e := *j.Engine
+	e.Only = p.Name
 	plan, err := e.Plan(ctx, "", "")
 	if err != nil {
 		return Result{}, err
@@ -140,6 +185,7 @@ func (j *Jobs) Retention(ctx context.Context, name string) (Result, error) {
 	res, err := e.Apply(ctx, plan, "", "", j.GCGrace)
 	j.RetentionRuns.Add(1)
 	j.TagsDeleted.Add(int64(res.TagsDeleted))
-	j.Log.Info("retention", "policy", name, "tags_deleted", res.TagsDeleted, "untagged_deleted", res.UntaggedDeleted, "err", err)
+	j.Log.Info("retention", "policy", p.Name, "tags_deleted", res.TagsDeleted, "tags_changed", res.TagsChanged,
+		"untagged_deleted", res.UntaggedDeleted, "err", err)
 	return res, err
 }
