@@ -99,11 +99,18 @@ func (f *Fetch) copy(src io.Reader, h hash.Hash) error {
 		buf *[]byte
 		n   int
 	}
-	free := make(chan *[]byte, copyBufsInFlight)
-	for range copyBufsInFlight {
-		free <- copyBufs.Get().(*[]byte)
+	pooled := f.s.buffers.take(copyBufsInFlight)
+	defer f.s.buffers.give(pooled)
+	bufs := pooled
+	if len(bufs) == 0 {
+		b := make([]byte, smallBufSize)
+		bufs = []*[]byte{&b}
 	}
-	toHash := make(chan chunk, copyBufsInFlight)
+	free := make(chan *[]byte, len(bufs))
+	for _, b := range bufs {
+		free <- b
+	}
+	toHash := make(chan chunk, len(bufs))
 	hashed := make(chan struct{})
 	go func() {
 		for c := range toHash {
@@ -112,6 +119,7 @@ func (f *Fetch) copy(src io.Reader, h hash.Hash) error {
 		}
 		close(hashed)
 	}()
+	space := &spaceWriter{w: f.w, s: f.s}
 	err := func() error {
 		for {
 			bp := <-free
@@ -119,7 +127,7 @@ func (f *Fetch) copy(src io.Reader, h hash.Hash) error {
 			if n == 0 {
 				free <- bp
 			} else {
-				if _, err := f.w.Write((*bp)[:n]); err != nil {
+				if _, err := space.Write((*bp)[:n]); err != nil {
 					free <- bp
 					return err
 				}
@@ -142,8 +150,8 @@ func (f *Fetch) copy(src io.Reader, h hash.Hash) error {
 	}()
 	close(toHash)
 	<-hashed
-	for range copyBufsInFlight {
-		copyBufs.Put(<-free)
+	for range bufs {
+		<-free
 	}
 	return err
 }

@@ -291,7 +291,7 @@ func (s *Store) deleteContents(batch []oci.Digest, cutoff int64) (int, error) {
 		return nil
 	}, func(lo, hi int) { deleted = append(deleted, attempt...) })
 	for _, d := range deleted {
-		s.contents.Remove(d)
+		s.contents.remove(d)
 	}
 	return len(deleted), err
 }
@@ -584,8 +584,8 @@ func (s *Store) PurgeUploads(ctx context.Context, maxAge time.Duration) (int, er
 func (s *Store) purgeUpload(id string, cutoff time.Time) (bool, error) {
 	defer s.uploadLocks.lock(id)()
 	purged := false
+	var u Upload
 	err := s.update(func(txn *badger.Txn) error {
-		var u Upload
 		ok, err := getJSON(txn, uploadKey(id), &u)
 		if !ok || err != nil || !u.lastActivity().Before(cutoff) {
 			purged = false
@@ -597,5 +597,6 @@ func (s *Store) purgeUpload(id string, cutoff time.Time) (bool, error) {
 	if err != nil || !purged {
 		return false, err
 	}
+	s.sessions.release(u.Client)
 	return true, s.blobs.RemoveUpload(id)
 }

@@ -122,7 +122,7 @@ func (s *Store) getManifest(ctx context.Context, reg, repo string, ref oci.Refer
 // manifestContent fills in the bytes of m, from memory when they are small and were
 // read before.
 func (s *Store) manifestContent(reg, repo string, m *StoredManifest) (*StoredManifest, error) {
-	if c, ok := s.contents.Get(m.Digest); ok {
+	if c, ok := s.contents.get(m.Digest); ok {
 		m.Content = c
 		return m, nil
 	}
@@ -140,8 +140,8 @@ func (s *Store) manifestContent(reg, repo string, m *StoredManifest) (*StoredMan
 	if errors.Is(err, badger.ErrKeyNotFound) {
 		return nil, fmt.Errorf("index: manifest %s is in %s/%s but its content is missing", m.Digest, reg, repo)
 	}
-	if err == nil && len(m.Content) <= maxCachedManifest {
-		s.contents.Add(m.Digest, m.Content)
+	if err == nil {
+		s.contents.add(m.Digest, m.Content)
 	}
 	return m, err
 }

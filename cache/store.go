@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
-	lru "github.com/hashicorp/golang-lru/v2"
 
 	"github.com/dockyard/dockyard/oci"
 )
@@ -29,10 +28,13 @@ type Store struct {
 	uploadLocks keyedMutex
 	// blobLocks serialise committing a blob file with deleting it (GC).
 	blobLocks keyedMutex
-	// contents caches small manifests by digest; content is immutable, so entries
-	// never go stale.
-	contents *lru.Cache[oci.Digest, []byte]
-	tags     *tagCache
+	contents  *manifestCache
+	tags      *tagCache
+	buffers   *bufferPool
+	sessions  sessions
+	// minFree is the free-space reserve (0: none); freeSpace measures.
+	minFree   int64
+	freeSpace func() (int64, error)
 
 	access      accessLog
 	stopFlusher context.CancelFunc
@@ -51,11 +53,19 @@ type Options struct {
 	// MemTableSize is the index's memtable size (default 16 MiB); it also bounds one
 	// transaction (15% of it). Tests make it small to reach that bound.
 	MemTableSize int64
+	// UploadBuffers bounds the memory of copy buffers shared by uploads and proxy
+	// fills (default 64 MiB).
+	UploadBuffers int64
+	// ManifestCache bounds the manifest bytes kept in memory (default 32 MiB).
+	ManifestCache int64
+	// MaxSessionsPerClient bounds the open upload sessions of one client (0: none).
+	MaxSessionsPerClient int
+	// MinFreeSpace is the free space under which uploads are refused (0: none).
+	MinFreeSpace int64
+	// FreeSpace measures the free space of the data directory's filesystem (default:
+	// statfs); tests inject one.
+	FreeSpace func() (int64, error)
 }
-
-// maxCachedManifest bounds the manifests kept in memory; bigger ones are read from
-// the index each time.
-const maxCachedManifest = 64 << 10
 
 // Open opens (creating if needed) the store under opts.Dir.
 func Open(opts Options) (*Store, error) {
@@ -95,9 +105,24 @@ func Open(opts Options) (*Store, error) {
 	if opts.AccessFlushInterval <= 0 {
 		opts.AccessFlushInterval = 5 * time.Second
 	}
-	contents, _ := lru.New[oci.Digest, []byte](4096)
-	s := &Store{dir: opts.Dir, db: db, blobs: blobs, log: opts.Logger, now: opts.Now, contents: contents, tags: newTagCache(16384)}
+	if opts.UploadBuffers <= 0 {
+		opts.UploadBuffers = 64 << 20
+	}
+	if opts.ManifestCache <= 0 {
+		opts.ManifestCache = 32 << 20
+	}
+	if opts.FreeSpace == nil {
+		opts.FreeSpace = statfsFree(opts.Dir)
+	}
+	s := &Store{dir: opts.Dir, db: db, blobs: blobs, log: opts.Logger, now: opts.Now,
+		contents: newManifestCache(opts.ManifestCache), tags: newTagCache(16384), buffers: newBufferPool(opts.UploadBuffers),
+		sessions: sessions{max: opts.MaxSessionsPerClient, open: map[string]int{}},
+		minFree:  opts.MinFreeSpace, freeSpace: opts.FreeSpace}
 	if err := s.upgrade(); err != nil {
+		db.Close()
+		return nil, err
+	}
+	if err := s.countSessions(); err != nil {
 		db.Close()
 		return nil, err
 	}

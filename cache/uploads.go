@@ -10,7 +10,6 @@ import (
 	"hash"
 	"io"
 	"os"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -32,6 +31,8 @@ type Upload struct {
 	// UpdatedAt is when a chunk last arrived (zero in sessions written before it was
 	// recorded: their start time stands in). Abandoned uploads are aged by it.
 	UpdatedAt time.Time `json:",omitempty"`
+	// Client is who opened the session (see WithClient), for the per-client limit.
+	Client string `json:",omitempty"`
 }
 
 // lastActivity is when the session was last used.
@@ -59,17 +60,49 @@ func (u *Upload) hash() (hash.Hash, error) {
 	return h, nil
 }
 
-// StartUpload opens an upload session into reg/repo hashing with alg.
+// StartUpload opens an upload session into reg/repo hashing with alg, for the
+// client ctx names (WithClient), within its limit of open sessions and while the
+// storage has room.
 func (s *Store) StartUpload(ctx context.Context, reg, repo string, alg oci.Algorithm) (*Upload, error) {
-	u := &Upload{ID: newID(), Registry: reg, Repo: repo, Algorithm: alg, StartedAt: s.now().UTC()}
-	f, err := s.blobs.OpenUpload(u.ID, 0)
+	if err := s.checkSpace(); err != nil {
+		return nil, err
+	}
+	u := &Upload{ID: newID(), Registry: reg, Repo: repo, Algorithm: alg, StartedAt: s.now().UTC(), Client: clientOf(ctx)}
+	if err := s.sessions.acquire(u.Client); err != nil {
+		return nil, err
+	}
+	err := func() error {
+		f, err := s.blobs.OpenUpload(u.ID, 0)
+		if err != nil {
+			return err
+		}
+		if err := f.Close(); err != nil {
+			return err
+		}
+		return s.update(func(txn *badger.Txn) error { return setJSON(txn, uploadKey(u.ID), u) })
+	}()
 	if err != nil {
+		s.sessions.release(u.Client)
+		s.blobs.RemoveUpload(u.ID)
 		return nil, err
 	}
-	if err := f.Close(); err != nil {
-		return nil, err
-	}
-	return u, s.update(func(txn *badger.Txn) error { return setJSON(txn, uploadKey(u.ID), u) })
+	return u, nil
+}
+
+// countSessions counts the open sessions of each client (at open).
+func (s *Store) countSessions() error {
+	return s.db.View(func(txn *badger.Txn) error {
+		return scan(txn, []byte{kindUpload}, func(_, v []byte) error {
+			var u Upload
+			if err := decodeJSON(v, &u); err != nil {
+				return err
+			}
+			if u.Client != "" {
+				s.sessions.open[u.Client]++
+			}
+			return nil
+		})
+	})
 }
 
 // GetUpload returns the session id of reg/repo.
@@ -96,6 +129,9 @@ func (s *Store) AppendUpload(ctx context.Context, reg, repo, id string, start in
 	}
 	if start >= 0 && start != u.Offset {
 		return nil, oci.ErrRangeInvalid.Withf("chunk starts at %d, the upload has %d bytes", start, u.Offset)
+	}
+	if err := s.checkSpace(); err != nil {
+		return nil, err
 	}
 	h, err := s.appendChunk(u, r, length)
 	if err != nil {
@@ -127,7 +163,7 @@ func (s *Store) appendChunk(u *Upload, r io.Reader, length int64) (hash.Hash, er
 	if err != nil {
 		return nil, err
 	}
-	n, err := copyHashing(f, h, r)
+	n, err := s.copyHashing(&spaceWriter{w: f, s: s}, h, r)
 	if err == nil && length >= 0 && n != length {
 		err = oci.ErrSizeInvalid.Withf("chunk has %d bytes, %d were announced", n, length)
 	}
@@ -161,6 +197,9 @@ func (s *Store) FinishUpload(ctx context.Context, reg, repo, id string, d oci.Di
 	before := u.Offset
 	var h hash.Hash
 	if r != nil {
+		if err := s.checkSpace(); err != nil {
+			return 0, err
+		}
 		h, err = s.appendChunk(u, r, length)
 		if errors.Is(err, errUploadFileGone) {
 			return s.finishCommitted(u, d, r, length)
@@ -179,7 +218,11 @@ func (s *Store) FinishUpload(ctx context.Context, reg, repo, id string, d oci.Di
 		}
 		return 0, err
 	}
-	return u.Offset, s.commitBlob(u.ID, d, reg, repo, u.Offset, uploadKey(id))
+	if err := s.commitBlob(u.ID, d, reg, repo, u.Offset, uploadKey(id)); err != nil {
+		return 0, err
+	}
+	s.sessions.release(u.Client)
+	return u.Offset, nil
 }
 
 // errUploadFileGone: the session's data file is missing.
@@ -208,7 +251,11 @@ func (s *Store) finishCommitted(u *Upload, d oci.Digest, r io.Reader, length int
 	if stored, err := s.blobs.Stat(d); err != nil || stored != size {
 		return 0, errUploadFileGone
 	}
-	return size, s.commitBlob(u.ID, d, u.Registry, u.Repo, size, uploadKey(u.ID))
+	if err := s.commitBlob(u.ID, d, u.Registry, u.Repo, size, uploadKey(u.ID)); err != nil {
+		return 0, err
+	}
+	s.sessions.release(u.Client)
+	return size, nil
 }
 
 // commitBlob moves a verified upload file into place as blob d and links it to
@@ -261,17 +308,28 @@ func (s *Store) verifyUpload(u *Upload, h hash.Hash, d oci.Digest) error {
 // CancelUpload drops upload id and its data.
 func (s *Store) CancelUpload(ctx context.Context, reg, repo, id string) error {
 	defer s.uploadLocks.lock(id)()
-	if _, err := s.GetUpload(ctx, reg, repo, id); err != nil {
+	u, err := s.GetUpload(ctx, reg, repo, id)
+	if err != nil {
 		return err
 	}
 	if err := s.update(func(txn *badger.Txn) error { return txn.Delete(uploadKey(id)) }); err != nil {
 		return err
 	}
+	s.sessions.release(u.Client)
 	return s.blobs.RemoveUpload(id)
 }
 
-// PutBlob stores a whole blob sent in one request and links it to reg/repo.
+// PutBlob stores a whole blob sent in one request and links it to reg/repo. While it
+// runs it counts as one of the client's open uploads.
 func (s *Store) PutBlob(ctx context.Context, reg, repo string, d oci.Digest, r io.Reader, length int64) (int64, error) {
+	if err := s.checkSpace(); err != nil {
+		return 0, err
+	}
+	client := clientOf(ctx)
+	if err := s.sessions.acquire(client); err != nil {
+		return 0, err
+	}
+	defer s.sessions.release(client)
 	u := &Upload{ID: "mono-" + newID(), Registry: reg, Repo: repo, Algorithm: d.Algorithm()}
 	f, err := s.blobs.OpenUpload(u.ID, 0)
 	if err != nil {
@@ -292,36 +350,35 @@ func (s *Store) PutBlob(ctx context.Context, reg, repo string, d oci.Digest, r i
 	return u.Offset, nil
 }
 
-// copyBufs holds the buffers uploads are copied through.
-var copyBufs = sync.Pool{New: func() any { b := alignedBuffer(copyBufSize); return &b }}
-
-const (
-	copyBufSize      = 256 << 10
-	copyBufsInFlight = 4 // per upload in flight: reading one while hashing and writing others
-)
-
 // copyHashing copies r to w and into h. Reading the request body, hashing and writing
 // run side by side on separate buffers, so an upload costs about as long as the
-// slowest of the three rather than their sum.
-func copyHashing(w io.Writer, h hash.Hash, r io.Reader) (int64, error) {
+// slowest of the three rather than their sum. It stops reading at the first write
+// error: a client must not keep sending into a copy that has failed.
+func (s *Store) copyHashing(w io.Writer, h hash.Hash, r io.Reader) (int64, error) {
+	bufs := s.buffers.take(copyBufsInFlight)
+	defer s.buffers.give(bufs)
+	if len(bufs) == 0 {
+		return copySmall(w, h, r)
+	}
 	type chunk struct {
 		buf     *[]byte
 		n       int
 		pending atomic.Int32 // hasher and writer still using buf
 	}
-	free := make(chan *[]byte, copyBufsInFlight)
-	for range copyBufsInFlight {
-		free <- copyBufs.Get().(*[]byte)
+	free := make(chan *[]byte, len(bufs))
+	for _, b := range bufs {
+		free <- b
 	}
 	release := func(c *chunk) {
 		if c.pending.Add(-1) == 0 {
 			free <- c.buf
 		}
 	}
-	toHash := make(chan *chunk, copyBufsInFlight)
-	toWrite := make(chan *chunk, copyBufsInFlight)
+	toHash := make(chan *chunk, len(bufs))
+	toWrite := make(chan *chunk, len(bufs))
 	hashed := make(chan struct{})
 	written := make(chan error, 1)
+	var failed atomic.Bool
 	go func() {
 		for c := range toHash {
 			h.Write((*c.buf)[:c.n])
@@ -333,7 +390,9 @@ func copyHashing(w io.Writer, h hash.Hash, r io.Reader) (int64, error) {
 		var err error
 		for c := range toWrite {
 			if err == nil {
-				_, err = w.Write((*c.buf)[:c.n])
+				if _, err = w.Write((*c.buf)[:c.n]); err != nil {
+					failed.Store(true)
+				}
 			}
 			release(c)
 		}
@@ -341,8 +400,12 @@ func copyHashing(w io.Writer, h hash.Hash, r io.Reader) (int64, error) {
 	}()
 	var n int64
 	var rerr error
-	for rerr == nil {
+	for rerr == nil && !failed.Load() {
 		bp := <-free
+		if failed.Load() {
+			free <- bp
+			break
+		}
 		var nr int
 		nr, rerr = fill(r, *bp)
 		if nr == 0 {
@@ -359,8 +422,8 @@ func copyHashing(w io.Writer, h hash.Hash, r io.Reader) (int64, error) {
 	close(toWrite)
 	<-hashed
 	werr := <-written
-	for range copyBufsInFlight {
-		copyBufs.Put(<-free)
+	for range bufs {
+		<-free
 	}
 	if werr != nil {
 		return n, werr
@@ -369,6 +432,29 @@ func copyHashing(w io.Writer, h hash.Hash, r io.Reader) (int64, error) {
 		return n, rerr
 	}
 	return n, nil
+}
+
+// copySmall is copyHashing through one small buffer, one step at a time: for when the
+// shared pool is exhausted.
+func copySmall(w io.Writer, h hash.Hash, r io.Reader) (int64, error) {
+	buf := make([]byte, smallBufSize)
+	var n int64
+	for {
+		nr, rerr := r.Read(buf)
+		if nr > 0 {
+			h.Write(buf[:nr])
+			if _, err := w.Write(buf[:nr]); err != nil {
+				return n, err
+			}
+			n += int64(nr)
+		}
+		if rerr == io.EOF {
+			return n, nil
+		}
+		if rerr != nil {
+			return n, rerr
+		}
+	}
 }
 
 // fill reads until buf is full or r ends: request bodies arrive in small reads, and

@@ -29,6 +29,7 @@ type Config struct {
 	Log        Log        `mapstructure:"log"`
 	HTTP       HTTP       `mapstructure:"http"`
 	Storage    Storage    `mapstructure:"storage"`
+	Limits     Limits     `mapstructure:"limits"`
 	Registries []Registry `mapstructure:"registries"`
 	Routes     []Route    `mapstructure:"routes"`
 	Auth       Auth       `mapstructure:"auth"`
@@ -208,6 +209,20 @@ type CORS struct {
 // Storage configures where blobs live.
 type Storage struct {
 	Driver string `mapstructure:"driver"` // filesystem
+	// MinFreeSpace is the free space of the data directory's filesystem under which
+	// uploads are refused (507); 0 disables the reserve.
+	MinFreeSpace ByteSize `mapstructure:"min_free_space"`
+}
+
+// Limits bound what one instance spends on its clients.
+type Limits struct {
+	// UploadBuffers is the memory of copy buffers shared by uploads and proxy fills.
+	UploadBuffers ByteSize `mapstructure:"upload_buffers"`
+	// ManifestCache is the manifest bytes kept in memory.
+	ManifestCache ByteSize `mapstructure:"manifest_cache"`
+	// UploadSessionsPerClient bounds the open uploads of one user (or anonymous
+	// address); 0: no limit.
+	UploadSessionsPerClient int `mapstructure:"upload_sessions_per_client"`
 }
 
 // Registry is one virtual registry.
@@ -289,6 +304,10 @@ func setDefaults(v *viper.Viper) {
 	v.SetDefault("http.cors.allow_credentials", false)
 	v.SetDefault("http.cors.max_age", "10m")
 	v.SetDefault("storage.driver", "filesystem")
+	v.SetDefault("storage.min_free_space", "1GiB")
+	v.SetDefault("limits.upload_buffers", "64MiB")
+	v.SetDefault("limits.manifest_cache", "32MiB")
+	v.SetDefault("limits.upload_sessions_per_client", 64)
 	v.SetDefault("auth.mode", "none")
 	v.SetDefault("auth.users_file", "")
 	v.SetDefault("auth.token.issuer", "dockyard")
@@ -506,6 +525,18 @@ func (c *Config) Validate() error {
 	}
 	if c.Storage.Driver != "filesystem" {
 		bad("storage.driver", "must be filesystem, not %q", c.Storage.Driver)
+	}
+	if c.Storage.MinFreeSpace < 0 {
+		bad("storage.min_free_space", "must not be negative")
+	}
+	if c.Limits.UploadBuffers < 0 {
+		bad("limits.upload_buffers", "must not be negative")
+	}
+	if c.Limits.ManifestCache < 0 {
+		bad("limits.manifest_cache", "must not be negative")
+	}
+	if c.Limits.UploadSessionsPerClient < 0 {
+		bad("limits.upload_sessions_per_client", "must not be negative (0: no limit)")
 	}
 	types := map[string]string{}
 	for i, r := range c.Registries {

@@ -16,6 +16,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -369,5 +370,29 @@ func TestRevokedUsersTokensAreRefused(t *testing.T) {
 	tok := mustToken(t, r, basic("bob", "bob-pw"), "repository:team/app:pull")
 	if resp := r.do("GET", "/v2/team/app/manifests/v1", nil, "Authorization", "Bearer "+tok); resp.StatusCode != 200 {
 		t.Errorf("a token bob gets after the revocation: %d, want 200", resp.StatusCode)
+	}
+}
+
+// The store's limits reach clients as OCI errors: too many open uploads from one
+// address is 429 TOOMANYREQUESTS, a full disk 507 with a message saying so.
+func TestUploadLimitsAnswerWithOCIErrors(t *testing.T) {
+	var free atomic.Int64
+	free.Store(1 << 40)
+	r := startRegistry(t, t.TempDir(), registryOptions{store: func(o *cache.Options) {
+		o.MaxSessionsPerClient = 2
+		o.MinFreeSpace = 1 << 30
+		o.FreeSpace = func() (int64, error) { return free.Load(), nil }
+	}})
+	r.startUpload("a")
+	r.startUpload("a")
+	resp := r.do("POST", "/v2/a/blobs/uploads/", nil)
+	if resp.StatusCode != http.StatusTooManyRequests || !strings.Contains(string(resp.body), "TOOMANYREQUESTS") {
+		t.Errorf("a third upload from one address: %d %s", resp.StatusCode, resp.body)
+	}
+	free.Store(1 << 20)
+	b := []byte("a blob for a full disk")
+	resp = r.do("POST", "/v2/b/blobs/uploads/?digest="+sha256Of(b), b, "Content-Type", "application/octet-stream")
+	if resp.StatusCode != http.StatusInsufficientStorage || !strings.Contains(string(resp.body), "storage is full") {
+		t.Errorf("an upload to a full disk: %d %s", resp.StatusCode, resp.body)
 	}
 }

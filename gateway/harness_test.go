@@ -42,6 +42,8 @@ type registryOptions struct {
 	registries func(store *cache.Store) ([]vhost.Registry, []vhost.Route)
 	// gateway adjusts the gateway's options before it starts.
 	gateway func(*gateway.Options)
+	// store adjusts the store's options.
+	store func(*cache.Options)
 }
 
 func startRegistry(t *testing.T, dir string, o registryOptions) *testRegistry {
@@ -50,7 +52,11 @@ func startRegistry(t *testing.T, dir string, o registryOptions) *testRegistry {
 	if testing.Verbose() {
 		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	}
-	store, err := cache.Open(cache.Options{Dir: dir, Logger: log})
+	so := cache.Options{Dir: dir, Logger: log}
+	if o.store != nil {
+		o.store(&so)
+	}
+	store, err := cache.Open(so)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"context"
 	"io"
 	"strconv"
 	"strings"
@@ -36,7 +37,7 @@ func (g *Gateway) startUpload(r *request) error {
 		if err != nil {
 			return err
 		}
-		if _, err := r.w.PutBlob(ctx, r.repo, d, ctx.RequestBodyStream(), bodyLength(ctx)); err != nil {
+		if _, err := r.w.PutBlob(g.clientContext(r), r.repo, d, ctx.RequestBodyStream(), bodyLength(ctx)); err != nil {
 			return err
 		}
 		return created(ctx, blobLocation(r.route.Repo, d), d)
@@ -48,7 +49,7 @@ func (g *Gateway) startUpload(r *request) error {
 			return oci.ErrDigestInvalid.Withf("digest-algorithm %q is not supported (sha256, sha512)", a)
 		}
 	}
-	u, err := r.w.StartUpload(ctx, r.repo, alg)
+	u, err := r.w.StartUpload(g.clientContext(r), r.repo, alg)
 	if err != nil {
 		return err
 	}
@@ -117,6 +118,15 @@ func (g *Gateway) tryMount(r *request, mount, fromName string) (done bool, err e
 		return false, err
 	}
 	return true, created(r.ctx, blobLocation(r.route.Repo, d), d)
+}
+
+// clientContext tells the store who is uploading: the user, or for anonymous clients
+// their address, each with a limit of open uploads.
+func (g *Gateway) clientContext(r *request) context.Context {
+	if id := r.who.identity(); !id.Anonymous() {
+		return cache.WithClient(r.ctx, "user "+id.Name)
+	}
+	return cache.WithClient(r.ctx, "address "+g.clientAddr(r.ctx))
 }
 
 func created(ctx *fasthttp.RequestCtx, location string, d oci.Digest) error {

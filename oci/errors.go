@@ -88,6 +88,10 @@ var ErrRangeNotSatisfiable = &Code{"BLOB_UNKNOWN", http.StatusRequestedRangeNotS
 // ErrPaginationInvalid answers a listing with a malformed n or last.
 var ErrPaginationInvalid = &Code{"UNSUPPORTED", http.StatusBadRequest, "invalid pagination parameters"}
 
+// ErrStorageFull answers writes the registry has no room for. The spec has no code for
+// it; 507 is what the condition is.
+var ErrStorageFull = &Code{"UNKNOWN", http.StatusInsufficientStorage, "storage full"}
+
 // ErrUpstreamUnavailable answers a request a proxy could not serve: the upstream is
 // unreachable or failing and nothing suitable is cached.
 var ErrUpstreamUnavailable = &Code{"UNKNOWN", http.StatusBadGateway, "upstream registry unavailable"}

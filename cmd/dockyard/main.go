@@ -103,7 +103,7 @@ func serve(args []string, stderr io.Writer) error {
 	}
 	log := newLogger(cfg.Log, stderr)
 
-	store, err := cache.Open(cache.Options{Dir: cfg.Data, Logger: log})
+	store, err := cache.Open(storeOptions(cfg, log))
 	if err != nil {
 		return err
 	}
@@ -143,6 +143,13 @@ func serve(args []string, stderr io.Writer) error {
 	}
 	a.close()
 	return err
+}
+
+// storeOptions are the store's settings from the configuration.
+func storeOptions(cfg *config.Config, log *slog.Logger) cache.Options {
+	return cache.Options{Dir: cfg.Data, Logger: log,
+		UploadBuffers: int64(cfg.Limits.UploadBuffers), ManifestCache: int64(cfg.Limits.ManifestCache),
+		MaxSessionsPerClient: cfg.Limits.UploadSessionsPerClient, MinFreeSpace: int64(cfg.Storage.MinFreeSpace)}
 }
 
 // app is a built server. It stops in order: the gateway first (serve shuts it down:

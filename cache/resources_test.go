@@ -1,0 +1,216 @@
+package cache
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"io"
+	"log/slog"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/dockyard/dockyard/oci"
+)
+
+func openWith(t *testing.T, dir string, o Options) *Store {
+	t.Helper()
+	o.Dir = dir
+	o.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	s, err := Open(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// slowReader trickles data until released, then sends the rest.
+type slowReader struct {
+	left    int
+	release <-chan struct{}
+	sent    int
+}
+
+func (r *slowReader) Read(p []byte) (int, error) {
+	if r.left == 0 {
+		return 0, io.EOF
+	}
+	if r.sent > 0 {
+		<-r.release
+	}
+	n := min(len(p), r.left, 1000)
+	for i := range n {
+		p[i] = 'x'
+	}
+	r.left -= n
+	r.sent += n
+	return n, nil
+}
+
+// Copy buffers come from a bounded pool: more slow uploads than it can serve all
+// complete (the rest copy through a small buffer of their own), and the pool never
+// hands out more than its bound.
+func TestUploadBuffersAreBounded(t *testing.T) {
+	s := openWith(t, t.TempDir(), Options{UploadBuffers: 4 * copyBufSize}) // one upload's worth
+	defer s.Close()
+	ctx := context.Background()
+	release := make(chan struct{})
+	var wg sync.WaitGroup
+	var peak atomic.Int64
+	errs := make(chan error, 8)
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			u, err := s.StartUpload(ctx, "dev", "app", oci.SHA256)
+			if err != nil {
+				errs <- err
+				return
+			}
+			_, err = s.AppendUpload(ctx, "dev", "app", u.ID, 0, &slowReader{left: 3 << 20, release: release}, -1)
+			errs <- err
+		}()
+	}
+	deadline := time.Now().Add(2 * time.Second)
+	for time.Now().Before(deadline) {
+		peak.Store(max(peak.Load(), int64(s.buffers.inUse())))
+		time.Sleep(5 * time.Millisecond)
+	}
+	close(release)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Errorf("an upload failed: %v", err)
+		}
+	}
+	if p := peak.Load(); p > 4 || p == 0 {
+		t.Errorf("%d pooled buffers in use at the peak, bound 4", p)
+	}
+}
+
+// failingWriter fails every write.
+type failingWriter struct{}
+
+func (failingWriter) Write([]byte) (int, error) { return 0, errors.New("disk gone") }
+
+// countingReader counts what was read from it.
+type countingReader struct{ n, max int64 }
+
+func (r *countingReader) Read(p []byte) (int, error) {
+	if r.n >= r.max {
+		return 0, io.EOF
+	}
+	k := min(int64(len(p)), r.max-r.n)
+	r.n += k
+	return int(k), nil
+}
+
+// A copy whose writes fail stops reading the client's body.
+func TestACopyStopsReadingAtTheFirstWriteError(t *testing.T) {
+	s := testStore(t, nil)
+	r := &countingReader{max: 256 << 20}
+	if _, err := s.copyHashing(failingWriter{}, sha256.New(), r); err == nil {
+		t.Fatal("the copy succeeded")
+	}
+	if r.n > 8*copyBufSize {
+		t.Errorf("read %d bytes after the first write failed", r.n)
+	}
+}
+
+// The manifest cache holds at most its size in bytes.
+func TestManifestCacheIsBoundedInBytes(t *testing.T) {
+	c := newManifestCache(100 << 10)
+	for i := range 50 {
+		b := []byte(strings.Repeat(string(rune('a'+i%26)), 30<<10))
+		c.add(oci.FromBytes(oci.SHA256, append(b, byte(i))), b)
+		if c.used.Load() > 100<<10 {
+			t.Fatalf("%d bytes held after %d entries, bound %d", c.used.Load(), i+1, 100<<10)
+		}
+	}
+	if c.entries.Len() != 3 {
+		t.Errorf("%d entries of 30 KiB held in 100 KiB", c.entries.Len())
+	}
+}
+
+// Each client may have a bounded number of uploads open; finishing or cancelling one
+// frees a slot, and the count survives a restart.
+func TestOpenUploadsPerClientAreBounded(t *testing.T) {
+	dir := t.TempDir()
+	s := openWith(t, dir, Options{MaxSessionsPerClient: 2})
+	alice, bob := WithClient(context.Background(), "user alice"), WithClient(context.Background(), "user bob")
+	u1, err := s.StartUpload(alice, "dev", "app", oci.SHA256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.StartUpload(alice, "dev", "app", oci.SHA256); err != nil {
+		t.Fatal(err)
+	}
+	tooMany := func(err error) bool { return errors.Is(err, oci.ErrTooManyRequests) }
+	if _, err := s.StartUpload(alice, "dev", "app", oci.SHA256); !tooMany(err) {
+		t.Errorf("alice's third upload: %v, want TOOMANYREQUESTS", err)
+	}
+	if _, err := s.PutBlob(alice, "dev", "app", oci.FromBytes(oci.SHA256, []byte("x")), strings.NewReader("x"), 1); !tooMany(err) {
+		t.Errorf("alice's monolithic upload at the limit: %v", err)
+	}
+	if _, err := s.StartUpload(bob, "dev", "app", oci.SHA256); err != nil {
+		t.Errorf("bob: %v", err)
+	}
+	s.Close()
+	s = openWith(t, dir, Options{MaxSessionsPerClient: 2})
+	defer s.Close()
+	if _, err := s.StartUpload(alice, "dev", "app", oci.SHA256); !tooMany(err) {
+		t.Errorf("alice's third upload after a restart: %v", err)
+	}
+	if err := s.CancelUpload(alice, "dev", "app", u1.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.StartUpload(alice, "dev", "app", oci.SHA256); err != nil {
+		t.Errorf("alice after cancelling one: %v", err)
+	}
+}
+
+// Under the free-space reserve uploads are refused, and a chunk crossing it stops and
+// leaves its session as it was; with room again, uploads go on.
+func TestUploadsStopAtTheFreeSpaceReserve(t *testing.T) {
+	var free atomic.Int64
+	free.Store(1 << 40)
+	s := openWith(t, t.TempDir(), Options{MinFreeSpace: 1 << 30, FreeSpace: func() (int64, error) { return free.Load(), nil }})
+	defer s.Close()
+	ctx := context.Background()
+	full := func(err error) bool { return errors.Is(err, oci.ErrStorageFull) }
+	u, err := s.StartUpload(ctx, "dev", "app", oci.SHA256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The disk fills while a 40 MiB chunk is written.
+	r := &countingReader{max: 40 << 20}
+	filling := io.TeeReader(r, writerFunc(func(p []byte) (int, error) {
+		if r.n > 20<<20 {
+			free.Store(1 << 20)
+		}
+		return len(p), nil
+	}))
+	if _, err := s.AppendUpload(ctx, "dev", "app", u.ID, 0, filling, -1); !full(err) {
+		t.Fatalf("a chunk crossing the reserve: %v", err)
+	}
+	if got, _ := s.GetUpload(ctx, "dev", "app", u.ID); got.Offset != 0 {
+		t.Errorf("the failed chunk left the upload at %d bytes", got.Offset)
+	}
+	if _, err := s.StartUpload(ctx, "dev", "app", oci.SHA256); !full(err) {
+		t.Errorf("a new upload under the reserve: %v", err)
+	}
+	if _, err := s.PutBlob(ctx, "dev", "app", oci.FromBytes(oci.SHA256, []byte("x")), strings.NewReader("x"), 1); !full(err) {
+		t.Errorf("a monolithic upload under the reserve: %v", err)
+	}
+	free.Store(1 << 40)
+	if _, err := s.AppendUpload(ctx, "dev", "app", u.ID, 0, strings.NewReader("room again"), 10); err != nil {
+		t.Errorf("with room again: %v", err)
+	}
+}
+
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
