@@ -158,7 +158,7 @@ func (g Grant) covers(registry, repo string, action Action) bool {
 	if !slices.Contains(g.Actions, action) {
 		return false
 	}
-	if !slices.Contains(g.Registries, "*") && !slices.Contains(g.Registries, registry) {
+	if !MatchRegistry(g.Registries, registry) {
 		return false
 	}
 	for _, glob := range g.Repositories {
@@ -167,6 +167,12 @@ func (g Grant) covers(registry, repo string, action Action) bool {
 		}
 	}
 	return false
+}
+
+// MatchRegistry reports whether a list of registry names (or "*" for all) includes
+// registry.
+func MatchRegistry(list []string, registry string) bool {
+	return slices.Contains(list, "*") || slices.Contains(list, registry)
 }
 
 // MatchGlob matches a repository name against a glob whose "*" matches within one

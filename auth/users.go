@@ -20,11 +20,6 @@ var ErrBadCredentials = errors.New("invalid username or password")
 // ErrUnknownUser means this source does not know the user (another source may).
 var ErrUnknownUser = errors.New("unknown user")
 
-// Checker verifies a user's password and returns who they are.
-type Checker interface {
-	Check(ctx context.Context, user, password string) (*Identity, error)
-}
-
 // MinBcryptCost is the weakest bcrypt cost accepted in a users file.
 const MinBcryptCost = 10
 

@@ -31,11 +31,7 @@ type Policy struct {
 }
 
 func (p Policy) covers(reg, repo string) bool {
-	regOK := false
-	for _, r := range p.Registries {
-		regOK = regOK || r == "*" || r == reg
-	}
-	if !regOK {
+	if !auth.MatchRegistry(p.Registries, reg) {
 		return false
 	}
 	for _, g := range p.Repositories {
@@ -161,7 +157,7 @@ func (e *Engine) Apply(ctx context.Context, plan []Decision, registry, repoGlob 
 			continue
 		}
 		for i, p := range e.Policies {
-			if p.UntaggedGrace <= 0 || !containsOrStar(p.Registries, reg) || (e.Only != "" && p.Name != e.Only) {
+			if p.UntaggedGrace <= 0 || !auth.MatchRegistry(p.Registries, reg) || (e.Only != "" && p.Name != e.Only) {
 				continue
 			}
 			// A repository is governed by the first policy covering it.
@@ -192,15 +188,6 @@ func (e *Engine) governs(i int, reg, repo string) bool {
 	for j, p := range e.Policies {
 		if p.covers(reg, repo) {
 			return j == i
-		}
-	}
-	return false
-}
-
-func containsOrStar(list []string, s string) bool {
-	for _, x := range list {
-		if x == "*" || x == s {
-			return true
 		}
 	}
 	return false

@@ -26,17 +26,11 @@ func (im *Immutability) Rule(reg, repo, tag string) int {
 	}
 	class := im.Classes.Of(tag)
 	for i, r := range im.Rules {
-		if (class == Release || (class == Candidate && r.Candidates)) && containsOrStar(r.Registries, reg) && matchAny(r.Repositories, repo) {
+		if (class == Release || (class == Candidate && r.Candidates)) && auth.MatchRegistry(r.Registries, reg) && matchAny(r.Repositories, repo) {
 			return i
 		}
 	}
 	return -1
-}
-
-// MayDelete reports whether a protected tag may be deleted.
-func (im *Immutability) MayDelete(reg, repo, tag string) bool {
-	i := im.Rule(reg, repo, tag)
-	return i < 0 || im.Rules[i].AllowDelete
 }
 
 // protects reports whether retention must keep a tag of this class.
@@ -46,7 +40,7 @@ func (im *Immutability) protects(reg, repo string, class Class) bool {
 	}
 	for _, r := range im.Rules {
 		if (class == Release || (class == Candidate && r.Candidates)) && !r.AllowDelete &&
-			containsOrStar(r.Registries, reg) && matchAny(r.Repositories, repo) {
+			auth.MatchRegistry(r.Registries, reg) && matchAny(r.Repositories, repo) {
 			return true
 		}
 	}

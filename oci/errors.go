@@ -18,7 +18,6 @@ type Code struct {
 // are the ones clients expect for each code.
 var (
 	ErrBlobUnknown         = &Code{"BLOB_UNKNOWN", http.StatusNotFound, "blob unknown to registry"}
-	ErrBlobUploadInvalid   = &Code{"BLOB_UPLOAD_INVALID", http.StatusBadRequest, "blob upload invalid"}
 	ErrRangeInvalid        = &Code{"BLOB_UPLOAD_INVALID", http.StatusRequestedRangeNotSatisfiable, "requested range not satisfiable"}
 	ErrBlobUploadUnknown   = &Code{"BLOB_UPLOAD_UNKNOWN", http.StatusNotFound, "blob upload unknown to registry"}
 	ErrDigestInvalid       = &Code{"DIGEST_INVALID", http.StatusBadRequest, "provided digest did not match uploaded content"}
