@@ -1,9 +1,17 @@
 // Package cache owns what dockyard keeps: the content-addressed blob store (one file
 // per blob, shared by every registry and repository) and the Badger index of
-// repositories, tags, manifests, blob links, referrers, reference counts and upload
-// sessions.
+// repositories, tags, manifests, blob links, referrers, reference counts, upload
+// sessions, pull records, and opaque record tables other packages keep there (CI
+// tokens, revocations).
 //
-// It knows nothing of HTTP or upstream registries. Every change that moves a reference
-// count is made in the same index transaction as the change that caused it, so the
-// counts stay exact for garbage collection.
+// It knows nothing of HTTP, upstream registries or authentication. Every change that
+// moves a reference count is made in the same index transaction as the change that
+// caused it. Badger detects conflicts on keys a transaction read, not on ranges it
+// scanned, so where a decision rests on a scan (pending references, a repository being
+// empty, a manifest being unreachable) the writers that could change it also write a
+// key the deciding transaction reads. Background jobs decide from snapshots and delete
+// only if the decision still holds inside the deleting transaction. fsck (Check)
+// recounts everything and reports any difference.
+//
+// The index records its format version and is upgraded in place at Open (format.go).
 package cache
