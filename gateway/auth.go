@@ -62,7 +62,7 @@ func (g *Gateway) authenticate(ctx *fasthttp.RequestCtx) (*principal, error) {
 		if !ok {
 			return nil, g.challenge(ctx, "", "", "malformed Basic credentials")
 		}
-		id, err := g.auth.Login(ctx, user, password, g.clientAddr(ctx))
+		id, err := g.auth.Login(g.life, user, password, g.clientAddr(ctx))
 		if err != nil {
 			return nil, g.loginError(ctx, err)
 		}

@@ -15,7 +15,7 @@ func (g *Gateway) getBlob(r *request) error {
 	d := r.route.Digest
 	etag := `"` + string(d) + `"`
 	if ctx.IsHead() {
-		size, err := r.reg.StatBlob(ctx, r.repo, d)
+		size, err := r.reg.StatBlob(r.c, r.repo, d)
 		if err != nil {
 			return err
 		}
@@ -26,7 +26,7 @@ func (g *Gateway) getBlob(r *request) error {
 		ctx.Response.SkipBody = true
 		return nil
 	}
-	body, size, err := r.reg.OpenBlob(ctx, r.repo, d)
+	body, size, err := r.reg.OpenBlob(r.c, r.repo, d)
 	if err != nil {
 		return err
 	}
@@ -130,7 +130,7 @@ func parseRange(h string, size int64) (start, length int64, partial bool, err er
 }
 
 func (g *Gateway) deleteBlob(r *request) error {
-	if err := r.w.DeleteBlob(r.ctx, r.repo, r.route.Digest); err != nil {
+	if err := r.w.DeleteBlob(r.c, r.repo, r.route.Digest); err != nil {
 		return err
 	}
 	r.ctx.SetStatusCode(fasthttp.StatusAccepted)

@@ -52,10 +52,10 @@ func (g *Gateway) tags(r *request) error {
 	}
 	tags, more := []string{}, false
 	if n > 0 {
-		if tags, more, err = r.reg.Tags(r.ctx, r.repo, last, n); err != nil {
+		if tags, more, err = r.reg.Tags(r.c, r.repo, last, n); err != nil {
 			return err
 		}
-	} else if _, _, err = r.reg.Tags(r.ctx, r.repo, "", 0); err != nil {
+	} else if _, _, err = r.reg.Tags(r.c, r.repo, "", 0); err != nil {
 		return err // n=0 still reports an unknown repository
 	}
 	if more {
@@ -111,7 +111,7 @@ func (g *Gateway) catalog(r *request) error {
 }
 
 func (g *Gateway) referrers(r *request) error {
-	descs, err := r.reg.Referrers(r.ctx, r.repo, r.route.Digest)
+	descs, err := r.reg.Referrers(r.c, r.repo, r.route.Digest)
 	if err != nil {
 		return err
 	}

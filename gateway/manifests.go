@@ -21,7 +21,7 @@ func (g *Gateway) getManifest(r *request) error {
 	if ctx.IsHead() {
 		get = r.reg.HeadManifest // a HEAD is not a pull
 	}
-	m, err := get(ctx, r.repo, r.route.Reference)
+	m, err := get(r.c, r.repo, r.route.Reference)
 	if err != nil {
 		return err
 	}
@@ -95,7 +95,7 @@ func (g *Gateway) putManifest(r *request) error {
 		}
 		tags = append(tags, tag)
 	}
-	res, err := r.w.PutManifest(ctx, vhost.ManifestPush{
+	res, err := r.w.PutManifest(r.c, vhost.ManifestPush{
 		Repo: r.repo, Reference: r.route.Reference,
 		ContentType: string(ctx.Request.Header.ContentType()), Content: body, Tags: tags,
 	})
@@ -116,7 +116,7 @@ func (g *Gateway) putManifest(r *request) error {
 }
 
 func (g *Gateway) deleteManifest(r *request) error {
-	if err := r.w.DeleteManifest(r.ctx, r.repo, r.route.Reference); err != nil {
+	if err := r.w.DeleteManifest(r.c, r.repo, r.route.Reference); err != nil {
 		return err
 	}
 	r.ctx.SetStatusCode(fasthttp.StatusAccepted)

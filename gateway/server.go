@@ -77,6 +77,12 @@ type Gateway struct {
 	conns    map[net.Conn]struct{}
 	handlers atomic.Int64 // running handlers
 	idle     *sync.Cond   // on connMu; broadcast when handlers drops to 0
+
+	// life is the context registries work under: not a request's *fasthttp.RequestCtx,
+	// which fasthttp recycles while an HTTP client's dialer, for one, may still hold
+	// it. It ends when Shutdown gives up waiting, so that work still running stops.
+	life context.Context
+	stop context.CancelFunc
 }
 
 // New builds a gateway.
@@ -97,6 +103,7 @@ func New(opts Options) *Gateway {
 		opts.IdleTimeout = 2 * time.Minute
 	}
 	g := &Gateway{opts: opts, auth: opts.Auth, log: opts.Logger, conns: map[net.Conn]struct{}{}}
+	g.life, g.stop = context.WithCancel(context.Background())
 	g.idle = sync.NewCond(&g.connMu)
 	g.server = &fasthttp.Server{
 		Handler:   g.handle,
@@ -139,6 +146,7 @@ func (g *Gateway) Shutdown(ctx context.Context) error {
 			c.Close()
 		}
 		g.connMu.Unlock()
+		g.stop()
 		g.log.Warn("shutdown: closed connections still busy at the deadline", "connections", n)
 	}
 	g.connMu.Lock()
@@ -146,6 +154,7 @@ func (g *Gateway) Shutdown(ctx context.Context) error {
 		g.idle.Wait()
 	}
 	g.connMu.Unlock()
+	g.stop()
 	return err
 }
 
@@ -202,7 +211,7 @@ func (g *Gateway) dispatch(ctx *fasthttp.RequestCtx, route Route) error {
 		ctx.Response.Header.Set("Allow", ep.allow())
 		return oci.ErrUnsupported.Withf("method %s is not allowed on the %s endpoint", ctx.Method(), ep.name)
 	}
-	req := &request{ctx: ctx, route: route, who: &principal{}}
+	req := &request{ctx: ctx, c: g.life, route: route, who: &principal{}}
 	if g.auth != nil {
 		var err error
 		if req.who, err = g.authenticate(ctx); err != nil {
@@ -274,6 +283,7 @@ func (g *Gateway) base(r *request) error {
 // write.
 type request struct {
 	ctx   *fasthttp.RequestCtx
+	c     context.Context // for registries (see Gateway.life)
 	route Route
 	reg   vhost.Registry
 	w     vhost.Writer

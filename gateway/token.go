@@ -47,7 +47,7 @@ func (g *Gateway) token(ctx *fasthttp.RequestCtx) error {
 			if !strings.HasPrefix(h, "Basic ") || !ok {
 				return g.tokenError(ctx, errors.New("malformed credentials"))
 			}
-			if id, err = g.auth.Login(ctx, user, password, g.clientAddr(ctx)); err != nil {
+			if id, err = g.auth.Login(g.life, user, password, g.clientAddr(ctx)); err != nil {
 				return g.tokenError(ctx, err)
 			}
 		}
@@ -68,7 +68,7 @@ func (g *Gateway) token(ctx *fasthttp.RequestCtx) error {
 		scopes = strings.Fields(form.Get("scope"))
 		switch form.Get("grant_type") {
 		case "password":
-			if id, err = g.auth.Login(ctx, form.Get("username"), form.Get("password"), g.clientAddr(ctx)); err != nil {
+			if id, err = g.auth.Login(g.life, form.Get("username"), form.Get("password"), g.clientAddr(ctx)); err != nil {
 				return g.tokenError(ctx, err)
 			}
 			offline = form.Get("access_type") == "offline"
@@ -77,7 +77,7 @@ func (g *Gateway) token(ctx *fasthttp.RequestCtx) error {
 			if verr != nil || c.Kind != "refresh" {
 				return g.tokenError(ctx, errors.New("invalid refresh token"))
 			}
-			if id, err = g.auth.Refresh(ctx, c); err != nil {
+			if id, err = g.auth.Refresh(g.life, c); err != nil {
 				return g.tokenError(ctx, err)
 			}
 		default:

@@ -55,7 +55,7 @@ func (g *Gateway) startUpload(r *request) error {
 	}
 	// A body on the POST is the first chunk.
 	if hasBody(ctx) {
-		if u, err = r.w.AppendUpload(ctx, r.repo, u.ID, 0, ctx.RequestBodyStream(), bodyLength(ctx)); err != nil {
+		if u, err = r.w.AppendUpload(r.c, r.repo, u.ID, 0, ctx.RequestBodyStream(), bodyLength(ctx)); err != nil {
 			return err
 		}
 	}
@@ -78,7 +78,7 @@ func (g *Gateway) tryMount(r *request, mount, fromName string) (done bool, err e
 		if !ok {
 			return false, nil
 		}
-		repos, err := loc.BlobRepositories(r.ctx, d)
+		repos, err := loc.BlobRepositories(r.c, d)
 		if err != nil {
 			return false, err
 		}
@@ -113,7 +113,7 @@ func (g *Gateway) tryMount(r *request, mount, fromName string) (done bool, err e
 		}
 		from = src.Repo
 	}
-	_, ok, err := r.w.MountBlob(r.ctx, r.repo, from, d)
+	_, ok, err := r.w.MountBlob(r.c, r.repo, from, d)
 	if !ok || err != nil {
 		return false, err
 	}
@@ -124,9 +124,9 @@ func (g *Gateway) tryMount(r *request, mount, fromName string) (done bool, err e
 // their address, each with a limit of open uploads.
 func (g *Gateway) clientContext(r *request) context.Context {
 	if id := r.who.identity(); !id.Anonymous() {
-		return cache.WithClient(r.ctx, "user "+id.Name)
+		return cache.WithClient(r.c, "user "+id.Name)
 	}
-	return cache.WithClient(r.ctx, "address "+g.clientAddr(r.ctx))
+	return cache.WithClient(r.c, "address "+g.clientAddr(r.ctx))
 }
 
 func created(ctx *fasthttp.RequestCtx, location string, d oci.Digest) error {
@@ -149,7 +149,7 @@ func (g *Gateway) uploadAccepted(r *request, u *cache.Upload, status int) {
 }
 
 func (g *Gateway) uploadStatus(r *request) error {
-	u, err := r.w.GetUpload(r.ctx, r.repo, r.route.UploadID)
+	u, err := r.w.GetUpload(r.c, r.repo, r.route.UploadID)
 	if err != nil {
 		return err
 	}
@@ -162,7 +162,7 @@ func (g *Gateway) patchUpload(r *request) error {
 	if err != nil {
 		return err
 	}
-	u, err := r.w.AppendUpload(r.ctx, r.repo, r.route.UploadID, start, r.ctx.RequestBodyStream(), bodyLength(r.ctx))
+	u, err := r.w.AppendUpload(r.c, r.repo, r.route.UploadID, start, r.ctx.RequestBodyStream(), bodyLength(r.ctx))
 	if err != nil {
 		return err
 	}
@@ -188,14 +188,14 @@ func (g *Gateway) finishUpload(r *request) error {
 	if hasBody(ctx) {
 		body = ctx.RequestBodyStream()
 	}
-	if _, err := r.w.FinishUpload(ctx, r.repo, r.route.UploadID, d, start, body, bodyLength(ctx)); err != nil {
+	if _, err := r.w.FinishUpload(r.c, r.repo, r.route.UploadID, d, start, body, bodyLength(ctx)); err != nil {
 		return err
 	}
 	return created(ctx, blobLocation(r.route.Repo, d), d)
 }
 
 func (g *Gateway) cancelUpload(r *request) error {
-	if err := r.w.CancelUpload(r.ctx, r.repo, r.route.UploadID); err != nil {
+	if err := r.w.CancelUpload(r.c, r.repo, r.route.UploadID); err != nil {
 		return err
 	}
 	r.ctx.SetStatusCode(fasthttp.StatusNoContent)
