@@ -160,8 +160,10 @@ code=$(head -c 768M /dev/zero | curl -sS -o "$W/big.body" -w '%{http_code}' -X P
   -H 'Content-Type: application/x-www-form-urlencoded' -T - "http://$R1/token" 2>>"$LOG")
 peak=$(hwm "$TOKEN_PID")
 echo "chunked 768 MiB POST /token: $code, RSS peak $peak MiB" >>"$LOG"
-check "an unauthenticated chunked 768 MiB POST /token: 413 or cut off, dockyard alive, RSS peak ${peak} MiB < 150 MiB" \
-  bash -c "kill -0 $TOKEN_PID && [ ${peak:-9999} -lt 150 ] && case '$code' in 413|000) true;; *) false;; esac"
+# The server answers 413 after 64 KiB and closes; curl, still sending, may see only the
+# reset (000) or the 100 Continue before it.
+check "an unauthenticated chunked 768 MiB POST /token: refused (got $code), dockyard alive, RSS peak ${peak} MiB < 150 MiB" \
+  bash -c "kill -0 $TOKEN_PID && [ ${peak:-9999} -lt 150 ] && case '$code' in 413|000|100) true;; *) false;; esac"
 code=$(head -c 1M /dev/zero | tr '\0' a | sed 's/^/grant_type=password\&username=alice\&password=alice-pw\&pad=/' |
   req form1 "http://$R1/token" -X POST -H 'Content-Type: application/x-www-form-urlencoded' --data-binary @-)
 check "a 1 MiB token form: 413 SIZE_INVALID" eq "413 SIZE_INVALID" "$code $(err_code form1)"
