@@ -539,16 +539,14 @@ func list(txn *badger.Txn, p []byte, last string, n int) (names []string, more b
 func (s *Store) Referrers(ctx context.Context, reg, repo string, d oci.Digest) ([]oci.Descriptor, error) {
 	out := []oci.Descriptor{}
 	err := s.db.View(func(txn *badger.Txn) error {
-		it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: true, Prefix: prefix(kindReferrer, reg, repo, string(d))})
-		defer it.Close()
-		for it.Rewind(); it.Valid(); it.Next() {
+		return scan(txn, prefix(kindReferrer, reg, repo, string(d)), func(_, v []byte) error {
 			var desc oci.Descriptor
-			if err := it.Item().Value(func(v []byte) error { return json.Unmarshal(v, &desc) }); err != nil {
+			if err := json.Unmarshal(v, &desc); err != nil {
 				return err
 			}
 			out = append(out, desc)
-		}
-		return nil
+			return nil
+		})
 	})
 	return out, err
 }
@@ -568,19 +566,10 @@ func (s *Store) TagInfos(ctx context.Context, reg, repo string) ([]TagInfo, erro
 	}
 	var out []TagInfo
 	err := s.db.View(func(txn *badger.Txn) error {
-		tp := prefix(kindTag, reg, repo)
-		it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: true, Prefix: tp})
-		defer it.Close()
-		for it.Rewind(); it.Valid(); it.Next() {
-			ti := TagInfo{Tag: string(it.Item().Key()[len(tp):])}
-			var pushed int64
-			if err := it.Item().Value(func(v []byte) error {
-				ti.Digest, _ = decodeTagValue(v)
-				pushed = tagPushedAt(v)
-				return nil
-			}); err != nil {
-				return err
-			}
+		return scan(txn, prefix(kindTag, reg, repo), func(tag, v []byte) error {
+			ti := TagInfo{Tag: string(tag)}
+			ti.Digest, _ = decodeTagValue(v)
+			pushed := tagPushedAt(v)
 			if pushed == 0 { // recorded before tags had their own push time
 				var rm repoManifest
 				if _, err := getJSON(txn, repoManifestKey(reg, repo, ti.Digest), &rm); err != nil {
@@ -597,8 +586,8 @@ func (s *Store) TagInfos(ctx context.Context, reg, repo string) ([]TagInfo, erro
 				ti.PulledAt = time.Unix(0, a.PulledAt)
 			}
 			out = append(out, ti)
-		}
-		return nil
+			return nil
+		})
 	})
 	return out, err
 }

@@ -1,6 +1,7 @@
 package cache
 
 import (
+	"bytes"
 	"errors"
 
 	"github.com/dgraph-io/badger/v4"
@@ -47,17 +48,6 @@ func (t RecordTable) Get(id string) (v []byte, ok bool, err error) {
 // List calls fn with every record of the table, in id order.
 func (t RecordTable) List(fn func(id string, v []byte) error) error {
 	return t.s.db.View(func(txn *badger.Txn) error {
-		it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: true, Prefix: []byte{t.kind}})
-		defer it.Close()
-		for it.Rewind(); it.Valid(); it.Next() {
-			v, err := it.Item().ValueCopy(nil)
-			if err != nil {
-				return err
-			}
-			if err := fn(string(it.Item().Key()[1:]), v); err != nil {
-				return err
-			}
-		}
-		return nil
+		return scan(txn, []byte{t.kind}, func(id, v []byte) error { return fn(string(id), bytes.Clone(v)) })
 	})
 }
