@@ -25,6 +25,7 @@ import (
 
 	"github.com/dockyard/dockyard/cache"
 	"github.com/dockyard/dockyard/config"
+	"github.com/dockyard/dockyard/oci"
 )
 
 // Every example configuration builds a working gateway.
@@ -179,5 +180,83 @@ lifecycle:
 	}
 	if st, body := post("root"); st != 200 || !strings.Contains(body, `"blobs":0`) {
 		t.Errorf("admin: %d %s", st, body)
+	}
+}
+
+// paused is the real store with TagInfos held until released: a retention run that
+// takes its time.
+type paused struct {
+	*cache.Store
+	entered, release chan struct{}
+}
+
+func (p *paused) TagInfos(ctx context.Context, reg, repo string) ([]cache.TagInfo, error) {
+	close(p.entered)
+	<-p.release
+	return p.Store.TagInfos(ctx, reg, repo)
+}
+
+// A job started through the admin endpoint outlives its request; the server waits for
+// it before the store is closed.
+func TestShutdownWaitsForAdminStartedJobs(t *testing.T) {
+	dir := t.TempDir()
+	cfgFile := filepath.Join(dir, "dockyard.yaml")
+	os.WriteFile(cfgFile, []byte(`
+lifecycle:
+  retention:
+    - {name: p, registries: [default], repositories: ["**"], keep_last: 1}
+`), 0o600)
+	cfg, err := config.Load(cfgFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Data = filepath.Join(dir, "data")
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	store, err := cache.Open(cache.Options{Dir: cfg.Data, Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	a, err := build(ctx, cfg, store, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	putImage(t, store, "default", "app", "1.0")
+	p := &paused{Store: store, entered: make(chan struct{}), release: make(chan struct{})}
+	a.jobs.Engine.Store = p
+	ran := make(chan error, 1)
+	go func() { _, err := a.admin.Run(context.Background(), "retention", map[string]string{"policy": "p"}); ran <- err }()
+	<-p.entered
+	cancel() // the server is shutting down
+	closed := make(chan struct{})
+	go func() { a.close(); close(closed) }()
+	select {
+	case <-closed:
+		t.Fatal("the server closed while an admin-started job was running")
+	case <-time.After(300 * time.Millisecond):
+	}
+	close(p.release)
+	<-ran
+	<-closed
+}
+
+// putImage stores a tiny image in reg/repo under tag.
+func putImage(t *testing.T, s *cache.Store, reg, repo, tag string) {
+	t.Helper()
+	ctx := context.Background()
+	config := []byte("{}")
+	d := oci.FromBytes(oci.SHA256, config)
+	if _, err := s.PutBlob(ctx, reg, repo, d, bytes.NewReader(config), int64(len(config))); err != nil {
+		t.Fatal(err)
+	}
+	m := []byte(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"` + string(d) + `","size":2},"layers":[]}`)
+	parsed, err := oci.ParseManifest("", m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.PutManifest(ctx, cache.PutManifestRequest{Registry: reg, Repo: repo, Digest: oci.FromBytes(oci.SHA256, m),
+		Content: m, Manifest: parsed, Tags: []oci.Tag{oci.Tag(tag)}}); err != nil {
+		t.Fatal(err)
 	}
 }
