@@ -226,7 +226,10 @@ lifecycle:
 	p := &paused{Store: store, entered: make(chan struct{}), release: make(chan struct{})}
 	a.jobs.Engine.Store = p
 	ran := make(chan error, 1)
-	go func() { _, err := a.admin.Run(context.Background(), "retention", map[string]string{"policy": "p"}); ran <- err }()
+	go func() {
+		_, err := a.admin.Run(context.Background(), "retention", map[string]string{"policy": "p"})
+		ran <- err
+	}()
 	<-p.entered
 	cancel() // the server is shutting down
 	closed := make(chan struct{})
