@@ -11,29 +11,46 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/validate"
 
 	"github.com/dockyard/dockyard/cache"
+	"github.com/dockyard/dockyard/oci"
 )
 
 func TestProxyCacheEvictsLeastRecentlyPulledAndStale(t *testing.T) {
 	u := newTestUpstream(t)
 	imgs := map[string]string{}
+	layers := map[string][]oci.Digest{} // each image's config and layers
 	for _, tag := range []string{"old", "mid", "new"} {
 		img := randomImage(t, 64<<10, 1)
 		if err := remote.Write(ref(t, u.host()+"/ev/app:"+tag), img); err != nil {
 			t.Fatal(err)
 		}
 		imgs[tag] = digestOf(t, img)
+		cfg, _ := img.ConfigName()
+		layers[tag] = append(layers[tag], oci.Digest(cfg.String()))
+		ls, _ := img.Layers()
+		for _, l := range ls {
+			layers[tag] = append(layers[tag], oci.Digest(digestOf(t, l)))
+		}
 	}
 	clock := &fakeClock{now: time.Unix(2e9, 0)}
 	s := startProxy(t, u, proxyConfig{clock: clock})
 	pull := func(tag string) {
 		t.Helper()
-		if _, err := remote.Image(ref(t, s.addr+"/ev/app:"+tag)); err != nil {
+		img, err := remote.Image(ref(t, s.addr+"/ev/app:"+tag))
+		if err != nil {
 			t.Fatal(err)
 		}
-		img, _ := remote.Image(ref(t, s.addr+"/ev/app:"+tag))
 		if err := validate.Image(img); err != nil {
 			t.Fatal(err)
 		}
+	}
+	stored := func(tag string) (n int) {
+		t.Helper()
+		for _, d := range layers[tag] {
+			if b, _, err := s.store.RefCounts(d); err == nil && b >= 0 {
+				n++
+			}
+		}
+		return n
 	}
 	for _, tag := range []string{"old", "mid", "new"} {
 		clock.Advance(time.Minute)
@@ -52,13 +69,24 @@ func TestProxyCacheEvictsLeastRecentlyPulledAndStale(t *testing.T) {
 	if _, err := s.store.CollectGarbage(ctx, cache.GCOptions{Grace: 0}); err != nil {
 		t.Fatal(err)
 	}
-	// The newest pull stays cached: served with the upstream down.
+	// The newest pull stays cached, whole: served with the upstream down. The least
+	// recently pulled image is gone, its config and layers too.
 	u.set(func(u *testUpstream) { u.failing = true })
-	if _, err := remote.Image(ref(t, s.addr+"/ev/app@"+imgs["new"])); err != nil {
+	img, err := remote.Image(ref(t, s.addr+"/ev/app@"+imgs["new"]))
+	if err == nil {
+		err = validate.Image(img)
+	}
+	if err != nil {
 		t.Errorf("the most recently pulled image was evicted: %v", err)
 	}
 	if _, err := remote.Image(ref(t, s.addr+"/ev/app@"+imgs["old"])); err == nil {
 		t.Errorf("the least recently pulled image survived the size limit")
+	}
+	if n := stored("old"); n != 0 {
+		t.Errorf("%d of the evicted image's blobs are still stored", n)
+	}
+	if n := stored("new"); n != len(layers["new"]) {
+		t.Errorf("%d of %d blobs of the kept image are stored", n, len(layers["new"]))
 	}
 	u.set(func(u *testUpstream) { u.failing = false })
 	// A month later, nothing was pulled: all of it is stale.

@@ -9,6 +9,7 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/validate"
 
 	"github.com/dockyard/dockyard/cache"
 	"github.com/dockyard/dockyard/oci"
@@ -78,12 +79,21 @@ func TestGroupResolvesTagsInMemberOrderAndPushesToItsPushMember(t *testing.T) {
 	if d, st := resolveVia(s, "registry.test", "team/app", digestOf(t, prodImg)); st != 200 || d != digestOf(t, prodImg) {
 		t.Errorf("prod's digest through the group: %d %s", st, d)
 	}
-	// Pulled through and cached by the proxy member: served with the upstream down.
-	if _, err := remote.Image(ref(t, s.addr+"/team/app:upstream-only")); err != nil {
+	// Pulled through and cached by the proxy member (manifest, config and every layer):
+	// served whole with the upstream down.
+	pulled, err := remote.Image(ref(t, s.addr+"/team/app:upstream-only"))
+	if err != nil {
+		t.Fatalf("pull through the group: %v", err)
+	}
+	if err := validate.Image(pulled); err != nil {
 		t.Fatalf("pull through the group: %v", err)
 	}
 	u.set(func(u *testUpstream) { u.failing = true })
-	if _, err := remote.Image(ref(t, s.addr+"/team/app@"+digestOf(t, upOnly))); err != nil {
+	cached, err := remote.Image(ref(t, s.addr+"/team/app@"+digestOf(t, upOnly)))
+	if err == nil {
+		err = validate.Image(cached)
+	}
+	if err != nil {
 		t.Errorf("cached upstream image with the upstream down: %v", err)
 	}
 	u.set(func(u *testUpstream) { u.failing = false })

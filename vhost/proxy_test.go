@@ -174,16 +174,29 @@ func TestConcurrentColdPullsShareOneUpstreamFetch(t *testing.T) {
 	if size, err = layer.Size(); err != nil {
 		t.Fatal(err)
 	}
+	// The upstream sends half the blob, then waits: every client must have received
+	// bytes before the download can finish, so the clients overlap and are served from
+	// the download as it arrives (a lock that made them wait for the whole blob would
+	// never see the gate open).
+	gate := make(chan struct{})
+	u.set(func(u *testUpstream) { u.gate = gate })
 	s := startProxy(t, u, proxyConfig{})
 
 	const clients = 32
-	var wg sync.WaitGroup
+	var wg, started sync.WaitGroup
 	sums := make([]string, clients)
 	errs := make([]error, clients)
 	for i := range clients {
 		wg.Add(1)
+		started.Add(1)
 		go func() {
 			defer wg.Done()
+			first := false
+			defer func() {
+				if !first {
+					started.Done()
+				}
+			}()
 			resp, err := http.Get("http://" + s.addr + "/v2/big/blob/blobs/" + d)
 			if err != nil {
 				errs[i] = err
@@ -191,14 +204,31 @@ func TestConcurrentColdPullsShareOneUpstreamFetch(t *testing.T) {
 			}
 			defer resp.Body.Close()
 			h := sha256.New()
-			n, err := io.Copy(h, resp.Body)
-			if err != nil || resp.StatusCode != 200 || n != size {
+			n, err := io.CopyN(h, resp.Body, 1)
+			if err != nil {
+				errs[i] = fmt.Errorf("status %d, first byte: %v", resp.StatusCode, err)
+				return
+			}
+			first = true
+			started.Done()
+			m, err := io.Copy(h, resp.Body)
+			if n += m; err != nil || resp.StatusCode != 200 || n != size {
 				errs[i] = fmt.Errorf("status %d, %d bytes, %v", resp.StatusCode, n, err)
 				return
 			}
 			sums[i] = "sha256:" + hex.EncodeToString(h.Sum(nil))
 		}()
 	}
+	allStarted := make(chan struct{})
+	go func() { started.Wait(); close(allStarted) }()
+	select {
+	case <-allStarted:
+	case <-time.After(60 * time.Second):
+		close(gate)
+		wg.Wait()
+		t.Fatal("not every client received its first bytes while the upstream download was held halfway")
+	}
+	close(gate)
 	wg.Wait()
 	for i := range clients {
 		if errs[i] != nil {
@@ -319,9 +349,16 @@ func TestStalledUpstreamGivesAnErrorNotAHang(t *testing.T) {
 	u := newTestUpstream(t)
 	s := startProxy(t, u, proxyConfig{timeout: 300 * time.Millisecond})
 	u.set(func(u *testUpstream) { u.stall = time.Minute })
+	start := time.Now()
 	r := get("GET", "http://"+s.addr+"/v2/slow/app/manifests/v1")
+	took := time.Since(start)
 	if r.err != nil || r.status != http.StatusBadGateway {
 		t.Fatalf("stalled upstream: %d %v %s", r.status, r.err, r.body)
+	}
+	// The answer comes within the upstream timeout (and the token round trip before
+	// the request, each bounded by it), not when the upstream gives up a minute later.
+	if bound := 10 * 300 * time.Millisecond; took > bound {
+		t.Errorf("the 502 came after %s; the upstream timeout is 300ms, the bound %s", took, bound)
 	}
 }
 
