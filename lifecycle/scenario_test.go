@@ -295,10 +295,16 @@ func TestTagPushTimesAndPruningScope(t *testing.T) {
 	clk.Advance(time.Hour)
 	r.push("app/a", "latest", "same") // the same manifest, tagged later
 	clk.Advance(time.Hour)
-	if st, body := r.push("other/b", "gone", "x"); st != 201 {
-		t.Fatalf("push: %d %s", st, body)
+	for _, repo := range []string{"other/b", "app/a"} {
+		if st, body := r.push(repo, "gone", repo); st != 201 {
+			t.Fatalf("push: %d %s", st, body)
+		}
+		// Each repository now holds an untagged manifest; only app/a's is in scope.
+		if st, body := r.do("DELETE", "/v2/"+repo+"/manifests/gone", nil, ""); st != 202 {
+			t.Fatalf("untag %s: %d %s", repo, st, body)
+		}
 	}
-	r.do("DELETE", "/v2/other/b/manifests/gone", nil, "") // other/b now holds an untagged manifest
+	clk.Advance(time.Minute) // past the untagged grace
 	e := &lifecycle.Engine{Store: r.store, Registries: []string{"dev"}, Classes: lifecycle.DefaultClasses(), Now: clk.Now,
 		Policies: []lifecycle.Policy{{Name: "p", Registries: []string{"dev"}, Repositories: []string{"app/**"},
 			Rules: []lifecycle.Rule{lifecycle.KeepLast{Count: 1}}, UntaggedGrace: time.Nanosecond}}}
@@ -314,8 +320,15 @@ func TestTagPushTimesAndPruningScope(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res.UntaggedDeleted != 0 {
-		t.Errorf("pruned %d untagged manifests outside app/**", res.UntaggedDeleted)
+	if res.UntaggedDeleted != 1 {
+		t.Errorf("pruned %d untagged manifests, want 1: app/a's, not other/b's", res.UntaggedDeleted)
+	}
+	for repo, want := range map[string]int{"app/a": 0, "other/b": 1} {
+		// A dry run counts what is left to prune.
+		n, err := r.store.PruneUntagged(ctx, "dev", func(r string) bool { return r == repo }, time.Nanosecond, true)
+		if err != nil || n != want {
+			t.Errorf("%s holds %d untagged manifests after apply (%v), want %d", repo, n, err, want)
+		}
 	}
 }
 
