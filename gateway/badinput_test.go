@@ -3,6 +3,7 @@ package gateway_test
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"slices"
 	"strings"
@@ -82,7 +83,10 @@ type state struct {
 	index string
 }
 
-func (r *testRegistry) state() state {
+// state snapshots the blob files, the catalog and tags, and the answers to GETs of
+// probe paths (a rejected body's digest, as a manifest and as a blob: a manifest stored
+// untagged shows in neither the catalog nor a tag list).
+func (r *testRegistry) state(probes ...string) state {
 	r.t.Helper()
 	cat := r.do("GET", "/v2/_catalog", nil)
 	var c struct{ Repositories []string }
@@ -90,6 +94,9 @@ func (r *testRegistry) state() state {
 	idx := string(cat.body)
 	for _, repo := range c.Repositories {
 		idx += string(r.do("GET", "/v2/"+repo+"/tags/list", nil).body)
+	}
+	for _, p := range probes {
+		idx += fmt.Sprintf(" %s→%d", p, r.do("GET", p, nil, "Accept", "*/*").StatusCode)
 	}
 	return state{blobs: r.blobFiles(), index: idx}
 }
@@ -207,7 +214,12 @@ func TestMalformedRequestsGetOCIErrorsAndStoreNothing(t *testing.T) {
 					path += c.suffix
 				}
 			}
-			before := r.state()
+			var probes []string
+			if c.body != nil {
+				d := sha256Of(c.body)
+				probes = []string{"/v2/base/app/manifests/" + d, "/v2/base/app/blobs/" + d}
+			}
+			before := r.state(probes...)
 			headers := c.headers
 			if c.body != nil && !slices.Contains(headers, "Content-Type") {
 				headers = append(headers, "Content-Type", "application/octet-stream")
@@ -226,7 +238,7 @@ func TestMalformedRequestsGetOCIErrorsAndStoreNothing(t *testing.T) {
 					t.Errorf("code %s, want %s (%s)", body.Errors[0].Code, c.code, body.Errors[0].Message)
 				}
 			}
-			if after := r.state(); !slices.Equal(after.blobs, before.blobs) || after.index != before.index {
+			if after := r.state(probes...); !slices.Equal(after.blobs, before.blobs) || after.index != before.index {
 				t.Errorf("the request changed what is stored:\nbefore %v %s\nafter  %v %s", before.blobs, before.index, after.blobs, after.index)
 			}
 		})
