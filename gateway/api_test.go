@@ -150,7 +150,12 @@ func TestDeletingAManifestRemovesItsTagsAndReferences(t *testing.T) {
 	layer := []byte("layer to be released")
 	m := r.pushImage("del/app", "v1", []byte(`{"a":1}`), layer)
 	d := sha256Of(m)
-	r.do("PUT", "/v2/del/app/manifests/v2", m, "Content-Type", mtOCIManifest)
+	if resp := r.do("PUT", "/v2/del/app/manifests/v2", m, "Content-Type", mtOCIManifest); resp.StatusCode != 201 {
+		t.Fatalf("tag v2: %d %s", resp.StatusCode, resp.body)
+	}
+	if resp := r.do("GET", "/v2/del/app/manifests/v2", nil); resp.StatusCode != 200 {
+		t.Fatalf("v2 before the delete: %d", resp.StatusCode)
+	}
 	if b, mr, _ := r.store.RefCounts(oci.Digest(d)); mr != 1 || b != -1 {
 		t.Fatalf("manifest refs before delete: %d", mr)
 	}
