@@ -31,6 +31,9 @@ import (
 // Every example configuration builds a working gateway.
 func TestExampleConfigurationsBuild(t *testing.T) {
 	files, _ := filepath.Glob("../../configs/*.yaml")
+	if len(files) < 6 {
+		t.Fatalf("found %d example configurations: %v", len(files), files)
+	}
 	for _, f := range files {
 		cfg, err := config.Load(f)
 		if err != nil {
