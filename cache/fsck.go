@@ -35,6 +35,7 @@ func (s *Store) Check(ctx context.Context, opts CheckOptions) (CheckReport, erro
 	problem := func(format string, args ...any) { rep.Problems = append(rep.Problems, fmt.Sprintf(format, args...)) }
 	var fixes []func(txn *badger.Txn) error
 	var missing []oci.Digest // blobs whose records go, links and all
+	var dropped [][]byte     // tag keys the repair deletes, for the tag cache
 
 	blobRefs := map[oci.Digest]int64{}
 	contentRefs := map[oci.Digest]int64{}
@@ -89,7 +90,10 @@ func (s *Store) Check(ctx context.Context, opts CheckOptions) (CheckReport, erro
 				d, _ := decodeTagValue(v)
 				if ok, _ := exists(txn, repoManifestKey(parts[0], parts[1], d)); !ok {
 					problem("tag %s/%s:%s points at %s, which the repository does not have", parts[0], parts[1], parts[2], d)
-					fixes = append(fixes, func(txn *badger.Txn) error { return txn.Delete(k) })
+					reg, repo, tag := parts[0], parts[1], parts[2]
+					fixes = append(fixes, func(txn *badger.Txn) error { return deleteTag(txn, reg, repo, tag, d) })
+					dropped = append(dropped, k)
+					continue
 				}
 				if bk := tagByDigestKey(parts[0], parts[1], d, parts[2]); !mustExist(txn, bk) {
 					problem("tag %s/%s:%s is missing from the index of %s's tags", parts[0], parts[1], parts[2], d)
@@ -165,6 +169,7 @@ func (s *Store) Check(ctx context.Context, opts CheckOptions) (CheckReport, erro
 		}
 		return nil
 	}, func(lo, hi int) { rep.Repaired += hi - lo })
+	s.tags.invalidate(dropped...)
 	if err != nil {
 		return rep, err
 	}
