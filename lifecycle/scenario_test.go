@@ -370,3 +370,61 @@ func TestApplyKeepsTagsPushedAfterPlanning(t *testing.T) {
 		}
 	}
 }
+
+// Concurrent pushes of different manifests to one new immutable release tag: exactly
+// one wins, every other gets 403, and the tag names the winner. Pushes of the same
+// bytes all succeed.
+func TestConcurrentPushesCannotRacePastAnImmutableRelease(t *testing.T) {
+	clk := &clock{now: time.Now()}
+	im := &lifecycle.Immutability{Classes: lifecycle.DefaultClasses(), Rules: []lifecycle.ImmutableRule{
+		{Registries: []string{"dev"}, Repositories: []string{"app/**"}},
+	}}
+	r := start(t, clk, im)
+	const pushers = 16
+	var wg sync.WaitGroup
+	statuses := make([]int, pushers)
+	for i := range pushers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			statuses[i], _ = r.push("app/race", "3.0.0", fmt.Sprint("variant ", i))
+		}()
+	}
+	wg.Wait()
+	won := -1
+	for i, st := range statuses {
+		switch st {
+		case 201:
+			if won >= 0 {
+				t.Errorf("pushes %d and %d both set the immutable tag", won, i)
+			}
+			won = i
+		case 403:
+		default:
+			t.Errorf("push %d: %d", i, st)
+		}
+	}
+	if won < 0 {
+		t.Fatal("no push won")
+	}
+	// The tag names the winner's content.
+	_, m := r.do("GET", "/v2/app/race/manifests/3.0.0", nil, "")
+	st, winner := r.push("app/race", "3.0.0", fmt.Sprint("variant ", won)) // same bytes again
+	_, again := r.do("GET", "/v2/app/race/manifests/3.0.0", nil, "")
+	if st != 201 || string(m) != string(again) {
+		t.Errorf("re-push of the winner: %d %s; tag changed: %v", st, winner, string(m) != string(again))
+	}
+	for i := range pushers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			statuses[i], _ = r.push("app/race", "3.1.0", "the same bytes")
+		}()
+	}
+	wg.Wait()
+	for i, st := range statuses {
+		if st != 201 {
+			t.Errorf("concurrent push %d of the same bytes: %d", i, st)
+		}
+	}
+}
