@@ -361,12 +361,19 @@ func (s *Store) deleteBlobs(batch []oci.Digest, cutoff int64) (int, int64, error
 		lo = big + 1
 	}
 	for _, d := range deleted {
+		if fileDeleteDelay > 0 {
+			time.Sleep(fileDeleteDelay)
+		}
 		if err := s.blobs.Delete(d); err != nil {
 			return len(deleted), bytes, err
 		}
 	}
 	return len(deleted), bytes, nil
 }
+
+// fileDeleteDelay slows the deletion of blob files; only an end-to-end test build sets
+// it (e2ehooks.go), so that a test can kill a collection in the middle of its deletes.
+var fileDeleteDelay time.Duration
 
 // firstTooBig finds the first item of [lo, hi) that is too big for a transaction on
 // its own, committing the items before it; -1 if none is.

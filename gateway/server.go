@@ -332,9 +332,19 @@ func (g *Gateway) writeError(ctx *fasthttp.RequestCtx, err error) {
 	ctx.SetBody(body)
 }
 
-// maxDrain is how much of an unread request body is read and dropped so that the
-// client, still sending, gets to read the error; past it the connection is closed.
+// maxDrain is how much of an unread request body is read and dropped, before the error
+// is sent, so that the connection can serve the client's next request.
 const maxDrain = 8 << 20
+
+// A body larger than that ends the connection after the answer. Closing a socket with
+// unread data makes the kernel reset it, and a client still sending would lose the
+// answer it has not read yet: the connection is half-closed instead, and what the
+// client still sends is read and dropped for a while (at most lingerTime and
+// lingerBytes), the way HTTP servers close lingeringly.
+const (
+	lingerTime  = 5 * time.Second
+	lingerBytes = 512 << 20
+)
 
 func drainBody(ctx *fasthttp.RequestCtx) {
 	if !ctx.Request.IsBodyStream() {
@@ -342,8 +352,22 @@ func drainBody(ctx *fasthttp.RequestCtx) {
 	}
 	n, _ := io.Copy(io.Discard, io.LimitReader(ctx.RequestBodyStream(), maxDrain+1))
 	if n > maxDrain {
-		ctx.SetConnectionClose()
+		lingeringClose(ctx)
 	}
+}
+
+// lingeringClose ends the connection after the response: it sends the response, shuts
+// its own side, then drops what the client still sends until it stops, or for at most
+// lingerTime and lingerBytes.
+func lingeringClose(ctx *fasthttp.RequestCtx) {
+	raw := ctx.Conn()
+	ctx.Hijack(func(c net.Conn) {
+		if cw, ok := raw.(interface{ CloseWrite() error }); ok {
+			cw.CloseWrite()
+		}
+		raw.SetReadDeadline(time.Now().Add(lingerTime))
+		io.Copy(io.Discard, io.LimitReader(c, lingerBytes))
+	})
 }
 
 func setContentLength(ctx *fasthttp.RequestCtx, n int64) {

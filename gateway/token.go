@@ -57,7 +57,6 @@ func (g *Gateway) token(ctx *fasthttp.RequestCtx) error {
 			return rerr
 		}
 		if len(body) > maxTokenForm {
-			ctx.SetConnectionClose() // do not read the rest
 			return oci.ErrBodyTooLarge.Withf("the token request form is over %d bytes", maxTokenForm)
 		}
 		form, perr := url.ParseQuery(string(body))

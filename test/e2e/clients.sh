@@ -160,6 +160,7 @@ if ensure_docker; then
     same_bytes "$rootfs/data/blob.bin" "$W/docker-save/layer/data/blob.bin"
   # By digest, and into a second repository (docker mounts the blobs across repos).
   run docker rmi "$img"
+  check "docker rmi: the image is gone locally before the pull by digest" not_docker_image "$img"
   run docker pull "$R/e2e/app@$DOCKER_DIGEST"
   check "docker pull by digest: image ID equals the pushed image ID" \
     eq "$DOCKER_ID" "$(docker image inspect --format '{{.Id}}' "$R/e2e/app@$DOCKER_DIGEST" 2>>"$LOG")"

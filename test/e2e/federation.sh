@@ -56,9 +56,21 @@ header() { grep -i "^$2:" "$W/$1.h" | head -1 | cut -d: -f2- | sed -e 's/^ *//' 
 err_code() { jq -r '.errors[0].code' "$W/$1.body" 2>/dev/null; }
 body_has() { echo "body of $1: $(cat "$W/$1.body")"; grep -qF -- "$2" "$W/$1.body"; }
 body_lacks() { echo "body of $1: $(cat "$W/$1.body")"; [ -s "$W/$1.body" ] && ! grep -qF -- "$2" "$W/$1.body"; }
-catalog() { curl -sS "http://$1/v2/_catalog?n=1000" 2>>"$LOG" | jq -r '.repositories[]?' 2>>"$LOG"; }
+# catalog HOST: the repositories of HOST's catalog, one a line; a failed request prints
+# a marker no repository is named (so in_list and not_in_list both fail on it).
+catalog() {
+  local body code
+  body=$(curl -sS -w '\n%{http_code}' "http://$1/v2/_catalog?n=1000" 2>>"$LOG")
+  code=${body##*$'\n'}
+  if [ "$code" != 200 ]; then echo "CATALOG-REQUEST-FAILED-$code"; return; fi
+  jq -r '.repositories[]?' <<<"${body%$'\n'*}" 2>>"$LOG" || echo "CATALOG-NOT-JSON"
+}
 in_list() { echo "looking for '$1' in: $(echo $2)"; grep -qxF -- "$1" <<<"$2"; }
-not_in_list() { echo "'$1' must not be in: $(echo $2)"; ! grep -qxF -- "$1" <<<"$2"; }
+not_in_list() {
+  echo "'$1' must not be in: $(echo $2)"
+  case "$2" in CATALOG-*) echo "  the catalog request failed"; return 1 ;; esac
+  ! grep -qxF -- "$1" <<<"$2"
+}
 
 # ---------------------------------------------------------------- processes and cleanup
 
@@ -350,8 +362,8 @@ if [ "$DOCKER_UP" = 1 ]; then
     has_word "$NAME@$MIRROR_DIGEST" "$(repo_digests "$NAME:1.0")"
   check "the pull went through dockyard: its catalog lists library/$NAME" \
     in_list "library/$NAME" "$(catalog "$M")"
-  check "dockyard logged caching library/$NAME blobs from the upstream" \
-    grep -q "library/$NAME" "$RESULTS/federation/mirror/dockyard.log"
+  logged_cached() { grep 'msg="cached upstream blob"' "$RESULTS/federation/mirror/dockyard.log" | grep -q "repo=library/$NAME "; }
+  check "dockyard logged caching library/$NAME blobs from the upstream" logged_cached
 
   # The upstream goes away: the cached image still pulls.
   stop_pid "$UP_PLAIN_PID"
@@ -372,6 +384,7 @@ if [ "$DOCKER_UP" = 1 ]; then
   warning_299() { echo "Warning: $(header mirror-stale Warning)"; [[ "$(header mirror-stale Warning)" == '299 - "'*'"' ]]; }
   check "stale tag served with 'Warning: 299 - \"...\"'" warning_299
   run docker rmi "$NAME:1.0"
+  check "docker rmi: the image is gone locally before the pull after the restart" image_gone "$MIRROR_ID"
   run docker pull "$NAME:1.0"
   check "after a dockyard restart, upstream down: docker pull via the mirror, same image ID" \
     eq "$MIRROR_ID" "$(image_id "$NAME:1.0")"
@@ -445,8 +458,9 @@ check "docker push to dev.registry.example.com: dockyard serves the digest docke
   eq "${DIG[dev1]:-}" "$(digest_of "$DEV/team/app:1")"
 check "docker push to prod.registry.example.com, same tag: prod serves the other image" \
   eq "${DIG[prod1]:-} ${DIG[prod2]:-}" "$(digest_of "$PROD/team/app:1") $(digest_of "$PROD/team/app:2")"
-three_different() { echo "${DIG[dev1]:-} ${DIG[prod1]:-} ${DIG[ghcr1]:-}"; [ -n "${DIG[dev1]:-}" ] &&
-  [ "$(printf '%s\n' "${DIG[dev1]:-}" "${DIG[prod1]:-}" "${DIG[ghcr1]:-}" | sort -u | wc -l)" = 3 ]; }
+three_different() { echo "${DIG[dev1]:-} ${DIG[prod1]:-} ${DIG[ghcr1]:-}"
+  [ -n "${DIG[dev1]:-}" ] && [ -n "${DIG[prod1]:-}" ] && [ -n "${DIG[ghcr1]:-}" ] &&
+  [ "$(printf '%s\n' "${DIG[dev1]}" "${DIG[prod1]}" "${DIG[ghcr1]}" | sort -u | wc -l)" = 3 ]; }
 check "app:1 is three different images in dev, prod and the ghcr upstream" three_different
 check "dev does not have prod's app:2" eq 404 "$(req dev-app2 "http://$DEV/v2/team/app/manifests/2" -H "Accept: $ACCEPT")"
 

@@ -24,13 +24,13 @@ free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
 }
 
-# start_dockyard NAME [serve args...]: starts bin/dockyard with its data in
+# start_dockyard NAME [serve args...]: starts bin/dockyard (or $DY_BIN) with its data in
 # $RESULTS/NAME; sets DY_ADDR (host:port) and DY_PID. Reuses the data dir if present.
 start_dockyard() {
   local name=$1; shift
   local port; port=${DY_PORT:-$(free_port)}
   mkdir -p "$RESULTS/$name"
-  "$ROOT/bin/dockyard" serve --listen "127.0.0.1:$port" --data "$RESULTS/$name/data" "$@" \
+  "${DY_BIN:-$ROOT/bin/dockyard}" serve --listen "127.0.0.1:$port" --data "$RESULTS/$name/data" "$@" \
     >>"$RESULTS/$name/dockyard.log" 2>&1 &
   DY_PID=$!
   DY_ADDR="127.0.0.1:$port"
@@ -58,10 +58,11 @@ run() {
   return $rc
 }
 # eq WANT GOT [what]: a check body; prints both sides to the check log. WANT may join
-# several values with single spaces; an empty one among them (nothing captured) fails.
+# several values with single spaces; an empty one among them (nothing captured: a
+# leading, trailing or doubled space, or nothing at all) fails.
 eq() {
   echo "eq ${3:-}: want '$1' got '$2'"
-  case " ${1% } " in *"  "*) echo "  an expected value is empty"; return 1 ;; esac
+  case "$1" in "" | " "* | *" " | *"  "*) echo "  an expected value is empty"; return 1 ;; esac
   [ "$1" = "$2" ]
 }
 sha256_of() { sha256sum | cut -d' ' -f1; }

@@ -13,15 +13,25 @@ make_layer() { # dir name size_kib
   tar -C "$1/rootfs" -cf "$1/$2.tar" "$2"
 }
 
-snapshot() { # ref file: manifest bytes and the sha256 of every blob, read back from the registry
-  local ref=$1 out=$2
-  crane manifest "$ref" >"$out.manifest"
+# snapshot REF FILE: the manifest's sha256 and, for every blob, its digest and the
+# sha256 of the bytes read back from the registry. It fails (leaving FILE holding
+# "snapshot failed") when crane fails, when the manifest lists no blob, or when a blob's
+# bytes do not hash to its digest: two failed reads must never compare equal.
+snapshot() {
+  local ref=$1 out=$2 d sum n=0
+  if ! crane manifest "$ref" >"$out.manifest" 2>>"$W/crane.err" || [ ! -s "$out.manifest" ]; then
+    echo "snapshot failed: crane manifest $ref" | tee "$out"; return 1
+  fi
   {
     sha256sum <"$out.manifest"
     for d in $(jq -r '.config.digest, .layers[].digest' "$out.manifest"); do
-      echo "$d $(crane blob "${ref%:*}@$d" | sha256sum | cut -d' ' -f1)"
+      sum=$(set -o pipefail; crane blob "${ref%:*}@$d" 2>>"$W/crane.err" | sha256sum | cut -d' ' -f1) || { echo "snapshot failed: blob $d"; return 1; }
+      [ "sha256:$sum" = "$d" ] || { echo "snapshot failed: blob $d reads back as sha256:$sum"; return 1; }
+      echo "$d $sum"
+      n=$((n + 1))
     done
-  } >"$out"
+    [ "$n" -ge 2 ] || { echo "snapshot failed: $n blobs"; return 1; }
+  } >"$out" || { cat "$out"; return 1; }
 }
 
 start_dockyard restart
@@ -30,20 +40,20 @@ export DY_PORT=${ADDR##*:}
 
 make_layer "$W" one 300
 crane append --insecure -f "$W/one.tar" -t "$ADDR/restart/app:v1" --oci-empty-base >/dev/null 2>&1
-snapshot "$ADDR/restart/app:v1" "$W/v1.before"
+check "snapshot of restart/app:v1 (every blob hashes to its digest)" snapshot "$ADDR/restart/app:v1" "$W/v1.before"
 
 stop_dockyard TERM
 start_dockyard restart
-snapshot "$ADDR/restart/app:v1" "$W/v1.after-stop"
+check "snapshot after a clean restart" snapshot "$ADDR/restart/app:v1" "$W/v1.after-stop"
 check "image identical after a clean restart" cmp "$W/v1.before" "$W/v1.after-stop"
 
 make_layer "$W" two 500
 crane append --insecure -f "$W/two.tar" -t "$ADDR/restart/app:v2" --oci-empty-base >/dev/null 2>&1
-snapshot "$ADDR/restart/app:v2" "$W/v2.before"
+check "snapshot of restart/app:v2" snapshot "$ADDR/restart/app:v2" "$W/v2.before"
 stop_dockyard KILL
 start_dockyard restart
-snapshot "$ADDR/restart/app:v1" "$W/v1.after-kill"
-snapshot "$ADDR/restart/app:v2" "$W/v2.after-kill"
+check "snapshot of v1 after SIGKILL" snapshot "$ADDR/restart/app:v1" "$W/v1.after-kill"
+check "snapshot of v2 after SIGKILL" snapshot "$ADDR/restart/app:v2" "$W/v2.after-kill"
 check "first image identical after SIGKILL" cmp "$W/v1.before" "$W/v1.after-kill"
 check "image pushed just before SIGKILL identical" cmp "$W/v2.before" "$W/v2.after-kill"
 
