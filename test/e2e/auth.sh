@@ -1084,7 +1084,7 @@ else
 fi
 
 # Rate limit (failures: 3): the fourth login after three bad passwords is refused even with
-# the right one. Last on this instance: the lockout also covers the client address.
+# the right one from the same address (the lockout is per user and address).
 for i in 1 2 3; do req rl-bad GET "https://$REG/v2/" -u "dave:wrong-$i" >/dev/null; done
 code=$(req rl GET "https://$REG/v2/" -u "dave:${PW[dave]}")
 check "rate limit: after 3 failed logins dave is refused with 429 TOOMANYREQUESTS and Retry-After" \
