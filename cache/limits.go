@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
-	"syscall"
 
 	"github.com/dustin/go-humanize"
 	lru "github.com/hashicorp/golang-lru/v2"
@@ -167,17 +166,6 @@ func (s *Store) checkSpace() error {
 			humanize.IBytes(uint64(max(free, 0))), humanize.IBytes(uint64(s.minFree)))
 	}
 	return nil
-}
-
-// statfsFree is the space available to unprivileged writers on dir's filesystem.
-func statfsFree(dir string) func() (int64, error) {
-	return func() (int64, error) {
-		var st syscall.Statfs_t
-		if err := syscall.Statfs(dir, &st); err != nil {
-			return 0, err
-		}
-		return int64(st.Bavail) * int64(st.Bsize), nil
-	}
 }
 
 // spaceWriter checks the reserve every spaceCheckEvery bytes written through it.

@@ -63,7 +63,7 @@ type Options struct {
 	// MinFreeSpace is the free space under which uploads are refused (0: none).
 	MinFreeSpace int64
 	// FreeSpace measures the free space of the data directory's filesystem (default:
-	// statfs); tests inject one.
+	// statfs on Linux; elsewhere none, and no reserve is kept); tests inject one.
 	FreeSpace func() (int64, error)
 }
 
@@ -113,6 +113,10 @@ func Open(opts Options) (*Store, error) {
 	}
 	if opts.FreeSpace == nil {
 		opts.FreeSpace = statfsFree(opts.Dir)
+	}
+	if opts.FreeSpace == nil && opts.MinFreeSpace > 0 {
+		opts.Logger.Warn("the free-space reserve (storage.min_free_space) is not kept on this platform")
+		opts.MinFreeSpace = 0
 	}
 	s := &Store{dir: opts.Dir, db: db, blobs: blobs, log: opts.Logger, now: opts.Now,
 		contents: newManifestCache(opts.ManifestCache), tags: newTagCache(16384), buffers: newBufferPool(opts.UploadBuffers),
