@@ -1,13 +1,12 @@
 package cache
 
 import (
+	clist "container/list"
 	"context"
 	"fmt"
 	"sync"
-	"sync/atomic"
 
 	"github.com/dustin/go-humanize"
-	lru "github.com/hashicorp/golang-lru/v2"
 
 	"github.com/dockyard/dockyard/oci"
 )
@@ -68,39 +67,90 @@ func (p *bufferPool) inUse() int {
 	return p.made - len(p.free)
 }
 
-// manifestCache keeps small manifests' bytes by digest, up to a total size. Content is
-// immutable: entries never go stale, they only make room.
+// manifestCache keeps small manifests' bytes by digest, up to a total size that counts
+// what each entry costs besides its bytes, so tiny manifests cannot fill memory by the
+// million. Content is immutable: entries never go stale, they only make room. One lock
+// covers an entry and its accounting: pulls racing to cache the same manifest count
+// it once.
 type manifestCache struct {
 	max, maxEntry int64
-	used          atomic.Int64
-	entries       *lru.Cache[oci.Digest, []byte]
+	mu            sync.Mutex
+	used          int64
+	order         *clist.List // of *manifestEntry, most recently used first
+	byDigest      map[oci.Digest]*clist.Element
 }
+
+type manifestEntry struct {
+	d oci.Digest
+	b []byte
+}
+
+// manifestEntryCost is what an entry takes beyond its bytes and digest: the list
+// element, the map's share and the headers (measured near 100 bytes; counted high to
+// cover allocation rounding).
+const manifestEntryCost = 256
 
 func newManifestCache(bytes int64) *manifestCache {
-	c := &manifestCache{max: bytes, maxEntry: min(64<<10, bytes)}
-	c.entries, _ = lru.NewWithEvict[oci.Digest, []byte](1<<20, func(_ oci.Digest, v []byte) { c.used.Add(-int64(len(v))) })
-	return c
+	return &manifestCache{max: bytes, maxEntry: min(64<<10, bytes), order: clist.New(), byDigest: map[oci.Digest]*clist.Element{}}
 }
 
-func (c *manifestCache) get(d oci.Digest) ([]byte, bool) { return c.entries.Get(d) }
+func entryCost(d oci.Digest, b []byte) int64 { return int64(len(d)+len(b)) + manifestEntryCost }
+
+func (c *manifestCache) get(d oci.Digest) ([]byte, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e, ok := c.byDigest[d]
+	if !ok {
+		return nil, false
+	}
+	c.order.MoveToFront(e)
+	return e.Value.(*manifestEntry).b, true
+}
 
 func (c *manifestCache) add(d oci.Digest, b []byte) {
-	if int64(len(b)) > c.maxEntry || c.max <= 0 {
+	cost := entryCost(d, b)
+	if int64(len(b)) > c.maxEntry || cost > c.max {
 		return
 	}
-	if c.entries.Contains(d) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if _, ok := c.byDigest[d]; ok {
 		return
 	}
-	c.used.Add(int64(len(b)))
-	c.entries.Add(d, b)
-	for c.used.Load() > c.max {
-		if _, _, ok := c.entries.RemoveOldest(); !ok {
-			return
-		}
+	c.byDigest[d] = c.order.PushFront(&manifestEntry{d, b})
+	c.used += cost
+	for c.used > c.max {
+		c.drop(c.order.Back())
 	}
 }
 
-func (c *manifestCache) remove(d oci.Digest) { c.entries.Remove(d) }
+func (c *manifestCache) remove(d oci.Digest) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if e, ok := c.byDigest[d]; ok {
+		c.drop(e)
+	}
+}
+
+// drop removes an entry; call with mu held.
+func (c *manifestCache) drop(e *clist.Element) {
+	me := c.order.Remove(e).(*manifestEntry)
+	delete(c.byDigest, me.d)
+	c.used -= entryCost(me.d, me.b)
+}
+
+// size and len report the bytes counted and the entries held (for tests).
+func (c *manifestCache) size() int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.used
+}
+
+func (c *manifestCache) len() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.order.Len()
+}
 
 // clientKey carries, in a context, who an upload is for.
 type clientKey struct{}

@@ -126,12 +126,12 @@ func TestManifestCacheIsBoundedInBytes(t *testing.T) {
 	for i := range 50 {
 		b := []byte(strings.Repeat(string(rune('a'+i%26)), 30<<10))
 		c.add(oci.FromBytes(oci.SHA256, append(b, byte(i))), b)
-		if c.used.Load() > 100<<10 {
-			t.Fatalf("%d bytes held after %d entries, bound %d", c.used.Load(), i+1, 100<<10)
+		if c.size() > 100<<10 {
+			t.Fatalf("%d bytes held after %d entries, bound %d", c.size(), i+1, 100<<10)
 		}
 	}
-	if c.entries.Len() != 3 {
-		t.Errorf("%d entries of 30 KiB held in 100 KiB", c.entries.Len())
+	if c.len() != 3 {
+		t.Errorf("%d entries of 30 KiB held in 100 KiB", c.len())
 	}
 }
 
