@@ -126,12 +126,14 @@ func (s *FSBlobStore) OpenUpload(id string, offset int64) (UploadFile, error) {
 // descriptor opened with O_DIRECT: they reach the disk without passing through (and
 // allocating) the page cache, which on virtual machines is the slowest part of an
 // upload, and the fsync that closes the upload has little left to flush. Unaligned
-// heads and tails go through the ordinary descriptor.
+// heads and tails go through the ordinary descriptor, and so does data that is not
+// aligned in memory: an aligned copy of it would be a buffer per upload outside the
+// shared pool's bound. Uploads copy through pooled buffers, aligned in memory, and
+// read up to a block boundary first (copyHashing), so their writes stay direct.
 type fsUpload struct {
 	f      *os.File
 	direct *os.File // nil when the filesystem has no O_DIRECT
 	off    int64
-	bounce []byte // aligned copy for data that is not aligned in memory
 }
 
 func (u *fsUpload) Write(p []byte) (int, error) {
@@ -152,16 +154,8 @@ func (u *fsUpload) Write(p []byte) (int, error) {
 		}
 		p = p[head:]
 	}
-	if body := len(p) / directAlign * directAlign; body > 0 {
-		b := p[:body]
-		if !isAligned(b) {
-			if cap(u.bounce) < body {
-				u.bounce = alignedBuffer(body)
-			}
-			b = u.bounce[:body]
-			copy(b, p[:body])
-		}
-		if err := write(u.direct, b); err != nil {
+	if body := len(p) / directAlign * directAlign; body > 0 && isAligned(p) {
+		if err := write(u.direct, p[:body]); err != nil {
 			return written, err
 		}
 		p = p[body:]

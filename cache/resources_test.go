@@ -112,7 +112,7 @@ func (r *countingReader) Read(p []byte) (int, error) {
 func TestACopyStopsReadingAtTheFirstWriteError(t *testing.T) {
 	s := testStore(t, nil)
 	r := &countingReader{max: 256 << 20}
-	if _, err := s.copyHashing(failingWriter{}, sha256.New(), r); err == nil {
+	if _, err := s.copyHashing(failingWriter{}, sha256.New(), r, 0); err == nil {
 		t.Fatal("the copy succeeded")
 	}
 	if r.n > 8*copyBufSize {

@@ -163,7 +163,10 @@ func (s *Store) appendChunk(u *Upload, r io.Reader, length int64) (hash.Hash, er
 	if err != nil {
 		return nil, err
 	}
-	n, err := s.copyHashing(&spaceWriter{w: f, s: s}, h, r)
+	// Read up to the next block boundary first: the buffers that follow then land
+	// block-aligned in the file and go to the disk directly.
+	first := int((directAlign - u.Offset%directAlign) % directAlign)
+	n, err := s.copyHashing(&spaceWriter{w: f, s: s}, h, r, first)
 	if err == nil && length >= 0 && n != length {
 		err = oci.ErrSizeInvalid.Withf("chunk has %d bytes, %d were announced", n, length)
 	}
@@ -353,8 +356,9 @@ func (s *Store) PutBlob(ctx context.Context, reg, repo string, d oci.Digest, r i
 // copyHashing copies r to w and into h. Reading the request body, hashing and writing
 // run side by side on separate buffers, so an upload costs about as long as the
 // slowest of the three rather than their sum. It stops reading at the first write
-// error: a client must not keep sending into a copy that has failed.
-func (s *Store) copyHashing(w io.Writer, h hash.Hash, r io.Reader) (int64, error) {
+// error: a client must not keep sending into a copy that has failed. first, when not
+// 0, is the size of the first read.
+func (s *Store) copyHashing(w io.Writer, h hash.Hash, r io.Reader, first int) (int64, error) {
 	bufs := s.buffers.take(copyBufsInFlight)
 	defer s.buffers.give(bufs)
 	if len(bufs) == 0 {
@@ -406,8 +410,12 @@ func (s *Store) copyHashing(w io.Writer, h hash.Hash, r io.Reader) (int64, error
 			free <- bp
 			break
 		}
+		buf := *bp
+		if first > 0 {
+			buf, first = buf[:min(first, len(buf))], 0
+		}
 		var nr int
-		nr, rerr = fill(r, *bp)
+		nr, rerr = fill(r, buf)
 		if nr == 0 {
 			free <- bp
 			continue
