@@ -589,6 +589,9 @@ func (s *Store) PurgeUploads(ctx context.Context, maxAge time.Duration) (int, er
 
 // purgeUpload drops session id if, under its lock, it is still unused since cutoff.
 func (s *Store) purgeUpload(id string, cutoff time.Time) (bool, error) {
+	if s.beforePurgeLock != nil {
+		s.beforePurgeLock(id)
+	}
 	defer s.uploadLocks.lock(id)()
 	purged := false
 	var u Upload

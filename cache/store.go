@@ -35,6 +35,9 @@ type Store struct {
 	// minFree is the free-space reserve (0: none); freeSpace measures.
 	minFree   int64
 	freeSpace func() (int64, error)
+	// beforePurgeLock, when set (tests), runs as a purge is about to take the lock of
+	// a session it found stale.
+	beforePurgeLock func(id string)
 
 	access      accessLog
 	stopFlusher context.CancelFunc

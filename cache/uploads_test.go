@@ -93,28 +93,28 @@ func TestPurgeAgesUploadsByTheirLastChunk(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.Add(2 * time.Hour) // 25 h after the start, 2 h after active's last chunk
-	// A chunk of inflight is being received while the purge runs.
+	// A chunk of inflight is being received while the purge runs: the purge finds the
+	// session stale, and the chunk ends before the purge takes the session's lock.
 	pr, pw := io.Pipe()
-	appended := make(chan error)
+	appended := make(chan error, 1)
 	go func() {
 		_, err := s.AppendUpload(ctx, "dev", "app", inflight.ID, 0, pr, -1)
 		appended <- err
 	}()
 	io.WriteString(pw, "the chunk has begun")
-	purged := make(chan int)
-	go func() {
-		n, err := s.PurgeUploads(ctx, 24*time.Hour)
-		if err != nil {
-			t.Error(err)
+	s.beforePurgeLock = func(id string) {
+		if id == inflight.ID {
+			pw.Close()
+			if err := <-appended; err != nil {
+				t.Error(err)
+			}
 		}
-		purged <- n
-	}()
-	time.Sleep(100 * time.Millisecond) // the purge waits for inflight's lock
-	pw.Close()
-	if err := <-appended; err != nil {
+	}
+	n, err := s.PurgeUploads(ctx, 24*time.Hour)
+	if err != nil {
 		t.Fatal(err)
 	}
-	if n := <-purged; n != 1 {
+	if n != 1 {
 		t.Errorf("purged %d, want 1 (the idle session)", n)
 	}
 	for _, c := range []struct {
