@@ -7,7 +7,6 @@ import (
 	"io"
 	"log/slog"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -26,9 +25,11 @@ func openWith(t *testing.T, dir string, o Options) *Store {
 	return s
 }
 
-// slowReader trickles data until released, then sends the rest.
+// slowReader sends a little, then says it is waiting and sends the rest once
+// released: a slow client in the middle of its body.
 type slowReader struct {
 	left    int
+	waiting chan<- struct{}
 	release <-chan struct{}
 	sent    int
 }
@@ -37,7 +38,9 @@ func (r *slowReader) Read(p []byte) (int, error) {
 	if r.left == 0 {
 		return 0, io.EOF
 	}
-	if r.sent > 0 {
+	if r.sent > 0 && r.waiting != nil {
+		r.waiting <- struct{}{}
+		r.waiting = nil
 		<-r.release
 	}
 	n := min(len(p), r.left, 1000)
@@ -49,45 +52,42 @@ func (r *slowReader) Read(p []byte) (int, error) {
 	return n, nil
 }
 
-// Copy buffers come from a bounded pool: more slow uploads than it can serve all
-// complete (the rest copy through a small buffer of their own), and the pool never
-// hands out more than its bound.
+// Copy buffers come from a bounded pool: more slow uploads than it can serve, all in
+// the middle of their bodies at once, hold no more than its bound (the rest copy
+// through a small buffer of their own), and all complete.
 func TestUploadBuffersAreBounded(t *testing.T) {
 	s := openWith(t, t.TempDir(), Options{UploadBuffers: 4 * copyBufSize}) // one upload's worth
 	defer s.Close()
 	ctx := context.Background()
-	release := make(chan struct{})
-	var wg sync.WaitGroup
-	var peak atomic.Int64
-	errs := make(chan error, 8)
-	for range 8 {
-		wg.Add(1)
+	const uploads = 8
+	waiting, release := make(chan struct{}), make(chan struct{})
+	errs := make(chan error, uploads)
+	for range uploads {
 		go func() {
-			defer wg.Done()
 			u, err := s.StartUpload(ctx, "dev", "app", oci.SHA256)
-			if err != nil {
-				errs <- err
-				return
+			if err == nil {
+				_, err = s.AppendUpload(ctx, "dev", "app", u.ID, 0, &slowReader{left: 3 << 20, waiting: waiting, release: release}, -1)
 			}
-			_, err = s.AppendUpload(ctx, "dev", "app", u.ID, 0, &slowReader{left: 3 << 20, release: release}, -1)
 			errs <- err
 		}()
 	}
-	deadline := time.Now().Add(2 * time.Second)
-	for time.Now().Before(deadline) {
-		peak.Store(max(peak.Load(), int64(s.buffers.inUse())))
-		time.Sleep(5 * time.Millisecond)
+	for range uploads {
+		<-waiting
+	}
+	s.buffers.mu.Lock()
+	made := s.buffers.made
+	s.buffers.mu.Unlock()
+	if inUse := s.buffers.inUse(); inUse != 4 || made > 4 {
+		t.Errorf("with %d uploads copying: %d pooled buffers in use, %d made; bound 4", uploads, inUse, made)
 	}
 	close(release)
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		if err != nil {
+	for range uploads {
+		if err := <-errs; err != nil {
 			t.Errorf("an upload failed: %v", err)
 		}
 	}
-	if p := peak.Load(); p > 4 || p == 0 {
-		t.Errorf("%d pooled buffers in use at the peak, bound 4", p)
+	if inUse := s.buffers.inUse(); inUse != 0 {
+		t.Errorf("%d pooled buffers still taken after every upload ended", inUse)
 	}
 }
 
@@ -214,3 +214,58 @@ func TestUploadsStopAtTheFreeSpaceReserve(t *testing.T) {
 type writerFunc func([]byte) (int, error)
 
 func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
+
+// A client's slot is freed when its upload is finished or purged, not only cancelled.
+func TestAFinishedOrPurgedUploadFreesItsSlot(t *testing.T) {
+	c := &clock{now: time.Unix(1e9, 0)}
+	s := openWith(t, t.TempDir(), Options{MaxSessionsPerClient: 1, Now: c.Now})
+	defer s.Close()
+	alice := WithClient(context.Background(), "user alice")
+	tooMany := func(err error) bool { return errors.Is(err, oci.ErrTooManyRequests) }
+	u, err := s.StartUpload(alice, "dev", "app", oci.SHA256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.StartUpload(alice, "dev", "app", oci.SHA256); !tooMany(err) {
+		t.Fatalf("a second upload over the limit of 1: %v", err)
+	}
+	body := "the blob"
+	if _, err := s.FinishUpload(alice, "dev", "app", u.ID, oci.FromBytes(oci.SHA256, []byte(body)), 0, strings.NewReader(body), int64(len(body))); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.StartUpload(alice, "dev", "app", oci.SHA256); err != nil {
+		t.Fatalf("after finishing the first: %v", err)
+	}
+	c.Add(25 * time.Hour)
+	if n, err := s.PurgeUploads(context.Background(), 24*time.Hour); err != nil || n != 1 {
+		t.Fatalf("purge: %d %v", n, err)
+	}
+	if _, err := s.StartUpload(alice, "dev", "app", oci.SHA256); err != nil {
+		t.Errorf("after the open one was purged: %v", err)
+	}
+}
+
+// A monolithic upload counts as one of its client's uploads while it runs.
+func TestAMonolithicUploadCountsWhileItRuns(t *testing.T) {
+	s := openWith(t, t.TempDir(), Options{MaxSessionsPerClient: 1})
+	defer s.Close()
+	alice := WithClient(context.Background(), "user alice")
+	waiting, release := make(chan struct{}), make(chan struct{})
+	body := &slowReader{left: 5000, waiting: waiting, release: release}
+	put := make(chan error, 1)
+	go func() {
+		_, err := s.PutBlob(alice, "dev", "app", oci.FromBytes(oci.SHA256, []byte(strings.Repeat("x", 5000))), body, 5000)
+		put <- err
+	}()
+	<-waiting
+	if _, err := s.StartUpload(alice, "dev", "app", oci.SHA256); !errors.Is(err, oci.ErrTooManyRequests) {
+		t.Errorf("an upload while the monolithic one runs: %v, want TOOMANYREQUESTS", err)
+	}
+	close(release)
+	if err := <-put; err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.StartUpload(alice, "dev", "app", oci.SHA256); err != nil {
+		t.Errorf("after the monolithic upload: %v", err)
+	}
+}
