@@ -529,11 +529,11 @@ func (c *Config) Validate() error {
 	if c.Storage.MinFreeSpace < 0 {
 		bad("storage.min_free_space", "must not be negative")
 	}
-	if c.Limits.UploadBuffers < 0 {
-		bad("limits.upload_buffers", "must not be negative")
+	if c.Limits.UploadBuffers <= 0 {
+		bad("limits.upload_buffers", "must be positive")
 	}
-	if c.Limits.ManifestCache < 0 {
-		bad("limits.manifest_cache", "must not be negative")
+	if c.Limits.ManifestCache <= 0 {
+		bad("limits.manifest_cache", "must be positive")
 	}
 	if c.Limits.UploadSessionsPerClient < 0 {
 		bad("limits.upload_sessions_per_client", "must not be negative (0: no limit)")
@@ -700,8 +700,13 @@ func (c *Config) validateLifecycle(types map[string]string, bad func(path, forma
 		}
 		checkRegs(p+".registries", im.Registries)
 	}
+	policyNames := map[string]bool{}
 	for i, r := range l.Retention {
 		p := fmt.Sprintf("lifecycle.retention[%d]", i)
+		if r.Name != "" && policyNames[r.Name] {
+			bad(p+".name", "%q is used twice; a policy is run, locked and scheduled by its name", r.Name)
+		}
+		policyNames[r.Name] = true
 		if len(r.Registries) == 0 || len(r.Repositories) == 0 {
 			bad(p, "registries and repositories are required")
 		}

@@ -122,3 +122,48 @@ func TestProxyDefaults(t *testing.T) {
 		t.Errorf("ghcr: %+v", gh)
 	}
 }
+
+// The resource limits default to bounded values, and a limit that would bound nothing
+// (a negative size, or a zero-sized buffer pool or cache, which the store would
+// quietly replace with its default) is refused.
+func TestResourceLimits(t *testing.T) {
+	c, err := Load("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Limits.UploadBuffers != 64<<20 || c.Limits.ManifestCache != 32<<20 || c.Limits.UploadSessionsPerClient != 64 || c.Storage.MinFreeSpace != 1<<30 {
+		t.Errorf("defaults: %+v, min_free_space %d", c.Limits, c.Storage.MinFreeSpace)
+	}
+	path := filepath.Join(t.TempDir(), "bad.yaml")
+	os.WriteFile(path, []byte(`
+storage: {min_free_space: -1}
+limits: {upload_buffers: 0, manifest_cache: -5, upload_sessions_per_client: -1}
+`), 0o644)
+	_, err = Load(path)
+	if err == nil {
+		t.Fatal("invalid limits accepted")
+	}
+	for _, want := range []string{"storage.min_free_space", "limits.upload_buffers", "limits.manifest_cache", "limits.upload_sessions_per_client"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error does not mention %s:\n%v", want, err)
+		}
+	}
+}
+
+// Retention policies are run, locked and scheduled by name: two with one name would
+// share a lock and one schedule.
+func TestRetentionPolicyNamesAreUnique(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "dup.yaml")
+	os.WriteFile(path, []byte(`
+registries: [{name: dev, type: hosted}]
+routes: [{host: "*", registry: dev}]
+lifecycle:
+  retention:
+    - {name: nightly, registries: [dev], repositories: ["a/**"], keep_last: 3}
+    - {name: nightly, registries: [dev], repositories: ["b/**"], keep_last: 5}
+`), 0o644)
+	_, err := Load(path)
+	if err == nil || !strings.Contains(err.Error(), "lifecycle.retention[1].name") {
+		t.Errorf("a policy name used twice: %v", err)
+	}
+}
