@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/dockyard/dockyard/cache"
+	"github.com/dockyard/dockyard/oci"
 )
 
 // ErrBusy means a job of that kind is already running.
@@ -141,19 +142,28 @@ func (j *Jobs) policyLock(name string) *sync.Mutex {
 	return j.policyLocks[name]
 }
 
+// RetentionRun is what an on-demand retention run did: the totals of the policies it
+// ran, and the names of those it skipped because they were running already.
+type RetentionRun struct {
+	Result
+	Skipped []string `json:"skipped,omitempty"`
+}
+
 // Retention applies one policy (or every policy, one after another, when name is
 // empty) now. A policy already running is skipped; with name empty the others still
-// run, and ErrBusy is returned only when every policy was busy.
-func (j *Jobs) Retention(ctx context.Context, name string) (Result, error) {
-	var total Result
-	ran, skipped := 0, 0
+// run, and ErrBusy is returned only when every policy was busy. A name no policy has
+// is an error.
+func (j *Jobs) Retention(ctx context.Context, name string) (RetentionRun, error) {
+	var total RetentionRun
+	ran, found := 0, false
 	for _, p := range j.Engine.Policies {
 		if name != "" && p.Name != name {
 			continue
 		}
+		found = true
 		mu := j.policyLock(p.Name)
 		if !mu.TryLock() {
-			skipped++
+			total.Skipped = append(total.Skipped, p.Name)
 			j.busy("retention", "policy", p.Name)
 			continue
 		}
@@ -168,7 +178,10 @@ func (j *Jobs) Retention(ctx context.Context, name string) (Result, error) {
 			return total, err
 		}
 	}
-	if ran == 0 && skipped > 0 {
+	if name != "" && !found {
+		return total, oci.ErrNotFound.Withf("no retention policy is named %q", name)
+	}
+	if ran == 0 && len(total.Skipped) > 0 {
 		return total, ErrBusy
 	}
 	return total, nil

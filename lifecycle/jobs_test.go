@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"log/slog"
 	"strings"
 	"sync"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/dockyard/dockyard/cache"
 	"github.com/dockyard/dockyard/lifecycle"
+	"github.com/dockyard/dockyard/oci"
 )
 
 // pausing is the real store with TagInfos of one repository held until released, to
@@ -79,5 +81,55 @@ func TestRetentionPoliciesRunIndependently(t *testing.T) {
 		if st, _ := r.do("GET", "/v2/"+repo+"/manifests/1.0", nil, ""); st != 404 {
 			t.Errorf("%s:1.0 after both policies ran: %d", repo, st)
 		}
+	}
+}
+
+// A run of a policy no policy is named after is an error, not a run that does nothing.
+func TestRetentionOfAnUnknownPolicyIsAnError(t *testing.T) {
+	clk := &clock{now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	r := start(t, clk, nil)
+	j := &lifecycle.Jobs{Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Store: r.store,
+		Engine: &lifecycle.Engine{Store: r.store, Registries: []string{"dev"}, Classes: lifecycle.DefaultClasses(), Now: clk.Now,
+			Policies: []lifecycle.Policy{{Name: "A", Registries: []string{"dev"}, Repositories: []string{"**"}, Rules: []lifecycle.Rule{lifecycle.KeepLast{Count: 1}}}}}}
+	if _, err := j.Retention(context.Background(), "nightyl"); !errors.Is(err, oci.ErrNotFound) {
+		t.Errorf("a run of policy %q, which does not exist: %v, want NOT_FOUND", "nightyl", err)
+	}
+}
+
+// An on-demand run of every policy runs those that are idle and names the busy ones
+// it skipped, in its answer as well as in the log.
+func TestRetentionOfEveryPolicyNamesThoseItSkipped(t *testing.T) {
+	clk := &clock{now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	r := start(t, clk, nil)
+	for _, repo := range []string{"a/svc", "b/svc"} {
+		for _, tag := range []string{"1.0", "2.0"} {
+			clk.Advance(time.Minute)
+			if st, body := r.push(repo, tag, repo+tag); st != 201 {
+				t.Fatalf("push: %d %s", st, body)
+			}
+		}
+	}
+	store := &pausing{Store: r.store, repo: "a/svc", entered: make(chan struct{}), release: make(chan struct{})}
+	var logs bytes.Buffer
+	keepLast := []lifecycle.Rule{lifecycle.KeepLast{Count: 1}}
+	j := &lifecycle.Jobs{Log: slog.New(slog.NewTextHandler(&logs, nil)), Store: r.store,
+		Engine: &lifecycle.Engine{Store: store, Registries: []string{"dev"}, Classes: lifecycle.DefaultClasses(), Now: clk.Now,
+			Policies: []lifecycle.Policy{
+				{Name: "A", Registries: []string{"dev"}, Repositories: []string{"a/**"}, Rules: keepLast},
+				{Name: "B", Registries: []string{"dev"}, Repositories: []string{"b/**"}, Rules: keepLast},
+			}}}
+	done := make(chan error)
+	go func() { _, err := j.Retention(context.Background(), "A"); done <- err }()
+	<-store.entered
+	res, err := j.Retention(context.Background(), "")
+	if err != nil || res.TagsDeleted != 1 || len(res.Skipped) != 1 || res.Skipped[0] != "A" {
+		t.Errorf("every policy while A runs: %+v %v, want B run and A skipped", res, err)
+	}
+	if !strings.Contains(logs.String(), "level=WARN") || !strings.Contains(logs.String(), "policy=A") {
+		t.Errorf("the skipped policy is not logged as a warning: %s", logs.String())
+	}
+	close(store.release)
+	if err := <-done; err != nil {
+		t.Fatal(err)
 	}
 }
