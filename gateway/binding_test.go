@@ -399,3 +399,27 @@ func TestUploadLimitsAnswerWithOCIErrors(t *testing.T) {
 		t.Errorf("an upload to a full disk: %d %s", resp.StatusCode, resp.body)
 	}
 }
+
+// A refused upload request does not keep the upload timeout: a client trickling the
+// body of a push it may not make is cut off by the short read timeout.
+func TestARefusedUploadIsReadUnderTheReadTimeout(t *testing.T) {
+	r := authRegistry(t, auth.ModeBasic, func(o *gateway.Options) { o.ReadTimeout, o.UploadTimeout = time.Second, time.Hour })
+	c, err := net.Dial("tcp", r.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	// Anonymous: refused with 401 before the body is read. (fasthttp reads the first
+	// 8 KiB of a body before any handler runs, under the route's timeout: those are
+	// sent; the rest trickles.)
+	io.WriteString(c, "POST /v2/team/app/blobs/uploads/?digest=sha256:"+strings.Repeat("a", 64)+" HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nContent-Length: 1000000\r\n\r\n"+strings.Repeat("x", 16<<10))
+	c.SetReadDeadline(time.Now().Add(6 * time.Second))
+	b, err := io.ReadAll(c)
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		t.Fatalf("the refused upload still held the connection after 6s (read %q)", b)
+	}
+	if !strings.Contains(string(b), "401") {
+		t.Errorf("answer: %q", b)
+	}
+}

@@ -314,7 +314,7 @@ func (g *Gateway) writeError(ctx *fasthttp.RequestCtx, err error) {
 			e = oci.ErrUnknown.Withf("request timed out (request id %d)", id)
 		}
 	}
-	drainBody(ctx)
+	g.drainBody(ctx)
 	ctx.Response.ResetBody()
 	ctx.Response.Header.Del("Docker-Content-Digest")
 	ctx.Response.Header.Del("Location")
@@ -346,10 +346,15 @@ const (
 	lingerBytes = 512 << 20
 )
 
-func drainBody(ctx *fasthttp.RequestCtx) {
+// drainBody reads what is left of a refused request's body. An upload route's body
+// is read under the long upload timeout; a refused one (an unauthenticated push, say)
+// gets the short read timeout, so a client trickling bytes cannot hold the connection
+// for an hour.
+func (g *Gateway) drainBody(ctx *fasthttp.RequestCtx) {
 	if !ctx.Request.IsBodyStream() {
 		return
 	}
+	ctx.Conn().SetReadDeadline(time.Now().Add(g.opts.ReadTimeout))
 	n, _ := io.Copy(io.Discard, io.LimitReader(ctx.RequestBodyStream(), maxDrain+1))
 	if n > maxDrain {
 		lingeringClose(ctx)
