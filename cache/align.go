@@ -1,9 +1,14 @@
 package cache
 
-import "unsafe"
+import (
+	"unsafe"
 
-// directAlign is the alignment O_DIRECT needs for file offsets, lengths and memory.
-const directAlign = 4096
+	"github.com/dockyard/dockyard/blobstore"
+)
+
+// directAlign is the alignment of copy buffers: the filesystem store writes aligned
+// blocks past the page cache (O_DIRECT).
+const directAlign = blobstore.BlockSize
 
 // alignedBuffer returns a buffer of n bytes whose first byte is directAlign-aligned.
 func alignedBuffer(n int) []byte {
@@ -13,8 +18,4 @@ func alignedBuffer(n int) []byte {
 		skip = directAlign - rem
 	}
 	return b[skip : skip+n : skip+n]
-}
-
-func isAligned(b []byte) bool {
-	return len(b) == 0 || uintptr(unsafe.Pointer(&b[0]))%directAlign == 0
 }

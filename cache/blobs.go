@@ -9,6 +9,7 @@ import (
 
 	"github.com/dgraph-io/badger/v4"
 
+	"github.com/dockyard/dockyard/blobstore"
 	"github.com/dockyard/dockyard/oci"
 )
 
@@ -63,8 +64,8 @@ func (s *Store) OpenBlob(ctx context.Context, reg, repo string, d oci.Digest) (i
 		}
 		return nopCloser{bytes.NewReader(m.Content)}, int64(len(m.Content)), nil
 	}
-	rc, size, err := s.blobs.Open(d)
-	if errors.Is(err, ErrNotExist) {
+	rc, size, err := s.blobs.Open(ctx, d)
+	if errors.Is(err, blobstore.ErrNotExist) {
 		s.log.Error("index links a blob whose file is missing", "registry", reg, "repo", repo, "digest", d)
 		return nil, 0, oci.ErrBlobUnknown.WithDetail(map[string]string{"digest": string(d)})
 	}

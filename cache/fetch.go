@@ -10,21 +10,26 @@ import (
 	"strconv"
 	"sync"
 
+	"github.com/dockyard/dockyard/blobstore"
 	"github.com/dockyard/dockyard/oci"
 )
 
-// Fetch copies a blob in from elsewhere (an upstream registry) while any number of
-// readers stream it from the growing file: the first byte reaches clients as soon as
-// it arrives, and one download serves them all. Nothing is committed unless the bytes
-// match the digest, and readers never receive the last byte of a blob that failed
-// verification, so a client can never mistake corrupt content for complete content.
+// Fetch copies a blob in from elsewhere (an upstream registry) into the blob store
+// while any number of readers stream it from a growing local file: the first byte
+// reaches clients as soon as it arrives, and one download serves them all. The file is
+// the upload's own where the store can share it (blobstore.Follower: the filesystem),
+// or else a spool file that exists only while the fetch runs (unlinked at once, so a
+// crash leaves nothing). Nothing is committed unless the bytes match the digest, and
+// readers never receive the last byte of a blob that failed verification, so a client
+// can never mistake corrupt content for complete content.
 type Fetch struct {
-	s    *Store
-	id   string
-	d    oci.Digest
-	size int64 // -1 when unknown
-	w    *os.File
-	r    *os.File // shared by readers (ReadAt)
+	s     *Store
+	ctx   context.Context
+	d     oci.Digest
+	size  int64 // -1 when unknown
+	w     blobstore.Writer
+	spool *os.File          // nil when readers follow the writer's own file
+	r     blobstore.ReaderAtCloser // shared by readers (ReadAt)
 
 	mu      sync.Mutex
 	cond    *sync.Cond
@@ -37,23 +42,24 @@ type Fetch struct {
 // ErrCorrupt reports content whose bytes do not match its digest.
 var ErrCorrupt = errors.New("content does not match its digest")
 
-// NewFetch prepares to receive blob d of the given size (-1 if unknown).
-func (s *Store) NewFetch(d oci.Digest, size int64) (*Fetch, error) {
-	fs, ok := s.blobs.(*FSBlobStore)
-	if !ok {
-		return nil, errors.New("cache: fetches need the filesystem blob store")
-	}
-	id := "fetch-" + newID()
-	w, err := os.OpenFile(fs.uploadPath(id), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+// NewFetch prepares to receive blob d of the given size (-1 if unknown). ctx bounds
+// the whole fetch (not one reader's request).
+func (s *Store) NewFetch(ctx context.Context, d oci.Digest, size int64) (*Fetch, error) {
+	w, err := s.blobs.NewWriter(ctx, "fetch-"+newID())
 	if err != nil {
 		return nil, err
 	}
-	r, err := os.Open(fs.uploadPath(id))
+	f := &Fetch{s: s, ctx: ctx, d: d, size: size, w: w}
+	if fw, ok := w.(blobstore.Follower); ok {
+		f.r, err = fw.Follow()
+	} else if f.spool, err = os.CreateTemp(s.spoolDir(), "fetch-"); err == nil {
+		os.Remove(f.spool.Name())
+		f.r = f.spool
+	}
 	if err != nil {
-		w.Close()
+		w.Cancel()
 		return nil, err
 	}
-	f := &Fetch{s: s, id: id, d: d, size: size, w: w, r: r}
 	f.cond = sync.NewCond(&f.mu)
 	return f, nil
 }
@@ -66,10 +72,10 @@ func (f *Fetch) Size() int64 { return f.size }
 // meanwhile.
 func (f *Fetch) Fill(src io.Reader, reg, repo string) (err error) {
 	defer func() {
-		f.w.Close()
 		if err != nil {
-			f.s.blobs.RemoveUpload(f.id)
+			f.w.Cancel()
 		}
+		f.w.Close()
 		f.mu.Lock()
 		f.done, f.err = true, err
 		f.cond.Broadcast()
@@ -86,10 +92,7 @@ func (f *Fetch) Fill(src io.Reader, reg, repo string) (err error) {
 	if got := oci.FromHash(f.d.Algorithm(), h); got != f.d {
 		return fmt.Errorf("%w: received bytes hash to %s, expected %s", ErrCorrupt, got, f.d)
 	}
-	if err := f.w.Sync(); err != nil {
-		return err
-	}
-	return f.s.commitBlob(f.id, f.d, reg, repo, f.written)
+	return f.s.commitBlob(f.ctx, f.w, f.d, reg, repo, f.written)
 }
 
 // copy writes src to the file as it arrives, so readers see every byte at once, and
@@ -119,7 +122,12 @@ func (f *Fetch) copy(src io.Reader, h hash.Hash) error {
 		}
 		close(hashed)
 	}()
-	space := &spaceWriter{w: f.w, s: f.s}
+	var dst io.Writer = f.w
+	if f.spool != nil {
+		// The spool first: readers may read what the counter says is written.
+		dst = io.MultiWriter(f.spool, f.w)
+	}
+	space := &spaceWriter{w: dst, s: f.s}
 	err := func() error {
 		for {
 			bp := <-free
@@ -168,8 +176,10 @@ func (f *Fetch) Reader(ctx context.Context) (rc io.ReadCloser, ok bool) {
 	r := &fetchReader{f: f, ctx: ctx}
 	// A descriptor of its own (with its own offset) lets the reader hand file ranges to
 	// the socket with sendfile; the shared one only serves ReadAt.
-	if own, err := os.Open("/proc/self/fd/" + strconv.Itoa(int(f.r.Fd()))); err == nil {
-		r.own = own
+	if fd, ok := f.r.(interface{ Fd() uintptr }); ok {
+		if own, err := os.Open("/proc/self/fd/" + strconv.Itoa(int(fd.Fd()))); err == nil {
+			r.own = own
+		}
 	}
 	return r, true
 }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/dgraph-io/badger/v4"
 
+	"github.com/dockyard/dockyard/blobstore"
 	"github.com/dockyard/dockyard/oci"
 )
 
@@ -128,9 +129,9 @@ func (s *Store) Check(ctx context.Context, opts CheckOptions) (CheckReport, erro
 	}
 	rep.Blobs = len(blobs)
 	for d, r := range blobs {
-		size, err := s.blobs.Stat(d)
+		size, err := s.blobs.Stat(ctx, d)
 		switch {
-		case errors.Is(err, ErrNotExist):
+		case errors.Is(err, blobstore.ErrNotExist):
 			problem("blob %s: the index has it, its file is missing", d)
 			missing = append(missing, d)
 			continue
@@ -140,7 +141,7 @@ func (s *Store) Check(ctx context.Context, opts CheckOptions) (CheckReport, erro
 			problem("blob %s: file has %d bytes, the index says %d", d, size, r.Size)
 		}
 		if opts.VerifyDigests {
-			if got, err := s.hashBlob(d); err != nil {
+			if got, err := s.hashBlob(ctx, d); err != nil {
 				return rep, err
 			} else if got != d {
 				problem("blob %s: file content hashes to %s", d, got)
@@ -247,8 +248,8 @@ func (s *Store) dropLinks(txn *badger.Txn, d oci.Digest, max int) (int, error) {
 	return len(links), nil
 }
 
-func (s *Store) hashBlob(d oci.Digest) (oci.Digest, error) {
-	rc, _, err := s.blobs.Open(d)
+func (s *Store) hashBlob(ctx context.Context, d oci.Digest) (oci.Digest, error) {
+	rc, _, err := s.blobs.Open(ctx, d)
 	if err != nil {
 		return "", err
 	}

@@ -3,15 +3,13 @@ package cache
 import (
 	"context"
 	"errors"
-	"io/fs"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
 
+	"github.com/dockyard/dockyard/blobstore"
 	"github.com/dockyard/dockyard/oci"
 )
 
@@ -68,7 +66,7 @@ func (s *Store) CollectGarbage(ctx context.Context, opts GCOptions) (GCReport, e
 		}
 		cutoff = s.now().Add(-opts.Grace).UnixNano()
 	}
-	orphans, err := s.removeOrphanFiles(cutoff, opts.DryRun)
+	orphans, err := s.removeOrphanFiles(ctx, cutoff, opts.DryRun)
 	total.OrphanFiles = orphans
 	if err != nil {
 		return total, err
@@ -364,7 +362,7 @@ func (s *Store) deleteBlobs(batch []oci.Digest, cutoff int64) (int, int64, error
 		if fileDeleteDelay > 0 {
 			time.Sleep(fileDeleteDelay)
 		}
-		if err := s.blobs.Delete(d); err != nil {
+		if err := s.blobs.Delete(context.Background(), d); err != nil {
 			return len(deleted), bytes, err
 		}
 	}
@@ -480,42 +478,24 @@ func (s *Store) pruneEmptyRepositories(ctx context.Context, dryRun bool) (int, e
 // errStop ends a scan early.
 var errStop = errors.New("stop")
 
-// removeOrphanFiles deletes blob files without an index record (left by a crash
+// removeOrphanFiles deletes stored blobs without an index record (left by a crash
 // between the two steps of a deletion, or of a commit) once they are older than the
-// grace period.
-func (s *Store) removeOrphanFiles(cutoff int64, dryRun bool) (int, error) {
-	fsStore, ok := s.blobs.(*FSBlobStore)
-	if !ok {
-		return 0, nil
-	}
+// grace period. The store lists them a page at a time.
+func (s *Store) removeOrphanFiles(ctx context.Context, cutoff int64, dryRun bool) (int, error) {
 	n := 0
-	root := filepath.Join(fsStore.root, "blobs")
-	err := filepath.WalkDir(root, func(path string, e fs.DirEntry, err error) error {
-		if err != nil || e.IsDir() {
+	err := s.blobs.Walk(ctx, func(b blobstore.Blob) error {
+		if b.ModTime.UnixNano() > cutoff {
 			return nil
 		}
-		rel, _ := filepath.Rel(root, path)
-		parts := strings.Split(rel, string(filepath.Separator))
-		if len(parts) != 3 {
-			return nil
-		}
-		d, perr := oci.ParseDigest(parts[0] + ":" + parts[2])
-		if perr != nil {
-			return nil
-		}
-		info, ierr := e.Info()
-		if ierr != nil || info.ModTime().UnixNano() > cutoff {
-			return nil
-		}
-		unlock := s.blobLocks.lock(string(d))
+		unlock := s.blobLocks.lock(string(b.Digest))
 		defer unlock()
-		has, herr := s.hasRecord(blobKey(d))
-		if herr != nil || has {
-			return herr
+		has, err := s.hasRecord(blobKey(b.Digest))
+		if err != nil || has {
+			return err
 		}
 		n++
 		if !dryRun {
-			return os.Remove(path)
+			return s.blobs.Delete(ctx, b.Digest)
 		}
 		return nil
 	})
@@ -567,20 +547,21 @@ func (s *Store) PurgeUploads(ctx context.Context, maxAge time.Duration) (int, er
 			n++
 		}
 	}
-	fsStore, ok := s.blobs.(*FSBlobStore)
-	if !ok {
-		return n, nil
-	}
-	entries, err := os.ReadDir(filepath.Join(fsStore.root, "uploads"))
+	// Upload data no session owns: sessions purged before their data was removed,
+	// monolithic uploads and fetches a crash interrupted, multipart uploads left
+	// behind in a bucket.
+	var orphans []string
+	err = s.blobs.WalkUploads(ctx, func(u blobstore.Upload) error {
+		if !live[u.ID] && u.ModTime.Before(cutoff) {
+			orphans = append(orphans, u.ID)
+		}
+		return nil
+	})
 	if err != nil {
 		return n, err
 	}
-	for _, e := range entries {
-		info, err := e.Info()
-		if err != nil || live[e.Name()] || info.ModTime().After(cutoff) {
-			continue
-		}
-		if os.Remove(filepath.Join(fsStore.root, "uploads", e.Name())) == nil {
+	for _, id := range orphans {
+		if s.blobs.RemoveUpload(ctx, id) == nil {
 			n++
 		}
 	}
@@ -608,5 +589,5 @@ func (s *Store) purgeUpload(id string, cutoff time.Time) (bool, error) {
 		return false, err
 	}
 	s.sessions.release(u.Client)
-	return true, s.blobs.RemoveUpload(id)
+	return true, s.blobs.RemoveUpload(context.Background(), id)
 }

@@ -6,12 +6,14 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"sync"
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
 
+	"github.com/dockyard/dockyard/blobstore"
 	"github.com/dockyard/dockyard/oci"
 )
 
@@ -21,7 +23,7 @@ import (
 type Store struct {
 	dir   string
 	db    *badger.DB
-	blobs BlobStore
+	blobs blobstore.Store
 	log   *slog.Logger
 	now   func() time.Time
 
@@ -46,8 +48,10 @@ type Store struct {
 
 // Options configure a Store.
 type Options struct {
-	// Dir holds the blob files and the index (Dir/index).
-	Dir    string
+	// Dir holds the index (Dir/index), and the blob files unless Blobs is set.
+	Dir string
+	// Blobs is where blob bytes are kept (default: the filesystem under Dir).
+	Blobs  blobstore.Store
 	Logger *slog.Logger
 	// Now is the clock; tests inject one. Defaults to time.Now.
 	Now func() time.Time
@@ -78,9 +82,13 @@ func Open(opts Options) (*Store, error) {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	blobs, err := NewFSBlobStore(opts.Dir)
-	if err != nil {
-		return nil, err
+	blobs := opts.Blobs
+	if blobs == nil {
+		fs, err := blobstore.NewFS(opts.Dir)
+		if err != nil {
+			return nil, err
+		}
+		blobs = fs
 	}
 	if opts.MemTableSize <= 0 {
 		opts.MemTableSize = 16 << 20
@@ -101,6 +109,13 @@ func Open(opts Options) (*Store, error) {
 		WithValueLogFileSize(max(1<<20, 4*opts.MemTableSize)).
 		WithValueThreshold(min(64<<10, opts.MemTableSize/32)).
 		WithNumCompactors(2)
+	spool := filepath.Join(opts.Dir, "spool")
+	if err := os.RemoveAll(spool); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(spool, 0o755); err != nil {
+		return nil, err
+	}
 	db, err := badger.Open(bopts)
 	if err != nil {
 		return nil, fmt.Errorf("open index: %w", err)
@@ -138,6 +153,10 @@ func Open(opts Options) (*Store, error) {
 	go s.flushAccessEvery(ctx, opts.AccessFlushInterval, s.flusherDone)
 	return s, nil
 }
+
+// spoolDir is where fetches into a store that cannot share its upload files keep the
+// bytes their readers follow (emptied at start: a spool outlives no process).
+func (s *Store) spoolDir() string { return filepath.Join(s.dir, "spool") }
 
 // Close writes pending access records, then flushes and closes the index.
 func (s *Store) Close() error {

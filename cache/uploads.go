@@ -9,12 +9,12 @@ import (
 	"fmt"
 	"hash"
 	"io"
-	"os"
 	"sync/atomic"
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
 
+	"github.com/dockyard/dockyard/blobstore"
 	"github.com/dockyard/dockyard/oci"
 )
 
@@ -72,18 +72,18 @@ func (s *Store) StartUpload(ctx context.Context, reg, repo string, alg oci.Algor
 		return nil, err
 	}
 	err := func() error {
-		f, err := s.blobs.OpenUpload(u.ID, 0)
+		w, err := s.blobs.NewWriter(ctx, u.ID)
 		if err != nil {
 			return err
 		}
-		if err := f.Close(); err != nil {
+		if err := w.Close(); err != nil {
 			return err
 		}
 		return s.update(func(txn *badger.Txn) error { return setJSON(txn, uploadKey(u.ID), u) })
 	}()
 	if err != nil {
 		s.sessions.release(u.Client)
-		s.blobs.RemoveUpload(u.ID)
+		s.blobs.RemoveUpload(context.WithoutCancel(ctx), u.ID)
 		return nil, err
 	}
 	return u, nil
@@ -133,7 +133,12 @@ func (s *Store) AppendUpload(ctx context.Context, reg, repo, id string, start in
 	if err := s.checkSpace(); err != nil {
 		return nil, err
 	}
-	h, err := s.appendChunk(u, r, length)
+	w, h, err := s.appendChunk(ctx, u, r, length)
+	if err != nil {
+		return nil, err
+	}
+	err = w.Flush()
+	w.Close()
 	if err != nil {
 		return nil, err
 	}
@@ -149,40 +154,47 @@ func (u *Upload) saveHash(h hash.Hash) (err error) {
 	return err
 }
 
-// appendChunk streams r onto the upload file while hashing, syncs it and advances
-// u.Offset. On any failure the file is cut back to where it was.
-func (s *Store) appendChunk(u *Upload, r io.Reader, length int64) (hash.Hash, error) {
+// appendChunk resumes the upload's writer where its record stands and streams r
+// (nil: nothing) onto it while hashing, advancing u.Offset. It returns the open
+// writer, not yet flushed: the caller flushes it (another chunk) or commits it (the
+// last). On failure the writer is closed, and what it took is dropped when the
+// upload resumes at the recorded offset.
+func (s *Store) appendChunk(ctx context.Context, u *Upload, r io.Reader, length int64) (blobstore.Writer, hash.Hash, error) {
 	h, err := u.hash()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	f, err := s.blobs.OpenUpload(u.ID, u.Offset)
-	if errors.Is(err, ErrNotExist) {
-		return nil, errUploadFileGone
+	w, err := s.blobs.ResumeWriter(ctx, u.ID, u.Offset)
+	if errors.Is(err, blobstore.ErrNotExist) {
+		return nil, nil, errUploadFileGone
 	}
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
+	if r == nil {
+		return w, h, nil
+	}
+	if err := s.writeChunk(w, u, h, r, length); err != nil {
+		w.Close()
+		return nil, nil, err
+	}
+	return w, h, nil
+}
+
+// writeChunk streams r onto w while hashing it into h, and advances u.Offset.
+func (s *Store) writeChunk(w blobstore.Writer, u *Upload, h hash.Hash, r io.Reader, length int64) error {
 	// Read up to the next block boundary first: the buffers that follow then land
 	// block-aligned in the file and go to the disk directly.
-	first := int((directAlign - u.Offset%directAlign) % directAlign)
-	n, err := s.copyHashing(&spaceWriter{w: f, s: s}, h, r, first)
+	first := int((blobstore.BlockSize - u.Offset%blobstore.BlockSize) % blobstore.BlockSize)
+	n, err := s.copyHashing(&spaceWriter{w: w, s: s}, h, r, first)
 	if err == nil && length >= 0 && n != length {
 		err = oci.ErrSizeInvalid.Withf("chunk has %d bytes, %d were announced", n, length)
 	}
-	if err == nil {
-		err = f.Sync()
-	}
 	if err != nil {
-		f.Truncate(u.Offset)
-		f.Close()
-		return nil, err
-	}
-	if err := f.Close(); err != nil {
-		return nil, err
+		return err
 	}
 	u.Offset += n
-	return h, nil
+	return nil
 }
 
 // FinishUpload closes upload id: it appends the optional last chunk, verifies that the
@@ -197,31 +209,24 @@ func (s *Store) FinishUpload(ctx context.Context, reg, repo, id string, d oci.Di
 	if start >= 0 && start != u.Offset {
 		return 0, oci.ErrRangeInvalid.Withf("chunk starts at %d, the upload has %d bytes", start, u.Offset)
 	}
-	before := u.Offset
-	var h hash.Hash
 	if r != nil {
 		if err := s.checkSpace(); err != nil {
 			return 0, err
 		}
-		h, err = s.appendChunk(u, r, length)
-		if errors.Is(err, errUploadFileGone) {
-			return s.finishCommitted(u, d, r, length)
-		}
-	} else {
-		h, err = u.hash()
+	}
+	w, h, err := s.appendChunk(ctx, u, r, length)
+	if errors.Is(err, errUploadFileGone) {
+		return s.finishCommitted(ctx, u, d, r, length)
 	}
 	if err != nil {
 		return 0, err
 	}
-	if err := s.verifyUpload(u, h, d); err != nil {
-		if u.Offset != before {
-			if f, ferr := s.blobs.OpenUpload(u.ID, before); ferr == nil {
-				f.Close()
-			}
-		}
+	// On a mismatch the writer is closed unflushed: the upload stays as it was.
+	defer w.Close()
+	if err := s.verifyUpload(w, u, h, d); err != nil {
 		return 0, err
 	}
-	if err := s.commitBlob(u.ID, d, reg, repo, u.Offset, uploadKey(id)); err != nil {
+	if err := s.commitBlob(ctx, w, d, reg, repo, u.Offset, uploadKey(id)); err != nil {
 		return 0, err
 	}
 	s.sessions.release(u.Client)
@@ -235,14 +240,16 @@ var errUploadFileGone = oci.ErrBlobUploadUnknown.Withf("the upload has no data f
 // attempt moved it into place as blob d and stopped (a crash) before recording it: the
 // final chunk r is hashed onto the session's state, and only if the result is d — the
 // client has shown it sent that content — and the blob is stored, is it linked.
-func (s *Store) finishCommitted(u *Upload, d oci.Digest, r io.Reader, length int64) (int64, error) {
+func (s *Store) finishCommitted(ctx context.Context, u *Upload, d oci.Digest, r io.Reader, length int64) (int64, error) {
 	h, err := u.hash()
 	if err != nil {
 		return 0, err
 	}
-	n, err := io.Copy(h, r)
-	if err != nil {
-		return 0, err
+	var n int64
+	if r != nil {
+		if n, err = io.Copy(h, r); err != nil {
+			return 0, err
+		}
 	}
 	if length >= 0 && n != length {
 		return 0, oci.ErrSizeInvalid.Withf("chunk has %d bytes, %d were announced", n, length)
@@ -251,28 +258,30 @@ func (s *Store) finishCommitted(u *Upload, d oci.Digest, r io.Reader, length int
 		return 0, errUploadFileGone
 	}
 	size := u.Offset + n
-	if stored, err := s.blobs.Stat(d); err != nil || stored != size {
+	if stored, err := s.blobs.Stat(ctx, d); err != nil || stored != size {
 		return 0, errUploadFileGone
 	}
-	if err := s.commitBlob(u.ID, d, u.Registry, u.Repo, size, uploadKey(u.ID)); err != nil {
+	if err := s.commitBlob(ctx, nil, d, u.Registry, u.Repo, size, uploadKey(u.ID)); err != nil {
 		return 0, err
 	}
 	s.sessions.release(u.Client)
 	return size, nil
 }
 
-// commitBlob moves a verified upload file into place as blob d and links it to
-// reg/repo (deleting the keys in done, such as the upload session, in the same
-// transaction). It holds the blob's lock so garbage collection cannot delete the
-// blob between the file's arrival and its record's. An upload file already moved into
-// place by an earlier attempt that stopped before its index transaction (a crash) is
-// taken as committed: only verified content is ever moved to a blob's path.
-func (s *Store) commitBlob(id string, d oci.Digest, reg, repo string, size int64, done ...[]byte) error {
+// commitBlob moves a verified upload into place as blob d (w; nil when an earlier
+// attempt did) and links it to reg/repo (deleting the keys in done, such as the upload
+// session, in the same transaction). It holds the blob's lock so garbage collection
+// cannot delete the blob between its arrival and its record's. An upload already
+// moved into place by an earlier attempt that stopped before its index transaction (a
+// crash) is taken as committed: only verified content is ever moved to a blob's place.
+func (s *Store) commitBlob(ctx context.Context, w blobstore.Writer, d oci.Digest, reg, repo string, size int64, done ...[]byte) error {
 	defer s.blobLocks.lock(string(d))()
-	if err := s.blobs.Commit(id, d); err != nil {
-		stored, serr := s.blobs.Stat(d)
-		if !errors.Is(err, os.ErrNotExist) || serr != nil || stored != size {
-			return err
+	if w != nil {
+		if err := w.Commit(d); err != nil {
+			stored, serr := s.blobs.Stat(ctx, d)
+			if !errors.Is(err, blobstore.ErrNotExist) || serr != nil || stored != size {
+				return err
+			}
 		}
 	}
 	return s.update(func(txn *badger.Txn) error {
@@ -285,12 +294,12 @@ func (s *Store) commitBlob(id string, d oci.Digest, reg, repo string, size int64
 	})
 }
 
-// verifyUpload checks the upload's bytes against d, re-reading the file when the
+// verifyUpload checks the upload's bytes against d, reading them back when the
 // client finished with another algorithm than the one the upload was hashed with.
-func (s *Store) verifyUpload(u *Upload, h hash.Hash, d oci.Digest) error {
+func (s *Store) verifyUpload(w blobstore.Writer, u *Upload, h hash.Hash, d oci.Digest) error {
 	if d.Algorithm() != u.Algorithm {
-		rc, err := s.blobs.ReadUpload(u.ID)
-		if errors.Is(err, ErrNotExist) {
+		rc, err := w.ReadBack()
+		if errors.Is(err, blobstore.ErrNotExist) {
 			return errUploadFileGone
 		}
 		if err != nil {
@@ -319,7 +328,7 @@ func (s *Store) CancelUpload(ctx context.Context, reg, repo, id string) error {
 		return err
 	}
 	s.sessions.release(u.Client)
-	return s.blobs.RemoveUpload(id)
+	return s.blobs.RemoveUpload(context.WithoutCancel(ctx), id)
 }
 
 // PutBlob stores a whole blob sent in one request and links it to reg/repo. While it
@@ -334,20 +343,21 @@ func (s *Store) PutBlob(ctx context.Context, reg, repo string, d oci.Digest, r i
 	}
 	defer s.sessions.release(client)
 	u := &Upload{ID: "mono-" + newID(), Registry: reg, Repo: repo, Algorithm: d.Algorithm()}
-	f, err := s.blobs.OpenUpload(u.ID, 0)
+	w, err := s.blobs.NewWriter(ctx, u.ID)
 	if err != nil {
 		return 0, err
 	}
-	f.Close()
-	h, err := s.appendChunk(u, r, length)
+	defer w.Close()
+	h := u.Algorithm.New()
+	err = s.writeChunk(w, u, h, r, length)
 	if err == nil {
-		err = s.verifyUpload(u, h, d)
+		err = s.verifyUpload(w, u, h, d)
 	}
 	if err == nil {
-		err = s.commitBlob(u.ID, d, reg, repo, u.Offset)
+		err = s.commitBlob(ctx, w, d, reg, repo, u.Offset)
 	}
 	if err != nil {
-		s.blobs.RemoveUpload(u.ID)
+		s.blobs.RemoveUpload(context.WithoutCancel(ctx), u.ID)
 		return 0, err
 	}
 	return u.Offset, nil

@@ -3,20 +3,25 @@ package cache
 import (
 	"context"
 	"io"
-	"os"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/dockyard/dockyard/blobstore"
 	"github.com/dockyard/dockyard/oci"
 )
 
-// crashAfterRename leaves an upload as a crash between the rename of its file into
-// place and the index transaction does: the blob file is there, the session still
-// open, nothing linked.
-func crashAfterRename(t *testing.T, s *Store, id string, d oci.Digest) {
+// crashAfterCommit leaves an upload as a crash between its commit into place and the
+// index transaction does: the blob is stored, the session still open, nothing linked.
+// extra is what the crashed request had appended before committing.
+func crashAfterCommit(t *testing.T, s *Store, u *Upload, extra string, d oci.Digest) {
 	t.Helper()
-	if err := s.blobs.Commit(id, d); err != nil {
+	w, err := s.blobs.ResumeWriter(context.Background(), u.ID, u.Offset)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.WriteString(w, extra)
+	if err := w.Commit(d); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -41,16 +46,11 @@ func TestAClosingPutRetriedAfterACrashCompletes(t *testing.T) {
 		if u, err = s.AppendUpload(ctx, "dev", "app", u.ID, 0, strings.NewReader(sent), int64(len(sent))); err != nil {
 			t.Fatal(err)
 		}
-		if lastChunk { // the crashed PUT had appended its body before the rename
-			f, err := s.blobs.OpenUpload(u.ID, u.Offset)
-			if err != nil {
-				t.Fatal(err)
-			}
-			io.WriteString(f, second)
-			f.Sync()
-			f.Close()
+		extra := "" // what the crashed PUT had appended before the commit
+		if lastChunk {
+			extra = second
 		}
-		crashAfterRename(t, s, u.ID, d)
+		crashAfterCommit(t, s, u, extra, d)
 		if lastChunk {
 			wrong := "not what the digest is of"
 			if _, err := s.FinishUpload(ctx, "dev", "app", u.ID, d, u.Offset, strings.NewReader(wrong), int64(len(wrong))); err == nil {
@@ -125,7 +125,10 @@ func TestPurgeAgesUploadsByTheirLastChunk(t *testing.T) {
 			t.Errorf("session %s open: %v, want %v", c.u.ID, err == nil, c.open)
 		}
 	}
-	if _, err := os.Stat(s.blobs.(*FSBlobStore).uploadPath(idle.ID)); !os.IsNotExist(err) {
-		t.Errorf("the purged session's file: %v", err)
-	}
+	s.blobs.WalkUploads(ctx, func(u blobstore.Upload) error {
+		if u.ID == idle.ID {
+			t.Errorf("the purged session's data is still stored")
+		}
+		return nil
+	})
 }

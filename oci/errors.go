@@ -94,3 +94,7 @@ var ErrStorageFull = &Code{"UNKNOWN", http.StatusInsufficientStorage, "storage f
 // ErrUpstreamUnavailable answers a request a proxy could not serve: the upstream is
 // unreachable or failing and nothing suitable is cached.
 var ErrUpstreamUnavailable = &Code{"UNKNOWN", http.StatusBadGateway, "upstream registry unavailable"}
+
+// ErrStorageUnavailable answers a request the blob storage (an S3 bucket) could not
+// serve after its retries: it is unreachable or failing. Nothing is committed.
+var ErrStorageUnavailable = &Code{"UNKNOWN", http.StatusServiceUnavailable, "blob storage unavailable"}

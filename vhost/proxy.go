@@ -238,7 +238,7 @@ func (p *Proxy) startFetch(ctx context.Context, repo oci.Repository, d oci.Diges
 	}
 	var f *cache.Fetch
 	if err == nil {
-		if f, err = p.local.store.NewFetch(d, size); err != nil {
+		if f, err = p.local.store.NewFetch(p.life, d, size); err != nil {
 			body.Close()
 		}
 	}

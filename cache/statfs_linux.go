@@ -1,19 +1,6 @@
 package cache
 
-import (
-	"os"
-	"syscall"
-)
-
-// openDirect opens path for writing with O_DIRECT, or returns nil where the
-// filesystem refuses it (tmpfs, some network filesystems).
-func openDirect(path string) *os.File {
-	f, err := os.OpenFile(path, os.O_WRONLY|syscall.O_DIRECT, 0)
-	if err != nil {
-		return nil
-	}
-	return f
-}
+import "syscall"
 
 // statfsFree measures the space available to unprivileged writers on dir's filesystem.
 func statfsFree(dir string) func() (int64, error) {

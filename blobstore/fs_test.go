@@ -1,7 +1,8 @@
-package cache
+package blobstore
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"io"
 	"testing"
@@ -10,26 +11,27 @@ import (
 // Uploads arrive in chunks of any size; the O_DIRECT path must write every byte where
 // it belongs whatever the alignment of offsets, lengths and memory.
 func TestUploadFileWritesUnalignedChunks(t *testing.T) {
-	s, err := NewFSBlobStore(t.TempDir())
+	ctx := context.Background()
+	s, err := NewFS(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
-	probe, err := s.OpenUpload("probe", 0)
+	w, err := s.NewWriter(ctx, "u")
 	if err != nil {
 		t.Fatal(err)
 	}
-	direct := probe.(*fsUpload).direct != nil
-	probe.Close()
+	direct := w.(*fsWriter).direct != nil
+	w.Close()
 	if !direct {
 		t.Skip("O_DIRECT is unavailable on this filesystem (tmpfs?): the aligned path cannot be exercised here")
 	}
-	want := make([]byte, 3*directAlign*64+123)
+	want := make([]byte, 3*BlockSize*64+123)
 	rand.Read(want)
 	var off int64
 	sizes := []int{1, 4095, 4096, 4097, 300000, 7, 262144, 65536 + 3}
 	for i := 0; off < int64(len(want)); i++ {
 		n := min(sizes[i%len(sizes)], len(want)-int(off))
-		f, err := s.OpenUpload("u", off) // reopened every chunk, as across PATCH requests
+		w, err := s.ResumeWriter(ctx, "u", off) // reopened every chunk, as across PATCH requests
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -40,33 +42,34 @@ func TestUploadFileWritesUnalignedChunks(t *testing.T) {
 			copy(b[1:], src)
 			src = b[1:]
 		}
-		if w, err := f.Write(src); err != nil || w != n {
-			t.Fatalf("write %d bytes at %d: %d, %v", n, off, w, err)
+		if k, err := w.Write(src); err != nil || k != n {
+			t.Fatalf("write %d bytes at %d: %d, %v", n, off, k, err)
 		}
-		if err := f.Sync(); err != nil {
+		if err := w.Flush(); err != nil {
 			t.Fatal(err)
 		}
-		f.Close()
+		w.Close()
 		off += int64(n)
 	}
-	rc, err := s.ReadUpload("u")
-	if err != nil {
-		t.Fatal(err)
+	readBack := func(off int64) []byte {
+		w, err := s.ResumeWriter(ctx, "u", off)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer w.Close()
+		rc, err := w.ReadBack()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer rc.Close()
+		got, _ := io.ReadAll(rc)
+		return got
 	}
-	defer rc.Close()
-	got, _ := io.ReadAll(rc)
-	if !bytes.Equal(got, want) {
+	if got := readBack(off); !bytes.Equal(got, want) {
 		t.Fatalf("upload file differs from what was written (%d vs %d bytes)", len(got), len(want))
 	}
-	// Reopening at an earlier offset drops what follows (a failed chunk is undone).
-	f, err := s.OpenUpload("u", 5000)
-	if err != nil {
-		t.Fatal(err)
-	}
-	f.Close()
-	rc2, _ := s.ReadUpload("u")
-	defer rc2.Close()
-	if got, _ := io.ReadAll(rc2); !bytes.Equal(got, want[:5000]) {
+	// Resuming at an earlier offset drops what follows (a failed chunk is undone).
+	if got := readBack(5000); !bytes.Equal(got, want[:5000]) {
 		t.Fatalf("after cutting back: %d bytes", len(got))
 	}
 }

@@ -1,0 +1,371 @@
+package blobstore_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sort"
+	"testing"
+
+	"github.com/dockyard/dockyard/blobstore"
+	"github.com/dockyard/dockyard/blobstore/s3test"
+	"github.com/dockyard/dockyard/oci"
+)
+
+var server *s3test.Server
+
+func TestMain(m *testing.M) {
+	var err error
+	if server, err = s3test.Shared(); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	if server != nil {
+		server.Stop()
+	}
+	os.Exit(code)
+}
+
+// each runs a case against the filesystem store and against S3 (versitygw), with
+// S3's smallest part size so that a few MiB cross part boundaries.
+func each(t *testing.T, fn func(t *testing.T, s blobstore.Store)) {
+	t.Run("filesystem", func(t *testing.T) {
+		s, err := blobstore.NewFS(t.TempDir())
+		if err != nil {
+			t.Fatal(err)
+		}
+		fn(t, s)
+	})
+	t.Run("s3", func(t *testing.T) {
+		fn(t, newS3(t))
+	})
+}
+
+func newS3(t *testing.T) *blobstore.S3 {
+	srv := s3test.Need(t, server)
+	ctx := context.Background()
+	bucket, err := srv.NewBucket(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := srv.Options(bucket)
+	o.PartSize = blobstore.MinPartSize
+	o.Prefix = "reg"
+	s, err := blobstore.NewS3(ctx, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func newWriter(t *testing.T, s blobstore.Store, id string) blobstore.Writer {
+	t.Helper()
+	w, err := s.NewWriter(context.Background(), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return w
+}
+
+func resume(t *testing.T, s blobstore.Store, id string, off int64) blobstore.Writer {
+	t.Helper()
+	w, err := s.ResumeWriter(context.Background(), id, off)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return w
+}
+
+func write(t *testing.T, w blobstore.Writer, b []byte) {
+	t.Helper()
+	if n, err := w.Write(b); err != nil || n != len(b) {
+		t.Fatalf("write %d bytes: %d, %v", len(b), n, err)
+	}
+}
+
+func random(n int) []byte {
+	b := make([]byte, n)
+	rand.Read(b)
+	return b
+}
+
+func read(t *testing.T, s blobstore.Store, d oci.Digest) []byte {
+	t.Helper()
+	rc, size, err := s.Open(context.Background(), d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	b, err := io.ReadAll(rc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if int64(len(b)) != size {
+		t.Fatalf("Open said %d bytes, read %d", size, len(b))
+	}
+	return b
+}
+
+func uploadIDs(t *testing.T, s blobstore.Store) []string {
+	t.Helper()
+	var ids []string
+	if err := s.WalkUploads(context.Background(), func(u blobstore.Upload) error {
+		ids = append(ids, u.ID)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	sort.Strings(ids)
+	return ids
+}
+
+// Chunks of the sizes clients send, each in a request of its own (a writer resumed at
+// the recorded offset, written, flushed, closed), commit to the bytes sent.
+func TestChunksOfAnySizeRoundTrip(t *testing.T) {
+	each(t, func(t *testing.T, s blobstore.Store) {
+		ctx := context.Background()
+		sizes := []int{1, 1023, 3 << 20, 5 << 20, 7 << 20, 6 << 20, 6 << 20, 6 << 20, 1}
+		total := 0
+		for _, n := range sizes {
+			total += n
+		}
+		want := random(total)
+		w, err := s.NewWriter(ctx, "up1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		w.Close()
+		off := int64(0)
+		for _, n := range sizes {
+			w, err := s.ResumeWriter(ctx, "up1", off)
+			if err != nil {
+				t.Fatalf("resume at %d: %v", off, err)
+			}
+			if w.Size() != off {
+				t.Fatalf("resumed writer has %d bytes, want %d", w.Size(), off)
+			}
+			if _, err := w.Write(want[off : off+int64(n)]); err != nil {
+				t.Fatal(err)
+			}
+			if err := w.Flush(); err != nil {
+				t.Fatal(err)
+			}
+			w.Close()
+			off += int64(n)
+		}
+		w, err = s.ResumeWriter(ctx, "up1", off)
+		if err != nil {
+			t.Fatal(err)
+		}
+		d := oci.FromBytes(oci.SHA256, want)
+		if err := w.Commit(d); err != nil {
+			t.Fatal(err)
+		}
+		if got := read(t, s, d); !bytes.Equal(got, want) {
+			t.Fatalf("committed blob differs (%d vs %d bytes)", len(got), len(want))
+		}
+		if size, err := s.Stat(ctx, d); err != nil || size != int64(total) {
+			t.Fatalf("Stat = %d, %v; want %d", size, err, total)
+		}
+		if ids := uploadIDs(t, s); len(ids) != 0 {
+			t.Fatalf("uploads left after commit: %v", ids)
+		}
+	})
+}
+
+// A chunk that fails (written, never flushed) is dropped when the upload resumes at
+// the offset its record kept, even when it had filled parts.
+func TestResumingDropsWhatWasNotRecorded(t *testing.T) {
+	each(t, func(t *testing.T, s blobstore.Store) {
+		ctx := context.Background()
+		head, lost, tail := random(2<<20), random(11<<20), random(4<<20)
+		w, err := s.NewWriter(ctx, "u")
+		if err != nil {
+			t.Fatal(err)
+		}
+		write(t, w, head)
+		if err := w.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		write(t, w, lost) // fills two parts on S3
+		w.Close()
+		// A crash after a flush the index never recorded: the record still says head.
+		w = resume(t, s, "u", int64(len(head)))
+		write(t, w, random(1<<20))
+		w.Flush()
+		w.Close()
+		w, err = s.ResumeWriter(ctx, "u", int64(len(head)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		write(t, w, tail)
+		want := append(append([]byte{}, head...), tail...)
+		rc, err := w.ReadBack()
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, _ := io.ReadAll(rc)
+		rc.Close()
+		if !bytes.Equal(got, want) {
+			t.Fatalf("read back %d bytes, want %d", len(got), len(want))
+		}
+		d := oci.FromBytes(oci.SHA256, want)
+		if err := w.Commit(d); err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(read(t, s, d), want) {
+			t.Fatal("committed blob differs from head+tail")
+		}
+		if _, err := s.ResumeWriter(ctx, "u", int64(len(want))); !errors.Is(err, blobstore.ErrNotExist) {
+			t.Fatalf("a committed upload resumed: %v", err)
+		}
+	})
+}
+
+// Ranged reads: a seek anywhere, then reading to the end.
+func TestOpenSeeks(t *testing.T) {
+	each(t, func(t *testing.T, s blobstore.Store) {
+		ctx := context.Background()
+		want := random(3<<20 + 17)
+		w := newWriter(t, s, "x")
+		write(t, w, want)
+		d := oci.FromBytes(oci.SHA256, want)
+		if err := w.Commit(d); err != nil {
+			t.Fatal(err)
+		}
+		rc, size, err := s.Open(ctx, d)
+		if err != nil || size != int64(len(want)) {
+			t.Fatalf("Open: %d, %v", size, err)
+		}
+		defer rc.Close()
+		for _, off := range []int64{1 << 20, 5, int64(len(want)) - 1} {
+			if _, err := rc.Seek(off, io.SeekStart); err != nil {
+				t.Fatal(err)
+			}
+			b := make([]byte, 100)
+			n, err := io.ReadFull(rc, b)
+			if want := min(100, int64(len(want))-off); int64(n) != want || (err != nil && err != io.ErrUnexpectedEOF) {
+				t.Fatalf("read at %d: %d bytes, %v", off, n, err)
+			}
+			if !bytes.Equal(b[:n], want[off:off+int64(n)]) {
+				t.Fatalf("bytes at %d differ", off)
+			}
+		}
+	})
+}
+
+// Walk lists committed blobs; Delete removes them; missing content is ErrNotExist.
+func TestWalkDeleteAndMissing(t *testing.T) {
+	each(t, func(t *testing.T, s blobstore.Store) {
+		ctx := context.Background()
+		var ds []string
+		for i := range 3 {
+			b := random(10 + i)
+			w := newWriter(t, s, fmt.Sprint("w", i))
+			write(t, w, b)
+			d := oci.FromBytes(oci.SHA256, b)
+			if err := w.Commit(d); err != nil {
+				t.Fatal(err)
+			}
+			ds = append(ds, string(d))
+		}
+		sort.Strings(ds)
+		var walked []string
+		s.Walk(ctx, func(b blobstore.Blob) error {
+			walked = append(walked, string(b.Digest))
+			if b.ModTime.IsZero() || b.Size < 10 {
+				t.Errorf("blob %s: size %d, mod time %v", b.Digest, b.Size, b.ModTime)
+			}
+			return nil
+		})
+		sort.Strings(walked)
+		if fmt.Sprint(walked) != fmt.Sprint(ds) {
+			t.Fatalf("walked %v, want %v", walked, ds)
+		}
+		if err := s.Delete(ctx, oci.Digest(ds[0])); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Delete(ctx, oci.Digest(ds[0])); err != nil {
+			t.Fatalf("deleting a missing blob: %v", err)
+		}
+		if _, err := s.Stat(ctx, oci.Digest(ds[0])); !errors.Is(err, blobstore.ErrNotExist) {
+			t.Fatalf("Stat of a deleted blob: %v", err)
+		}
+		if _, _, err := s.Open(ctx, oci.Digest(ds[0])); !errors.Is(err, blobstore.ErrNotExist) {
+			t.Fatalf("Open of a deleted blob: %v", err)
+		}
+		if _, err := s.ResumeWriter(ctx, "nope", 0); !errors.Is(err, blobstore.ErrNotExist) {
+			t.Fatalf("resuming an unknown upload: %v", err)
+		}
+	})
+}
+
+// Cancelled and removed uploads leave nothing behind, multipart uploads included.
+func TestRemovedUploadsLeaveNothing(t *testing.T) {
+	each(t, func(t *testing.T, s blobstore.Store) {
+		ctx := context.Background()
+		a := newWriter(t, s, "a")
+		write(t, a, random(6<<20))
+		a.Flush()
+		a.Close()
+		b := newWriter(t, s, "b")
+		write(t, b, random(12<<20)) // parts, never flushed: only the multipart upload knows
+		b.Close()
+		c := newWriter(t, s, "c")
+		write(t, c, random(100))
+		if ids := uploadIDs(t, s); fmt.Sprint(ids) != "[a b c]" {
+			t.Fatalf("uploads %v, want [a b c]", ids)
+		}
+		if err := c.Cancel(); err != nil {
+			t.Fatal(err)
+		}
+		for _, id := range []string{"a", "b"} {
+			if err := s.RemoveUpload(ctx, id); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if ids := uploadIDs(t, s); len(ids) != 0 {
+			t.Fatalf("uploads left: %v", ids)
+		}
+		if s3s, ok := s.(*blobstore.S3); ok {
+			_ = s3s
+			objects, multipart, err := server.Keys(ctx, bucketOf(t, s), "")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(objects) != 0 || len(multipart) != 0 {
+				t.Fatalf("bucket still holds %v and multipart uploads %v", objects, multipart)
+			}
+		}
+	})
+}
+
+func bucketOf(t *testing.T, s blobstore.Store) string {
+	return s.(*blobstore.S3).Bucket()
+}
+
+// Committing content already stored keeps it and drops the upload.
+func TestCommitOfStoredContent(t *testing.T) {
+	each(t, func(t *testing.T, s blobstore.Store) {
+		b := random(7 << 20)
+		d := oci.FromBytes(oci.SHA256, b)
+		for _, id := range []string{"one", "two"} {
+			w := newWriter(t, s, id)
+			write(t, w, b)
+			if err := w.Commit(d); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if !bytes.Equal(read(t, s, d), b) {
+			t.Fatal("blob differs")
+		}
+		if ids := uploadIDs(t, s); len(ids) != 0 {
+			t.Fatalf("uploads left: %v", ids)
+		}
+	})
+}
