@@ -28,7 +28,7 @@ type Fetch struct {
 	d     oci.Digest
 	size  int64 // -1 when unknown
 	w     blobstore.Writer
-	spool *os.File          // nil when readers follow the writer's own file
+	spool *os.File                 // nil when readers follow the writer's own file
 	r     blobstore.ReaderAtCloser // shared by readers (ReadAt)
 
 	mu      sync.Mutex
