@@ -98,8 +98,17 @@ type ReaderAtCloser interface {
 	io.ReadSeekCloser
 }
 
+// Limiter is implemented by readers Open returns that fetch what they read over the
+// network: Limit says the reader will be read n bytes further and no more (a range),
+// so that it asks for exactly those. Readers end (io.EOF) at the limit.
+type Limiter interface {
+	Limit(n int64)
+}
+
 // Redirector is implemented by stores that can let clients fetch a blob themselves,
 // from a URL valid for a while.
 type Redirector interface {
+	// Redirects tells whether the store is configured to hand out URLs.
+	Redirects() bool
 	RedirectURL(ctx context.Context, d oci.Digest) (string, error)
 }

@@ -242,11 +242,13 @@ func (s *S3) Open(ctx context.Context, d oci.Digest) (io.ReadSeekCloser, int64, 
 		return nil, 0, s.fail("read a blob", err)
 	}
 	r.body, r.size = out.Body, aws.ToInt64(out.ContentLength)
+	r.end = r.size
 	return r, r.size, nil
 }
 
 // s3Reader reads an object from where it stands: the first GET (made by Open) reads
-// from the start, a Seek elsewhere drops it and the next Read asks for a range.
+// from the start, a Seek elsewhere drops it and the next Read asks for a range, up to
+// the end a Limit set (a range request's last byte) or the object's.
 type s3Reader struct {
 	s      *S3
 	ctx    context.Context
@@ -255,24 +257,40 @@ type s3Reader struct {
 	body   io.ReadCloser
 	pos    int64
 	size   int64
+	end    int64 // reads stop here (size unless limited)
+}
+
+// Limit ends the reader n bytes past where it stands (see blobstore.Limiter).
+func (r *s3Reader) Limit(n int64) {
+	if end := min(r.pos+n, r.size); end != r.end {
+		r.end = end
+		if r.body != nil && r.pos != 0 {
+			r.body.Close()
+			r.body = nil
+		}
+	}
 }
 
 func (r *s3Reader) Read(p []byte) (int, error) {
-	if r.pos >= r.size {
+	if r.pos >= r.end {
 		return 0, io.EOF
 	}
 	if r.body == nil {
-		out, err := r.s.client.GetObject(r.ctx, &s3.GetObjectInput{Bucket: &r.s.opts.Bucket, Key: &r.key,
-			Range: aws.String("bytes=" + strconv.FormatInt(r.pos, 10) + "-")})
+		rng := "bytes=" + strconv.FormatInt(r.pos, 10) + "-" + strconv.FormatInt(r.end-1, 10)
+		out, err := r.s.client.GetObject(r.ctx, &s3.GetObjectInput{Bucket: &r.s.opts.Bucket, Key: &r.key, Range: &rng})
 		if err != nil {
 			return 0, r.s.fail("read a blob", err)
 		}
 		r.body = out.Body
 	}
+	p = p[:min(int64(len(p)), r.end-r.pos)]
 	n, err := r.body.Read(p)
 	r.pos += int64(n)
-	if err == io.EOF && r.pos < r.size {
+	if err == io.EOF && r.pos < r.end {
 		err = io.ErrUnexpectedEOF
+	}
+	if err == nil && r.pos == r.end {
+		err = io.EOF
 	}
 	return n, err
 }
@@ -292,7 +310,7 @@ func (r *s3Reader) Seek(offset int64, whence int) (int64, error) {
 		r.body.Close()
 		r.body = nil
 	}
-	r.pos = pos
+	r.pos, r.end = pos, r.size
 	return pos, nil
 }
 

@@ -46,7 +46,15 @@ func (s *Store) manifestAsBlobSize(txn *badger.Txn, reg, repo string, d oci.Dige
 	return decodeRefRecord(v).Size, nil
 }
 
-// OpenBlob opens blob d for reading through reg/repo.
+// Redirect is what OpenBlob returns for a blob the client is to fetch from the blob
+// store itself (an S3 bucket with storage.s3.redirect): a presigned URL.
+type Redirect struct{ URL string }
+
+func (Redirect) Read([]byte) (int, error)       { return 0, io.EOF }
+func (Redirect) Close() error                   { return nil }
+func (Redirect) Seek(int64, int) (int64, error) { return 0, nil }
+
+// OpenBlob opens blob d for reading through reg/repo, or returns a Redirect.
 func (s *Store) OpenBlob(ctx context.Context, reg, repo string, d oci.Digest) (io.ReadSeekCloser, int64, error) {
 	var linked bool
 	err := s.db.View(func(txn *badger.Txn) (err error) {
@@ -63,6 +71,13 @@ func (s *Store) OpenBlob(ctx context.Context, reg, repo string, d oci.Digest) (i
 			return nil, 0, oci.ErrBlobUnknown.WithDetail(map[string]string{"digest": string(d)})
 		}
 		return nopCloser{bytes.NewReader(m.Content)}, int64(len(m.Content)), nil
+	}
+	if s.redirect != nil {
+		u, err := s.redirect.RedirectURL(ctx, d)
+		if err != nil {
+			return nil, 0, err
+		}
+		return Redirect{URL: u}, -1, nil
 	}
 	rc, size, err := s.blobs.Open(ctx, d)
 	if errors.Is(err, blobstore.ErrNotExist) {

@@ -24,6 +24,8 @@ type Store struct {
 	dir   string
 	db    *badger.DB
 	blobs blobstore.Store
+	// redirect, when set, hands out presigned URLs for blob GETs.
+	redirect blobstore.Redirector
 	log   *slog.Logger
 	now   func() time.Time
 
@@ -140,6 +142,9 @@ func Open(opts Options) (*Store, error) {
 		contents: newManifestCache(opts.ManifestCache), tags: newTagCache(16384), buffers: newBufferPool(opts.UploadBuffers),
 		sessions: sessions{max: opts.MaxSessionsPerClient, open: map[string]int{}},
 		minFree:  opts.MinFreeSpace, freeSpace: opts.FreeSpace}
+	if r, ok := blobs.(blobstore.Redirector); ok && r.Redirects() {
+		s.redirect = r
+	}
 	if err := s.upgrade(); err != nil {
 		db.Close()
 		return nil, err

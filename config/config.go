@@ -208,10 +208,31 @@ type CORS struct {
 
 // Storage configures where blobs live.
 type Storage struct {
-	Driver string `mapstructure:"driver"` // filesystem
+	Driver string `mapstructure:"driver"` // filesystem or s3
 	// MinFreeSpace is the free space of the data directory's filesystem under which
 	// uploads are refused (507); 0 disables the reserve.
 	MinFreeSpace ByteSize `mapstructure:"min_free_space"`
+	S3           S3       `mapstructure:"s3"`
+}
+
+// S3 configures the S3 blob store (storage.driver: s3).
+type S3 struct {
+	// Endpoint is the server's URL; empty means AWS.
+	Endpoint  string `mapstructure:"endpoint"`
+	Region    string `mapstructure:"region"`
+	Bucket    string `mapstructure:"bucket"`
+	Prefix    string `mapstructure:"prefix"`
+	PathStyle bool   `mapstructure:"path_style"`
+	// Redirect answers blob GETs with 307 to a presigned URL valid RedirectExpiry.
+	Redirect       bool          `mapstructure:"redirect"`
+	RedirectExpiry time.Duration `mapstructure:"redirect_expiry"`
+	PartSize       ByteSize      `mapstructure:"part_size"`
+	CAFile         string        `mapstructure:"ca_file"`
+	// AccessKeyID with a secret from a file or an environment variable; empty means
+	// the AWS default credential chain.
+	AccessKeyID         string `mapstructure:"access_key_id"`
+	SecretAccessKeyFile string `mapstructure:"secret_access_key_file"`
+	SecretAccessKeyEnv  string `mapstructure:"secret_access_key_env"`
 }
 
 // Limits bound what one instance spends on its clients.
@@ -305,6 +326,18 @@ func setDefaults(v *viper.Viper) {
 	v.SetDefault("http.cors.max_age", "10m")
 	v.SetDefault("storage.driver", "filesystem")
 	v.SetDefault("storage.min_free_space", "1GiB")
+	v.SetDefault("storage.s3.endpoint", "")
+	v.SetDefault("storage.s3.region", "us-east-1")
+	v.SetDefault("storage.s3.bucket", "")
+	v.SetDefault("storage.s3.prefix", "")
+	v.SetDefault("storage.s3.path_style", false)
+	v.SetDefault("storage.s3.redirect", false)
+	v.SetDefault("storage.s3.redirect_expiry", "20m")
+	v.SetDefault("storage.s3.part_size", "16MiB")
+	v.SetDefault("storage.s3.ca_file", "")
+	v.SetDefault("storage.s3.access_key_id", "")
+	v.SetDefault("storage.s3.secret_access_key_file", "")
+	v.SetDefault("storage.s3.secret_access_key_env", "")
 	v.SetDefault("limits.upload_buffers", "64MiB")
 	v.SetDefault("limits.manifest_cache", "32MiB")
 	v.SetDefault("limits.upload_sessions_per_client", 64)
@@ -434,6 +467,8 @@ func (c *Config) resolvePaths(dir string) {
 		fix(&c.Registries[i].Upstream.CAFile)
 	}
 	fix(&c.Auth.UsersFile)
+	fix(&c.Storage.S3.CAFile)
+	fix(&c.Storage.S3.SecretAccessKeyFile)
 	fix(&c.Auth.LDAP.CAFile)
 	fix(&c.Auth.LDAP.BindPasswordFile)
 	fix(&c.Auth.Token.KeyFile)
@@ -523,8 +558,12 @@ func (c *Config) Validate() error {
 	if c.HTTP.MaxManifestSize <= 0 {
 		bad("http.max_manifest_size", "must be positive")
 	}
-	if c.Storage.Driver != "filesystem" {
-		bad("storage.driver", "must be filesystem, not %q", c.Storage.Driver)
+	switch c.Storage.Driver {
+	case "filesystem":
+	case "s3":
+		c.validateS3(bad)
+	default:
+		bad("storage.driver", "must be filesystem or s3, not %q", c.Storage.Driver)
 	}
 	if c.Storage.MinFreeSpace < 0 {
 		bad("storage.min_free_space", "must not be negative")
@@ -729,6 +768,46 @@ func (c *Config) validateLifecycle(types map[string]string, bad func(path, forma
 	}
 	if l.GC.Interval < 0 || l.GC.Grace < 0 || l.Uploads.PurgeAfter < 0 || l.Uploads.Interval < 0 {
 		bad("lifecycle", "intervals and grace periods must not be negative")
+	}
+}
+
+func (c *Config) validateS3(bad func(path, format string, args ...any)) {
+	s := c.Storage.S3
+	const p = "storage.s3"
+	if s.Endpoint != "" {
+		u, err := url.Parse(s.Endpoint)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			bad(p+".endpoint", "must be an http:// or https:// URL (or empty for AWS), not %q", s.Endpoint)
+		}
+	}
+	if s.Bucket == "" {
+		bad(p+".bucket", "must be set")
+	}
+	if s.Region == "" {
+		bad(p+".region", "must be set (us-east-1 for most S3-compatible servers)")
+	}
+	if s.PartSize < 5<<20 {
+		bad(p+".part_size", "must be at least 5MiB (S3's smallest multipart part), not %d bytes", int64(s.PartSize))
+	}
+	if s.PartSize > 5<<30 {
+		bad(p+".part_size", "must be at most 5GiB (S3's largest part)")
+	}
+	if s.Redirect && (s.RedirectExpiry < time.Second || s.RedirectExpiry > 7*24*time.Hour) {
+		bad(p+".redirect_expiry", "must be between 1s and 168h (presigned URLs last at most a week)")
+	}
+	if s.SecretAccessKeyFile != "" && s.SecretAccessKeyEnv != "" {
+		bad(p, "set secret_access_key_file or secret_access_key_env, not both")
+	}
+	hasSecret := s.SecretAccessKeyFile != "" || s.SecretAccessKeyEnv != ""
+	if (s.AccessKeyID != "") != hasSecret {
+		bad(p, "access_key_id and a secret (secret_access_key_file or _env) go together; leave all empty for the AWS default credential chain")
+	}
+	for key, f := range map[string]string{"ca_file": s.CAFile, "secret_access_key_file": s.SecretAccessKeyFile} {
+		if f != "" {
+			if _, err := os.Stat(f); err != nil {
+				bad(p+"."+key, "cannot be read: %v", err)
+			}
+		}
 	}
 }
 

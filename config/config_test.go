@@ -167,3 +167,39 @@ lifecycle:
 		t.Errorf("a policy name used twice: %v", err)
 	}
 }
+
+func TestS3Settings(t *testing.T) {
+	c, err := Load("../configs/s3.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := c.Storage.S3
+	if c.Storage.Driver != "s3" || s.Bucket != "dockyard" || !s.PathStyle || s.PartSize != 16<<20 ||
+		s.RedirectExpiry != 20*time.Minute || s.Region != "us-east-1" || s.SecretAccessKeyEnv != "DOCKYARD_S3_SECRET" {
+		t.Fatalf("configs/s3.yaml read as %+v", s)
+	}
+	path := filepath.Join(t.TempDir(), "bad.yaml")
+	os.WriteFile(path, []byte(`
+storage:
+  driver: s3
+  s3:
+    endpoint: "ftp://x"
+    region: ""
+    part_size: 1MiB
+    redirect: true
+    redirect_expiry: 200h
+    access_key_id: AKIA
+    ca_file: /no/such/ca.pem
+    bucket_name: typo
+`), 0o644)
+	_, err = Load(path)
+	if err == nil {
+		t.Fatal("invalid s3 settings accepted")
+	}
+	for _, want := range []string{"storage.s3.endpoint", "storage.s3.bucket", "storage.s3.region", "storage.s3.part_size",
+		"storage.s3.redirect_expiry", "access_key_id and a secret", "storage.s3.ca_file", "bucket_name"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error does not mention %s:\n%v", want, err)
+		}
+	}
+}

@@ -7,6 +7,7 @@ import (
 
 	"github.com/valyala/fasthttp"
 
+	"github.com/dockyard/dockyard/cache"
 	"github.com/dockyard/dockyard/oci"
 )
 
@@ -29,6 +30,14 @@ func (g *Gateway) getBlob(r *request) error {
 	body, size, err := r.reg.OpenBlob(r.c, r.repo, d)
 	if err != nil {
 		return err
+	}
+	if rd, ok := body.(cache.Redirect); ok {
+		// The client fetches the bytes from the blob store (ranges included).
+		ctx.Response.Header.Set("Docker-Content-Digest", string(d))
+		// Set verbatim: a presigned URL must reach the client byte for byte.
+		ctx.Response.Header.Set("Location", rd.URL)
+		ctx.SetStatusCode(fasthttp.StatusTemporaryRedirect)
+		return nil
 	}
 	blobHeaders(ctx, d, etag)
 	if notModified(ctx, etag) {
@@ -55,6 +64,10 @@ func (g *Gateway) getBlob(r *request) error {
 		ctx.SetStatusCode(fasthttp.StatusPartialContent)
 		ctx.Response.Header.Set("Content-Range", "bytes "+strconv.FormatInt(start, 10)+"-"+
 			strconv.FormatInt(start+length-1, 10)+"/"+strconv.FormatInt(size, 10))
+	}
+	// A reader that fetches over the network (S3) asks for exactly the range.
+	if l, ok := body.(interface{ Limit(n int64) }); ok {
+		l.Limit(length)
 	}
 	// fasthttp sends an *os.File body with sendfile and closes it when done.
 	ctx.SetBodyStream(body, int(length))

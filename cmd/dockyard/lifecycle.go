@@ -115,7 +115,7 @@ func openOffline(path, data string) (*config.Config, *cache.Store, error) {
 	if data != "" {
 		cfg.Data = data
 	}
-	store, err := cache.Open(cache.Options{Dir: cfg.Data})
+	store, err := openStore(cfg, slog.Default())
 	if err != nil {
 		return nil, nil, fmt.Errorf("%w (is the server running on this data directory?)", err)
 	}

@@ -17,6 +17,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/dockyard/dockyard/blobstore"
 	"github.com/dockyard/dockyard/cache"
 	"github.com/dockyard/dockyard/config"
 	"github.com/dockyard/dockyard/gateway"
@@ -103,7 +104,7 @@ func serve(args []string, stderr io.Writer) error {
 	}
 	log := newLogger(cfg.Log, stderr)
 
-	store, err := cache.Open(storeOptions(cfg, log))
+	store, err := openStore(cfg, log)
 	if err != nil {
 		return err
 	}
@@ -145,11 +146,42 @@ func serve(args []string, stderr io.Writer) error {
 	return err
 }
 
-// storeOptions are the store's settings from the configuration.
-func storeOptions(cfg *config.Config, log *slog.Logger) cache.Options {
-	return cache.Options{Dir: cfg.Data, Logger: log,
+// openStore opens the store the configuration describes: the index under the data
+// directory, the blobs there or in S3.
+func openStore(cfg *config.Config, log *slog.Logger) (*cache.Store, error) {
+	blobs, err := blobStore(cfg)
+	if err != nil {
+		return nil, err
+	}
+	return cache.Open(cache.Options{Dir: cfg.Data, Logger: log, Blobs: blobs,
 		UploadBuffers: int64(cfg.Limits.UploadBuffers), ManifestCache: int64(cfg.Limits.ManifestCache),
-		MaxSessionsPerClient: cfg.Limits.UploadSessionsPerClient, MinFreeSpace: int64(cfg.Storage.MinFreeSpace)}
+		MaxSessionsPerClient: cfg.Limits.UploadSessionsPerClient, MinFreeSpace: int64(cfg.Storage.MinFreeSpace)})
+}
+
+// blobStore builds the configured blob store (nil: the filesystem under the data
+// directory, which the index opens itself).
+func blobStore(cfg *config.Config) (blobstore.Store, error) {
+	if cfg.Storage.Driver != "s3" {
+		return nil, nil
+	}
+	c := cfg.Storage.S3
+	key, err := secret(c.SecretAccessKeyFile, c.SecretAccessKeyEnv)
+	if err != nil {
+		return nil, fmt.Errorf("storage.s3 secret access key: %w", err)
+	}
+	o := blobstore.S3Options{Endpoint: c.Endpoint, Region: c.Region, Bucket: c.Bucket, Prefix: c.Prefix,
+		PathStyle: c.PathStyle, PartSize: int64(c.PartSize), CAFile: c.CAFile,
+		AccessKeyID: c.AccessKeyID, SecretAccessKey: key}
+	if c.Redirect {
+		o.RedirectExpiry = c.RedirectExpiry
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	s3, err := blobstore.NewS3(ctx, o)
+	if err != nil {
+		return nil, err
+	}
+	return s3, nil
 }
 
 // app is a built server. It stops in order: the gateway first (serve shuts it down:

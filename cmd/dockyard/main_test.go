@@ -10,6 +10,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"fmt"
 	"io"
 	"log/slog"
 	"math/big"
@@ -23,10 +24,26 @@ import (
 
 	"golang.org/x/crypto/bcrypt"
 
+	"github.com/dockyard/dockyard/blobstore/s3test"
 	"github.com/dockyard/dockyard/cache"
 	"github.com/dockyard/dockyard/config"
 	"github.com/dockyard/dockyard/oci"
 )
+
+var s3server *s3test.Server
+
+func TestMain(m *testing.M) {
+	var err error
+	if s3server, err = s3test.Shared(); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	if s3server != nil {
+		s3server.Stop()
+	}
+	os.Exit(code)
+}
 
 // Every example configuration builds a working gateway.
 func TestExampleConfigurationsBuild(t *testing.T) {
@@ -40,9 +57,20 @@ func TestExampleConfigurationsBuild(t *testing.T) {
 			t.Fatalf("%s: %v", f, err)
 		}
 		cfg.Data = t.TempDir()
-		store, err := cache.Open(cache.Options{Dir: cfg.Data, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+		if cfg.Storage.Driver == "s3" {
+			// The example's bucket, on the test's own S3 server.
+			srv := s3test.Need(t, s3server)
+			bucket, err := srv.NewBucket(t.Context())
+			if err != nil {
+				t.Fatal(err)
+			}
+			c := &cfg.Storage.S3
+			c.Endpoint, c.Bucket, c.AccessKeyID = srv.Endpoint, bucket, srv.Access
+			t.Setenv(c.SecretAccessKeyEnv, srv.Secret)
+		}
+		store, err := openStore(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
 		if err != nil {
-			t.Fatal(err)
+			t.Fatalf("%s: %v", f, err)
 		}
 		if _, err := build(t.Context(), cfg, store, slog.New(slog.NewTextHandler(io.Discard, nil))); err != nil {
 			t.Errorf("%s: %v", f, err)

@@ -104,7 +104,7 @@ layout_has_source() {
 
 # ------------------------------------------------------------------------ the registry
 
-start_dockyard clients || { fail "dockyard did not start"; summary; exit 1; }
+start_dockyard clients ${CLIENTS_SERVE_ARGS:-} || { fail "dockyard did not start"; summary; exit 1; }
 if ! kill -0 "$DY_PID" 2>/dev/null; then # port taken by someone else between probe and bind
   fail "dockyard exited at start (see $RESULTS/clients/dockyard.log)"; summary; exit 1
 fi

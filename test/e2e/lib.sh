@@ -114,3 +114,50 @@ summary() {
   echo "e2e: $PASSED passed, $FAILED failed"
   [ "$FAILED" -eq 0 ]
 }
+
+# start_s3 DIR: starts versitygw (a real S3 server) on a free port serving DIR, with a
+# bucket "dockyard"; sets S3_ENDPOINT, S3_PID, S3_DIR, and exports DY_S3_SECRET for the
+# configurations write_s3_config writes. restart_s3 starts it again on the same port.
+start_s3() {
+  S3_DIR=$1 S3_PORT=$(free_port)
+  mkdir -p "$S3_DIR/data/dockyard"
+  S3_ENDPOINT="http://127.0.0.1:$S3_PORT"
+  export DY_S3_SECRET=e2e-s3-secret
+  restart_s3
+}
+restart_s3() {
+  ROOT_ACCESS_KEY= ROOT_SECRET_KEY= versitygw --port "127.0.0.1:$S3_PORT" --access e2e --secret "$DY_S3_SECRET" \
+    posix "$S3_DIR/data" >>"$S3_DIR/versitygw.log" 2>&1 &
+  S3_PID=$!
+  for _ in $(seq 1 100); do
+    if curl -s -o /dev/null "$S3_ENDPOINT/"; then return 0; fi
+    sleep 0.1
+  done
+  echo "versitygw did not start:"; tail -20 "$S3_DIR/versitygw.log"
+  return 1
+}
+stop_s3() { kill -9 "$S3_PID" 2>/dev/null; wait "$S3_PID" 2>/dev/null || true; }
+
+# write_s3_config FILE [REDIRECT] [PREFIX]: a configuration with one hosted registry
+# whose blobs live in the S3 bucket (part size 5 MiB, so that a few MiB cross parts).
+write_s3_config() {
+  cat >"$1" <<YAML
+storage:
+  driver: s3
+  s3:
+    endpoint: $S3_ENDPOINT
+    bucket: dockyard
+    prefix: ${3:-e2e}
+    path_style: true
+    redirect: ${2:-false}
+    part_size: 5MiB
+    access_key_id: e2e
+    secret_access_key_env: DY_S3_SECRET
+lifecycle:
+  uploads: {purge_after: 1h}
+registries:
+  - {name: default, type: hosted}
+routes:
+  - {host: "*", registry: default}
+YAML
+}

@@ -1,0 +1,209 @@
+package gateway_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"fmt"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/random"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/validate"
+
+	"github.com/dockyard/dockyard/blobstore"
+	"github.com/dockyard/dockyard/blobstore/s3test"
+	"github.com/dockyard/dockyard/cache"
+	"github.com/dockyard/dockyard/oci"
+)
+
+var s3server *s3test.Server
+
+func TestMain(m *testing.M) {
+	var err error
+	if s3server, err = s3test.Shared(); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	if s3server != nil {
+		s3server.Stop()
+	}
+	os.Exit(code)
+}
+
+// onS3 is a store option putting the blobs in a new bucket of the test S3 server
+// (parts of 5 MiB); bucket receives the bucket's name.
+func onS3(t *testing.T, bucket *string, adjust ...func(*blobstore.S3Options)) func(*cache.Options) {
+	srv := s3test.Need(t, s3server)
+	name, err := srv.NewBucket(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bucket != nil {
+		*bucket = name
+	}
+	o := srv.Options(name)
+	o.PartSize = blobstore.MinPartSize
+	for _, a := range adjust {
+		a(&o)
+	}
+	return func(so *cache.Options) {
+		s, err := blobstore.NewS3(context.Background(), o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		so.Blobs = s
+	}
+}
+
+// Ranges of a blob stored in S3: from the start, the middle, the end.
+func TestRangeReadsFromS3(t *testing.T) {
+	r := startRegistry(t, t.TempDir(), registryOptions{store: onS3(t, nil)})
+	blob := make([]byte, 3<<20)
+	rand.Read(blob)
+	d := oci.FromBytes(oci.SHA256, blob)
+	if resp := r.do("POST", "/v2/app/blobs/uploads/?digest="+string(d), blob); resp.StatusCode != 201 {
+		t.Fatalf("push: %d %s", resp.StatusCode, resp.body)
+	}
+	for _, c := range []struct {
+		rng        string
+		start, end int
+	}{{"bytes=0-99", 0, 99}, {"bytes=500-1499", 500, 1499}, {"bytes=500-", 500, len(blob) - 1}, {"bytes=-500", len(blob) - 500, len(blob) - 1}} {
+		resp := r.do("GET", "/v2/app/blobs/"+string(d), nil, "Range", c.rng)
+		if resp.StatusCode != 206 || !bytes.Equal(resp.body, blob[c.start:c.end+1]) {
+			t.Errorf("%s: %d, %d bytes", c.rng, resp.StatusCode, len(resp.body))
+		}
+	}
+	if resp := r.do("GET", "/v2/app/blobs/"+string(d), nil); resp.StatusCode != 200 || !bytes.Equal(resp.body, blob) {
+		t.Errorf("whole blob: %d, %d bytes", resp.StatusCode, len(resp.body))
+	}
+}
+
+// bucketKeys lists what the bucket holds under prefix (objects and multipart uploads).
+func bucketKeys(t *testing.T, bucket, prefix string) (objects, multipart []string) {
+	t.Helper()
+	objects, multipart, err := s3server.Keys(context.Background(), bucket, prefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return objects, multipart
+}
+
+// Collecting deleted content on S3 deletes its objects; kept content still pulls.
+func TestGarbageCollectionOnS3EmptiesTheBucketOfDeletedContent(t *testing.T) {
+	var bucket string
+	r := startRegistry(t, t.TempDir(), registryOptions{store: onS3(t, &bucket)})
+	keep, gone := randomImage(t, 6<<20, 2), randomImage(t, 1<<20, 2)
+	if err := remote.Write(r.ref("app:keep"), keep); err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.Write(r.ref("app:gone"), gone); err != nil {
+		t.Fatal(err)
+	}
+	gd, _ := gone.Digest()
+	if resp := r.do("DELETE", "/v2/app/manifests/"+gd.String(), nil); resp.StatusCode != 202 {
+		t.Fatalf("delete: %d %s", resp.StatusCode, resp.body)
+	}
+	// The first collection drops the manifest; the blobs it released are collected by
+	// the next, past their grace.
+	for range 2 {
+		if _, err := r.store.CollectGarbage(context.Background(), cache.GCOptions{Grace: time.Nanosecond}); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	objects, _ := bucketKeys(t, bucket, "")
+	want := map[string]bool{}
+	for _, x := range blobsOf(t, keep) {
+		want[x] = true
+	}
+	for _, o := range objects {
+		enc := o[strings.LastIndex(o, "/")+1:]
+		if !want[enc] {
+			t.Errorf("the bucket still holds %s, which no kept image references", o)
+		}
+		delete(want, enc)
+	}
+	if len(want) != 0 {
+		t.Errorf("blobs of the kept image missing from the bucket: %v", want)
+	}
+	got, err := remote.Image(r.ref("app:keep"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := validate.Image(got); err != nil {
+		t.Errorf("the kept image after collection: %v", err)
+	}
+}
+
+// blobsOf returns the hex of an image's layer and config digests.
+func blobsOf(t *testing.T, img v1.Image) []string {
+	t.Helper()
+	layers, err := img.Layers()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, _ := img.ConfigName()
+	out := []string{cfg.Hex}
+	for _, l := range layers {
+		d, _ := l.Digest()
+		out = append(out, d.Hex)
+	}
+	return out
+}
+
+func randomImage(t *testing.T, size int64, layers int) v1.Image {
+	t.Helper()
+	img, err := random.Image(size, int64(layers))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return img
+}
+
+// Purging abandoned uploads on S3 leaves no object and no multipart upload: neither
+// of a session (parts uploaded, a state saved) nor of upload data no session owns (a
+// crash after the multipart upload began).
+func TestPurgeOnS3LeavesNoMultipartUpload(t *testing.T) {
+	var bucket string
+	r := startRegistry(t, t.TempDir(), registryOptions{store: onS3(t, &bucket)})
+	loc := r.startUpload("app")
+	chunk := make([]byte, 12<<20)
+	rand.Read(chunk)
+	if resp := r.do("PATCH", loc, chunk, "Content-Range", fmt.Sprintf("0-%d", len(chunk)-1)); resp.StatusCode != 202 {
+		t.Fatalf("PATCH: %d %s", resp.StatusCode, resp.body)
+	}
+	srv := s3test.Need(t, s3server)
+	o := srv.Options(bucket)
+	o.PartSize = blobstore.MinPartSize
+	raw, err := blobstore.NewS3(context.Background(), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := raw.NewWriter(context.Background(), "crashed")
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.Write(chunk) // two parts sent, never flushed
+	w.Close()
+	if _, multipart := bucketKeys(t, bucket, ""); len(multipart) != 2 {
+		t.Fatalf("multipart uploads before the purge: %v, want the session's and the orphan's", multipart)
+	}
+	time.Sleep(10 * time.Millisecond)
+	n, err := r.store.PurgeUploads(context.Background(), time.Millisecond)
+	if err != nil || n != 2 {
+		t.Fatalf("purged %d, %v; want 2", n, err)
+	}
+	objects, multipart := bucketKeys(t, bucket, "")
+	if len(objects) != 0 || len(multipart) != 0 {
+		t.Errorf("after the purge the bucket holds %v and multipart uploads %v", objects, multipart)
+	}
+	if resp := r.do("GET", loc, nil); resp.StatusCode != 404 {
+		t.Errorf("the purged session answers %d", resp.StatusCode)
+	}
+}
