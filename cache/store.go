@@ -26,8 +26,8 @@ type Store struct {
 	blobs blobstore.Store
 	// redirect, when set, hands out presigned URLs for blob GETs.
 	redirect blobstore.Redirector
-	log   *slog.Logger
-	now   func() time.Time
+	log      *slog.Logger
+	now      func() time.Time
 
 	uploadLocks keyedMutex
 	// blobLocks serialise committing a blob file with deleting it (GC).
