@@ -20,6 +20,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/validate"
 
+	"github.com/dockyard/dockyard/blobstore"
+	"github.com/dockyard/dockyard/blobstore/s3test"
 	"github.com/dockyard/dockyard/cache"
 	"github.com/dockyard/dockyard/oci"
 	"github.com/dockyard/dockyard/upstream"
@@ -59,6 +61,8 @@ type proxyConfig struct {
 	clock   *fakeClock
 	maxSize int64
 	caFile  string
+	// blobs is the store's blob store (nil: the filesystem).
+	blobs blobstore.Store
 }
 
 // startProxy serves a proxy of u as the only registry.
@@ -74,7 +78,7 @@ func startProxy(t *testing.T, u *testUpstream, pc proxyConfig) *server {
 	if pc.clock != nil {
 		now = pc.clock.Now
 	}
-	return startServerAt(t, now, func(store *cache.Store) ([]vhost.Registry, []vhost.Route) {
+	return startServerAt(t, now, pc.blobs, func(store *cache.Store) ([]vhost.Registry, []vhost.Route) {
 		client, err := upstream.New(upstream.Config{URL: u.URL, Timeout: pc.timeout, CAFile: pc.caFile})
 		if err != nil {
 			t.Fatal(err)
@@ -156,9 +160,18 @@ func TestProxyPullsThroughAndServesFromCacheWhenUpstreamFails(t *testing.T) {
 	}
 }
 
+// On the filesystem readers follow the fetch's own upload file; on S3 a spool file
+// beside the index, while the bytes go to the bucket.
 func TestConcurrentColdPullsShareOneUpstreamFetch(t *testing.T) {
+	t.Run("filesystem", func(t *testing.T) { coldPulls(t, 256<<20, nil) })
+	t.Run("s3", func(t *testing.T) {
+		_, blobs := newS3(t)
+		coldPulls(t, 128<<20, blobs)
+	})
+}
+
+func coldPulls(t *testing.T, size int64, blobs blobstore.Store) {
 	u := newTestUpstream(t)
-	size := int64(256 << 20)
 	if raceEnabled || testing.Short() {
 		size = 16 << 20
 	}
@@ -180,7 +193,7 @@ func TestConcurrentColdPullsShareOneUpstreamFetch(t *testing.T) {
 	// never see the gate open).
 	gate := make(chan struct{})
 	u.set(func(u *testUpstream) { u.gate = gate })
-	s := startProxy(t, u, proxyConfig{})
+	s := startProxy(t, u, proxyConfig{blobs: blobs})
 
 	const clients = 32
 	var wg, started sync.WaitGroup
@@ -250,6 +263,29 @@ func TestConcurrentColdPullsShareOneUpstreamFetch(t *testing.T) {
 }
 
 func TestCorruptUpstreamBytesAreNeverCached(t *testing.T) {
+	t.Run("filesystem", func(t *testing.T) {
+		s := corruptUpstream(t, nil)
+		if left, _ := os.ReadDir(filepath.Join(s.dir, "uploads")); len(left) != 0 {
+			t.Errorf("%d partial files left behind", len(left))
+		}
+	})
+	t.Run("s3", func(t *testing.T) {
+		bucket, blobs := newS3(t)
+		corruptUpstream(t, blobs)
+		// Only the verified copy reached the bucket: no staging object, no multipart.
+		objects, multipart, err := s3server.Keys(t.Context(), bucket, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(objects) != 1 || !strings.HasPrefix(objects[0], "blobs/") || len(multipart) != 0 {
+			t.Errorf("the bucket holds %v and multipart uploads %v, want the one verified blob", objects, multipart)
+		}
+	})
+}
+
+// corruptUpstream pulls a blob the upstream corrupts, then once it no longer does; it
+// returns the proxy.
+func corruptUpstream(t *testing.T, blobs blobstore.Store) *server {
 	u := newTestUpstream(t)
 	layer, err := random.Layer(1<<20, "application/octet-stream")
 	if err != nil {
@@ -259,7 +295,7 @@ func TestCorruptUpstreamBytesAreNeverCached(t *testing.T) {
 		t.Fatal(err)
 	}
 	d := digestOf(t, layer)
-	s := startProxy(t, u, proxyConfig{})
+	s := startProxy(t, u, proxyConfig{blobs: blobs})
 	u.set(func(u *testUpstream) { u.corrupt = true })
 
 	r := get("GET", "http://"+s.addr+"/v2/bad/blob/blobs/"+d)
@@ -272,8 +308,8 @@ func TestCorruptUpstreamBytesAreNeverCached(t *testing.T) {
 	if _, ok, _ := s.store.HasBlob(oci.Digest(d)); ok {
 		t.Fatal("corrupt content was cached")
 	}
-	if left, _ := os.ReadDir(filepath.Join(s.dir, "uploads")); len(left) != 0 {
-		t.Errorf("%d partial files left behind", len(left))
+	if left := s.uploads(t); len(left) != 0 {
+		t.Errorf("upload data left behind after a corrupt fetch: %v", left)
 	}
 
 	u.set(func(u *testUpstream) { u.corrupt = false })
@@ -284,6 +320,7 @@ func TestCorruptUpstreamBytesAreNeverCached(t *testing.T) {
 	if _, ok, _ := s.store.HasBlob(oci.Digest(d)); !ok {
 		t.Fatal("verified content was not cached")
 	}
+	return s
 }
 
 func sha256Hex(b []byte) string {
@@ -640,4 +677,35 @@ func TestProxyRefusesEveryWrite(t *testing.T) {
 			t.Errorf("%s %s: %d %s", c.method, c.path, r.status, r.body)
 		}
 	}
+}
+
+var s3server *s3test.Server
+
+func TestMain(m *testing.M) {
+	var err error
+	if s3server, err = s3test.Shared(); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	if s3server != nil {
+		s3server.Stop()
+	}
+	os.Exit(code)
+}
+
+// newS3 is a blob store on a new bucket of the test S3 server.
+func newS3(t *testing.T) (string, blobstore.Store) {
+	srv := s3test.Need(t, s3server)
+	bucket, err := srv.NewBucket(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := srv.Options(bucket)
+	o.PartSize = blobstore.MinPartSize
+	s, err := blobstore.NewS3(t.Context(), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return bucket, s
 }

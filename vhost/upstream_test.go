@@ -17,6 +17,7 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/registry"
 
+	"github.com/dockyard/dockyard/blobstore"
 	"github.com/dockyard/dockyard/cache"
 	"github.com/dockyard/dockyard/gateway"
 	"github.com/dockyard/dockyard/vhost"
@@ -226,6 +227,20 @@ type server struct {
 	addr  string
 	store *cache.Store
 	dir   string
+	blobs blobstore.Store
+}
+
+// uploads lists the upload data the blob store holds.
+func (s *server) uploads(t *testing.T) []string {
+	t.Helper()
+	var ids []string
+	if err := s.blobs.WalkUploads(t.Context(), func(u blobstore.Upload) error {
+		ids = append(ids, u.ID)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return ids
 }
 
 func testLogger() *slog.Logger {
@@ -238,14 +253,15 @@ func testLogger() *slog.Logger {
 // startServer opens a store, lets build make the registries and routes over it, and
 // serves them on a loopback port.
 func startServer(t *testing.T, build func(store *cache.Store) ([]vhost.Registry, []vhost.Route)) *server {
-	return startServerAt(t, nil, build)
+	return startServerAt(t, nil, nil, build)
 }
 
-// startServerAt is startServer with the store on the clock now (nil: the real one).
-func startServerAt(t *testing.T, now func() time.Time, build func(store *cache.Store) ([]vhost.Registry, []vhost.Route)) *server {
+// startServerAt is startServer with the store on the clock now (nil: the real one)
+// and its blobs in blobs (nil: the filesystem).
+func startServerAt(t *testing.T, now func() time.Time, blobs blobstore.Store, build func(store *cache.Store) ([]vhost.Registry, []vhost.Route)) *server {
 	t.Helper()
 	dir := t.TempDir()
-	store, err := cache.Open(cache.Options{Dir: dir, Logger: testLogger(), Now: now})
+	store, err := cache.Open(cache.Options{Dir: dir, Logger: testLogger(), Now: now, Blobs: blobs})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -268,5 +284,10 @@ func startServerAt(t *testing.T, now func() time.Time, build func(store *cache.S
 		<-done
 		store.Close()
 	})
-	return &server{addr: ln.Addr().String(), store: store, dir: dir}
+	if blobs == nil {
+		if blobs, err = blobstore.NewFS(dir); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return &server{addr: ln.Addr().String(), store: store, dir: dir, blobs: blobs}
 }
