@@ -98,6 +98,15 @@ type ReaderAtCloser interface {
 	io.ReadSeekCloser
 }
 
+// Claimer is implemented by stores that other processes may reach (a bucket): Claim
+// records that the store belongs to the index owner names, or fails when it already
+// belongs to another. An index collects what it does not know as garbage, so two
+// indexes over one store — or an empty index over the blobs of one that was lost —
+// would delete each other's content.
+type Claimer interface {
+	Claim(ctx context.Context, owner string) error
+}
+
 // Limiter is implemented by readers Open returns that fetch what they read over the
 // network: Limit says the reader will be read n bytes further and no more (a range),
 // so that it asks for exactly those. Readers end (io.EOF) at the limit.

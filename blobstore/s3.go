@@ -448,6 +448,39 @@ func (s *S3) RemoveUpload(ctx context.Context, id string) error {
 	})
 }
 
+// ownerKey names the object that records which index the prefix belongs to.
+func (s *S3) ownerKey() string { return s.opts.Prefix + "dockyard-index" }
+
+// Claim records owner in the prefix's owner object, or checks that it is the one
+// there.
+func (s *S3) Claim(ctx context.Context, owner string) error {
+	key := s.ownerKey()
+	out, err := s.client.GetObject(ctx, &s3.GetObjectInput{Bucket: &s.opts.Bucket, Key: &key})
+	switch {
+	case isNotFound(err):
+		_, err = s.client.PutObject(ctx, &s3.PutObjectInput{Bucket: &s.opts.Bucket, Key: &key,
+			Body: strings.NewReader(owner), ContentLength: aws.Int64(int64(len(owner)))})
+		if err != nil {
+			return s.fail("record the index it belongs to", err)
+		}
+		return nil
+	case err != nil:
+		return s.fail("read the index it belongs to", err)
+	}
+	defer out.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(out.Body, 1024))
+	if err != nil {
+		return s.fail("read the index it belongs to", err)
+	}
+	if got := strings.TrimSpace(string(b)); got != owner {
+		return fmt.Errorf("the blobs under prefix %q of %s belong to another dockyard index (%s), not this data directory's (%s): "+
+			"give each index its own prefix. If that index was lost, do not start an empty one over its blobs (its garbage "+
+			"collection would delete them); restore the data directory, or delete the object %s only once you mean to start over",
+			s.opts.Prefix, s, got, owner, key)
+	}
+	return nil
+}
+
 // RedirectURL presigns a GET of blob d.
 func (s *S3) RedirectURL(ctx context.Context, d oci.Digest) (string, error) {
 	req, err := s.presign.PresignGetObject(ctx, &s3.GetObjectInput{Bucket: &s.opts.Bucket, Key: aws.String(s.blobKey(d))},

@@ -26,6 +26,25 @@ const formatVersion = 2
 
 var formatKey = key(kindMeta, "format")
 
+// indexIDKey holds the index's identity, made at its creation: a blob store other
+// processes reach is claimed for it (blobstore.Claimer).
+var indexIDKey = key(kindMeta, "id")
+
+// indexID returns the index's identity, making it the first time.
+func (s *Store) indexID() (string, error) {
+	var id string
+	err := s.update(func(txn *badger.Txn) error {
+		v, ok, err := getValue(txn, indexIDKey)
+		if err != nil || ok {
+			id = string(v)
+			return err
+		}
+		id = newID()
+		return txn.Set(indexIDKey, []byte(id))
+	})
+	return id, err
+}
+
 // migrations[v] upgrades an index of version v to v+1.
 var migrations = map[int]func(s *Store) error{
 	1: (*Store).splitPendingReferences,

@@ -153,6 +153,18 @@ func Open(opts Options) (*Store, error) {
 		db.Close()
 		return nil, err
 	}
+	if c, ok := blobs.(blobstore.Claimer); ok {
+		id, err := s.indexID()
+		if err == nil {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			err = c.Claim(ctx, id)
+			cancel()
+		}
+		if err != nil {
+			db.Close()
+			return nil, err
+		}
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s.stopFlusher, s.flusherDone = cancel, make(chan struct{})
 	go s.flushAccessEvery(ctx, opts.AccessFlushInterval, s.flusherDone)

@@ -117,7 +117,7 @@ func TestGarbageCollectionOnS3EmptiesTheBucketOfDeletedContent(t *testing.T) {
 		}
 		time.Sleep(time.Millisecond)
 	}
-	objects, _ := bucketKeys(t, bucket, "")
+	objects, _ := bucketKeys(t, bucket, "blobs/")
 	want := map[string]bool{}
 	for _, x := range blobsOf(t, keep) {
 		want[x] = true
@@ -199,11 +199,38 @@ func TestPurgeOnS3LeavesNoMultipartUpload(t *testing.T) {
 	if err != nil || n != 2 {
 		t.Fatalf("purged %d, %v; want 2", n, err)
 	}
-	objects, multipart := bucketKeys(t, bucket, "")
+	objects, multipart := bucketKeys(t, bucket, "uploads/")
 	if len(objects) != 0 || len(multipart) != 0 {
 		t.Errorf("after the purge the bucket holds %v and multipart uploads %v", objects, multipart)
 	}
 	if resp := r.do("GET", loc, nil); resp.StatusCode != 404 {
 		t.Errorf("the purged session answers %d", resp.StatusCode)
 	}
+}
+
+// A bucket prefix belongs to the index that first used it: another index (a second
+// instance, or an empty one started over the blobs of a lost data directory) is
+// refused, because its garbage collection would delete what it does not know.
+func TestABucketPrefixBelongsToOneIndex(t *testing.T) {
+	var bucket string
+	opt := onS3(t, &bucket)
+	dir := t.TempDir()
+	open := func(dir string) (*cache.Store, error) {
+		so := cache.Options{Dir: dir}
+		opt(&so)
+		return cache.Open(so)
+	}
+	s, err := open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	if _, err := open(t.TempDir()); err == nil || !strings.Contains(err.Error(), "another dockyard index") {
+		t.Fatalf("a second index over the same prefix: %v", err)
+	}
+	s, err = open(dir) // the owner itself opens again
+	if err != nil {
+		t.Fatalf("the owning index reopened: %v", err)
+	}
+	s.Close()
 }

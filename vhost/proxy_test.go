@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -277,6 +278,7 @@ func TestCorruptUpstreamBytesAreNeverCached(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		objects = slices.DeleteFunc(objects, func(k string) bool { return k == "dockyard-index" })
 		if len(objects) != 1 || !strings.HasPrefix(objects[0], "blobs/") || len(multipart) != 0 {
 			t.Errorf("the bucket holds %v and multipart uploads %v, want the one verified blob", objects, multipart)
 		}
