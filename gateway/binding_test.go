@@ -220,13 +220,15 @@ func TestOnlyUploadsGetTheUploadTimeout(t *testing.T) {
 	r := startRegistry(t, t.TempDir(), registryOptions{gateway: func(o *gateway.Options) {
 		o.ReadTimeout, o.UploadTimeout = time.Second, time.Hour
 	}})
+	// The bodies stall past the first 8 KiB, which fasthttp reads before any handler
+	// runs (under the short timeout, whatever the route: see TestAnUnauthorisedUploadIsReadUnderTheReadTimeout).
 	stalled := func(method, path string) (closed bool) {
 		c, err := net.Dial("tcp", r.addr)
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer c.Close()
-		io.WriteString(c, method+" "+path+" HTTP/1.1\r\nHost: x\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\nContent-Length: 100\r\n\r\n{")
+		io.WriteString(c, method+" "+path+" HTTP/1.1\r\nHost: x\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\nContent-Length: 100000\r\n\r\n{"+strings.Repeat(" ", 16<<10))
 		c.SetReadDeadline(time.Now().Add(5 * time.Second))
 		_, err = io.ReadAll(c)
 		var ne net.Error
@@ -421,5 +423,32 @@ func TestARefusedUploadIsReadUnderTheReadTimeout(t *testing.T) {
 	}
 	if !strings.Contains(string(b), "401") {
 		t.Errorf("answer: %q", b)
+	}
+}
+
+// An upload nobody authorised gets no more than the read timeout, even while its body
+// is still within the first bytes fasthttp reads before the handler (a slowloris
+// sending a large Content-Length and a byte now and then).
+func TestAnUnauthorisedUploadIsReadUnderTheReadTimeout(t *testing.T) {
+	r := authRegistry(t, auth.ModeBasic, func(o *gateway.Options) { o.ReadTimeout, o.UploadTimeout = time.Second, time.Hour })
+	c, err := net.Dial("tcp", r.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	io.WriteString(c, "POST /v2/team/app/blobs/uploads/ HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nContent-Length: 1073741824\r\n\r\nx")
+	go func() { // a byte every half second
+		for range 20 {
+			time.Sleep(500 * time.Millisecond)
+			if _, err := c.Write([]byte("x")); err != nil {
+				return
+			}
+		}
+	}()
+	c.SetReadDeadline(time.Now().Add(6 * time.Second))
+	b, err := io.ReadAll(c)
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		t.Fatalf("an unauthorised trickled upload held the connection for 6s (read %q)", b)
 	}
 }

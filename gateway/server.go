@@ -118,14 +118,11 @@ func New(opts Options) *Gateway {
 		ReadTimeout:                  opts.ReadTimeout,
 		WriteTimeout:                 opts.WriteTimeout,
 		IdleTimeout:                  opts.IdleTimeout,
-		// Only blob uploads get the long timeout: a manifest or token body trickled
-		// slowly must not hold a connection for an hour.
-		HeaderReceived: func(h *fasthttp.RequestHeader) fasthttp.RequestConfig {
-			if isUploadRequest(h.Method(), h.RequestURI()) {
-				return fasthttp.RequestConfig{ReadTimeout: opts.UploadTimeout}
-			}
-			return fasthttp.RequestConfig{}
-		},
+		// Every request is read under the short timeout, the first bytes of its body
+		// included (fasthttp reads up to 8 KiB of a streamed body before any handler
+		// runs); only a blob upload its caller may make gets the long one, from
+		// dispatch: a manifest or token body trickled slowly, or an upload nobody
+		// authorised, must not hold a connection for an hour.
 		Logger:          fasthttpLogger{opts.Logger},
 		CloseOnShutdown: true,
 	}
@@ -212,11 +209,14 @@ func (g *Gateway) dispatch(ctx *fasthttp.RequestCtx, route Route) error {
 		return oci.ErrUnsupported.Withf("method %s is not allowed on the %s endpoint", ctx.Method(), ep.name)
 	}
 	req := &request{ctx: ctx, c: g.life, route: route, who: &principal{}}
+	upload := ep.upload && isUploadRequest(ctx.Method(), ctx.RequestURI())
 	if g.auth != nil {
 		var err error
 		if req.who, err = g.authenticate(ctx); err != nil {
 			return err
 		}
+	} else if upload {
+		g.extendRead(ctx)
 	}
 	switch ep.scope {
 	case scopeRegistry:
@@ -233,6 +233,9 @@ func (g *Gateway) dispatch(ctx *fasthttp.RequestCtx, route Route) error {
 			if err := g.authorize(req, o.action); err != nil {
 				return err
 			}
+			if upload {
+				g.extendRead(ctx)
+			}
 		}
 		if o.write {
 			w, err := req.reg.Writer()
@@ -243,6 +246,11 @@ func (g *Gateway) dispatch(ctx *fasthttp.RequestCtx, route Route) error {
 		}
 	}
 	return o.handle(g, req)
+}
+
+// extendRead gives the rest of an authorised upload's body the upload timeout.
+func (g *Gateway) extendRead(ctx *fasthttp.RequestCtx) {
+	ctx.Conn().SetReadDeadline(time.Now().Add(g.opts.UploadTimeout))
 }
 
 // resolve routes the request's repository to its registry. The ns parameter
