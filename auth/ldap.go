@@ -27,6 +27,10 @@ type LDAPConfig struct {
 	BindPassword       string
 	UserBase           string
 	UserFilter         string // "(uid={username})"; {username} is escaped
+	// UsernameAttr is the attribute holding the user's canonical name ("uid"): the
+	// name tokens, rules, lockouts and revocations see, however the login spelled it
+	// (directories match names without regard to case or extra spaces).
+	UsernameAttr string
 	GroupBase          string
 	GroupFilter        string // "(|(member={dn})(uniqueMember={dn}))"; {dn} is escaped
 	GroupNameAttr      string // "cn"
@@ -70,6 +74,9 @@ func NewLDAP(cfg LDAPConfig, log *slog.Logger) (*LDAP, error) {
 	}
 	if cfg.UserFilter == "" {
 		cfg.UserFilter = "(uid={username})"
+	}
+	if cfg.UsernameAttr == "" {
+		cfg.UsernameAttr = "uid"
 	}
 	if cfg.GroupFilter == "" {
 		cfg.GroupFilter = "(|(member={dn})(uniqueMember={dn}))"
@@ -227,7 +234,7 @@ func (l *LDAP) search(c *ldap.Conn, base, filter string, attrs []string) ([]*lda
 
 func (l *LDAP) findUser(c *ldap.Conn, user string) (*Identity, string, error) {
 	filter := strings.ReplaceAll(l.cfg.UserFilter, "{username}", ldap.EscapeFilter(user))
-	attrs := []string{"dn"}
+	attrs := []string{"dn", l.cfg.UsernameAttr}
 	if l.cfg.MemberOfAttr != "" {
 		attrs = append(attrs, l.cfg.MemberOfAttr)
 	}
@@ -238,7 +245,12 @@ func (l *LDAP) findUser(c *ldap.Conn, user string) (*Identity, string, error) {
 	if len(entries) != 1 {
 		return nil, "", ErrUnknownUser // none, or an ambiguous filter: never guess
 	}
-	id := &Identity{Name: user, Source: "ldap"}
+	name := firstOf(entries[0].GetEqualFoldAttributeValues(l.cfg.UsernameAttr))
+	if name == "" {
+		l.log.Warn("LDAP user has no username attribute; refusing the login", "dn", entries[0].DN, "attr", l.cfg.UsernameAttr)
+		return nil, "", ErrUnknownUser
+	}
+	id := &Identity{Name: name, Source: "ldap"}
 	if l.cfg.MemberOfAttr != "" {
 		groups, err := l.memberOf(c, entries[0].GetAttributeValues(l.cfg.MemberOfAttr))
 		if err != nil {
@@ -347,4 +359,11 @@ func (l *LDAP) groupName(dn string) (name string, ok bool) {
 		return "", false
 	}
 	return parsed.RDNs[0].Attributes[0].Value, true
+}
+
+func firstOf(values []string) string {
+	if len(values) == 0 {
+		return ""
+	}
+	return values[0]
 }

@@ -197,6 +197,14 @@ func TestRateLimitLocksOutTheUserAddressPair(t *testing.T) {
 	} else if _, ok := err.(*ErrRateLimited); !ok {
 		t.Errorf("locked-out pair: %v, want rate limited", err)
 	}
+	// A directory finds alice however her name is written: so does the lockout.
+	for _, spelling := range []string{"Alice", "ALICE", " alice", "alice  ", "a lice"[:1] + "lice"} {
+		if _, err := s.Login(ctx, spelling, "bad", "10.0.0.1"); err == nil {
+			t.Errorf("%q logged in while alice is locked out", spelling)
+		} else if _, ok := err.(*ErrRateLimited); !ok {
+			t.Errorf("%q while alice is locked out: %v, want rate limited", spelling, err)
+		}
+	}
 	if _, err := s.Login(ctx, "alice", "bad", "10.0.0.2"); err != ErrBadCredentials {
 		t.Errorf("alice from another address: %v, want an ordinary failure", err)
 	}

@@ -232,7 +232,12 @@ type limitEntry struct {
 	lockedUntil time.Time
 }
 
-func pairKey(user, remote string) string { return user + "\x00" + remote }
+// pairKey is a (user, address) pair's key. The name is folded to lower case with its
+// spaces collapsed: a directory matches "Alice", "ALICE" and " alice " to one entry,
+// and each spelling must not get a lockout budget of its own.
+func pairKey(user, remote string) string {
+	return strings.ToLower(strings.Join(strings.Fields(user), " ")) + "\x00" + remote
+}
 
 func (l *limiter) blocked(user, remote string) time.Duration {
 	l.mu.Lock()

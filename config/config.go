@@ -136,6 +136,7 @@ type LDAP struct {
 	BindPasswordEnv    string        `mapstructure:"bind_password_env"`
 	UserBase           string        `mapstructure:"user_base"`
 	UserFilter         string        `mapstructure:"user_filter"`
+	UsernameAttr       string        `mapstructure:"username_attr"`
 	GroupBase          string        `mapstructure:"group_base"`
 	GroupFilter        string        `mapstructure:"group_filter"`
 	GroupNameAttr      string        `mapstructure:"group_name_attr"`
@@ -352,6 +353,7 @@ func setDefaults(v *viper.Viper) {
 	v.SetDefault("auth.ldap.pool_size", 4)
 	v.SetDefault("auth.ldap.cache_ttl", "1m")
 	v.SetDefault("auth.ldap.user_filter", "(uid={username})")
+	v.SetDefault("auth.ldap.username_attr", "uid")
 	v.SetDefault("auth.ldap.group_filter", "(|(member={dn})(uniqueMember={dn}))")
 	v.SetDefault("auth.ldap.group_name_attr", "cn")
 	v.SetDefault("auth.rate_limit.failures", 10)

@@ -36,7 +36,7 @@ func buildAuth(cfg *config.Config, store *cache.Store, log *slog.Logger) (*auth.
 		}
 		ac.LDAP, err = auth.NewLDAP(auth.LDAPConfig{
 			URL: l.URL, StartTLS: l.StartTLS, InsecureSkipVerify: l.InsecureSkipVerify, CAFile: l.CAFile,
-			BindDN: l.BindDN, BindPassword: password, UserBase: l.UserBase, UserFilter: l.UserFilter,
+			BindDN: l.BindDN, BindPassword: password, UserBase: l.UserBase, UserFilter: l.UserFilter, UsernameAttr: l.UsernameAttr,
 			GroupBase: l.GroupBase, GroupFilter: l.GroupFilter, GroupNameAttr: l.GroupNameAttr,
 			MemberOfAttr: l.MemberOfAttr, Nested: l.Nested, Timeout: l.Timeout, PoolSize: l.PoolSize, CacheTTL: l.CacheTTL,
 		}, log)

@@ -939,6 +939,12 @@ conformance_result "token auth, builder" "$out/conformance.log"
 code=$(req conf-anon GET "https://$REG/v2/$OCI_REPO1/tags/list")
 check "conformance repositories are not readable anonymously (401)" eq 401 "$code"
 
+# The directory matches names whatever their case or spaces; the token carries the
+# canonical uid, so rules, lockouts and revocations see one user.
+tok=$(get_token "$REG" "repository:team/app:pull" -u "ALICE:${PW[alice]}")
+check "LDAP: a login spelled ALICE gets a token for alice (the directory's uid)" \
+  eq "200 alice" "$(cat "$W/token.code") $(jwt_payload "$tok" | jq -r '.sub // empty')"
+
 dockyard_alive() { kill -0 "$DY_PID" && [ "$(curl -s --cacert "$CA" -o /dev/null -w '%{http_code}' "https://$REG/v2/")" = 401 ]; }
 check "dockyard (token mode) still running after all of that" dockyard_alive
 stop_dy
