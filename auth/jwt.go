@@ -31,6 +31,10 @@ type Access struct {
 	Name     string   `json:"name"` // repository name as the client sees it, or "catalog"
 	Actions  []string `json:"actions"`
 	Registry string   `json:"registry"`
+	// Repository is the repository inside Registry the access was decided for (Name
+	// less any namespace prefix the host's routing removed): a grant holds only where
+	// the same client name reaches the same repository of the same registry.
+	Repository string `json:"repository,omitempty"`
 }
 
 // Claims are what dockyard's tokens carry.

@@ -154,27 +154,28 @@ func (g *Gateway) service(ctx *fasthttp.RequestCtx) string {
 // registry it was granted for.
 func (g *Gateway) may(p *principal, clientRepo string, reg vhost.Registry, repo string, action auth.Action) bool {
 	if p.claims != nil {
-		return tokenAllows(p.claims, "repository", clientRepo, reg.Name(), string(action))
+		return tokenAllows(p.claims, "repository", clientRepo, reg.Name(), repo, string(action))
 	}
 	return g.auth.Decide(p.id, reg.Name(), repo, action)
 }
 
-// tokenAllows reports whether the token grants action on the named resource of
-// registry reg.
-func tokenAllows(c *auth.Claims, typ, name, reg, action string) bool {
+// tokenAllows reports whether the token grants action on the named resource, which
+// is repo inside registry reg (repo is empty for the catalog).
+func tokenAllows(c *auth.Claims, typ, name, reg, repo, action string) bool {
 	for _, a := range c.Access {
-		if a.Type == typ && a.Name == name && a.Registry == reg && (slices.Contains(a.Actions, action) || slices.Contains(a.Actions, "*")) {
+		if a.Type == typ && a.Name == name && a.Registry == reg && a.Repository == repo &&
+			(slices.Contains(a.Actions, action) || slices.Contains(a.Actions, "*")) {
 			return true
 		}
 	}
 	return false
 }
 
-// tokenBound reports whether the token grants anything on repository name in
+// tokenBound reports whether the token grants anything on client name, being repo of
 // registry reg.
-func tokenBound(c *auth.Claims, name, reg string) bool {
+func tokenBound(c *auth.Claims, name, reg, repo string) bool {
 	for _, a := range c.Access {
-		if a.Type == "repository" && a.Name == name && a.Registry == reg {
+		if a.Type == "repository" && a.Name == name && a.Registry == reg && a.Repository == repo {
 			return true
 		}
 	}

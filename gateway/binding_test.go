@@ -47,9 +47,11 @@ func federated(t *testing.T) (r *testRegistry, upstreamHost string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ref, _ := name.ParseReference(upstreamHost + "/vendor/secret:v1")
-	if err := remote.Write(ref, img); err != nil {
-		t.Fatal(err)
+	for _, repo := range []string{"vendor/secret", "vendor/public/x", "public/x"} {
+		ref, _ := name.ParseReference(upstreamHost + "/" + repo + ":v1")
+		if err := remote.Write(ref, img); err != nil {
+			t.Fatal(err)
+		}
 	}
 	dir := t.TempDir()
 	r = startRegistry(t, dir, registryOptions{
@@ -63,10 +65,14 @@ func federated(t *testing.T) (r *testRegistry, upstreamHost string) {
 			vendor := vhost.NewProxy("vendor", store, client, vhost.ProxyOptions{TagTTL: time.Hour})
 			return []vhost.Registry{dev, prod, vendor}, []vhost.Route{
 				{Host: "dev.test", Registry: "dev"}, {Host: "prod.test", Registry: "prod"}, {Host: "*", Registry: "dev"},
+				// One proxy two ways: under the vendor/ namespace of ns.test (vendor/x is
+				// the proxy's x), and whole on mirror.test (vendor/x is vendor/x).
+				{Host: "ns.test", Registry: "dev", Namespaces: map[string]string{"vendor": "vendor"}}, {Host: "mirror.test", Registry: "vendor"},
 			}
 		},
 		gateway: func(o *gateway.Options) {
-			o.TokenHosts = []gateway.TokenHost{{Host: "dev.test", Service: "registry.test"}, {Host: "prod.test", Service: "registry.test"}}
+			o.TokenHosts = []gateway.TokenHost{{Host: "dev.test", Service: "registry.test"}, {Host: "prod.test", Service: "registry.test"},
+				{Host: "ns.test", Service: "registry.test"}, {Host: "mirror.test", Service: "registry.test"}}
 		},
 		auth: func(store *cache.Store) *auth.Service {
 			key, err := auth.LoadOrCreateKey(filepath.Join(dir, "key.pem"), true)
@@ -79,7 +85,9 @@ func federated(t *testing.T) (r *testRegistry, upstreamHost string) {
 			}
 			s, err := auth.NewService(auth.Config{Mode: auth.ModeToken, Signer: signer, UsersFile: usersFile(t, "alice", "alice-pw"), Tokens: tokenStore(store),
 				Rules: []auth.Rule{{Subjects: []string{"user:alice"}, Grant: auth.Grant{Registries: []string{"dev"}, Repositories: []string{"**"},
-					Actions: []auth.Action{auth.Pull, auth.Push, auth.Delete}}}},
+					Actions: []auth.Action{auth.Pull, auth.Push, auth.Delete}}},
+					{Subjects: []string{"user:alice"}, Grant: auth.Grant{Registries: []string{"vendor"}, Repositories: []string{"public/**"},
+						Actions: []auth.Action{auth.Pull}}}},
 				Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 			if err != nil {
 				t.Fatal(err)
@@ -152,6 +160,28 @@ func TestTokensAreBoundToTheRegistryTheyWereGrantedFor(t *testing.T) {
 	json.Unmarshal(resp.body, &body)
 	if c := decodeClaims(t, body.Token); len(c.Access) != 0 {
 		t.Errorf("alice's token on prod: %+v", c.Access)
+	}
+
+	// Same client name, same registry, another repository inside it: alice may pull
+	// the proxy's public/x (vendor/public/x on ns.test) but not its vendor/public/x
+	// (the same name on mirror.test), whose upstream credentials are the proxy's.
+	tok = hostToken(t, r, "ns.test", "repository:vendor/public/x:pull")
+	if c := decodeClaims(t, tok); len(c.Access) != 1 || c.Access[0].Registry != "vendor" || c.Access[0].Repository != "public/x" {
+		t.Fatalf("alice's token for vendor/public/x on ns.test: %+v", c.Access)
+	}
+	if resp := r.do("GET", "/v2/vendor/public/x/manifests/v1", nil, "Authorization", "Bearer "+tok, "Host", "ns.test"); resp.StatusCode != 200 {
+		t.Errorf("the grant where it was made: %d %s", resp.StatusCode, resp.body)
+	}
+	resp = r.do("GET", "/v2/vendor/public/x/manifests/v1", nil, "Authorization", "Bearer "+tok, "Host", "mirror.test")
+	if resp.StatusCode == 200 {
+		t.Errorf("a grant for the proxy's public/x pulled its vendor/public/x on another host")
+	}
+	if resp := r.do("GET", "/v2/vendor/public/x/manifests/v1", nil, "Authorization", basic("alice", "alice-pw"), "Host", "mirror.test"); resp.StatusCode == 200 {
+		t.Errorf("alice's own credentials pulled vendor/public/x on mirror.test: the case proves nothing")
+	}
+	resp = r.do("GET", "/v2/vendor/public/x/manifests/v1?ns="+upstreamHost, nil, "Authorization", "Bearer "+tok, "Host", "ns.test")
+	if resp.StatusCode == 200 && resp.Header.Get("OCI-Namespace") != "" {
+		t.Errorf("a grant for the proxy's public/x pulled its vendor/public/x through ns=")
 	}
 }
 

@@ -74,7 +74,7 @@ func (g *Gateway) catalog(r *request) error {
 	ctx, reg := r.ctx, r.reg
 	visible := func(string) bool { return true }
 	if g.auth != nil {
-		if c := r.who.claims; c != nil && !tokenAllows(c, "registry", "catalog", reg.Name(), "*") {
+		if c := r.who.claims; c != nil && !tokenAllows(c, "registry", "catalog", reg.Name(), "", "*") {
 			return g.challenge(ctx, "registry:catalog:*", "insufficient_scope", "the catalog needs a registry:catalog:* token")
 		}
 		id := r.who.identity()

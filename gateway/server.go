@@ -263,7 +263,7 @@ func (g *Gateway) resolve(req *request) error {
 	if err != nil {
 		return err
 	}
-	if res.Namespace != "" && req.who.claims != nil && !tokenBound(req.who.claims, string(req.route.Repo), res.Registry.Name()) {
+	if res.Namespace != "" && req.who.claims != nil && !tokenBound(req.who.claims, string(req.route.Repo), res.Registry.Name(), string(res.Repo)) {
 		if res, err = g.opts.Router.Resolve(host, req.route.Repo, ""); err != nil {
 			return err
 		}

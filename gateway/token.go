@@ -195,7 +195,7 @@ func (g *Gateway) grant(host string, id *auth.Identity, scopes []string) []auth.
 			for i, a := range allowed {
 				names[i] = string(a)
 			}
-			out = append(out, auth.Access{Type: "repository", Name: name, Actions: names, Registry: res.Registry.Name()})
+			out = append(out, auth.Access{Type: "repository", Name: name, Actions: names, Registry: res.Registry.Name(), Repository: string(res.Repo)})
 		}
 	}
 	return out
