@@ -30,15 +30,15 @@ type LDAPConfig struct {
 	// UsernameAttr is the attribute holding the user's canonical name ("uid"): the
 	// name tokens, rules, lockouts and revocations see, however the login spelled it
 	// (directories match names without regard to case or extra spaces).
-	UsernameAttr string
-	GroupBase          string
-	GroupFilter        string // "(|(member={dn})(uniqueMember={dn}))"; {dn} is escaped
-	GroupNameAttr      string // "cn"
-	MemberOfAttr       string // "memberOf": take groups from the user entry instead of searching
-	Nested             bool   // follow groups that are members of groups
-	Timeout            time.Duration
-	PoolSize           int
-	CacheTTL           time.Duration // successful logins remembered this long
+	UsernameAttr  string
+	GroupBase     string
+	GroupFilter   string // "(|(member={dn})(uniqueMember={dn}))"; {dn} is escaped
+	GroupNameAttr string // "cn"
+	MemberOfAttr  string // "memberOf": take groups from the user entry instead of searching
+	Nested        bool   // follow groups that are members of groups
+	Timeout       time.Duration
+	PoolSize      int
+	CacheTTL      time.Duration // successful logins remembered this long
 }
 
 // ErrDirectoryUnavailable means LDAP could not be asked; users from other sources
