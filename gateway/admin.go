@@ -73,6 +73,11 @@ func (g *Gateway) adminAllowed(ctx *fasthttp.RequestCtx) error {
 	if id.Anonymous() {
 		return g.challenge(ctx, "", "", "the admin endpoint needs credentials")
 	}
+	if id.Limit != nil {
+		// A CI token (or a bearer token it was exchanged for) carries the scopes it
+		// was made for, and administration is none of them.
+		return oci.ErrDenied.Withf("a CI token cannot use the admin endpoint; use the administrator's own credentials")
+	}
 	for _, s := range g.opts.Admins {
 		if s == "user:"+id.Name || (strings.HasPrefix(s, "group:") && slices.Contains(id.Groups, s[len("group:"):])) {
 			return nil

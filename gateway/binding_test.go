@@ -328,6 +328,7 @@ func TestAdminLoopbackRuleSeesThroughProxies(t *testing.T) {
 		{"a remote client claiming to be local", []string{"127.0.0.1"}, "127.0.0.1, 203.0.113.7", 403},
 		{"hops through two trusted proxies", []string{"127.0.0.1", "10.0.0.0/8"}, "203.0.113.7, 10.1.2.3", 403},
 		{"a hop no proxy wrote makes the client unknown", []string{"127.0.0.1"}, "127.0.0.9, not-an-address", 403},
+		{"a trusted proxy naming no client", []string{"127.0.0.1"}, "", 403},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			r := startRegistry(t, t.TempDir(), registryOptions{gateway: func(o *gateway.Options) {
@@ -480,5 +481,30 @@ func TestAnUnauthorisedUploadIsReadUnderTheReadTimeout(t *testing.T) {
 	var ne net.Error
 	if errors.As(err, &ne) && ne.Timeout() {
 		t.Fatalf("an unauthorised trickled upload held the connection for 6s (read %q)", b)
+	}
+}
+
+// A CI token carries the scopes it was made for, and administration is none of them:
+// an admin's pull-only CI token, leaked from a pipeline, opens no admin job — neither
+// as a Basic password nor through a bearer token it was exchanged for.
+func TestCITokensCannotAdminister(t *testing.T) {
+	r := authRegistry(t, auth.ModeToken, func(o *gateway.Options) {
+		o.Admin = okAdmin{}
+		o.Admins = []string{"user:alice"}
+	})
+	scope, _ := auth.ParseScope("default/team/app:pull")
+	secret, _, err := auth.CreateCIToken(tokenStore(r.store), "alice", nil, []auth.Grant{scope}, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp := r.do("POST", "/-/admin/gc", nil, "Authorization", basic("alice", "alice-pw")); resp.StatusCode != 200 {
+		t.Fatalf("alice's own password: %d %s", resp.StatusCode, resp.body)
+	}
+	if resp := r.do("POST", "/-/admin/gc", nil, "Authorization", basic("alice", secret)); resp.StatusCode != 403 {
+		t.Errorf("alice's CI token as a password: %d %s, want 403", resp.StatusCode, resp.body)
+	}
+	bearer := mustToken(t, r, basic("alice", secret))
+	if resp := r.do("POST", "/-/admin/gc", nil, "Authorization", "Bearer "+bearer); resp.StatusCode != 403 {
+		t.Errorf("a bearer token from alice's CI token: %d %s, want 403", resp.StatusCode, resp.body)
 	}
 }

@@ -22,6 +22,11 @@ func (g *Gateway) clientIP(ctx *fasthttp.RequestCtx) netip.Addr {
 	for _, v := range ctx.Request.Header.PeekAll("X-Forwarded-For") {
 		hops = append(hops, strings.Split(string(v), ",")...)
 	}
+	if len(hops) == 0 {
+		// Through a trusted proxy that named no client (it sets another header, or
+		// none): the client is unknown, not the proxy (which may well be local).
+		return netip.Addr{}
+	}
 	client := peer
 	for i := len(hops) - 1; i >= 0; i-- {
 		a, ok := parseHop(hops[i])
