@@ -88,8 +88,10 @@ func (s *Store) OpenBlob(ctx context.Context, reg, repo string, d oci.Digest) (i
 }
 
 // DeleteBlob unlinks blob d from reg/repo. The bytes stay until garbage collection
-// finds no manifest referencing them.
-func (s *Store) DeleteBlob(ctx context.Context, reg, repo string, d oci.Digest) error {
+// finds no manifest referencing them. protect (nil: nothing is protected) is asked, in
+// the deleting transaction, about the tags of every manifest of the repository that
+// lists the blob and of the indexes above them: an immutable release keeps its layers.
+func (s *Store) DeleteBlob(ctx context.Context, reg, repo string, d oci.Digest, protect Protect) error {
 	return s.update(func(txn *badger.Txn) error {
 		lk := linkKey(reg, repo, d)
 		if ok, err := exists(txn, lk); !ok || err != nil {
@@ -97,6 +99,11 @@ func (s *Store) DeleteBlob(ctx context.Context, reg, repo string, d oci.Digest) 
 				err = oci.ErrBlobUnknown.WithDetail(map[string]string{"digest": string(d)})
 			}
 			return err
+		}
+		if protect != nil {
+			if err := s.protectBlob(txn, reg, repo, d, protect); err != nil {
+				return err
+			}
 		}
 		if err := txn.Delete(lk); err != nil {
 			return err

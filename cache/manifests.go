@@ -359,6 +359,19 @@ func (s *Store) protectManifest(txn *badger.Txn, reg, repo string, d oci.Digest,
 	return nil
 }
 
+// protectBlob asks protect about the tags of every manifest of reg/repo listing blob d
+// (and of the indexes above them).
+func (s *Store) protectBlob(txn *badger.Txn, reg, repo string, d oci.Digest, protect Protect) error {
+	return scanKeys(txn, prefix(kindRepoManifest, reg, repo), func(rest []byte) error {
+		m := oci.Digest(rest)
+		h, err := s.header(txn, m)
+		if err != nil || h == nil || !slices.Contains(h.Blobs, d) {
+			return err
+		}
+		return s.protectManifest(txn, reg, repo, m, protect)
+	})
+}
+
 // parents maps each manifest of reg/repo to the indexes of the repository listing it.
 // Reading every manifest record puts them in the transaction's read set: an index
 // tagged meanwhile makes the transaction conflict.

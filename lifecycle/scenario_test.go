@@ -277,6 +277,17 @@ func TestImmutableReleases(t *testing.T) {
 	if st, body := r.do("DELETE", "/v2/app/x/manifests/"+child, nil, ""); st != 403 || !strings.Contains(string(body), "2.0.0") {
 		t.Errorf("delete of a manifest a protected release lists: %d %s", st, body)
 	}
+	// Its blobs too: unlinking a layer of a release would break its pulls.
+	if st, body := r.do("DELETE", "/v2/app/x/blobs/"+digest([]byte("layer of a")), nil, ""); st != 403 || !strings.Contains(string(body), "1.0.0") {
+		t.Errorf("delete of a layer of a protected release: %d %s", st, body)
+	}
+	if st, body := r.do("DELETE", "/v2/app/x/blobs/"+digest([]byte("layer of platform")), nil, ""); st != 403 || !strings.Contains(string(body), "2.0.0") {
+		t.Errorf("delete of a layer of a manifest a protected index lists: %d %s", st, body)
+	}
+	r.push("app/x", "3.0.0-SNAPSHOT", "loose")
+	if st, body := r.do("DELETE", "/v2/app/x/blobs/"+digest([]byte("layer of loose")), nil, ""); st != 202 {
+		t.Errorf("delete of a snapshot's layer: %d %s, want 202", st, body)
+	}
 	if st, _ := r.push("other/x", "1.0.0", "a"); st != 201 {
 		t.Fatal("push outside the rule")
 	}

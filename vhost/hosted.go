@@ -46,7 +46,7 @@ func (h *Hosted) OpenBlob(ctx context.Context, repo oci.Repository, d oci.Digest
 }
 
 func (h *Hosted) DeleteBlob(ctx context.Context, repo oci.Repository, d oci.Digest) error {
-	return h.store.DeleteBlob(ctx, h.name, string(repo), d)
+	return h.store.DeleteBlob(ctx, h.name, string(repo), d, h.protect(repo, "a blob it lists"))
 }
 
 func (h *Hosted) StartUpload(ctx context.Context, repo oci.Repository, alg oci.Algorithm) (*cache.Upload, error) {
@@ -125,19 +125,25 @@ func (h *Hosted) PutManifest(ctx context.Context, p ManifestPush) (*PushResult, 
 	return res, nil
 }
 
+// protect refuses deletes that would take something (what) from an immutable release
+// of repo; nil when no release is immutable.
+func (h *Hosted) protect(repo oci.Repository, what string) cache.Protect {
+	if h.opts.Immutable == nil {
+		return nil
+	}
+	return func(tag string) error {
+		if why, ok, allowDelete := h.opts.Immutable(string(repo), tag); ok && !allowDelete {
+			return oci.ErrDenied.Withf("tag %s:%s is an immutable release (%s); deleting it, or %s, is not allowed", repo, tag, why, what)
+		}
+		return nil
+	}
+}
+
 // DeleteManifest deletes a manifest (by digest, with its tags) or a tag. Immutable
 // releases refuse it, checked in the deleting transaction: the manifest's own tags and
 // those of every index listing it.
 func (h *Hosted) DeleteManifest(ctx context.Context, repo oci.Repository, ref oci.Reference) error {
-	var protect cache.Protect
-	if h.opts.Immutable != nil {
-		protect = func(tag string) error {
-			if why, ok, allowDelete := h.opts.Immutable(string(repo), tag); ok && !allowDelete {
-				return oci.ErrDenied.Withf("tag %s:%s is an immutable release (%s); deleting it, or a manifest it lists, is not allowed", repo, tag, why)
-			}
-			return nil
-		}
-	}
+	protect := h.protect(repo, "a manifest it lists")
 	if ref.IsDigest() {
 		return h.store.DeleteManifest(ctx, h.name, string(repo), ref.Digest, protect)
 	}
