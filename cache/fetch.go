@@ -27,6 +27,7 @@ type Fetch struct {
 	ctx   context.Context
 	d     oci.Digest
 	size  int64 // -1 when unknown
+	limit int64 // a blob of unknown size fails past this many bytes
 	w     blobstore.Writer
 	spool *os.File                 // nil when readers follow the writer's own file
 	r     blobstore.ReaderAtCloser // shared by readers (ReadAt)
@@ -42,14 +43,26 @@ type Fetch struct {
 // ErrCorrupt reports content whose bytes do not match its digest.
 var ErrCorrupt = errors.New("content does not match its digest")
 
-// NewFetch prepares to receive blob d of the given size (-1 if unknown). ctx bounds
-// the whole fetch (not one reader's request).
-func (s *Store) NewFetch(ctx context.Context, d oci.Digest, size int64) (*Fetch, error) {
+// ErrTooLarge reports a fetch of unknown size that went past its limit.
+var ErrTooLarge = errors.New("content too large to cache")
+
+// MaxUnknownFetch bounds a fetch whose size the source did not say, when the caller
+// sets no limit of its own: registries send lengths, and a stream without one must not
+// fill the disk.
+const MaxUnknownFetch = 16 << 30
+
+// NewFetch prepares to receive blob d of the given size (-1 if unknown: then it fails
+// past limit bytes, and with limit 0 past MaxUnknownFetch). ctx bounds the whole fetch
+// (not one reader's request).
+func (s *Store) NewFetch(ctx context.Context, d oci.Digest, size, limit int64) (*Fetch, error) {
+	if limit <= 0 {
+		limit = MaxUnknownFetch
+	}
 	w, err := s.blobs.NewWriter(ctx, "fetch-"+newID())
 	if err != nil {
 		return nil, err
 	}
-	f := &Fetch{s: s, ctx: ctx, d: d, size: size, w: w}
+	f := &Fetch{s: s, ctx: ctx, d: d, size: size, limit: limit, w: w}
 	if fw, ok := w.(blobstore.Follower); ok {
 		f.r, err = fw.Follow()
 	} else if f.spool, err = os.CreateTemp(s.spoolDir(), "fetch-"); err == nil {
@@ -146,6 +159,9 @@ func (f *Fetch) copy(src io.Reader, h hash.Hash) error {
 				f.mu.Unlock()
 				if f.size >= 0 && f.written > f.size {
 					return fmt.Errorf("%w: %s is longer than the announced %d bytes", ErrCorrupt, f.d, f.size)
+				}
+				if f.size < 0 && f.written > f.limit {
+					return fmt.Errorf("%w: %s, sent without a length, passed %d bytes", ErrTooLarge, f.d, f.limit)
 				}
 			}
 			if rerr == io.EOF {

@@ -24,7 +24,9 @@ type ProxyOptions struct {
 	TagTTL time.Duration
 	// NegativeTTL is how long an upstream "not found" is remembered.
 	NegativeTTL time.Duration
-	// MaxSize: larger blobs are streamed from upstream without being cached (0: no limit).
+	// MaxSize: larger blobs are streamed from upstream without being cached (0: no
+	// limit); a blob the upstream sends without a length fails past it (or past
+	// cache.MaxUnknownFetch).
 	MaxSize int64
 	Logger  *slog.Logger
 	Now     func() time.Time
@@ -238,7 +240,7 @@ func (p *Proxy) startFetch(ctx context.Context, repo oci.Repository, d oci.Diges
 	}
 	var f *cache.Fetch
 	if err == nil {
-		if f, err = p.local.store.NewFetch(p.life, d, size); err != nil {
+		if f, err = p.local.store.NewFetch(p.life, d, size, p.opts.MaxSize); err != nil {
 			body.Close()
 		}
 	}

@@ -711,3 +711,30 @@ func newS3(t *testing.T) (string, blobstore.Store) {
 	}
 	return bucket, s
 }
+
+// A blob the upstream sends without a length is bounded all the same: past max_size
+// the fill fails and nothing is cached (a hostile upstream cannot fill the disk).
+func TestAnUnsizedUpstreamBlobIsBoundedByMaxSize(t *testing.T) {
+	u := newTestUpstream(t)
+	layer, err := random.Layer(4<<20, "application/octet-stream")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.WriteLayer(ref(t, u.host()+"/big/blob:x").Context(), layer); err != nil {
+		t.Fatal(err)
+	}
+	d := digestOf(t, layer)
+	u.set(func(u *testUpstream) { u.noLength = true })
+	s := startProxy(t, u, proxyConfig{maxSize: 1 << 20})
+	r := get("GET", "http://"+s.addr+"/v2/big/blob/blobs/"+d)
+	if r.err == nil && r.status == 200 && sha256Hex(r.body) == d {
+		t.Errorf("a 4 MiB blob passed a 1 MiB max_size")
+	}
+	time.Sleep(100 * time.Millisecond) // the fill ends in the background
+	if _, ok, _ := s.store.HasBlob(oci.Digest(d)); ok {
+		t.Error("a blob over max_size, sent without a length, was cached")
+	}
+	if left := s.uploads(t); len(left) != 0 {
+		t.Errorf("upload data left behind: %v", left)
+	}
+}

@@ -35,6 +35,7 @@ type testUpstream struct {
 	failing    bool          // answer 500 to everything
 	stall      time.Duration // wait before answering
 	corrupt    bool          // flip a byte in blob bodies
+	noLength   bool          // send blob bodies chunked, without Content-Length
 	status     int           // answer manifest requests with this status
 	retryAfter string
 	// unknownRepo answers requests for repositories the upstream does not have the way
@@ -58,7 +59,7 @@ func newUpstream(t *testing.T, tls bool) *testUpstream {
 	reg := registry.New(registry.WithReferrersSupport(true), registry.Logger(log.New(io.Discard, "", 0)))
 	u.Server = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		u.mu.Lock()
-		failing, stall, corrupt, status, retryAfter, unknownRepo, gate := u.failing, u.stall, u.corrupt, u.status, u.retryAfter, u.unknownRepo, u.gate
+		failing, stall, corrupt, status, retryAfter, unknownRepo, gate, noLength := u.failing, u.stall, u.corrupt, u.status, u.retryAfter, u.unknownRepo, u.gate, u.noLength
 		u.mu.Unlock()
 		if stall > 0 {
 			select {
@@ -120,6 +121,9 @@ func newUpstream(t *testing.T, tls bool) *testUpstream {
 			if corrupt {
 				bw = &corruptingWriter{ResponseWriter: bw}
 			}
+			if noLength {
+				bw = &unsizedWriter{ResponseWriter: bw}
+			}
 			reg.ServeHTTP(bw, r)
 			return
 		}
@@ -163,6 +167,19 @@ func (u *testUpstream) set(f func(u *testUpstream)) {
 
 func (u *testUpstream) host() string {
 	return strings.TrimPrefix(strings.TrimPrefix(u.URL, "http://"), "https://")
+}
+
+// unsizedWriter drops Content-Length: the body goes chunked.
+type unsizedWriter struct{ http.ResponseWriter }
+
+func (w *unsizedWriter) WriteHeader(code int) {
+	w.Header().Del("Content-Length")
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *unsizedWriter) Write(p []byte) (int, error) {
+	w.Header().Del("Content-Length")
+	return w.ResponseWriter.Write(p)
 }
 
 // gatingWriter sends the first half of a body, then waits for its gate.
