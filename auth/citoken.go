@@ -189,7 +189,7 @@ func (s *Service) checkCIToken(ctx context.Context, user, token string) (*Identi
 	if scopes == nil {
 		scopes = []Grant{}
 	}
-	return &Identity{Name: t.User, Groups: groups, Source: "token", Limit: scopes}, nil
+	return &Identity{Name: t.User, Groups: groups, Source: "token", Limit: scopes, TokenID: t.ID}, nil
 }
 
 // CreateCIToken stores a new token and returns its secret.

@@ -48,11 +48,14 @@ type Claims struct {
 	// rules decided for the subject (the catalog filter, mounts without a source) stay
 	// capped by them. nil: no limit.
 	Limit *[]Grant `json:"limit,omitempty"`
+	// CI names the CI token a bearer token was exchanged for: revoking that token ends
+	// it at once, not at its expiry.
+	CI string `json:"ci,omitempty"`
 }
 
 // Identity is who the claims speak for, with the groups and limit they carry.
 func (c *Claims) Identity() *Identity {
-	id := &Identity{Name: c.Subject, Groups: c.Groups, Source: c.Source}
+	id := &Identity{Name: c.Subject, Groups: c.Groups, Source: c.Source, TokenID: c.CI}
 	if c.Limit != nil {
 		id.Limit = *c.Limit
 		if id.Limit == nil {

@@ -32,6 +32,9 @@ type Identity struct {
 	Source string // users-file, ldap, token
 	// Limit, for CI tokens, caps the identity's rights to these grants.
 	Limit []Grant
+	// TokenID is the CI token the identity logged in with ("" for others): bearer
+	// tokens it is exchanged for name it, and end when it is revoked.
+	TokenID string
 }
 
 // Anonymous reports whether nobody authenticated.

@@ -92,6 +92,23 @@ func (s *Service) Revoked(subject string, issuedAt time.Time) bool {
 	return ok && !issuedAt.After(t)
 }
 
+// ClaimsRevoked reports whether a token was revoked: its subject's tokens up to some
+// time, or the CI token it was exchanged for (revoked, expired or gone; a store that
+// cannot say counts as revoked).
+func (s *Service) ClaimsRevoked(c *Claims) bool {
+	if c.IssuedAt == nil || s.Revoked(c.Subject, c.IssuedAt.Time) {
+		return true
+	}
+	if c.CI == "" {
+		return false
+	}
+	if s.cfg.Tokens == nil {
+		return true
+	}
+	t, err := s.cfg.Tokens.GetCIToken(c.CI)
+	return err != nil || t == nil || t.Revoked || (!t.ExpiresAt.IsZero() && s.cfg.Now().After(t.ExpiresAt))
+}
+
 // RevokeUser ends every token of user now: their CI tokens are marked revoked, and
 // bearer and refresh tokens issued to them until now are refused from now on. It
 // returns how many CI tokens it revoked.

@@ -53,7 +53,7 @@ func (g *Gateway) authenticate(ctx *fasthttp.RequestCtx) (*principal, error) {
 		return &principal{}, nil
 	case strings.HasPrefix(h, "Bearer ") && g.auth.Mode() == auth.ModeToken:
 		c, err := g.auth.Signer().Verify(strings.TrimSpace(h[len("Bearer "):]), g.service(ctx))
-		if err != nil || c.Kind != "" || c.IssuedAt == nil || g.auth.Revoked(c.Subject, c.IssuedAt.Time) {
+		if err != nil || c.Kind != "" || g.auth.ClaimsRevoked(c) {
 			return nil, g.challenge(ctx, "", "invalid_token", "the bearer token is invalid, expired or revoked")
 		}
 		return &principal{claims: c}, nil

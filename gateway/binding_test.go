@@ -508,3 +508,28 @@ func TestCITokensCannotAdminister(t *testing.T) {
 		t.Errorf("a bearer token from alice's CI token: %d %s, want 403", resp.StatusCode, resp.body)
 	}
 }
+
+// Revoking one CI token ends the bearer tokens it was exchanged for at once, not at
+// their expiry; the user's other tokens keep working.
+func TestRevokingACITokenEndsItsBearerTokens(t *testing.T) {
+	r := authRegistry(t, auth.ModeToken)
+	scope, _ := auth.ParseScope("default/team/**:pull")
+	secret, ci, err := auth.CreateCIToken(tokenStore(r.store), "alice", nil, []auth.Grant{scope}, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fromCI := "Bearer " + mustToken(t, r, basic("alice", secret), "repository:team/app:pull")
+	own := "Bearer " + mustToken(t, r, basic("alice", "alice-pw"), "repository:team/app:pull")
+	if resp := r.do("GET", "/v2/team/app/tags/list", nil, "Authorization", fromCI); resp.StatusCode == 401 {
+		t.Fatalf("the bearer token from the CI token before revocation: %d %s", resp.StatusCode, resp.body)
+	}
+	if err := auth.RevokeCIToken(tokenStore(r.store), ci.ID); err != nil {
+		t.Fatal(err)
+	}
+	if resp := r.do("GET", "/v2/team/app/tags/list", nil, "Authorization", fromCI); resp.StatusCode != 401 {
+		t.Errorf("the bearer token of a revoked CI token: %d %s, want 401", resp.StatusCode, resp.body)
+	}
+	if resp := r.do("GET", "/v2/team/app/tags/list", nil, "Authorization", own); resp.StatusCode == 401 {
+		t.Errorf("alice's own bearer token after her CI token was revoked: %d", resp.StatusCode)
+	}
+}

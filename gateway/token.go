@@ -101,6 +101,7 @@ func (g *Gateway) token(ctx *fasthttp.RequestCtx) error {
 			limit := id.Limit
 			claims.Limit = &limit
 		}
+		claims.CI = id.TokenID
 	}
 	signed, exp, err := g.auth.Signer().Sign(claims, subject, service, g.auth.TokenTTL())
 	if err != nil {
