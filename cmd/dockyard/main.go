@@ -35,6 +35,7 @@ Usage:
   dockyard lifecycle plan|apply [--registry R] [--repo GLOB] [--json]
   dockyard gc [--dry-run] [--grace D]
   dockyard fsck [--repair] [--verify-digests]
+  dockyard storage migrate --config OLD.yaml --to-config NEW.yaml   (copy blobs between stores)
 (the administrative commands open the index: run them while the server is stopped;
 the server itself runs retention, GC and upload purging on the configured schedules)
 
@@ -76,6 +77,8 @@ func run(args []string, stdout, stderr io.Writer) error {
 		return lifecycleCommand(args[1:], stdout)
 	case "fsck":
 		return fsckCommand(args[1:], stdout)
+	case "storage":
+		return storageCommand(args[1:], stdout)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return nil
