@@ -600,6 +600,16 @@ type s3Writer struct {
 	assembled bool  // the multipart upload was completed into the data object
 	closed    bool
 	mu        sync.Mutex
+	// A full part is sent while the next one fills: inflight delivers the sent part
+	// (and its buffer, for reuse), spare is a free buffer of this writer.
+	inflight chan sentPart
+	spare    []byte
+}
+
+type sentPart struct {
+	part s3Part
+	buf  []byte
+	err  error
 }
 
 func (w *s3Writer) Write(p []byte) (int, error) {
@@ -621,8 +631,7 @@ func (w *s3Writer) Write(p []byte) (int, error) {
 		written += n
 		w.size += int64(n)
 		if int64(len(w.buf)) == w.s.opts.PartSize {
-			if err := w.uploadPart(); err != nil {
-				w.size -= int64(len(p))
+			if err := w.sendPart(); err != nil {
 				return written, err
 			}
 		}
@@ -630,15 +639,85 @@ func (w *s3Writer) Write(p []byte) (int, error) {
 	return written, nil
 }
 
-// uploadPart sends buf as the next part.
-func (w *s3Writer) uploadPart() error {
-	if w.uploadID == "" {
-		out, err := w.s.client.CreateMultipartUpload(w.ctx, &s3.CreateMultipartUploadInput{
-			Bucket: &w.s.opts.Bucket, Key: aws.String(w.s.dataKey(w.id))})
+// sendPart starts sending the full buf as the next part, once the part before it is
+// in, and goes on with another buffer: its own spare, a free one of the pool, or — the
+// pool being empty — the sent part's, once sent.
+func (w *s3Writer) sendPart() error {
+	if err := w.waitPart(); err != nil {
+		return err
+	}
+	if err := w.startMultipart(); err != nil {
+		return err
+	}
+	buf := w.buf
+	n := int32(len(w.parts) + 1)
+	done := make(chan sentPart, 1)
+	w.inflight = done
+	go func() {
+		out, err := w.s.client.UploadPart(w.ctx, &s3.UploadPartInput{Bucket: &w.s.opts.Bucket, Key: aws.String(w.s.dataKey(w.id)),
+			UploadId: &w.uploadID, PartNumber: &n, Body: bytes.NewReader(buf), ContentLength: aws.Int64(int64(len(buf)))})
 		if err != nil {
-			return w.s.fail("start a multipart upload", err)
+			done <- sentPart{buf: buf, err: w.s.fail("upload a part", err)}
+			return
 		}
-		w.uploadID = aws.ToString(out.UploadId)
+		done <- sentPart{part: s3Part{N: n, ETag: aws.ToString(out.ETag), Size: int64(len(buf))}, buf: buf}
+	}()
+	switch {
+	case w.spare != nil:
+		w.buf, w.spare = w.spare[:0], nil
+	default:
+		select {
+		case b := <-w.s.bufs:
+			w.buf = b[:0]
+		case <-w.s.tokens:
+			w.buf = make([]byte, 0, w.s.opts.PartSize)
+		default:
+			w.buf = nil
+			if err := w.waitPart(); err != nil {
+				return err
+			}
+			w.buf, w.spare = w.spare[:0], nil
+		}
+	}
+	return nil
+}
+
+// waitPart waits for the part being sent, if any, and records it.
+func (w *s3Writer) waitPart() error {
+	if w.inflight == nil {
+		return nil
+	}
+	r := <-w.inflight
+	w.inflight = nil
+	w.spare = r.buf[:0]
+	if r.err != nil {
+		return r.err
+	}
+	w.parts = append(w.parts, r.part)
+	w.partsSize += r.part.Size
+	return nil
+}
+
+func (w *s3Writer) startMultipart() error {
+	if w.uploadID != "" {
+		return nil
+	}
+	out, err := w.s.client.CreateMultipartUpload(w.ctx, &s3.CreateMultipartUploadInput{
+		Bucket: &w.s.opts.Bucket, Key: aws.String(w.s.dataKey(w.id))})
+	if err != nil {
+		return w.s.fail("start a multipart upload", err)
+	}
+	w.uploadID = aws.ToString(out.UploadId)
+	return nil
+}
+
+// uploadPart sends buf as the next part and waits for it.
+func (w *s3Writer) uploadPart() error {
+	if err := w.waitPart(); err != nil {
+		return err
+	}
+	if err := w.startMultipart(); err != nil {
+		return err
 	}
 	n := int32(len(w.parts) + 1)
 	out, err := w.s.client.UploadPart(w.ctx, &s3.UploadPartInput{Bucket: &w.s.opts.Bucket, Key: aws.String(w.s.dataKey(w.id)),
@@ -656,6 +735,9 @@ func (w *s3Writer) Size() int64 { return w.size }
 
 // Flush writes the state at Size: the part list, then the bytes past the last part.
 func (w *s3Writer) Flush() error {
+	if err := w.waitPart(); err != nil {
+		return err
+	}
 	if w.flushed == w.size {
 		return nil
 	}
@@ -702,6 +784,9 @@ func (w *s3Writer) assemble() error {
 }
 
 func (w *s3Writer) ReadBack() (io.ReadCloser, error) {
+	if err := w.waitPart(); err != nil {
+		return nil, err
+	}
 	if w.uploadID == "" {
 		return io.NopCloser(bytes.NewReader(w.buf)), nil
 	}
@@ -722,6 +807,9 @@ func (w *s3Writer) ReadBack() (io.ReadCloser, error) {
 
 func (w *s3Writer) Commit(d oci.Digest) error {
 	defer w.Close()
+	if err := w.waitPart(); err != nil {
+		return err
+	}
 	key := w.s.blobKey(d)
 	if size, err := w.s.Stat(w.ctx, d); err == nil && size == w.size {
 		// Stored already (content-addressed: the same bytes).
@@ -797,8 +885,10 @@ func (w *s3Writer) Close() error {
 	defer w.mu.Unlock()
 	if !w.closed {
 		w.closed = true
+		w.waitPart()
 		w.s.giveBuffer(w.buf)
-		w.buf = nil
+		w.s.giveBuffer(w.spare)
+		w.buf, w.spare = nil, nil
 	}
 	return nil
 }

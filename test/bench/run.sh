@@ -11,8 +11,10 @@
 # runs); auth part: BENCH_AUTH_REPS (3 interleaved rounds of the three modes; the table
 # shows medians), BENCH_AUTH_PROFILE (1: profile dockyard with perf for a few seconds per
 # mode when perf works, 0: never); lifecycle part: BENCH_GC_BLOBS (100000),
-# BENCH_GC_MANIFESTS (10000), BENCH_RET_TAGS (10000); BENCH_ONLY=hosted, proxy, auth or
-# lifecycle runs one part alone (development).
+# BENCH_GC_MANIFESTS (10000), BENCH_RET_TAGS (10000); s3 part (both registries on one
+# versitygw): BENCH_S3_MIB (128), BENCH_S3_PULLS (4), BENCH_S3_PUSHN (16 concurrent pushes
+# for the RSS row); BENCH_ONLY=hosted, proxy, auth, lifecycle or s3 runs one part alone
+# (development).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -32,8 +34,11 @@ AUTH_PROFILE=${BENCH_AUTH_PROFILE:-1}
 GC_BLOBS=${BENCH_GC_BLOBS:-100000}
 GC_MANIFESTS=${BENCH_GC_MANIFESTS:-10000}
 RET_TAGS=${BENCH_RET_TAGS:-10000}
+S3_MIB=${BENCH_S3_MIB:-128}
+S3_PULLS=${BENCH_S3_PULLS:-4}
+S3_PUSHN=${BENCH_S3_PUSHN:-16}
 ONLY=${BENCH_ONLY:-}
-case "$ONLY" in "" | hosted | proxy | auth | lifecycle) ;; *) echo "bench: BENCH_ONLY must be hosted, proxy, auth or lifecycle"; exit 2 ;; esac
+case "$ONLY" in "" | hosted | proxy | auth | lifecycle | s3) ;; *) echo "bench: BENCH_ONLY must be hosted, proxy, auth, lifecycle or s3"; exit 2 ;; esac
 # part NAME: whether this run includes that part.
 part() { [ -z "$ONLY" ] || [ "$ONLY" = "$1" ]; }
 CONNS=32
@@ -43,6 +48,7 @@ tools=(go)
 # Every part but lifecycle (which builds its own program on the Go API) drives servers.
 [ "$ONLY" = lifecycle ] || tools+=(wrk curl "$TOOLS/registry" bin/dockyard)
 part auth && tools+=(htpasswd)
+part s3 && tools+=("$TOOLS/versitygw")
 for t in "${tools[@]}"; do
   command -v "$t" >/dev/null 2>&1 || { echo "bench: $t is missing (run make tools build)"; exit 2; }
 done
@@ -644,6 +650,118 @@ if part lifecycle; then
   rm -rf "$TMP/lc-gc" "$TMP/lc-ret"
 fi
 
+# --- s3: both registries with their blobs in one versitygw -------------------------
+S3_FAILED=""
+# run_s3_suite NAME: the S3 workloads against the server at $ADDR (pid $SERVER_PID),
+# results in $OUT/s3-NAME.env.
+run_s3_suite() {
+  local name=$1 env="$OUT/s3-$1.env"
+  : >"$env"
+  log "s3 $name: pushing the test image and the ${S3_MIB} MiB blob"
+  timeout 300 "$LG" setup -addr "$ADDR" -repo bench/app -big "$TMP/s3big.bin" -big-digest "$S3_DIGEST" >"$TMP/setup.env" || return 1
+  # shellcheck disable=SC1091
+  . "$TMP/setup.env"
+  log "s3 $name: manifest GET by tag (wrk -c$CONNS -d${DURATION}s)"
+  echo "MANIFEST_RPS=$(wrk_rps "s3-$name-manifest" "$MANIFEST_URL" "$ACCEPT")" >>"$env" || return 1
+  log "s3 $name: $S3_PULLS concurrent GETs of the ${S3_MIB} MiB blob"
+  timeout 300 "$LG" pull -addr "$ADDR" -repo bench/app -digest "$S3_DIGEST" -size "$BIG_SIZE" -n 1 >/dev/null || return 1
+  timeout 300 "$LG" pull -addr "$ADDR" -repo bench/app -digest "$S3_DIGEST" -size "$BIG_SIZE" -n "$S3_PULLS" -verify >>"$env" || return 1
+  log "s3 $name: pushing ${S3_MIB} MiB blobs ($REPS× monolithic, POST ?digest=, 8 chunks)"
+  timeout 600 "$LG" push -addr "$ADDR" -repo bench/push -file "$TMP/s3big.bin" -reps "$REPS" -chunks 8 >>"$env" || return 1
+  log "s3 $name: $S3_PUSHN concurrent ${S3_MIB} MiB pushes"
+  timeout 900 "$LG" pushn -addr "$ADDR" -file "$TMP/s3big.bin" -n "$S3_PUSHN" >>"$env" || return 1
+  echo "HWM_KB=$(awk '/^VmHWM:/ {print $2}' "/proc/$SERVER_PID/status")" >>"$env"
+  cat "$env" >&2
+}
+
+# s3_dockyard_config FILE BUCKET REDIRECT
+s3_dockyard_config() {
+  cat >"$1" <<YAML
+log: {level: warn}
+storage:
+  driver: s3
+  s3: {endpoint: "http://$S3_ADDR", bucket: $2, path_style: true, redirect: $3, access_key_id: bench, secret_access_key_env: BENCH_S3_SECRET}
+YAML
+}
+
+run_s3() {
+  local port
+  head -c $((S3_MIB << 20)) /dev/urandom >"$TMP/s3big.bin"
+  S3_DIGEST=sha256:$(sha256sum "$TMP/s3big.bin" | cut -d' ' -f1)
+  port=$("$LG" freeport) || return 1
+  S3_ADDR=127.0.0.1:$port
+  mkdir -p "$TMP/s3/dockyard" "$TMP/s3/redirect" "$TMP/s3/reference"
+  export BENCH_S3_SECRET=bench-secret-key
+  log "starting versitygw on $S3_ADDR"
+  ROOT_ACCESS_KEY='' ROOT_SECRET_KEY='' "$TOOLS/versitygw" --port "$S3_ADDR" --access bench --secret "$BENCH_S3_SECRET" \
+    posix "$TMP/s3" >"$OUT/s3-versitygw.log" 2>&1 &
+  AUX_PIDS+=($!)
+  for _ in $(seq 1 100); do curl -s -o /dev/null "http://$S3_ADDR/" && break; sleep 0.1; done
+
+  port=$("$LG" freeport) || return 1
+  ADDR=127.0.0.1:$port
+  s3_dockyard_config "$TMP/s3-dockyard.yml" dockyard false
+  mkdir -p "$TMP/s3-dockyard-data"
+  log "starting dockyard on S3 at $ADDR"
+  bin/dockyard serve --config "$TMP/s3-dockyard.yml" --listen "$ADDR" --data "$TMP/s3-dockyard-data" >"$OUT/s3-dockyard.log" 2>&1 &
+  SERVER_PID=$!
+  wait_up "$ADDR" || { log "dockyard on S3 did not start"; tail -20 "$OUT/s3-dockyard.log" >&2; return 1; }
+  run_s3_suite dockyard || return 1
+  stop_server
+
+  port=$("$LG" freeport) || return 1
+  ADDR=127.0.0.1:$port
+  s3_dockyard_config "$TMP/s3-redirect.yml" redirect true
+  mkdir -p "$TMP/s3-redirect-data"
+  log "starting dockyard on S3 with redirect: true at $ADDR"
+  bin/dockyard serve --config "$TMP/s3-redirect.yml" --listen "$ADDR" --data "$TMP/s3-redirect-data" >"$OUT/s3-redirect.log" 2>&1 &
+  SERVER_PID=$!
+  wait_up "$ADDR" || { log "dockyard (redirect) did not start"; tail -20 "$OUT/s3-redirect.log" >&2; return 1; }
+  timeout 300 "$LG" setup -addr "$ADDR" -repo bench/app -big "$TMP/s3big.bin" -big-digest "$S3_DIGEST" >"$TMP/setup.env" || return 1
+  timeout 300 "$LG" pull -addr "$ADDR" -repo bench/app -digest "$S3_DIGEST" -size "$BIG_SIZE" -n 1 >/dev/null || return 1
+  timeout 300 "$LG" pull -addr "$ADDR" -repo bench/app -digest "$S3_DIGEST" -size "$BIG_SIZE" -n "$S3_PULLS" -verify -key REDIRECT >"$OUT/s3-redirect.env" || return 1
+  stop_server
+
+  port=$("$LG" freeport) || return 1
+  ADDR=127.0.0.1:$port
+  cat >"$TMP/s3-reference.yml" <<YAML
+version: 0.1
+log:
+  level: warn
+  accesslog:
+    disabled: true
+storage:
+  s3:
+    accesskey: bench
+    secretkey: $BENCH_S3_SECRET
+    region: us-east-1
+    regionendpoint: http://$S3_ADDR
+    bucket: reference
+    forcepathstyle: true
+    secure: false
+    v4auth: true
+    rootdirectory: /
+  redirect:
+    disable: true
+  cache:
+    blobdescriptor: inmemory
+  delete:
+    enabled: true
+http:
+  addr: $ADDR
+YAML
+  log "starting the reference registry on S3 at $ADDR"
+  OTEL_TRACES_EXPORTER=none "$TOOLS/registry" serve "$TMP/s3-reference.yml" >"$OUT/s3-reference.log" 2>&1 &
+  SERVER_PID=$!
+  wait_up "$ADDR" || { log "reference registry on S3 did not start"; tail -20 "$OUT/s3-reference.log" >&2; return 1; }
+  run_s3_suite reference || return 1
+  stop_server
+}
+
+if part s3; then
+  run_s3 || { S3_FAILED=1; log "s3 part FAILED"; stop_server; }
+fi
+
 # --- table -------------------------------------------------------------------------
 get() { awk -F= -v k="$2" '$1 == k {print $2}' "$OUT/$1.env"; }
 # ratio A B: A/B with two decimals, or n/a.
@@ -829,6 +947,39 @@ lifecycle_table() {
   fi
 }
 
+s3get() { local v; v=$(awk -F= -v k="$2" '$1 == k {print $2}' "$OUT/s3-$1.env" 2>/dev/null); [ -z "$v" ] && [ -n "$S3_FAILED" ] && v=FAIL; echo "$v"; }
+s3_table() {
+  local d r q
+  echo
+  echo "s3: dockyard and the reference registry (s3 driver, regionendpoint, forcepathstyle, redirect disabled) on one"
+  echo "versitygw on loopback; ${S3_MIB} MiB blobs"
+  row "workload" "dockyard" "reference" "ratio" "target" "met"
+  row "--------" "--------" "---------" "-----" "------" "---"
+  d=$(s3get dockyard MANIFEST_RPS) r=$(s3get reference MANIFEST_RPS) q=$(ratio "$d" "$r")
+  row "manifest GET by tag (req/s)" "$d" "$r" "$q" "dockyard >= 20x" "$(meets "$q" 20)"
+  d=$(s3get dockyard PULL_SECONDS) r=$(s3get reference PULL_SECONDS) q=$(ratio "$d" "$r")
+  row "${S3_PULLS}x GET ${S3_MIB} MiB blob (s)" "$d" "$r" "$q" "dockyard <= 1.05x" "$(atmost "$q" 1.05)"
+  d=$(s3get dockyard PUSH_MONO) r=$(s3get reference PUSH_MONO) q=$(ratio "$r" "$d")
+  row "push ${S3_MIB} MiB, POST+PUT (s)" "$d" "$r" "$q" "ref/dockyard >= 1.5x" "$(meets "$q" 1.5)"
+  d=$(s3get dockyard PUSH_CHUNKED) r=$(s3get reference PUSH_CHUNKED) q=$(ratio "$r" "$d")
+  row "push ${S3_MIB} MiB, 8 chunks (s)" "$d" "$r" "$q" "report" "-"
+  d=$(s3get dockyard PUSHN_SECONDS) r=$(s3get reference PUSHN_SECONDS) q=$(ratio "$r" "$d")
+  row "${S3_PUSHN}x push ${S3_MIB} MiB at once (s)" "$d" "$r" "$q" "report" "-"
+  d=$(s3get dockyard HWM_KB) r=$(s3get reference HWM_KB)
+  [[ $d =~ ^[0-9]+$ ]] && d=$(awk -v k="$d" 'BEGIN {printf "%.1f", k / 1024}')
+  [[ $r =~ ^[0-9]+$ ]] && r=$(awk -v k="$r" 'BEGIN {printf "%.1f", k / 1024}')
+  row "peak RSS, VmHWM (MiB)" "$d" "$r" "" "dockyard <= 150" "$(awk -v m="$d" 'BEGIN { if (m !~ /^[0-9.]+$/) print "-"; else print (m + 0 <= 150) ? "yes" : "NO" }')"
+  d=$(s3get redirect REDIRECT_SECONDS)
+  row "${S3_PULLS}x GET, redirect: true (s)" "$d" "" "" "report" "-"
+  echo
+  echo "ratio: dockyard/reference for req/s and GET time; reference/dockyard for pushes (above 1: dockyard faster)."
+  echo "GETs: clients verify sha256; redirect: dockyard answers 307 to a presigned URL and the clients fetch from versitygw."
+  echo "peak RSS covers the whole part, including the ${S3_PUSHN} concurrent pushes."
+  printf 'push runs (s): dockyard mono %s chunked %s | reference mono %s chunked %s\n' "$(s3get dockyard PUSH_MONO_ALL)" \
+    "$(s3get dockyard PUSH_CHUNKED_ALL)" "$(s3get reference PUSH_MONO_ALL)" "$(s3get reference PUSH_CHUNKED_ALL)"
+  [ -z "$S3_FAILED" ] || echo "S3 PART FAILED: see the bench log and test-results/bench/s3-*.log"
+}
+
 row() { printf '%-38s %12s %12s %9s  %-22s %s\n' "$@"; }
 {
   echo "dockyard benchmark — $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores$([ "$ONLY" = lifecycle ] || echo ", wrk -t2 -c$CONNS -d${DURATION}s")"
@@ -881,5 +1032,8 @@ row() { printf '%-38s %12s %12s %9s  %-22s %s\n' "$@"; }
   if part lifecycle; then
     lifecycle_table
   fi
+  if part s3; then
+    s3_table
+  fi
 } | tee "$OUT/summary.txt"
-[ -z "$PROXY_FAILED" ] && [ -z "$AUTH_FAILED" ] && [ -z "$LIFECYCLE_FAILED" ] || exit 1
+[ -z "$PROXY_FAILED" ] && [ -z "$AUTH_FAILED" ] && [ -z "$LIFECYCLE_FAILED" ] && [ -z "$S3_FAILED" ] || exit 1

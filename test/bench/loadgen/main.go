@@ -47,7 +47,7 @@ const manifestType = "application/vnd.oci.image.manifest.v1+json"
 
 func main() {
 	if len(os.Args) < 2 {
-		fatalf("usage: loadgen freeport|setup|pull|push|proxy-setup|ttfb|es256 [flags]")
+		fatalf("usage: loadgen freeport|setup|pull|push|pushn|proxy-setup|ttfb|es256 [flags]")
 	}
 	var err error
 	switch os.Args[1] {
@@ -59,6 +59,8 @@ func main() {
 		err = pull(os.Args[2:])
 	case "push":
 		err = push(os.Args[2:])
+	case "pushn":
+		err = pushN(os.Args[2:])
 	case "proxy-setup":
 		err = proxySetup(os.Args[2:])
 	case "ttfb":
@@ -475,6 +477,60 @@ func (v *variant) section(off, n int64) io.Reader {
 		rs = append(rs, io.NewSectionReader(v.f, off, n))
 	}
 	return io.MultiReader(rs...)
+}
+
+// pushN pushes n distinct variants of a file at once (monolithic POST+PUT each) and
+// prints the seconds until the last 201.
+func pushN(args []string) error {
+	fs := flag.NewFlagSet("pushn", flag.ExitOnError)
+	addr := fs.String("addr", "", "registry host:port")
+	repo := fs.String("repo", "bench/pushn", "repository")
+	file := fs.String("file", "", "blob content")
+	n := fs.Int("n", 16, "concurrent pushes")
+	fs.Parse(args)
+	r, err := newRegistry(*addr, *repo, *n)
+	if err != nil {
+		return err
+	}
+	f, err := os.Open(*file)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	vs := make([]*variant, *n)
+	for i := range vs {
+		v := &variant{f: f, size: st.Size()}
+		binary.BigEndian.PutUint64(v.prefix[:], uint64(i+1)<<32|0xbeef)
+		h := sha256.New()
+		if _, err := io.Copy(h, v.section(0, v.size)); err != nil {
+			return err
+		}
+		v.digest = "sha256:" + hex.EncodeToString(h.Sum(nil))
+		vs[i] = v
+	}
+	errs := make([]error, *n)
+	var wg sync.WaitGroup
+	start := time.Now()
+	for i, v := range vs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = r.pushBlob(v.digest, v.section(0, v.size), v.size)
+		}()
+	}
+	wg.Wait()
+	if err := joinSame(errs); err != nil {
+		return err
+	}
+	fmt.Printf("PUSHN_SECONDS=%.3f\n", time.Since(start).Seconds())
+	for _, v := range vs {
+		r.do("DELETE", r.url("/blobs/"+v.digest), nil, 0, nil, http.StatusAccepted)
+	}
+	return nil
 }
 
 // push times blob uploads in three ways, reps times each, and prints the medians.
