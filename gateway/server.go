@@ -321,6 +321,11 @@ func (g *Gateway) writeError(ctx *fasthttp.RequestCtx, err error) {
 		if errors.Is(err, context.DeadlineExceeded) {
 			e = oci.ErrUnknown.Withf("request timed out (request id %d)", id)
 		}
+	} else if e.Code.Status >= 500 {
+		// A failing dependency (the blob storage, an upstream, a full disk): the
+		// client's message names it; the log keeps the cause.
+		g.log.Warn("request failed", "method", string(ctx.Method()), "path", string(ctx.URI().PathOriginal()),
+			"status", e.Code.Status, "err", err)
 	}
 	g.drainBody(ctx)
 	ctx.Response.ResetBody()
