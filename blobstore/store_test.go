@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"sort"
 	"testing"
 
@@ -18,18 +17,7 @@ import (
 
 var server *s3test.Server
 
-func TestMain(m *testing.M) {
-	var err error
-	if server, err = s3test.Shared(); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	code := m.Run()
-	if server != nil {
-		server.Stop()
-	}
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { s3test.Main(m, &server) }
 
 // each runs a case against the filesystem store and against S3 (versitygw), with
 // S3's smallest part size so that a few MiB cross part boundaries.
@@ -47,19 +35,7 @@ func each(t *testing.T, fn func(t *testing.T, s blobstore.Store)) {
 }
 
 func newS3(t *testing.T) *blobstore.S3 {
-	srv := s3test.Need(t, server)
-	ctx := context.Background()
-	bucket, err := srv.NewBucket(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	o := srv.Options(bucket)
-	o.PartSize = blobstore.MinPartSize
-	o.Prefix = "reg"
-	s, err := blobstore.NewS3(ctx, o)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s, _ := s3test.Store(t, server, func(o *blobstore.S3Options) { o.Prefix = "reg" })
 	return s
 }
 

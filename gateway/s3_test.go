@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/rand"
 	"fmt"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -23,42 +22,16 @@ import (
 
 var s3server *s3test.Server
 
-func TestMain(m *testing.M) {
-	var err error
-	if s3server, err = s3test.Shared(); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	code := m.Run()
-	if s3server != nil {
-		s3server.Stop()
-	}
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { s3test.Main(m, &s3server) }
 
 // onS3 is a store option putting the blobs in a new bucket of the test S3 server
 // (parts of 5 MiB); bucket receives the bucket's name.
-func onS3(t *testing.T, bucket *string, adjust ...func(*blobstore.S3Options)) func(*cache.Options) {
-	srv := s3test.Need(t, s3server)
-	name, err := srv.NewBucket(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
+func onS3(t *testing.T, bucket *string) func(*cache.Options) {
+	s, name := s3test.Store(t, s3server)
 	if bucket != nil {
 		*bucket = name
 	}
-	o := srv.Options(name)
-	o.PartSize = blobstore.MinPartSize
-	for _, a := range adjust {
-		a(&o)
-	}
-	return func(so *cache.Options) {
-		s, err := blobstore.NewS3(context.Background(), o)
-		if err != nil {
-			t.Fatal(err)
-		}
-		so.Blobs = s
-	}
+	return func(so *cache.Options) { so.Blobs = s }
 }
 
 // Ranges of a blob stored in S3: from the start, the middle, the end.
@@ -181,7 +154,7 @@ func TestPurgeOnS3LeavesNoMultipartUpload(t *testing.T) {
 	srv := s3test.Need(t, s3server)
 	o := srv.Options(bucket)
 	o.PartSize = blobstore.MinPartSize
-	raw, err := blobstore.NewS3(context.Background(), o)
+	raw, err := blobstore.NewS3(context.Background(), o) // a second store on the bucket
 	if err != nil {
 		t.Fatal(err)
 	}

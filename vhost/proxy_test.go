@@ -683,32 +683,11 @@ func TestProxyRefusesEveryWrite(t *testing.T) {
 
 var s3server *s3test.Server
 
-func TestMain(m *testing.M) {
-	var err error
-	if s3server, err = s3test.Shared(); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	code := m.Run()
-	if s3server != nil {
-		s3server.Stop()
-	}
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { s3test.Main(m, &s3server) }
 
 // newS3 is a blob store on a new bucket of the test S3 server.
 func newS3(t *testing.T) (string, blobstore.Store) {
-	srv := s3test.Need(t, s3server)
-	bucket, err := srv.NewBucket(t.Context())
-	if err != nil {
-		t.Fatal(err)
-	}
-	o := srv.Options(bucket)
-	o.PartSize = blobstore.MinPartSize
-	s, err := blobstore.NewS3(t.Context(), o)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s, bucket := s3test.Store(t, s3server)
 	return bucket, s
 }
 

@@ -194,3 +194,42 @@ func Need(t testing.TB, s *Server) *Server {
 	}
 	return s
 }
+
+// Main is the TestMain of a package with S3 tests: it starts the shared server into
+// *srv (nil when versitygw is missing and S3 tests are not required), runs the tests
+// and stops it.
+func Main(m *testing.M, srv **Server) {
+	s, err := Shared()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	*srv = s
+	code := m.Run()
+	if s != nil {
+		s.Stop()
+	}
+	os.Exit(code)
+}
+
+// Store is a store on a new bucket of srv (skipping t when there is no server), with
+// S3's smallest part size so that a few MiB cross part boundaries; adjust changes the
+// options first. It returns the bucket's name too.
+func Store(t testing.TB, srv *Server, adjust ...func(*blobstore.S3Options)) (*blobstore.S3, string) {
+	t.Helper()
+	srv = Need(t, srv)
+	bucket, err := srv.NewBucket(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := srv.Options(bucket)
+	o.PartSize = blobstore.MinPartSize
+	for _, a := range adjust {
+		a(&o)
+	}
+	s, err := blobstore.NewS3(context.Background(), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s, bucket
+}

@@ -10,7 +10,6 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
-	"fmt"
 	"io"
 	"log/slog"
 	"math/big"
@@ -32,18 +31,7 @@ import (
 
 var s3server *s3test.Server
 
-func TestMain(m *testing.M) {
-	var err error
-	if s3server, err = s3test.Shared(); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	code := m.Run()
-	if s3server != nil {
-		s3server.Stop()
-	}
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { s3test.Main(m, &s3server) }
 
 // Every example configuration builds a working gateway.
 func TestExampleConfigurationsBuild(t *testing.T) {
