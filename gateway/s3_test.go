@@ -5,6 +5,12 @@ import (
 	"context"
 	"crypto/rand"
 	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
+	"sync/atomic"
 	"strings"
 	"testing"
 	"time"
@@ -206,4 +212,57 @@ func TestABucketPrefixBelongsToOneIndex(t *testing.T) {
 		t.Fatalf("the owning index reopened: %v", err)
 	}
 	s.Close()
+}
+
+// An S3 that answers 503 SlowDown now and then is retried through; one that keeps
+// failing gives the client a 503 naming the blob storage, promptly, and nothing is
+// committed. The secret never reaches the client.
+func TestS3SlowDownIsRetriedThenReported(t *testing.T) {
+	srv := s3test.Need(t, s3server)
+	target, _ := url.Parse(srv.Endpoint)
+	var slowDowns atomic.Int64 // how many part uploads still get 503 SlowDown
+	var refused atomic.Int64
+	proxy := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == "PUT" && r.URL.Query().Has("partNumber") && slowDowns.Add(-1) >= 0 {
+			refused.Add(1)
+			io.Copy(io.Discard, r.Body)
+			w.Header().Set("Content-Type", "application/xml")
+			w.WriteHeader(http.StatusServiceUnavailable)
+			io.WriteString(w, `<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>`)
+			return
+		}
+		httputil.NewSingleHostReverseProxy(target).ServeHTTP(w, r)
+	}))
+	defer proxy.Close()
+	store, _ := s3test.Store(t, s3server, func(o *blobstore.S3Options) { o.Endpoint = proxy.URL })
+	r := startRegistry(t, t.TempDir(), registryOptions{store: func(so *cache.Options) { so.Blobs = store }})
+	blob := make([]byte, 12<<20) // two full parts and a tail
+	rand.Read(blob)
+	d := oci.FromBytes(oci.SHA256, blob)
+
+	slowDowns.Store(2)
+	if resp := r.do("POST", "/v2/app/blobs/uploads/?digest="+string(d), blob); resp.StatusCode != 201 {
+		t.Fatalf("push through two SlowDowns: %d %s", resp.StatusCode, resp.body)
+	}
+	if refused.Load() != 2 {
+		t.Fatalf("%d part uploads were refused, want 2: the case proves nothing", refused.Load())
+	}
+	if resp := r.do("GET", "/v2/app/blobs/"+string(d), nil); resp.StatusCode != 200 || !bytes.Equal(resp.body, blob) {
+		t.Errorf("the blob pushed through SlowDowns: %d, %d bytes", resp.StatusCode, len(resp.body))
+	}
+
+	slowDowns.Store(1 << 30)
+	other := append([]byte("other "), blob...)
+	od := oci.FromBytes(oci.SHA256, other)
+	start := time.Now()
+	resp := r.do("POST", "/v2/app/blobs/uploads/?digest="+string(od), other)
+	if took := time.Since(start); took > 30*time.Second {
+		t.Errorf("the error took %v", took)
+	}
+	if resp.StatusCode != 503 || !strings.Contains(string(resp.body), "blob storage") || strings.Contains(string(resp.body), srv.Secret) {
+		t.Errorf("a push S3 keeps refusing: %d %s", resp.StatusCode, resp.body)
+	}
+	if resp := r.do("HEAD", "/v2/app/blobs/"+string(od), nil); resp.StatusCode != 404 {
+		t.Errorf("the refused blob: HEAD %d", resp.StatusCode)
+	}
 }
