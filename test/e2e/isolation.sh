@@ -175,11 +175,13 @@ data: $F/open-data
 http: {read_timeout: 2s, upload_timeout: 1h}
 EOF
 dy open "$F/open.yaml"
-# stalled METHOD PATH WAIT: sends headers and one byte of a 100-byte body; succeeds when
-# the server closes the connection within WAIT seconds.
+# stalled METHOD PATH WAIT: sends headers and the first 16 KiB of a 100 KiB body (past
+# the 8 KiB fasthttp reads before any handler, under the short timeout whatever the
+# route), then stalls; succeeds when the server closes the connection within WAIT s.
 stalled() {
   timeout "$3" bash -c "exec 3<>/dev/tcp/127.0.0.1/$P2
-    printf '%s %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\nContent-Length: 100\r\n\r\n{' '$1' '$2' >&3
+    printf '%s %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\nContent-Length: 102400\r\n\r\n{' '$1' '$2' >&3
+    head -c 16384 /dev/zero | tr '\\0' ' ' >&3
     cat <&3 >/dev/null"
 }
 check "a stalled manifest body is cut off by the 2s read timeout (closed within 6s)" stalled PUT /v2/a/manifests/v1 6
@@ -251,7 +253,8 @@ P4=$(free_port)
 printf 'listen: 127.0.0.1:%s\ndata: %s\nhttp: {trusted_proxies: [127.0.0.1]}\n' "$P4" "$F/admin-data" >"$F/admin.yaml"
 dy admin "$F/admin.yaml"
 nginx_front admin "127.0.0.1:$P4"
-check "admin endpoint (auth off) directly on loopback → 200" eq 200 "$(admin "http://127.0.0.1:$P4/-/admin/gc?dry_run=true")"
+check "admin endpoint (auth off), 127.0.0.1 a trusted proxy, a direct request naming no client → 403 (unknown client)" \
+  eq 403 "$(admin "http://127.0.0.1:$P4/-/admin/gc?dry_run=true")"
 check "the same through a trusted nginx for a client at 127.0.0.2 → 200 (loopback)" eq 200 \
   "$(admin --interface 127.0.0.2 "http://$FRONT/-/admin/gc?dry_run=true")"
 check "through a trusted nginx, a client claiming X-Forwarded-For: 127.0.0.1 from 203.0.113.9 is not local → 403" eq 403 \
@@ -262,6 +265,8 @@ dy admin2 "$F/admin2.yaml"
 nginx_front admin2 "127.0.0.1:$P5"
 check "without trusted_proxies, a request nginx forwarded (from loopback) is not taken for local → 403" eq 403 \
   "$(admin "http://$FRONT/-/admin/gc?dry_run=true")"
+check "without trusted_proxies, admin endpoint (auth off) directly on loopback → 200" eq 200 \
+  "$(admin "http://127.0.0.1:$P5/-/admin/gc?dry_run=true")"
 
 # ============================================================ 4. groups over public registries
 echo "=== 4. groups over upstreams answering like Docker Hub and ghcr.io"
