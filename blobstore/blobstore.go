@@ -98,6 +98,13 @@ type ReaderAtCloser interface {
 	io.ReadSeekCloser
 }
 
+// Filler is implemented by writers that read their input straight into buffers of
+// their own (S3's parts): Fill copies r onto the writer, writing every byte to h (the
+// caller's hash) as it arrives, with no buffer of the caller's in between.
+type Filler interface {
+	Fill(r io.Reader, h io.Writer) (int64, error)
+}
+
 // Claimer is implemented by stores that other processes may reach (a bucket): Claim
 // records that the store belongs to the index owner names, or fails when it already
 // belongs to another. An index collects what it does not know as garbage, so two

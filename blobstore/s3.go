@@ -49,7 +49,7 @@ type S3Options struct {
 	// default chain (environment, shared files, instance roles).
 	AccessKeyID, SecretAccessKey string
 	// BufferMemory bounds the memory of part buffers shared by all uploads (default
-	// 96 MiB, at least two parts): uploads wait for a buffer rather than grow the
+	// 64 MiB, at least two parts): uploads wait for a buffer rather than grow the
 	// process.
 	BufferMemory int64
 	// Attempts is how many times a request is tried (default 5).
@@ -91,7 +91,7 @@ func NewS3(ctx context.Context, o S3Options) (*S3, error) {
 		return nil, fmt.Errorf("s3 part size %d is under S3's minimum of 5 MiB", o.PartSize)
 	}
 	if o.BufferMemory <= 0 {
-		o.BufferMemory = 96 << 20
+		o.BufferMemory = 64 << 20
 	}
 	if o.Attempts <= 0 {
 		o.Attempts = 5
@@ -637,6 +637,41 @@ func (w *s3Writer) Write(p []byte) (int, error) {
 		}
 	}
 	return written, nil
+}
+
+// Fill reads r into the part buffers directly (see Filler).
+func (w *s3Writer) Fill(r io.Reader, h io.Writer) (int64, error) {
+	if w.assembled || w.closed {
+		return 0, errors.New("blobstore: write to a finished upload")
+	}
+	var n int64
+	for {
+		if w.buf == nil {
+			b, err := w.s.takeBuffer(w.ctx)
+			if err != nil {
+				return n, err
+			}
+			w.buf = b
+		}
+		k, rerr := r.Read(w.buf[len(w.buf):cap(w.buf)])
+		if k > 0 {
+			h.Write(w.buf[len(w.buf) : len(w.buf)+k])
+			w.buf = w.buf[:len(w.buf)+k]
+			w.size += int64(k)
+			n += int64(k)
+			if int64(len(w.buf)) == w.s.opts.PartSize {
+				if err := w.sendPart(); err != nil {
+					return n, err
+				}
+			}
+		}
+		if rerr == io.EOF {
+			return n, nil
+		}
+		if rerr != nil {
+			return n, rerr
+		}
+	}
 }
 
 // sendPart starts sending the full buf as the next part, once the part before it is

@@ -4,11 +4,13 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
 	"sort"
 	"testing"
+	"testing/iotest"
 
 	"github.com/dockyard/dockyard/blobstore"
 	"github.com/dockyard/dockyard/blobstore/s3test"
@@ -125,7 +127,18 @@ func TestChunksOfAnySizeRoundTrip(t *testing.T) {
 			if w.Size() != off {
 				t.Fatalf("resumed writer has %d bytes, want %d", w.Size(), off)
 			}
-			if _, err := w.Write(want[off : off+int64(n)]); err != nil {
+			chunk := want[off : off+int64(n)]
+			if f, ok := w.(blobstore.Filler); ok && n%2 == 0 {
+				// Every other chunk read straight into the store's buffers, in
+				// small uneven reads, hashed on the way.
+				h := sha256.New()
+				if k, err := f.Fill(iotest.HalfReader(bytes.NewReader(chunk)), h); err != nil || k != int64(n) {
+					t.Fatalf("fill %d bytes: %d, %v", n, k, err)
+				}
+				if want := sha256.Sum256(chunk); !bytes.Equal(h.Sum(nil), want[:]) {
+					t.Fatal("Fill hashed other bytes than it stored")
+				}
+			} else if _, err := w.Write(chunk); err != nil {
 				t.Fatal(err)
 			}
 			if err := w.Flush(); err != nil {

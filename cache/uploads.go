@@ -183,10 +183,18 @@ func (s *Store) appendChunk(ctx context.Context, u *Upload, r io.Reader, length 
 
 // writeChunk streams r onto w while hashing it into h, and advances u.Offset.
 func (s *Store) writeChunk(w blobstore.Writer, u *Upload, h hash.Hash, r io.Reader, length int64) error {
-	// Read up to the next block boundary first: the buffers that follow then land
-	// block-aligned in the file and go to the disk directly.
-	first := int((blobstore.BlockSize - u.Offset%blobstore.BlockSize) % blobstore.BlockSize)
-	n, err := s.copyHashing(&spaceWriter{w: w, s: s}, h, r, first)
+	var n int64
+	var err error
+	if f, ok := w.(blobstore.Filler); ok {
+		// The store buffers (S3 parts): no copy buffers of ours, and no local disk
+		// to watch.
+		n, err = f.Fill(r, h)
+	} else {
+		// Read up to the next block boundary first: the buffers that follow then
+		// land block-aligned in the file and go to the disk directly.
+		first := int((blobstore.BlockSize - u.Offset%blobstore.BlockSize) % blobstore.BlockSize)
+		n, err = s.copyHashing(&spaceWriter{w: w, s: s}, h, r, first)
+	}
 	if err == nil && length >= 0 && n != length {
 		err = oci.ErrSizeInvalid.Withf("chunk has %d bytes, %d were announced", n, length)
 	}

@@ -103,7 +103,14 @@ func client(conns int) *http.Client {
 			WriteBufferSize:     256 << 10,
 			ReadBufferSize:      64 << 10,
 		},
-		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+		// GETs follow a registry's redirect to its storage (S3 with redirect: true);
+		// nothing else is redirected.
+		CheckRedirect: func(req *http.Request, via []*http.Request) error {
+			if req.Method == http.MethodGet && len(via) < 3 {
+				return nil
+			}
+			return http.ErrUseLastResponse
+		},
 	}
 }
 
