@@ -105,6 +105,15 @@ type Filler interface {
 	Fill(r io.Reader, h io.Writer) (int64, error)
 }
 
+// Direct is implemented by stores that can write an upload whose digest is known
+// before its bytes (a monolithic push) straight to the blob's place, saving the copy
+// a commit otherwise makes (S3: the multipart upload is made at the blob's own key and
+// becomes visible only when completed). The writer cannot Flush or ReadBack; Commit
+// takes only d; Cancel drops what it wrote and leaves upload id's other data alone.
+type Direct interface {
+	NewBlobWriter(ctx context.Context, id string, d oci.Digest) (Writer, error)
+}
+
 // Claimer is implemented by stores that other processes may reach (a bucket): Claim
 // records that the store belongs to the index owner names, or fails when it already
 // belongs to another. An index collects what it does not know as garbage, so two

@@ -427,7 +427,7 @@ func (s *S3) WalkUploads(ctx context.Context, fn func(Upload) error) error {
 	if err != nil {
 		return err
 	}
-	return s.listMultipart(ctx, prefix, func(u types.MultipartUpload) error {
+	err = s.listMultipart(ctx, prefix, func(u types.MultipartUpload) error {
 		id, _, ok := strings.Cut(strings.TrimPrefix(aws.ToString(u.Key), prefix), "/")
 		if !ok || seen[id] {
 			return nil
@@ -435,7 +435,18 @@ func (s *S3) WalkUploads(ctx context.Context, fn func(Upload) error) error {
 		seen[id] = true
 		return fn(Upload{ID: id, ModTime: aws.ToTime(u.Initiated)})
 	})
+	if err != nil {
+		return err
+	}
+	// Direct writes (NewBlobWriter) a crash interrupted: multipart uploads at blob
+	// keys, invisible as objects, named here so that RemoveUpload can abort them.
+	return s.listMultipart(ctx, s.opts.Prefix+"blobs/", func(u types.MultipartUpload) error {
+		return fn(Upload{ID: directPrefix + aws.ToString(u.UploadId) + " " + aws.ToString(u.Key), ModTime: aws.ToTime(u.Initiated)})
+	})
 }
+
+// directPrefix starts the upload ids WalkUploads gives interrupted direct writes.
+const directPrefix = "direct "
 
 func (s *S3) listMultipart(ctx context.Context, prefix string, fn func(types.MultipartUpload) error) error {
 	in := &s3.ListMultipartUploadsInput{Bucket: &s.opts.Bucket, Prefix: &prefix}
@@ -457,6 +468,14 @@ func (s *S3) listMultipart(ctx context.Context, prefix string, fn func(types.Mul
 }
 
 func (s *S3) RemoveUpload(ctx context.Context, id string) error {
+	if rest, ok := strings.CutPrefix(id, directPrefix); ok {
+		uploadID, key, _ := strings.Cut(rest, " ")
+		_, err := s.client.AbortMultipartUpload(ctx, &s3.AbortMultipartUploadInput{Bucket: &s.opts.Bucket, Key: &key, UploadId: &uploadID})
+		if err != nil && !isNotFound(err) {
+			return s.fail("abort a multipart upload", err)
+		}
+		return nil
+	}
 	dir := s.uploadDir(id)
 	err := s.listMultipart(ctx, dir, func(u types.MultipartUpload) error {
 		_, err := s.client.AbortMultipartUpload(ctx, &s3.AbortMultipartUploadInput{Bucket: &s.opts.Bucket, Key: u.Key, UploadId: u.UploadId})
@@ -560,6 +579,11 @@ type s3Part struct {
 	Size int64  `json:"size"`
 }
 
+// NewBlobWriter writes blob d in place (see Direct).
+func (s *S3) NewBlobWriter(ctx context.Context, id string, d oci.Digest) (Writer, error) {
+	return &s3Writer{s: s, ctx: ctx, id: id, flushed: -1, target: s.blobKey(d)}, nil
+}
+
 func (s *S3) NewWriter(ctx context.Context, id string) (Writer, error) {
 	w := &s3Writer{s: s, ctx: ctx, id: id, flushed: -1}
 	if err := w.Flush(); err != nil {
@@ -625,8 +649,9 @@ type s3Writer struct {
 	partsSize int64
 	buf       []byte
 	size      int64
-	flushed   int64 // offset of the last state written, -1 before the first
-	assembled bool  // the multipart upload was completed into the data object
+	flushed   int64  // offset of the last state written, -1 before the first
+	target    string // a direct writer's blob key (the multipart upload's), or ""
+	assembled bool   // the multipart upload was completed into the data object
 	closed    bool
 	mu        sync.Mutex
 	// A full part is sent while the next one fills: inflight delivers the sent part
@@ -718,7 +743,7 @@ func (w *s3Writer) sendPart() error {
 	done := make(chan sentPart, 1)
 	w.inflight = done
 	go func() {
-		out, err := w.s.client.UploadPart(w.ctx, &s3.UploadPartInput{Bucket: &w.s.opts.Bucket, Key: aws.String(w.s.dataKey(w.id)),
+		out, err := w.s.client.UploadPart(w.ctx, &s3.UploadPartInput{Bucket: &w.s.opts.Bucket, Key: aws.String(w.mpKey()),
 			UploadId: &w.uploadID, PartNumber: &n, Body: bytes.NewReader(buf), ContentLength: aws.Int64(int64(len(buf)))})
 		if err != nil {
 			done <- sentPart{buf: buf, err: w.s.fail("upload a part", err)}
@@ -767,7 +792,7 @@ func (w *s3Writer) startMultipart() error {
 		return nil
 	}
 	out, err := w.s.client.CreateMultipartUpload(w.ctx, &s3.CreateMultipartUploadInput{
-		Bucket: &w.s.opts.Bucket, Key: aws.String(w.s.dataKey(w.id))})
+		Bucket: &w.s.opts.Bucket, Key: aws.String(w.mpKey())})
 	if err != nil {
 		return w.s.fail("start a multipart upload", err)
 	}
@@ -784,7 +809,7 @@ func (w *s3Writer) uploadPart() error {
 		return err
 	}
 	n := int32(len(w.parts) + 1)
-	out, err := w.s.client.UploadPart(w.ctx, &s3.UploadPartInput{Bucket: &w.s.opts.Bucket, Key: aws.String(w.s.dataKey(w.id)),
+	out, err := w.s.client.UploadPart(w.ctx, &s3.UploadPartInput{Bucket: &w.s.opts.Bucket, Key: aws.String(w.mpKey()),
 		UploadId: &w.uploadID, PartNumber: &n, Body: bytes.NewReader(w.buf), ContentLength: aws.Int64(int64(len(w.buf)))})
 	if err != nil {
 		return w.s.fail("upload a part", err)
@@ -797,8 +822,21 @@ func (w *s3Writer) uploadPart() error {
 
 func (w *s3Writer) Size() int64 { return w.size }
 
+// mpKey is the key of the writer's multipart upload.
+func (w *s3Writer) mpKey() string {
+	if w.target != "" {
+		return w.target
+	}
+	return w.s.dataKey(w.id)
+}
+
+var errDirect = errors.New("blobstore: a direct blob writer cannot be saved or read back")
+
 // Flush writes the state at Size: the part list, then the bytes past the last part.
 func (w *s3Writer) Flush() error {
+	if w.target != "" {
+		return errDirect
+	}
 	if err := w.waitPart(); err != nil {
 		return err
 	}
@@ -839,7 +877,7 @@ func (w *s3Writer) assemble() error {
 		parts[i] = types.CompletedPart{PartNumber: aws.Int32(p.N), ETag: aws.String(p.ETag)}
 	}
 	_, err := w.s.client.CompleteMultipartUpload(w.ctx, &s3.CompleteMultipartUploadInput{Bucket: &w.s.opts.Bucket,
-		Key: aws.String(w.s.dataKey(w.id)), UploadId: &w.uploadID, MultipartUpload: &types.CompletedMultipartUpload{Parts: parts}})
+		Key: aws.String(w.mpKey()), UploadId: &w.uploadID, MultipartUpload: &types.CompletedMultipartUpload{Parts: parts}})
 	if err != nil {
 		return w.s.fail("complete a multipart upload", err)
 	}
@@ -848,6 +886,9 @@ func (w *s3Writer) assemble() error {
 }
 
 func (w *s3Writer) ReadBack() (io.ReadCloser, error) {
+	if w.target != "" {
+		return nil, errDirect
+	}
 	if err := w.waitPart(); err != nil {
 		return nil, err
 	}
@@ -875,11 +916,20 @@ func (w *s3Writer) Commit(d oci.Digest) error {
 		return err
 	}
 	key := w.s.blobKey(d)
+	if w.target != "" && w.target != key {
+		return fmt.Errorf("blobstore: a direct writer for %s cannot commit %s", w.target, d)
+	}
 	if size, err := w.s.Stat(w.ctx, d); err == nil && size == w.size {
 		// Stored already (content-addressed: the same bytes).
+		w.abortDirect()
 		return w.s.RemoveUpload(w.ctx, w.id)
 	}
-	if w.uploadID == "" && !w.assembled {
+	if w.target != "" && w.uploadID != "" {
+		// Completed in place: the blob appears whole, and no copy is needed.
+		if err := w.assemble(); err != nil {
+			return err
+		}
+	} else if w.uploadID == "" && !w.assembled {
 		_, err := w.s.client.PutObject(w.ctx, &s3.PutObjectInput{Bucket: &w.s.opts.Bucket, Key: &key,
 			Body: bytes.NewReader(w.buf), ContentLength: aws.Int64(int64(len(w.buf)))})
 		if err != nil {
@@ -893,10 +943,8 @@ func (w *s3Writer) Commit(d oci.Digest) error {
 			return err
 		}
 	}
-	if err := w.s.RemoveUpload(w.ctx, w.id); err != nil {
-		// The blob is in place; the staging objects are left for the purge.
-		return nil
-	}
+	// The blob is in place; staging objects that survive this are the purge's.
+	w.s.RemoveUpload(w.ctx, w.id)
 	return nil
 }
 
@@ -941,7 +989,19 @@ func (s *S3) copy(ctx context.Context, src, dst string, size int64) error {
 
 func (w *s3Writer) Cancel() error {
 	w.Close()
+	if w.target != "" {
+		w.abortDirect()
+		return nil
+	}
 	return w.s.RemoveUpload(context.WithoutCancel(w.ctx), w.id)
+}
+
+// abortDirect drops a direct writer's multipart upload (nothing of it is visible).
+func (w *s3Writer) abortDirect() {
+	if w.target != "" && w.uploadID != "" && !w.assembled {
+		w.s.client.AbortMultipartUpload(context.WithoutCancel(w.ctx), &s3.AbortMultipartUploadInput{Bucket: &w.s.opts.Bucket,
+			Key: &w.target, UploadId: &w.uploadID})
+	}
 }
 
 func (w *s3Writer) Close() error {

@@ -358,3 +358,50 @@ func TestCommitOfStoredContent(t *testing.T) {
 		}
 	})
 }
+
+// A direct write (the digest known first) is invisible until committed, lands in place,
+// and leaves nothing behind when cancelled or interrupted (the purge finds it).
+func TestDirectWritesAppearWholeOrNotAtAll(t *testing.T) {
+	s := newS3(t)
+	ctx := context.Background()
+	b := random(12 << 20) // two parts and a tail
+	d := oci.FromBytes(oci.SHA256, b)
+	w, err := s.NewBlobWriter(ctx, "mono-1", d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	write(t, w, b)
+	if _, err := s.Stat(ctx, d); !errors.Is(err, blobstore.ErrNotExist) {
+		t.Fatalf("the blob is visible before its commit: %v", err)
+	}
+	if err := w.Commit(d); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(read(t, s, d), b) {
+		t.Fatal("a direct write committed other bytes")
+	}
+	other := oci.FromBytes(oci.SHA256, []byte("other"))
+	w, _ = s.NewBlobWriter(ctx, "mono-2", other)
+	write(t, w, random(11<<20))
+	if err := w.Cancel(); err != nil {
+		t.Fatal(err)
+	}
+	w, _ = s.NewBlobWriter(ctx, "mono-3", other)
+	write(t, w, random(11<<20)) // then the process dies: no Commit, no Cancel
+	w.(io.Closer).Close()
+	var left []string
+	s.WalkUploads(ctx, func(u blobstore.Upload) error { left = append(left, u.ID); return nil })
+	if len(left) != 1 {
+		t.Fatalf("uploads after an interrupted direct write: %v, want the one", left)
+	}
+	if err := s.RemoveUpload(ctx, left[0]); err != nil {
+		t.Fatal(err)
+	}
+	objects, multipart, err := server.Keys(ctx, s.Bucket(), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(multipart) != 0 || len(objects) != 1 { // the committed blob alone
+		t.Errorf("bucket holds %v and multipart uploads %v", objects, multipart)
+	}
+}

@@ -222,6 +222,9 @@ func (s *Store) FinishUpload(ctx context.Context, reg, repo, id string, d oci.Di
 			return 0, err
 		}
 	}
+	if _, ok := s.blobs.(blobstore.Direct); ok && u.Offset == 0 && r != nil && u.Algorithm == d.Algorithm() {
+		return s.finishDirect(ctx, u, d, r, length)
+	}
 	w, h, err := s.appendChunk(ctx, u, r, length)
 	if errors.Is(err, errUploadFileGone) {
 		return s.finishCommitted(ctx, u, d, r, length)
@@ -239,6 +242,40 @@ func (s *Store) FinishUpload(ctx context.Context, reg, repo, id string, d oci.Di
 	}
 	s.sessions.release(u.Client)
 	return u.Offset, nil
+}
+
+// finishDirect closes an empty session with its whole content in one request: the
+// bytes go straight to the blob's place (blobstore.Direct), saving the copy a commit
+// otherwise makes. On any failure (a digest mismatch) the session stays as it was.
+func (s *Store) finishDirect(ctx context.Context, u *Upload, d oci.Digest, r io.Reader, length int64) (int64, error) {
+	w, err := s.blobWriter(ctx, u.ID, d)
+	if err != nil {
+		return 0, err
+	}
+	defer w.Close()
+	h := u.Algorithm.New()
+	err = s.writeChunk(w, u, h, r, length)
+	if err == nil {
+		err = s.verifyUpload(w, u, h, d)
+	}
+	if err == nil {
+		err = s.commitBlob(ctx, w, d, u.Registry, u.Repo, u.Offset, uploadKey(u.ID))
+	}
+	if err != nil {
+		w.Cancel()
+		return 0, err
+	}
+	s.sessions.release(u.Client)
+	return u.Offset, nil
+}
+
+// blobWriter is a writer for the bytes of blob d: straight to its place where the
+// store can (blobstore.Direct), else an ordinary upload.
+func (s *Store) blobWriter(ctx context.Context, id string, d oci.Digest) (blobstore.Writer, error) {
+	if direct, ok := s.blobs.(blobstore.Direct); ok {
+		return direct.NewBlobWriter(ctx, id, d)
+	}
+	return s.blobs.NewWriter(ctx, id)
 }
 
 // errUploadFileGone: the session's data file is missing.
@@ -351,7 +388,7 @@ func (s *Store) PutBlob(ctx context.Context, reg, repo string, d oci.Digest, r i
 	}
 	defer s.sessions.release(client)
 	u := &Upload{ID: "mono-" + newID(), Registry: reg, Repo: repo, Algorithm: d.Algorithm()}
-	w, err := s.blobs.NewWriter(ctx, u.ID)
+	w, err := s.blobWriter(ctx, u.ID, d)
 	if err != nil {
 		return 0, err
 	}
@@ -365,7 +402,7 @@ func (s *Store) PutBlob(ctx context.Context, reg, repo string, d oci.Digest, r i
 		err = s.commitBlob(ctx, w, d, reg, repo, u.Offset)
 	}
 	if err != nil {
-		s.blobs.RemoveUpload(context.WithoutCancel(ctx), u.ID)
+		w.Cancel()
 		return 0, err
 	}
 	return u.Offset, nil

@@ -266,3 +266,38 @@ func TestS3SlowDownIsRetriedThenReported(t *testing.T) {
 		t.Errorf("the refused blob: HEAD %d", resp.StatusCode)
 	}
 }
+
+// A whole blob in one request goes straight to its place in the bucket; one whose
+// bytes do not match its digest leaves nothing there (no object, no multipart upload),
+// and the session it closed stays open where it was.
+func TestMonolithicPushesOnS3AreWholeOrNothing(t *testing.T) {
+	var bucket string
+	r := startRegistry(t, t.TempDir(), registryOptions{store: onS3(t, &bucket)})
+	blob := make([]byte, 12<<20)
+	rand.Read(blob)
+	d := oci.FromBytes(oci.SHA256, blob)
+	wrong := oci.FromBytes(oci.SHA256, []byte("not the bytes"))
+	loc := r.startUpload("app")
+	if resp := r.do("PUT", loc+"?digest="+string(wrong), blob); resp.StatusCode != 400 || !strings.Contains(string(resp.body), "DIGEST_INVALID") {
+		t.Fatalf("a PUT with the wrong digest: %d %s", resp.StatusCode, resp.body)
+	}
+	if resp := r.do("POST", "/v2/app/blobs/uploads/?digest="+string(wrong), blob); resp.StatusCode != 400 {
+		t.Fatalf("a POST ?digest= with the wrong digest: %d %s", resp.StatusCode, resp.body)
+	}
+	objects, multipart := bucketKeys(t, bucket, "blobs/")
+	if len(objects) != 0 || len(multipart) != 0 {
+		t.Fatalf("after two refused pushes the bucket holds %v and multipart uploads %v", objects, multipart)
+	}
+	if resp := r.do("GET", loc, nil); resp.StatusCode != 204 || resp.Header.Get("Range") != "0-0" && resp.Header.Get("Range") != "" {
+		t.Errorf("the session after the refused PUT: %d Range %q", resp.StatusCode, resp.Header.Get("Range"))
+	}
+	if resp := r.do("PUT", loc+"?digest="+string(d), blob); resp.StatusCode != 201 {
+		t.Fatalf("the same session, right digest: %d %s", resp.StatusCode, resp.body)
+	}
+	if resp := r.do("GET", "/v2/app/blobs/"+string(d), nil); resp.StatusCode != 200 || !bytes.Equal(resp.body, blob) {
+		t.Errorf("the blob: %d, %d bytes", resp.StatusCode, len(resp.body))
+	}
+	if objects, _ := bucketKeys(t, bucket, "uploads/"); len(objects) != 0 {
+		t.Errorf("staging left after the commit: %v", objects)
+	}
+}
