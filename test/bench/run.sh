@@ -665,7 +665,13 @@ run_s3_suite() {
   echo "MANIFEST_RPS=$(wrk_rps "s3-$name-manifest" "$MANIFEST_URL" "$ACCEPT")" >>"$env" || return 1
   log "s3 $name: $S3_PULLS concurrent GETs of the ${S3_MIB} MiB blob"
   timeout 300 "$LG" pull -addr "$ADDR" -repo bench/app -digest "$S3_DIGEST" -size "$BIG_SIZE" -n 1 >/dev/null || return 1
-  timeout 300 "$LG" pull -addr "$ADDR" -repo bench/app -digest "$S3_DIGEST" -size "$BIG_SIZE" -n "$S3_PULLS" -verify >>"$env" || return 1
+  local runs=() i
+  for i in $(seq 1 "$REPS"); do
+    timeout 300 "$LG" pull -addr "$ADDR" -repo bench/app -digest "$S3_DIGEST" -size "$BIG_SIZE" -n "$S3_PULLS" -verify >"$TMP/pull.env" || return 1
+    runs+=("$(awk -F= '$1 == "PULL_SECONDS" {print $2}' "$TMP/pull.env")")
+  done
+  echo "PULL_SECONDS_ALL=$(IFS=,; echo "${runs[*]}")" >>"$env"
+  echo "PULL_SECONDS=$(printf '%s\n' "${runs[@]}" | sort -n | sed -n "$(( (${#runs[@]} + 1) / 2 ))p")" >>"$env"
   log "s3 $name: pushing ${S3_MIB} MiB blobs ($REPS× monolithic, POST ?digest=, 8 chunks)"
   timeout 600 "$LG" push -addr "$ADDR" -repo bench/push -file "$TMP/s3big.bin" -reps "$REPS" -chunks 8 >>"$env" || return 1
   log "s3 $name: $S3_PUSHN concurrent ${S3_MIB} MiB pushes"
@@ -975,6 +981,7 @@ s3_table() {
   echo "ratio: dockyard/reference for req/s and GET time; reference/dockyard for pushes (above 1: dockyard faster)."
   echo "GETs: clients verify sha256; redirect: dockyard answers 307 to a presigned URL and the clients fetch from versitygw."
   echo "peak RSS covers the whole part, including the ${S3_PUSHN} concurrent pushes."
+  printf 'GET runs (s), median shown: dockyard %s | reference %s\n' "$(s3get dockyard PULL_SECONDS_ALL)" "$(s3get reference PULL_SECONDS_ALL)"
   printf 'push runs (s): dockyard mono %s chunked %s | reference mono %s chunked %s\n' "$(s3get dockyard PUSH_MONO_ALL)" \
     "$(s3get dockyard PUSH_CHUNKED_ALL)" "$(s3get reference PUSH_MONO_ALL)" "$(s3get reference PUSH_CHUNKED_ALL)"
   [ -z "$S3_FAILED" ] || echo "S3 PART FAILED: see the bench log and test-results/bench/s3-*.log"
