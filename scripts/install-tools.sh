@@ -23,6 +23,7 @@ command -v ldapadd >/dev/null 2>&1 || need_apt+=(ldap-utils)
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl) # test CA and server certificate for TLS
 # A reverse proxy in front of dockyard for test/e2e/isolation.sh (X-Forwarded-For, trusted proxies).
 [ -x /usr/sbin/nginx ] || command -v nginx >/dev/null 2>&1 || need_apt+=(nginx)
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql) # throwaway clusters for the PostgreSQL index tests
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "install-tools: apt-get install ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive
