@@ -1,8 +1,9 @@
-// Package cache owns what dockyard keeps: the content-addressed blob store (one file
-// per blob, shared by every registry and repository) and the Badger index of
-// repositories, tags, manifests, blob links, referrers, reference counts, upload
-// sessions, pull records, and opaque record tables other packages keep there (CI
-// tokens, revocations).
+// Package cache owns what dockyard keeps, over a blob store (package blobstore: one
+// copy of each blob, shared by every registry and repository, on disk or in S3): the
+// Badger index of repositories, tags, manifests, blob links, referrers, reference
+// counts, upload sessions, pull records, and opaque record tables other packages keep
+// there (CI tokens, revocations); uploads and proxy fetches into the blob store; and
+// garbage collection, eviction and fsck across both.
 //
 // It knows nothing of HTTP, upstream registries or authentication. Every change that
 // moves a reference count is made in the same index transaction as the change that
