@@ -58,7 +58,7 @@ func (s *Store) NewFetch(ctx context.Context, d oci.Digest, size, limit int64) (
 	if limit <= 0 {
 		limit = MaxUnknownFetch
 	}
-	w, err := s.blobs.NewWriter(ctx, "fetch-"+newID())
+	w, err := s.blobWriter(ctx, "fetch-"+newID(), d)
 	if err != nil {
 		return nil, err
 	}
