@@ -5,8 +5,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/dgraph-io/badger/v4"
-
+	"github.com/dockyard/dockyard/index"
 	"github.com/dockyard/dockyard/oci"
 )
 
@@ -73,7 +72,7 @@ func (s *Store) FlushAccess() error {
 		keys = append(keys, k)
 	}
 	written := 0
-	err := s.splitUpdate(0, len(keys), func(txn *badger.Txn, lo, hi int) error {
+	err := s.splitUpdate(0, len(keys), func(txn index.Txn, lo, hi int) error {
 		if hookFlushAccess != nil {
 			if err := hookFlushAccess(); err != nil {
 				return err
@@ -116,7 +115,7 @@ var hookFlushAccess func() error
 // writePull adds p to the pull record at k. A manifest record that is gone is not
 // recreated; nor is the record of a tag that was deleted, or moved to other content,
 // after the pull.
-func (s *Store) writePull(txn *badger.Txn, k []byte, p pull) error {
+func (s *Store) writePull(txn index.Txn, k []byte, p pull) error {
 	if k[0] == kindRepoManifest {
 		var rm repoManifest
 		ok, err := getJSON(txn, k, &rm)
@@ -165,7 +164,7 @@ func (s *Store) flushAccessEvery(ctx context.Context, every time.Duration, done 
 // PullInfo returns the recorded pulls of manifest d in reg/repo and, when tag is not
 // empty, of the tag.
 func (s *Store) PullInfo(ctx context.Context, reg, repo, tag string, d oci.Digest) (manifest, tagged Access, err error) {
-	err = s.db.View(func(txn *badger.Txn) error {
+	err = s.db.View(func(txn index.Txn) error {
 		var rm repoManifest
 		if _, err := getJSON(txn, repoManifestKey(reg, repo, d), &rm); err != nil {
 			return err

@@ -7,9 +7,8 @@ import (
 	"errors"
 	"io"
 
-	"github.com/dgraph-io/badger/v4"
-
 	"github.com/dockyard/dockyard/blobstore"
+	"github.com/dockyard/dockyard/index"
 	"github.com/dockyard/dockyard/oci"
 )
 
@@ -17,7 +16,7 @@ import (
 // the repository, or one of the repository's manifests read as a blob.
 func (s *Store) StatBlob(ctx context.Context, reg, repo string, d oci.Digest) (int64, error) {
 	var size int64
-	err := s.db.View(func(txn *badger.Txn) error {
+	err := s.db.View(func(txn index.Txn) error {
 		v, ok, err := getValue(txn, linkKey(reg, repo, d))
 		if err != nil {
 			return err
@@ -32,7 +31,7 @@ func (s *Store) StatBlob(ctx context.Context, reg, repo string, d oci.Digest) (i
 	return size, err
 }
 
-func (s *Store) manifestAsBlobSize(txn *badger.Txn, reg, repo string, d oci.Digest) (int64, error) {
+func (s *Store) manifestAsBlobSize(txn index.Txn, reg, repo string, d oci.Digest) (int64, error) {
 	if ok, err := exists(txn, repoManifestKey(reg, repo, d)); !ok || err != nil {
 		if err == nil {
 			err = oci.ErrBlobUnknown.WithDetail(map[string]string{"digest": string(d)})
@@ -57,7 +56,7 @@ func (Redirect) Seek(int64, int) (int64, error) { return 0, nil }
 // OpenBlob opens blob d for reading through reg/repo, or returns a Redirect.
 func (s *Store) OpenBlob(ctx context.Context, reg, repo string, d oci.Digest) (io.ReadSeekCloser, int64, error) {
 	var linked bool
-	err := s.db.View(func(txn *badger.Txn) (err error) {
+	err := s.db.View(func(txn index.Txn) (err error) {
 		linked, err = exists(txn, linkKey(reg, repo, d))
 		return err
 	})
@@ -92,7 +91,7 @@ func (s *Store) OpenBlob(ctx context.Context, reg, repo string, d oci.Digest) (i
 // the deleting transaction, about the tags of every manifest of the repository that
 // lists the blob and of the indexes above them: an immutable release keeps its layers.
 func (s *Store) DeleteBlob(ctx context.Context, reg, repo string, d oci.Digest, protect Protect) error {
-	return s.update(func(txn *badger.Txn) error {
+	return s.update(func(txn index.Txn) error {
 		lk := linkKey(reg, repo, d)
 		if ok, err := exists(txn, lk); !ok || err != nil {
 			if err == nil {
@@ -116,7 +115,7 @@ func (s *Store) DeleteBlob(ctx context.Context, reg, repo string, d oci.Digest, 
 // linked to reg/from; with from empty any stored copy will do. ok is false when there
 // is nothing to mount, and the caller starts an ordinary upload instead.
 func (s *Store) MountBlob(ctx context.Context, reg, repo, from string, d oci.Digest) (size int64, ok bool, err error) {
-	err = s.update(func(txn *badger.Txn) error {
+	err = s.update(func(txn index.Txn) error {
 		var v []byte
 		var found bool
 		var err error
@@ -145,7 +144,7 @@ func (s *Store) MountBlob(ctx context.Context, reg, repo, from string, d oci.Dig
 // first time (taking over references that waited for it) and its grace period starts
 // again while nothing references it, so a blob being reused is not collected under the
 // client's feet.
-func (s *Store) linkBlob(txn *badger.Txn, reg, repo string, d oci.Digest, size int64) error {
+func (s *Store) linkBlob(txn index.Txn, reg, repo string, d oci.Digest, size int64) error {
 	if err := s.ensureRecord(txn, kindBlob, d, size); err != nil {
 		return err
 	}
@@ -168,7 +167,7 @@ func recordKey(kind byte, d oci.Digest) []byte { return key(kind, string(d)) }
 
 // ensureRecord creates the reference record of kind for content d, counting the
 // pending references to it, or refreshes the grace period of an unreferenced one.
-func (s *Store) ensureRecord(txn *badger.Txn, kind byte, d oci.Digest, size int64) error {
+func (s *Store) ensureRecord(txn index.Txn, kind byte, d oci.Digest, size int64) error {
 	k := recordKey(kind, d)
 	v, ok, err := getValue(txn, k)
 	if err != nil {
@@ -217,7 +216,7 @@ var hookBeforeRecordCommit func(d oci.Digest)
 
 // reference counts one more reference from manifest `from` to content d (a record of
 // kind kindBlob or kindContentRefs), or records it as pending when d is not stored yet.
-func (s *Store) reference(txn *badger.Txn, kind byte, d, from oci.Digest) error {
+func (s *Store) reference(txn index.Txn, kind byte, d, from oci.Digest) error {
 	ok, err := exists(txn, recordKey(kind, d))
 	if err != nil {
 		return err
@@ -236,7 +235,7 @@ func (s *Store) reference(txn *badger.Txn, kind byte, d, from oci.Digest) error 
 }
 
 // unreference drops what reference counted.
-func (s *Store) unreference(txn *badger.Txn, kind byte, d, from oci.Digest) error {
+func (s *Store) unreference(txn index.Txn, kind byte, d, from oci.Digest) error {
 	pk := pendingKey(kind, d, from)
 	ok, err := exists(txn, pk)
 	if err != nil {
@@ -252,7 +251,7 @@ func (s *Store) unreference(txn *badger.Txn, kind byte, d, from oci.Digest) erro
 }
 
 // movePendingMark moves the count of pending references to d kept in its mark.
-func (s *Store) movePendingMark(txn *badger.Txn, kind byte, d oci.Digest, delta int64) error {
+func (s *Store) movePendingMark(txn index.Txn, kind byte, d oci.Digest, delta int64) error {
 	mk := pendingMarkKey(kind, d)
 	v, _, err := getValue(txn, mk)
 	if err != nil {
@@ -271,7 +270,7 @@ func (nopCloser) Close() error { return nil }
 
 // HasBlob reports whether blob d is stored, whichever repositories link it.
 func (s *Store) HasBlob(d oci.Digest) (size int64, ok bool, err error) {
-	err = s.db.View(func(txn *badger.Txn) error {
+	err = s.db.View(func(txn index.Txn) error {
 		v, found, err := getValue(txn, blobKey(d))
 		if found {
 			size, ok = decodeRefRecord(v).Size, true
@@ -284,7 +283,7 @@ func (s *Store) HasBlob(d oci.Digest) (size int64, ok bool, err error) {
 // BlobRepositories lists the repositories of reg that blob d is linked to.
 func (s *Store) BlobRepositories(ctx context.Context, reg string, d oci.Digest) ([]string, error) {
 	var out []string
-	err := s.db.View(func(txn *badger.Txn) error {
+	err := s.db.View(func(txn index.Txn) error {
 		p := prefix(kindLinkByDigest, string(d), reg)
 		keys, err := keysWithPrefix(txn, p)
 		for _, k := range keys {

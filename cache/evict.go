@@ -7,8 +7,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/dgraph-io/badger/v4"
-
+	"github.com/dockyard/dockyard/index"
 	"github.com/dockyard/dockyard/oci"
 )
 
@@ -39,7 +38,7 @@ func (s *Store) EvictCache(ctx context.Context, reg string, maxBytes int64, pull
 	}
 	var manifests []cachedManifest
 	held := map[oci.Digest]int64{} // distinct blobs linked anywhere in reg → size
-	err := s.db.View(func(txn *badger.Txn) error {
+	err := s.db.View(func(txn index.Txn) error {
 		err := scan(txn, prefix(kindRepoManifest, reg), func(rest, v []byte) error {
 			repo, d := splitLast(string(rest))
 			var rm repoManifest
@@ -110,7 +109,7 @@ func (s *Store) evictManifestIf(reg string, m cachedManifest, going map[oci.Dige
 	var tags [][]byte
 	var goes []oci.Digest // blobs whose referencing content goes, once committed
 	defer func() { s.tags.invalidate(tags...) }()
-	err := s.update(func(txn *badger.Txn) error {
+	err := s.update(func(txn index.Txn) error {
 		r, tags, goes = eviction{}, nil, nil
 		var rm repoManifest
 		ok, err := getJSON(txn, repoManifestKey(reg, m.repo, m.digest), &rm)

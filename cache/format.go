@@ -2,13 +2,13 @@ package cache
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"slices"
 	"strconv"
 	"strings"
 
-	"github.com/dgraph-io/badger/v4"
-
+	"github.com/dockyard/dockyard/index"
 	"github.com/dockyard/dockyard/oci"
 )
 
@@ -33,7 +33,7 @@ var indexIDKey = key(kindMeta, "id")
 // indexID returns the index's identity, making it the first time.
 func (s *Store) indexID() (string, error) {
 	var id string
-	err := s.update(func(txn *badger.Txn) error {
+	err := s.update(func(txn index.Txn) error {
 		v, ok, err := getValue(txn, indexIDKey)
 		if err != nil || ok {
 			id = string(v)
@@ -65,7 +65,7 @@ func (s *Store) upgrade() error {
 			return fmt.Errorf("upgrade the index from format %d: %w", v, err)
 		}
 		next := v + 1
-		if err := s.update(func(txn *badger.Txn) error { return txn.Set(formatKey, []byte(strconv.Itoa(next))) }); err != nil {
+		if err := s.update(func(txn index.Txn) error { return txn.Set(formatKey, []byte(strconv.Itoa(next))) }); err != nil {
 			return err
 		}
 	}
@@ -76,7 +76,7 @@ func (s *Store) upgrade() error {
 // holds anything, and a new index (the current version) when it is empty.
 func (s *Store) formatVersion() (int, error) {
 	var v int
-	err := s.db.View(func(txn *badger.Txn) error {
+	err := s.db.View(func(txn index.Txn) error {
 		b, ok, err := getValue(txn, formatKey)
 		if err != nil {
 			return err
@@ -88,19 +88,19 @@ func (s *Store) formatVersion() (int, error) {
 			}
 			return nil
 		}
-		it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: false})
-		defer it.Close()
-		it.Rewind()
-		if it.Valid() {
-			v = 1
-		} else {
-			v = formatVersion
+		v = formatVersion
+		err = txn.Scan(nil, nil, true, func(_, _ []byte) error {
+			v = 1 // not empty
+			return errStop
+		})
+		if errors.Is(err, errStop) {
+			err = nil
 		}
-		return nil
+		return err
 	})
 	if err == nil && v == formatVersion {
 		// Record it, so that an index emptied later is not taken for a new one.
-		err = s.update(func(txn *badger.Txn) error {
+		err = s.update(func(txn index.Txn) error {
 			if ok, err := exists(txn, formatKey); ok || err != nil {
 				return err
 			}
@@ -119,7 +119,7 @@ const migrationBatch = 1000
 func (s *Store) splitPendingReferences() error {
 	type ref struct{ d, from oci.Digest }
 	var refs []ref
-	err := s.db.View(func(txn *badger.Txn) error {
+	err := s.db.View(func(txn index.Txn) error {
 		return scanKeys(txn, []byte{kindPendingBlob}, func(rest []byte) error {
 			d, from, ok := strings.Cut(string(rest), "\x00")
 			if ok {
@@ -133,7 +133,7 @@ func (s *Store) splitPendingReferences() error {
 	}
 	for i := 0; i < len(refs); i += migrationBatch {
 		batch := refs[i:min(i+migrationBatch, len(refs))]
-		err := s.update(func(txn *badger.Txn) error {
+		err := s.update(func(txn index.Txn) error {
 			for _, r := range batch {
 				v, ok, err := getValue(txn, contentKey(r.from))
 				if err != nil {
@@ -172,7 +172,7 @@ func (s *Store) splitPendingReferences() error {
 // references.
 func (s *Store) rewritePendingMarks() error {
 	counts := map[string]int64{} // mark key → count
-	err := s.db.View(func(txn *badger.Txn) error {
+	err := s.db.View(func(txn index.Txn) error {
 		for _, kind := range []byte{kindBlob, kindContentRefs} {
 			err := scanKeys(txn, []byte{pendingKind(kind)}, func(rest []byte) error {
 				d, _, _ := strings.Cut(string(rest), "\x00")
@@ -194,7 +194,7 @@ func (s *Store) rewritePendingMarks() error {
 	}
 	for i := 0; i < len(keys); i += migrationBatch {
 		batch := keys[i:min(i+migrationBatch, len(keys))]
-		if err := s.update(func(txn *badger.Txn) error {
+		if err := s.update(func(txn index.Txn) error {
 			for _, k := range batch {
 				if err := txn.Set([]byte(k), binary.AppendVarint(nil, counts[k])); err != nil {
 					return err

@@ -12,8 +12,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/dgraph-io/badger/v4"
-
+	"github.com/dockyard/dockyard/index"
 	"github.com/dockyard/dockyard/oci"
 )
 
@@ -176,7 +175,7 @@ func TestANewerIndexFormatIsRefused(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := s.update(func(txn *badger.Txn) error { return txn.Set(formatKey, []byte("99")) }); err != nil {
+	if err := s.update(func(txn index.Txn) error { return txn.Set(formatKey, []byte("99")) }); err != nil {
 		t.Fatal(err)
 	}
 	s.Close()

@@ -1,6 +1,7 @@
 package cache
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -8,9 +9,8 @@ import (
 	"io"
 	"strings"
 
-	"github.com/dgraph-io/badger/v4"
-
 	"github.com/dockyard/dockyard/blobstore"
+	"github.com/dockyard/dockyard/index"
 	"github.com/dockyard/dockyard/oci"
 )
 
@@ -34,7 +34,7 @@ type CheckReport struct {
 func (s *Store) Check(ctx context.Context, opts CheckOptions) (CheckReport, error) {
 	var rep CheckReport
 	problem := func(format string, args ...any) { rep.Problems = append(rep.Problems, fmt.Sprintf(format, args...)) }
-	var fixes []func(txn *badger.Txn) error
+	var fixes []func(txn index.Txn) error
 	var missing []oci.Digest // blobs whose records go, links and all
 	var dropped [][]byte     // tag keys the repair deletes, for the tag cache
 
@@ -42,19 +42,12 @@ func (s *Store) Check(ctx context.Context, opts CheckOptions) (CheckReport, erro
 	contentRefs := map[oci.Digest]int64{}
 	blobs := map[oci.Digest]refRecord{}
 	contents := map[oci.Digest]refRecord{}
-	err := s.db.View(func(txn *badger.Txn) error {
-		it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: true})
-		defer it.Close()
-		for it.Rewind(); it.Valid(); it.Next() {
+	err := s.db.View(func(txn index.Txn) error {
+		return txn.Scan(nil, nil, false, func(key, val []byte) error {
 			if err := ctx.Err(); err != nil {
 				return err
 			}
-			item := it.Item()
-			k := item.KeyCopy(nil)
-			v, err := item.ValueCopy(nil)
-			if err != nil {
-				return err
-			}
+			k, v := bytes.Clone(key), bytes.Clone(val)
 			parts := strings.Split(string(k[1:]), "\x00")
 			switch k[0] {
 			case kindBlob:
@@ -65,7 +58,7 @@ func (s *Store) Check(ctx context.Context, opts CheckOptions) (CheckReport, erro
 				h, _, err := decodeContent(v)
 				if err != nil {
 					problem("manifest %s: unreadable content record: %v", parts[0], err)
-					continue
+					return nil
 				}
 				d := oci.Digest(parts[0])
 				for _, b := range h.Blobs {
@@ -84,7 +77,7 @@ func (s *Store) Check(ctx context.Context, opts CheckOptions) (CheckReport, erro
 				contentRefs[d]++
 				if ok, _ := exists(txn, contentKey(d)); !ok {
 					problem("manifest %s in %s/%s has no content", d, parts[0], parts[1])
-					fixes = append(fixes, func(txn *badger.Txn) error { return txn.Delete(k) })
+					fixes = append(fixes, func(txn index.Txn) error { return txn.Delete(k) })
 				}
 			case kindTag:
 				rep.Tags++
@@ -92,19 +85,19 @@ func (s *Store) Check(ctx context.Context, opts CheckOptions) (CheckReport, erro
 				if ok, _ := exists(txn, repoManifestKey(parts[0], parts[1], d)); !ok {
 					problem("tag %s/%s:%s points at %s, which the repository does not have", parts[0], parts[1], parts[2], d)
 					reg, repo, tag := parts[0], parts[1], parts[2]
-					fixes = append(fixes, func(txn *badger.Txn) error { return deleteTag(txn, reg, repo, tag, d) })
+					fixes = append(fixes, func(txn index.Txn) error { return deleteTag(txn, reg, repo, tag, d) })
 					dropped = append(dropped, k)
-					continue
+					return nil
 				}
 				if bk := tagByDigestKey(parts[0], parts[1], d, parts[2]); !mustExist(txn, bk) {
 					problem("tag %s/%s:%s is missing from the index of %s's tags", parts[0], parts[1], parts[2], d)
-					fixes = append(fixes, func(txn *badger.Txn) error { return txn.Set(bk, nil) })
+					fixes = append(fixes, func(txn index.Txn) error { return txn.Set(bk, nil) })
 				}
 			case kindTagByDigest:
 				v, found, _ := getValue(txn, tagKey(parts[0], parts[1], parts[3]))
 				if d, _ := decodeTagValue(v); !found || string(d) != parts[2] {
 					problem("the index of %s's tags lists %s/%s:%s, which points elsewhere", parts[2], parts[0], parts[1], parts[3])
-					fixes = append(fixes, func(txn *badger.Txn) error { return txn.Delete(k) })
+					fixes = append(fixes, func(txn index.Txn) error { return txn.Delete(k) })
 				}
 			case kindLink:
 				d := oci.Digest(parts[2])
@@ -112,7 +105,7 @@ func (s *Store) Check(ctx context.Context, opts CheckOptions) (CheckReport, erro
 				if ok, _ := exists(txn, blobKey(d)); !ok {
 					problem("link %s/%s → %s has no blob record", parts[0], parts[1], d)
 					reg, repo := parts[0], parts[1]
-					fixes = append(fixes, func(txn *badger.Txn) error {
+					fixes = append(fixes, func(txn index.Txn) error {
 						if err := txn.Delete(k); err != nil {
 							return err
 						}
@@ -121,8 +114,8 @@ func (s *Store) Check(ctx context.Context, opts CheckOptions) (CheckReport, erro
 				}
 				_ = size
 			}
-		}
-		return nil
+			return nil
+		})
 	})
 	if err != nil {
 		return rep, err
@@ -162,7 +155,7 @@ func (s *Store) Check(ctx context.Context, opts CheckOptions) (CheckReport, erro
 		return rep, nil
 	}
 	// Many fixes share a transaction, as many as Badger takes.
-	err = s.splitUpdate(0, len(fixes), func(txn *badger.Txn, lo, hi int) error {
+	err = s.splitUpdate(0, len(fixes), func(txn index.Txn, lo, hi int) error {
 		for _, fix := range fixes[lo:hi] {
 			if err := fix(txn); err != nil {
 				return err
@@ -183,13 +176,13 @@ func (s *Store) Check(ctx context.Context, opts CheckOptions) (CheckReport, erro
 	return rep, nil
 }
 
-func mustExist(txn *badger.Txn, k []byte) bool {
+func mustExist(txn index.Txn, k []byte) bool {
 	ok, _ := exists(txn, k)
 	return ok
 }
 
-func (s *Store) setRefs(k []byte, r refRecord, refs int64) func(txn *badger.Txn) error {
-	return func(txn *badger.Txn) error {
+func (s *Store) setRefs(k []byte, r refRecord, refs int64) func(txn index.Txn) error {
+	return func(txn index.Txn) error {
 		r.Refs = refs
 		r.ZeroSince = 0
 		if refs == 0 {
@@ -204,7 +197,7 @@ func (s *Store) setRefs(k []byte, r refRecord, refs int64) func(txn *badger.Txn)
 func (s *Store) dropRecordInChunks(d oci.Digest) error {
 	for {
 		done := false
-		err := s.update(func(txn *badger.Txn) error {
+		err := s.update(func(txn index.Txn) error {
 			n, err := s.dropLinks(txn, d, linkChunk)
 			if err != nil || n == linkChunk {
 				return err
@@ -219,7 +212,7 @@ func (s *Store) dropRecordInChunks(d oci.Digest) error {
 }
 
 // dropBlobRecord removes a blob's record and links (its file is gone, or about to be).
-func (s *Store) dropBlobRecord(txn *badger.Txn, d oci.Digest) error {
+func (s *Store) dropBlobRecord(txn index.Txn, d oci.Digest) error {
 	if _, err := s.dropLinks(txn, d, -1); err != nil {
 		return err
 	}
@@ -227,7 +220,7 @@ func (s *Store) dropBlobRecord(txn *badger.Txn, d oci.Digest) error {
 }
 
 // dropLinks removes up to max (-1: all) links of blob d and returns how many it removed.
-func (s *Store) dropLinks(txn *badger.Txn, d oci.Digest, max int) (int, error) {
+func (s *Store) dropLinks(txn index.Txn, d oci.Digest, max int) (int, error) {
 	p := prefix(kindLinkByDigest, string(d))
 	links, err := keysWithPrefix(txn, p)
 	if err != nil {

@@ -5,8 +5,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/dgraph-io/badger/v4"
-
+	"github.com/dockyard/dockyard/index"
 	"github.com/dockyard/dockyard/oci"
 )
 
@@ -22,7 +21,7 @@ func TestFsckFindsAndRepairsWrongCountsDanglingTagsAndLinks(t *testing.T) {
 	other := putManifest(t, s, "dev", "app", image(t, s, "dev", "app", "y"), false, "2.0")
 	ghost := putBlob(t, s, "dev", "app", []byte("a blob whose record goes"))
 	clean(t, s)
-	err := s.update(func(txn *badger.Txn) error {
+	err := s.update(func(txn index.Txn) error {
 		// A wrong count, a tag left behind by its manifest, a link left by its record.
 		if err := txn.Set(blobKey(layer), refRecord{Size: 10, Refs: 7}.encode()); err != nil {
 			return err

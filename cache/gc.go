@@ -7,9 +7,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/dgraph-io/badger/v4"
-
 	"github.com/dockyard/dockyard/blobstore"
+	"github.com/dockyard/dockyard/index"
 	"github.com/dockyard/dockyard/oci"
 )
 
@@ -80,15 +79,13 @@ func (s *Store) CollectGarbage(ctx context.Context, opts GCOptions) (GCReport, e
 	return total, nil
 }
 
-// compactValueLog rewrites value-log files that are mostly garbage (Badger keeps large
-// values, such as big manifests, there, and never reclaims them by itself).
+// compactValueLog reclaims the index's space where its driver does so on request
+// (Badger keeps large values, such as big manifests, in a value log it never
+// reclaims by itself).
 func (s *Store) compactValueLog() {
-	for range 64 {
-		if err := s.db.RunValueLogGC(0.5); err != nil {
-			if !errors.Is(err, badger.ErrNoRewrite) && !errors.Is(err, badger.ErrRejected) {
-				s.log.Warn("index value-log compaction", "err", err)
-			}
-			return
+	if c, ok := s.db.(index.Compacter); ok {
+		if err := c.Compact(); err != nil {
+			s.log.Warn("index compaction", "err", err)
 		}
 	}
 }
@@ -123,10 +120,10 @@ func batches[T any](items []T, cost func(T) int) [][]T {
 // splitUpdate runs apply on items [lo, hi) in one transaction, or, when Badger finds
 // it too big, on each half in turn; commit is told which ranges committed. apply must
 // build its results afresh on every call (a transaction runs again on a conflict). A
-// single item too big for a transaction is returned as badger.ErrTxnTooBig.
-func (s *Store) splitUpdate(lo, hi int, apply func(txn *badger.Txn, lo, hi int) error, commit func(lo, hi int)) error {
-	err := s.update(func(txn *badger.Txn) error { return apply(txn, lo, hi) })
-	if errors.Is(err, badger.ErrTxnTooBig) && hi-lo > 1 {
+// single item too big for a transaction is returned as index.ErrTxnTooBig.
+func (s *Store) splitUpdate(lo, hi int, apply func(txn index.Txn, lo, hi int) error, commit func(lo, hi int)) error {
+	err := s.update(func(txn index.Txn) error { return apply(txn, lo, hi) })
+	if errors.Is(err, index.ErrTxnTooBig) && hi-lo > 1 {
 		mid := (lo + hi) / 2
 		if err := s.splitUpdate(lo, mid, apply, commit); err != nil {
 			return err
@@ -192,7 +189,7 @@ func (s *Store) collectOnce(ctx context.Context, cutoff int64, dryRun bool) (GCR
 // contentCosts estimates the keys deleting each manifest's content changes.
 func (s *Store) contentCosts(ds []oci.Digest) (map[oci.Digest]int, error) {
 	out := make(map[oci.Digest]int, len(ds))
-	err := s.db.View(func(txn *badger.Txn) error {
+	err := s.db.View(func(txn index.Txn) error {
 		for _, d := range ds {
 			h, err := s.header(txn, d)
 			if err != nil {
@@ -211,7 +208,7 @@ func (s *Store) contentCosts(ds []oci.Digest) (map[oci.Digest]int, error) {
 // linkCounts counts the repositories each blob is linked to.
 func (s *Store) linkCounts(ds []oci.Digest) (map[oci.Digest]int, error) {
 	out := make(map[oci.Digest]int, len(ds))
-	err := s.db.View(func(txn *badger.Txn) error {
+	err := s.db.View(func(txn index.Txn) error {
 		for _, d := range ds {
 			err := scanKeys(txn, prefix(kindLinkByDigest, string(d)), func([]byte) error { out[d]++; return nil })
 			if err != nil {
@@ -227,7 +224,7 @@ func (s *Store) linkCounts(ds []oci.Digest) (map[oci.Digest]int, error) {
 // before cutoff.
 func (s *Store) unreferenced(kind byte, cutoff int64) ([]oci.Digest, error) {
 	var out []oci.Digest
-	err := s.db.View(func(txn *badger.Txn) error {
+	err := s.db.View(func(txn index.Txn) error {
 		return scan(txn, []byte{kind}, func(rest, v []byte) error {
 			if r := decodeRefRecord(v); r.Refs == 0 && r.ZeroSince != 0 && r.ZeroSince <= cutoff {
 				out = append(out, oci.Digest(rest))
@@ -239,7 +236,7 @@ func (s *Store) unreferenced(kind byte, cutoff int64) ([]oci.Digest, error) {
 }
 
 // stillUnreferenced re-reads a record inside a deleting transaction.
-func stillUnreferenced(txn *badger.Txn, k []byte, cutoff int64) (refRecord, bool, error) {
+func stillUnreferenced(txn index.Txn, k []byte, cutoff int64) (refRecord, bool, error) {
 	v, ok, err := getValue(txn, k)
 	if !ok || err != nil {
 		return refRecord{}, false, err
@@ -252,7 +249,7 @@ func stillUnreferenced(txn *badger.Txn, k []byte, cutoff int64) (refRecord, bool
 // reference, in transactions that re-check every count.
 func (s *Store) deleteContents(batch []oci.Digest, cutoff int64) (int, error) {
 	var deleted, attempt []oci.Digest
-	err := s.splitUpdate(0, len(batch), func(txn *badger.Txn, lo, hi int) error {
+	err := s.splitUpdate(0, len(batch), func(txn index.Txn, lo, hi int) error {
 		attempt = attempt[:0]
 		for _, d := range batch[lo:hi] {
 			_, ok, err := stillUnreferenced(txn, contentRefsKey(d), cutoff)
@@ -316,8 +313,8 @@ func (s *Store) deleteBlobs(batch []oci.Digest, cutoff int64) (int, int64, error
 			bytes += g.size
 		}
 	}
-	var apply func(txn *badger.Txn, lo, hi int) error
-	apply = func(txn *badger.Txn, lo, hi int) error {
+	var apply func(txn index.Txn, lo, hi int) error
+	apply = func(txn index.Txn, lo, hi int) error {
 		attempt = attempt[:0]
 		for _, d := range sorted[lo:hi] {
 			r, ok, err := stillUnreferenced(txn, blobKey(d), cutoff)
@@ -342,7 +339,7 @@ func (s *Store) deleteBlobs(batch []oci.Digest, cutoff int64) (int, int64, error
 		if err == nil {
 			break
 		}
-		if !errors.Is(err, badger.ErrTxnTooBig) {
+		if !errors.Is(err, index.ErrTxnTooBig) {
 			return 0, 0, err
 		}
 		big := s.firstTooBig(sorted, lo, hi, apply, commit)
@@ -375,9 +372,9 @@ var fileDeleteDelay time.Duration
 
 // firstTooBig finds the first item of [lo, hi) that is too big for a transaction on
 // its own, committing the items before it; -1 if none is.
-func (s *Store) firstTooBig(items []oci.Digest, lo, hi int, apply func(txn *badger.Txn, lo, hi int) error, commit func(lo, hi int)) int {
+func (s *Store) firstTooBig(items []oci.Digest, lo, hi int, apply func(txn index.Txn, lo, hi int) error, commit func(lo, hi int)) int {
 	for i := lo; i < hi; i++ {
-		if err := s.splitUpdate(i, i+1, apply, commit); errors.Is(err, badger.ErrTxnTooBig) {
+		if err := s.splitUpdate(i, i+1, apply, commit); errors.Is(err, index.ErrTxnTooBig) {
 			return i
 		}
 	}
@@ -394,7 +391,7 @@ const linkChunk = 500
 func (s *Store) dropBigBlob(d oci.Digest, cutoff int64) (size int64, deleted bool, err error) {
 	for {
 		more := false
-		err := s.update(func(txn *badger.Txn) error {
+		err := s.update(func(txn index.Txn) error {
 			r, ok, err := stillUnreferenced(txn, blobKey(d), cutoff)
 			if err != nil || !ok {
 				deleted, more = false, false
@@ -424,7 +421,7 @@ func (s *Store) dropBigBlob(d oci.Digest, cutoff int64) (size int64, deleted boo
 // them conflict, so a repository with content never loses its catalog entry.
 func (s *Store) pruneEmptyRepositories(ctx context.Context, dryRun bool) (int, error) {
 	var repos [][2]string
-	err := s.db.View(func(txn *badger.Txn) error {
+	err := s.db.View(func(txn index.Txn) error {
 		return scanKeys(txn, []byte{kindRepo}, func(rest []byte) error {
 			reg, repo, ok := strings.Cut(string(rest), "\x00")
 			if ok {
@@ -442,7 +439,7 @@ func (s *Store) pruneEmptyRepositories(ctx context.Context, dryRun bool) (int, e
 			return n, err
 		}
 		pruned := false
-		err := s.update(func(txn *badger.Txn) error {
+		err := s.update(func(txn index.Txn) error {
 			pruned = false
 			if ok, err := exists(txn, repoKey(r[0], r[1])); !ok || err != nil {
 				return err
@@ -503,7 +500,7 @@ func (s *Store) removeOrphanFiles(ctx context.Context, cutoff int64, dryRun bool
 }
 
 func (s *Store) hasRecord(k []byte) (ok bool, err error) {
-	err = s.db.View(func(txn *badger.Txn) error {
+	err = s.db.View(func(txn index.Txn) error {
 		ok, err = exists(txn, k)
 		return err
 	})
@@ -518,7 +515,7 @@ func (s *Store) PurgeUploads(ctx context.Context, maxAge time.Duration) (int, er
 	cutoff := s.now().Add(-maxAge)
 	live := map[string]bool{}
 	var stale []string
-	err := s.db.View(func(txn *badger.Txn) error {
+	err := s.db.View(func(txn index.Txn) error {
 		return scan(txn, []byte{kindUpload}, func(_, v []byte) error {
 			var u Upload
 			if err := decodeJSON(v, &u); err != nil {
@@ -576,7 +573,7 @@ func (s *Store) purgeUpload(id string, cutoff time.Time) (bool, error) {
 	defer s.uploadLocks.lock(id)()
 	purged := false
 	var u Upload
-	err := s.update(func(txn *badger.Txn) error {
+	err := s.update(func(txn index.Txn) error {
 		ok, err := getJSON(txn, uploadKey(id), &u)
 		if !ok || err != nil || !u.lastActivity().Before(cutoff) {
 			purged = false

@@ -10,8 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/dgraph-io/badger/v4"
-
+	"github.com/dockyard/dockyard/index"
 	"github.com/dockyard/dockyard/oci"
 )
 
@@ -30,7 +29,7 @@ func smallStore(t *testing.T, now func() time.Time) *Store {
 func linkEverywhere(t *testing.T, s *Store, reg string, d oci.Digest, size int64, n int) {
 	t.Helper()
 	for i := 0; i < n; i += 300 {
-		err := s.update(func(txn *badger.Txn) error {
+		err := s.update(func(txn index.Txn) error {
 			for j := i; j < min(i+300, n); j++ {
 				if err := s.linkBlob(txn, reg, fmt.Sprintf("repo/%05d", j), d, size); err != nil {
 					return err

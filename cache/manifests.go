@@ -10,8 +10,7 @@ import (
 	"slices"
 	"time"
 
-	"github.com/dgraph-io/badger/v4"
-
+	"github.com/dockyard/dockyard/index"
 	"github.com/dockyard/dockyard/oci"
 )
 
@@ -93,7 +92,7 @@ func (s *Store) getManifest(ctx context.Context, reg, repo string, ref oci.Refer
 		}
 	}
 	gen := s.tags.generation()
-	err := s.db.View(func(txn *badger.Txn) error {
+	err := s.db.View(func(txn index.Txn) error {
 		if !ref.IsDigest() {
 			v, ok, err := getValue(txn, tk)
 			if !ok || err != nil {
@@ -126,18 +125,15 @@ func (s *Store) manifestContent(reg, repo string, m *StoredManifest) (*StoredMan
 		m.Content = c
 		return m, nil
 	}
-	err := s.db.View(func(txn *badger.Txn) error {
-		item, err := txn.Get(contentKey(m.Digest))
+	err := s.db.View(func(txn index.Txn) error {
+		v, err := txn.Get(contentKey(m.Digest))
 		if err != nil {
 			return err
 		}
-		return item.Value(func(v []byte) error {
-			_, data, err := decodeContent(v)
-			m.Content = bytes.Clone(data)
-			return err
-		})
+		_, m.Content, err = decodeContent(v)
+		return err
 	})
-	if errors.Is(err, badger.ErrKeyNotFound) {
+	if errors.Is(err, index.ErrNotFound) {
 		return nil, fmt.Errorf("index: manifest %s is in %s/%s but its content is missing", m.Digest, reg, repo)
 	}
 	if err == nil {
@@ -175,7 +171,7 @@ func (s *Store) PutManifest(ctx context.Context, p PutManifestRequest) error {
 	m := p.Manifest
 	var changed [][]byte
 	defer func() { s.tags.invalidate(changed...) }()
-	return s.update(func(txn *badger.Txn) error {
+	return s.update(func(txn index.Txn) error {
 		changed = changed[:0]
 		var blobs, children []oci.Digest
 		for _, b := range m.RequiredBlobs() {
@@ -271,7 +267,7 @@ func (s *Store) PutManifest(ctx context.Context, p PutManifestRequest) error {
 
 // putContent stores manifest bytes the first time they are seen, counting the
 // references they make.
-func (s *Store) putContent(txn *badger.Txn, p PutManifestRequest, blobs, children []oci.Digest) error {
+func (s *Store) putContent(txn index.Txn, p PutManifestRequest, blobs, children []oci.Digest) error {
 	ck := contentKey(p.Digest)
 	if ok, err := exists(txn, ck); ok || err != nil {
 		return err
@@ -314,7 +310,7 @@ type Protect func(tag string) error
 func (s *Store) DeleteManifest(ctx context.Context, reg, repo string, d oci.Digest, protect Protect) error {
 	var tags [][]byte
 	defer func() { s.tags.invalidate(tags...) }()
-	return s.update(func(txn *badger.Txn) error {
+	return s.update(func(txn index.Txn) error {
 		tags = tags[:0]
 		if ok, err := exists(txn, repoManifestKey(reg, repo, d)); !ok || err != nil {
 			return errors.Join(err, unknownManifest(ok, oci.Reference{Digest: d}))
@@ -334,7 +330,7 @@ func (s *Store) DeleteManifest(ctx context.Context, reg, repo string, d oci.Dige
 }
 
 // protectManifest asks protect about the tags of d and of every index above it.
-func (s *Store) protectManifest(txn *badger.Txn, reg, repo string, d oci.Digest, protect Protect) error {
+func (s *Store) protectManifest(txn index.Txn, reg, repo string, d oci.Digest, protect Protect) error {
 	parents, err := s.parents(txn, reg, repo)
 	if err != nil {
 		return err
@@ -361,7 +357,7 @@ func (s *Store) protectManifest(txn *badger.Txn, reg, repo string, d oci.Digest,
 
 // protectBlob asks protect about the tags of every manifest of reg/repo listing blob d
 // (and of the indexes above them).
-func (s *Store) protectBlob(txn *badger.Txn, reg, repo string, d oci.Digest, protect Protect) error {
+func (s *Store) protectBlob(txn index.Txn, reg, repo string, d oci.Digest, protect Protect) error {
 	return scanKeys(txn, prefix(kindRepoManifest, reg, repo), func(rest []byte) error {
 		m := oci.Digest(rest)
 		h, err := s.header(txn, m)
@@ -375,7 +371,7 @@ func (s *Store) protectBlob(txn *badger.Txn, reg, repo string, d oci.Digest, pro
 // parents maps each manifest of reg/repo to the indexes of the repository listing it.
 // Reading every manifest record puts them in the transaction's read set: an index
 // tagged meanwhile makes the transaction conflict.
-func (s *Store) parents(txn *badger.Txn, reg, repo string) (map[oci.Digest][]oci.Digest, error) {
+func (s *Store) parents(txn index.Txn, reg, repo string) (map[oci.Digest][]oci.Digest, error) {
 	out := map[oci.Digest][]oci.Digest{}
 	err := scanKeys(txn, prefix(kindRepoManifest, reg, repo), func(rest []byte) error {
 		idx := oci.Digest(rest)
@@ -392,23 +388,22 @@ func (s *Store) parents(txn *badger.Txn, reg, repo string) (map[oci.Digest][]oci
 }
 
 // header reads the content header of manifest d (nil when its content is gone).
-func (s *Store) header(txn *badger.Txn, d oci.Digest) (*contentHeader, error) {
-	item, err := txn.Get(contentKey(d))
-	if errors.Is(err, badger.ErrKeyNotFound) {
+func (s *Store) header(txn index.Txn, d oci.Digest) (*contentHeader, error) {
+	v, err := txn.Get(contentKey(d))
+	if errors.Is(err, index.ErrNotFound) {
 		return nil, nil
 	}
 	if err != nil {
 		return nil, err
 	}
-	var h contentHeader
-	err = item.Value(func(v []byte) (err error) { h, _, err = decodeContent(v); return err })
+	h, _, err := decodeContent(v)
 	return &h, err
 }
 
 // deleteManifest removes d from reg/repo inside txn: its record (releasing the
 // repository's reference), every tag pointing at it with their pull records, and its
 // referrer entry. It returns the tag keys removed, for the tag cache.
-func (s *Store) deleteManifest(txn *badger.Txn, reg, repo string, d oci.Digest) ([][]byte, error) {
+func (s *Store) deleteManifest(txn index.Txn, reg, repo string, d oci.Digest) ([][]byte, error) {
 	if err := txn.Delete(repoManifestKey(reg, repo, d)); err != nil {
 		return nil, err
 	}
@@ -448,7 +443,7 @@ func (s *Store) deleteManifest(txn *badger.Txn, reg, repo string, d oci.Digest) 
 func (s *Store) DeleteTag(ctx context.Context, reg, repo string, tag oci.Tag, protect Protect) error {
 	k := tagKey(reg, repo, string(tag))
 	defer s.tags.invalidate(k)
-	return s.update(func(txn *badger.Txn) error {
+	return s.update(func(txn index.Txn) error {
 		v, ok, err := getValue(txn, k)
 		if !ok || err != nil {
 			return errors.Join(err, unknownManifest(ok, oci.Reference{Tag: tag}))
@@ -463,7 +458,7 @@ func (s *Store) DeleteTag(ctx context.Context, reg, repo string, tag oci.Tag, pr
 	})
 }
 
-func deleteTag(txn *badger.Txn, reg, repo, tag string, d oci.Digest) error {
+func deleteTag(txn index.Txn, reg, repo, tag string, d oci.Digest) error {
 	for _, k := range [][]byte{tagKey(reg, repo, tag), tagByDigestKey(reg, repo, d, tag), tagAccessKey(reg, repo, tag)} {
 		if err := txn.Delete(k); err != nil {
 			return err
@@ -478,7 +473,7 @@ func deleteTag(txn *badger.Txn, reg, repo, tag string, d oci.Digest) error {
 func (s *Store) DeleteTagIf(ctx context.Context, reg, repo string, tag oci.Tag, d oci.Digest, pushedBefore time.Time) (deleted bool, err error) {
 	k := tagKey(reg, repo, string(tag))
 	defer s.tags.invalidate(k)
-	err = s.update(func(txn *badger.Txn) error {
+	err = s.update(func(txn index.Txn) error {
 		deleted = false
 		v, ok, err := getValue(txn, k)
 		if !ok || err != nil {
@@ -505,7 +500,7 @@ var hookBeforeConditionalDelete func()
 func (s *Store) ListTags(ctx context.Context, reg, repo, last string, n int) ([]string, bool, error) {
 	var tags []string
 	var more bool
-	err := s.db.View(func(txn *badger.Txn) error {
+	err := s.db.View(func(txn index.Txn) error {
 		ok, err := exists(txn, repoKey(reg, repo))
 		if err != nil {
 			return err
@@ -513,8 +508,8 @@ func (s *Store) ListTags(ctx context.Context, reg, repo, last string, n int) ([]
 		if !ok {
 			return oci.ErrNameUnknown.Withf("repository %s is unknown", repo)
 		}
-		tags, more = list(txn, prefix(kindTag, reg, repo), last, n)
-		return nil
+		tags, more, err = list(txn, prefix(kindTag, reg, repo), last, n)
+		return err
 	})
 	return tags, more, err
 }
@@ -523,35 +518,38 @@ func (s *Store) ListTags(ctx context.Context, reg, repo, last string, n int) ([]
 func (s *Store) ListRepositories(ctx context.Context, reg, last string, n int) ([]string, bool, error) {
 	var repos []string
 	var more bool
-	err := s.db.View(func(txn *badger.Txn) error {
-		repos, more = list(txn, prefix(kindRepo, reg), last, n)
-		return nil
+	err := s.db.View(func(txn index.Txn) (err error) {
+		repos, more, err = list(txn, prefix(kindRepo, reg), last, n)
+		return err
 	})
 	return repos, more, err
 }
 
 // list pages through the names below p in key order.
-func list(txn *badger.Txn, p []byte, last string, n int) (names []string, more bool) {
-	it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: false, Prefix: p})
-	defer it.Close()
+func list(txn index.Txn, p []byte, last string, n int) (names []string, more bool, err error) {
 	start := append(bytes.Clone(p), last...)
-	for it.Seek(start); it.Valid(); it.Next() {
-		name := string(it.Item().Key()[len(p):])
+	err = txn.Scan(p, start, true, func(k, _ []byte) error {
+		name := string(k[len(p):])
 		if last != "" && name <= last {
-			continue
+			return nil
 		}
 		if len(names) == n {
-			return names, true
+			more = true
+			return errStop
 		}
 		names = append(names, name)
+		return nil
+	})
+	if errors.Is(err, errStop) {
+		err = nil
 	}
-	return names, false
+	return names, more, err
 }
 
 // Referrers lists the manifests in reg/repo whose subject is d.
 func (s *Store) Referrers(ctx context.Context, reg, repo string, d oci.Digest) ([]oci.Descriptor, error) {
 	out := []oci.Descriptor{}
-	err := s.db.View(func(txn *badger.Txn) error {
+	err := s.db.View(func(txn index.Txn) error {
 		return scan(txn, prefix(kindReferrer, reg, repo, string(d)), func(_, v []byte) error {
 			var desc oci.Descriptor
 			if err := json.Unmarshal(v, &desc); err != nil {
@@ -578,7 +576,7 @@ func (s *Store) TagInfos(ctx context.Context, reg, repo string) ([]TagInfo, erro
 		return nil, err
 	}
 	var out []TagInfo
-	err := s.db.View(func(txn *badger.Txn) error {
+	err := s.db.View(func(txn index.Txn) error {
 		return scan(txn, prefix(kindTag, reg, repo), func(tag, v []byte) error {
 			ti := TagInfo{Tag: string(tag)}
 			ti.Digest, _ = decodeTagValue(v)

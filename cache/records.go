@@ -4,7 +4,7 @@ import (
 	"bytes"
 	"errors"
 
-	"github.com/dgraph-io/badger/v4"
+	"github.com/dockyard/dockyard/index"
 )
 
 // Records are small opaque values that other packages keep in the index, by table and
@@ -33,12 +33,12 @@ func (t RecordTable) Put(id string, v []byte) error {
 	if id == "" {
 		return errors.New("cache: a record needs an id")
 	}
-	return t.s.update(func(txn *badger.Txn) error { return txn.Set(key(t.kind, id), v) })
+	return t.s.update(func(txn index.Txn) error { return txn.Set(key(t.kind, id), v) })
 }
 
 // Get returns record id; ok is false when there is none.
 func (t RecordTable) Get(id string) (v []byte, ok bool, err error) {
-	err = t.s.db.View(func(txn *badger.Txn) error {
+	err = t.s.db.View(func(txn index.Txn) error {
 		v, ok, err = getValue(txn, key(t.kind, id))
 		return err
 	})
@@ -47,7 +47,7 @@ func (t RecordTable) Get(id string) (v []byte, ok bool, err error) {
 
 // List calls fn with every record of the table, in id order.
 func (t RecordTable) List(fn func(id string, v []byte) error) error {
-	return t.s.db.View(func(txn *badger.Txn) error {
+	return t.s.db.View(func(txn index.Txn) error {
 		return scan(txn, []byte{t.kind}, func(id, v []byte) error { return fn(string(id), bytes.Clone(v)) })
 	})
 }

@@ -4,16 +4,14 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"sync"
 	"time"
 
-	"github.com/dgraph-io/badger/v4"
-
 	"github.com/dockyard/dockyard/blobstore"
+	"github.com/dockyard/dockyard/index"
 	"github.com/dockyard/dockyard/oci"
 )
 
@@ -22,7 +20,7 @@ import (
 // shared by all of them.
 type Store struct {
 	dir   string
-	db    *badger.DB
+	db    index.DB
 	blobs blobstore.Store
 	// redirect, when set, hands out presigned URLs for blob GETs.
 	redirect blobstore.Redirector
@@ -92,25 +90,6 @@ func Open(opts Options) (*Store, error) {
 		}
 		blobs = fs
 	}
-	if opts.MemTableSize <= 0 {
-		opts.MemTableSize = 16 << 20
-	}
-	bopts := badger.DefaultOptions(filepath.Join(opts.Dir, "index")).
-		WithLogger(badgerLogger{opts.Logger}).
-		// A 201 means the push is durable: every commit reaches the disk.
-		WithSyncWrites(true).
-		WithNumVersionsToKeep(1).
-		// Sized for a registry index (small values, modest write rate), keeping the
-		// resident set small.
-		WithMemTableSize(opts.MemTableSize).
-		WithNumMemtables(2).
-		WithNumLevelZeroTables(2).
-		WithNumLevelZeroTablesStall(8).
-		WithBlockCacheSize(32 << 20).
-		WithIndexCacheSize(16 << 20).
-		WithValueLogFileSize(max(1<<20, 4*opts.MemTableSize)).
-		WithValueThreshold(min(64<<10, opts.MemTableSize/32)).
-		WithNumCompactors(2)
 	spool := filepath.Join(opts.Dir, "spool")
 	if err := os.RemoveAll(spool); err != nil {
 		return nil, err
@@ -118,9 +97,9 @@ func Open(opts Options) (*Store, error) {
 	if err := os.MkdirAll(spool, 0o755); err != nil {
 		return nil, err
 	}
-	db, err := badger.Open(bopts)
+	db, err := index.OpenBadger(index.BadgerOptions{Dir: filepath.Join(opts.Dir, "index"), Logger: opts.Logger, MemTableSize: opts.MemTableSize})
 	if err != nil {
-		return nil, fmt.Errorf("open index: %w", err)
+		return nil, err
 	}
 	if opts.AccessFlushInterval <= 0 {
 		opts.AccessFlushInterval = 5 * time.Second
@@ -182,40 +161,28 @@ func (s *Store) Close() error {
 	return s.db.Close()
 }
 
-// update runs fn in a read-write transaction, retrying when a concurrent transaction
-// changed what fn read (Badger's optimistic concurrency).
-func (s *Store) update(fn func(txn *badger.Txn) error) error {
-	for attempt := 0; ; attempt++ {
-		err := s.db.Update(fn)
-		if errors.Is(err, badger.ErrConflict) && attempt < 1000 {
-			continue
-		}
-		return err
-	}
-}
+// update runs fn in a read-write transaction; the index runs it again when a
+// concurrent transaction changed what fn read.
+func (s *Store) update(fn func(txn index.Txn) error) error { return s.db.Update(fn) }
 
-func exists(txn *badger.Txn, k []byte) (bool, error) {
+func exists(txn index.Txn, k []byte) (bool, error) {
 	_, err := txn.Get(k)
-	if errors.Is(err, badger.ErrKeyNotFound) {
+	if errors.Is(err, index.ErrNotFound) {
 		return false, nil
 	}
 	return err == nil, err
 }
 
 // getValue returns a copy of the value at k, or ok=false.
-func getValue(txn *badger.Txn, k []byte) (v []byte, ok bool, err error) {
-	item, err := txn.Get(k)
-	if errors.Is(err, badger.ErrKeyNotFound) {
+func getValue(txn index.Txn, k []byte) (v []byte, ok bool, err error) {
+	v, err = txn.Get(k)
+	if errors.Is(err, index.ErrNotFound) {
 		return nil, false, nil
 	}
-	if err != nil {
-		return nil, false, err
-	}
-	v, err = item.ValueCopy(nil)
 	return v, err == nil, err
 }
 
-func getJSON(txn *badger.Txn, k []byte, into any) (bool, error) {
+func getJSON(txn index.Txn, k []byte, into any) (bool, error) {
 	v, ok, err := getValue(txn, k)
 	if !ok || err != nil {
 		return ok, err
@@ -225,7 +192,7 @@ func getJSON(txn *badger.Txn, k []byte, into any) (bool, error) {
 
 func decodeJSON(v []byte, into any) error { return json.Unmarshal(v, into) }
 
-func setJSON(txn *badger.Txn, k []byte, v any) error {
+func setJSON(txn index.Txn, k []byte, v any) error {
 	b, err := json.Marshal(v)
 	if err != nil {
 		return err
@@ -235,7 +202,7 @@ func setJSON(txn *badger.Txn, k []byte, v any) error {
 
 // addRef moves the reference count at k by delta, creating the record (with size)
 // when it does not exist yet.
-func (s *Store) addRef(txn *badger.Txn, k []byte, size, delta int64) error {
+func (s *Store) addRef(txn index.Txn, k []byte, size, delta int64) error {
 	var r refRecord
 	v, ok, err := getValue(txn, k)
 	if err != nil {
@@ -264,14 +231,14 @@ func (s *Store) addRef(txn *badger.Txn, k []byte, size, delta int64) error {
 // touchRepo records that a repository exists, for the catalog. It writes without
 // reading: concurrent pushes to one repository do not conflict over it, and the GC
 // transaction that drops empty repositories, which reads it, does.
-func (s *Store) touchRepo(txn *badger.Txn, reg, repo string) error {
+func (s *Store) touchRepo(txn index.Txn, reg, repo string) error {
 	return txn.Set(repoKey(reg, repo), []byte(s.now().UTC().Format(time.RFC3339)))
 }
 
 // RefCounts reports the reference count of a blob or manifest (for tests, fsck and
 // garbage collection). ok is false when the index has no record of it.
 func (s *Store) RefCounts(d oci.Digest) (blobRefs, manifestRefs int64, err error) {
-	err = s.db.View(func(txn *badger.Txn) error {
+	err = s.db.View(func(txn index.Txn) error {
 		for _, p := range []struct {
 			k   []byte
 			dst *int64
@@ -323,15 +290,3 @@ func (k *keyedMutex) lock(key string) func() {
 		k.mu.Unlock()
 	}
 }
-
-// badgerLogger sends Badger's chatter to slog, keeping only warnings and errors.
-type badgerLogger struct{ log *slog.Logger }
-
-func (l badgerLogger) Errorf(f string, a ...any) {
-	l.log.Error(fmt.Sprintf(f, a...), "component", "badger")
-}
-func (l badgerLogger) Warningf(f string, a ...any) {
-	l.log.Warn(fmt.Sprintf(f, a...), "component", "badger")
-}
-func (l badgerLogger) Infof(string, ...any)  {}
-func (l badgerLogger) Debugf(string, ...any) {}

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dockyard/dockyard/index"
 	"github.com/dockyard/dockyard/oci"
 )
 
@@ -137,7 +138,7 @@ func TestCollectionCompactsTheValueLog(t *testing.T) {
 		}
 		return n
 	}
-	if err := s.db.Sync(); err != nil {
+	if err := s.db.(*index.Badger).Sync(); err != nil {
 		t.Fatal(err)
 	}
 	before := vlog()
@@ -161,7 +162,7 @@ func TestCollectionCompactsTheValueLog(t *testing.T) {
 		}
 		putManifest(t, s, "dev", "app", small, false, tags...)
 	}
-	if err := s.db.Flatten(1); err != nil {
+	if err := s.db.(*index.Badger).Flatten(1); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := s.CollectGarbage(ctx, GCOptions{}); err != nil {

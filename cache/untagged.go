@@ -4,8 +4,7 @@ import (
 	"context"
 	"time"
 
-	"github.com/dgraph-io/badger/v4"
-
+	"github.com/dockyard/dockyard/index"
 	"github.com/dockyard/dockyard/oci"
 )
 
@@ -81,7 +80,7 @@ func (s *Store) untagged(reg, repo string, cutoff int64) ([]victim, error) {
 	parents := map[oci.Digest][]oci.Digest{}
 	referrers := map[oci.Digest][]oci.Digest{} // subject → referrers
 	subjects := map[oci.Digest]oci.Digest{}
-	err := s.db.View(func(txn *badger.Txn) error {
+	err := s.db.View(func(txn index.Txn) error {
 		err := scan(txn, prefix(kindRepoManifest, reg, repo), func(rest, v []byte) error {
 			var rm repoManifest
 			if err := decodeJSON(v, &rm); err != nil {
@@ -176,7 +175,7 @@ func (s *Store) untagged(reg, repo string, cutoff int64) ([]victim, error) {
 func (s *Store) deleteUntaggedIf(reg, repo string, v victim) (deleted bool, err error) {
 	var tags [][]byte
 	defer func() { s.tags.invalidate(tags...) }()
-	err = s.update(func(txn *badger.Txn) error {
+	err = s.update(func(txn index.Txn) error {
 		deleted, tags = false, nil
 		var rm repoManifest
 		ok, err := getJSON(txn, repoManifestKey(reg, repo, v.digest), &rm)

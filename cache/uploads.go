@@ -12,9 +12,8 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/dgraph-io/badger/v4"
-
 	"github.com/dockyard/dockyard/blobstore"
+	"github.com/dockyard/dockyard/index"
 	"github.com/dockyard/dockyard/oci"
 )
 
@@ -79,7 +78,7 @@ func (s *Store) StartUpload(ctx context.Context, reg, repo string, alg oci.Algor
 		if err := w.Close(); err != nil {
 			return err
 		}
-		return s.update(func(txn *badger.Txn) error { return setJSON(txn, uploadKey(u.ID), u) })
+		return s.update(func(txn index.Txn) error { return setJSON(txn, uploadKey(u.ID), u) })
 	}()
 	if err != nil {
 		s.sessions.release(u.Client)
@@ -91,7 +90,7 @@ func (s *Store) StartUpload(ctx context.Context, reg, repo string, alg oci.Algor
 
 // countSessions counts the open sessions of each client (at open).
 func (s *Store) countSessions() error {
-	return s.db.View(func(txn *badger.Txn) error {
+	return s.db.View(func(txn index.Txn) error {
 		return scan(txn, []byte{kindUpload}, func(_, v []byte) error {
 			var u Upload
 			if err := decodeJSON(v, &u); err != nil {
@@ -108,7 +107,7 @@ func (s *Store) countSessions() error {
 // GetUpload returns the session id of reg/repo.
 func (s *Store) GetUpload(ctx context.Context, reg, repo, id string) (*Upload, error) {
 	var u Upload
-	err := s.db.View(func(txn *badger.Txn) error {
+	err := s.db.View(func(txn index.Txn) error {
 		ok, err := getJSON(txn, uploadKey(id), &u)
 		if err == nil && (!ok || u.Registry != reg || u.Repo != repo) {
 			err = oci.ErrBlobUploadUnknown.Withf("upload %q is unknown to %s", id, repo)
@@ -146,7 +145,7 @@ func (s *Store) AppendUpload(ctx context.Context, reg, repo, id string, start in
 		return nil, err
 	}
 	u.UpdatedAt = s.now().UTC()
-	return u, s.update(func(txn *badger.Txn) error { return setJSON(txn, uploadKey(id), u) })
+	return u, s.update(func(txn index.Txn) error { return setJSON(txn, uploadKey(id), u) })
 }
 
 func (u *Upload) saveHash(h hash.Hash) (err error) {
@@ -329,7 +328,7 @@ func (s *Store) commitBlob(ctx context.Context, w blobstore.Writer, d oci.Digest
 			}
 		}
 	}
-	return s.update(func(txn *badger.Txn) error {
+	return s.update(func(txn index.Txn) error {
 		for _, k := range done {
 			if err := txn.Delete(k); err != nil {
 				return err
@@ -369,7 +368,7 @@ func (s *Store) CancelUpload(ctx context.Context, reg, repo, id string) error {
 	if err != nil {
 		return err
 	}
-	if err := s.update(func(txn *badger.Txn) error { return txn.Delete(uploadKey(id)) }); err != nil {
+	if err := s.update(func(txn index.Txn) error { return txn.Delete(uploadKey(id)) }); err != nil {
 		return err
 	}
 	s.sessions.release(u.Client)

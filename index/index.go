@@ -1,0 +1,53 @@
+// Package index keeps dockyard's index — repositories, tags, manifests, links,
+// referrers, reference counts, upload sessions, pull records — as ordered keys and
+// values in serialisable transactions. Badger is the embedded driver. What the keys
+// mean, and every rule that keeps them consistent (reference counting, pending
+// references, conditional deletes, GC, fsck), is package cache's: written once above
+// this seam, whatever the driver.
+//
+// A driver gives each transaction a consistent snapshot and commits it only if
+// nothing it read (by Get or by Scan) was changed meanwhile by a transaction that
+// committed first; Update retries such conflicts itself, running fn again.
+package index
+
+import "errors"
+
+// DB is an index.
+type DB interface {
+	// View runs fn in a read-only transaction.
+	View(fn func(Txn) error) error
+	// Update runs fn in a read-write transaction and commits it, running fn again
+	// when the commit conflicts with a concurrent one.
+	Update(fn func(Txn) error) error
+	// Close flushes and closes the index.
+	Close() error
+}
+
+// Txn reads and writes keys in one transaction.
+type Txn interface {
+	// Get returns a copy of the value at key, or ErrNotFound.
+	Get(key []byte) ([]byte, error)
+	// Set writes value at key. ErrTxnTooBig: the transaction cannot take more.
+	Set(key, value []byte) error
+	// Delete removes key (a missing key is not an error). ErrTxnTooBig as Set.
+	Delete(key []byte) error
+	// Scan calls fn for every key that starts with prefix and is not before start
+	// (nil: from the first), in key order, until fn returns an error (which Scan
+	// returns). key and value are valid only during the call; with keysOnly, value is
+	// nil.
+	Scan(prefix, start []byte, keysOnly bool, fn func(key, value []byte) error) error
+}
+
+// Compacter is implemented by drivers that reclaim space on request (Badger's value
+// log).
+type Compacter interface {
+	Compact() error
+}
+
+var (
+	// ErrNotFound: no value at the key.
+	ErrNotFound = errors.New("index: key not found")
+	// ErrTxnTooBig: the transaction holds more changes than the driver takes at once;
+	// split the work.
+	ErrTxnTooBig = errors.New("index: transaction too big")
+)
