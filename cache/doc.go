@@ -8,10 +8,10 @@
 //
 // It knows nothing of HTTP, upstream registries or authentication. Every change that
 // moves a reference count is made in the same index transaction as the change that
-// caused it. The index detects conflicts on keys a transaction read, and Badger not on
-// ranges it scanned, so where a decision rests on a scan (pending references, a repository being
-// empty, a manifest being unreachable) the writers that could change it also write a
-// key the deciding transaction reads. Background jobs decide from snapshots and delete
+// caused it. The index detects conflicts on keys a transaction read — Badger not on
+// ranges it scanned —, so where a decision rests on a scan (pending references, a
+// repository being empty, a manifest being unreachable) the writers that could change
+// it also write a key the deciding transaction reads. Background jobs decide from snapshots and delete
 // only if the decision still holds inside the deleting transaction. fsck (Check)
 // recounts everything and reports any difference.
 //
