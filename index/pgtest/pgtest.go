@@ -14,6 +14,8 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
+	"testing"
 	"time"
 )
 
@@ -23,6 +25,8 @@ type Server struct {
 	Port int
 	bin  string
 	dir  string
+	mu   sync.Mutex
+	dbs  int
 }
 
 // ErrUnavailable: PostgreSQL's programs were not found.
@@ -154,4 +158,43 @@ func Shared() (*Server, error) {
 		return nil, nil
 	}
 	return s, err
+}
+
+// Main is the TestMain of a package with PostgreSQL tests: it starts the shared
+// cluster into *srv (nil when PostgreSQL is missing and its tests are not required),
+// runs the tests and stops it.
+func Main(m *testing.M, srv **Server) {
+	s, err := Shared()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	*srv = s
+	code := m.Run()
+	if s != nil {
+		s.Stop()
+	}
+	os.Exit(code)
+}
+
+// Need returns the shared cluster or skips t when there is none.
+func Need(t testing.TB, s *Server) *Server {
+	t.Helper()
+	if s == nil {
+		t.Skip("PostgreSQL is not installed; PostgreSQL cases skipped (make test runs them)")
+	}
+	return s
+}
+
+// NewDatabase creates a fresh database on the cluster and returns its DSN.
+func (s *Server) NewDatabase(t testing.TB) string {
+	t.Helper()
+	s.mu.Lock()
+	s.dbs++
+	name := fmt.Sprintf("t%d", s.dbs)
+	s.mu.Unlock()
+	if err := s.run("createdb", "-h", "127.0.0.1", "-p", strconv.Itoa(s.Port), "-U", "postgres", name); err != nil {
+		t.Fatal(err)
+	}
+	return fmt.Sprintf("postgres://postgres@127.0.0.1:%d/%s?sslmode=disable", s.Port, name)
 }

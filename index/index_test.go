@@ -1,0 +1,176 @@
+package index_test
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+
+	"github.com/dockyard/dockyard/index"
+	"github.com/dockyard/dockyard/index/pgtest"
+)
+
+var pg *pgtest.Server
+
+func TestMain(m *testing.M) { pgtest.Main(m, &pg) }
+
+// each runs a case against Badger and against PostgreSQL (a fresh database each).
+func each(t *testing.T, fn func(t *testing.T, db index.DB)) {
+	t.Run("badger", func(t *testing.T) {
+		db, err := index.OpenBadger(index.BadgerOptions{Dir: t.TempDir()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer db.Close()
+		fn(t, db)
+	})
+	t.Run("postgres", func(t *testing.T) {
+		dsn := pgtest.Need(t, pg).NewDatabase(t)
+		db, err := index.OpenPostgres(context.Background(), index.PostgresOptions{DSN: dsn})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer db.Close()
+		fn(t, db)
+	})
+}
+
+func TestGetSetDeleteScan(t *testing.T) {
+	each(t, func(t *testing.T, db index.DB) {
+		err := db.Update(func(txn index.Txn) error {
+			for _, k := range []string{"a/1", "a/2", "a/3", "b/1", "a\xff", "a", ""} {
+				if k == "" {
+					continue
+				}
+				if err := txn.Set([]byte(k), []byte("v"+k)); err != nil {
+					return err
+				}
+			}
+			return txn.Set([]byte("empty"), nil)
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		db.View(func(txn index.Txn) error {
+			if v, err := txn.Get([]byte("a/2")); err != nil || string(v) != "va/2" {
+				t.Errorf("Get a/2: %q %v", v, err)
+			}
+			if v, err := txn.Get([]byte("empty")); err != nil || len(v) != 0 {
+				t.Errorf("Get of an empty value: %q %v", v, err)
+			}
+			if _, err := txn.Get([]byte("nope")); !errors.Is(err, index.ErrNotFound) {
+				t.Errorf("Get of a missing key: %v", err)
+			}
+			var got []string
+			txn.Scan([]byte("a/"), nil, false, func(k, v []byte) error {
+				got = append(got, string(k)+"="+string(v))
+				return nil
+			})
+			if fmt.Sprint(got) != "[a/1=va/1 a/2=va/2 a/3=va/3]" {
+				t.Errorf("Scan a/: %v", got)
+			}
+			got = nil
+			txn.Scan([]byte("a/"), []byte("a/2"), true, func(k, v []byte) error {
+				got = append(got, string(k)+fmt.Sprint(v == nil))
+				return nil
+			})
+			if fmt.Sprint(got) != "[a/2true a/3true]" {
+				t.Errorf("Scan a/ from a/2, keys only: %v", got)
+			}
+			got = nil
+			txn.Scan(nil, nil, true, func(k, _ []byte) error { got = append(got, string(k)); return nil })
+			if fmt.Sprint(got) != fmt.Sprint([]string{"a", "a/1", "a/2", "a/3", "a\xff", "b/1", "empty"}) {
+				t.Errorf("Scan of everything: %q", got)
+			}
+			stop := errors.New("stop")
+			n := 0
+			if err := txn.Scan([]byte("a"), nil, true, func(_, _ []byte) error { n++; return stop }); err != stop || n != 1 {
+				t.Errorf("a Scan stopped by fn: %v after %d", err, n)
+			}
+			return nil
+		})
+		db.Update(func(txn index.Txn) error { return txn.Delete([]byte("a/2")) })
+		db.Update(func(txn index.Txn) error { return txn.Delete([]byte("never there")) })
+		db.View(func(txn index.Txn) error {
+			if _, err := txn.Get([]byte("a/2")); !errors.Is(err, index.ErrNotFound) {
+				t.Errorf("a deleted key: %v", err)
+			}
+			return nil
+		})
+	})
+}
+
+// A scan longer than a page, with the transaction queried inside the callback.
+func TestLongScansWithQueriesInside(t *testing.T) {
+	each(t, func(t *testing.T, db index.DB) {
+		err := db.Update(func(txn index.Txn) error {
+			for i := range 1300 {
+				if err := txn.Set(fmt.Appendf(nil, "k%05d", i), fmt.Appendf(nil, "%d", i)); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		err = db.View(func(txn index.Txn) error {
+			return txn.Scan([]byte("k"), nil, false, func(k, v []byte) error {
+				if want := fmt.Sprintf("k%05d", n); string(k) != want {
+					return fmt.Errorf("key %d is %s, want %s", n, k, want)
+				}
+				if _, err := txn.Get(k); err != nil {
+					return err
+				}
+				n++
+				return nil
+			})
+		})
+		if err != nil || n != 1300 {
+			t.Fatalf("scanned %d of 1300: %v", n, err)
+		}
+	})
+}
+
+// Concurrent read-modify-write transactions on one key lose no update: conflicts are
+// retried by the driver.
+func TestConcurrentUpdatesLoseNothing(t *testing.T) {
+	each(t, func(t *testing.T, db index.DB) {
+		key := []byte("counter")
+		var wg sync.WaitGroup
+		errs := make(chan error, 16)
+		for range 8 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for range 25 {
+					errs <- db.Update(func(txn index.Txn) error {
+						var n uint64
+						if v, err := txn.Get(key); err == nil {
+							n = binary.BigEndian.Uint64(v)
+						} else if !errors.Is(err, index.ErrNotFound) {
+							return err
+						}
+						return txn.Set(key, binary.BigEndian.AppendUint64(nil, n+1))
+					})
+				}
+			}()
+		}
+		go func() { wg.Wait(); close(errs) }()
+		for err := range errs {
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		db.View(func(txn index.Txn) error {
+			v, err := txn.Get(key)
+			if err != nil || binary.BigEndian.Uint64(v) != 200 {
+				t.Errorf("counter after 200 increments: %v %v", v, err)
+			}
+			return nil
+		})
+	})
+}

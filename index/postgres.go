@@ -1,0 +1,259 @@
+package index
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// PostgresOptions configure the PostgreSQL index.
+type PostgresOptions struct {
+	DSN      string
+	MaxConns int32
+	// Timeout bounds one transaction (default 30s): a database that does not answer
+	// fails requests instead of piling them up.
+	Timeout time.Duration
+}
+
+// Postgres keeps the index in one table of a PostgreSQL database, in SERIALIZABLE
+// transactions: PostgreSQL's own conflict detection (predicate locks on what a
+// transaction read, ranges included) decides, and Update retries serialisation
+// failures. Several dockyard instances share one database this way.
+type Postgres struct {
+	pool    *pgxpool.Pool
+	timeout time.Duration
+}
+
+// schemaVersion is the version of the tables this dockyard creates and knows.
+const schemaVersion = 1
+
+// migrations[v] brings the schema from version v to v+1.
+var migrations = []string{
+	0: `CREATE TABLE IF NOT EXISTS dockyard_kv (k bytea PRIMARY KEY, v bytea NOT NULL)`,
+}
+
+// migrationLock is the advisory lock under which instances starting together apply
+// the migrations one at a time.
+const migrationLock = 0x646f636b79617264 // "dockyard"
+
+// OpenPostgres connects and brings the schema up to date (under an advisory lock, so
+// that instances starting at once are safe); a schema newer than this dockyard knows
+// is refused.
+func OpenPostgres(ctx context.Context, o PostgresOptions) (*Postgres, error) {
+	cfg, err := pgxpool.ParseConfig(o.DSN)
+	if err != nil {
+		return nil, fmt.Errorf("index: postgres dsn: %w", err)
+	}
+	if o.MaxConns > 0 {
+		cfg.MaxConns = o.MaxConns
+	}
+	if o.Timeout <= 0 {
+		o.Timeout = 30 * time.Second
+	}
+	cfg.ConnConfig.ConnectTimeout = 5 * time.Second
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("index: postgres: %w", err)
+	}
+	p := &Postgres{pool: pool, timeout: o.Timeout}
+	if err := p.migrate(ctx); err != nil {
+		pool.Close()
+		return nil, err
+	}
+	return p, nil
+}
+
+func (p *Postgres) migrate(ctx context.Context) error {
+	conn, err := p.pool.Acquire(ctx)
+	if err != nil {
+		return fmt.Errorf("index: postgres: %w", err)
+	}
+	defer conn.Release()
+	if _, err := conn.Exec(ctx, `SELECT pg_advisory_lock($1)`, int64(migrationLock)); err != nil {
+		return fmt.Errorf("index: postgres: %w", err)
+	}
+	defer conn.Exec(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock($1)`, int64(migrationLock))
+	if _, err := conn.Exec(ctx, `CREATE TABLE IF NOT EXISTS dockyard_schema (version int NOT NULL)`); err != nil {
+		return fmt.Errorf("index: postgres schema: %w", err)
+	}
+	var v int
+	err = conn.QueryRow(ctx, `SELECT version FROM dockyard_schema`).Scan(&v)
+	if errors.Is(err, pgx.ErrNoRows) {
+		if _, err := conn.Exec(ctx, `INSERT INTO dockyard_schema VALUES (0)`); err != nil {
+			return fmt.Errorf("index: postgres schema: %w", err)
+		}
+	} else if err != nil {
+		return fmt.Errorf("index: postgres schema: %w", err)
+	}
+	if v > schemaVersion {
+		return fmt.Errorf("index: the database's schema is version %d, newer than this dockyard knows (%d): upgrade dockyard", v, schemaVersion)
+	}
+	for ; v < schemaVersion; v++ {
+		tx, err := conn.Begin(ctx)
+		if err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, migrations[v]); err != nil {
+			tx.Rollback(ctx)
+			return fmt.Errorf("index: postgres schema %d→%d: %w", v, v+1, err)
+		}
+		if _, err := tx.Exec(ctx, `UPDATE dockyard_schema SET version = $1`, v+1); err != nil {
+			tx.Rollback(ctx)
+			return err
+		}
+		if err := tx.Commit(ctx); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (p *Postgres) Close() error {
+	p.pool.Close()
+	return nil
+}
+
+func (p *Postgres) View(fn func(Txn) error) error {
+	return p.run(pgx.TxOptions{IsoLevel: pgx.Serializable, AccessMode: pgx.ReadOnly, DeferrableMode: pgx.NotDeferrable}, fn)
+}
+
+// Update retries serialisation failures and deadlocks: the transaction read something
+// a concurrent one changed.
+func (p *Postgres) Update(fn func(Txn) error) error {
+	return p.run(pgx.TxOptions{IsoLevel: pgx.Serializable}, fn)
+}
+
+func (p *Postgres) run(opts pgx.TxOptions, fn func(Txn) error) error {
+	for attempt := 0; ; attempt++ {
+		err := p.once(opts, fn)
+		var pe *pgconn.PgError
+		if errors.As(err, &pe) && (pe.Code == "40001" || pe.Code == "40P01") && attempt < 1000 {
+			continue
+		}
+		return err
+	}
+}
+
+func (p *Postgres) once(opts pgx.TxOptions, fn func(Txn) error) error {
+	ctx, cancel := context.WithTimeout(context.Background(), p.timeout)
+	defer cancel()
+	tx, err := p.pool.BeginTx(ctx, opts)
+	if err != nil {
+		return fmt.Errorf("index: postgres: %w", err)
+	}
+	if err := fn(pgTxn{ctx: ctx, tx: tx}); err != nil {
+		tx.Rollback(context.WithoutCancel(ctx))
+		return err
+	}
+	return tx.Commit(ctx)
+}
+
+type pgTxn struct {
+	ctx context.Context
+	tx  pgx.Tx
+}
+
+func (t pgTxn) Get(key []byte) ([]byte, error) {
+	var v []byte
+	err := t.tx.QueryRow(t.ctx, `SELECT v FROM dockyard_kv WHERE k = $1`, key).Scan(&v)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, ErrNotFound
+	}
+	if v == nil && err == nil {
+		v = []byte{}
+	}
+	return v, err
+}
+
+func (t pgTxn) Set(key, value []byte) error {
+	if value == nil {
+		value = []byte{}
+	}
+	_, err := t.tx.Exec(t.ctx, `INSERT INTO dockyard_kv (k, v) VALUES ($1, $2) ON CONFLICT (k) DO UPDATE SET v = EXCLUDED.v`, key, value)
+	return err
+}
+
+func (t pgTxn) Delete(key []byte) error {
+	_, err := t.tx.Exec(t.ctx, `DELETE FROM dockyard_kv WHERE k = $1`, key)
+	return err
+}
+
+// scanPage is how many rows Scan reads at once: fn may query the transaction, which a
+// connection cannot do while rows are open.
+const scanPage = 512
+
+// Scan reads the range a page at a time, in key order (bytea compares as unsigned
+// bytes, as Badger's keys do).
+func (t pgTxn) Scan(prefix, start []byte, keysOnly bool, fn func(key, value []byte) error) error {
+	from := prefix
+	if start != nil && bytes.Compare(start, prefix) > 0 {
+		from = start
+	}
+	if from == nil {
+		from = []byte{} // not NULL: every key is at least the empty one
+	}
+	end := prefixEnd(prefix)
+	inclusive := true
+	for {
+		col := "v"
+		if keysOnly {
+			col = "NULL::bytea"
+		}
+		op := ">"
+		if inclusive {
+			op = ">="
+		}
+		q := `SELECT k, ` + col + ` FROM dockyard_kv WHERE k ` + op + ` $1`
+		args := []any{from}
+		if end != nil {
+			q += ` AND k < $2`
+			args = append(args, end)
+		}
+		q += fmt.Sprintf(` ORDER BY k LIMIT %d`, scanPage)
+		rows, err := t.tx.Query(t.ctx, q, args...)
+		if err != nil {
+			return err
+		}
+		type kv struct{ k, v []byte }
+		var page []kv
+		for rows.Next() {
+			var r kv
+			if err := rows.Scan(&r.k, &r.v); err != nil {
+				rows.Close()
+				return err
+			}
+			page = append(page, r)
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		for _, r := range page {
+			if err := fn(r.k, r.v); err != nil {
+				return err
+			}
+		}
+		if len(page) < scanPage {
+			return nil
+		}
+		from, inclusive = page[len(page)-1].k, false
+	}
+}
+
+// prefixEnd is the first key after every key starting with prefix (nil: none).
+func prefixEnd(prefix []byte) []byte {
+	end := bytes.Clone(prefix)
+	for i := len(end) - 1; i >= 0; i-- {
+		if end[i] < 0xff {
+			end[i]++
+			return end[:i+1]
+		}
+	}
+	return nil
+}
