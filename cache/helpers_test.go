@@ -6,16 +6,27 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"testing"
 	"time"
 
+	"github.com/dockyard/dockyard/index"
+	"github.com/dockyard/dockyard/index/pgtest"
 	"github.com/dockyard/dockyard/oci"
 )
 
 // testStore opens a store in a temp dir on an optional clock.
 func testStore(t *testing.T, now func() time.Time) *Store {
 	t.Helper()
-	s, err := Open(Options{Dir: t.TempDir(), Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Now: now})
+	o := Options{Dir: t.TempDir(), Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Now: now}
+	if os.Getenv("DOCKYARD_CACHE_TESTS_INDEX") == "postgres" {
+		db, err := index.OpenPostgres(context.Background(), index.PostgresOptions{DSN: pgtest.Need(t, pg).NewDatabase(t)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		o.Index = db
+	}
+	s, err := Open(o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -102,4 +113,15 @@ func clean(t *testing.T, s *Store) {
 	if len(rep.Problems) > 0 {
 		t.Errorf("fsck: %v", rep.Problems)
 	}
+}
+
+// pg is a PostgreSQL cluster for running the store's tests on the PostgreSQL index
+// (DOCKYARD_CACHE_TESTS_INDEX=postgres).
+var pg *pgtest.Server
+
+func TestMain(m *testing.M) {
+	if os.Getenv("DOCKYARD_CACHE_TESTS_INDEX") != "postgres" {
+		os.Exit(m.Run())
+	}
+	pgtest.Main(m, &pg)
 }

@@ -50,6 +50,8 @@ type Store struct {
 type Options struct {
 	// Dir holds the index (Dir/index), and the blob files unless Blobs is set.
 	Dir string
+	// Index is the index (default: Badger under Dir/index). The store closes it.
+	Index index.DB
 	// Blobs is where blob bytes are kept (default: the filesystem under Dir).
 	Blobs  blobstore.Store
 	Logger *slog.Logger
@@ -97,9 +99,13 @@ func Open(opts Options) (*Store, error) {
 	if err := os.MkdirAll(spool, 0o755); err != nil {
 		return nil, err
 	}
-	db, err := index.OpenBadger(index.BadgerOptions{Dir: filepath.Join(opts.Dir, "index"), Logger: opts.Logger, MemTableSize: opts.MemTableSize})
-	if err != nil {
-		return nil, err
+	db := opts.Index
+	if db == nil {
+		b, err := index.OpenBadger(index.BadgerOptions{Dir: filepath.Join(opts.Dir, "index"), Logger: opts.Logger, MemTableSize: opts.MemTableSize})
+		if err != nil {
+			return nil, err
+		}
+		db = b
 	}
 	if opts.AccessFlushInterval <= 0 {
 		opts.AccessFlushInterval = 5 * time.Second
