@@ -26,6 +26,8 @@ lint:
 
 unit:
 	DOCKYARD_S3_TESTS=1 DOCKYARD_PG_TESTS=1 $(GO) test -race -count=1 ./...
+	# The store's semantics once more, on the PostgreSQL index driver.
+	DOCKYARD_PG_TESTS=1 DOCKYARD_CACHE_TESTS_INDEX=postgres $(GO) test -race -count=1 ./cache
 
 # The race detector makes big transfers slow, so unit runs shrink the proxy's cold-pull
 # test; the end-to-end run does it at full size (32 clients, one 256 MiB blob).
