@@ -127,6 +127,9 @@ func Open(opts Options) (*Store, error) {
 		contents: newManifestCache(opts.ManifestCache), tags: newTagCache(16384), buffers: newBufferPool(opts.UploadBuffers),
 		sessions: sessions{max: opts.MaxSessionsPerClient, open: map[string]int{}},
 		minFree:  opts.MinFreeSpace, freeSpace: opts.FreeSpace}
+	if sh, ok := db.(index.Sharer); ok && sh.Shared() {
+		s.tags.off = true
+	}
 	if r, ok := blobs.(blobstore.Redirector); ok && r.Redirects() {
 		s.redirect = r
 	}

@@ -16,6 +16,9 @@ import (
 // moment earlier; it is per process, so other instances sharing an index need their own
 // invalidation.
 type tagCache struct {
+	// off: the index is shared with other instances, whose changes this one would
+	// not see invalidated; every read goes to the index.
+	off     bool
 	entries *lru.Cache[string, tagEntry]
 	mu      sync.Mutex // orders fills against invalidations
 	gen     uint64     // invalidations so far; guarded by mu
@@ -31,7 +34,12 @@ func newTagCache(size int) *tagCache {
 	return &tagCache{entries: c}
 }
 
-func (c *tagCache) get(k []byte) (tagEntry, bool) { return c.entries.Get(string(k)) }
+func (c *tagCache) get(k []byte) (tagEntry, bool) {
+	if c.off {
+		return tagEntry{}, false
+	}
+	return c.entries.Get(string(k))
+}
 
 // generation is read before a reader looks a tag up in the index.
 func (c *tagCache) generation() uint64 {
@@ -44,7 +52,7 @@ func (c *tagCache) generation() uint64 {
 func (c *tagCache) fill(k []byte, gen uint64, e tagEntry) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.gen == gen {
+	if c.gen == gen && !c.off {
 		c.entries.Add(string(k), e)
 	}
 }

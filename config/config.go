@@ -29,6 +29,7 @@ type Config struct {
 	Log        Log        `mapstructure:"log"`
 	HTTP       HTTP       `mapstructure:"http"`
 	Storage    Storage    `mapstructure:"storage"`
+	Index      Index      `mapstructure:"index"`
 	Limits     Limits     `mapstructure:"limits"`
 	Registries []Registry `mapstructure:"registries"`
 	Routes     []Route    `mapstructure:"routes"`
@@ -216,6 +217,25 @@ type Storage struct {
 	S3           S3       `mapstructure:"s3"`
 }
 
+// Index configures where the index lives: Badger under the data directory (one
+// machine) or a PostgreSQL database several instances share.
+type Index struct {
+	Driver   string   `mapstructure:"driver"` // badger or postgres
+	Postgres Postgres `mapstructure:"postgres"`
+}
+
+// Postgres configures the PostgreSQL index (index.driver: postgres).
+type Postgres struct {
+	// DSN, or DSNEnv naming an environment variable holding it:
+	// postgres://user@host:5432/dockyard?sslmode=verify-full.
+	DSN    string `mapstructure:"dsn"`
+	DSNEnv string `mapstructure:"dsn_env"`
+	// PasswordFile holds the password, when the DSN has none.
+	PasswordFile string        `mapstructure:"password_file"`
+	MaxConns     int           `mapstructure:"max_conns"`
+	Timeout      time.Duration `mapstructure:"timeout"` // bounds one transaction
+}
+
 // S3 configures the S3 blob store (storage.driver: s3).
 type S3 struct {
 	// Endpoint is the server's URL; empty means AWS.
@@ -327,6 +347,12 @@ func setDefaults(v *viper.Viper) {
 	v.SetDefault("http.cors.max_age", "10m")
 	v.SetDefault("storage.driver", "filesystem")
 	v.SetDefault("storage.min_free_space", "1GiB")
+	v.SetDefault("index.driver", "badger")
+	v.SetDefault("index.postgres.dsn", "")
+	v.SetDefault("index.postgres.dsn_env", "")
+	v.SetDefault("index.postgres.password_file", "")
+	v.SetDefault("index.postgres.max_conns", 16)
+	v.SetDefault("index.postgres.timeout", "30s")
 	v.SetDefault("storage.s3.endpoint", "")
 	v.SetDefault("storage.s3.region", "us-east-1")
 	v.SetDefault("storage.s3.bucket", "")
@@ -470,6 +496,7 @@ func (c *Config) resolvePaths(dir string) {
 	}
 	fix(&c.Auth.UsersFile)
 	fix(&c.Storage.S3.CAFile)
+	fix(&c.Index.Postgres.PasswordFile)
 	fix(&c.Storage.S3.SecretAccessKeyFile)
 	fix(&c.Auth.LDAP.CAFile)
 	fix(&c.Auth.LDAP.BindPasswordFile)
@@ -559,6 +586,30 @@ func (c *Config) Validate() error {
 	}
 	if c.HTTP.MaxManifestSize <= 0 {
 		bad("http.max_manifest_size", "must be positive")
+	}
+	switch c.Index.Driver {
+	case "badger":
+	case "postgres":
+		p := c.Index.Postgres
+		if (p.DSN == "") == (p.DSNEnv == "") {
+			bad("index.postgres", "set dsn or dsn_env (one of them)")
+		}
+		if p.DSN != "" && !strings.HasPrefix(p.DSN, "postgres://") && !strings.HasPrefix(p.DSN, "postgresql://") {
+			bad("index.postgres.dsn", "must be a postgres:// URL")
+		}
+		if p.PasswordFile != "" {
+			if _, err := os.Stat(p.PasswordFile); err != nil {
+				bad("index.postgres.password_file", "cannot be read: %v", err)
+			}
+		}
+		if p.MaxConns <= 0 {
+			bad("index.postgres.max_conns", "must be positive")
+		}
+		if p.Timeout <= 0 {
+			bad("index.postgres.timeout", "must be positive")
+		}
+	default:
+		bad("index.driver", "must be badger or postgres, not %q", c.Index.Driver)
 	}
 	switch c.Storage.Driver {
 	case "filesystem":

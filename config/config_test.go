@@ -203,3 +203,35 @@ storage:
 		}
 	}
 }
+
+func TestIndexSettings(t *testing.T) {
+	c, err := Load("../configs/cluster.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p := c.Index.Postgres; c.Index.Driver != "postgres" || p.DSNEnv != "DOCKYARD_PG_DSN" || p.MaxConns != 16 || p.Timeout != 30*time.Second {
+		t.Fatalf("configs/cluster.yaml read as %+v", c.Index)
+	}
+	if c, err := Load(""); err != nil || c.Index.Driver != "badger" {
+		t.Fatalf("the embedded default's index: %+v %v", c.Index, err)
+	}
+	path := filepath.Join(t.TempDir(), "bad.yaml")
+	os.WriteFile(path, []byte(`
+index:
+  driver: postgres
+  postgres: {dsn: "mysql://x", dsn_env: ALSO, max_conns: 0, password_file: /no/such/file}
+`), 0o644)
+	_, err = Load(path)
+	if err == nil {
+		t.Fatal("invalid index settings accepted")
+	}
+	for _, want := range []string{"index.postgres: set dsn or dsn_env", "index.postgres.dsn", "index.postgres.max_conns", "index.postgres.password_file"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error does not mention %s:\n%v", want, err)
+		}
+	}
+	os.WriteFile(path, []byte("index: {driver: etcd}\n"), 0o644)
+	if _, err := Load(path); err == nil || !strings.Contains(err.Error(), "index.driver") {
+		t.Errorf("driver etcd: %v", err)
+	}
+}

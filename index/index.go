@@ -38,6 +38,12 @@ type Txn interface {
 	Scan(prefix, start []byte, keysOnly bool, fn func(key, value []byte) error) error
 }
 
+// Sharer is implemented by drivers whose index other processes share (PostgreSQL):
+// what a process caches of it in memory may be changed by another at any time.
+type Sharer interface {
+	Shared() bool
+}
+
 // Compacter is implemented by drivers that reclaim space on request (Badger's value
 // log).
 type Compacter interface {

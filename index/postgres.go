@@ -14,7 +14,9 @@ import (
 
 // PostgresOptions configure the PostgreSQL index.
 type PostgresOptions struct {
-	DSN      string
+	DSN string
+	// Password, when set, is used instead of one in the DSN.
+	Password string
 	MaxConns int32
 	// Timeout bounds one transaction (default 30s): a database that does not answer
 	// fails requests instead of piling them up.
@@ -49,6 +51,9 @@ func OpenPostgres(ctx context.Context, o PostgresOptions) (*Postgres, error) {
 	cfg, err := pgxpool.ParseConfig(o.DSN)
 	if err != nil {
 		return nil, fmt.Errorf("index: postgres dsn: %w", err)
+	}
+	if o.Password != "" {
+		cfg.ConnConfig.Password = o.Password
 	}
 	if o.MaxConns > 0 {
 		cfg.MaxConns = o.MaxConns
@@ -113,6 +118,9 @@ func (p *Postgres) migrate(ctx context.Context) error {
 	}
 	return nil
 }
+
+// Shared reports that other instances may share the database.
+func (p *Postgres) Shared() bool { return true }
 
 func (p *Postgres) Close() error {
 	p.pool.Close()

@@ -21,6 +21,7 @@ import (
 	"github.com/dockyard/dockyard/cache"
 	"github.com/dockyard/dockyard/config"
 	"github.com/dockyard/dockyard/gateway"
+	"github.com/dockyard/dockyard/index"
 	"github.com/dockyard/dockyard/lifecycle"
 	"github.com/dockyard/dockyard/upstream"
 	"github.com/dockyard/dockyard/vhost"
@@ -156,9 +157,42 @@ func openStore(cfg *config.Config, log *slog.Logger) (*cache.Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	return cache.Open(cache.Options{Dir: cfg.Data, Logger: log, Blobs: blobs,
+	idx, err := indexDB(cfg, log)
+	if err != nil {
+		return nil, err
+	}
+	return cache.Open(cache.Options{Dir: cfg.Data, Logger: log, Blobs: blobs, Index: idx,
 		UploadBuffers: int64(cfg.Limits.UploadBuffers), ManifestCache: int64(cfg.Limits.ManifestCache),
 		MaxSessionsPerClient: cfg.Limits.UploadSessionsPerClient, MinFreeSpace: int64(cfg.Storage.MinFreeSpace)})
+}
+
+// indexDB opens the configured index (nil: Badger under the data directory, which
+// the store opens itself).
+func indexDB(cfg *config.Config, log *slog.Logger) (index.DB, error) {
+	if cfg.Index.Driver != "postgres" {
+		return nil, nil
+	}
+	p := cfg.Index.Postgres
+	dsn, err := secret("", p.DSNEnv)
+	if err != nil {
+		return nil, fmt.Errorf("index.postgres.dsn_env: %w", err)
+	}
+	if p.DSN != "" {
+		dsn = p.DSN
+	}
+	password, err := secret(p.PasswordFile, "")
+	if err != nil {
+		return nil, fmt.Errorf("index.postgres.password_file: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	db, err := index.OpenPostgres(ctx, index.PostgresOptions{DSN: dsn, Password: password,
+		MaxConns: int32(p.MaxConns), Timeout: p.Timeout})
+	if err != nil {
+		return nil, err
+	}
+	log.Info("index on PostgreSQL", "max_conns", p.MaxConns)
+	return db, nil
 }
 
 // blobStore builds the configured blob store (nil: the filesystem under the data

@@ -10,6 +10,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"fmt"
 	"io"
 	"log/slog"
 	"math/big"
@@ -24,6 +25,7 @@ import (
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/dockyard/dockyard/blobstore/s3test"
+	"github.com/dockyard/dockyard/index/pgtest"
 	"github.com/dockyard/dockyard/cache"
 	"github.com/dockyard/dockyard/config"
 	"github.com/dockyard/dockyard/oci"
@@ -31,7 +33,27 @@ import (
 
 var s3server *s3test.Server
 
-func TestMain(m *testing.M) { s3test.Main(m, &s3server) }
+// pgserver is a PostgreSQL cluster for the cluster tests (nil: skipped).
+var pgserver *pgtest.Server
+
+func TestMain(m *testing.M) {
+	var err error
+	if pgserver, err = pgtest.Shared(); err == nil {
+		s3server, err = s3test.Shared()
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	if pgserver != nil {
+		pgserver.Stop()
+	}
+	if s3server != nil {
+		s3server.Stop()
+	}
+	os.Exit(code)
+}
 
 // Every example configuration builds a working gateway.
 func TestExampleConfigurationsBuild(t *testing.T) {
@@ -55,6 +77,9 @@ func TestExampleConfigurationsBuild(t *testing.T) {
 			c := &cfg.Storage.S3
 			c.Endpoint, c.Bucket, c.AccessKeyID = srv.Endpoint, bucket, srv.Access
 			t.Setenv(c.SecretAccessKeyEnv, srv.Secret)
+		}
+		if cfg.Index.Driver == "postgres" {
+			t.Setenv(cfg.Index.Postgres.DSNEnv, pgtest.Need(t, pgserver).NewDatabase(t))
 		}
 		store, err := openStore(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
 		if err != nil {
