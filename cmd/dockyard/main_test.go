@@ -25,9 +25,9 @@ import (
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/dockyard/dockyard/blobstore/s3test"
-	"github.com/dockyard/dockyard/index/pgtest"
 	"github.com/dockyard/dockyard/cache"
 	"github.com/dockyard/dockyard/config"
+	"github.com/dockyard/dockyard/index/pgtest"
 	"github.com/dockyard/dockyard/oci"
 )
 
