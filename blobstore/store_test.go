@@ -405,3 +405,23 @@ func TestDirectWritesAppearWholeOrNotAtAll(t *testing.T) {
 		t.Errorf("bucket holds %v and multipart uploads %v", objects, multipart)
 	}
 }
+
+// Parts sent by a chunk that was never recorded, numbered past what the upload finally
+// holds, are no part of the blob.
+func TestStalePartsPastTheEndAreNotCommitted(t *testing.T) {
+	each(t, func(t *testing.T, s blobstore.Store) {
+		w := newWriter(t, s, "u")
+		write(t, w, random(16<<20)) // three full 5 MiB parts sent, then the request fails
+		w.Close()
+		w = resume(t, s, "u", 0)
+		want := random(6 << 20) // one part and a tail
+		write(t, w, want)
+		d := oci.FromBytes(oci.SHA256, want)
+		if err := w.Commit(d); err != nil {
+			t.Fatal(err)
+		}
+		if got := read(t, s, d); !bytes.Equal(got, want) {
+			t.Fatalf("the blob holds %d bytes, want %d", len(got), len(want))
+		}
+	})
+}
