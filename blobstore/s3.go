@@ -553,7 +553,7 @@ func (s *S3) takeBuffer(ctx context.Context) ([]byte, error) {
 	case b := <-s.bufs:
 		return b[:0], nil
 	case <-s.tokens:
-		return make([]byte, 0, s.opts.PartSize), nil
+		return partBuffer(int(s.opts.PartSize))[:0], nil
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
@@ -759,7 +759,7 @@ func (w *s3Writer) sendPart() error {
 		case b := <-w.s.bufs:
 			w.buf = b[:0]
 		case <-w.s.tokens:
-			w.buf = make([]byte, 0, w.s.opts.PartSize)
+			w.buf = partBuffer(int(w.s.opts.PartSize))[:0]
 		default:
 			w.buf = nil
 			if err := w.waitPart(); err != nil {
