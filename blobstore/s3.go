@@ -503,30 +503,48 @@ func (s *S3) ownerKey() string { return s.opts.Prefix + "dockyard-index" }
 // there.
 func (s *S3) Claim(ctx context.Context, owner string) error {
 	key := s.ownerKey()
-	out, err := s.client.GetObject(ctx, &s3.GetObjectInput{Bucket: &s.opts.Bucket, Key: &key})
-	switch {
-	case isNotFound(err):
-		_, err = s.client.PutObject(ctx, &s3.PutObjectInput{Bucket: &s.opts.Bucket, Key: &key,
+	got, found, err := s.owner(ctx)
+	if err != nil {
+		return err
+	}
+	if !found {
+		// Created only if absent (a conditional write): of two indexes claiming at
+		// once, one wins; both read the winner back, on servers that ignore the
+		// condition too.
+		_, err = s.client.PutObject(ctx, &s3.PutObjectInput{Bucket: &s.opts.Bucket, Key: &key, IfNoneMatch: aws.String("*"),
 			Body: strings.NewReader(owner), ContentLength: aws.Int64(int64(len(owner)))})
-		if err != nil {
+		var re *awshttp.ResponseError
+		if err != nil && !(errors.As(err, &re) && (re.HTTPStatusCode() == http.StatusPreconditionFailed || re.HTTPStatusCode() == http.StatusConflict)) {
 			return s.fail("record the index it belongs to", err)
 		}
-		return nil
-	case err != nil:
-		return s.fail("read the index it belongs to", err)
+		if got, found, err = s.owner(ctx); err != nil {
+			return err
+		}
 	}
-	defer out.Body.Close()
-	b, err := io.ReadAll(io.LimitReader(out.Body, 1024))
-	if err != nil {
-		return s.fail("read the index it belongs to", err)
-	}
-	if got := strings.TrimSpace(string(b)); got != owner {
+	if !found || got != owner {
 		return fmt.Errorf("the blobs under prefix %q of %s belong to another dockyard index (%s), not this data directory's (%s): "+
 			"give each index its own prefix. If that index was lost, do not start an empty one over its blobs (its garbage "+
 			"collection would delete them); restore the data directory, or delete the object %s only once you mean to start over",
 			s.opts.Prefix, s, got, owner, key)
 	}
 	return nil
+}
+
+// owner reads the prefix's owner object.
+func (s *S3) owner(ctx context.Context) (string, bool, error) {
+	out, err := s.client.GetObject(ctx, &s3.GetObjectInput{Bucket: &s.opts.Bucket, Key: aws.String(s.ownerKey())})
+	if isNotFound(err) {
+		return "", false, nil
+	}
+	if err != nil {
+		return "", false, s.fail("read the index it belongs to", err)
+	}
+	defer out.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(out.Body, 1024))
+	if err != nil {
+		return "", false, s.fail("read the index it belongs to", err)
+	}
+	return strings.TrimSpace(string(b)), true, nil
 }
 
 // RedirectURL presigns a GET of blob d.

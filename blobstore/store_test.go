@@ -425,3 +425,37 @@ func TestStalePartsPastTheEndAreNotCommitted(t *testing.T) {
 		}
 	})
 }
+
+// Of indexes claiming one prefix at once, exactly one wins.
+func TestOnlyOneIndexWinsARaceForAPrefix(t *testing.T) {
+	s := newS3(t)
+	for round := range 10 {
+		prefix := fmt.Sprintf("race%d", round)
+		stores := make([]*blobstore.S3, 4)
+		for i := range stores {
+			st, err := blobstore.NewS3(context.Background(), withPrefix(server.Options(s.Bucket()), prefix))
+			if err != nil {
+				t.Fatal(err)
+			}
+			stores[i] = st
+		}
+		errs := make(chan error, len(stores))
+		for i, st := range stores {
+			go func() { errs <- st.Claim(context.Background(), fmt.Sprint("index-", i)) }()
+		}
+		won := 0
+		for range stores {
+			if err := <-errs; err == nil {
+				won++
+			}
+		}
+		if won != 1 {
+			t.Fatalf("round %d: %d of 4 indexes claimed one prefix", round, won)
+		}
+	}
+}
+
+func withPrefix(o blobstore.S3Options, prefix string) blobstore.S3Options {
+	o.Prefix = prefix
+	return o
+}
