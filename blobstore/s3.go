@@ -80,6 +80,38 @@ type S3 struct {
 	opts    S3Options
 	bufs    chan []byte // free part buffers
 	tokens  chan struct{}
+
+	// active counts the writers open in this process by upload id and by multipart
+	// upload: WalkUploads does not report them, so a purge never removes an upload
+	// still being written (a long monolithic push or proxy fill has no session).
+	mu     sync.Mutex
+	active map[string]int
+}
+
+func (s *S3) hold(ids ...string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, id := range ids {
+		if id != "" {
+			s.active[id]++
+		}
+	}
+}
+
+func (s *S3) release(ids ...string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, id := range ids {
+		if s.active[id]--; s.active[id] <= 0 {
+			delete(s.active, id)
+		}
+	}
+}
+
+func (s *S3) isActive(id string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.active[id] > 0
 }
 
 // NewS3 connects to the bucket (it checks that the bucket answers).
@@ -138,7 +170,7 @@ func NewS3(ctx context.Context, o S3Options) (*S3, error) {
 	})
 	n := max(2, int(o.BufferMemory/o.PartSize))
 	s := &S3{client: client, presign: s3.NewPresignClient(client), opts: o,
-		bufs: make(chan []byte, n), tokens: make(chan struct{}, n)}
+		bufs: make(chan []byte, n), tokens: make(chan struct{}, n), active: map[string]int{}}
 	for range n {
 		s.tokens <- struct{}{}
 	}
@@ -411,6 +443,9 @@ func (s *S3) WalkUploads(ctx context.Context, fn func(Upload) error) error {
 			return nil
 		}
 		mod := aws.ToTime(o.LastModified)
+		if s.isActive(id) {
+			return nil
+		}
 		if id != cur.ID {
 			if err := emit(); err != nil {
 				return err
@@ -429,7 +464,7 @@ func (s *S3) WalkUploads(ctx context.Context, fn func(Upload) error) error {
 	}
 	err = s.listMultipart(ctx, prefix, func(u types.MultipartUpload) error {
 		id, _, ok := strings.Cut(strings.TrimPrefix(aws.ToString(u.Key), prefix), "/")
-		if !ok || seen[id] {
+		if !ok || seen[id] || s.isActive(id) {
 			return nil
 		}
 		seen[id] = true
@@ -441,6 +476,9 @@ func (s *S3) WalkUploads(ctx context.Context, fn func(Upload) error) error {
 	// Direct writes (NewBlobWriter) a crash interrupted: multipart uploads at blob
 	// keys, invisible as objects, named here so that RemoveUpload can abort them.
 	return s.listMultipart(ctx, s.opts.Prefix+"blobs/", func(u types.MultipartUpload) error {
+		if s.isActive(aws.ToString(u.UploadId)) {
+			return nil
+		}
 		return fn(Upload{ID: directPrefix + aws.ToString(u.UploadId) + " " + aws.ToString(u.Key), ModTime: aws.ToTime(u.Initiated)})
 	})
 }
@@ -599,12 +637,15 @@ type s3Part struct {
 
 // NewBlobWriter writes blob d in place (see Direct).
 func (s *S3) NewBlobWriter(ctx context.Context, id string, d oci.Digest) (Writer, error) {
+	s.hold(id)
 	return &s3Writer{s: s, ctx: ctx, id: id, flushed: -1, target: s.blobKey(d)}, nil
 }
 
 func (s *S3) NewWriter(ctx context.Context, id string) (Writer, error) {
+	s.hold(id)
 	w := &s3Writer{s: s, ctx: ctx, id: id, flushed: -1}
 	if err := w.Flush(); err != nil {
+		w.Close()
 		return nil, err
 	}
 	return w, nil
@@ -631,12 +672,14 @@ func (s *S3) ResumeWriter(ctx context.Context, id string, offset int64) (Writer,
 	if err := json.Unmarshal(meta, &st); err != nil {
 		return nil, fmt.Errorf("upload %s: state at %d: %w", id, offset, err)
 	}
+	s.hold(id, st.UploadID)
 	w := &s3Writer{s: s, ctx: ctx, id: id, uploadID: st.UploadID, parts: st.Parts, size: offset, flushed: offset}
 	for _, p := range st.Parts {
 		w.partsSize += p.Size
 	}
 	tail := offset - w.partsSize
 	if tail < 0 || tail > s.opts.PartSize {
+		w.Close()
 		return nil, fmt.Errorf("upload %s: state at %d holds %d bytes of parts", id, offset, w.partsSize)
 	}
 	if tail > 0 {
@@ -815,6 +858,7 @@ func (w *s3Writer) startMultipart() error {
 		return w.s.fail("start a multipart upload", err)
 	}
 	w.uploadID = aws.ToString(out.UploadId)
+	w.s.hold(w.uploadID)
 	return nil
 }
 
@@ -1027,6 +1071,7 @@ func (w *s3Writer) Close() error {
 	defer w.mu.Unlock()
 	if !w.closed {
 		w.closed = true
+		w.s.release(w.id, w.uploadID)
 		w.waitPart()
 		w.s.giveBuffer(w.buf)
 		w.s.giveBuffer(w.spare)

@@ -301,3 +301,40 @@ func TestMonolithicPushesOnS3AreWholeOrNothing(t *testing.T) {
 		t.Errorf("staging left after the commit: %v", objects)
 	}
 }
+
+// A purge while a monolithic push is still streaming in (it has no session) leaves it
+// alone, however old its start.
+func TestPurgeLeavesAMonolithicPushInProgressAlone(t *testing.T) {
+	var bucket string
+	r := startRegistry(t, t.TempDir(), registryOptions{store: onS3(t, &bucket)})
+	blob := make([]byte, 12<<20)
+	rand.Read(blob)
+	d := oci.FromBytes(oci.SHA256, blob)
+	pr, pw := io.Pipe()
+	done := make(chan *http.Response, 1)
+	go func() {
+		req, _ := http.NewRequest("POST", r.url("/v2/app/blobs/uploads/?digest="+string(d)), pr)
+		req.ContentLength = int64(len(blob))
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Error(err)
+		}
+		done <- resp
+	}()
+	pw.Write(blob[:11<<20]) // two parts sent: a multipart upload exists
+	time.Sleep(100 * time.Millisecond)
+	if _, multipart := bucketKeys(t, bucket, ""); len(multipart) != 1 {
+		t.Fatalf("multipart uploads while the push streams: %v, want one", multipart)
+	}
+	if _, err := r.store.PurgeUploads(context.Background(), time.Nanosecond); err != nil {
+		t.Fatal(err)
+	}
+	pw.Write(blob[11<<20:])
+	pw.Close()
+	if resp := <-done; resp == nil || resp.StatusCode != 201 {
+		t.Fatalf("the push a purge ran through: %v", resp)
+	}
+	if got := r.do("GET", "/v2/app/blobs/"+string(d), nil); got.StatusCode != 200 || !bytes.Equal(got.body, blob) {
+		t.Errorf("the blob: %d, %d bytes", got.StatusCode, len(got.body))
+	}
+}
