@@ -35,7 +35,8 @@ type Store interface {
 	// in memory).
 	Walk(ctx context.Context, fn func(Blob) error) error
 	// WalkUploads calls fn for every upload the store holds data for, including
-	// data no session owns any more (left by a crash).
+	// data no session owns any more (left by a crash), but not the uploads a writer
+	// of this process has open (a purge must not remove what is being written).
 	WalkUploads(ctx context.Context, fn func(Upload) error) error
 	// NewWriter starts upload id, empty and durable at once.
 	NewWriter(ctx context.Context, id string) (Writer, error)

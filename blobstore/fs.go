@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"unsafe"
 
 	"github.com/dockyard/dockyard/oci"
@@ -22,6 +23,10 @@ const BlockSize = 4096
 // root/uploads/<id>. A commit is a rename, made durable with the directory's fsync.
 type FS struct {
 	root string
+	// active counts the writers open in this process by upload id: WalkUploads does
+	// not report them (as S3 does not).
+	mu     sync.Mutex
+	active map[string]int
 }
 
 // NewFS prepares the directories below root.
@@ -31,7 +36,7 @@ func NewFS(root string) (*FS, error) {
 			return nil, err
 		}
 	}
-	return &FS{root: root}, nil
+	return &FS{root: root, active: map[string]int{}}, nil
 }
 
 func (s *FS) String() string { return "filesystem " + s.root }
@@ -109,7 +114,7 @@ func (s *FS) WalkUploads(ctx context.Context, fn func(Upload) error) error {
 			return err
 		}
 		info, err := e.Info()
-		if err != nil {
+		if err != nil || s.isActive(e.Name()) {
 			continue
 		}
 		if err := fn(Upload{ID: e.Name(), ModTime: info.ModTime()}); err != nil {
@@ -146,7 +151,22 @@ func (s *FS) ResumeWriter(_ context.Context, id string, offset int64) (Writer, e
 	return s.writer(id, f, offset), nil
 }
 
+func (s *FS) isActive(id string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.active[id] > 0
+}
+
+func (s *FS) hold(id string, delta int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.active[id] += delta; s.active[id] <= 0 {
+		delete(s.active, id)
+	}
+}
+
 func (s *FS) writer(id string, f *os.File, off int64) *fsWriter {
+	s.hold(id, 1)
 	return &fsWriter{s: s, id: id, f: f, direct: openDirect(s.uploadPath(id)), off: off}
 }
 
@@ -244,6 +264,7 @@ func (w *fsWriter) Close() error {
 		return nil
 	}
 	w.closed = true
+	w.s.hold(w.id, -1)
 	if w.direct != nil {
 		w.direct.Close()
 	}
