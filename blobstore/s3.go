@@ -27,6 +27,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/aws-sdk-go-v2/service/s3/types"
+	"github.com/aws/smithy-go"
 
 	"github.com/dockyard/dockyard/oci"
 )
@@ -215,7 +216,11 @@ func (s *S3) String() string {
 	if where == "" {
 		where = "AWS"
 	}
-	return "s3 bucket " + s.opts.Bucket + " at " + where
+	name := "s3 bucket " + s.opts.Bucket
+	if s.opts.Prefix != "" {
+		name += " prefix " + s.opts.Prefix
+	}
+	return name + " at " + where
 }
 
 // fail turns a failed S3 request into an error for the client that names the storage
@@ -223,6 +228,14 @@ func (s *S3) String() string {
 func (s *S3) fail(op string, err error) error {
 	if errors.Is(err, context.Canceled) {
 		return err
+	}
+	var api smithy.APIError
+	if errors.As(err, &api) && api.ErrorCode() == "NoSuchUpload" {
+		// The multipart upload an upload's state names is gone (completed by a commit
+		// that then failed, or aborted): it cannot continue, and saying "try again"
+		// would be a lie.
+		return fmt.Errorf("%w: %w: %w", ErrNotExist, oci.ErrBlobUploadUnknown.Withf(
+			"the upload's data in the blob storage is gone (%s); start the upload again", op), err)
 	}
 	return fmt.Errorf("%w: %w", oci.ErrStorageUnavailable.Withf("the blob storage (%s) failed to %s; try again", s, op), err)
 }

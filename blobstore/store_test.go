@@ -12,6 +12,9 @@ import (
 	"testing"
 	"testing/iotest"
 
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+
 	"github.com/dockyard/dockyard/blobstore"
 	"github.com/dockyard/dockyard/blobstore/s3test"
 	"github.com/dockyard/dockyard/oci"
@@ -458,4 +461,33 @@ func TestOnlyOneIndexWinsARaceForAPrefix(t *testing.T) {
 func withPrefix(o blobstore.S3Options, prefix string) blobstore.S3Options {
 	o.Prefix = prefix
 	return o
+}
+
+// An upload whose multipart upload is gone (a commit completed it and then failed, or
+// it was aborted) says so — the upload is unknown and must start again —, instead of
+// asking the client to try again forever.
+func TestAnUploadWhoseMultipartIsGoneIsUnknown(t *testing.T) {
+	s := newS3(t)
+	ctx := context.Background()
+	w := newWriter(t, s, "u")
+	write(t, w, random(11<<20))
+	if err := w.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	w.Close()
+	c := server.Client()
+	out, err := c.ListMultipartUploads(ctx, &s3.ListMultipartUploadsInput{Bucket: aws.String(s.Bucket())})
+	if err != nil || len(out.Uploads) != 1 {
+		t.Fatalf("multipart uploads: %v %v", out, err)
+	}
+	u := out.Uploads[0]
+	if _, err := c.AbortMultipartUpload(ctx, &s3.AbortMultipartUploadInput{Bucket: aws.String(s.Bucket()), Key: u.Key, UploadId: u.UploadId}); err != nil {
+		t.Fatal(err)
+	}
+	w = resume(t, s, "u", 11<<20)
+	write(t, w, random(1<<20))
+	err = w.Commit(oci.FromBytes(oci.SHA256, []byte("whatever")))
+	if !errors.Is(err, blobstore.ErrNotExist) || !errors.Is(err, oci.ErrBlobUploadUnknown) {
+		t.Fatalf("commit of an upload whose multipart upload is gone: %v", err)
+	}
 }
