@@ -53,6 +53,9 @@ type S3Options struct {
 	// 64 MiB, at least two parts): uploads wait for a buffer rather than grow the
 	// process.
 	BufferMemory int64
+	// BufferWait is how long an upload waits for a free part buffer before it is
+	// answered 429 (default 30s).
+	BufferWait time.Duration
 	// Attempts is how many times a request is tried (default 5).
 	Attempts int
 }
@@ -128,6 +131,9 @@ func NewS3(ctx context.Context, o S3Options) (*S3, error) {
 	}
 	if o.Attempts <= 0 {
 		o.Attempts = 5
+	}
+	if o.BufferWait <= 0 {
+		o.BufferWait = 30 * time.Second
 	}
 	if o.Prefix != "" && !strings.HasSuffix(o.Prefix, "/") {
 		o.Prefix += "/"
@@ -623,8 +629,23 @@ func (s *S3) takeBuffer(ctx context.Context) ([]byte, error) {
 		return b[:0], nil
 	case <-s.tokens:
 		return partBuffer(int(s.opts.PartSize))[:0], nil
+	default:
+	}
+	// Every buffer is taken (slow clients hold theirs while their bodies trickle in):
+	// wait a while, then tell the client to come back rather than hang.
+	t := time.NewTimer(s.opts.BufferWait)
+	defer t.Stop()
+	select {
+	case b := <-s.bufs:
+		return b[:0], nil
+	case <-s.tokens:
+		return partBuffer(int(s.opts.PartSize))[:0], nil
 	case <-ctx.Done():
 		return nil, ctx.Err()
+	case <-t.C:
+		e := oci.ErrTooManyRequests.Withf("every upload buffer of the blob storage is in use; retry shortly")
+		e.RetryAfter = "5"
+		return nil, e
 	}
 }
 

@@ -11,6 +11,7 @@ import (
 	"sort"
 	"testing"
 	"testing/iotest"
+	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
@@ -490,4 +491,40 @@ func TestAnUploadWhoseMultipartIsGoneIsUnknown(t *testing.T) {
 	if !errors.Is(err, blobstore.ErrNotExist) || !errors.Is(err, oci.ErrBlobUploadUnknown) {
 		t.Fatalf("commit of an upload whose multipart upload is gone: %v", err)
 	}
+}
+
+// When slow uploads hold every part buffer, another upload is told to come back (429)
+// within the wait bound instead of hanging; once a buffer is free it proceeds.
+func TestUploadsWaitForABufferOnlyAWhile(t *testing.T) {
+	s, _ := s3test.Store(t, server, func(o *blobstore.S3Options) {
+		o.BufferMemory = 2 * blobstore.MinPartSize // two buffers
+		o.BufferWait = 200 * time.Millisecond
+	})
+	ctx := context.Background()
+	var holders []blobstore.Writer
+	for _, id := range []string{"slow1", "slow2"} {
+		w, err := s.NewWriter(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		write(t, w, []byte("a trickle")) // holds a buffer while its body is slow
+		holders = append(holders, w)
+	}
+	w, err := s.NewWriter(ctx, "third")
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	_, err = w.Write([]byte("x"))
+	if !errors.Is(err, oci.ErrTooManyRequests) || time.Since(start) > 10*time.Second {
+		t.Fatalf("a write with every buffer held: %v after %v", err, time.Since(start))
+	}
+	w.Close()
+	holders[0].Close()
+	w, _ = s.NewWriter(ctx, "fourth")
+	defer w.Close()
+	if _, err := w.Write([]byte("x")); err != nil {
+		t.Fatalf("a write once a buffer is free: %v", err)
+	}
+	holders[1].Close()
 }
