@@ -14,9 +14,11 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -53,6 +55,9 @@ type S3Options struct {
 	// 64 MiB, at least two parts): uploads wait for a buffer rather than grow the
 	// process.
 	BufferMemory int64
+	// StallTimeout bounds a wait for S3's next bytes while reading an object
+	// (default 60s): a stalled response fails instead of holding its request forever.
+	StallTimeout time.Duration
 	// BufferWait is how long an upload waits for a free part buffer before it is
 	// answered 429 (default 30s).
 	BufferWait time.Duration
@@ -131,6 +136,9 @@ func NewS3(ctx context.Context, o S3Options) (*S3, error) {
 	}
 	if o.Attempts <= 0 {
 		o.Attempts = 5
+	}
+	if o.StallTimeout <= 0 {
+		o.StallTimeout = 60 * time.Second
 	}
 	if o.BufferWait <= 0 {
 		o.BufferWait = 30 * time.Second
@@ -335,7 +343,17 @@ func (r *s3Reader) Read(p []byte) (int, error) {
 		r.body = out.Body
 	}
 	p = p[:min(int64(len(p)), r.end-r.pos)]
+	// A wait for S3 (not for the client, which Read does not see) is bounded: past
+	// it the reader's context is cancelled and the read fails.
+	var stalled atomic.Bool
+	watch := time.AfterFunc(r.s.opts.StallTimeout, func() { stalled.Store(true); r.cancel() })
 	n, err := r.body.Read(p)
+	if !watch.Stop() && err != nil {
+		for !stalled.Load() {
+			runtime.Gosched()
+		}
+		return n, r.s.fail("read a blob", fmt.Errorf("no data from S3 for %v", r.s.opts.StallTimeout))
+	}
 	r.pos += int64(n)
 	if err == io.EOF && r.pos < r.end {
 		err = io.ErrUnexpectedEOF
@@ -686,7 +704,10 @@ func (s *S3) NewWriter(ctx context.Context, id string) (Writer, error) {
 }
 
 func (s *S3) ResumeWriter(ctx context.Context, id string, offset int64) (Writer, error) {
-	out, err := s.client.GetObject(ctx, &s3.GetObjectInput{Bucket: &s.opts.Bucket, Key: aws.String(s.stateKey(id, offset))})
+	// A state is small: reading it is bounded as a whole.
+	sctx, cancel := context.WithTimeout(ctx, s.opts.StallTimeout)
+	defer cancel()
+	out, err := s.client.GetObject(sctx, &s3.GetObjectInput{Bucket: &s.opts.Bucket, Key: aws.String(s.stateKey(id, offset))})
 	if isNotFound(err) {
 		return nil, fmt.Errorf("%w: upload %s has no state at %d", ErrNotExist, id, offset)
 	}

@@ -8,7 +8,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"sort"
+	"strings"
 	"testing"
 	"testing/iotest"
 	"time"
@@ -527,4 +532,67 @@ func TestUploadsWaitForABufferOnlyAWhile(t *testing.T) {
 		t.Fatalf("a write once a buffer is free: %v", err)
 	}
 	holders[1].Close()
+}
+
+// S3 that stops sending in the middle of an object: the read fails within the stall
+// bound instead of hanging.
+func TestAStalledReadFails(t *testing.T) {
+	srv := s3test.Need(t, server)
+	target, _ := url.Parse(srv.Endpoint)
+	release := make(chan struct{})
+	proxy := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == "GET" && strings.Contains(r.URL.Path, "/blobs/") {
+			w = &stallingWriter{ResponseWriter: w, after: 64 << 10, release: release}
+		}
+		httputil.NewSingleHostReverseProxy(target).ServeHTTP(w, r)
+	}))
+	defer proxy.Close()
+	defer close(release) // before the proxy closes: its stalled handler must end
+	s, _ := s3test.Store(t, server, func(o *blobstore.S3Options) {
+		o.Endpoint = proxy.URL
+		o.StallTimeout = 300 * time.Millisecond
+	})
+	ctx := context.Background()
+	b := random(1 << 20)
+	d := oci.FromBytes(oci.SHA256, b)
+	w := newWriter(t, s, "x")
+	write(t, w, b)
+	if err := w.Commit(d); err != nil {
+		t.Fatal(err)
+	}
+	rc, _, err := s.Open(ctx, d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	done := make(chan error, 1)
+	go func() { _, err := io.ReadAll(rc); done <- err }()
+	select {
+	case err := <-done:
+		if !errors.Is(err, oci.ErrStorageUnavailable) {
+			t.Errorf("a stalled read: %v", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("a read of a stalled object still hangs after 20s")
+	}
+}
+
+// stallingWriter sends the first after bytes of a body, then waits for release.
+type stallingWriter struct {
+	http.ResponseWriter
+	after   int
+	sent    int
+	release chan struct{}
+}
+
+func (w *stallingWriter) Write(p []byte) (int, error) {
+	k := min(len(p), max(w.after-w.sent, 0))
+	n, err := w.ResponseWriter.Write(p[:k])
+	w.sent += n
+	w.ResponseWriter.(http.Flusher).Flush()
+	if err != nil || k == len(p) {
+		return n, err
+	}
+	<-w.release // the rest never comes
+	return n, io.ErrClosedPipe
 }
