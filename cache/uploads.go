@@ -247,9 +247,20 @@ func (s *Store) FinishUpload(ctx context.Context, reg, repo, id string, d oci.Di
 // bytes go straight to the blob's place (blobstore.Direct), saving the copy a commit
 // otherwise makes. On any failure (a digest mismatch) the session stays as it was.
 func (s *Store) finishDirect(ctx context.Context, u *Upload, d oci.Digest, r io.Reader, length int64) (int64, error) {
+	if err := s.storeWhole(ctx, u, d, r, length, uploadKey(u.ID)); err != nil {
+		return 0, err
+	}
+	s.sessions.release(u.Client)
+	return u.Offset, nil
+}
+
+// storeWhole writes blob d, all of it in r, for upload u (empty): it hashes, verifies
+// and commits it, linking it to u's repository and deleting the keys in done in the
+// same transaction. On any failure nothing of it is kept.
+func (s *Store) storeWhole(ctx context.Context, u *Upload, d oci.Digest, r io.Reader, length int64, done ...[]byte) error {
 	w, err := s.blobWriter(ctx, u.ID, d)
 	if err != nil {
-		return 0, err
+		return err
 	}
 	defer w.Close()
 	h := u.Algorithm.New()
@@ -258,14 +269,12 @@ func (s *Store) finishDirect(ctx context.Context, u *Upload, d oci.Digest, r io.
 		err = s.verifyUpload(w, u, h, d)
 	}
 	if err == nil {
-		err = s.commitBlob(ctx, w, d, u.Registry, u.Repo, u.Offset, uploadKey(u.ID))
+		err = s.commitBlob(ctx, w, d, u.Registry, u.Repo, u.Offset, done...)
 	}
 	if err != nil {
 		w.Cancel()
-		return 0, err
 	}
-	s.sessions.release(u.Client)
-	return u.Offset, nil
+	return err
 }
 
 // blobWriter is a writer for the bytes of blob d: straight to its place where the
@@ -387,21 +396,7 @@ func (s *Store) PutBlob(ctx context.Context, reg, repo string, d oci.Digest, r i
 	}
 	defer s.sessions.release(client)
 	u := &Upload{ID: "mono-" + newID(), Registry: reg, Repo: repo, Algorithm: d.Algorithm()}
-	w, err := s.blobWriter(ctx, u.ID, d)
-	if err != nil {
-		return 0, err
-	}
-	defer w.Close()
-	h := u.Algorithm.New()
-	err = s.writeChunk(w, u, h, r, length)
-	if err == nil {
-		err = s.verifyUpload(w, u, h, d)
-	}
-	if err == nil {
-		err = s.commitBlob(ctx, w, d, reg, repo, u.Offset)
-	}
-	if err != nil {
-		w.Cancel()
+	if err := s.storeWhole(ctx, u, d, r, length); err != nil {
 		return 0, err
 	}
 	return u.Offset, nil

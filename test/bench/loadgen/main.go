@@ -472,6 +472,27 @@ type variant struct {
 	digest string
 }
 
+// variants makes n distinct blobs of f's size: f with its first 8 bytes replaced by
+// the variant's number and tag (the same ones every run), with their digests.
+func variants(f *os.File, n int, tag uint64) ([]*variant, error) {
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	vs := make([]*variant, n)
+	for i := range vs {
+		v := &variant{f: f, size: st.Size()}
+		binary.BigEndian.PutUint64(v.prefix[:], uint64(i+1)<<32|tag)
+		h := sha256.New()
+		if _, err := io.Copy(h, v.section(0, v.size)); err != nil {
+			return nil, err
+		}
+		v.digest = "sha256:" + hex.EncodeToString(h.Sum(nil))
+		vs[i] = v
+	}
+	return vs, nil
+}
+
 // section returns bytes [off, off+n) of the variant as a stream.
 func (v *variant) section(off, n int64) io.Reader {
 	var rs []io.Reader
@@ -504,20 +525,9 @@ func pushN(args []string) error {
 		return err
 	}
 	defer f.Close()
-	st, err := f.Stat()
+	vs, err := variants(f, *n, 0xbeef)
 	if err != nil {
 		return err
-	}
-	vs := make([]*variant, *n)
-	for i := range vs {
-		v := &variant{f: f, size: st.Size()}
-		binary.BigEndian.PutUint64(v.prefix[:], uint64(i+1)<<32|0xbeef)
-		h := sha256.New()
-		if _, err := io.Copy(h, v.section(0, v.size)); err != nil {
-			return err
-		}
-		v.digest = "sha256:" + hex.EncodeToString(h.Sum(nil))
-		vs[i] = v
 	}
 	errs := make([]error, *n)
 	var wg sync.WaitGroup
@@ -558,23 +568,12 @@ func push(args []string) error {
 		return err
 	}
 	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return err
-	}
 	modes := []string{"post_put", "post_digest", "chunked"}
 	// Content and digests do not depend on the registry: each run of the bench makes
 	// the same variants for both registries.
-	var vs []*variant
-	for i := range len(modes) * *reps {
-		v := &variant{f: f, size: st.Size()}
-		binary.BigEndian.PutUint64(v.prefix[:], uint64(i+1)<<32|0xdeca)
-		h := sha256.New()
-		if _, err := io.Copy(h, v.section(0, v.size)); err != nil {
-			return err
-		}
-		v.digest = "sha256:" + hex.EncodeToString(h.Sum(nil))
-		vs = append(vs, v)
+	vs, err := variants(f, len(modes)**reps, 0xdeca)
+	if err != nil {
+		return err
 	}
 	for mi, mode := range modes {
 		var times []float64
