@@ -39,6 +39,8 @@ type TokenStore interface {
 	// PutRevocation records that every token issued to user before `before` is void.
 	PutRevocation(user string, before time.Time) error
 	Revocations() (map[string]time.Time, error)
+	// Revocation is user's revocation; ok is false when there is none.
+	Revocation(user string) (before time.Time, ok bool, err error)
 }
 
 // Records is a table of opaque records by id (the index keeps them: see
@@ -99,6 +101,18 @@ func (s recordTokenStore) PutRevocation(user string, before time.Time) error {
 		return err
 	}
 	return s.revocations.Put(user, b)
+}
+
+func (s recordTokenStore) Revocation(user string) (time.Time, bool, error) {
+	v, ok, err := s.revocations.Get(user)
+	if err != nil || !ok {
+		return time.Time{}, false, err
+	}
+	var r revocation
+	if err := json.Unmarshal(v, &r); err != nil {
+		return time.Time{}, false, fmt.Errorf("revocation record %s: %w", user, err)
+	}
+	return r.Before, true, nil
 }
 
 func (s recordTokenStore) Revocations() (map[string]time.Time, error) {

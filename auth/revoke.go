@@ -86,6 +86,14 @@ type revocations struct {
 
 // Revoked reports whether a token issued to subject at issuedAt has been revoked.
 func (s *Service) Revoked(subject string, issuedAt time.Time) bool {
+	if s.cfg.SharedTokens && s.cfg.Tokens != nil {
+		t, ok, err := s.cfg.Tokens.Revocation(subject)
+		if err != nil {
+			s.log.Warn("token revocations unreadable: the token is refused", "subject", subject, "err", err)
+			return true
+		}
+		return ok && !issuedAt.After(t)
+	}
 	s.revoked.mu.RLock()
 	defer s.revoked.mu.RUnlock()
 	t, ok := s.revoked.before[subject]

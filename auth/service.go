@@ -28,9 +28,12 @@ type Config struct {
 	UsersFile *UsersFile
 	LDAP      *LDAP
 	Tokens    TokenStore // CI tokens; nil disables them
-	Rules     []Rule
-	Signer    *Signer // token mode
-	TokenTTL  time.Duration
+	// SharedTokens: other instances share Tokens (a PostgreSQL index), and revoke
+	// tokens there; revocations are read from it on every check instead of memory.
+	SharedTokens bool
+	Rules        []Rule
+	Signer       *Signer // token mode
+	TokenTTL     time.Duration
 	// RefreshTTL is the lifetime of refresh tokens (docker login keeps one).
 	RefreshTTL time.Duration
 	RateLimit  RateLimit

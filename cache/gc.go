@@ -176,7 +176,7 @@ func (s *Store) collectOnce(ctx context.Context, cutoff int64, dryRun bool) (GCR
 			r.Blobs += len(batch)
 			continue
 		}
-		n, bytes, err := s.deleteBlobs(batch, cutoff)
+		n, bytes, err := s.deleteBlobs(ctx, batch, cutoff)
 		r.Blobs += n
 		r.Bytes += bytes
 		if err != nil {
@@ -294,11 +294,25 @@ func (s *Store) deleteContents(batch []oci.Digest, cutoff int64) (int, error) {
 // deleteBlobs deletes unreferenced blobs: their records and links first, then their
 // files, all under the blobs' locks so that a concurrent upload of the same digest
 // cannot slip a fresh file in between.
-func (s *Store) deleteBlobs(batch []oci.Digest, cutoff int64) (int, int64, error) {
+func (s *Store) deleteBlobs(ctx context.Context, batch []oci.Digest, cutoff int64) (int, int64, error) {
 	sorted := append([]oci.Digest(nil), batch...)
 	slices.Sort(sorted) // a fixed order: GC is the only holder of several locks
+	var held []context.Context
 	for _, d := range sorted {
-		defer s.blobLocks.lock(string(d))()
+		h, unlock, err := s.Lock(ctx, blobLock(d))
+		if err != nil {
+			return 0, 0, err
+		}
+		defer unlock()
+		held = append(held, h)
+	}
+	lost := func() bool {
+		for _, h := range held {
+			if h.Err() != nil {
+				return true
+			}
+		}
+		return false
 	}
 	var deleted []oci.Digest
 	var bytes int64
@@ -358,6 +372,11 @@ func (s *Store) deleteBlobs(batch []oci.Digest, cutoff int64) (int, int64, error
 	for _, d := range deleted {
 		if fileDeleteDelay > 0 {
 			time.Sleep(fileDeleteDelay)
+		}
+		if lost() {
+			// A commit elsewhere may be putting these bytes back: leave the files to
+			// the next collection, which deletes them as orphans if still unrecorded.
+			return len(deleted), bytes, oci.ErrIndexUnavailable.Withf("blob locks lost while deleting")
 		}
 		if err := s.blobs.Delete(context.Background(), d); err != nil {
 			return len(deleted), bytes, err
@@ -484,11 +503,17 @@ func (s *Store) removeOrphanFiles(ctx context.Context, cutoff int64, dryRun bool
 		if b.ModTime.UnixNano() > cutoff {
 			return nil
 		}
-		unlock := s.blobLocks.lock(string(b.Digest))
+		held, unlock, err := s.Lock(ctx, blobLock(b.Digest))
+		if err != nil {
+			return err
+		}
 		defer unlock()
 		has, err := s.hasRecord(blobKey(b.Digest))
 		if err != nil || has {
 			return err
+		}
+		if held.Err() != nil {
+			return oci.ErrIndexUnavailable.Withf("blob lock lost while removing orphan files")
 		}
 		n++
 		if !dryRun {
@@ -570,10 +595,14 @@ func (s *Store) purgeUpload(id string, cutoff time.Time) (bool, error) {
 	if s.beforePurgeLock != nil {
 		s.beforePurgeLock(id)
 	}
-	defer s.uploadLocks.lock(id)()
+	_, unlock, err := s.Lock(context.Background(), uploadLock(id))
+	if err != nil {
+		return false, err
+	}
+	defer unlock()
 	purged := false
 	var u Upload
-	err := s.update(func(txn index.Txn) error {
+	err = s.update(func(txn index.Txn) error {
 		ok, err := getJSON(txn, uploadKey(id), &u)
 		if !ok || err != nil || !u.lastActivity().Before(cutoff) {
 			purged = false

@@ -14,6 +14,8 @@ import (
 const (
 	kindCITokens    = 'k' // k id → a CI token record (JSON of auth.CIToken)
 	kindRevocations = 'R' // R user → a revocation record
+	kindJobs        = 'J' // J job → when the scheduled job last finished
+	kindSecrets     = 'S' // S name → a secret the instances share (the token signing key)
 )
 
 // RecordTable is one table of records.
@@ -27,6 +29,12 @@ func (s *Store) CITokenRecords() RecordTable { return RecordTable{s, kindCIToken
 
 // RevocationRecords is the table of per-user token revocations.
 func (s *Store) RevocationRecords() RecordTable { return RecordTable{s, kindRevocations} }
+
+// SecretRecords is the table of secrets every instance on the index shares.
+func (s *Store) SecretRecords() RecordTable { return RecordTable{s, kindSecrets} }
+
+// JobRecords is the table of scheduled jobs' last runs.
+func (s *Store) JobRecords() RecordTable { return RecordTable{s, kindJobs} }
 
 // Put stores or replaces record id.
 func (t RecordTable) Put(id string, v []byte) error {
@@ -43,6 +51,21 @@ func (t RecordTable) Get(id string) (v []byte, ok bool, err error) {
 		return err
 	})
 	return v, ok, err
+}
+
+// GetOrPut returns record id, storing v there first when there is none: of instances
+// racing to create one record, all end up with the same.
+func (t RecordTable) GetOrPut(id string, v []byte) (stored []byte, err error) {
+	err = t.s.update(func(txn index.Txn) error {
+		old, ok, err := getValue(txn, key(t.kind, id))
+		if err != nil || ok {
+			stored = old
+			return err
+		}
+		stored = v
+		return txn.Set(key(t.kind, id), v)
+	})
+	return stored, err
 }
 
 // List calls fn with every record of the table, in id order.

@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"sync"
 	"time"
 
 	"github.com/dockyard/dockyard/blobstore"
@@ -27,13 +26,14 @@ type Store struct {
 	log      *slog.Logger
 	now      func() time.Time
 
-	uploadLocks keyedMutex
-	// blobLocks serialise committing a blob file with deleting it (GC).
-	blobLocks keyedMutex
-	contents  *manifestCache
-	tags      *tagCache
-	buffers   *bufferPool
-	sessions  sessions
+	// locks serialise, across every instance sharing the index, the chunks of one
+	// upload (lock "upload/ID") and committing a blob's bytes with deleting them (GC;
+	// lock "blob/DIGEST").
+	locks    index.Locker
+	contents *manifestCache
+	tags     *tagCache
+	buffers  *bufferPool
+	sessions sessions
 	// minFree is the free-space reserve (0: none); freeSpace measures.
 	minFree   int64
 	freeSpace func() (int64, error)
@@ -126,10 +126,8 @@ func Open(opts Options) (*Store, error) {
 	s := &Store{dir: opts.Dir, db: db, blobs: blobs, log: opts.Logger, now: opts.Now,
 		contents: newManifestCache(opts.ManifestCache), tags: newTagCache(16384), buffers: newBufferPool(opts.UploadBuffers),
 		sessions: sessions{max: opts.MaxSessionsPerClient, open: map[string]int{}},
-		minFree:  opts.MinFreeSpace, freeSpace: opts.FreeSpace}
-	if sh, ok := db.(index.Sharer); ok && sh.Shared() {
-		s.tags.off = true
-	}
+		minFree:  opts.MinFreeSpace, freeSpace: opts.FreeSpace, locks: index.LockerOf(db)}
+	s.tags.off = s.Shared()
 	if r, ok := blobs.(blobstore.Redirector); ok && r.Redirects() {
 		s.redirect = r
 	}
@@ -266,36 +264,24 @@ func (s *Store) RefCounts(d oci.Digest) (blobRefs, manifestRefs int64, err error
 	return blobRefs, manifestRefs, err
 }
 
-// keyedMutex serialises work on one key (an upload id) without a global lock.
-type keyedMutex struct {
-	mu    sync.Mutex
-	locks map[string]*keyedLock
+// Lock takes a named lock shared by every instance on the index (see index.Locker):
+// the store's own are "upload/ID" and "blob/DIGEST". held is cancelled if the lock is
+// lost; a step with an outside effect checks it first.
+func (s *Store) Lock(ctx context.Context, key string) (held context.Context, unlock func(), err error) {
+	return s.locks.Lock(ctx, key)
 }
 
-type keyedLock struct {
-	sync.Mutex
-	users int
+// Shared reports whether other instances share the index (PostgreSQL): what one
+// keeps in memory of it may be changed by another at any time.
+func (s *Store) Shared() bool {
+	sh, ok := s.db.(index.Sharer)
+	return ok && sh.Shared()
 }
 
-func (k *keyedMutex) lock(key string) func() {
-	k.mu.Lock()
-	if k.locks == nil {
-		k.locks = map[string]*keyedLock{}
-	}
-	l := k.locks[key]
-	if l == nil {
-		l = &keyedLock{}
-		k.locks[key] = l
-	}
-	l.users++
-	k.mu.Unlock()
-	l.Lock()
-	return func() {
-		l.Unlock()
-		k.mu.Lock()
-		if l.users--; l.users == 0 {
-			delete(k.locks, key)
-		}
-		k.mu.Unlock()
-	}
+// TryLock takes a named lock if no instance holds it.
+func (s *Store) TryLock(ctx context.Context, key string) (held context.Context, unlock func(), ok bool, err error) {
+	return s.locks.TryLock(ctx, key)
 }
+
+func uploadLock(id string) string  { return "upload/" + id }
+func blobLock(d oci.Digest) string { return "blob/" + string(d) }

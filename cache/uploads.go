@@ -121,7 +121,11 @@ func (s *Store) GetUpload(ctx context.Context, reg, repo, id string) (*Upload, e
 // begins (-1 when it does not say); length is the chunk's size when known (-1
 // otherwise). A failed chunk leaves the upload as it was before.
 func (s *Store) AppendUpload(ctx context.Context, reg, repo, id string, start int64, r io.Reader, length int64) (*Upload, error) {
-	defer s.uploadLocks.lock(id)()
+	_, unlock, err := s.Lock(ctx, uploadLock(id))
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
 	u, err := s.GetUpload(ctx, reg, repo, id)
 	if err != nil {
 		return nil, err
@@ -208,7 +212,11 @@ func (s *Store) writeChunk(w blobstore.Writer, u *Upload, h hash.Hash, r io.Read
 // whole upload has digest d, commits the blob and links it to reg/repo. On a digest
 // mismatch the upload stays open as it was before the request.
 func (s *Store) FinishUpload(ctx context.Context, reg, repo, id string, d oci.Digest, start int64, r io.Reader, length int64) (int64, error) {
-	defer s.uploadLocks.lock(id)()
+	_, unlock, err := s.Lock(ctx, uploadLock(id))
+	if err != nil {
+		return 0, err
+	}
+	defer unlock()
 	u, err := s.GetUpload(ctx, reg, repo, id)
 	if err != nil {
 		return 0, err
@@ -328,7 +336,11 @@ func (s *Store) finishCommitted(ctx context.Context, u *Upload, d oci.Digest, r 
 // moved into place by an earlier attempt that stopped before its index transaction (a
 // crash) is taken as committed: only verified content is ever moved to a blob's place.
 func (s *Store) commitBlob(ctx context.Context, w blobstore.Writer, d oci.Digest, reg, repo string, size int64, done ...[]byte) error {
-	defer s.blobLocks.lock(string(d))()
+	held, unlock, err := s.Lock(ctx, blobLock(d))
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	if w != nil {
 		if err := w.Commit(d); err != nil {
 			stored, serr := s.blobs.Stat(ctx, d)
@@ -336,6 +348,11 @@ func (s *Store) commitBlob(ctx context.Context, w blobstore.Writer, d oci.Digest
 				return err
 			}
 		}
+	}
+	if held.Err() != nil {
+		// The lock went with the index's connection: a collection elsewhere may be
+		// deleting these bytes. The client tries again; the bytes stay until then.
+		return oci.ErrIndexUnavailable.Withf("the lock of blob %s was lost; try again", d)
 	}
 	return s.update(func(txn index.Txn) error {
 		for _, k := range done {
@@ -372,7 +389,11 @@ func (s *Store) verifyUpload(w blobstore.Writer, u *Upload, h hash.Hash, d oci.D
 
 // CancelUpload drops upload id and its data.
 func (s *Store) CancelUpload(ctx context.Context, reg, repo, id string) error {
-	defer s.uploadLocks.lock(id)()
+	_, unlock, err := s.Lock(ctx, uploadLock(id))
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	u, err := s.GetUpload(ctx, reg, repo, id)
 	if err != nil {
 		return err

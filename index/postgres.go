@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/dockyard/dockyard/oci"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -21,6 +22,9 @@ type PostgresOptions struct {
 	// Timeout bounds one transaction (default 30s): a database that does not answer
 	// fails requests instead of piling them up.
 	Timeout time.Duration
+	// AcquireTimeout bounds the wait for a free connection (default 5s, at most
+	// Timeout): a pool exhausted under load queues briefly, then fails clearly.
+	AcquireTimeout time.Duration
 }
 
 // Postgres keeps the index in one table of a PostgreSQL database, in SERIALIZABLE
@@ -28,8 +32,10 @@ type PostgresOptions struct {
 // transaction read, ranges included) decides, and Update retries serialisation
 // failures. Several dockyard instances share one database this way.
 type Postgres struct {
-	pool    *pgxpool.Pool
-	timeout time.Duration
+	pool           *pgxpool.Pool
+	timeout        time.Duration
+	acquireTimeout time.Duration
+	locks          *pgLocks
 }
 
 // schemaVersion is the version of the tables this dockyard creates and knows.
@@ -61,16 +67,20 @@ func OpenPostgres(ctx context.Context, o PostgresOptions) (*Postgres, error) {
 	if o.Timeout <= 0 {
 		o.Timeout = 30 * time.Second
 	}
+	if o.AcquireTimeout <= 0 {
+		o.AcquireTimeout = 5 * time.Second
+	}
 	cfg.ConnConfig.ConnectTimeout = 5 * time.Second
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("index: postgres: %w", err)
 	}
-	p := &Postgres{pool: pool, timeout: o.Timeout}
+	p := &Postgres{pool: pool, timeout: o.Timeout, acquireTimeout: min(o.AcquireTimeout, o.Timeout)}
 	if err := p.migrate(ctx); err != nil {
 		pool.Close()
 		return nil, err
 	}
+	p.locks = newPGLocks(cfg.ConnConfig.Copy(), o.Timeout)
 	return p, nil
 }
 
@@ -123,8 +133,18 @@ func (p *Postgres) migrate(ctx context.Context) error {
 func (p *Postgres) Shared() bool { return true }
 
 func (p *Postgres) Close() error {
+	p.locks.close()
 	p.pool.Close()
 	return nil
+}
+
+// Lock takes a PostgreSQL advisory lock, shared by every instance on the database.
+func (p *Postgres) Lock(ctx context.Context, key string) (context.Context, func(), error) {
+	return p.locks.Lock(ctx, key)
+}
+
+func (p *Postgres) TryLock(ctx context.Context, key string) (context.Context, func(), bool, error) {
+	return p.locks.TryLock(ctx, key)
 }
 
 func (p *Postgres) View(fn func(Txn) error) error {
@@ -151,15 +171,42 @@ func (p *Postgres) run(opts pgx.TxOptions, fn func(Txn) error) error {
 func (p *Postgres) once(opts pgx.TxOptions, fn func(Txn) error) error {
 	ctx, cancel := context.WithTimeout(context.Background(), p.timeout)
 	defer cancel()
-	tx, err := p.pool.BeginTx(ctx, opts)
+	actx, acancel := context.WithTimeout(ctx, p.acquireTimeout)
+	conn, err := p.pool.Acquire(actx)
+	acancel()
 	if err != nil {
-		return fmt.Errorf("index: postgres: %w", err)
+		return unavailable("no connection", err)
+	}
+	defer conn.Release()
+	tx, err := conn.BeginTx(ctx, opts)
+	if err != nil {
+		return classify("begin", err)
 	}
 	if err := fn(pgTxn{ctx: ctx, tx: tx}); err != nil {
-		tx.Rollback(context.WithoutCancel(ctx))
+		rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+		tx.Rollback(rctx)
+		rcancel()
 		return err
 	}
-	return tx.Commit(ctx)
+	return classify("commit", tx.Commit(ctx))
+}
+
+// classify marks failures to reach the database (a connection lost or refused, a
+// timeout, PostgreSQL shutting down or out of connections) as ErrIndexUnavailable.
+// SQL errors, serialisation failures among them, stay as they are.
+func classify(op string, err error) error {
+	if err == nil || errors.Is(err, oci.ErrIndexUnavailable) {
+		return err
+	}
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) {
+		switch pe.Code[:2] {
+		case "08", "57", "53": // connection exception, operator intervention, insufficient resources
+			return unavailable(op, err)
+		}
+		return err
+	}
+	return unavailable(op, err)
 }
 
 type pgTxn struct {
@@ -176,7 +223,7 @@ func (t pgTxn) Get(key []byte) ([]byte, error) {
 	if v == nil && err == nil {
 		v = []byte{}
 	}
-	return v, err
+	return v, classify("get", err)
 }
 
 func (t pgTxn) Set(key, value []byte) error {
@@ -184,12 +231,12 @@ func (t pgTxn) Set(key, value []byte) error {
 		value = []byte{}
 	}
 	_, err := t.tx.Exec(t.ctx, `INSERT INTO dockyard_kv (k, v) VALUES ($1, $2) ON CONFLICT (k) DO UPDATE SET v = EXCLUDED.v`, key, value)
-	return err
+	return classify("set", err)
 }
 
 func (t pgTxn) Delete(key []byte) error {
 	_, err := t.tx.Exec(t.ctx, `DELETE FROM dockyard_kv WHERE k = $1`, key)
-	return err
+	return classify("delete", err)
 }
 
 // scanPage is how many rows Scan reads at once: fn may query the transaction, which a
@@ -226,7 +273,7 @@ func (t pgTxn) Scan(prefix, start []byte, keysOnly bool, fn func(key, value []by
 		q += fmt.Sprintf(` ORDER BY k LIMIT %d`, scanPage)
 		rows, err := t.tx.Query(t.ctx, q, args...)
 		if err != nil {
-			return err
+			return classify("scan", err)
 		}
 		type kv struct{ k, v []byte }
 		var page []kv
@@ -234,13 +281,13 @@ func (t pgTxn) Scan(prefix, start []byte, keysOnly bool, fn func(key, value []by
 			var r kv
 			if err := rows.Scan(&r.k, &r.v); err != nil {
 				rows.Close()
-				return err
+				return classify("scan", err)
 			}
 			page = append(page, r)
 		}
 		rows.Close()
 		if err := rows.Err(); err != nil {
-			return err
+			return classify("scan", err)
 		}
 		for _, r := range page {
 			if err := fn(r.k, r.v); err != nil {

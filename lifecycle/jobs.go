@@ -16,15 +16,23 @@ import (
 var ErrBusy = errors.New("a job of this kind is already running")
 
 // Jobs runs retention, garbage collection and upload purging on intervals, with log
-// lines and counters; the same jobs run on demand. A job does not run twice at once:
-// one collection, one purge, and one run of each retention policy at a time; a run
-// that finds its job busy is skipped, and says so in the log.
+// lines and counters; the same jobs run on demand. A job does not run twice at once,
+// on any of the instances sharing the index: one collection, one purge, and one run
+// of each retention policy at a time (each job is a lock of the index's); a run that
+// finds its job busy is skipped, and says so in the log.
+//
+// The schedule is the cluster's too: every instance looks at each job a few times per
+// interval and runs it when its last run (kept in the index) is an interval old. When
+// the instance running a job dies, its lock goes with it and another instance runs the
+// job on its next look.
 type Jobs struct {
 	Engine *Engine
 	Store  interface {
 		CollectGarbage(ctx context.Context, opts cache.GCOptions) (cache.GCReport, error)
 		PurgeUploads(ctx context.Context, maxAge time.Duration) (int, error)
 		EvictCache(ctx context.Context, reg string, maxBytes int64, pulledWithin time.Duration) (cache.EvictReport, error)
+		TryLock(ctx context.Context, key string) (held context.Context, unlock func(), ok bool, err error)
+		JobRecords() cache.RecordTable
 	}
 	// Evictions trim proxy caches before each collection.
 	Evictions     []Eviction
@@ -36,41 +44,96 @@ type Jobs struct {
 	RetentionEvery map[string]time.Duration
 	Log            *slog.Logger
 
-	gcMu, purgeMu sync.Mutex
-	policyMu      sync.Mutex
-	policyLocks   map[string]*sync.Mutex // one per retention policy
-	running       sync.WaitGroup
+	running sync.WaitGroup
+	started time.Time
 	// Counters since start.
 	GCRuns, BlobsCollected, ManifestsCollected, UploadsPurged, RetentionRuns, TagsDeleted atomic.Int64
 }
 
 // Start runs the scheduled jobs until ctx ends.
 func (j *Jobs) Start(ctx context.Context) {
-	every := func(d time.Duration, run func()) {
+	j.started = time.Now()
+	every := func(d time.Duration, job string, run func(due func() bool)) {
 		if d <= 0 {
 			return
 		}
+		due := func() bool { return j.due(job, d) }
 		j.running.Add(1)
 		go func() {
 			defer j.running.Done()
-			t := time.NewTicker(d)
+			t := time.NewTicker(max(d/looksPerInterval, time.Millisecond))
 			defer t.Stop()
 			for {
 				select {
 				case <-ctx.Done():
 					return
 				case <-t.C:
-					run()
+					if due() {
+						run(due)
+					}
 				}
 			}
 		}()
 	}
-	every(j.GCInterval, func() { j.GC(ctx, false) })
-	every(j.PurgeInterval, func() { j.Purge(ctx) })
+	every(j.GCInterval, gcJob, func(due func() bool) { j.gc(ctx, false, due) })
+	every(j.PurgeInterval, purgeJob, func(due func() bool) { j.purge(ctx, due) })
 	for name, d := range j.RetentionEvery {
-		every(d, func() { j.Retention(ctx, name) })
+		every(d, retentionJob(name), func(due func() bool) { j.retention(ctx, name, due) })
 	}
 }
+
+// looksPerInterval is how often per interval each instance looks whether a job is due:
+// a job runs every interval to interval×(1+1/looksPerInterval).
+const looksPerInterval = 4
+
+// The jobs' names: their locks and their records of last runs.
+const (
+	gcJob    = "job/gc"
+	purgeJob = "job/purge"
+)
+
+func retentionJob(policy string) string { return "job/retention/" + policy }
+
+// due reports whether job last finished (on any instance) an interval or more ago.
+func (j *Jobs) due(job string, interval time.Duration) bool {
+	v, ok, err := j.Store.JobRecords().Get(job)
+	if err != nil {
+		j.Log.Warn("job schedule unreadable", "job", job, "err", err)
+		return false
+	}
+	last := j.started // never ran: an interval after start, as a plain ticker would
+	if ok {
+		last.UnmarshalText(v)
+	}
+	return time.Since(last) >= interval
+}
+
+// take takes job's lock, then checks (under it) that the job is still due; nil when
+// the job runs elsewhere or ran meanwhile. Its release records the run's end.
+func (j *Jobs) take(ctx context.Context, job string, due func() bool, attrs ...any) (release func(), err error) {
+	_, unlock, ok, err := j.Store.TryLock(ctx, job)
+	if err != nil {
+		j.Log.Warn("job not started: its lock is unavailable", append([]any{"job", job, "err", err}, attrs...)...)
+		return nil, err
+	}
+	if !ok {
+		return nil, j.busy(job, attrs...)
+	}
+	if due != nil && !due() {
+		unlock()
+		return nil, errNotDue
+	}
+	return func() {
+		defer unlock()
+		now, _ := time.Now().MarshalText()
+		if err := j.Store.JobRecords().Put(job, now); err != nil {
+			j.Log.Warn("job run not recorded", append([]any{"job", job, "err", err}, attrs...)...)
+		}
+	}, nil
+}
+
+// errNotDue: another instance ran the job while this one was about to.
+var errNotDue = errors.New("the job ran elsewhere meanwhile")
 
 // busy logs a run skipped because the same job is still running.
 func (j *Jobs) busy(job string, attrs ...any) error {
@@ -91,10 +154,15 @@ func (j *Jobs) Wait() { j.running.Wait() }
 
 // GC trims proxy caches, then collects garbage now.
 func (j *Jobs) GC(ctx context.Context, dryRun bool) (cache.GCReport, error) {
-	if !j.gcMu.TryLock() {
-		return cache.GCReport{}, j.busy("gc")
+	return j.gc(ctx, dryRun, nil)
+}
+
+func (j *Jobs) gc(ctx context.Context, dryRun bool, due func() bool) (cache.GCReport, error) {
+	release, err := j.take(ctx, gcJob, due)
+	if err != nil {
+		return cache.GCReport{}, err
 	}
-	defer j.gcMu.Unlock()
+	defer release()
 	start := time.Now()
 	for _, e := range j.Evictions {
 		if dryRun {
@@ -119,27 +187,19 @@ func (j *Jobs) GC(ctx context.Context, dryRun bool) (cache.GCReport, error) {
 
 // Purge drops abandoned uploads now.
 func (j *Jobs) Purge(ctx context.Context) (int, error) {
-	if !j.purgeMu.TryLock() {
-		return 0, j.busy("purge")
+	return j.purge(ctx, nil)
+}
+
+func (j *Jobs) purge(ctx context.Context, due func() bool) (int, error) {
+	release, err := j.take(ctx, purgeJob, due)
+	if err != nil {
+		return 0, err
 	}
-	defer j.purgeMu.Unlock()
+	defer release()
 	n, err := j.Store.PurgeUploads(ctx, j.PurgeAfter)
 	j.UploadsPurged.Add(int64(n))
 	j.Log.Info("upload purge", "purged", n, "older_than", j.PurgeAfter.String(), "err", err)
 	return n, err
-}
-
-// policyLock is the lock of one retention policy.
-func (j *Jobs) policyLock(name string) *sync.Mutex {
-	j.policyMu.Lock()
-	defer j.policyMu.Unlock()
-	if j.policyLocks == nil {
-		j.policyLocks = map[string]*sync.Mutex{}
-	}
-	if j.policyLocks[name] == nil {
-		j.policyLocks[name] = &sync.Mutex{}
-	}
-	return j.policyLocks[name]
 }
 
 // RetentionRun is what an on-demand retention run did: the totals of the policies it
@@ -154,6 +214,10 @@ type RetentionRun struct {
 // run, and ErrBusy is returned only when every policy was busy. A name no policy has
 // is an error.
 func (j *Jobs) Retention(ctx context.Context, name string) (RetentionRun, error) {
+	return j.retention(ctx, name, nil)
+}
+
+func (j *Jobs) retention(ctx context.Context, name string, due func() bool) (RetentionRun, error) {
 	var total RetentionRun
 	ran, found := 0, false
 	for _, p := range j.Engine.Policies {
@@ -161,14 +225,19 @@ func (j *Jobs) Retention(ctx context.Context, name string) (RetentionRun, error)
 			continue
 		}
 		found = true
-		mu := j.policyLock(p.Name)
-		if !mu.TryLock() {
-			total.Skipped = append(total.Skipped, p.Name)
-			j.busy("retention", "policy", p.Name)
+		release, err := j.take(ctx, retentionJob(p.Name), due, "policy", p.Name)
+		if errors.Is(err, errNotDue) {
 			continue
 		}
+		if errors.Is(err, ErrBusy) {
+			total.Skipped = append(total.Skipped, p.Name)
+			continue
+		}
+		if err != nil {
+			return total, err
+		}
 		res, err := j.retain(ctx, p)
-		mu.Unlock()
+		release()
 		ran++
 		total.TagsDeleted += res.TagsDeleted
 		total.TagsChanged += res.TagsChanged

@@ -98,3 +98,8 @@ var ErrUpstreamUnavailable = &Code{"UNKNOWN", http.StatusBadGateway, "upstream r
 // ErrStorageUnavailable answers a request the blob storage (an S3 bucket) could not
 // serve after its retries: it is unreachable or failing. Nothing is committed.
 var ErrStorageUnavailable = &Code{"UNKNOWN", http.StatusServiceUnavailable, "blob storage unavailable"}
+
+// ErrIndexUnavailable answers a request the index (its PostgreSQL database) could not
+// serve in time: the database is down, unreachable, restarting or out of connections.
+// Nothing is committed; the request can be tried again.
+var ErrIndexUnavailable = &Code{"UNKNOWN", http.StatusServiceUnavailable, "index unavailable"}

@@ -145,20 +145,29 @@ func (p *Proxy) StatBlob(ctx context.Context, repo oci.Repository, d oci.Digest)
 // blob already cached for another repository is linked to this one once the upstream
 // confirms the repository has it.
 func (p *Proxy) OpenBlob(ctx context.Context, repo oci.Repository, d oci.Digest) (io.ReadCloser, int64, error) {
-	if rc, size, err := p.local.OpenBlob(ctx, repo, d); err == nil {
+	if rc, size, ok := p.openStored(ctx, repo, d); ok {
 		return rc, size, nil
 	}
-	// Stored for another repository (or registry): linked here only when the upstream
-	// confirms this repository has it. An unreachable upstream confirms nothing, so
-	// content never leaks across repositories or out of hosted registries.
+	return p.fetchBlob(ctx, repo, d)
+}
+
+// openStored opens d from the cache: linked to repo, or stored for another repository
+// (or registry) and linked here only when the upstream confirms this repository has
+// it. An unreachable upstream confirms nothing, so content never leaks across
+// repositories or out of hosted registries.
+func (p *Proxy) openStored(ctx context.Context, repo oci.Repository, d oci.Digest) (io.ReadCloser, int64, bool) {
+	if rc, size, err := p.local.OpenBlob(ctx, repo, d); err == nil {
+		return rc, size, true
+	}
 	if _, ok, _ := p.local.store.HasBlob(d); ok {
 		if _, err := p.up.HeadBlob(ctx, string(repo), d); err == nil {
 			if _, ok, err := p.local.MountBlob(ctx, repo, "", d); ok && err == nil {
-				return p.local.OpenBlob(ctx, repo, d)
+				rc, size, err := p.local.OpenBlob(ctx, repo, d)
+				return rc, size, err == nil
 			}
 		}
 	}
-	return p.fetchBlob(ctx, repo, d)
+	return nil, 0, false
 }
 
 func (p *Proxy) fetchBlob(ctx context.Context, repo oci.Repository, d oci.Digest) (io.ReadCloser, int64, error) {
@@ -186,6 +195,12 @@ func (p *Proxy) fetchBlob(ctx context.Context, repo oci.Repository, d oci.Digest
 	case <-bf.ready:
 	case <-ctx.Done():
 		return nil, 0, ctx.Err()
+	}
+	if errors.Is(bf.err, errStoredMeanwhile) {
+		if rc, size, ok := p.openStored(ctx, repo, d); ok {
+			return rc, size, nil
+		}
+		return nil, 0, oci.ErrBlobUnknown.Withf("blob %s is not available to %s", d, repo)
 	}
 	if errors.Is(bf.err, errTooLarge) {
 		body, size, err := p.up.GetBlob(p.life, string(repo), d)
@@ -215,7 +230,12 @@ func (p *Proxy) fetchBlob(ctx context.Context, repo oci.Repository, d oci.Digest
 	return p.local.OpenBlob(ctx, repo, d)
 }
 
-var errTooLarge = errors.New("blob larger than the proxy caches")
+var (
+	errTooLarge = errors.New("blob larger than the proxy caches")
+	// errStoredMeanwhile: another instance sharing the index downloaded the blob while
+	// this one waited for its turn.
+	errStoredMeanwhile = errors.New("blob stored meanwhile")
+)
 
 // hookBeforeReader, set by tests only, runs before a request joins a download, with
 // the channel closed once the download has ended: tests use it to make a download end
@@ -225,11 +245,31 @@ var hookBeforeReader func(filled <-chan struct{})
 // startFetch begins the upstream download of d and the background copy into the
 // cache, which outlives the request that started it. A blob too large to cache is
 // returned to the leader to stream through; the others download their own.
+//
+// Of the instances sharing the index, one downloads a blob at a time (the lock
+// "fetch/DIGEST", held until the copy ends): the others wait for it, then serve the
+// blob it stored.
 func (p *Proxy) startFetch(ctx context.Context, repo oci.Repository, d oci.Digest, bf *blobFetch) (io.ReadCloser, int64) {
+	_, storedBefore, _ := p.local.store.HasBlob(d)
+	_, unlock, err := p.local.store.Lock(ctx, "fetch/"+string(d))
 	finish := func() {
+		if unlock != nil {
+			unlock()
+		}
 		p.mu.Lock()
 		delete(p.fetches, d)
 		p.mu.Unlock()
+	}
+	if err == nil && !storedBefore {
+		if _, ok, _ := p.local.store.HasBlob(d); ok {
+			err = errStoredMeanwhile
+		}
+	}
+	if err != nil {
+		bf.err = err
+		close(bf.ready)
+		finish()
+		return nil, 0
 	}
 	body, size, err := p.up.GetBlob(p.life, string(repo), d)
 	if err == nil && p.opts.MaxSize > 0 && size > p.opts.MaxSize {

@@ -1,7 +1,9 @@
 package main
 
 import (
+	"crypto"
 	"crypto/tls"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -19,7 +21,7 @@ func buildAuth(cfg *config.Config, store *cache.Store, log *slog.Logger) (*auth.
 	if a.Mode == "none" {
 		return nil, nil
 	}
-	ac := auth.Config{Mode: auth.Mode(a.Mode), Tokens: tokenStore(store), Logger: log,
+	ac := auth.Config{Mode: auth.Mode(a.Mode), Tokens: tokenStore(store), SharedTokens: store.Shared(), Logger: log,
 		TokenTTL: a.Token.TTL, RefreshTTL: a.Token.RefreshTTL,
 		RateLimit: auth.RateLimit{Failures: a.RateLimit.Failures, Window: a.RateLimit.Window, Lockout: a.RateLimit.Lockout}}
 	if a.UsersFile != "" {
@@ -52,11 +54,7 @@ func buildAuth(cfg *config.Config, store *cache.Store, log *slog.Logger) (*auth.
 		ac.Rules = append(ac.Rules, rule)
 	}
 	if ac.Mode == auth.ModeToken {
-		keyFile := a.Token.KeyFile
-		if keyFile == "" {
-			keyFile = filepath.Join(cfg.Data, "auth", "token-key.pem")
-		}
-		key, err := auth.LoadOrCreateKey(keyFile, a.Token.KeyFile == "")
+		key, err := signingKey(cfg, store)
 		if err != nil {
 			return nil, err
 		}
@@ -65,6 +63,27 @@ func buildAuth(cfg *config.Config, store *cache.Store, log *slog.Logger) (*auth.
 		}
 	}
 	return auth.NewService(ac)
+}
+
+// signingKey is the token signing key: auth.token.key_file; without one, a key made
+// once and kept in the data directory, or, when instances share the index, in the
+// index, so that a token issued by one instance is accepted by all.
+func signingKey(cfg *config.Config, store *cache.Store) (crypto.Signer, error) {
+	if cfg.Auth.Token.KeyFile != "" {
+		return auth.LoadOrCreateKey(cfg.Auth.Token.KeyFile, false)
+	}
+	if !store.Shared() {
+		return auth.LoadOrCreateKey(filepath.Join(cfg.Data, "auth", "token-key.pem"), true)
+	}
+	fresh, err := auth.NewKeyPEM()
+	if err != nil {
+		return nil, err
+	}
+	b, err := store.SecretRecords().GetOrPut("token-key", fresh)
+	if err != nil {
+		return nil, fmt.Errorf("token signing key in the index: %w", err)
+	}
+	return auth.ParseKey(b, "the index's token signing key")
 }
 
 // tokenStore keeps CI tokens and revocations in the index.

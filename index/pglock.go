@@ -1,0 +1,215 @@
+package index
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"sync"
+	"time"
+
+	"github.com/dockyard/dockyard/oci"
+	"github.com/jackc/pgx/v5"
+)
+
+// pgLocks are PostgreSQL session advisory locks, all on one connection of their own:
+// pg_try_advisory_lock asks without blocking the connection, and a caller polls until
+// it gets its lock. A lock is first taken in this process (advisory locks are
+// re-entrant within a session, so two callers here must not both ask PostgreSQL). When
+// the connection dies PostgreSQL releases its locks: every holder's held context is
+// cancelled then (a keepalive finds out within lockPing).
+type pgLocks struct {
+	local   LocalLocker
+	config  *pgx.ConnConfig
+	timeout time.Duration
+
+	sem  chan struct{} // one caller at a time on conn
+	conn *pgx.Conn
+	// lost is cancelled when conn dies, and with it the held contexts of its locks.
+	lost     context.Context
+	loseAll  context.CancelFunc
+	held     int
+	downTill time.Time // after a failed connect, callers fail at once until then
+	stop     chan struct{}
+	done     chan struct{}
+}
+
+const (
+	lockPing      = 2 * time.Second
+	lockPollFirst = 2 * time.Millisecond
+	lockPollMax   = 100 * time.Millisecond
+	lockDownFor   = time.Second
+)
+
+func newPGLocks(config *pgx.ConnConfig, timeout time.Duration) *pgLocks {
+	l := &pgLocks{config: config, timeout: min(timeout, 5*time.Second), sem: make(chan struct{}, 1),
+		stop: make(chan struct{}), done: make(chan struct{})}
+	go l.keepalive()
+	return l
+}
+
+// lockID names key among PostgreSQL's 64-bit advisory locks (a collision only makes
+// two keys wait for each other).
+func lockID(key string) int64 {
+	h := fnv.New64a()
+	h.Write([]byte("dockyard:" + key))
+	return int64(h.Sum64())
+}
+
+func (l *pgLocks) Lock(ctx context.Context, key string) (context.Context, func(), error) {
+	_, unlockLocal, err := l.local.Lock(ctx, key)
+	if err != nil {
+		return nil, nil, err
+	}
+	id := lockID(key)
+	delay := lockPollFirst
+	for {
+		lost, ok, err := l.try(ctx, id)
+		if err != nil {
+			unlockLocal()
+			return nil, nil, err
+		}
+		if ok {
+			held, cancel := context.WithCancel(lost)
+			return held, l.release(id, lost, cancel, unlockLocal), nil
+		}
+		select {
+		case <-time.After(delay):
+		case <-ctx.Done():
+			unlockLocal()
+			return nil, nil, ctx.Err()
+		}
+		delay = min(2*delay, lockPollMax)
+	}
+}
+
+func (l *pgLocks) TryLock(ctx context.Context, key string) (context.Context, func(), bool, error) {
+	_, unlockLocal, ok, _ := l.local.TryLock(ctx, key)
+	if !ok {
+		return nil, nil, false, nil
+	}
+	id := lockID(key)
+	lost, ok, err := l.try(ctx, id)
+	if err != nil || !ok {
+		unlockLocal()
+		return nil, nil, false, err
+	}
+	held, cancel := context.WithCancel(lost)
+	return held, l.release(id, lost, cancel, unlockLocal), true, nil
+}
+
+// acquire takes the connection's turn, giving up when ctx ends.
+func (l *pgLocks) acquire(ctx context.Context) error {
+	select {
+	case l.sem <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// try asks PostgreSQL for lock id once. Its queries do not take the caller's context:
+// a request given up mid-query would close the connection and drop every lock on it.
+func (l *pgLocks) try(ctx context.Context, id int64) (lost context.Context, ok bool, err error) {
+	if err := l.acquire(ctx); err != nil {
+		return nil, false, err
+	}
+	defer func() { <-l.sem }()
+	if l.conn == nil {
+		if time.Now().Before(l.downTill) {
+			return nil, false, unavailable("locks", errors.New("the lock connection failed moments ago"))
+		}
+		cctx, cancel := context.WithTimeout(context.Background(), l.timeout)
+		conn, err := pgx.ConnectConfig(cctx, l.config)
+		cancel()
+		if err != nil {
+			l.downTill = time.Now().Add(lockDownFor)
+			return nil, false, unavailable("locks", err)
+		}
+		l.conn = conn
+		l.lost, l.loseAll = context.WithCancel(context.Background())
+	}
+	qctx, cancel := context.WithTimeout(context.Background(), l.timeout)
+	defer cancel()
+	if err := l.conn.QueryRow(qctx, `SELECT pg_try_advisory_lock($1)`, id).Scan(&ok); err != nil {
+		l.drop()
+		return nil, false, unavailable("locks", err)
+	}
+	if ok {
+		l.held++
+	}
+	return l.lost, ok, nil
+}
+
+func (l *pgLocks) release(id int64, lost context.Context, cancel context.CancelFunc, unlockLocal func()) func() {
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			cancel()
+			defer unlockLocal()
+			l.sem <- struct{}{}
+			defer func() { <-l.sem }()
+			if lost.Err() != nil || l.conn == nil {
+				return // the connection died, and the lock with it
+			}
+			l.held--
+			ctx, cancel := context.WithTimeout(context.Background(), l.timeout)
+			defer cancel()
+			if _, err := l.conn.Exec(ctx, `SELECT pg_advisory_unlock($1)`, id); err != nil {
+				l.drop()
+			}
+		})
+	}
+}
+
+// drop closes a failed connection: PostgreSQL releases its locks, so their holders
+// are told. The caller has the connection's turn.
+func (l *pgLocks) drop() {
+	if l.conn == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	l.conn.Close(ctx)
+	cancel()
+	l.conn = nil
+	l.loseAll()
+	l.held = 0
+}
+
+// keepalive pings the connection while it holds locks, so that a connection PostgreSQL
+// lost (a restart, a network cut) is noticed even when no one asks for a lock.
+func (l *pgLocks) keepalive() {
+	defer close(l.done)
+	t := time.NewTicker(lockPing)
+	defer t.Stop()
+	for {
+		select {
+		case <-l.stop:
+			l.sem <- struct{}{}
+			l.drop()
+			<-l.sem
+			return
+		case <-t.C:
+		}
+		l.sem <- struct{}{}
+		if l.conn != nil && l.held > 0 {
+			ctx, cancel := context.WithTimeout(context.Background(), l.timeout)
+			if err := l.conn.Ping(ctx); err != nil {
+				l.drop()
+			}
+			cancel()
+		}
+		<-l.sem
+	}
+}
+
+func (l *pgLocks) close() {
+	close(l.stop)
+	<-l.done
+}
+
+// unavailable marks a failure to reach the database: the client hears 503 and may try
+// again.
+func unavailable(op string, err error) error {
+	return fmt.Errorf("%w: %w", oci.ErrIndexUnavailable.Withf("the index database could not be reached (%s); try again", op), err)
+}
