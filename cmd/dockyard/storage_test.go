@@ -26,6 +26,13 @@ import (
 // returned stop is called.
 func serveWith(t *testing.T, path, data string) (addr string, stop func()) {
 	t.Helper()
+	addr, _, stop = serveApp(t, path, data)
+	return addr, stop
+}
+
+// serveApp is serveWith, with the app (its jobs are started).
+func serveApp(t *testing.T, path, data string) (addr string, a *app, stop func()) {
+	t.Helper()
 	cfg, err := config.Load(path)
 	if err != nil {
 		t.Fatal(err)
@@ -36,13 +43,17 @@ func serveWith(t *testing.T, path, data string) (addr string, stop func()) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a, err := build(t.Context(), cfg, store, log)
+	ctx, cancel := context.WithCancel(t.Context())
+	a, err = build(ctx, cfg, store, log)
 	if err != nil {
 		t.Fatal(err)
 	}
+	a.jobs.Start(ctx)
 	ln, _ := net.Listen("tcp", "127.0.0.1:0")
 	go a.gw.Serve(ln)
-	return ln.Addr().String(), func() {
+	return ln.Addr().String(), a, func() {
+		cancel()
+		a.jobs.Wait()
 		a.gw.Shutdown(context.Background())
 		a.close()
 		store.Close()
