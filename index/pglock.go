@@ -26,12 +26,13 @@ type pgLocks struct {
 	sem  chan struct{} // one caller at a time on conn
 	conn *pgx.Conn
 	// lost is cancelled when conn dies, and with it the held contexts of its locks.
-	lost     context.Context
-	loseAll  context.CancelFunc
-	held     int
-	downTill time.Time // after a failed connect, callers fail at once until then
-	stop     chan struct{}
-	done     chan struct{}
+	lost      context.Context
+	loseAll   context.CancelFunc
+	held      int
+	downTill  time.Time // after a failed connect, callers fail at once until then
+	stop      chan struct{}
+	closeOnce sync.Once
+	done      chan struct{}
 }
 
 const (
@@ -204,7 +205,7 @@ func (l *pgLocks) keepalive() {
 }
 
 func (l *pgLocks) close() {
-	close(l.stop)
+	l.closeOnce.Do(func() { close(l.stop) })
 	<-l.done
 }
 

@@ -37,6 +37,8 @@ Usage:
   dockyard gc [--dry-run] [--grace D]
   dockyard fsck [--repair] [--verify-digests]
   dockyard storage migrate --config OLD.yaml --to-config NEW.yaml   (copy blobs between stores)
+  dockyard index migrate [--config FILE]     (bring the index's schema and format up to date)
+  dockyard index copy --from badger:DIR --config NEW.yaml   (a single node's index into PostgreSQL)
 (the administrative commands open the index: run them while the server is stopped;
 the server itself runs retention, GC and upload purging on the configured schedules)
 
@@ -80,6 +82,8 @@ func run(args []string, stdout, stderr io.Writer) error {
 		return fsckCommand(args[1:], stdout)
 	case "storage":
 		return storageCommand(args[1:], stdout)
+	case "index":
+		return indexCommand(args[1:], stdout)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return nil

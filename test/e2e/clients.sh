@@ -104,9 +104,16 @@ layout_has_source() {
 
 # ------------------------------------------------------------------------ the registry
 
-start_dockyard clients ${CLIENTS_SERVE_ARGS:-} || { fail "dockyard did not start"; summary; exit 1; }
-if ! kill -0 "$DY_PID" 2>/dev/null; then # port taken by someone else between probe and bind
-  fail "dockyard exited at start (see $RESULTS/clients/dockyard.log)"; summary; exit 1
+# CLIENTS_ADDR: test a registry already running there (a cluster behind a balancer;
+# CLIENTS_PID is a process that must stay alive, e.g. the balancer).
+if [ -n "${CLIENTS_ADDR:-}" ]; then
+  DY_ADDR=$CLIENTS_ADDR DY_PID=$CLIENTS_PID
+  stop_dockyard() { :; }
+else
+  start_dockyard clients ${CLIENTS_SERVE_ARGS:-} || { fail "dockyard did not start"; summary; exit 1; }
+  if ! kill -0 "$DY_PID" 2>/dev/null; then # port taken by someone else between probe and bind
+    fail "dockyard exited at start (see $RESULTS/clients/dockyard.log)"; summary; exit 1
+  fi
 fi
 R=$DY_ADDR
 echo "dockyard on $R (data $RESULTS/clients/data)"
