@@ -296,7 +296,8 @@ func (s *Store) deleteContents(batch []oci.Digest, cutoff int64) (int, error) {
 // cannot slip a fresh file in between.
 func (s *Store) deleteBlobs(ctx context.Context, batch []oci.Digest, cutoff int64) (int, int64, error) {
 	sorted := append([]oci.Digest(nil), batch...)
-	slices.Sort(sorted) // a fixed order: GC is the only holder of several locks
+	slices.Sort(sorted)             // a fixed order: GC is the only holder of several locks
+	sorted = slices.Compact(sorted) // and a lock is taken once
 	var held []context.Context
 	for _, d := range sorted {
 		h, unlock, err := s.Lock(ctx, blobLock(d))
@@ -609,11 +610,11 @@ func (s *Store) purgeUpload(id string, cutoff time.Time) (bool, error) {
 			return err
 		}
 		purged = true
-		return txn.Delete(uploadKey(id))
+		return deleteKeys(txn, sessionKeys(&u))
 	})
 	if err != nil || !purged {
 		return false, err
 	}
-	s.sessions.release(u.Client)
+	s.releaseSession(&u)
 	return true, s.blobs.RemoveUpload(context.Background(), id)
 }

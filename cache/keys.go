@@ -5,6 +5,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/dockyard/dockyard/index"
 	"github.com/dockyard/dockyard/oci"
 )
 
@@ -39,6 +40,11 @@ const (
 
 	kindMeta = 'V' // V name → index metadata (the format version)
 
+	// The open upload sessions of each client, counted against
+	// limits.upload_sessions_per_client on a shared index (on one instance the count is
+	// kept in memory). Sessions older than this key have none: they go uncounted.
+	kindClientUpload = 'O' // O client 0 id → (empty)
+
 	// Also taken: 'k' and 'R' (records.go: CI tokens, revocations).
 )
 
@@ -63,10 +69,19 @@ func prefix(kind byte, parts ...string) []byte {
 	return append(key(kind, parts...), 0)
 }
 
-func blobKey(d oci.Digest) []byte         { return key(kindBlob, string(d)) }
-func contentKey(d oci.Digest) []byte      { return key(kindContent, string(d)) }
-func contentRefsKey(d oci.Digest) []byte  { return key(kindContentRefs, string(d)) }
-func uploadKey(id string) []byte          { return key(kindUpload, id) }
+func blobKey(d oci.Digest) []byte        { return key(kindBlob, string(d)) }
+func contentKey(d oci.Digest) []byte     { return key(kindContent, string(d)) }
+func contentRefsKey(d oci.Digest) []byte { return key(kindContentRefs, string(d)) }
+func uploadKey(id string) []byte         { return key(kindUpload, id) }
+
+// sessionKeys are the keys of upload session u: its record, and its entry among its
+// client's sessions.
+func sessionKeys(u *Upload) [][]byte {
+	if u.Client == "" {
+		return [][]byte{uploadKey(u.ID)}
+	}
+	return [][]byte{uploadKey(u.ID), key(kindClientUpload, u.Client, u.ID)}
+}
 func repoKey(reg, repo string) []byte     { return key(kindRepo, reg, repo) }
 func tagKey(reg, repo, tag string) []byte { return key(kindTag, reg, repo, tag) }
 func linkKey(reg, repo string, d oci.Digest) []byte {
@@ -150,4 +165,14 @@ func tagPushedAt(b []byte) int64 {
 	}
 	n, _ := strconv.ParseInt(parts[2], 10, 64)
 	return n
+}
+
+// deleteKeys deletes each of keys.
+func deleteKeys(txn index.Txn, keys [][]byte) error {
+	for _, k := range keys {
+		if err := txn.Delete(k); err != nil {
+			return err
+		}
+	}
+	return nil
 }

@@ -3,11 +3,13 @@ package cache
 import (
 	clist "container/list"
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 
 	"github.com/dustin/go-humanize"
 
+	"github.com/dockyard/dockyard/index"
 	"github.com/dockyard/dockyard/oci"
 )
 
@@ -184,6 +186,25 @@ func (s *sessions) acquire(client string) error {
 		return oci.ErrTooManyRequests.Withf("%s has %d uploads open, the most one client may have (limits.upload_sessions_per_client); finish or cancel some", client, s.open[client])
 	}
 	s.open[client]++
+	return nil
+}
+
+// check refuses a new session of client when the index holds max of its sessions
+// (a shared index: instances count there).
+func (s *sessions) check(txn index.Txn, client string) error {
+	n := 0
+	err := txn.Scan(key(kindClientUpload, client, ""), nil, true, func(_, _ []byte) error {
+		if n++; n >= s.max {
+			return errStop
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, errStop) {
+		return err
+	}
+	if n >= s.max {
+		return oci.ErrTooManyRequests.Withf("%s has %d uploads open, the most one client may have (limits.upload_sessions_per_client); finish or cancel some", client, n)
+	}
 	return nil
 }
 

@@ -67,8 +67,11 @@ func (s *Store) StartUpload(ctx context.Context, reg, repo string, alg oci.Algor
 		return nil, err
 	}
 	u := &Upload{ID: newID(), Registry: reg, Repo: repo, Algorithm: alg, StartedAt: s.now().UTC(), Client: clientOf(ctx)}
-	if err := s.sessions.acquire(u.Client); err != nil {
-		return nil, err
+	shared := s.Shared()
+	if !shared {
+		if err := s.sessions.acquire(u.Client); err != nil {
+			return nil, err
+		}
 	}
 	err := func() error {
 		w, err := s.blobs.NewWriter(ctx, u.ID)
@@ -78,18 +81,45 @@ func (s *Store) StartUpload(ctx context.Context, reg, repo string, alg oci.Algor
 		if err := w.Close(); err != nil {
 			return err
 		}
-		return s.update(func(txn index.Txn) error { return setJSON(txn, uploadKey(u.ID), u) })
+		return s.update(func(txn index.Txn) error {
+			if shared && u.Client != "" && s.sessions.max > 0 {
+				// Instances sharing the index count a client's sessions there: one
+				// may open a session another finishes.
+				if err := s.sessions.check(txn, u.Client); err != nil {
+					return err
+				}
+			}
+			keys := sessionKeys(u)
+			for _, k := range keys[1:] {
+				if err := txn.Set(k, nil); err != nil {
+					return err
+				}
+			}
+			return setJSON(txn, keys[0], u)
+		})
 	}()
 	if err != nil {
-		s.sessions.release(u.Client)
+		s.releaseSession(u)
 		s.blobs.RemoveUpload(context.WithoutCancel(ctx), u.ID)
 		return nil, err
 	}
 	return u, nil
 }
 
-// countSessions counts the open sessions of each client (at open).
+// releaseSession gives back the count of session u (memory: one instance; on a shared
+// index its key went with its record).
+func (s *Store) releaseSession(u *Upload) {
+	if !s.Shared() {
+		s.sessions.release(u.Client)
+	}
+}
+
+// countSessions counts the open sessions of each client (at open; on a shared index
+// they are counted in it).
 func (s *Store) countSessions() error {
+	if s.Shared() {
+		return nil
+	}
 	return s.db.View(func(txn index.Txn) error {
 		return scan(txn, []byte{kindUpload}, func(_, v []byte) error {
 			var u Upload
@@ -244,10 +274,10 @@ func (s *Store) FinishUpload(ctx context.Context, reg, repo, id string, d oci.Di
 	if err := s.verifyUpload(w, u, h, d); err != nil {
 		return 0, err
 	}
-	if err := s.commitBlob(ctx, w, d, reg, repo, u.Offset, uploadKey(id)); err != nil {
+	if err := s.commitBlob(ctx, w, d, reg, repo, u.Offset, sessionKeys(u)...); err != nil {
 		return 0, err
 	}
-	s.sessions.release(u.Client)
+	s.releaseSession(u)
 	return u.Offset, nil
 }
 
@@ -255,10 +285,10 @@ func (s *Store) FinishUpload(ctx context.Context, reg, repo, id string, d oci.Di
 // bytes go straight to the blob's place (blobstore.Direct), saving the copy a commit
 // otherwise makes. On any failure (a digest mismatch) the session stays as it was.
 func (s *Store) finishDirect(ctx context.Context, u *Upload, d oci.Digest, r io.Reader, length int64) (int64, error) {
-	if err := s.storeWhole(ctx, u, d, r, length, uploadKey(u.ID)); err != nil {
+	if err := s.storeWhole(ctx, u, d, r, length, sessionKeys(u)...); err != nil {
 		return 0, err
 	}
-	s.sessions.release(u.Client)
+	s.releaseSession(u)
 	return u.Offset, nil
 }
 
@@ -322,10 +352,10 @@ func (s *Store) finishCommitted(ctx context.Context, u *Upload, d oci.Digest, r 
 	if stored, err := s.blobs.Stat(ctx, d); err != nil || stored != size {
 		return 0, errUploadFileGone
 	}
-	if err := s.commitBlob(ctx, nil, d, u.Registry, u.Repo, size, uploadKey(u.ID)); err != nil {
+	if err := s.commitBlob(ctx, nil, d, u.Registry, u.Repo, size, sessionKeys(u)...); err != nil {
 		return 0, err
 	}
-	s.sessions.release(u.Client)
+	s.releaseSession(u)
 	return size, nil
 }
 
@@ -398,10 +428,10 @@ func (s *Store) CancelUpload(ctx context.Context, reg, repo, id string) error {
 	if err != nil {
 		return err
 	}
-	if err := s.update(func(txn index.Txn) error { return txn.Delete(uploadKey(id)) }); err != nil {
+	if err := s.update(func(txn index.Txn) error { return deleteKeys(txn, sessionKeys(u)) }); err != nil {
 		return err
 	}
-	s.sessions.release(u.Client)
+	s.releaseSession(u)
 	return s.blobs.RemoveUpload(context.WithoutCancel(ctx), id)
 }
 

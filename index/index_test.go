@@ -28,7 +28,7 @@ func each(t *testing.T, fn func(t *testing.T, db index.DB)) {
 	})
 	t.Run("postgres", func(t *testing.T) {
 		dsn := pgtest.Need(t, pg).NewDatabase(t)
-		db, err := index.OpenPostgres(context.Background(), index.PostgresOptions{DSN: dsn})
+		db, err := index.OpenPostgres(context.Background(), index.PostgresOptions{DSN: dsn, MaxConns: 32})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -3,6 +3,7 @@ package index_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -228,4 +229,96 @@ func TestADatabaseDownIsUnavailableThenRecovers(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// A pool with every connection taken queues a transaction briefly, then fails it as
+// "index unavailable" instead of letting requests pile up.
+func TestAnExhaustedPoolFailsClearly(t *testing.T) {
+	dsn := pgtest.Need(t, pg).NewDatabase(t)
+	db, err := index.OpenPostgres(context.Background(), index.PostgresOptions{DSN: dsn, MaxConns: 1,
+		Timeout: 5 * time.Second, AcquireTimeout: 300 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	holding, release, released := make(chan struct{}), make(chan struct{}), make(chan struct{})
+	go func() {
+		db.View(func(index.Txn) error { close(holding); <-release; return nil })
+		close(released)
+	}()
+	<-holding
+	err = db.View(func(index.Txn) error { return nil })
+	close(release)
+	<-released
+	if !errors.Is(err, oci.ErrIndexUnavailable) {
+		t.Fatalf("a transaction with no free connection: %v, want index unavailable", err)
+	}
+	if err := db.View(func(index.Txn) error { return nil }); err != nil {
+		t.Errorf("once the connection is free again: %v", err)
+	}
+}
+
+// A View runs its function once, even while writers change what it reads: callers
+// collect what they read into slices and maps without resetting them, so a re-run
+// would count everything twice.
+func TestAViewRunsItsFunctionOnce(t *testing.T) {
+	each(t, func(t *testing.T, db index.DB) {
+		k := func(p string, i int) []byte { return fmt.Appendf(nil, "probe/%s/%03d", p, i) }
+		db.Update(func(txn index.Txn) error {
+			for i := range 50 {
+				txn.Set(k("a", i), []byte("0"))
+				txn.Set(k("b", i), []byte("0"))
+			}
+			return nil
+		})
+		var views, reruns, failures atomic.Int64
+		stop := time.Now().Add(4 * time.Second)
+		var wg sync.WaitGroup
+		for w := range 10 {
+			wg.Add(2)
+			go func() { // writers of a write-skew shape: read two keys, write one
+				defer wg.Done()
+				for n := 0; time.Now().Before(stop); n++ {
+					i, j := (n*7+w)%50, (n*13+w*3)%50
+					db.Update(func(txn index.Txn) error {
+						txn.Get(k("a", i))
+						txn.Get(k("b", j))
+						if n%2 == 0 {
+							return txn.Set(k("a", i), fmt.Append(nil, n))
+						}
+						return txn.Set(k("b", j), fmt.Append(nil, n))
+					})
+				}
+			}()
+			go func() { // readers scanning one range and reading the other
+				defer wg.Done()
+				for time.Now().Before(stop) {
+					calls := 0
+					err := db.View(func(txn index.Txn) error {
+						calls++
+						if err := txn.Scan([]byte("probe/a/"), nil, false, func(_, _ []byte) error { return nil }); err != nil {
+							return err
+						}
+						for i := 0; i < 50; i += 7 {
+							if _, err := txn.Get(k("b", i)); err != nil {
+								return err
+							}
+						}
+						return nil
+					})
+					views.Add(1)
+					if err != nil {
+						failures.Add(1)
+					}
+					if calls > 1 {
+						reruns.Add(1)
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		if reruns.Load() != 0 || failures.Load() != 0 || views.Load() == 0 {
+			t.Errorf("of %d views, %d ran their function again and %d failed", views.Load(), reruns.Load(), failures.Load())
+		}
+	})
 }

@@ -147,8 +147,12 @@ func (p *Postgres) TryLock(ctx context.Context, key string) (context.Context, fu
 	return p.locks.TryLock(ctx, key)
 }
 
+// View reads one snapshot (REPEATABLE READ, read only), as Badger's View does: a
+// read-only transaction never fails to serialise there, so fn runs exactly once —
+// callers may collect what they read without resetting it. (A read-only SERIALIZABLE
+// transaction can fail with 40001, and re-running fn would collect twice.)
 func (p *Postgres) View(fn func(Txn) error) error {
-	return p.run(pgx.TxOptions{IsoLevel: pgx.Serializable, AccessMode: pgx.ReadOnly, DeferrableMode: pgx.NotDeferrable}, fn)
+	return p.once(pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, fn)
 }
 
 // Update retries serialisation failures and deadlocks: the transaction read something

@@ -50,6 +50,7 @@ func TestTwoInstancesShareOneIndexAndOneBucket(t *testing.T) {
 storage:
   driver: s3
   s3: {endpoint: %q, bucket: %q, path_style: true, part_size: 5MiB, access_key_id: %q, secret_access_key_env: CLUSTER_TEST_SECRET}
+limits: {upload_sessions_per_client: 2}
 `, srv.Endpoint, bucket, srv.Access)), 0o600)
 	a, stopA := serveWith(t, cfgFile, filepath.Join(dir, "a"))
 	defer stopA()
@@ -129,6 +130,42 @@ storage:
 	resp.Body.Close()
 	if !bytes.Equal(buf.Bytes(), blob) {
 		t.Error("the blob uploaded across instances differs")
+	}
+
+	// A client's open sessions are counted across instances: sessions opened on a and
+	// finished on b give their count back, and the limit (2) holds cluster-wide.
+	post := func(addr string) (int, string) {
+		resp, err := http.Post("http://"+addr+"/v2/team/limit/blobs/uploads/", "", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode, resp.Header.Get("Location")
+	}
+	for i := range 4 {
+		st, loc := post(a)
+		if st != 202 {
+			t.Fatalf("upload %d opened on a: %d", i, st)
+		}
+		body := []byte(fmt.Sprint("small blob ", i))
+		sep := "?"
+		if strings.Contains(loc, "?") {
+			sep = "&"
+		}
+		req, _ := http.NewRequest("PUT", fmt.Sprintf("http://%s%s%sdigest=sha256:%x", b, loc, sep, sha256Sum(body)), bytes.NewReader(body))
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil || resp.StatusCode != 201 {
+			t.Fatalf("upload %d finished on b: %v %v", i, resp, err)
+		}
+	}
+	if st, _ := post(a); st != 202 {
+		t.Errorf("a first open session: %d", st)
+	}
+	if st, _ := post(b); st != 202 {
+		t.Errorf("a second open session, on the other instance: %d", st)
+	}
+	if st, _ := post(a); st != 429 {
+		t.Errorf("a third open session of one client over two instances: %d, want 429", st)
 	}
 }
 

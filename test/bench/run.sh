@@ -13,8 +13,11 @@
 # mode when perf works, 0: never); lifecycle part: BENCH_GC_BLOBS (100000),
 # BENCH_GC_MANIFESTS (10000), BENCH_RET_TAGS (10000); s3 part (both registries on one
 # versitygw): BENCH_S3_MIB (128), BENCH_S3_PULLS (4), BENCH_S3_PUSHN (16 concurrent pushes
-# for the RSS row); BENCH_ONLY=hosted, proxy, auth, lifecycle or s3 runs one part alone
-# (development).
+# for the RSS row); cluster part (three dockyards behind nginx on PostgreSQL and one
+# bucket, one dockyard on the same, the reference on S3): BENCH_CLUSTER_MIB (32),
+# BENCH_CLUSTER_PUSHN (12), BENCH_PAGES_N (100000 tags in one repository, and
+# repositories), BENCH_CLUSTER_GC_BLOBS (20000); BENCH_ONLY=hosted, proxy, auth,
+# lifecycle, s3 or cluster runs one part alone (development).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -37,8 +40,12 @@ RET_TAGS=${BENCH_RET_TAGS:-10000}
 S3_MIB=${BENCH_S3_MIB:-128}
 S3_PULLS=${BENCH_S3_PULLS:-4}
 S3_PUSHN=${BENCH_S3_PUSHN:-16}
+CL_MIB=${BENCH_CLUSTER_MIB:-32}
+CL_PUSHN=${BENCH_CLUSTER_PUSHN:-12}
+PAGES_N=${BENCH_PAGES_N:-100000}
+CL_GC_BLOBS=${BENCH_CLUSTER_GC_BLOBS:-20000}
 ONLY=${BENCH_ONLY:-}
-case "$ONLY" in "" | hosted | proxy | auth | lifecycle | s3) ;; *) echo "bench: BENCH_ONLY must be hosted, proxy, auth, lifecycle or s3"; exit 2 ;; esac
+case "$ONLY" in "" | hosted | proxy | auth | lifecycle | s3 | cluster) ;; *) echo "bench: BENCH_ONLY must be hosted, proxy, auth, lifecycle, s3 or cluster"; exit 2 ;; esac
 # part NAME: whether this run includes that part.
 part() { [ -z "$ONLY" ] || [ "$ONLY" = "$1" ]; }
 CONNS=32
@@ -49,6 +56,7 @@ tools=(go)
 [ "$ONLY" = lifecycle ] || tools+=(wrk curl "$TOOLS/registry" bin/dockyard)
 part auth && tools+=(htpasswd)
 part s3 && tools+=("$TOOLS/versitygw")
+part cluster && tools+=("$TOOLS/versitygw" nginx)
 for t in "${tools[@]}"; do
   command -v "$t" >/dev/null 2>&1 || { echo "bench: $t is missing (run make tools build)"; exit 2; }
 done
@@ -60,17 +68,22 @@ SERVER_PID=""
 PROXY_PIDS=() # the proxy part's servers, all running at once
 AUX_PIDS=()   # background load and profilers of the auth part
 declare -A AUTH_PID=() # the auth part's servers by mode, all running at once
+CLUSTER_PIDS=()        # the cluster part's servers
 cleanup() {
   local p
-  for p in "${AUX_PIDS[@]}" "$SERVER_PID" "${PROXY_PIDS[@]}" "${AUTH_PID[@]}"; do
+  for p in "${AUX_PIDS[@]}" "$SERVER_PID" "${PROXY_PIDS[@]}" "${AUTH_PID[@]}" "${CLUSTER_PIDS[@]}"; do
     [ -n "$p" ] || continue
     kill "$p" 2>/dev/null || true
     wait "$p" 2>/dev/null || true
   done
+  [ -z "${PG_DIR:-}" ] || remove_pg
   rm -rf "$TMP"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
+# shellcheck source=../servers.sh
+. "$ROOT/test/servers.sh"
 
 log() { echo "bench: $*" >&2; }
 
@@ -987,6 +1000,147 @@ s3_table() {
   [ -z "$S3_FAILED" ] || echo "S3 PART FAILED: see the bench log and test-results/bench/s3-*.log"
 }
 
+# --- cluster: three dockyards behind nginx, one dockyard, the reference ------------------
+CLUSTER_FAILED=""
+# cluster_suite NAME ADDR: manifest GETs and pushes against ADDR, into $OUT/cluster-NAME.env.
+cluster_suite() {
+  local name=$1 addr=$2 env="$OUT/cluster-$1.env"
+  : >"$env"
+  log "cluster $name: setup"
+  timeout 300 "$LG" setup -addr "$addr" -repo bench/app -big "$TMP/clbig.bin" -big-digest "$CL_DIGEST" >"$TMP/setup.env" || return 1
+  # shellcheck disable=SC1090
+  . "$TMP/setup.env"
+  log "cluster $name: manifest GET by tag (wrk -c$CONNS -d${DURATION}s)"
+  echo "MANIFEST_RPS=$(wrk_rps "cluster-$name-manifest" "$MANIFEST_URL" "$ACCEPT")" >>"$env" || return 1
+  log "cluster $name: pushing ${CL_MIB} MiB blobs ($REPS× each mode)"
+  timeout 600 "$LG" push -addr "$addr" -repo bench/push -file "$TMP/clbig.bin" -reps "$REPS" -chunks 4 >>"$env" || return 1
+  log "cluster $name: $CL_PUSHN concurrent ${CL_MIB} MiB pushes"
+  timeout 900 "$LG" pushn -addr "$addr" -file "$TMP/clbig.bin" -n "$CL_PUSHN" >>"$env" || return 1
+  cat "$env" >&2
+}
+
+# cluster_dockyard NAME CONFIG: starts a dockyard on CONFIG; sets CL_ADDR.
+cluster_dockyard() {
+  local addr; addr=127.0.0.1:$(free_port)
+  mkdir -p "$TMP/cl-$1"
+  DOCKYARD_LOG_LEVEL=warn bin/dockyard serve --config "$2" --listen "$addr" --data "$TMP/cl-$1" >"$OUT/cluster-$1.log" 2>&1 &
+  CLUSTER_PIDS+=($!)
+  for _ in $(seq 1 100); do
+    curl -fsS -o /dev/null "http://$addr/v2/" 2>/dev/null && { CL_ADDR=$addr; return 0; }
+    sleep 0.1
+  done
+  log "dockyard $1 did not start"; tail -20 "$OUT/cluster-$1.log" >&2
+  return 1
+}
+
+run_cluster() {
+  local s3 cfg a1 a2 a3 single lb ref
+  head -c $((CL_MIB << 20)) /dev/urandom >"$TMP/clbig.bin"
+  CL_DIGEST=sha256:$(sha256sum "$TMP/clbig.bin" | cut -d' ' -f1)
+  log "cluster: starting PostgreSQL and versitygw"
+  start_pg || return 1
+  as_postgres "$PG_BIN/createdb -h 127.0.0.1 -p $PG_PORT -U postgres single" || return 1
+  as_postgres "$PG_BIN/createdb -h 127.0.0.1 -p $PG_PORT -U postgres pages" || return 1
+  as_postgres "$PG_BIN/createdb -h 127.0.0.1 -p $PG_PORT -U postgres gc" || return 1
+  s3=127.0.0.1:$(free_port)
+  mkdir -p "$TMP/cls3/cluster" "$TMP/cls3/single" "$TMP/cls3/reference"
+  export BENCH_S3_SECRET=bench-secret-key
+  ROOT_ACCESS_KEY='' ROOT_SECRET_KEY='' "$TOOLS/versitygw" --port "$s3" --access bench --secret "$BENCH_S3_SECRET" \
+    posix "$TMP/cls3" >"$OUT/cluster-versitygw.log" 2>&1 &
+  CLUSTER_PIDS+=($!)
+  for _ in $(seq 1 100); do curl -s -o /dev/null "http://$s3/" && break; sleep 0.1; done
+  for cfg in cluster single; do
+    local db=dockyard; [ $cfg = single ] && db=single
+    cat >"$TMP/cl-$cfg.yml" <<YAML
+index:
+  driver: postgres
+  postgres: {dsn: "postgres://postgres@127.0.0.1:$PG_PORT/$db?sslmode=disable", max_conns: 16}
+storage:
+  driver: s3
+  s3: {endpoint: "http://$s3", bucket: $cfg, path_style: true, access_key_id: bench, secret_access_key_env: BENCH_S3_SECRET}
+YAML
+  done
+  cluster_dockyard c1 "$TMP/cl-cluster.yml" && a1=$CL_ADDR && cluster_dockyard c2 "$TMP/cl-cluster.yml" && a2=$CL_ADDR &&
+    cluster_dockyard c3 "$TMP/cl-cluster.yml" && a3=$CL_ADDR || return 1
+  lb=127.0.0.1:$(free_port)
+  start_nginx "$TMP/cl-nginx" "${lb#*:}" "$a1" "$a2" "$a3" || return 1
+  CLUSTER_PIDS+=("$NGINX_PID")
+  cluster_suite cluster "$lb" || return 1
+  cluster_dockyard single "$TMP/cl-single.yml" && single=$CL_ADDR || return 1
+  cluster_suite single "$single" || return 1
+  ref=127.0.0.1:$(free_port)
+  cat >"$TMP/cl-reference.yml" <<YAML
+version: 0.1
+log: {level: warn, accesslog: {disabled: true}}
+storage:
+  s3: {accesskey: bench, secretkey: $BENCH_S3_SECRET, region: us-east-1, regionendpoint: "http://$s3", bucket: reference,
+       forcepathstyle: true, secure: false, v4auth: true, rootdirectory: /}
+  redirect: {disable: true}
+  cache: {blobdescriptor: inmemory}
+  delete: {enabled: true}
+http: {addr: $ref}
+YAML
+  OTEL_TRACES_EXPORTER=none "$TOOLS/registry" serve "$TMP/cl-reference.yml" >"$OUT/cluster-reference.log" 2>&1 &
+  CLUSTER_PIDS+=($!)
+  for _ in $(seq 1 100); do curl -s -o /dev/null "http://$ref/v2/" && break; sleep 0.1; done
+  cluster_suite reference "$ref" || return 1
+  for p in "${CLUSTER_PIDS[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
+  CLUSTER_PIDS=()
+
+  go build -o "$TMP/lcbench" ./test/bench/lcbench || return 1
+  log "cluster: tag-list and catalog pages over $PAGES_N entries, Badger then PostgreSQL (setup takes minutes)"
+  timeout 1200 "$TMP/lcbench" pages -dir "$TMP/pages-badger" -n "$PAGES_N" >"$OUT/cluster-pages-badger.env" 2>"$OUT/cluster-pages-badger.log" || return 1
+  rm -rf "$TMP/pages-badger"
+  timeout 1200 "$TMP/lcbench" pages -dir "$TMP/pages-pg" -n "$PAGES_N" -dsn "postgres://postgres@127.0.0.1:$PG_PORT/pages?sslmode=disable" \
+    >"$OUT/cluster-pages-postgres.env" 2>"$OUT/cluster-pages-postgres.log" || return 1
+  cat "$OUT"/cluster-pages-*.env >&2
+  log "cluster: garbage collection over $CL_GC_BLOBS blobs, Badger then PostgreSQL"
+  timeout 1200 "$TMP/lcbench" gc -dir "$TMP/gc-badger" -blobs "$CL_GC_BLOBS" -manifests $((CL_GC_BLOBS / 10)) \
+    >"$OUT/cluster-gc-badger.env" 2>"$OUT/cluster-gc-badger.log" || return 1
+  rm -rf "$TMP/gc-badger"
+  timeout 1200 "$TMP/lcbench" gc -dir "$TMP/gc-pg" -blobs "$CL_GC_BLOBS" -manifests $((CL_GC_BLOBS / 10)) \
+    -dsn "postgres://postgres@127.0.0.1:$PG_PORT/gc?sslmode=disable" >"$OUT/cluster-gc-postgres.env" 2>"$OUT/cluster-gc-postgres.log" || return 1
+  cat "$OUT"/cluster-gc-*.env | grep -E '^GC_(S|BLOBS|MANIFESTS)=' >&2
+  remove_pg; PG_DIR=
+}
+
+if part cluster; then
+  run_cluster || { CLUSTER_FAILED=1; log "cluster part FAILED"; }
+fi
+
+clget() { local v; v=$(awk -F= -v k="$2" '$1 == k {print $2}' "$OUT/cluster-$1.env" 2>/dev/null); [ -z "$v" ] && [ -n "$CLUSTER_FAILED" ] && v=FAIL; echo "$v"; }
+cluster_table() {
+  local c s r q
+  echo
+  echo "cluster: three dockyards behind nginx (round robin) vs one dockyard, both on one PostgreSQL index and one"
+  echo "versitygw bucket, vs the reference registry on the same versitygw; all on these $(nproc) cores; ${CL_MIB} MiB blobs"
+  row "workload" "cluster" "one" "reference" "target" "met"
+  row "--------" "-------" "---" "---------" "------" "---"
+  c=$(clget cluster MANIFEST_RPS) s=$(clget single MANIFEST_RPS) r=$(clget reference MANIFEST_RPS) q=$(ratio "$c" "$r")
+  row "manifest GET by tag (req/s)" "$c" "$s" "$r" "cluster/ref >= 20x" "$(meets "$q" 20) (${q}x)"
+  row "  scaling factor cluster/one" "$(ratio "$c" "$s")x" "" "" "report" "-"
+  for k in PUSH_MONO:"push ${CL_MIB} MiB, POST+PUT (s)" PUSH_CHUNKED:"push ${CL_MIB} MiB, 4 chunks (s)" PUSHN_SECONDS:"${CL_PUSHN}x push ${CL_MIB} MiB at once (s)"; do
+    c=$(clget cluster "${k%%:*}") s=$(clget single "${k%%:*}") r=$(clget reference "${k%%:*}")
+    row "${k#*:}" "$c" "$s" "$r" "report" "ref/cluster $(ratio "$r" "$c")x"
+  done
+  echo
+  row "listing page of 1000 at $PAGES_N entries" "Badger" "PostgreSQL" "" "target" "met"
+  for k in TAGS_P50_MS:"tag list p50 (ms)" TAGS_P99_MS:"tag list p99 (ms)" CATALOG_P50_MS:"catalog p50 (ms)" CATALOG_P99_MS:"catalog p99 (ms)"; do
+    c=$(clget pages-badger "${k%%:*}") s=$(clget pages-postgres "${k%%:*}")
+    case $k in *P99*) row "${k#*:}" "$c" "$s" "" "PostgreSQL <= 20" "$(atmost "$s" 20)" ;; *) row "${k#*:}" "$c" "$s" "" "report" "-" ;; esac
+  done
+  c=$(clget gc-badger GC_S) s=$(clget gc-postgres GC_S)
+  local nb; nb=$(awk -v b="$(clget gc-badger GC_BLOBS)" -v m="$(clget gc-badger GC_MANIFESTS)" 'BEGIN {print b + m}')
+  row "GC of $nb items (s)" "$c" "$s" "" "report" "-"
+  row "  items/s" "$(awk -v n="$nb" -v t="$c" 'BEGIN { if (t + 0 > 0) printf "%.0f", n / t }')" \
+    "$(awk -v n="$(awk -v b="$(clget gc-postgres GC_BLOBS)" -v m="$(clget gc-postgres GC_MANIFESTS)" 'BEGIN {print b + m}')" -v t="$s" 'BEGIN { if (t + 0 > 0) printf "%.0f", n / t }')" "" "report" "-"
+  echo
+  echo "pages: the store call a listing makes (no HTTP), at 300 random keyset positions; setup $(clget pages-postgres PAGES_SETUP_S) s on PostgreSQL."
+  echo "the cluster shares these cores with nginx, PostgreSQL and versitygw: its scaling factor here says what the"
+  echo "balancer costs, not what three machines would give."
+  [ -z "$CLUSTER_FAILED" ] || echo "CLUSTER PART FAILED: see the bench log and test-results/bench/cluster-*.log"
+}
+
 row() { printf '%-38s %12s %12s %9s  %-22s %s\n' "$@"; }
 {
   echo "dockyard benchmark — $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores$([ "$ONLY" = lifecycle ] || echo ", wrk -t2 -c$CONNS -d${DURATION}s")"
@@ -1042,5 +1196,8 @@ row() { printf '%-38s %12s %12s %9s  %-22s %s\n' "$@"; }
   if part s3; then
     s3_table
   fi
+  if part cluster; then
+    cluster_table
+  fi
 } | tee "$OUT/summary.txt"
-[ -z "$PROXY_FAILED" ] && [ -z "$AUTH_FAILED" ] && [ -z "$LIFECYCLE_FAILED" ] && [ -z "$S3_FAILED" ] || exit 1
+[ -z "$PROXY_FAILED" ] && [ -z "$AUTH_FAILED" ] && [ -z "$LIFECYCLE_FAILED" ] && [ -z "$S3_FAILED" ] && [ -z "$CLUSTER_FAILED" ] || exit 1

@@ -106,6 +106,9 @@ push_image() {
       --data-binary @"$d/$part" "http://$addr/v2/$repo/blobs/uploads/?digest=$pd" 2>>"$LOG")
     [ "$code" = 201 ] || { echo "push $repo:$tag $part: $code" >>"$LOG"; return 1; }
   done
+  # PUSH_PAUSE: seconds between the blobs and the manifest (past a GC grace period, the
+  # blobs may be collected meanwhile: the manifest must then be refused, not stored).
+  [ -n "${PUSH_PAUSE:-}" ] && sleep "$PUSH_PAUSE"
   printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"%s","size":%d},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"%s","size":%d}]}' \
     "$cd" "$(stat -c %s "$d/config")" "$ld" "$size" >"$d/manifest"
   code=$(curl -sS -o /dev/null -w '%{http_code}' --max-time 60 -X PUT -H 'Content-Type: application/vnd.oci.image.manifest.v1+json' \
@@ -138,28 +141,35 @@ every_acked_push_pulls() {
   [ "$n" -gt 0 ] && [ "$bad" -eq 0 ]
 }
 
+# wait_jobs: waits for the background jobs in JOBS (a bare wait would wait for the
+# servers too).
+wait_jobs() { local p; for p in "${JOBS[@]}"; do wait "$p"; done; JOBS=(); }
+
 fsck_clean() { # [--verify-digests]
   "$BIN" fsck --config "$C/cluster.yaml" --data "$C/fsck" "$@" 2>&1 | tail -5
   [ "${PIPESTATUS[0]}" -eq 0 ]
 }
 
 # ------------------------------------------------------- 1. conformance and clients
-(
-  . test/conformance/env.sh
-  export OCI_REGISTRY=$LB OCI_RESULTS_DIR="$C/conformance/results"
-  mkdir -p "$C/conformance" && cd "$C/conformance" && conformance >"$C/conformance/conformance.log" 2>&1
-) || true
-conformance_result "cluster of three behind nginx" "$C/conformance/conformance.log"
+# CLUSTER_QUICK=1 skips them (for working on the later parts).
+if [ -z "${CLUSTER_QUICK:-}" ]; then
+  (
+    . test/conformance/env.sh
+    export OCI_REGISTRY=$LB OCI_RESULTS_DIR="$C/conformance/results"
+    mkdir -p "$C/conformance" && cd "$C/conformance" && conformance >"$C/conformance/conformance.log" 2>&1
+  ) || true
+  conformance_result "cluster of three behind nginx" "$C/conformance/conformance.log"
 
-out="$C/clients.out"
-RESULTS="$C/clients" CLIENTS_ADDR=$LB CLIENTS_PID=$NGINX_PID PASSED=0 FAILED=0 bash test/e2e/clients.sh >"$out" 2>&1
-line=$(grep -E '^e2e: [0-9]+ passed, [0-9]+ failed' "$out" | tail -1)
-p=$(sed -E 's/e2e: ([0-9]+) passed.*/\1/' <<<"$line"); f=$(sed -E 's/.*passed, ([0-9]+) failed/\1/' <<<"$line")
-grep '^FAIL' "$out" | head -20
-if [ -n "$line" ] && [ "${f:-1}" -eq 0 ] && [ "${p:-0}" -gt 20 ]; then
-  pass "real clients through the balancer: $p checks passed"
-else
-  fail "real clients through the balancer: ${line:-no summary} (see $out)"
+  out="$C/clients.out"
+  RESULTS="$C/clients" CLIENTS_ADDR=$LB CLIENTS_PID=$NGINX_PID PASSED=0 FAILED=0 bash test/e2e/clients.sh >"$out" 2>&1
+  line=$(grep -E '^e2e: [0-9]+ passed, [0-9]+ failed' "$out" | tail -1)
+  p=$(sed -E 's/e2e: ([0-9]+) passed.*/\1/' <<<"$line"); f=$(sed -E 's/.*passed, ([0-9]+) failed/\1/' <<<"$line")
+  grep '^FAIL' "$out" | head -20
+  if [ -n "$line" ] && [ "${f:-1}" -eq 0 ] && [ "${p:-0}" -gt 20 ]; then
+    pass "real clients through the balancer: $p checks passed"
+  else
+    fail "real clients through the balancer: ${line:-no summary} (see $out)"
+  fi
 fi
 
 # ------------------------------------------------ 2. one upload over three instances
@@ -193,10 +203,12 @@ done
 check "a tag moved 20 times, each through another instance: every instance serves each move at once" eq 20 "$moved_ok"
 
 # ------------------------------------------------------------ 4. 60 concurrent pushes
+JOBS=()
 for k in $(seq 1 60); do
   push_image "$LB" "many/r$((k % 12))" "t$k" $((20000 + k * 1000)) "$W/many/$k" &
+  JOBS+=($!)
 done
-wait
+wait_jobs
 acked=$(ls "$W"/many/*/digest 2>/dev/null | wc -l)
 check "60 concurrent pushes through the balancer: all acknowledged" eq 60 "$acked"
 for i in 1 2 3; do
@@ -215,16 +227,19 @@ head -c $((48 << 20)) /dev/urandom >"$W/big.bin"
 tar -C "$W" -cf "$W/big.tar" big.bin
 run crane append -f "$W/big.tar" -t "$UP/lib/big:1" --oci-empty-base
 BIGD=$(crane manifest "$UP/lib/big:1" 2>>"$LOG" | jq -r '.layers[0].digest')
-BIGS=$(curl -sS "http://$UP/v2/lib/big/blobs/$BIGD" | sha256_of)
-before=$(grep -c "GET /v2/lib/big/blobs/$BIGD\|http.request.method=GET.*http.request.uri=\"/v2/lib/big/blobs/$BIGD\"" "$C/upstream/log")
+BIGS=${BIGD#sha256:}
+upstream_gets() { grep -c "\"GET /v2/lib/big/blobs/$BIGD HTTP" "$C/upstream/log"; } # its access log
+JOBS=()
 for k in $(seq 1 12); do
   curl -sS --max-time 120 "http://$LB/v2/upstream/lib/big/blobs/$BIGD" | sha256_of >"$W/cold.$k" &
+  JOBS+=($!)
 done
-wait
-after=$(grep -c "GET /v2/lib/big/blobs/$BIGD\|http.request.method=GET.*http.request.uri=\"/v2/lib/big/blobs/$BIGD\"" "$C/upstream/log")
+wait_jobs
+sleep 1 # the upstream's log lines are written after the responses
+after=$(upstream_gets)
 same=0; for k in $(seq 1 12); do [ "$(cat "$W/cold.$k")" = "$BIGS" ] && same=$((same + 1)); done
 check "12 cold pulls of a proxied 48 MiB blob over three instances: all byte-identical" eq 12 "$same"
-check "those 12 cold pulls made one upstream GET" eq 1 "$((after - before))"
+check "those 12 cold pulls made one upstream GET" eq 1 "$after"
 
 # ------------------------------------------- 6. garbage collection while pushing
 (
@@ -234,20 +249,32 @@ check "those 12 cold pulls made one upstream GET" eq 1 "$((after - before))"
     sleep 1
   done
 ) &
-GCLOOP=$!
+JOBS=($!)
 for w in 1 2 3 4; do
   (
     k=0 end=$((SECONDS + 60))
     while [ $SECONDS -lt $end ]; do
       k=$((k + 1))
       i=$((2 + (k + w) % 2))
-      # Some pushes share a repository, and overwrite a tag (leaving garbage).
-      # The push of k moves the tag of k-5 on: only the newest of a tag counts.
-      push_image "${DYA[$i]}" "gc/w$w" "t$((k % 5))" $((4000 + k * 300)) "$W/gc/$w-$k" && rm -rf "$W/gc/$w-$((k - 5))"
+      # Every third push waits past the grace period before its manifest.
+      pause=""; [ $((k % 3)) -eq 0 ] && pause=$((2 + k % 3)).$((k % 10))
+      # A push moves its tag on from the last acknowledged push of that tag, whose
+      # manifest is then deleted, leaving its blobs to the collector. Only the newest
+      # of a tag is checked.
+      latest="$W/gc/latest.$w.$((k % 5))"
+      if PUSH_PAUSE=$pause push_image "${DYA[$i]}" "gc/w$w" "t$((k % 5))" $((4000 + k * 300)) "$W/gc/$w-$k"; then
+        if [ -f "$latest" ]; then
+          old=$(cat "$latest")
+          curl -sS -o /dev/null -X DELETE "http://${DYA[$i]}/v2/gc/w$w/manifests/$(cat "$old/digest")" 2>>"$LOG"
+          rm -rf "$old"
+        fi
+        echo "$W/gc/$w-$k" >"$latest"
+      fi
     done
   ) &
+  JOBS+=($!)
 done
-wait
+wait_jobs
 gcs=$(curl -sS "http://${DYA[1]}/-/admin/jobs" | jq -r .gcRuns)
 collected=$(curl -sS "http://${DYA[1]}/-/admin/jobs" | jq -r .blobsCollected)
 echo "collections on instance 1: $gcs, blobs collected: $collected"
@@ -269,12 +296,14 @@ last_purger() {
 sleep 3
 victim=$(last_purger)
 echo "killing instance $victim (it ran the upload purge most)"
+JOBS=()
 for w in 1 2 3; do
   (
     for k in $(seq 1 15); do
       push_image "$LB" "kill/w$w" "t$k" $((50000 + k * 1000)) "$W/kill/$w-$k" || true
     done
   ) &
+  JOBS+=($!)
 done
 sleep 2
 kill -9 "${DYP[$victim]}"
@@ -282,7 +311,7 @@ wait "${DYP[$victim]}" 2>/dev/null
 DYP[$victim]=
 before=()
 for i in 1 2 3; do before[$i]=$(grep -c 'msg="upload purge"' "$C/dy$i.log"); done
-wait # the pushers
+wait_jobs # the pushers
 sleep 3
 moved=0
 for i in 1 2 3; do

@@ -59,6 +59,7 @@ import (
 	"time"
 
 	"github.com/dockyard/dockyard/cache"
+	"github.com/dockyard/dockyard/index"
 	"github.com/dockyard/dockyard/lifecycle"
 	"github.com/dockyard/dockyard/oci"
 )
@@ -73,7 +74,7 @@ const (
 
 func main() {
 	if len(os.Args) < 2 {
-		fatalf("usage: lcbench gc|retention [flags]")
+		fatalf("usage: lcbench gc|retention|pages [flags]")
 	}
 	var err error
 	switch os.Args[1] {
@@ -81,6 +82,8 @@ func main() {
 		err = gcBench(os.Args[2:])
 	case "retention":
 		err = retentionBench(os.Args[2:])
+	case "pages":
+		err = pagesBench(os.Args[2:])
 	default:
 		fatalf("unknown subcommand %q", os.Args[1])
 	}
@@ -100,12 +103,23 @@ func out(k string, v any) { fmt.Printf("%s=%v\n", k, v) }
 
 func secs(d time.Duration) string { return fmt.Sprintf("%.2f", d.Seconds()) }
 
+// dsn, when set (-dsn), puts the index in that PostgreSQL database instead of Badger.
+var dsn string
+
 func openStore(dir string, now func() time.Time) (*cache.Store, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	return cache.Open(cache.Options{Dir: dir, Logger: log, Now: now})
+	opts := cache.Options{Dir: dir, Logger: log, Now: now}
+	if dsn != "" {
+		db, err := index.OpenPostgres(context.Background(), index.PostgresOptions{DSN: dsn, MaxConns: 32, Timeout: 10 * time.Minute})
+		if err != nil {
+			return nil, err
+		}
+		opts.Index = db
+	}
+	return cache.Open(opts)
 }
 
 // parallel runs f(0..n-1) on workers goroutines and returns the first error.
@@ -381,6 +395,7 @@ func gcBench(args []string) error {
 	workers := fs.Int("workers", 32, "goroutines pushing during setup")
 	prof := profiles{}.register(fs, "delete, dry, gc, gc2", "gc")
 	settle := fs.Duration("settle", 0, "pause before the dry run (lets Badger finish compacting what setup wrote)")
+	fs.StringVar(&dsn, "dsn", "", "PostgreSQL DSN: the index there instead of Badger")
 	fs.Parse(args)
 	if *dir == "" {
 		return fmt.Errorf("-dir is required")
@@ -797,4 +812,89 @@ func median(ds []time.Duration) time.Duration {
 	s := slices.Clone(ds)
 	slices.Sort(s)
 	return s[len(s)/2]
+}
+
+// --- pages -------------------------------------------------------------------------------
+
+// pagesBench fills one repository with n tags and the registry with n repositories,
+// then times pages of the tag list and of the catalog at random keyset positions (the
+// store call a listing request makes, without HTTP).
+func pagesBench(args []string) error {
+	fs := flag.NewFlagSet("pages", flag.ExitOnError)
+	dir := fs.String("dir", "", "store directory (created)")
+	n := fs.Int("n", 100000, "tags in one repository, and repositories in the registry")
+	pages := fs.Int("pages", 300, "pages timed of each listing")
+	size := fs.Int("size", 1000, "entries per page")
+	workers := fs.Int("workers", 16, "goroutines during setup")
+	fs.StringVar(&dsn, "dsn", "", "PostgreSQL DSN: the index there instead of Badger")
+	fs.Parse(args)
+	if *dir == "" {
+		return fmt.Errorf("-dir is required")
+	}
+	ctx := context.Background()
+	s, err := openStore(*dir, nil)
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	config := []byte(`{"architecture":"amd64","os":"linux"}`)
+	body, m, d, err := imageManifest(blobRef{oci.FromBytes(oci.SHA256, config), int64(len(config))}, nil, nil)
+	if err != nil {
+		return err
+	}
+	put := func(repo string, tags []oci.Tag) error {
+		return s.PutManifest(ctx, cache.PutManifestRequest{Registry: reg, Repo: repo, Digest: d, Content: body,
+			Manifest: m, Tags: tags, AllowSparse: true})
+	}
+	tagName := func(i int) string { return fmt.Sprintf("tag-%07d", i) }
+	repoName := func(i int) string { return fmt.Sprintf("bench/r%07d", i) }
+	start := time.Now()
+	const perPut = 500
+	err = parallel((*n+perPut-1)/perPut, *workers, func(i int) error {
+		var tags []oci.Tag
+		for j := i * perPut; j < min(*n, (i+1)*perPut); j++ {
+			tags = append(tags, oci.Tag(tagName(j)))
+		}
+		return put("bench/tags", tags)
+	})
+	if err != nil {
+		return fmt.Errorf("tags: %w", err)
+	}
+	err = parallel(*n, *workers, func(i int) error { return put(repoName(i), nil) })
+	if err != nil {
+		return fmt.Errorf("repositories: %w", err)
+	}
+	out("PAGES_ENTRIES", *n)
+	out("PAGES_SETUP_S", secs(time.Since(start)))
+
+	timePages := func(key string, list func(last string) (int, error), name func(int) string) error {
+		var ds []time.Duration
+		for range *pages {
+			k := rand.IntN(*n - *size)
+			t0 := time.Now()
+			got, err := list(name(k))
+			ds = append(ds, time.Since(t0))
+			if err != nil {
+				return err
+			}
+			if got != *size {
+				return fmt.Errorf("%s: a page after %s has %d entries, want %d", key, name(k), got, *size)
+			}
+		}
+		slices.Sort(ds)
+		out(key+"_P50_MS", fmt.Sprintf("%.2f", float64(ds[len(ds)/2].Microseconds())/1000))
+		out(key+"_P99_MS", fmt.Sprintf("%.2f", float64(ds[len(ds)*99/100].Microseconds())/1000))
+		return nil
+	}
+	err = timePages("TAGS", func(last string) (int, error) {
+		tags, _, err := s.ListTags(ctx, reg, "bench/tags", last, *size)
+		return len(tags), err
+	}, tagName)
+	if err != nil {
+		return err
+	}
+	return timePages("CATALOG", func(last string) (int, error) {
+		repos, _, err := s.ListRepositories(ctx, reg, last, *size)
+		return len(repos), err
+	}, repoName)
 }
