@@ -72,24 +72,10 @@ func (s *Store) FlushAccess() error {
 		keys = append(keys, k)
 	}
 	written := 0
-	err := s.splitUpdate(0, len(keys), func(txn index.Txn, lo, hi int) error {
-		if hookFlushAccess != nil {
-			if err := hookFlushAccess(); err != nil {
-				return err
-			}
-		}
-		for _, k := range keys[lo:hi] {
-			if err := s.writePull(txn, []byte(k), pending[k]); err != nil {
-				return err
-			}
-		}
-		return nil
-	}, func(lo, hi int) {
-		for _, k := range keys[lo:hi] {
-			delete(pending, k)
-		}
-		written += hi - lo
-	})
+	var err error
+	for lo := 0; lo < len(keys) && err == nil; lo += flushBatch {
+		err = s.flushKeys(keys[lo:min(lo+flushBatch, len(keys))], pending, &written)
+	}
 	if err != nil {
 		s.access.mu.Lock()
 		for k, p := range pending {
@@ -106,6 +92,29 @@ func (s *Store) FlushAccess() error {
 		s.access.mu.Unlock()
 	}
 	return err
+}
+
+// flushKeys writes the pending pulls of keys (at most flushBatch: a transaction stays
+// short on any index), deleting from pending what it wrote.
+func (s *Store) flushKeys(keys []string, pending map[string]pull, written *int) error {
+	return s.splitUpdate(0, len(keys), func(txn index.Txn, lo, hi int) error {
+		if hookFlushAccess != nil {
+			if err := hookFlushAccess(); err != nil {
+				return err
+			}
+		}
+		for _, k := range keys[lo:hi] {
+			if err := s.writePull(txn, []byte(k), pending[k]); err != nil {
+				return err
+			}
+		}
+		return nil
+	}, func(lo, hi int) {
+		for _, k := range keys[lo:hi] {
+			delete(pending, k)
+		}
+		*written += hi - lo
+	})
 }
 
 // hookFlushAccess, set by tests only, runs in every flush transaction; an error fails

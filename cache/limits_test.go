@@ -121,3 +121,33 @@ func TestAFailedFlushLosesNoPulls(t *testing.T) {
 		t.Errorf("after a failed flush and a good one: manifest %+v, tag %+v, %v (want 3 pulls each)", m, tagged, err)
 	}
 }
+
+// A flush writes at most flushBatch records per transaction, on any index: a
+// PostgreSQL transaction (which never says "too big") stays short.
+func TestFlushAccessWritesInBoundedTransactions(t *testing.T) {
+	s := testStore(t, nil)
+	m := image(t, s, "dev", "app", "pulled")
+	d := putManifest(t, s, "dev", "app", m, false)
+	var tags []oci.Tag
+	for i := range 2500 {
+		tags = append(tags, oci.Tag(fmt.Sprint("t", i)))
+	}
+	for i := 0; i < len(tags); i += 500 {
+		putManifest(t, s, "dev", "app", m, false, tags[i:i+500]...)
+	}
+	for _, tag := range tags {
+		s.RecordPull("dev", "app", string(tag), d)
+	}
+	txns := 0
+	hookFlushAccess = func() error { txns++; return nil }
+	defer func() { hookFlushAccess = nil }()
+	if err := s.FlushAccess(); err != nil {
+		t.Fatalf("flush: %v", err)
+	}
+	if want := (2501 + flushBatch - 1) / flushBatch; txns < want {
+		t.Errorf("2501 records were written in %d transactions, want at least %d", txns, want)
+	}
+	if m, _, err := s.PullInfo(context.Background(), "dev", "app", "t2499", d); err != nil || m.Pulls != 2500 {
+		t.Errorf("pull records: %+v %v", m, err)
+	}
+}

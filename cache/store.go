@@ -278,6 +278,24 @@ func (s *Store) Shared() bool {
 	return ok && sh.Shared()
 }
 
+// Serve says, on an index other processes share, that this process serves it (offline
+// commands that must run alone see it; see Alone).
+func (s *Store) Serve() error {
+	if p, ok := s.db.(index.Presence); ok {
+		return p.Serve()
+	}
+	return nil
+}
+
+// Alone takes a shared index for the caller alone until release; ok is false while an
+// instance serves it. An index no other process opens is the caller's already.
+func (s *Store) Alone(ctx context.Context) (release func(), ok bool, err error) {
+	if p, isShared := s.db.(index.Presence); isShared {
+		return p.Alone(ctx)
+	}
+	return func() {}, true, nil
+}
+
 // TryLock takes a named lock if no instance holds it.
 func (s *Store) TryLock(ctx context.Context, key string) (held context.Context, unlock func(), ok bool, err error) {
 	return s.locks.TryLock(ctx, key)

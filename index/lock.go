@@ -17,6 +17,16 @@ type Locker interface {
 	TryLock(ctx context.Context, key string) (held context.Context, unlock func(), ok bool, err error)
 }
 
+// Presence is implemented by indexes several processes share: a serving instance says
+// so, and an offline command that must not run beside one (fsck --repair) checks.
+type Presence interface {
+	// Serve says this process serves the index, until it closes it.
+	Serve() error
+	// Alone takes the index for the caller alone until release; ok is false while an
+	// instance serves it.
+	Alone(ctx context.Context) (release func(), ok bool, err error)
+}
+
 // LockerOf is db's locker: its own when the driver has one (PostgreSQL's advisory
 // locks), otherwise locks in this process, which suffice for an index no other
 // process opens.

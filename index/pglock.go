@@ -26,13 +26,16 @@ type pgLocks struct {
 	sem  chan struct{} // one caller at a time on conn
 	conn *pgx.Conn
 	// lost is cancelled when conn dies, and with it the held contexts of its locks.
-	lost      context.Context
-	loseAll   context.CancelFunc
-	held      int
-	downTill  time.Time // after a failed connect, callers fail at once until then
-	stop      chan struct{}
-	closeOnce sync.Once
-	done      chan struct{}
+	lost     context.Context
+	loseAll  context.CancelFunc
+	held     int
+	downTill time.Time // after a failed connect, callers fail at once until then
+	// serving: this process serves, and says so with a shared lock on presenceKey,
+	// taken again on every new connection; present: it holds it now.
+	serving, present bool
+	stop             chan struct{}
+	closeOnce        sync.Once
+	done             chan struct{}
 }
 
 const (
@@ -129,6 +132,7 @@ func (l *pgLocks) try(ctx context.Context, id int64) (lost context.Context, ok b
 		}
 		l.conn = conn
 		l.lost, l.loseAll = context.WithCancel(context.Background())
+		l.announce()
 	}
 	qctx, cancel := context.WithTimeout(context.Background(), l.timeout)
 	defer cancel()
@@ -175,6 +179,46 @@ func (l *pgLocks) drop() {
 	l.conn = nil
 	l.loseAll()
 	l.held = 0
+	l.present = false
+}
+
+// presenceKey is the lock every serving instance holds shared; an offline command
+// that must run alone takes it exclusively (TryLock).
+const presenceKey = "serving"
+
+// announce takes the shared presence lock when this process serves and does not hold
+// it yet. The caller has the connection's turn, with a connection.
+func (l *pgLocks) announce() {
+	if !l.serving || l.present || l.conn == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), l.timeout)
+	defer cancel()
+	var ok bool
+	if err := l.conn.QueryRow(ctx, `SELECT pg_try_advisory_lock_shared($1)`, lockID(presenceKey)).Scan(&ok); err != nil {
+		l.drop()
+		return
+	}
+	l.present = ok // when an offline command runs alone, the keepalive tries again
+}
+
+// serve marks this process as serving (see presenceKey) and announces it now.
+func (l *pgLocks) serve() error {
+	l.sem <- struct{}{}
+	defer func() { <-l.sem }()
+	l.serving = true
+	if l.conn == nil {
+		ctx, cancel := context.WithTimeout(context.Background(), l.timeout)
+		conn, err := pgx.ConnectConfig(ctx, l.config)
+		cancel()
+		if err != nil {
+			return unavailable("locks", err)
+		}
+		l.conn = conn
+		l.lost, l.loseAll = context.WithCancel(context.Background())
+	}
+	l.announce()
+	return nil
 }
 
 // keepalive pings the connection while it holds locks, so that a connection PostgreSQL
@@ -193,13 +237,25 @@ func (l *pgLocks) keepalive() {
 		case <-t.C:
 		}
 		l.sem <- struct{}{}
-		if l.conn != nil && l.held > 0 {
+		if l.conn != nil && (l.held > 0 || l.serving) {
 			ctx, cancel := context.WithTimeout(context.Background(), l.timeout)
 			if err := l.conn.Ping(ctx); err != nil {
 				l.drop()
 			}
 			cancel()
 		}
+		if l.conn == nil && l.serving && time.Now().After(l.downTill) {
+			// Serving, without a connection (PostgreSQL restarted): announce again.
+			cctx, cancel := context.WithTimeout(context.Background(), l.timeout)
+			if conn, err := pgx.ConnectConfig(cctx, l.config); err == nil {
+				l.conn = conn
+				l.lost, l.loseAll = context.WithCancel(context.Background())
+			} else {
+				l.downTill = time.Now().Add(lockDownFor)
+			}
+			cancel()
+		}
+		l.announce()
 		<-l.sem
 	}
 }

@@ -147,6 +147,16 @@ func (p *Postgres) TryLock(ctx context.Context, key string) (context.Context, fu
 	return p.locks.TryLock(ctx, key)
 }
 
+// Serve says that this process serves the index, until it closes.
+func (p *Postgres) Serve() error { return p.locks.serve() }
+
+// Alone takes the index for this process alone: ok is false while any instance
+// serves it.
+func (p *Postgres) Alone(ctx context.Context) (release func(), ok bool, err error) {
+	_, release, ok, err = p.locks.TryLock(ctx, presenceKey)
+	return release, ok, err
+}
+
 // View reads one snapshot (REPEATABLE READ, read only), as Badger's View does: a
 // read-only transaction never fails to serialise there, so fn runs exactly once —
 // callers may collect what they read without resetting it. (A read-only SERIALIZABLE
@@ -209,6 +219,9 @@ func classify(op string, err error) error {
 			return unavailable(op, err)
 		}
 		return err
+	}
+	if errors.Is(err, context.DeadlineExceeded) || pgconn.Timeout(err) {
+		return unavailable(op+": the transaction ran past index.postgres.timeout", err)
 	}
 	return unavailable(op, err)
 }

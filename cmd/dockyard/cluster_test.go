@@ -167,6 +167,17 @@ limits: {upload_sessions_per_client: 2}
 	if st, _ := post(a); st != 429 {
 		t.Errorf("a third open session of one client over two instances: %d, want 429", st)
 	}
+
+	// fsck checks beside serving instances; a repair (which writes what one snapshot
+	// recounted) is refused while they serve.
+	var out bytes.Buffer
+	if err := run([]string{"fsck", "--config", cfgFile, "--data", filepath.Join(dir, "fsck")}, &out, &out); err != nil {
+		t.Errorf("fsck beside serving instances: %v\n%s", err, out.String())
+	}
+	err = run([]string{"fsck", "--repair", "--config", cfgFile, "--data", filepath.Join(dir, "fsck")}, &out, &out)
+	if err == nil || !strings.Contains(err.Error(), "serving") {
+		t.Errorf("fsck --repair beside serving instances: %v, want a refusal", err)
+	}
 }
 
 func sha256Sum(b []byte) [32]byte { return sha256.Sum256(b) }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -24,6 +25,18 @@ func fsckCommand(args []string, stdout io.Writer) error {
 		return err
 	}
 	defer store.Close()
+	if *repair {
+		// A repair writes what it recounted from one snapshot: a push meanwhile would
+		// be undone. On a shared index, the instances must be stopped first.
+		release, alone, err := store.Alone(context.Background())
+		if err != nil {
+			return err
+		}
+		if !alone {
+			return errors.New("fsck --repair: dockyard instances are serving this index; stop them first (fsck without --repair runs beside them)")
+		}
+		defer release()
+	}
 	rep, err := store.Check(context.Background(), cache.CheckOptions{Repair: *repair, VerifyDigests: *verify})
 	if err != nil {
 		return err

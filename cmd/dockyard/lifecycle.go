@@ -115,6 +115,9 @@ func openOffline(path, data string) (*config.Config, *cache.Store, error) {
 	if data != "" {
 		cfg.Data = data
 	}
+	// An offline command reads the whole index, in transactions far longer than a
+	// request's: index.postgres.timeout bounds requests.
+	cfg.Index.Postgres.Timeout = max(cfg.Index.Postgres.Timeout, time.Hour)
 	store, err := openStore(cfg, slog.Default())
 	if err != nil {
 		return nil, nil, fmt.Errorf("%w (is the server running on this data directory?)", err)

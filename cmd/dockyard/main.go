@@ -117,6 +117,9 @@ func serve(args []string, stderr io.Writer) error {
 		return err
 	}
 	defer store.Close() // last: after everything that uses it has stopped
+	if err := store.Serve(); err != nil {
+		return err
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	a, err := build(ctx, cfg, store, log)
@@ -349,7 +352,7 @@ func secret(file, env string) (string, error) {
 	switch {
 	case file != "":
 		b, err := os.ReadFile(file)
-		return strings.TrimSpace(string(b)), err
+		return strings.TrimRight(string(b), "\r\n"), err // the line end an editor adds; spaces may be part of it
 	case env != "":
 		v, ok := os.LookupEnv(env)
 		if !ok {

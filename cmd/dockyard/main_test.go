@@ -307,3 +307,12 @@ func putImage(t *testing.T, s *cache.Store, reg, repo, tag string) {
 		t.Fatal(err)
 	}
 }
+
+// A secret file's line end is not part of the secret; its spaces are.
+func TestSecretFileKeepsItsSpaces(t *testing.T) {
+	f := filepath.Join(t.TempDir(), "pw")
+	os.WriteFile(f, []byte(" pass word \r\n"), 0o600)
+	if got, err := secret(f, ""); err != nil || got != " pass word " {
+		t.Errorf("secret: %q %v", got, err)
+	}
+}

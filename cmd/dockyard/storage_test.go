@@ -43,6 +43,9 @@ func serveApp(t *testing.T, path, data string) (addr string, a *app, stop func()
 	if err != nil {
 		t.Fatal(err)
 	}
+	if err := store.Serve(); err != nil {
+		t.Fatal(err)
+	}
 	ctx, cancel := context.WithCancel(t.Context())
 	a, err = build(ctx, cfg, store, log)
 	if err != nil {
