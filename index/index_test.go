@@ -174,3 +174,60 @@ func TestConcurrentUpdatesLoseNothing(t *testing.T) {
 		})
 	})
 }
+
+// A scan over large values (more than a page holds in bytes) sees every key once, in
+// order; a keys-only scan past several growing pages too.
+func TestScansOfLargeValuesAndManyKeys(t *testing.T) {
+	each(t, func(t *testing.T, db index.DB) {
+		big := make([]byte, 1<<20)
+		err := db.Update(func(txn index.Txn) error {
+			for i := range 20 {
+				if err := txn.Set(fmt.Appendf(nil, "big/%02d", i), big); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := 0; i < 12000; i += 2000 {
+			err := db.Update(func(txn index.Txn) error {
+				for j := i; j < i+2000; j++ {
+					if err := txn.Set(fmt.Appendf(nil, "many/%05d", j), nil); err != nil {
+						return err
+					}
+				}
+				return nil
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		db.View(func(txn index.Txn) error {
+			n := 0
+			err := txn.Scan([]byte("big/"), nil, false, func(k, v []byte) error {
+				if string(k) != fmt.Sprintf("big/%02d", n) || len(v) != len(big) {
+					return fmt.Errorf("key %d is %q (%d bytes)", n, k, len(v))
+				}
+				n++
+				return nil
+			})
+			if err != nil || n != 20 {
+				t.Errorf("scan of 20 MiB of values: %d keys, %v", n, err)
+			}
+			n = 0
+			err = txn.Scan([]byte("many/"), []byte("many/00100"), true, func(k, _ []byte) error {
+				if string(k) != fmt.Sprintf("many/%05d", n+100) {
+					return fmt.Errorf("key %d is %q", n, k)
+				}
+				n++
+				return nil
+			})
+			if err != nil || n != 11900 {
+				t.Errorf("keys-only scan of 11900 keys: %d, %v", n, err)
+			}
+			return nil
+		})
+	})
+}

@@ -256,9 +256,16 @@ func (t pgTxn) Delete(key []byte) error {
 	return classify("delete", err)
 }
 
-// scanPage is how many rows Scan reads at once: fn may query the transaction, which a
-// connection cannot do while rows are open.
-const scanPage = 512
+// Scan reads a page of rows at a time (fn may query the transaction, which a
+// connection cannot do while rows are open): keys-only pages start at 1,024 rows (a
+// listing page of 1,000 in one query) and grow to 8,192; pages with values hold 256
+// rows and at most scanPageBytes of values (manifests can be megabytes).
+const (
+	scanKeysFirst = 1024
+	scanKeysMax   = 8192
+	scanValues    = 256
+	scanPageBytes = 8 << 20
+)
 
 // Scan reads the range a page at a time, in key order (bytea compares as unsigned
 // bytes, as Badger's keys do).
@@ -272,6 +279,10 @@ func (t pgTxn) Scan(prefix, start []byte, keysOnly bool, fn func(key, value []by
 	}
 	end := prefixEnd(prefix)
 	inclusive := true
+	limit := scanValues
+	if keysOnly {
+		limit = scanKeysFirst
+	}
 	for {
 		col := "v"
 		if keysOnly {
@@ -287,13 +298,14 @@ func (t pgTxn) Scan(prefix, start []byte, keysOnly bool, fn func(key, value []by
 			q += ` AND k < $2`
 			args = append(args, end)
 		}
-		q += fmt.Sprintf(` ORDER BY k LIMIT %d`, scanPage)
+		q += fmt.Sprintf(` ORDER BY k LIMIT %d`, limit)
 		rows, err := t.tx.Query(t.ctx, q, args...)
 		if err != nil {
 			return classify("scan", err)
 		}
 		type kv struct{ k, v []byte }
 		var page []kv
+		full, size := false, 0
 		for rows.Next() {
 			var r kv
 			if err := rows.Scan(&r.k, &r.v); err != nil {
@@ -301,6 +313,10 @@ func (t pgTxn) Scan(prefix, start []byte, keysOnly bool, fn func(key, value []by
 				return classify("scan", err)
 			}
 			page = append(page, r)
+			if size += len(r.v); size >= scanPageBytes {
+				full = true // the rest of this page is read again from here
+				break
+			}
 		}
 		rows.Close()
 		if err := rows.Err(); err != nil {
@@ -311,10 +327,13 @@ func (t pgTxn) Scan(prefix, start []byte, keysOnly bool, fn func(key, value []by
 				return err
 			}
 		}
-		if len(page) < scanPage {
+		if !full && len(page) < limit {
 			return nil
 		}
 		from, inclusive = page[len(page)-1].k, false
+		if keysOnly {
+			limit = min(4*limit, scanKeysMax)
+		}
 	}
 }
 
