@@ -15,16 +15,16 @@ import (
 // StatBlob returns the size of blob d as served through reg/repo: a blob linked to
 // the repository, or one of the repository's manifests read as a blob.
 func (s *Store) StatBlob(ctx context.Context, reg, repo string, d oci.Digest) (int64, error) {
+	v, err := index.GetOne(s.db, linkKey(reg, repo, d)) // the hot path: one key alone
+	if err == nil {
+		size, _ := binary.Varint(v)
+		return size, nil
+	}
+	if !errors.Is(err, index.ErrNotFound) {
+		return 0, err
+	}
 	var size int64
-	err := s.db.View(func(txn index.Txn) error {
-		v, ok, err := getValue(txn, linkKey(reg, repo, d))
-		if err != nil {
-			return err
-		}
-		if ok {
-			size, _ = binary.Varint(v)
-			return nil
-		}
+	err = s.db.View(func(txn index.Txn) error {
 		size, err = s.manifestAsBlobSize(txn, reg, repo, d)
 		return err
 	})
@@ -55,12 +55,9 @@ func (Redirect) Seek(int64, int) (int64, error) { return 0, nil }
 
 // OpenBlob opens blob d for reading through reg/repo, or returns a Redirect.
 func (s *Store) OpenBlob(ctx context.Context, reg, repo string, d oci.Digest) (io.ReadSeekCloser, int64, error) {
-	var linked bool
-	err := s.db.View(func(txn index.Txn) (err error) {
-		linked, err = exists(txn, linkKey(reg, repo, d))
-		return err
-	})
-	if err != nil {
+	_, err := index.GetOne(s.db, linkKey(reg, repo, d))
+	linked := err == nil
+	if err != nil && !errors.Is(err, index.ErrNotFound) {
 		return nil, 0, err
 	}
 	if !linked {

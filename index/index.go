@@ -38,6 +38,25 @@ type Txn interface {
 	Scan(prefix, start []byte, keysOnly bool, fn func(key, value []byte) error) error
 }
 
+// Getter is implemented by drivers that read one key faster on its own than in a
+// transaction (PostgreSQL: one statement, a snapshot of its own, instead of BEGIN,
+// SELECT and COMMIT).
+type Getter interface {
+	GetOne(key []byte) ([]byte, error)
+}
+
+// GetOne reads one key of db (ErrNotFound when it has none), alone.
+func GetOne(db DB, key []byte) (v []byte, err error) {
+	if g, ok := db.(Getter); ok {
+		return g.GetOne(key)
+	}
+	err = db.View(func(txn Txn) error {
+		v, err = txn.Get(key)
+		return err
+	})
+	return v, err
+}
+
 // Sharer is implemented by drivers whose index other processes share (PostgreSQL):
 // what a process caches of it in memory may be changed by another at any time.
 type Sharer interface {

@@ -231,3 +231,22 @@ func TestScansOfLargeValuesAndManyKeys(t *testing.T) {
 		})
 	})
 }
+
+// GetOne reads one key outside a transaction, as Get does inside one.
+func TestGetOne(t *testing.T) {
+	each(t, func(t *testing.T, db index.DB) {
+		db.Update(func(txn index.Txn) error {
+			txn.Set([]byte("one"), []byte("1"))
+			return txn.Set([]byte("empty"), nil)
+		})
+		if v, err := index.GetOne(db, []byte("one")); err != nil || string(v) != "1" {
+			t.Errorf("GetOne: %q %v", v, err)
+		}
+		if v, err := index.GetOne(db, []byte("empty")); err != nil || v == nil || len(v) != 0 {
+			t.Errorf("GetOne of an empty value: %q (nil: %v) %v", v, v == nil, err)
+		}
+		if _, err := index.GetOne(db, []byte("none")); !errors.Is(err, index.ErrNotFound) {
+			t.Errorf("GetOne of a missing key: %v", err)
+		}
+	})
+}

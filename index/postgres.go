@@ -226,14 +226,26 @@ func classify(op string, err error) error {
 	return unavailable(op, err)
 }
 
-type pgTxn struct {
-	ctx context.Context
-	tx  pgx.Tx
+// GetOne reads one key in a statement of its own.
+func (p *Postgres) GetOne(key []byte) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), p.timeout)
+	defer cancel()
+	actx, acancel := context.WithTimeout(ctx, p.acquireTimeout)
+	conn, err := p.pool.Acquire(actx)
+	acancel()
+	if err != nil {
+		return nil, unavailable("no connection", err)
+	}
+	defer conn.Release()
+	return pgGet(ctx, conn, key)
 }
 
-func (t pgTxn) Get(key []byte) ([]byte, error) {
+// pgGet reads key through q (a connection or a transaction).
+func pgGet(ctx context.Context, q interface {
+	QueryRow(context.Context, string, ...any) pgx.Row
+}, key []byte) ([]byte, error) {
 	var v []byte
-	err := t.tx.QueryRow(t.ctx, `SELECT v FROM dockyard_kv WHERE k = $1`, key).Scan(&v)
+	err := q.QueryRow(ctx, `SELECT v FROM dockyard_kv WHERE k = $1`, key).Scan(&v)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, ErrNotFound
 	}
@@ -242,6 +254,13 @@ func (t pgTxn) Get(key []byte) ([]byte, error) {
 	}
 	return v, classify("get", err)
 }
+
+type pgTxn struct {
+	ctx context.Context
+	tx  pgx.Tx
+}
+
+func (t pgTxn) Get(key []byte) ([]byte, error) { return pgGet(t.ctx, t.tx, key) }
 
 func (t pgTxn) Set(key, value []byte) error {
 	if value == nil {
