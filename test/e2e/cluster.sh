@@ -26,8 +26,10 @@ declare -a DYP DYA # pids and addresses of instances 1..3
 UP_PID=
 
 cleanup() {
-  for p in "${DYP[@]}" "$NGINX_PID" "$UP_PID"; do [ -n "$p" ] && kill -9 "$p" 2>/dev/null; done
-  wait 2>/dev/null
+  local p
+  for p in "${DYP[@]}" "$UP_PID"; do [ -n "$p" ] && kill -9 "$p" 2>/dev/null; done
+  [ -n "${NGINX_PID:-}" ] && kill -TERM "$NGINX_PID" 2>/dev/null # its workers leave with it
+  for p in "${DYP[@]}" "$UP_PID" "${NGINX_PID:-}"; do [ -n "$p" ] && wait "$p" 2>/dev/null; done
   stop_s3
   remove_pg
 }
