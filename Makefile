@@ -4,7 +4,7 @@ BIN     := bin/dockyard
 DATA    ?= ./data
 LISTEN  ?= :5000
 
-.PHONY: build run test unit e2e bench tools lint clean
+.PHONY: build run test unit e2e bench tools lint clean image
 
 build:
 	$(GO) build -trimpath -o $(BIN) ./cmd/dockyard
@@ -12,6 +12,19 @@ build:
 # Run dockyard on its embedded default: one hosted registry, local disk + Badger.
 run: build
 	./$(BIN) serve --listen $(LISTEN) --data $(DATA)
+
+# The container image (Dockerfile, FROM scratch): a static binary, an empty /data owned
+# by the image's user, and the host's CA bundle, assembled in $(IMAGE_CTX).
+IMAGE     ?= dockyard:local
+IMAGE_CTX := build/image
+image:
+	rm -rf $(IMAGE_CTX)
+	mkdir -p $(IMAGE_CTX)/data $(IMAGE_CTX)/etc/ssl/certs
+	CGO_ENABLED=0 GOOS=linux $(GO) build -trimpath -ldflags='-s -w' -o $(IMAGE_CTX)/dockyard ./cmd/dockyard
+	if [ -f /etc/ssl/certs/ca-certificates.crt ]; then \
+	  cp /etc/ssl/certs/ca-certificates.crt $(IMAGE_CTX)/etc/ssl/certs/; \
+	else echo "image: no /etc/ssl/certs/ca-certificates.crt here; the image has no CA bundle"; fi
+	docker build -t $(IMAGE) -f Dockerfile $(IMAGE_CTX)
 
 tools:
 	./scripts/install-tools.sh
@@ -39,4 +52,4 @@ bench: tools build
 	./test/bench/run.sh
 
 clean:
-	rm -rf bin test-results
+	rm -rf bin build test-results

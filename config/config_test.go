@@ -235,3 +235,24 @@ index:
 		t.Errorf("driver etcd: %v", err)
 	}
 }
+
+// docker-compose.yml runs every replica with configs/compose-cluster.yaml: the shared
+// index and bucket, and the jobs' schedules (elected among the replicas); the
+// environment overrides the file.
+func TestComposeClusterConfiguration(t *testing.T) {
+	c, err := Load("../configs/compose-cluster.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Index.Driver != "postgres" || c.Storage.Driver != "s3" || c.Lifecycle.GC.Interval != time.Hour || c.Lifecycle.Uploads.Interval != time.Hour {
+		t.Fatalf("replicas: index %s, storage %s, gc every %v, purge every %v",
+			c.Index.Driver, c.Storage.Driver, c.Lifecycle.GC.Interval, c.Lifecycle.Uploads.Interval)
+	}
+	t.Setenv("DOCKYARD_LIFECYCLE_GC_INTERVAL", "30m")
+	if c, err = Load("../configs/compose-cluster.yaml"); err != nil {
+		t.Fatal(err)
+	}
+	if c.Lifecycle.GC.Interval != 30*time.Minute {
+		t.Errorf("gc every %v with DOCKYARD_LIFECYCLE_GC_INTERVAL=30m", c.Lifecycle.GC.Interval)
+	}
+}

@@ -8,10 +8,12 @@ mkdir -p "$TOOLS"
 
 need_apt=()
 command -v dockerd >/dev/null 2>&1 || need_apt+=(docker.io)
+command -v docker-compose >/dev/null 2>&1 || need_apt+=(docker-compose) # validates and runs the compose files (test/e2e/compose.sh)
 command -v skopeo >/dev/null 2>&1 || need_apt+=(skopeo)
 command -v podman >/dev/null 2>&1 || need_apt+=(podman)
 command -v wrk >/dev/null 2>&1 || need_apt+=(wrk)
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+command -v wget >/dev/null 2>&1 || need_apt+=(wget) # the health check of the S3 stand-in in test/e2e/compose.sh
 command -v jq >/dev/null 2>&1 || need_apt+=(jq)
 command -v pgrep >/dev/null 2>&1 || need_apt+=(procps)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3)

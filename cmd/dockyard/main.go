@@ -32,6 +32,8 @@ const usage = `dockyard: a private container registry and registry federation ga
 Usage:
   dockyard serve [--config FILE] [--listen ADDR] [--data DIR]
   dockyard check-config --config FILE
+  dockyard healthcheck [--url http://127.0.0.1:5000/v2/] [--timeout 3s] [--insecure]
+      (exit 0 when the registry answers 200 or 401; the container image's HEALTHCHECK)
   dockyard token create|list|revoke …   (CI tokens; see dockyard token)
   dockyard lifecycle plan|apply [--registry R] [--repo GLOB] [--json]
   dockyard gc [--dry-run] [--grace D]
@@ -39,8 +41,10 @@ Usage:
   dockyard storage migrate --config OLD.yaml --to-config NEW.yaml   (copy blobs between stores)
   dockyard index migrate [--config FILE]     (bring the index's schema and format up to date)
   dockyard index copy --from badger:DIR --config NEW.yaml   (a single node's index into PostgreSQL)
-(the administrative commands open the index: run them while the server is stopped;
-the server itself runs retention, GC and upload purging on the configured schedules)
+(the administrative commands open the index: on Badger, run them while the server is
+stopped; on a shared PostgreSQL index they run beside the instances, but fsck --repair
+refuses to while any serves. The server itself runs retention, GC and upload purging on
+the configured schedules, one instance at a time.)
 
 With no configuration file, dockyard serves one hosted registry for every host on
 :5000 with its data under ./data.
@@ -84,6 +88,8 @@ func run(args []string, stdout, stderr io.Writer) error {
 		return storageCommand(args[1:], stdout)
 	case "index":
 		return indexCommand(args[1:], stdout)
+	case "healthcheck":
+		return healthCommand(args[1:], stdout)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return nil
