@@ -53,6 +53,11 @@ func TestIndexCopyFromBadgerToPostgres(t *testing.T) {
 	loc := resp.Header.Get("Location")
 	stop()
 
+	var mig bytes.Buffer
+	if err := run([]string{"index", "migrate", "--config", clustered, "--data", filepath.Join(dir, "migrate")}, &mig, &mig); err != nil ||
+		!strings.Contains(mig.String(), "up to date") {
+		t.Fatalf("index migrate on an empty database: %v %s", err, mig.String())
+	}
 	copyOnce := func() string {
 		var out, errb bytes.Buffer
 		if err := run([]string{"index", "copy", "--from", "badger:" + data, "--config", clustered}, &out, &errb); err != nil {
