@@ -182,14 +182,24 @@ func (p *Postgres) run(opts pgx.TxOptions, fn func(Txn) error) error {
 	}
 }
 
+// acquire takes a connection from the pool, waiting at most acquireTimeout; ctx bounds
+// its use (the transaction's timeout).
+func (p *Postgres) acquire(ctx context.Context) (*pgxpool.Conn, error) {
+	actx, cancel := context.WithTimeout(ctx, p.acquireTimeout)
+	defer cancel()
+	conn, err := p.pool.Acquire(actx)
+	if err != nil {
+		return nil, unavailable("no connection", err)
+	}
+	return conn, nil
+}
+
 func (p *Postgres) once(opts pgx.TxOptions, fn func(Txn) error) error {
 	ctx, cancel := context.WithTimeout(context.Background(), p.timeout)
 	defer cancel()
-	actx, acancel := context.WithTimeout(ctx, p.acquireTimeout)
-	conn, err := p.pool.Acquire(actx)
-	acancel()
+	conn, err := p.acquire(ctx)
 	if err != nil {
-		return unavailable("no connection", err)
+		return err
 	}
 	defer conn.Release()
 	tx, err := conn.BeginTx(ctx, opts)
@@ -230,11 +240,9 @@ func classify(op string, err error) error {
 func (p *Postgres) GetOne(key []byte) ([]byte, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), p.timeout)
 	defer cancel()
-	actx, acancel := context.WithTimeout(ctx, p.acquireTimeout)
-	conn, err := p.pool.Acquire(actx)
-	acancel()
+	conn, err := p.acquire(ctx)
 	if err != nil {
-		return nil, unavailable("no connection", err)
+		return nil, err
 	}
 	defer conn.Release()
 	return pgGet(ctx, conn, key)

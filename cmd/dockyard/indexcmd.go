@@ -88,6 +88,16 @@ func indexCopy(args []string, stdout io.Writer) error {
 		return err
 	}
 	defer dst.Close()
+	if p, ok := dst.(index.Presence); ok {
+		release, alone, err := p.Alone(context.Background())
+		if err != nil {
+			return err
+		}
+		if !alone {
+			return errors.New("index copy: dockyard instances are serving the destination; stop them first")
+		}
+		defer release()
+	}
 	last := time.Now()
 	rep, err := index.Copy(context.Background(), dst, src, func(n int) {
 		if time.Since(last) > 5*time.Second {

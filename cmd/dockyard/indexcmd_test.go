@@ -75,6 +75,11 @@ func TestIndexCopyFromBadgerToPostgres(t *testing.T) {
 
 	addr, stop = serveWith(t, clustered, data)
 	defer stop()
+	var refused bytes.Buffer
+	if err := run([]string{"index", "copy", "--from", "badger:" + data, "--config", clustered}, &refused, &refused); err == nil ||
+		!strings.Contains(err.Error(), "serving") {
+		t.Errorf("a copy into an index instances serve: %v", err)
+	}
 	for tag, want := range digests {
 		ref, _ := name.ParseReference(addr+"/team/app:"+tag, name.Insecure)
 		img, err := remote.Image(ref)
