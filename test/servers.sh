@@ -23,14 +23,15 @@ remove_pg() { stop_pg; rm -rf "$PG_DIR"; }
 
 # start_nginx CONF_DIR PORT UPSTREAM...: nginx as a per-request round-robin balancer
 # (no stickiness, streaming both ways) over the UPSTREAM host:port list; sets NGINX_PID.
+# NGINX_WORKERS (1) and NGINX_ACCESS_LOG (a file in CONF_DIR; "off") tune it.
 start_nginx() {
   local dir=$1 port=$2; shift 2
   mkdir -p "$dir/tmp"
   {
-    echo "daemon off; worker_processes 1; pid $dir/nginx.pid; error_log $dir/error.log;"
+    echo "daemon off; worker_processes ${NGINX_WORKERS:-1}; pid $dir/nginx.pid; error_log $dir/error.log;"
     echo "events { worker_connections 1024; }"
     echo "http {"
-    echo "  access_log $dir/access.log; client_body_temp_path $dir/tmp; proxy_temp_path $dir/tmp;"
+    echo "  access_log ${NGINX_ACCESS_LOG:-$dir/access.log}; client_body_temp_path $dir/tmp; proxy_temp_path $dir/tmp;"
     echo "  fastcgi_temp_path $dir/tmp; uwsgi_temp_path $dir/tmp; scgi_temp_path $dir/tmp;"
     echo "  upstream dy {"
     for u in "$@"; do echo "    server $u max_fails=1 fail_timeout=5s;"; done

@@ -1063,7 +1063,7 @@ YAML
   cluster_dockyard c1 "$TMP/cl-cluster.yml" && a1=$CL_ADDR && cluster_dockyard c2 "$TMP/cl-cluster.yml" && a2=$CL_ADDR &&
     cluster_dockyard c3 "$TMP/cl-cluster.yml" && a3=$CL_ADDR || return 1
   lb=127.0.0.1:$(free_port)
-  start_nginx "$TMP/cl-nginx" "${lb#*:}" "$a1" "$a2" "$a3" || return 1
+  NGINX_WORKERS=auto NGINX_ACCESS_LOG=off start_nginx "$TMP/cl-nginx" "${lb#*:}" "$a1" "$a2" "$a3" || return 1
   CLUSTER_PIDS+=("$NGINX_PID")
   cluster_suite cluster "$lb" || return 1
   cluster_dockyard single "$TMP/cl-single.yml" && single=$CL_ADDR || return 1

@@ -162,16 +162,7 @@ if [ -z "${CLUSTER_QUICK:-}" ]; then
   ) || true
   conformance_result "cluster of three behind nginx" "$C/conformance/conformance.log"
 
-  out="$C/clients.out"
-  RESULTS="$C/clients" CLIENTS_ADDR=$LB CLIENTS_PID=$NGINX_PID PASSED=0 FAILED=0 bash test/e2e/clients.sh >"$out" 2>&1
-  line=$(grep -E '^e2e: [0-9]+ passed, [0-9]+ failed' "$out" | tail -1)
-  p=$(sed -E 's/e2e: ([0-9]+) passed.*/\1/' <<<"$line"); f=$(sed -E 's/.*passed, ([0-9]+) failed/\1/' <<<"$line")
-  grep '^FAIL' "$out" | head -20
-  if [ -n "$line" ] && [ "${f:-1}" -eq 0 ] && [ "${p:-0}" -gt 20 ]; then
-    pass "real clients through the balancer: $p checks passed"
-  else
-    fail "real clients through the balancer: ${line:-no summary} (see $out)"
-  fi
+  clients_result "through the balancer" "$C/clients.out" RESULTS="$C/clients" CLIENTS_ADDR=$LB CLIENTS_PID=$NGINX_PID
 fi
 
 # ------------------------------------------------ 2. one upload over three instances

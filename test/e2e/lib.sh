@@ -163,5 +163,21 @@ YAML
 }
 
 
+# clients_result NAME OUT [env assignments...]: runs clients.sh whole with the given
+# environment (CLIENTS_SERVE_ARGS or CLIENTS_ADDR), its output in OUT, and counts it as
+# one check: its own summary with no failure and more than 20 passes.
+clients_result() {
+  local name=$1 out=$2 line p f; shift 2
+  env "$@" PASSED=0 FAILED=0 bash test/e2e/clients.sh >"$out" 2>&1
+  line=$(grep -E '^e2e: [0-9]+ passed, [0-9]+ failed' "$out" | tail -1)
+  p=$(sed -E 's/e2e: ([0-9]+) passed.*/\1/' <<<"$line"); f=$(sed -E 's/.*passed, ([0-9]+) failed/\1/' <<<"$line")
+  grep '^FAIL' "$out" | head -20
+  if [ -n "$line" ] && [ "${f:-1}" -eq 0 ] && [ "${p:-0}" -gt 20 ]; then
+    pass "real clients $name: $p checks passed"
+  else
+    fail "real clients $name: ${line:-no summary} (see $out)"
+  fi
+}
+
 # PostgreSQL and nginx, shared with the benchmark.
 . "$ROOT/test/servers.sh"

@@ -29,17 +29,8 @@ conformance_result "s3" "$S3R/conformance/conformance.log"
 # clients.sh runs whole against dockyard on S3; its counts join ours.
 for mode in plain redirect; do
   write_s3_config "$S3R/clients-$mode.yaml" "$([ $mode = redirect ] && echo true || echo false)" "clients-$mode"
-  out="$S3R/clients-$mode.out"
-  RESULTS="$S3R/clients-$mode" CLIENTS_SERVE_ARGS="--config $S3R/clients-$mode.yaml" PASSED=0 FAILED=0 \
-    bash test/e2e/clients.sh >"$out" 2>&1
-  line=$(grep -E '^e2e: [0-9]+ passed, [0-9]+ failed' "$out" | tail -1)
-  p=$(sed -E 's/e2e: ([0-9]+) passed.*/\1/' <<<"$line"); f=$(sed -E 's/.*passed, ([0-9]+) failed/\1/' <<<"$line")
-  grep '^FAIL' "$out" | head -20
-  if [ -n "$line" ] && [ "${f:-1}" -eq 0 ] && [ "${p:-0}" -gt 20 ]; then
-    pass "real clients on S3 ($mode): $p checks passed"
-  else
-    fail "real clients on S3 ($mode): ${line:-no summary} (see $out)"
-  fi
+  clients_result "on S3 ($mode)" "$S3R/clients-$mode.out" RESULTS="$S3R/clients-$mode" \
+    CLIENTS_SERVE_ARGS="--config $S3R/clients-$mode.yaml"
   # Nothing but the index (and the empty spool) under the data directory.
   left=$(find "$S3R/clients-$mode/clients/data" -type f -not -path '*/index/*' | head -5)
   check "S3 ($mode): the data directory holds only the index" eq "none" "${left:-none}"
