@@ -307,14 +307,7 @@ func (s *Store) deleteBlobs(ctx context.Context, batch []oci.Digest, cutoff int6
 		defer unlock()
 		held = append(held, h)
 	}
-	lost := func() bool {
-		for _, h := range held {
-			if h.Err() != nil {
-				return true
-			}
-		}
-		return false
-	}
+	lost := func() bool { return !s.locks.Holds(held...) }
 	var deleted []oci.Digest
 	var bytes int64
 	type gone struct {
@@ -513,7 +506,7 @@ func (s *Store) removeOrphanFiles(ctx context.Context, cutoff int64, dryRun bool
 		if err != nil || has {
 			return err
 		}
-		if held.Err() != nil {
+		if !s.locks.Holds(held) {
 			return oci.ErrIndexUnavailable.Withf("blob lock lost while removing orphan files")
 		}
 		n++

@@ -379,7 +379,7 @@ func (s *Store) commitBlob(ctx context.Context, w blobstore.Writer, d oci.Digest
 			}
 		}
 	}
-	if held.Err() != nil {
+	if !s.locks.Holds(held) {
 		// The lock went with the index's connection: a collection elsewhere may be
 		// deleting these bytes. The client tries again; the bytes stay until then.
 		return oci.ErrIndexUnavailable.Withf("the lock of blob %s was lost; try again", d)

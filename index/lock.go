@@ -15,6 +15,11 @@ type Locker interface {
 	Lock(ctx context.Context, key string) (held context.Context, unlock func(), err error)
 	// TryLock takes key if no one holds it; ok is false when someone does.
 	TryLock(ctx context.Context, key string) (held context.Context, unlock func(), ok bool, err error)
+	// Holds confirms, now, that the locks whose held contexts are given are still held
+	// (for PostgreSQL: their connection answers), cancelling them when not. Work with
+	// an outside effect that must stay under a lock asks right before the effect: the
+	// held context alone learns of a loss only within a keepalive period.
+	Holds(held ...context.Context) bool
 }
 
 // Presence is implemented by indexes several processes share: a serving instance says
@@ -70,6 +75,17 @@ func (l *LocalLocker) TryLock(ctx context.Context, key string) (context.Context,
 		l.leave(key, ll)
 		return nil, nil, false, nil
 	}
+}
+
+func (l *LocalLocker) Holds(held ...context.Context) bool { return allHeld(held) }
+
+func allHeld(held []context.Context) bool {
+	for _, h := range held {
+		if h == nil || h.Err() != nil {
+			return false
+		}
+	}
+	return true
 }
 
 func (l *LocalLocker) join(key string) *localLock {

@@ -150,6 +150,15 @@ func TestALockGoesWithItsConnection(t *testing.T) {
 	if err != nil || killed != 1 {
 		t.Fatalf("terminating the lock's connection: %d terminated, %v", killed, err)
 	}
+	// Once the backend is gone, Holds says so at once (not a keepalive later).
+	for gone := false; !gone; {
+		var n int
+		admin.QueryRow(context.Background(), `SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'`).Scan(&n)
+		gone = n == 0
+	}
+	if a.Holds(held) {
+		t.Error("Holds says a lock whose connection is gone is held")
+	}
 	select {
 	case <-held.Done():
 	case <-time.After(20 * time.Second):

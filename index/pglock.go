@@ -102,6 +102,24 @@ func (l *pgLocks) TryLock(ctx context.Context, key string) (context.Context, fun
 	return held, l.release(id, lost, cancel, unlockLocal), true, nil
 }
 
+// Holds pings the lock connection (a dead one is dropped, cancelling every held
+// context of its locks), then reports whether all of held are still held.
+func (l *pgLocks) Holds(held ...context.Context) bool {
+	if !allHeld(held) {
+		return false
+	}
+	l.sem <- struct{}{}
+	if l.conn != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), l.timeout)
+		if err := l.conn.Ping(ctx); err != nil {
+			l.drop()
+		}
+		cancel()
+	}
+	<-l.sem
+	return allHeld(held)
+}
+
 // acquire takes the connection's turn, giving up when ctx ends.
 func (l *pgLocks) acquire(ctx context.Context) error {
 	select {

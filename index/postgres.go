@@ -147,6 +147,8 @@ func (p *Postgres) TryLock(ctx context.Context, key string) (context.Context, fu
 	return p.locks.TryLock(ctx, key)
 }
 
+func (p *Postgres) Holds(held ...context.Context) bool { return p.locks.Holds(held...) }
+
 // Serve says that this process serves the index, until it closes.
 func (p *Postgres) Serve() error { return p.locks.serve() }
 
