@@ -18,6 +18,9 @@ import (
 type CheckOptions struct {
 	Repair        bool // fix reference counts, drop entries that point at nothing
 	VerifyDigests bool // re-hash every blob file
+	// Alone, on a shared index, is the held context of Store.Alone: the repair is
+	// written only while no instance can serve (confirmed right before).
+	Alone context.Context
 }
 
 // CheckReport lists what Check found.
@@ -153,6 +156,9 @@ func (s *Store) Check(ctx context.Context, opts CheckOptions) (CheckReport, erro
 	}
 	if !opts.Repair {
 		return rep, nil
+	}
+	if opts.Alone != nil && !s.Holds(opts.Alone) {
+		return rep, errors.New("fsck: this index is no longer held alone (its lock connection was lost); nothing repaired, run the repair again")
 	}
 	// Many fixes share a transaction, as many as Badger takes.
 	err = s.splitUpdate(0, len(fixes), func(txn index.Txn, lo, hi int) error {

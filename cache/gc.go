@@ -300,7 +300,7 @@ func (s *Store) deleteBlobs(ctx context.Context, batch []oci.Digest, cutoff int6
 	sorted = slices.Compact(sorted) // and a lock is taken once
 	var held []context.Context
 	for _, d := range sorted {
-		h, unlock, err := s.Lock(ctx, blobLock(d))
+		h, unlock, err := s.lockBlob(ctx, d)
 		if err != nil {
 			return 0, 0, err
 		}
@@ -497,7 +497,7 @@ func (s *Store) removeOrphanFiles(ctx context.Context, cutoff int64, dryRun bool
 		if b.ModTime.UnixNano() > cutoff {
 			return nil
 		}
-		held, unlock, err := s.Lock(ctx, blobLock(b.Digest))
+		held, unlock, err := s.lockBlob(ctx, b.Digest)
 		if err != nil {
 			return err
 		}
@@ -589,9 +589,9 @@ func (s *Store) purgeUpload(id string, cutoff time.Time) (bool, error) {
 	if s.beforePurgeLock != nil {
 		s.beforePurgeLock(id)
 	}
-	_, unlock, err := s.Lock(context.Background(), uploadLock(id))
-	if err != nil {
-		return false, err
+	_, unlock, ok, err := s.locks.TryLock(context.Background(), uploadLock(id))
+	if err != nil || !ok {
+		return false, err // busy: in use, so not stale
 	}
 	defer unlock()
 	purged := false

@@ -266,9 +266,43 @@ func (s *Store) RefCounts(d oci.Digest) (blobRefs, manifestRefs int64, err error
 
 // Lock takes a named lock shared by every instance on the index (see index.Locker):
 // the store's own are "upload/ID" and "blob/DIGEST". held is cancelled if the lock is
-// lost; a step with an outside effect checks it first.
+// lost; a step with an outside effect confirms it first (Holds).
 func (s *Store) Lock(ctx context.Context, key string) (held context.Context, unlock func(), err error) {
 	return s.locks.Lock(ctx, key)
+}
+
+// Holds confirms that the locks of held are still held (see index.Locker.Holds).
+func (s *Store) Holds(held ...context.Context) bool { return s.locks.Holds(held...) }
+
+// How long a request waits for a lock another holds. Requests are not cancelled when
+// their client leaves, so every wait is bounded: an upload busy with another request
+// (a client retrying while its first attempt still runs) is answered at once, a blob
+// being committed or collected elsewhere within a minute.
+const (
+	uploadLockWait = 2 * time.Second
+	blobLockWait   = time.Minute
+)
+
+// lockWithin takes key, waiting at most wait; then it answers busy.
+func (s *Store) lockWithin(ctx context.Context, key string, wait time.Duration, busy error) (context.Context, func(), error) {
+	wctx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
+	held, unlock, err := s.locks.Lock(wctx, key)
+	if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
+		return nil, nil, busy
+	}
+	return held, unlock, err
+}
+
+func (s *Store) lockUpload(ctx context.Context, id string) (context.Context, func(), error) {
+	busy := oci.ErrTooManyRequests.Withf("upload %s is busy with another request; try again", id)
+	busy.RetryAfter = "1"
+	return s.lockWithin(ctx, uploadLock(id), uploadLockWait, busy)
+}
+
+func (s *Store) lockBlob(ctx context.Context, d oci.Digest) (context.Context, func(), error) {
+	return s.lockWithin(ctx, blobLock(d), blobLockWait,
+		oci.ErrIndexUnavailable.Withf("blob %s is busy (being stored or collected elsewhere); try again", d))
 }
 
 // Shared reports whether other instances share the index (PostgreSQL): what one
@@ -289,11 +323,11 @@ func (s *Store) Serve() error {
 
 // Alone takes a shared index for the caller alone until release; ok is false while an
 // instance serves it. An index no other process opens is the caller's already.
-func (s *Store) Alone(ctx context.Context) (release func(), ok bool, err error) {
+func (s *Store) Alone(ctx context.Context) (held context.Context, release func(), ok bool, err error) {
 	if p, isShared := s.db.(index.Presence); isShared {
 		return p.Alone(ctx)
 	}
-	return func() {}, true, nil
+	return context.Background(), func() {}, true, nil
 }
 
 // TryLock takes a named lock if no instance holds it.

@@ -151,7 +151,7 @@ func (s *Store) GetUpload(ctx context.Context, reg, repo, id string) (*Upload, e
 // begins (-1 when it does not say); length is the chunk's size when known (-1
 // otherwise). A failed chunk leaves the upload as it was before.
 func (s *Store) AppendUpload(ctx context.Context, reg, repo, id string, start int64, r io.Reader, length int64) (*Upload, error) {
-	_, unlock, err := s.Lock(ctx, uploadLock(id))
+	held, unlock, err := s.lockUpload(ctx, id)
 	if err != nil {
 		return nil, err
 	}
@@ -166,9 +166,15 @@ func (s *Store) AppendUpload(ctx context.Context, reg, repo, id string, start in
 	if err := s.checkSpace(); err != nil {
 		return nil, err
 	}
+	from := u.Offset
 	w, h, err := s.appendChunk(ctx, u, r, length)
 	if err != nil {
 		return nil, err
+	}
+	if !s.Holds(held) {
+		// Another instance may be writing this upload now: keep nothing of the chunk.
+		w.Close()
+		return nil, oci.ErrIndexUnavailable.Withf("the lock of upload %s was lost; send the chunk again", id)
 	}
 	err = w.Flush()
 	w.Close()
@@ -179,7 +185,19 @@ func (s *Store) AppendUpload(ctx context.Context, reg, repo, id string, start in
 		return nil, err
 	}
 	u.UpdatedAt = s.now().UTC()
-	return u, s.update(func(txn index.Txn) error { return setJSON(txn, uploadKey(id), u) })
+	return u, s.update(func(txn index.Txn) error {
+		// Only over the record the chunk was written after: a session finished,
+		// cancelled or purged meanwhile is not brought back.
+		var now Upload
+		ok, err := getJSON(txn, uploadKey(id), &now)
+		if err != nil {
+			return err
+		}
+		if !ok || now.Offset != from {
+			return oci.ErrBlobUploadUnknown.Withf("upload %s changed while this chunk was written; start the upload again", id)
+		}
+		return setJSON(txn, uploadKey(id), u)
+	})
 }
 
 func (u *Upload) saveHash(h hash.Hash) (err error) {
@@ -242,7 +260,7 @@ func (s *Store) writeChunk(w blobstore.Writer, u *Upload, h hash.Hash, r io.Read
 // whole upload has digest d, commits the blob and links it to reg/repo. On a digest
 // mismatch the upload stays open as it was before the request.
 func (s *Store) FinishUpload(ctx context.Context, reg, repo, id string, d oci.Digest, start int64, r io.Reader, length int64) (int64, error) {
-	_, unlock, err := s.Lock(ctx, uploadLock(id))
+	_, unlock, err := s.lockUpload(ctx, id)
 	if err != nil {
 		return 0, err
 	}
@@ -366,7 +384,7 @@ func (s *Store) finishCommitted(ctx context.Context, u *Upload, d oci.Digest, r 
 // moved into place by an earlier attempt that stopped before its index transaction (a
 // crash) is taken as committed: only verified content is ever moved to a blob's place.
 func (s *Store) commitBlob(ctx context.Context, w blobstore.Writer, d oci.Digest, reg, repo string, size int64, done ...[]byte) error {
-	held, unlock, err := s.Lock(ctx, blobLock(d))
+	held, unlock, err := s.lockBlob(ctx, d)
 	if err != nil {
 		return err
 	}
@@ -419,7 +437,7 @@ func (s *Store) verifyUpload(w blobstore.Writer, u *Upload, h hash.Hash, d oci.D
 
 // CancelUpload drops upload id and its data.
 func (s *Store) CancelUpload(ctx context.Context, reg, repo, id string) error {
-	_, unlock, err := s.Lock(ctx, uploadLock(id))
+	_, unlock, err := s.lockUpload(ctx, id)
 	if err != nil {
 		return err
 	}

@@ -2,6 +2,7 @@ package cache
 
 import (
 	"context"
+	"errors"
 	"io"
 	"strings"
 	"testing"
@@ -131,4 +132,31 @@ func TestPurgeAgesUploadsByTheirLastChunk(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// A request on an upload another request is writing (a client retrying while its
+// first attempt still runs, or many requests parked on one session) is answered
+// "busy, try again" at once instead of waiting for the lock; the upload then goes on.
+func TestABusyUploadIsAnsweredAtOnce(t *testing.T) {
+	s := testStore(t, nil)
+	ctx := context.Background()
+	u, err := s.StartUpload(ctx, "dev", "app", oci.SHA256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, unlock, err := s.Lock(ctx, uploadLock(u.ID)) // another request writing it
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = s.AppendUpload(ctx, "dev", "app", u.ID, 0, strings.NewReader("chunk"), 5)
+	if e, ok := oci.AsError(err); !ok || e.Code != oci.ErrTooManyRequests || e.RetryAfter == "" {
+		t.Errorf("a chunk for a busy upload: %v, want TOOMANYREQUESTS with Retry-After", err)
+	}
+	if err := s.CancelUpload(ctx, "dev", "app", u.ID); !errors.Is(err, oci.ErrTooManyRequests) {
+		t.Errorf("cancelling a busy upload: %v", err)
+	}
+	unlock()
+	if _, err := s.AppendUpload(ctx, "dev", "app", u.ID, 0, strings.NewReader("chunk"), 5); err != nil {
+		t.Errorf("the chunk once the upload is free: %v", err)
+	}
 }

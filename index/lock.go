@@ -28,8 +28,8 @@ type Presence interface {
 	// Serve says this process serves the index, until it closes it.
 	Serve() error
 	// Alone takes the index for the caller alone until release; ok is false while an
-	// instance serves it.
-	Alone(ctx context.Context) (release func(), ok bool, err error)
+	// instance serves it. held is cancelled if that is lost (see Locker).
+	Alone(ctx context.Context) (held context.Context, release func(), ok bool, err error)
 }
 
 // LockerOf is db's locker: its own when the driver has one (PostgreSQL's advisory

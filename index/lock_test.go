@@ -331,3 +331,24 @@ func TestAViewRunsItsFunctionOnce(t *testing.T) {
 		}
 	})
 }
+
+// While an offline command holds the index alone, an instance does not start serving
+// it; once it is released, it does.
+func TestServingWaitsForAnIndexHeldAlone(t *testing.T) {
+	dsn := pgtest.Need(t, pg).NewDatabase(t)
+	offline, inst := openPG(t, dsn), openPG(t, dsn)
+	_, release, alone, err := offline.Alone(context.Background())
+	if err != nil || !alone {
+		t.Fatalf("Alone on an index no one serves: %v %v", alone, err)
+	}
+	if err := inst.Serve(); err == nil {
+		t.Error("an instance started serving an index an offline command holds alone")
+	}
+	release()
+	if err := inst.Serve(); err != nil {
+		t.Fatalf("serving after the offline command: %v", err)
+	}
+	if _, _, alone, err := offline.Alone(context.Background()); alone || err != nil {
+		t.Errorf("Alone beside a serving instance: %v %v", alone, err)
+	}
+}

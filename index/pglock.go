@@ -150,6 +150,7 @@ func (l *pgLocks) try(ctx context.Context, id int64) (lost context.Context, ok b
 		}
 		l.conn = conn
 		l.lost, l.loseAll = context.WithCancel(context.Background())
+		tuneSession(conn)
 		l.announce()
 	}
 	qctx, cancel := context.WithTimeout(context.Background(), l.timeout)
@@ -234,8 +235,12 @@ func (l *pgLocks) serve() error {
 		}
 		l.conn = conn
 		l.lost, l.loseAll = context.WithCancel(context.Background())
+		tuneSession(conn)
 	}
 	l.announce()
+	if !l.present {
+		return errors.New("index: an offline command (fsck --repair, index copy) holds this index alone; start the instance after it ends")
+	}
 	return nil
 }
 
@@ -268,6 +273,7 @@ func (l *pgLocks) keepalive() {
 			if conn, err := pgx.ConnectConfig(cctx, l.config); err == nil {
 				l.conn = conn
 				l.lost, l.loseAll = context.WithCancel(context.Background())
+				tuneSession(conn)
 			} else {
 				l.downTill = time.Now().Add(lockDownFor)
 			}
@@ -281,6 +287,26 @@ func (l *pgLocks) keepalive() {
 func (l *pgLocks) close() {
 	l.closeOnce.Do(func() { close(l.stop) })
 	<-l.done
+}
+
+// sessionSettings make PostgreSQL notice a dead dockyard within seconds (a host
+// crashed, a network cut: no FIN ever arrives) instead of after the kernel's two
+// hours, and end a transaction its client left open: a dead instance's advisory locks
+// and row locks are released in bounded time. Servers that do not know a setting
+// (tcp_user_timeout before PostgreSQL 12) skip it.
+var sessionSettings = []string{
+	"SET tcp_keepalives_idle = 5",
+	"SET tcp_keepalives_interval = 2",
+	"SET tcp_keepalives_count = 3",
+	"SET tcp_user_timeout = 10000",
+}
+
+func tuneSession(conn *pgx.Conn) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	for _, q := range sessionSettings {
+		conn.Exec(ctx, q)
+	}
 }
 
 // unavailable marks a failure to reach the database: the client hears 503 and may try

@@ -71,6 +71,12 @@ func OpenPostgres(ctx context.Context, o PostgresOptions) (*Postgres, error) {
 		o.AcquireTimeout = 5 * time.Second
 	}
 	cfg.ConnConfig.ConnectTimeout = 5 * time.Second
+	cfg.AfterConnect = func(ctx context.Context, conn *pgx.Conn) error {
+		tuneSession(conn)
+		// A transaction whose instance died mid-way ends with the transaction timeout.
+		conn.Exec(ctx, fmt.Sprintf("SET idle_in_transaction_session_timeout = %d", o.Timeout.Milliseconds()))
+		return nil
+	}
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("index: postgres: %w", err)
@@ -154,9 +160,8 @@ func (p *Postgres) Serve() error { return p.locks.serve() }
 
 // Alone takes the index for this process alone: ok is false while any instance
 // serves it.
-func (p *Postgres) Alone(ctx context.Context) (release func(), ok bool, err error) {
-	_, release, ok, err = p.locks.TryLock(ctx, presenceKey)
-	return release, ok, err
+func (p *Postgres) Alone(ctx context.Context) (held context.Context, release func(), ok bool, err error) {
+	return p.locks.TryLock(ctx, presenceKey)
 }
 
 // View reads one snapshot (REPEATABLE READ, read only), as Badger's View does: a

@@ -108,22 +108,28 @@ func (j *Jobs) due(job string, interval time.Duration) bool {
 	return time.Since(last) >= interval
 }
 
-// take takes job's lock, then checks (under it) that the job is still due; nil when
-// the job runs elsewhere or ran meanwhile. Its release records the run's end.
-func (j *Jobs) take(ctx context.Context, job string, due func() bool, attrs ...any) (release func(), err error) {
-	_, unlock, ok, err := j.Store.TryLock(ctx, job)
+// take takes job's lock, then checks (under it) that the job is still due; an error
+// when the job runs elsewhere or ran meanwhile. The job runs under jobCtx, which ends
+// if the lock is lost (another instance may start the job then); release records the
+// run's end.
+func (j *Jobs) take(ctx context.Context, job string, due func() bool, attrs ...any) (jobCtx context.Context, release func(), err error) {
+	held, unlock, ok, err := j.Store.TryLock(ctx, job)
 	if err != nil {
 		j.Log.Warn("job not started: its lock is unavailable", append([]any{"job", job, "err", err}, attrs...)...)
-		return nil, err
+		return nil, nil, err
 	}
 	if !ok {
-		return nil, j.busy(job, attrs...)
+		return nil, nil, j.busy(job, attrs...)
 	}
 	if due != nil && !due() {
 		unlock()
-		return nil, errNotDue
+		return nil, nil, errNotDue
 	}
-	return func() {
+	jobCtx, cancel := context.WithCancel(ctx)
+	stop := context.AfterFunc(held, cancel)
+	return jobCtx, func() {
+		stop()
+		cancel()
 		defer unlock()
 		now, _ := time.Now().MarshalText()
 		if err := j.Store.JobRecords().Put(job, now); err != nil {
@@ -158,7 +164,7 @@ func (j *Jobs) GC(ctx context.Context, dryRun bool) (cache.GCReport, error) {
 }
 
 func (j *Jobs) gc(ctx context.Context, dryRun bool, due func() bool) (cache.GCReport, error) {
-	release, err := j.take(ctx, gcJob, due)
+	ctx, release, err := j.take(ctx, gcJob, due)
 	if err != nil {
 		return cache.GCReport{}, err
 	}
@@ -191,7 +197,7 @@ func (j *Jobs) Purge(ctx context.Context) (int, error) {
 }
 
 func (j *Jobs) purge(ctx context.Context, due func() bool) (int, error) {
-	release, err := j.take(ctx, purgeJob, due)
+	ctx, release, err := j.take(ctx, purgeJob, due)
 	if err != nil {
 		return 0, err
 	}
@@ -225,7 +231,7 @@ func (j *Jobs) retention(ctx context.Context, name string, due func() bool) (Ret
 			continue
 		}
 		found = true
-		release, err := j.take(ctx, retentionJob(p.Name), due, "policy", p.Name)
+		jobCtx, release, err := j.take(ctx, retentionJob(p.Name), due, "policy", p.Name)
 		if errors.Is(err, errNotDue) {
 			continue
 		}
@@ -236,7 +242,7 @@ func (j *Jobs) retention(ctx context.Context, name string, due func() bool) (Ret
 		if err != nil {
 			return total, err
 		}
-		res, err := j.retain(ctx, p)
+		res, err := j.retain(jobCtx, p)
 		release()
 		ran++
 		total.TagsDeleted += res.TagsDeleted

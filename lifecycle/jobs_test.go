@@ -133,3 +133,53 @@ func TestRetentionOfEveryPolicyNamesThoseItSkipped(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// losing is the real store whose job locks can be lost on demand, and whose garbage
+// collection waits for its context (a long collection).
+type losing struct {
+	*cache.Store
+	lose    context.CancelFunc
+	running chan struct{}
+}
+
+func (l *losing) TryLock(ctx context.Context, key string) (context.Context, func(), bool, error) {
+	held, unlock, ok, err := l.Store.TryLock(ctx, key)
+	if !ok || err != nil {
+		return held, unlock, ok, err
+	}
+	h, lose := context.WithCancel(held)
+	l.lose = lose
+	return h, unlock, true, nil
+}
+
+func (l *losing) CollectGarbage(ctx context.Context, opts cache.GCOptions) (cache.GCReport, error) {
+	close(l.running)
+	select {
+	case <-ctx.Done():
+		return cache.GCReport{}, ctx.Err()
+	case <-time.After(30 * time.Second):
+		return cache.GCReport{}, nil
+	}
+}
+
+// A job whose lock is lost (its connection died: another instance may start the job
+// now) stops instead of running on beside the other.
+func TestAJobStopsWhenItsLockIsLost(t *testing.T) {
+	clk := &clock{now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	r := start(t, clk, nil)
+	store := &losing{Store: r.store, running: make(chan struct{})}
+	j := &lifecycle.Jobs{Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Store: store,
+		Engine: &lifecycle.Engine{Store: r.store, Registries: []string{"dev"}, Classes: lifecycle.DefaultClasses(), Now: clk.Now}}
+	done := make(chan error)
+	go func() { _, err := j.GC(context.Background(), false); done <- err }()
+	<-store.running
+	store.lose()
+	select {
+	case err := <-done:
+		if !errors.Is(err, context.Canceled) {
+			t.Errorf("the collection ended with %v, want it cancelled", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the collection ran on after its lock was lost")
+	}
+}

@@ -230,6 +230,9 @@ func (p *Proxy) fetchBlob(ctx context.Context, repo oci.Repository, d oci.Digest
 	return p.local.OpenBlob(ctx, repo, d)
 }
 
+// fetchLockWait bounds the wait for another instance's download of the same blob.
+const fetchLockWait = 30 * time.Second
+
 var (
 	errTooLarge = errors.New("blob larger than the proxy caches")
 	// errStoredMeanwhile: another instance sharing the index downloaded the blob while
@@ -251,7 +254,15 @@ var hookBeforeReader func(filled <-chan struct{})
 // blob it stored.
 func (p *Proxy) startFetch(ctx context.Context, repo oci.Repository, d oci.Digest, bf *blobFetch) (io.ReadCloser, int64) {
 	_, storedBefore, _ := p.local.store.HasBlob(d)
-	_, unlock, err := p.local.store.Lock(ctx, "fetch/"+string(d))
+	// The wait is bounded: past it (a slow download elsewhere, or an instance that
+	// died holding the lock) this instance downloads the blob itself.
+	wctx, cancel := context.WithTimeout(ctx, fetchLockWait)
+	_, unlock, err := p.local.store.Lock(wctx, "fetch/"+string(d))
+	cancel()
+	if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
+		p.log.Warn("another instance's download of the blob takes long: downloading it here too", "digest", d)
+		unlock, err = nil, nil
+	}
 	finish := func() {
 		if unlock != nil {
 			unlock()

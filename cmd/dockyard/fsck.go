@@ -25,10 +25,12 @@ func fsckCommand(args []string, stdout io.Writer) error {
 		return err
 	}
 	defer store.Close()
+	var held context.Context
 	if *repair {
 		// A repair writes what it recounted from one snapshot: a push meanwhile would
-		// be undone. On a shared index, the instances must be stopped first.
-		release, alone, err := store.Alone(context.Background())
+		// be undone. On a shared index, the instances must be stopped first, and stay
+		// stopped (they refuse to start while this holds the index).
+		h, release, alone, err := store.Alone(context.Background())
 		if err != nil {
 			return err
 		}
@@ -36,8 +38,9 @@ func fsckCommand(args []string, stdout io.Writer) error {
 			return errors.New("fsck --repair: dockyard instances are serving this index; stop them first (fsck without --repair runs beside them)")
 		}
 		defer release()
+		held = h
 	}
-	rep, err := store.Check(context.Background(), cache.CheckOptions{Repair: *repair, VerifyDigests: *verify})
+	rep, err := store.Check(context.Background(), cache.CheckOptions{Repair: *repair, VerifyDigests: *verify, Alone: held})
 	if err != nil {
 		return err
 	}

@@ -89,7 +89,7 @@ func indexCopy(args []string, stdout io.Writer) error {
 	}
 	defer dst.Close()
 	if p, ok := dst.(index.Presence); ok {
-		release, alone, err := p.Alone(context.Background())
+		_, release, alone, err := p.Alone(context.Background())
 		if err != nil {
 			return err
 		}

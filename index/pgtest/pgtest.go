@@ -170,6 +170,10 @@ func Main(m *testing.M, srv **Server) {
 		os.Exit(1)
 	}
 	*srv = s
+	if s != nil {
+		// For tests inside package index, which cannot reach srv: its default database.
+		os.Setenv("DOCKYARD_TEST_PG_DSN", fmt.Sprintf("postgres://postgres@127.0.0.1:%d/postgres?sslmode=disable", s.Port))
+	}
 	code := m.Run()
 	if s != nil {
 		s.Stop()
