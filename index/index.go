@@ -1,9 +1,10 @@
 // Package index keeps dockyard's index — repositories, tags, manifests, links,
 // referrers, reference counts, upload sessions, pull records — as ordered keys and
-// values in serialisable transactions. Badger is the embedded driver. What the keys
-// mean, and every rule that keeps them consistent (reference counting, pending
-// references, conditional deletes, GC, fsck), is package cache's: written once above
-// this seam, whatever the driver.
+// values in serialisable transactions, and the locks the instances sharing it take.
+// Badger is the embedded driver; PostgreSQL the one several instances share (with
+// advisory locks and a presence lock). What the keys mean, and every rule that keeps
+// them consistent (reference counting, pending references, conditional deletes, GC,
+// fsck), is package cache's: written once above this seam, whatever the driver.
 //
 // A driver gives each transaction a consistent snapshot and commits it only if
 // nothing it read (by Get or by Scan) was changed meanwhile by a transaction that
