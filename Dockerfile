@@ -24,9 +24,9 @@ USER 65532:65532
 VOLUME /data
 EXPOSE 5000
 
-# GET /v2/ on the default port; 200 (or 401 with authentication) is healthy. A server
-# configured on another port or with TLS needs the check overridden, e.g.
-# ["/dockyard","healthcheck","--url","https://127.0.0.1:5443/v2/","--insecure"].
+# GET /-/ready on the default port: 200 when the index and the blob store answer. A
+# server configured on another port or with TLS needs the check overridden, e.g.
+# ["/dockyard","healthcheck","--url","https://127.0.0.1:5443/-/ready","--insecure"].
 HEALTHCHECK --interval=10s --timeout=5s --start-period=1m --retries=3 \
   CMD ["/dockyard", "healthcheck"]
 

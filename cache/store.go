@@ -305,6 +305,40 @@ func (s *Store) lockBlob(ctx context.Context, d oci.Digest) (context.Context, fu
 		oci.ErrIndexUnavailable.Withf("blob %s is busy (being stored or collected elsewhere); try again", d))
 }
 
+// Ready asks the index and the blob store for an answer: nil each, or why not (also
+// when ctx ends first).
+func (s *Store) Ready(ctx context.Context) map[string]error {
+	type answer struct {
+		name string
+		err  error
+	}
+	answers := make(chan answer, 2)
+	go func() {
+		_, err := index.GetOne(s.db, key(kindMeta, "ready-probe"))
+		if errors.Is(err, index.ErrNotFound) {
+			err = nil
+		}
+		answers <- answer{"index", err}
+	}()
+	go func() {
+		_, err := s.blobs.Stat(ctx, oci.FromBytes(oci.SHA256, []byte("dockyard readiness probe")))
+		if errors.Is(err, blobstore.ErrNotExist) {
+			err = nil
+		}
+		answers <- answer{"storage", err}
+	}()
+	out := map[string]error{"index": errors.New("no answer in time"), "storage": errors.New("no answer in time")}
+	for range 2 {
+		select {
+		case a := <-answers:
+			out[a.name] = a.err
+		case <-ctx.Done():
+			return out
+		}
+	}
+	return out
+}
+
 // Shared reports whether other instances share the index (PostgreSQL): what one
 // keeps in memory of it may be changed by another at any time.
 func (s *Store) Shared() bool {

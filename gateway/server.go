@@ -50,6 +50,8 @@ type Options struct {
 	// names the real client (for login rate limits and the admin endpoint's loopback
 	// rule). Requests from other peers are taken at their address.
 	TrustedProxies []netip.Prefix
+	// Readiness is what /-/ready asks (nil: ready whenever the process answers).
+	Readiness Readiness
 }
 
 // CORS lists what browsers on other origins may do. No origins means no CORS headers.
@@ -182,6 +184,10 @@ func (g *Gateway) handle(ctx *fasthttp.RequestCtx) {
 	}
 	var err error
 	switch {
+	case string(ctx.Path()) == "/-/healthy" && (ctx.IsGet() || ctx.IsHead()):
+		g.healthy(ctx)
+	case string(ctx.Path()) == "/-/ready" && (ctx.IsGet() || ctx.IsHead()):
+		g.ready(ctx)
 	case bytes.HasPrefix(ctx.Path(), adminPrefix):
 		err = g.admin(ctx)
 	case g.auth != nil && string(ctx.Path()) == "/token":

@@ -10,13 +10,14 @@ import (
 	"time"
 )
 
-// healthCommand asks a running dockyard whether it answers: GET on its /v2/ endpoint,
-// healthy when the answer is 200, or 401 (a registry with authentication asks for
-// credentials there). It is the image's HEALTHCHECK, so it needs nothing but the
-// binary: a scratch image has no curl or wget.
+// healthCommand asks a running dockyard whether it is ready: GET on its /-/ready
+// endpoint (200 when the index and the blob store answer), or on another URL, such as
+// /v2/; healthy when the answer is 200, or 401 (a registry with authentication asks
+// for credentials at /v2/). It is the image's HEALTHCHECK, so it needs nothing but
+// the binary: a scratch image has no curl or wget.
 func healthCommand(args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("healthcheck", flag.ContinueOnError)
-	url := fs.String("url", "http://127.0.0.1:5000/v2/", "the registry's /v2/ endpoint")
+	url := fs.String("url", "http://127.0.0.1:5000/-/ready", "what to ask: the readiness endpoint, or /v2/")
 	timeout := fs.Duration("timeout", 3*time.Second, "bound on the whole request")
 	insecure := fs.Bool("insecure", false, "skip TLS certificate verification (an https URL on loopback)")
 	if err := fs.Parse(args); err != nil {
@@ -33,7 +34,7 @@ func healthCommand(args []string, stdout io.Writer) error {
 	client := &http.Client{
 		Transport: tr,
 		Timeout:   *timeout,
-		// /v2/ answers itself; a redirect is not a registry's answer.
+		// The endpoint answers itself; a redirect is not a registry's answer.
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 	}
 	defer tr.CloseIdleConnections()

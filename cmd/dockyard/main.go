@@ -32,7 +32,7 @@ const usage = `dockyard: a private container registry and registry federation ga
 Usage:
   dockyard serve [--config FILE] [--listen ADDR] [--data DIR]
   dockyard check-config --config FILE
-  dockyard healthcheck [--url http://127.0.0.1:5000/v2/] [--timeout 3s] [--insecure]
+  dockyard healthcheck [--url http://127.0.0.1:5000/-/ready] [--timeout 3s] [--insecure]
       (exit 0 when the registry answers 200 or 401; the container image's HEALTHCHECK)
   dockyard token create|list|revoke …   (CI tokens; see dockyard token)
   dockyard lifecycle plan|apply [--registry R] [--repo GLOB] [--json]
@@ -297,8 +297,8 @@ func build(ctx context.Context, cfg *config.Config, store *cache.Store, log *slo
 	}
 	c := cfg.HTTP.CORS
 	a.gw = gateway.New(gateway.Options{
-		TrustedProxies: trusted,
-		Admin:          a.admin, Admins: cfg.Lifecycle.Admins,
+		TrustedProxies: trusted, Readiness: store,
+		Admin: a.admin, Admins: cfg.Lifecycle.Admins,
 		Auth: authService, TokenHosts: tokenHosts, TLS: cfg.TLS.CertFile != "",
 		Router: router, Logger: log, MaxManifestSize: int64(cfg.HTTP.MaxManifestSize),
 		ReadTimeout: cfg.HTTP.ReadTimeout, UploadTimeout: cfg.HTTP.UploadTimeout,

@@ -129,9 +129,9 @@ dead=$(docker run -d --network none --health-interval 1s --health-retries 2 --he
 health_is() { [ "$(docker inspect -f '{{.State.Health.Status}}' "$1" 2>/dev/null)" = "$2" ]; }
 check "the image's health check: a registry not answering on :5000 becomes unhealthy" \
   bounded unhealthy 30 health_is "$dead" unhealthy
-check "the health check says why (GET http://127.0.0.1:5000/v2/: connection refused)" \
+check "the health check says why (GET http://127.0.0.1:5000/-/ready: connection refused)" \
   eq "yes" "$(docker inspect -f '{{range .State.Health.Log}}{{.Output}}{{end}}' "$dead" 2>/dev/null |
-    grep -q 'unhealthy: Get "http://127.0.0.1:5000/v2/".*connection refused' && echo yes)"
+    grep -q 'unhealthy: Get "http://127.0.0.1:5000/-/ready".*connection refused' && echo yes)"
 docker rm -f -v "$dead" >/dev/null 2>&1
 
 # ----------------------------------------------- docker-compose.single.yml, running
@@ -165,8 +165,8 @@ trap down EXIT
 check "docker-compose up -d (single, $NET networking)" run "${DC[@]}" "${FILES[@]}" up -d
 CID=$("${DC[@]}" "${FILES[@]}" ps -q dockyard 2>>"$LOG")
 check "the container becomes healthy" bounded healthy 60 health_is "$CID" healthy
-check "its health check asked /v2/ and got 200" \
-  eq "healthy: 200 OK" "$(docker inspect -f '{{range .State.Health.Log}}{{.Output}}{{end}}' "$CID" 2>/dev/null | grep -o -m1 'healthy: GET [^ ]*/v2/: 200 OK' | sed 's/GET [^ ]* //')"
+check "its health check asked /-/ready and got 200" \
+  eq "healthy: 200 OK" "$(docker inspect -f '{{range .State.Health.Log}}{{.Output}}{{end}}' "$CID" 2>/dev/null | grep -o -m1 'healthy: GET [^ ]*/-/ready: 200 OK' | sed 's/GET [^ ]* //')"
 check "the registry answers on the published port" \
   eq 200 "$(curl -s -o /dev/null -w '%{http_code}' "http://$R/v2/")"
 

@@ -1,0 +1,92 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/dockyard/dockyard/blobstore/s3test"
+	"github.com/dockyard/dockyard/index/pgtest"
+)
+
+// /-/healthy answers while the process runs; /-/ready turns 503, naming the check,
+// while PostgreSQL or the S3 server is down, and 200 again once it is back — without
+// credentials, with authentication on.
+func TestReadinessFollowsTheIndexAndTheStorage(t *testing.T) {
+	srv := s3test.Need(t, s3server)
+	pgs := pgtest.Need(t, pgserver)
+	dsn := pgs.NewDatabase(t)
+	bucket, err := srv.NewBucket(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	t.Setenv("READY_TEST_SECRET", srv.Secret)
+	t.Setenv("READY_TEST_DSN", dsn)
+	cfgFile := filepath.Join(dir, "c.yaml")
+	os.WriteFile(filepath.Join(dir, "htpasswd"), nil, 0o600)
+	os.WriteFile(cfgFile, []byte(fmt.Sprintf(`index: {driver: postgres, postgres: {dsn_env: READY_TEST_DSN, timeout: 3s}}
+storage:
+  driver: s3
+  s3: {endpoint: %q, bucket: %q, path_style: true, access_key_id: %q, secret_access_key_env: READY_TEST_SECRET}
+auth: {mode: basic, users_file: htpasswd}
+`, srv.Endpoint, bucket, srv.Access)), 0o600)
+	addr, stop := serveWith(t, cfgFile, filepath.Join(dir, "data"))
+	defer stop()
+	get := func(path string) (int, map[string]any) {
+		resp, err := http.Get("http://" + addr + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var body map[string]any
+		json.NewDecoder(resp.Body).Decode(&body)
+		return resp.StatusCode, body
+	}
+	checks := func(body map[string]any) string {
+		c, _ := body["checks"].(map[string]any)
+		return fmt.Sprintf("index=%v storage=%v", c["index"], c["storage"])
+	}
+	// until waits (bounded) for /-/ready to answer want with those checks.
+	until := func(what string, want int, wantChecks string) {
+		t.Helper()
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			st, body := get("/-/ready")
+			if st == want && checks(body) == wantChecks {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: /-/ready is %d %s, want %d %s", what, st, checks(body), want, wantChecks)
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+	}
+	if st, _ := get("/-/healthy"); st != 200 {
+		t.Errorf("/-/healthy: %d", st)
+	}
+	until("all up", 200, "index=ok storage=ok")
+
+	srv.Pause()
+	until("S3 down", 503, "index=ok storage=unavailable")
+	if st, _ := get("/-/healthy"); st != 200 {
+		t.Errorf("/-/healthy with S3 down: %d (liveness must not follow dependencies)", st)
+	}
+	if err := srv.Resume(); err != nil {
+		t.Fatal(err)
+	}
+	until("S3 back", 200, "index=ok storage=ok")
+
+	if err := pgs.Pause(); err != nil {
+		t.Fatal(err)
+	}
+	until("PostgreSQL down", 503, "index=unavailable storage=ok")
+	if err := pgs.Resume(); err != nil {
+		t.Fatal(err)
+	}
+	until("PostgreSQL back", 200, "index=ok storage=ok")
+}
