@@ -183,6 +183,8 @@ type RateLimit struct {
 type Log struct {
 	Level  string `mapstructure:"level"`  // debug, info, warn, error
 	Format string `mapstructure:"format"` // text or json
+	// Access: one line per request (msg=access), whatever the level.
+	Access bool `mapstructure:"access"`
 }
 
 // HTTP configures the listener.
@@ -333,6 +335,7 @@ func setDefaults(v *viper.Viper) {
 	v.SetDefault("data", "./data")
 	v.SetDefault("log.level", "info")
 	v.SetDefault("log.format", "text")
+	v.SetDefault("log.access", true)
 	v.SetDefault("http.read_timeout", "1m")
 	v.SetDefault("http.upload_timeout", "1h")
 	v.SetDefault("http.idle_timeout", "2m")

@@ -52,6 +52,8 @@ type Options struct {
 	TrustedProxies []netip.Prefix
 	// Readiness is what /-/ready asks (nil: ready whenever the process answers).
 	Readiness Readiness
+	// AccessLog, when set, gets one line per request (see logAccess).
+	AccessLog *slog.Logger
 }
 
 // CORS lists what browsers on other origins may do. No origins means no CORS headers.
@@ -178,6 +180,9 @@ func (g *Gateway) handle(ctx *fasthttp.RequestCtx) {
 			g.connMu.Unlock()
 		}
 	}()
+	ae := &accessEntry{id: g.reqID.Add(1), start: time.Now()}
+	ctx.SetUserValue(accessKey, ae)
+	defer g.logAccess(ctx, ae)
 	ctx.Response.Header.Set("Docker-Distribution-API-Version", "registry/2.0")
 	if g.cors(ctx) {
 		return
@@ -185,12 +190,16 @@ func (g *Gateway) handle(ctx *fasthttp.RequestCtx) {
 	var err error
 	switch {
 	case string(ctx.Path()) == "/-/healthy" && (ctx.IsGet() || ctx.IsHead()):
+		ae.route = "healthy"
 		g.healthy(ctx)
 	case string(ctx.Path()) == "/-/ready" && (ctx.IsGet() || ctx.IsHead()):
+		ae.route = "ready"
 		g.ready(ctx)
 	case bytes.HasPrefix(ctx.Path(), adminPrefix):
+		ae.route = "admin"
 		err = g.admin(ctx)
 	case g.auth != nil && string(ctx.Path()) == "/token":
+		ae.route = "token"
 		err = g.token(ctx)
 	default:
 		var route Route
@@ -215,11 +224,24 @@ func (g *Gateway) dispatch(ctx *fasthttp.RequestCtx, route Route) error {
 		return oci.ErrUnsupported.Withf("method %s is not allowed on the %s endpoint", ctx.Method(), ep.name)
 	}
 	req := &request{ctx: ctx, c: g.life, route: route, who: &principal{}}
+	ae := accessOf(ctx)
+	ae.route, ae.repository = ep.name, string(route.Repo)
+	switch {
+	case route.Kind == KindManifest:
+		ae.reference = route.Reference.String()
+	case route.Digest != "":
+		ae.reference = string(route.Digest)
+	case route.UploadID != "":
+		ae.reference = route.UploadID
+	}
 	upload := ep.upload && isUploadRequest(ctx.Method(), ctx.RequestURI())
 	if g.auth != nil {
 		var err error
 		if req.who, err = g.authenticate(ctx); err != nil {
 			return err
+		}
+		if id := req.who.identity(); id != nil && !id.Anonymous() {
+			ae.user = id.Name
 		}
 	} else if upload {
 		g.extendRead(ctx)
@@ -231,10 +253,12 @@ func (g *Gateway) dispatch(ctx *fasthttp.RequestCtx, route Route) error {
 			return err
 		}
 		req.reg = reg
+		ae.registry = reg.Name()
 	case scopeRepository:
 		if err := g.resolve(req); err != nil {
 			return err
 		}
+		ae.registry = req.reg.Name()
 		if g.auth != nil {
 			if err := g.authorize(req, o.action); err != nil {
 				return err
@@ -320,7 +344,7 @@ type errorEntry struct {
 func (g *Gateway) writeError(ctx *fasthttp.RequestCtx, err error) {
 	e, ok := oci.AsError(err)
 	if !ok {
-		id := g.reqID.Add(1)
+		id := accessOf(ctx).id
 		g.log.Error("internal error", "request_id", id, "method", string(ctx.Method()),
 			"path", string(ctx.URI().PathOriginal()), "err", err)
 		e = oci.ErrUnknown.Withf("internal error (request id %d)", id)

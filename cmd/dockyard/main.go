@@ -297,7 +297,7 @@ func build(ctx context.Context, cfg *config.Config, store *cache.Store, log *slo
 	}
 	c := cfg.HTTP.CORS
 	a.gw = gateway.New(gateway.Options{
-		TrustedProxies: trusted, Readiness: store,
+		TrustedProxies: trusted, Readiness: store, AccessLog: accessLogger(cfg.Log, os.Stderr),
 		Admin: a.admin, Admins: cfg.Lifecycle.Admins,
 		Auth: authService, TokenHosts: tokenHosts, TLS: cfg.TLS.CertFile != "",
 		Router: router, Logger: log, MaxManifestSize: int64(cfg.HTTP.MaxManifestSize),
@@ -367,6 +367,15 @@ func secret(file, env string) (string, error) {
 		return v, nil
 	}
 	return "", nil
+}
+
+// accessLogger writes the access log (log.access) in the log's format, at any level.
+func accessLogger(c config.Log, w io.Writer) *slog.Logger {
+	if !c.Access {
+		return nil
+	}
+	c.Level = "info"
+	return newLogger(c, w)
 }
 
 func newLogger(c config.Log, w io.Writer) *slog.Logger {

@@ -49,6 +49,8 @@ case "$ONLY" in "" | hosted | proxy | auth | lifecycle | s3 | cluster) ;; *) ech
 # part NAME: whether this run includes that part.
 part() { [ -z "$ONLY" ] || [ "$ONLY" = "$1" ]; }
 CONNS=32
+# The reference registry runs with its access log off; so does dockyard here.
+export DOCKYARD_LOG_ACCESS=false
 ACCEPT='Accept: application/vnd.oci.image.manifest.v1+json'
 
 tools=(go)
