@@ -27,6 +27,7 @@ type Config struct {
 	Listen     string     `mapstructure:"listen"`
 	Data       string     `mapstructure:"data"`
 	Log        Log        `mapstructure:"log"`
+	Metrics    Metrics    `mapstructure:"metrics"`
 	HTTP       HTTP       `mapstructure:"http"`
 	Storage    Storage    `mapstructure:"storage"`
 	Index      Index      `mapstructure:"index"`
@@ -187,6 +188,14 @@ type Log struct {
 	Access bool `mapstructure:"access"`
 }
 
+// Metrics configures the Prometheus metrics: at /metrics on the main listener (for
+// loopback clients, or admins with authentication on), or on Listen, an address of
+// their own (no authentication: bind it to an internal network).
+type Metrics struct {
+	Enabled bool   `mapstructure:"enabled"`
+	Listen  string `mapstructure:"listen"`
+}
+
 // HTTP configures the listener.
 type HTTP struct {
 	ReadTimeout     time.Duration `mapstructure:"read_timeout"`
@@ -336,6 +345,8 @@ func setDefaults(v *viper.Viper) {
 	v.SetDefault("log.level", "info")
 	v.SetDefault("log.format", "text")
 	v.SetDefault("log.access", true)
+	v.SetDefault("metrics.enabled", true)
+	v.SetDefault("metrics.listen", "")
 	v.SetDefault("http.read_timeout", "1m")
 	v.SetDefault("http.upload_timeout", "1h")
 	v.SetDefault("http.idle_timeout", "2m")

@@ -28,17 +28,23 @@ func accessOf(ctx *fasthttp.RequestCtx) *accessEntry {
 	return e
 }
 
-// logAccess writes the request's line: never its query string (it may carry tokens)
-// nor any header but the user agent. duration is the time until the response was
-// ready to send; bytes, the response's length (for a streamed blob, what it declares).
-func (g *Gateway) logAccess(ctx *fasthttp.RequestCtx, e *accessEntry) {
-	if g.opts.AccessLog == nil {
+// finish accounts for a handled request: its access-log line and its metrics.
+func (g *Gateway) finish(ctx *fasthttp.RequestCtx, e *accessEntry) {
+	if g.opts.AccessLog == nil && g.metrics == nil {
 		return
 	}
-	user := e.user
-	if user == "" {
-		user = "-"
+	size := responseBytes(ctx)
+	if g.metrics != nil {
+		g.metrics.observe(ctx, e, size)
 	}
+	if g.opts.AccessLog != nil {
+		g.logAccess(ctx, e, size)
+	}
+}
+
+// responseBytes is the length of the response body: for a streamed blob, what it
+// declares.
+func responseBytes(ctx *fasthttp.RequestCtx) int {
 	size := 0
 	switch {
 	case ctx.IsHead():
@@ -46,6 +52,17 @@ func (g *Gateway) logAccess(ctx *fasthttp.RequestCtx, e *accessEntry) {
 		size = max(ctx.Response.Header.ContentLength(), 0)
 	default:
 		size = len(ctx.Response.Body())
+	}
+	return size
+}
+
+// logAccess writes the request's line: never its query string (it may carry tokens)
+// nor any header but the user agent. duration is the time until the response was
+// ready to send.
+func (g *Gateway) logAccess(ctx *fasthttp.RequestCtx, e *accessEntry, size int) {
+	user := e.user
+	if user == "" {
+		user = "-"
 	}
 	remote := g.clientIP(ctx)
 	if !remote.IsValid() { // a trusted proxy that named no client, or named it badly

@@ -54,6 +54,9 @@ type Options struct {
 	Readiness Readiness
 	// AccessLog, when set, gets one line per request (see logAccess).
 	AccessLog *slog.Logger
+	// Metrics turns the Prometheus metrics on (Gateway.Metrics, MetricsHandler);
+	// MetricsOnMain also serves them at /metrics on this listener.
+	Metrics, MetricsOnMain bool
 }
 
 // CORS lists what browsers on other origins may do. No origins means no CORS headers.
@@ -68,11 +71,12 @@ type CORS struct {
 
 // Gateway serves the distribution API.
 type Gateway struct {
-	opts   Options
-	auth   *auth.Service
-	log    *slog.Logger
-	server *fasthttp.Server
-	reqID  atomic.Uint64
+	opts    Options
+	metrics *metrics // nil: off
+	auth    *auth.Service
+	log     *slog.Logger
+	server  *fasthttp.Server
+	reqID   atomic.Uint64
 
 	// Shutdown waits for handlers; past its deadline it closes the connections still
 	// open so that handlers reading a body stop, and waits for them again: the store
@@ -107,6 +111,9 @@ func New(opts Options) *Gateway {
 		opts.IdleTimeout = 2 * time.Minute
 	}
 	g := &Gateway{opts: opts, auth: opts.Auth, log: opts.Logger, conns: map[net.Conn]struct{}{}}
+	if opts.Metrics {
+		g.metrics = newMetrics()
+	}
 	g.life, g.stop = context.WithCancel(context.Background())
 	g.idle = sync.NewCond(&g.connMu)
 	g.server = &fasthttp.Server{
@@ -182,13 +189,24 @@ func (g *Gateway) handle(ctx *fasthttp.RequestCtx) {
 	}()
 	ae := &accessEntry{id: g.reqID.Add(1), start: time.Now()}
 	ctx.SetUserValue(accessKey, ae)
-	defer g.logAccess(ctx, ae)
+	if g.metrics != nil {
+		g.metrics.inFlight.Inc()
+		defer g.metrics.inFlight.Dec()
+	}
+	defer g.finish(ctx, ae)
 	ctx.Response.Header.Set("Docker-Distribution-API-Version", "registry/2.0")
 	if g.cors(ctx) {
 		return
 	}
 	var err error
 	switch {
+	case g.opts.MetricsOnMain && g.metrics != nil && string(ctx.Path()) == "/metrics" && ctx.IsGet():
+		// As the admin endpoint: loopback clients without authentication, admins with
+		// it. A scraper elsewhere uses metrics.listen, an address of its own.
+		ae.route = "metrics"
+		if err = g.adminAllowed(ctx); err == nil {
+			g.metrics.serveHTTP(ctx)
+		}
 	case string(ctx.Path()) == "/-/healthy" && (ctx.IsGet() || ctx.IsHead()):
 		ae.route = "healthy"
 		g.healthy(ctx)

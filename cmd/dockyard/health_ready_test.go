@@ -1,11 +1,16 @@
 package main
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -89,4 +94,46 @@ auth: {mode: basic, users_file: htpasswd}
 		t.Fatal(err)
 	}
 	until("PostgreSQL back", 200, "index=ok storage=ok")
+}
+
+// Metrics on an address of their own (metrics.listen), with the jobs' counters and the
+// Go runtime's beside the gateway's.
+func TestMetricsOnTheirOwnAddress(t *testing.T) {
+	dir := t.TempDir()
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	maddr := ln.Addr().String()
+	ln.Close()
+	cfgFile := filepath.Join(dir, "c.yaml")
+	os.WriteFile(cfgFile, []byte("listen: 127.0.0.1:0\nmetrics: {listen: \""+maddr+"\"}\n"), 0o600)
+	var errb bytes.Buffer
+	done := make(chan error, 1)
+	go func() {
+		done <- serve([]string{"--config", cfgFile, "--data", filepath.Join(dir, "data"), "--listen", "127.0.0.1:0"}, &errb)
+	}()
+	scrape := func() string {
+		for range 100 {
+			resp, err := http.Get("http://" + maddr + "/metrics")
+			if err == nil {
+				b, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				return string(b)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		t.Fatalf("no metrics on %s: %s", maddr, errb.String())
+		return ""
+	}
+	body := scrape()
+	if !strings.Contains(body, "dockyard_gc_runs_total 0") || !strings.Contains(body, "go_goroutines") {
+		t.Errorf("metrics without the jobs' counters or the runtime's:\n%.2000s", body)
+	}
+	syscall.Kill(os.Getpid(), syscall.SIGTERM)
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("serve: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("serve did not stop")
+	}
 }

@@ -14,8 +14,12 @@ import (
 	"os"
 	"os/signal"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/valyala/fasthttp"
 
 	"github.com/dockyard/dockyard/blobstore"
 	"github.com/dockyard/dockyard/cache"
@@ -147,6 +151,17 @@ func serve(args []string, stderr io.Writer) error {
 	}
 	log.Info("dockyard listening", "addr", l.Addr().String(), "data", cfg.Data, "registries", len(cfg.Registries))
 
+	if cfg.Metrics.Enabled && cfg.Metrics.Listen != "" {
+		ml, err := net.Listen("tcp", cfg.Metrics.Listen)
+		if err != nil {
+			a.close()
+			return fmt.Errorf("metrics.listen: %w", err)
+		}
+		ms := &fasthttp.Server{Handler: a.gw.MetricsHandler(), Name: "dockyard-metrics", ReadTimeout: 10 * time.Second}
+		go ms.Serve(ml)
+		defer ms.Shutdown()
+		log.Info("metrics listening", "addr", ml.Addr().String())
+	}
 	a.jobs.Start(ctx)
 	errc := make(chan error, 1)
 	go func() { errc <- a.gw.Serve(l) }()
@@ -298,6 +313,7 @@ func build(ctx context.Context, cfg *config.Config, store *cache.Store, log *slo
 	c := cfg.HTTP.CORS
 	a.gw = gateway.New(gateway.Options{
 		TrustedProxies: trusted, Readiness: store, AccessLog: accessLogger(cfg.Log, os.Stderr),
+		Metrics: cfg.Metrics.Enabled, MetricsOnMain: cfg.Metrics.Listen == "",
 		Admin: a.admin, Admins: cfg.Lifecycle.Admins,
 		Auth: authService, TokenHosts: tokenHosts, TLS: cfg.TLS.CertFile != "",
 		Router: router, Logger: log, MaxManifestSize: int64(cfg.HTTP.MaxManifestSize),
@@ -307,7 +323,29 @@ func build(ctx context.Context, cfg *config.Config, store *cache.Store, log *slo
 			AllowedHeaders: c.AllowedHeaders, ExposedHeaders: c.ExposedHeaders,
 			AllowCredentials: c.AllowCredentials, MaxAge: c.MaxAge},
 	})
+	if reg := a.gw.Metrics(); reg != nil {
+		registerJobMetrics(reg, jobs)
+	}
 	return a, nil
+}
+
+// registerJobMetrics exports the scheduled and on-demand jobs' counters.
+func registerJobMetrics(reg *prometheus.Registry, j *lifecycle.Jobs) {
+	for _, c := range []struct {
+		name, help string
+		v          *atomic.Int64
+	}{
+		{"dockyard_gc_runs_total", "Garbage collections run by this instance.", &j.GCRuns},
+		{"dockyard_gc_blobs_collected_total", "Blobs deleted by garbage collection.", &j.BlobsCollected},
+		{"dockyard_gc_manifests_collected_total", "Manifests deleted by garbage collection.", &j.ManifestsCollected},
+		{"dockyard_uploads_purged_total", "Abandoned uploads purged.", &j.UploadsPurged},
+		{"dockyard_retention_runs_total", "Retention policy runs.", &j.RetentionRuns},
+		{"dockyard_retention_tags_deleted_total", "Tags deleted by retention.", &j.TagsDeleted},
+	} {
+		v := c.v
+		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: c.name, Help: c.help},
+			func() float64 { return float64(v.Load()) }))
+	}
 }
 
 // buildRegistries makes every configured registry; groups last, over the others.
