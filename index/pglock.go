@@ -141,17 +141,9 @@ func (l *pgLocks) try(ctx context.Context, id int64) (lost context.Context, ok b
 		if time.Now().Before(l.downTill) {
 			return nil, false, unavailable("locks", errors.New("the lock connection failed moments ago"))
 		}
-		cctx, cancel := context.WithTimeout(context.Background(), l.timeout)
-		conn, err := pgx.ConnectConfig(cctx, l.config)
-		cancel()
-		if err != nil {
-			l.downTill = time.Now().Add(lockDownFor)
-			return nil, false, unavailable("locks", err)
+		if err := l.connect(); err != nil {
+			return nil, false, err
 		}
-		l.conn = conn
-		l.lost, l.loseAll = context.WithCancel(context.Background())
-		tuneSession(conn)
-		l.announce()
 	}
 	qctx, cancel := context.WithTimeout(context.Background(), l.timeout)
 	defer cancel()
@@ -184,6 +176,24 @@ func (l *pgLocks) release(id int64, lost context.Context, cancel context.CancelF
 			}
 		})
 	}
+}
+
+// connect opens the lock connection (its settings made, this process's presence
+// announced); after a failure, callers fail at once for lockDownFor. The caller has the
+// connection's turn.
+func (l *pgLocks) connect() error {
+	ctx, cancel := context.WithTimeout(context.Background(), l.timeout)
+	defer cancel()
+	conn, err := pgx.ConnectConfig(ctx, l.config)
+	if err != nil {
+		l.downTill = time.Now().Add(lockDownFor)
+		return unavailable("locks", err)
+	}
+	l.conn = conn
+	l.lost, l.loseAll = context.WithCancel(context.Background())
+	tuneSession(conn)
+	l.announce()
+	return nil
 }
 
 // drop closes a failed connection: PostgreSQL releases its locks, so their holders
@@ -227,15 +237,9 @@ func (l *pgLocks) serve() error {
 	defer func() { <-l.sem }()
 	l.serving = true
 	if l.conn == nil {
-		ctx, cancel := context.WithTimeout(context.Background(), l.timeout)
-		conn, err := pgx.ConnectConfig(ctx, l.config)
-		cancel()
-		if err != nil {
-			return unavailable("locks", err)
+		if err := l.connect(); err != nil {
+			return err
 		}
-		l.conn = conn
-		l.lost, l.loseAll = context.WithCancel(context.Background())
-		tuneSession(conn)
 	}
 	l.announce()
 	if !l.present {
@@ -268,16 +272,7 @@ func (l *pgLocks) keepalive() {
 			cancel()
 		}
 		if l.conn == nil && l.serving && time.Now().After(l.downTill) {
-			// Serving, without a connection (PostgreSQL restarted): announce again.
-			cctx, cancel := context.WithTimeout(context.Background(), l.timeout)
-			if conn, err := pgx.ConnectConfig(cctx, l.config); err == nil {
-				l.conn = conn
-				l.lost, l.loseAll = context.WithCancel(context.Background())
-				tuneSession(conn)
-			} else {
-				l.downTill = time.Now().Add(lockDownFor)
-			}
-			cancel()
+			l.connect() // serving, without a connection (PostgreSQL restarted): announce again
 		}
 		l.announce()
 		<-l.sem

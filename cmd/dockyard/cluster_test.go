@@ -34,24 +34,8 @@ import (
 // one is what the other serves on the very next request, and an upload continues on
 // whichever instance its next request reaches.
 func TestTwoInstancesShareOneIndexAndOneBucket(t *testing.T) {
-	srv := s3test.Need(t, s3server)
-	dsn := pgtest.Need(t, pgserver).NewDatabase(t)
-	bucket, err := srv.NewBucket(t.Context())
-	if err != nil {
-		t.Fatal(err)
-	}
 	dir := t.TempDir()
-	cfgFile := filepath.Join(dir, "cluster.yaml")
-	t.Setenv("CLUSTER_TEST_SECRET", srv.Secret)
-	t.Setenv("CLUSTER_TEST_DSN", dsn)
-	os.WriteFile(cfgFile, []byte(fmt.Sprintf(`index:
-  driver: postgres
-  postgres: {dsn_env: CLUSTER_TEST_DSN}
-storage:
-  driver: s3
-  s3: {endpoint: %q, bucket: %q, path_style: true, part_size: 5MiB, access_key_id: %q, secret_access_key_env: CLUSTER_TEST_SECRET}
-limits: {upload_sessions_per_client: 2}
-`, srv.Endpoint, bucket, srv.Access)), 0o600)
+	cfgFile := sharedConfig(t, dir, "limits: {upload_sessions_per_client: 2}\n")
 	a, stopA := serveWith(t, cfgFile, filepath.Join(dir, "a"))
 	defer stopA()
 	b, stopB := serveWith(t, cfgFile, filepath.Join(dir, "b"))
@@ -182,6 +166,33 @@ limits: {upload_sessions_per_client: 2}
 
 func sha256Sum(b []byte) [32]byte { return sha256.Sum256(b) }
 
+// sharedConfig writes dir/cluster.yaml: the index in a fresh PostgreSQL database, the
+// blobs in a fresh bucket of the test S3 server, then extra (YAML); instances started
+// on it share both.
+func sharedConfig(t *testing.T, dir, extra string) string {
+	t.Helper()
+	srv := s3test.Need(t, s3server)
+	dsn := pgtest.Need(t, pgserver).NewDatabase(t)
+	bucket, err := srv.NewBucket(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("CLUSTER_TEST_SECRET", srv.Secret)
+	t.Setenv("CLUSTER_TEST_DSN", dsn)
+	cfgFile := filepath.Join(dir, "cluster.yaml")
+	err = os.WriteFile(cfgFile, []byte(fmt.Sprintf(`index:
+  driver: postgres
+  postgres: {dsn_env: CLUSTER_TEST_DSN}
+storage:
+  driver: s3
+  s3: {endpoint: %q, bucket: %q, path_style: true, part_size: 5MiB, access_key_id: %q, secret_access_key_env: CLUSTER_TEST_SECRET}
+`, srv.Endpoint, bucket, srv.Access)+extra), 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cfgFile
+}
+
 // countingUpstream is a registry (go-containerregistry's) that counts blob GETs.
 func countingUpstream(t *testing.T) (host string, blobGETs *atomic.Int64) {
 	n := &atomic.Int64{}
@@ -202,26 +213,11 @@ func countingUpstream(t *testing.T) (host string, blobGETs *atomic.Int64) {
 // cold pulls of one proxied blob through both make one upstream download; scheduled
 // garbage collection runs on one instance at a time, and goes on when that one stops.
 func TestTwoInstancesShareTokensFetchesAndJobs(t *testing.T) {
-	srv := s3test.Need(t, s3server)
-	dsn := pgtest.Need(t, pgserver).NewDatabase(t)
-	bucket, err := srv.NewBucket(t.Context())
-	if err != nil {
-		t.Fatal(err)
-	}
 	upHost, blobGETs := countingUpstream(t)
 	dir := t.TempDir()
 	h, _ := bcrypt.GenerateFromPassword([]byte("alice-pw"), 10)
 	os.WriteFile(filepath.Join(dir, "htpasswd"), []byte("alice:"+string(h)+"\n"), 0o600)
-	cfgFile := filepath.Join(dir, "cluster.yaml")
-	t.Setenv("CLUSTER_TEST_SECRET", srv.Secret)
-	t.Setenv("CLUSTER_TEST_DSN", dsn)
-	os.WriteFile(cfgFile, []byte(fmt.Sprintf(`index:
-  driver: postgres
-  postgres: {dsn_env: CLUSTER_TEST_DSN}
-storage:
-  driver: s3
-  s3: {endpoint: %q, bucket: %q, path_style: true, part_size: 5MiB, access_key_id: %q, secret_access_key_env: CLUSTER_TEST_SECRET}
-registries:
+	cfgFile := sharedConfig(t, dir, fmt.Sprintf(`registries:
   - {name: local, type: hosted}
   - {name: up, type: proxy, upstream: {url: "http://%s"}}
 routes:
@@ -234,7 +230,7 @@ auth:
 lifecycle:
   admins: [user:alice]
   gc: {interval: 400ms, grace: 1h}
-`, srv.Endpoint, bucket, srv.Access, upHost)), 0o600)
+`, upHost))
 	a, appA, stopA := serveApp(t, cfgFile, filepath.Join(dir, "a"))
 	stoppedA := false
 	defer func() {

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -30,12 +29,9 @@ func fsckCommand(args []string, stdout io.Writer) error {
 		// A repair writes what it recounted from one snapshot: a push meanwhile would
 		// be undone. On a shared index, the instances must be stopped first, and stay
 		// stopped (they refuse to start while this holds the index).
-		h, release, alone, err := store.Alone(context.Background())
+		h, release, err := takeAlone(store, "fsck --repair: dockyard instances are serving this index; stop them first (fsck without --repair runs beside them)")
 		if err != nil {
 			return err
-		}
-		if !alone {
-			return errors.New("fsck --repair: dockyard instances are serving this index; stop them first (fsck without --repair runs beside them)")
 		}
 		defer release()
 		held = h

@@ -24,22 +24,9 @@ import (
 func TestReadinessFollowsTheIndexAndTheStorage(t *testing.T) {
 	srv := s3test.Need(t, s3server)
 	pgs := pgtest.Need(t, pgserver)
-	dsn := pgs.NewDatabase(t)
-	bucket, err := srv.NewBucket(t.Context())
-	if err != nil {
-		t.Fatal(err)
-	}
 	dir := t.TempDir()
-	t.Setenv("READY_TEST_SECRET", srv.Secret)
-	t.Setenv("READY_TEST_DSN", dsn)
-	cfgFile := filepath.Join(dir, "c.yaml")
 	os.WriteFile(filepath.Join(dir, "htpasswd"), nil, 0o600)
-	os.WriteFile(cfgFile, []byte(fmt.Sprintf(`index: {driver: postgres, postgres: {dsn_env: READY_TEST_DSN, timeout: 3s}}
-storage:
-  driver: s3
-  s3: {endpoint: %q, bucket: %q, path_style: true, access_key_id: %q, secret_access_key_env: READY_TEST_SECRET}
-auth: {mode: basic, users_file: htpasswd}
-`, srv.Endpoint, bucket, srv.Access)), 0o600)
+	cfgFile := sharedConfig(t, dir, "auth: {mode: basic, users_file: htpasswd}\n")
 	addr, stop := serveWith(t, cfgFile, filepath.Join(dir, "data"))
 	defer stop()
 	get := func(path string) (int, map[string]any) {

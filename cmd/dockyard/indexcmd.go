@@ -30,6 +30,21 @@ func indexCommand(args []string, stdout io.Writer) error {
 	return fmt.Errorf("unknown index command %q (migrate, copy)", args[0])
 }
 
+// takeAlone takes a shared index for this command alone (see index.Presence), or
+// fails with refusal while an instance serves it.
+func takeAlone(p interface {
+	Alone(context.Context) (context.Context, func(), bool, error)
+}, refusal string) (held context.Context, release func(), err error) {
+	held, release, alone, err := p.Alone(context.Background())
+	if err != nil {
+		return nil, nil, err
+	}
+	if !alone {
+		return nil, nil, errors.New(refusal)
+	}
+	return held, release, nil
+}
+
 // indexMigrate brings the configured index up to date offline: the PostgreSQL schema,
 // then the store's format (what every start does too).
 func indexMigrate(args []string, stdout io.Writer) error {
@@ -89,12 +104,9 @@ func indexCopy(args []string, stdout io.Writer) error {
 	}
 	defer dst.Close()
 	if p, ok := dst.(index.Presence); ok {
-		_, release, alone, err := p.Alone(context.Background())
+		_, release, err := takeAlone(p, "index copy: dockyard instances are serving the destination; stop them first")
 		if err != nil {
 			return err
-		}
-		if !alone {
-			return errors.New("index copy: dockyard instances are serving the destination; stop them first")
 		}
 		defer release()
 	}
