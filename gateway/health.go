@@ -18,6 +18,31 @@ type Readiness interface {
 // dependency it asks about.
 const readyTimeout = 3 * time.Second
 
+// readyFor is how long one readiness answer serves: probes from anyone, at any rate,
+// ask the index and the storage at most once per readyFor between them.
+const readyFor = time.Second
+
+// readiness asks Readiness, or returns its answer of the last readyFor; concurrent
+// probes share one asking.
+func (g *Gateway) readiness() map[string]error {
+	g.readyMu.Lock()
+	if time.Since(g.readyAt) < readyFor {
+		defer g.readyMu.Unlock()
+		return g.readyLast
+	}
+	g.readyMu.Unlock()
+	v, _, _ := g.readyFlight.Do("ready", func() (any, error) {
+		c, cancel := context.WithTimeout(context.Background(), readyTimeout)
+		defer cancel()
+		r := g.opts.Readiness.Ready(c)
+		g.readyMu.Lock()
+		g.readyLast, g.readyAt = r, time.Now()
+		g.readyMu.Unlock()
+		return r, nil
+	})
+	return v.(map[string]error)
+}
+
 // healthy answers /-/healthy: the process is up and serving HTTP (a liveness probe;
 // it asks nothing else, so a database outage does not restart every instance).
 func (g *Gateway) healthy(ctx *fasthttp.RequestCtx) {
@@ -33,9 +58,7 @@ func (g *Gateway) ready(ctx *fasthttp.RequestCtx) {
 	status := map[string]string{}
 	code := fasthttp.StatusOK
 	if g.opts.Readiness != nil {
-		c, cancel := context.WithTimeout(context.Background(), readyTimeout)
-		defer cancel()
-		for name, err := range g.opts.Readiness.Ready(c) {
+		for name, err := range g.readiness() {
 			status[name] = "ok"
 			if err != nil {
 				// The cause goes to the log: the probe answers anyone.

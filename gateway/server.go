@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/valyala/fasthttp"
+	"golang.org/x/sync/singleflight"
 
 	"github.com/dockyard/dockyard/auth"
 	"github.com/dockyard/dockyard/oci"
@@ -73,10 +74,15 @@ type CORS struct {
 type Gateway struct {
 	opts    Options
 	metrics *metrics // nil: off
-	auth    *auth.Service
-	log     *slog.Logger
-	server  *fasthttp.Server
-	reqID   atomic.Uint64
+	// The last readiness answer (see readiness).
+	readyMu     sync.Mutex
+	readyAt     time.Time
+	readyLast   map[string]error
+	readyFlight singleflight.Group
+	auth        *auth.Service
+	log         *slog.Logger
+	server      *fasthttp.Server
+	reqID       atomic.Uint64
 
 	// Shutdown waits for handlers; past its deadline it closes the connections still
 	// open so that handlers reading a body stop, and waits for them again: the store
