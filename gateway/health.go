@@ -35,6 +35,11 @@ func (g *Gateway) readiness() map[string]error {
 		c, cancel := context.WithTimeout(context.Background(), readyTimeout)
 		defer cancel()
 		r := g.opts.Readiness.Ready(c)
+		for name, err := range r {
+			if err != nil { // the cause goes to the log (once per asking): the probe answers anyone
+				g.log.Warn("not ready", "check", name, "err", err)
+			}
+		}
 		g.readyMu.Lock()
 		g.readyLast, g.readyAt = r, time.Now()
 		g.readyMu.Unlock()
@@ -61,10 +66,8 @@ func (g *Gateway) ready(ctx *fasthttp.RequestCtx) {
 		for name, err := range g.readiness() {
 			status[name] = "ok"
 			if err != nil {
-				// The cause goes to the log: the probe answers anyone.
 				status[name] = "unavailable"
 				code = fasthttp.StatusServiceUnavailable
-				g.log.Warn("not ready", "check", name, "err", err)
 			}
 		}
 	}
