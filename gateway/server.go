@@ -55,6 +55,8 @@ type Options struct {
 	Readiness Readiness
 	// AccessLog, when set, gets one line per request (see logAccess).
 	AccessLog *slog.Logger
+	// Classify names a tag's class (release, rc, snapshot, other) for search.
+	Classify func(tag string) string
 	// Metrics turns the Prometheus metrics on (Gateway.Metrics, MetricsHandler);
 	// MetricsOnMain also serves them at /metrics on this listener.
 	Metrics, MetricsOnMain bool
@@ -222,6 +224,15 @@ func (g *Gateway) handle(ctx *fasthttp.RequestCtx) {
 	case bytes.HasPrefix(ctx.Path(), adminPrefix):
 		ae.route = "admin"
 		err = g.admin(ctx)
+	case string(ctx.Path()) == "/v1/_ping":
+		ae.route = "v1-ping"
+		g.v1Ping(ctx)
+	case string(ctx.Path()) == "/v1/search":
+		ae.route = "docker-search"
+		err = g.dockerSearch(ctx)
+	case string(ctx.Path()) == "/-/api/v1/search":
+		ae.route = "search"
+		err = g.apiSearch(ctx)
 	case g.auth != nil && string(ctx.Path()) == "/token":
 		ae.route = "token"
 		err = g.token(ctx)

@@ -165,11 +165,13 @@ func (g *Gateway) grant(host string, id *auth.Identity, scopes []string) []auth.
 		name, actions := rest[:i], strings.Split(rest[i+1:], ",")
 		switch typ {
 		case "registry":
-			if name != "catalog" || !slices.Contains(actions, "*") {
+			// The catalog (*) or search only (what the Docker daemon asks to search).
+			granted := slices.DeleteFunc(slices.Clone(actions), func(a string) bool { return a != "*" && a != "search" })
+			if name != "catalog" || len(granted) == 0 {
 				continue
 			}
 			if reg, err := g.opts.Router.ResolveHost(host); err == nil {
-				out = append(out, auth.Access{Type: "registry", Name: "catalog", Actions: []string{"*"}, Registry: reg.Name()})
+				out = append(out, auth.Access{Type: "registry", Name: "catalog", Actions: granted, Registry: reg.Name()})
 			}
 		case "repository":
 			repo, err := oci.ParseRepository(name)
