@@ -226,7 +226,10 @@ func testSearchFilters(t *testing.T, indexKind string) {
 		{"label", url.Values{"label": {"team=b"}}, func(s searchTag) bool { return s.team == "b" }},
 		{"label absent", url.Values{"label": {"team=c"}}, func(searchTag) bool { return false }},
 		{"combined", url.Values{"registry": {"dev"}, "class": {"release"}, "tag": {"1.0.1*"}, "label": {"team=a"}},
-			func(s searchTag) bool { m, _ := path.Match("1.0.1*", s.tag); return s.registry == "dev" && s.class == "release" && m }},
+			func(s searchTag) bool {
+				m, _ := path.Match("1.0.1*", s.tag)
+				return s.registry == "dev" && s.class == "release" && m
+			}},
 	}
 	for _, c := range cases {
 		var want []string

@@ -314,7 +314,7 @@ func build(ctx context.Context, cfg *config.Config, store *cache.Store, log *slo
 	a.gw = gateway.New(gateway.Options{
 		TrustedProxies: trusted, Readiness: store, AccessLog: accessLogger(cfg.Log, os.Stderr),
 		Classify: func(tag string) string { return string(im.Classes.Of(tag)) },
-		Metrics: cfg.Metrics.Enabled, MetricsOnMain: cfg.Metrics.Listen == "",
+		Metrics:  cfg.Metrics.Enabled, MetricsOnMain: cfg.Metrics.Listen == "",
 		Admin: a.admin, Admins: cfg.Lifecycle.Admins,
 		Auth: authService, TokenHosts: tokenHosts, TLS: cfg.TLS.CertFile != "",
 		Router: router, Logger: log, MaxManifestSize: int64(cfg.HTTP.MaxManifestSize),
