@@ -62,6 +62,11 @@ func (g *Gateway) authenticate(ctx *fasthttp.RequestCtx) (*principal, error) {
 		if !ok {
 			return nil, g.challenge(ctx, "", "", "malformed Basic credentials")
 		}
+		if user == "" && password == "" {
+			// What the Docker daemon sends to search a standalone registry without a
+			// login: no credentials, said in a header.
+			return &principal{}, nil
+		}
 		id, err := g.auth.Login(g.life, user, password, g.clientAddr(ctx))
 		if err != nil {
 			return nil, g.loginError(ctx, err)

@@ -297,6 +297,8 @@ func TestSearchAnswersOnlyWhatTheCallerMayPull(t *testing.T) {
 				want    string
 			}{
 				{"anonymous", nil, "public/img"},
+				// the Docker daemon searching without a login says so with empty Basic credentials
+				{"anonymous (empty Basic credentials)", []string{"Authorization", basic("", "")}, "public/img"},
 				{"bob", bob, "public/img,team/app"},
 			} {
 				results, _ := r.searchAll(t, url.Values{}, c.headers...)

@@ -132,6 +132,8 @@ func SearchTags(ctx context.Context, reg Registry, q TagQuery) (TagPage, error) 
 	limit := min(max(q.Limit, 1), MaxSearchPage)
 	inspect := len(q.Labels) > 0 || !q.PulledBefore.IsZero()
 	cheap := q.cheapFilter()
+	// Only the push time filter needs the tags' values while scanning.
+	keysOnly := q.PushedAfter.IsZero()
 	scanned, inspected := 0, 0
 	for i := start; i < len(regs); i++ {
 		h := regs[i]
@@ -148,7 +150,8 @@ func SearchTags(ctx context.Context, reg Registry, q TagQuery) (TagPage, error) 
 			var batch []TagHit
 			last := after // the last entry scanned
 			stopped := false
-			err := h.store.ScanTags(ctx, cache.TagScan{Registry: h.name, AfterRepo: after.Repo, AfterTag: after.Tag}, func(e cache.TagEntry) bool {
+			scan := cache.TagScan{Registry: h.name, AfterRepo: after.Repo, AfterTag: after.Tag, KeysOnly: keysOnly}
+			err := h.store.ScanTags(ctx, scan, func(e cache.TagEntry) bool {
 				if scanned == maxScanned || len(batch) == inspectBatch || (!inspect && len(page.Tags)+len(batch) == limit) {
 					stopped = true
 					return false
@@ -163,6 +166,11 @@ func SearchTags(ctx context.Context, reg Registry, q TagQuery) (TagPage, error) 
 			})
 			if err != nil {
 				return page, err
+			}
+			if keysOnly && len(batch) > 0 {
+				if batch, err = fill(ctx, h.store, h.name, batch); err != nil {
+					return page, err
+				}
 			}
 			if inspect && len(batch) > 0 {
 				inspected += len(batch)
@@ -194,22 +202,48 @@ func SearchTags(ctx context.Context, reg Registry, q TagQuery) (TagPage, error) 
 	return page, detailsUnlessRead(ctx, regs, page.Tags, inspect)
 }
 
+// fill reads the values of tags found by a keys-only scan.
+func fill(ctx context.Context, s *cache.Store, reg string, hits []TagHit) ([]TagHit, error) {
+	es := make([]cache.TagEntry, len(hits))
+	for i, t := range hits {
+		es[i] = cache.TagEntry{Repo: t.Repository, Tag: t.Tag}
+	}
+	es, err := s.FillTags(ctx, reg, es)
+	if err != nil {
+		return nil, err
+	}
+	out := hits[:0]
+	for _, e := range es {
+		out = append(out, TagHit{Registry: reg, Repository: e.Repo, Tag: e.Tag, Digest: e.Digest,
+			MediaType: e.MediaType, PushedAt: e.PushedAt})
+	}
+	return out, nil
+}
+
 func cursorOf(t TagHit) cursor { return cursor{Registry: t.Registry, Repo: t.Repository, Tag: t.Tag} }
 
 // cheapFilter is the part of q that a tag entry alone decides.
 func (q *TagQuery) cheapFilter() func(cache.TagEntry) bool {
 	text := strings.ToLower(q.Text)
-	var visibleRepo string
-	var visible bool
+	var visibleRepo, lowerRepo string
+	var visible, repoHasText bool
+	// The text may be in the repository's name, in the tag, or span both ("app:1.2").
+	hasText := func(e cache.TagEntry) bool {
+		if repoHasText || strings.Contains(strings.ToLower(e.Tag), text) {
+			return true
+		}
+		return strings.IndexByte(text, ':') >= 0 && strings.Contains(lowerRepo+":"+strings.ToLower(e.Tag), text)
+	}
 	return func(e cache.TagEntry) bool {
 		if e.Repo != visibleRepo {
-			visibleRepo = e.Repo
+			visibleRepo, lowerRepo = e.Repo, strings.ToLower(e.Repo)
 			visible = q.Visible == nil || q.Visible(e.Repo)
+			repoHasText = strings.Contains(lowerRepo, text)
 		}
 		switch {
 		case !visible:
 			return false
-		case text != "" && !strings.Contains(strings.ToLower(e.Repo+":"+e.Tag), text):
+		case text != "" && !hasText(e):
 			return false
 		case q.Tag != "" && !matchTag(q.Tag, e.Tag):
 			return false
