@@ -364,3 +364,64 @@ func unixNanos(n int64) time.Time {
 	}
 	return time.Unix(0, n)
 }
+
+// RegistryBytes sums, for each registry, the sizes of the blobs linked into its
+// repositories, each blob once per registry (a layer several repositories share counts
+// once; one several registries share counts in each). Manifests are not counted. It
+// walks the links in digest order, a bounded batch of blobs at a time.
+func (s *Store) RegistryBytes(ctx context.Context) (map[string]int64, error) {
+	out := map[string]int64{}
+	const batch = 1000
+	type blob struct {
+		d    string
+		regs []string
+	}
+	var pending []blob
+	flush := func(txn index.Txn) error {
+		keys := make([][]byte, len(pending))
+		for i, b := range pending {
+			keys[i] = blobKey(oci.Digest(b.d))
+		}
+		vals, err := index.GetMany(txn, keys)
+		if err != nil {
+			return err
+		}
+		for i, v := range vals {
+			if v == nil {
+				continue
+			}
+			size := decodeRefRecord(v).Size
+			for _, reg := range pending[i].regs {
+				out[reg] += size
+			}
+		}
+		pending = pending[:0]
+		return ctx.Err()
+	}
+	err := s.db.View(func(txn index.Txn) error {
+		err := txn.Scan([]byte{kindLinkByDigest}, nil, true, func(k, _ []byte) error {
+			parts := bytes.SplitN(k[1:], []byte{0}, 3) // digest, registry, repository
+			if len(parts) != 3 {
+				return nil
+			}
+			if n := len(pending); n == 0 || pending[n-1].d != string(parts[0]) {
+				if n == batch {
+					if err := flush(txn); err != nil {
+						return err
+					}
+				}
+				pending = append(pending, blob{d: string(parts[0])})
+			}
+			b := &pending[len(pending)-1]
+			if !slices.Contains(b.regs, string(parts[1])) {
+				b.regs = append(b.regs, string(parts[1]))
+			}
+			return nil
+		})
+		if err != nil || len(pending) == 0 {
+			return err
+		}
+		return flush(txn)
+	})
+	return out, err
+}

@@ -54,6 +54,7 @@ func (g *Gateway) authenticate(ctx *fasthttp.RequestCtx) (*principal, error) {
 	case strings.HasPrefix(h, "Bearer ") && g.auth.Mode() == auth.ModeToken:
 		c, err := g.auth.Signer().Verify(strings.TrimSpace(h[len("Bearer "):]), g.service(ctx))
 		if err != nil || c.Kind != "" || g.auth.ClaimsRevoked(c) {
+			g.metrics.authFailed("token")
 			return nil, g.challenge(ctx, "", "invalid_token", "the bearer token is invalid, expired or revoked")
 		}
 		return &principal{claims: c}, nil
@@ -87,6 +88,7 @@ func basicCredentials(h string) (user, password string, ok bool) {
 // loginError answers a failed login: rate limited (429), directory down (401 with the
 // reason), or bad credentials (401).
 func (g *Gateway) loginError(ctx *fasthttp.RequestCtx, err error) error {
+	g.metrics.loginFailed(err)
 	var rl *auth.ErrRateLimited
 	if errors.As(err, &rl) {
 		e := oci.ErrTooManyRequests.Withf("%v", rl)

@@ -270,6 +270,10 @@ func (g *Gateway) dispatch(ctx *fasthttp.RequestCtx, route Route) error {
 		ae.reference = route.UploadID
 	}
 	upload := ep.upload && isUploadRequest(ctx.Method(), ctx.RequestURI())
+	if upload && g.metrics != nil {
+		g.metrics.uploads.Inc()
+		defer g.metrics.uploads.Dec()
+	}
 	if g.auth != nil {
 		var err error
 		if req.who, err = g.authenticate(ctx); err != nil {

@@ -145,6 +145,7 @@ func (g *Gateway) tokenError(ctx *fasthttp.RequestCtx, err error) error {
 	if errors.As(err, &rl) {
 		return g.loginError(ctx, err)
 	}
+	g.metrics.loginFailed(err)
 	if errors.Is(err, auth.ErrDirectoryUnavailable) {
 		return oci.ErrUnauthorized.Withf("login failed: the LDAP directory is unavailable")
 	}

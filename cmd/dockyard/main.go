@@ -14,11 +14,9 @@ import (
 	"os"
 	"os/signal"
 	"strings"
-	"sync/atomic"
 	"syscall"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/valyala/fasthttp"
 
 	"github.com/dockyard/dockyard/blobstore"
@@ -326,27 +324,10 @@ func build(ctx context.Context, cfg *config.Config, store *cache.Store, log *slo
 	})
 	if reg := a.gw.Metrics(); reg != nil {
 		registerJobMetrics(reg, jobs)
+		registerProxyMetrics(reg, a.proxies)
+		reg.MustRegister(&storageCollector{store: store, log: log})
 	}
 	return a, nil
-}
-
-// registerJobMetrics exports the scheduled and on-demand jobs' counters.
-func registerJobMetrics(reg *prometheus.Registry, j *lifecycle.Jobs) {
-	for _, c := range []struct {
-		name, help string
-		v          *atomic.Int64
-	}{
-		{"dockyard_gc_runs_total", "Garbage collections run by this instance.", &j.GCRuns},
-		{"dockyard_gc_blobs_collected_total", "Blobs deleted by garbage collection.", &j.BlobsCollected},
-		{"dockyard_gc_manifests_collected_total", "Manifests deleted by garbage collection.", &j.ManifestsCollected},
-		{"dockyard_uploads_purged_total", "Abandoned uploads purged.", &j.UploadsPurged},
-		{"dockyard_retention_runs_total", "Retention policy runs.", &j.RetentionRuns},
-		{"dockyard_retention_tags_deleted_total", "Tags deleted by retention.", &j.TagsDeleted},
-	} {
-		v := c.v
-		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: c.name, Help: c.help},
-			func() float64 { return float64(v.Load()) }))
-	}
 }
 
 // buildRegistries makes every configured registry; groups last, over the others.
