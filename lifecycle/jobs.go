@@ -48,7 +48,7 @@ type Jobs struct {
 	started time.Time
 	// Counters since start (exported as metrics).
 	GCRuns, BlobsCollected, ManifestsCollected, UploadsPurged, RetentionRuns, TagsDeleted atomic.Int64
-	PurgeRuns, EvictionRuns, ManifestsEvicted, BytesEvicted                             atomic.Int64
+	PurgeRuns, EvictionRuns, ManifestsEvicted, BytesEvicted                               atomic.Int64
 	// Time spent in each kind of job, in nanoseconds.
 	GCNanos, PurgeNanos, RetentionNanos, EvictionNanos atomic.Int64
 }
