@@ -23,7 +23,7 @@ import (
 // bearer token must carry registry:catalog:* or registry:catalog:search (what the
 // Docker daemon asks for when it searches with a token).
 func (g *Gateway) searchCaller(ctx *fasthttp.RequestCtx, reg vhost.Registry) (func(repo string) bool, error) {
-	if g.auth == nil {
+	if g.live().Auth == nil {
 		return func(string) bool { return true }, nil
 	}
 	who, err := g.authenticate(ctx)
@@ -38,7 +38,7 @@ func (g *Gateway) searchCaller(ctx *fasthttp.RequestCtx, reg vhost.Registry) (fu
 		return nil, g.challenge(ctx, "registry:catalog:search", "insufficient_scope", "search needs a registry:catalog:search token")
 	}
 	id := who.identity()
-	return func(repo string) bool { return g.auth.Decide(id, reg.Name(), repo, auth.Pull) }, nil
+	return func(repo string) bool { return g.live().Auth.Decide(id, reg.Name(), repo, auth.Pull) }, nil
 }
 
 // v1Ping answers the Docker daemon's probe before a search: a standalone registry,
@@ -104,7 +104,7 @@ func (g *Gateway) dockerSearch(ctx *fasthttp.RequestCtx) error {
 
 // searchRegistry is the registry serving the request's host.
 func (g *Gateway) searchRegistry(ctx *fasthttp.RequestCtx) (vhost.Registry, error) {
-	reg, err := g.opts.Router.ResolveHost(string(ctx.Host()))
+	reg, err := g.live().Router.ResolveHost(string(ctx.Host()))
 	if err != nil {
 		return nil, err
 	}
@@ -155,7 +155,7 @@ func (g *Gateway) apiSearch(ctx *fasthttp.RequestCtx) error {
 		return oci.ErrQueryInvalid.Withf("kind must be tags or repositories, not %q", kind)
 	}
 	tq := vhost.TagQuery{Text: q, Registry: only, Tag: string(args.Peek("tag")), Visible: visible,
-		Classify: g.opts.Classify, Cursor: string(args.Peek("cursor")), Limit: n}
+		Classify: g.live().Classify, Cursor: string(args.Peek("cursor")), Limit: n}
 	if c := string(args.Peek("class")); c != "" {
 		switch c {
 		case "release", "rc", "snapshot", "other":

@@ -53,6 +53,19 @@ type Jobs struct {
 	GCNanos, PurgeNanos, RetentionNanos, EvictionNanos atomic.Int64
 }
 
+// Inherit carries on the counters of the jobs j replaces (a configuration reload).
+func (j *Jobs) Inherit(old *Jobs) {
+	for _, c := range []struct{ to, from *atomic.Int64 }{
+		{&j.GCRuns, &old.GCRuns}, {&j.BlobsCollected, &old.BlobsCollected}, {&j.ManifestsCollected, &old.ManifestsCollected},
+		{&j.UploadsPurged, &old.UploadsPurged}, {&j.RetentionRuns, &old.RetentionRuns}, {&j.TagsDeleted, &old.TagsDeleted},
+		{&j.PurgeRuns, &old.PurgeRuns}, {&j.EvictionRuns, &old.EvictionRuns}, {&j.ManifestsEvicted, &old.ManifestsEvicted},
+		{&j.BytesEvicted, &old.BytesEvicted}, {&j.GCNanos, &old.GCNanos}, {&j.PurgeNanos, &old.PurgeNanos},
+		{&j.RetentionNanos, &old.RetentionNanos}, {&j.EvictionNanos, &old.EvictionNanos},
+	} {
+		c.to.Add(c.from.Load())
+	}
+}
+
 // timed adds the time since start to a job's total.
 func timed(total *atomic.Int64, start time.Time) { total.Add(int64(time.Since(start))) }
 

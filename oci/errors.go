@@ -106,3 +106,7 @@ var ErrIndexUnavailable = &Code{"UNKNOWN", http.StatusServiceUnavailable, "index
 
 // ErrQueryInvalid answers a request with a malformed query parameter (a search filter).
 var ErrQueryInvalid = &Code{"UNSUPPORTED", http.StatusBadRequest, "invalid query parameters"}
+
+// ErrConfigInvalid answers a configuration reload whose file is invalid: nothing
+// changed.
+var ErrConfigInvalid = &Code{"UNSUPPORTED", http.StatusUnprocessableEntity, "configuration invalid"}
