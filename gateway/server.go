@@ -83,9 +83,9 @@ type Gateway struct {
 	readyFlight singleflight.Group
 	// current is what a reload replaces (see Live).
 	current atomic.Pointer[Live]
-	log         *slog.Logger
-	server      *fasthttp.Server
-	reqID       atomic.Uint64
+	log     *slog.Logger
+	server  *fasthttp.Server
+	reqID   atomic.Uint64
 
 	// Shutdown waits for handlers; past its deadline it closes the connections still
 	// open so that handlers reading a body stop, and waits for them again: the store
