@@ -568,9 +568,10 @@ func (im *importer) fail(ref string, err error) {
 }
 
 // copyOne copies repo:tag unless the destination's tag already has the source's
-// digest, and reports whether it was skipped. Order matters for resuming: the
-// manifest's blobs and children, then the manifest by digest, then its referrers,
-// and the tag last.
+// digest, and reports whether it was skipped. Order matters for resuming: first the
+// referrers (dockyard, like the OCI spec, accepts a referrer before its subject),
+// then the manifest's blobs and children, and the tag last, so a tag is only ever
+// pushed over something complete. The manifest itself is pushed once, by tag.
 func (im *importer) copyOne(ctx context.Context, repo *importRepo, tag string) (skipped bool, err error) {
 	src, err := im.srcPuller.Get(ctx, im.srcReg.Repo(repo.name).Tag(tag))
 	if err != nil {
@@ -587,11 +588,6 @@ func (im *importer) copyOne(ctx context.Context, repo *importRepo, tag string) (
 	case err != nil && !isNotFound(err):
 		return false, destinationError(err)
 	}
-	if !skipped {
-		if err := im.dstPusher.Push(ctx, dst.Digest(src.Digest.String()), src); err != nil {
-			return false, destinationError(err)
-		}
-	}
 	// Referrers are looked up for tags already there too: a signature added to the
 	// source since the last run arrives with this one.
 	children, err := indexChildren(src)
@@ -604,7 +600,7 @@ func (im *importer) copyOne(ctx context.Context, repo *importRepo, tag string) (
 	if skipped {
 		return true, nil
 	}
-	if err := im.dstPusher.Put(ctx, dst.Tag(tag), src); err != nil {
+	if err := im.dstPusher.Push(ctx, dst.Tag(tag), src); err != nil {
 		return false, destinationError(err)
 	}
 	return false, nil

@@ -91,15 +91,7 @@ func referenceRegistry(t *testing.T, user, password string) string {
 		}
 		t.Skip("the CNCF reference registry is not installed; make test runs this")
 	}
-	dir := t.TempDir()
-	// Its filesystem driver syncs every file it writes (five or so per manifest), which
-	// makes populating it take most of the test on a disk; in memory it is quick.
-	if st, err := os.Stat("/dev/shm"); err == nil && st.IsDir() {
-		if d, err := os.MkdirTemp("/dev/shm", "dockyard-import-source-"); err == nil {
-			dir = d
-			t.Cleanup(func() { os.RemoveAll(d) })
-		}
-	}
+	dir := memDir(t)
 	// The lowest bcrypt cost: the registry checks the password on every request.
 	hash, err := bcrypt.GenerateFromPassword([]byte(password), bcrypt.MinCost)
 	if err != nil {
@@ -142,11 +134,27 @@ auth:
 	}
 }
 
+// memDir is a temporary directory in memory (/dev/shm) where there is one. Both
+// registries sync every file they write (the reference registry five or so per
+// manifest, dockyard its index), which on a disk would take most of the import test;
+// what is tested (an import killed and resumed) does not depend on the disk.
+func memDir(t *testing.T) string {
+	t.Helper()
+	if st, err := os.Stat("/dev/shm"); err == nil && st.IsDir() {
+		if d, err := os.MkdirTemp("/dev/shm", "dockyard-import-test-"); err == nil {
+			t.Cleanup(func() { os.RemoveAll(d) })
+			return d
+		}
+	}
+	return t.TempDir()
+}
+
 // importSource is what was pushed to the source: tags by repository, and the
 // referrers of each subject.
 type importSource struct {
 	tags      map[string][]string
 	referrers map[string][]v1.Hash // "repo@digest" → referrer digests
+	byTag     map[string][]string  // "repo:tag" → the "repo@digest" keys of what it refers to, at any depth
 	mu        sync.Mutex
 }
 
@@ -172,8 +180,8 @@ func populateSource(t *testing.T, addr string) *importSource {
 	if err != nil {
 		t.Fatal(err)
 	}
-	src := &importSource{tags: map[string][]string{}, referrers: map[string][]v1.Hash{}}
-	refer := func(repo name.Repository, subject partial.Describable, kind string) v1.Image {
+	src := &importSource{tags: map[string][]string{}, referrers: map[string][]v1.Hash{}, byTag: map[string][]string{}}
+	refer := func(repo name.Repository, tag string, subject partial.Describable, kind string) v1.Image {
 		d, err := partial.Descriptor(subject)
 		if err != nil {
 			t.Error(err)
@@ -190,8 +198,10 @@ func populateSource(t *testing.T, addr string) *importSource {
 		if err := pusher.Push(ctx, repo.Digest(digest.String()), art); err != nil {
 			t.Error(err)
 		}
+		key := repo.RepositoryStr() + "@" + d.Digest.String()
 		src.mu.Lock()
-		src.referrers[repo.RepositoryStr()+"@"+d.Digest.String()] = append(src.referrers[repo.RepositoryStr()+"@"+d.Digest.String()], digest)
+		src.referrers[key] = append(src.referrers[key], digest)
+		src.byTag[repo.RepositoryStr()+":"+tag] = append(src.byTag[repo.RepositoryStr()+":"+tag], key)
 		src.mu.Unlock()
 		return art
 	}
@@ -227,7 +237,7 @@ func populateSource(t *testing.T, addr string) *importSource {
 						return fmt.Errorf("%s:%s: %w", repoName, tag, err)
 					}
 					if n == 4 && k == n {
-						refer(repo, mutate.Annotations(arm, note).(v1.Image), "platform-sbom")
+						refer(repo, tag, mutate.Annotations(arm, note).(v1.Image), "platform-sbom")
 					}
 					pushed = idx
 				} else {
@@ -238,9 +248,9 @@ func populateSource(t *testing.T, addr string) *importSource {
 					pushed = img
 				}
 				if n%5 == 0 && k == n {
-					sbom := refer(repo, pushed, "sbom")
+					sbom := refer(repo, tag, pushed, "sbom")
 					if n == 0 {
-						refer(repo, sbom, "signature")
+						refer(repo, tag, sbom, "signature")
 					}
 				}
 				return nil
@@ -281,7 +291,7 @@ func TestImportFromAuthenticatedRegistryResumesAfterKill(t *testing.T) {
 	src := populateSource(t, srcAddr)
 	t.Logf("source populated in %s", time.Since(began).Round(time.Millisecond))
 
-	dir := t.TempDir()
+	dir := memDir(t)
 	hash, _ := bcrypt.GenerateFromPassword([]byte(importDestPassword), 10)
 	os.WriteFile(filepath.Join(dir, "users"), []byte(importDestUser+":"+string(hash)+"\n"), 0o600)
 	os.WriteFile(filepath.Join(dir, "dockyard.yaml"), []byte(`log: {access: false}
@@ -384,24 +394,8 @@ auth:
 		t.Errorf("checked %d tags, want %d", checked, totalWithFallback)
 	}
 	// The referrers, listed by dockyard's referrers API (no tag fallback).
-	for key, want := range src.referrers {
-		repoName, subject, _ := strings.Cut(key, "@")
-		d, _ := name.NewDigest(dstAddr+"/nexus/"+repoName+"@"+subject, name.Insecure)
-		idx, err := remote.Referrers(d, dstAuth, remote.WithReferrersTagFallback(false))
-		if err != nil {
-			t.Errorf("referrers of %s: %v", key, err)
-			continue
-		}
-		m, _ := idx.IndexManifest()
-		var got []v1.Hash
-		for _, r := range m.Manifests {
-			got = append(got, r.Digest)
-		}
-		for _, w := range want {
-			if !slices.Contains(got, w) {
-				t.Errorf("referrers of %s at the destination: %v, want %v among them", key, got, w)
-			}
-		}
+	for key := range src.referrers {
+		checkReferrers(t, dstAddr+"/nexus", key, src.referrers[key], dstAuth)
 	}
 
 	// Third run: nothing left to copy.
@@ -447,6 +441,46 @@ auth:
 		if slices.Sort(tags); err != nil || !slices.Equal(tags, []string{"1.0.0", "1.1.0", "1.2.0"}) {
 			t.Errorf("%s has tags %v (%v), want 1.0.0 1.1.0 1.2.0", r, tags, err)
 		}
+		// The referrers of 1.0.0 (an SBOM, and a signature of the SBOM) came without
+		// their sha256-<hex> tags, which --tags left out.
+		keys := src.byTag[strings.TrimPrefix(r, "filtered/")+":1.0.0"]
+		if len(keys) != 2 {
+			t.Fatalf("%s:1.0.0 has referrers %v at the source, want an SBOM and its signature", r, keys)
+		}
+		for _, key := range keys {
+			checkReferrers(t, dstAddr+"/filtered", key, src.referrers[key], dstAuth)
+		}
+	}
+
+	// Last (dockyard locks a user out after repeated failed logins): a wrong
+	// destination password ends the import at once, saying which credentials.
+	os.WriteFile(dstPass, []byte("wrong"), 0o600)
+	out, err = dockyardCommand(t, args...).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "check --to-username and --to-password-file") {
+		t.Errorf("an import with a wrong destination password: %v\n%s", err, out)
+	}
+}
+
+// checkReferrers asks dockyard's referrers API (no tag fallback) at prefix for the
+// referrers of key ("repo@digest") and wants each of want among them.
+func checkReferrers(t *testing.T, prefix, key string, want []v1.Hash, opts ...remote.Option) {
+	t.Helper()
+	repoName, subject, _ := strings.Cut(key, "@")
+	d, _ := name.NewDigest(prefix+"/"+repoName+"@"+subject, name.Insecure)
+	idx, err := remote.Referrers(d, append(opts, remote.WithReferrersTagFallback(false))...)
+	if err != nil {
+		t.Errorf("referrers of %s: %v", key, err)
+		return
+	}
+	m, _ := idx.IndexManifest()
+	var got []v1.Hash
+	for _, r := range m.Manifests {
+		got = append(got, r.Digest)
+	}
+	for _, w := range want {
+		if !slices.Contains(got, w) {
+			t.Errorf("referrers of %s at %s: %v, want %v among them", key, prefix, got, w)
+		}
 	}
 }
 
@@ -471,3 +505,70 @@ func TestImportWithWrongPasswordFails(t *testing.T) {
 		}
 	}
 }
+
+// --into names the destination as `docker push` would (a first component with a dot,
+// a colon or localhost is a host), and requests for that name go to --to with the
+// name as their Host; a source's path (Nexus' path-based routing) goes before /v2/.
+func TestImportNamesTheDestinationLikeDocker(t *testing.T) {
+	for _, c := range []struct {
+		into, host, prefix, repo string
+	}{
+		{"", "127.0.0.1:5000", "", "127.0.0.1:5000/team/app"},
+		{"nexus", "127.0.0.1:5000", "nexus", "127.0.0.1:5000/nexus/team/app"},
+		{"moved/from/nexus/", "127.0.0.1:5000", "moved/from/nexus", "127.0.0.1:5000/moved/from/nexus/team/app"},
+		{"dev.registry.example.com", "dev.registry.example.com", "", "dev.registry.example.com/team/app"},
+		{"registry.example.com/ghcr", "registry.example.com", "ghcr", "registry.example.com/ghcr/team/app"},
+		{"localhost/dev", "localhost", "dev", "localhost/dev/team/app"},
+	} {
+		im := &importer{}
+		if err := im.destination("http://127.0.0.1:5000", c.into, "", "", http.DefaultTransport); err != nil {
+			t.Fatalf("--into %q: %v", c.into, err)
+		}
+		if im.dstReg.Name() != c.host || im.dstPrefix != c.prefix || im.dstRepo("team/app").String() != c.repo {
+			t.Errorf("--into %q: host %q, namespace %q, repository %s; want %q, %q, %s",
+				c.into, im.dstReg.Name(), im.dstPrefix, im.dstRepo("team/app"), c.host, c.prefix, c.repo)
+		}
+	}
+	for _, bad := range []struct{ to, into string }{
+		{"127.0.0.1:5000", ""}, {"ftp://x", ""}, {"http://127.0.0.1:5000/v2", ""}, {"http://127.0.0.1:5000", "Upper/Case"},
+	} {
+		if err := (&importer{}).destination(bad.to, bad.into, "", "", http.DefaultTransport); err == nil {
+			t.Errorf("--to %q --into %q accepted", bad.to, bad.into)
+		}
+	}
+
+	var seen []string
+	rec := roundTripFunc(func(r *http.Request) (*http.Response, error) {
+		seen = append(seen, r.URL.String()+" Host="+r.Host)
+		return &http.Response{StatusCode: 200, Body: io.NopCloser(strings.NewReader("")), Request: r}, nil
+	})
+	dst := &endpoint{host: "dev.registry.example.com", scheme: "https", addr: "10.0.0.5:5000", inner: rec}
+	src := &endpoint{host: "nexus.example.com", scheme: "https", addr: "nexus.example.com", prefix: "/repository/docker-hosted", inner: rec}
+	for _, c := range []struct {
+		ep  *endpoint
+		url string
+	}{
+		{dst, "http://dev.registry.example.com/v2/team/app/manifests/1.0"},
+		{dst, "http://dev.registry.example.com/token?scope=x"},
+		{dst, "https://auth.example.com/token"},
+		{src, "https://nexus.example.com/v2/_catalog?n=100"},
+		{src, "https://nexus.example.com/repository/docker-hosted/v2/_catalog?last=a"},
+	} {
+		req, _ := http.NewRequest("GET", c.url, nil)
+		c.ep.RoundTrip(req)
+	}
+	want := []string{
+		"https://10.0.0.5:5000/v2/team/app/manifests/1.0 Host=dev.registry.example.com",
+		"https://10.0.0.5:5000/token?scope=x Host=dev.registry.example.com",
+		"https://auth.example.com/token Host=auth.example.com", // another host: untouched
+		"https://nexus.example.com/repository/docker-hosted/v2/_catalog?n=100 Host=nexus.example.com",
+		"https://nexus.example.com/repository/docker-hosted/v2/_catalog?last=a Host=nexus.example.com",
+	}
+	if !slices.Equal(seen, want) {
+		t.Errorf("requests sent:\n%s\nwant:\n%s", strings.Join(seen, "\n"), strings.Join(want, "\n"))
+	}
+}
+
+type roundTripFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
