@@ -52,6 +52,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/partial"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 
@@ -158,6 +159,7 @@ type importer struct {
 	noReferrersAPI bool
 
 	bytes    atomic.Int64 // read from the source
+	homes    blobHomes
 	progress *importProgress
 
 	mu       sync.Mutex
@@ -600,10 +602,146 @@ func (im *importer) copyOne(ctx context.Context, repo *importRepo, tag string) (
 	if skipped {
 		return true, nil
 	}
+	blobs, err := blobsOf(src)
+	if err != nil {
+		return false, fmt.Errorf("source: %w", err)
+	}
+	if err := im.mountBlobs(ctx, dst, blobs); err != nil {
+		return false, err
+	}
 	if err := im.dstPusher.Push(ctx, dst.Tag(tag), src); err != nil {
 		return false, destinationError(err)
 	}
+	im.homes.remember(dst, blobs)
 	return false, nil
+}
+
+// blobHomes remembers, for blobs copied to the destination, a repository there that
+// has them, so that another repository gets them by a cross-repository mount rather
+// than their bytes once more (base layers shared by many images). At most
+// maxBlobHomes are remembered; past that, blobs are uploaded again.
+type blobHomes struct {
+	mu      sync.Mutex
+	m       map[v1.Hash]name.Repository
+	offered map[string]bool // "repository@digest" mounted (or offered) once already
+}
+
+const maxBlobHomes = 1 << 20 // each map: some 100 MiB at most
+
+func (h *blobHomes) remember(repo name.Repository, blobs []v1.Layer) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.m == nil {
+		h.m = map[v1.Hash]name.Repository{}
+	}
+	for _, l := range blobs {
+		if d, err := l.Digest(); err == nil && len(h.m) < maxBlobHomes {
+			if _, ok := h.m[d]; !ok {
+				h.m[d] = repo
+			}
+		}
+	}
+}
+
+// mountable returns the repository to mount d from into repo, once per pair.
+func (h *blobHomes) mountable(d v1.Hash, repo name.Repository) (name.Repository, bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	home, ok := h.m[d]
+	if !ok || home == repo {
+		return home, false
+	}
+	key := repo.String() + "@" + d.String()
+	if h.offered == nil {
+		h.offered = map[string]bool{}
+	}
+	if h.offered[key] || len(h.offered) >= maxBlobHomes {
+		return home, false
+	}
+	h.offered[key] = true
+	return home, true
+}
+
+// blobsOf lists the blobs of an image, or of an index's images (configs and layers),
+// as the source's lazy layers: nothing is downloaded until a byte is read.
+func blobsOf(d *remote.Descriptor) ([]v1.Layer, error) {
+	var images []v1.Image
+	switch {
+	case d.MediaType.IsImage():
+		img, err := d.Image()
+		if err != nil {
+			return nil, err
+		}
+		images = append(images, img)
+	case d.MediaType.IsIndex():
+		idx, err := d.ImageIndex()
+		if err != nil {
+			return nil, err
+		}
+		m, err := idx.IndexManifest()
+		if err != nil {
+			return nil, err
+		}
+		for _, c := range m.Manifests {
+			if c.MediaType.IsImage() {
+				img, err := idx.Image(c.Digest)
+				if err != nil {
+					return nil, err
+				}
+				images = append(images, img)
+			}
+		}
+	}
+	var blobs []v1.Layer
+	for _, img := range images {
+		layers, err := img.Layers()
+		if err != nil {
+			return nil, err
+		}
+		cfg, err := partial.ConfigLayer(img)
+		if err != nil {
+			return nil, err
+		}
+		blobs = append(append(blobs, layers...), cfg)
+	}
+	return blobs, nil
+}
+
+// mountBlobs gives repo, by cross-repository mount, each blob that another
+// repository of the destination received earlier in this run. dockyard mounts when
+// the user may pull the other repository; otherwise the layer is uploaded as usual.
+func (im *importer) mountBlobs(ctx context.Context, repo name.Repository, blobs []v1.Layer) error {
+	for _, l := range blobs {
+		d, err := l.Digest()
+		if err != nil {
+			return fmt.Errorf("source: %w", err)
+		}
+		home, ok := im.homes.mountable(d, repo)
+		if !ok {
+			continue
+		}
+		w := &watchedLayer{Layer: l}
+		ml := &remote.MountableLayer{Layer: w, Reference: home.Digest(d.String())}
+		if err := im.dstPusher.Upload(ctx, repo, ml); err != nil {
+			return destinationError(err)
+		}
+		if !w.read.Load() { // mounted, or there already (a run resumed)
+			im.progress.mounted.Add(1)
+		}
+	}
+	return nil
+}
+
+// watchedLayer tells whether a layer's bytes were read: not when the destination
+// mounted it, or had it already.
+type watchedLayer struct {
+	v1.Layer
+	read atomic.Bool
+}
+
+func (w *watchedLayer) Compressed() (io.ReadCloser, error) {
+	w.read.Store(true)
+	return w.Layer.Compressed()
 }
 
 // maxReferrerDepth bounds the chain of referrers followed (a signature of an SBOM of
@@ -704,9 +842,9 @@ func isUnauthorized(err error) bool {
 // finish prints the summary and the failures, and makes the exit status.
 func (im *importer) finish(err error, interrupted bool) error {
 	p := im.progress
-	fmt.Fprintf(p.out, "import: finished in %s: %d/%d repositories, %d images: %d copied, %d skipped, %d failed; %d referrers copied; %s read from the source\n",
+	fmt.Fprintf(p.out, "import: finished in %s: %d/%d repositories, %d images: %d copied, %d skipped, %d failed; %d referrers copied; %d blobs mounted; %s read from the source\n",
 		time.Since(p.began).Round(100*time.Millisecond), p.reposDone.Load(), p.reposTotal.Load(),
-		p.imagesTotal.Load(), p.copied.Load(), p.skipped.Load(), p.failed.Load(), p.referrers.Load(),
+		p.imagesTotal.Load(), p.copied.Load(), p.skipped.Load(), p.failed.Load(), p.referrers.Load(), p.mounted.Load(),
 		humanize.IBytes(uint64(im.bytes.Load())))
 	im.mu.Lock()
 	failures := im.failures
@@ -737,6 +875,7 @@ type importProgress struct {
 
 	reposTotal, reposDone                           atomic.Int64
 	imagesTotal, copied, skipped, failed, referrers atomic.Int64
+	mounted                                         atomic.Int64
 	listed                                          atomic.Bool
 
 	mu sync.Mutex // one writer at a time

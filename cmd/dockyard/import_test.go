@@ -205,6 +205,12 @@ func populateSource(t *testing.T, addr string) *importSource {
 		src.mu.Unlock()
 		return art
 	}
+	// Every repository's arm64 image has the same layer and config, which the import
+	// mounts from the first repository it copied them to.
+	arm, err := random.Image(300, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
 	var g errgroup.Group
 	g.SetLimit(16)
 	for r := range importRepos {
@@ -214,7 +220,6 @@ func populateSource(t *testing.T, addr string) *importSource {
 		if err != nil {
 			t.Fatal(err)
 		}
-		arm, _ := random.Image(300, 1)
 		var tags []string
 		for k := range importTagsPerRepo {
 			tag := fmt.Sprintf("1.%d.0", k)
@@ -265,9 +270,9 @@ func populateSource(t *testing.T, addr string) *importSource {
 }
 
 // importSummary reads the closing line of an import's output.
-var importSummary = regexp.MustCompile(`import: finished in .*: (\d+)/(\d+) repositories, (\d+) images: (\d+) copied, (\d+) skipped, (\d+) failed; (\d+) referrers copied`)
+var importSummary = regexp.MustCompile(`import: finished in .*: (\d+)/(\d+) repositories, (\d+) images: (\d+) copied, (\d+) skipped, (\d+) failed; (\d+) referrers copied; (\d+) blobs mounted`)
 
-type importCounts struct{ repos, images, copied, skipped, failed, referrers int }
+type importCounts struct{ repos, images, copied, skipped, failed, referrers, mounted int }
 
 func parseImportSummary(t *testing.T, out string) importCounts {
 	t.Helper()
@@ -276,7 +281,7 @@ func parseImportSummary(t *testing.T, out string) importCounts {
 		t.Fatalf("no summary in the import's output:\n%s", out)
 	}
 	n := func(i int) int { v, _ := strconv.Atoi(m[i]); return v }
-	return importCounts{repos: n(2), images: n(3), copied: n(4), skipped: n(5), failed: n(6), referrers: n(7)}
+	return importCounts{repos: n(2), images: n(3), copied: n(4), skipped: n(5), failed: n(6), referrers: n(7), mounted: n(8)}
 }
 
 // Import: 320 tags across 20 repositories, with multi-platform indexes and referrers,
@@ -350,8 +355,8 @@ auth:
 	total := importRepos * importTagsPerRepo
 	totalWithFallback := total + len(src.referrers) // the reference registry's sha256-<hex> tags
 	if second.repos != importRepos || second.images != totalWithFallback || second.failed != 0 ||
-		second.skipped == 0 || second.copied == 0 || second.copied+second.skipped != totalWithFallback {
-		t.Fatalf("resumed run: %+v, want %d images in %d repositories, some copied before the kill and the rest now\n%s",
+		second.skipped == 0 || second.copied == 0 || second.copied+second.skipped != totalWithFallback || second.mounted == 0 {
+		t.Fatalf("resumed run: %+v, want %d images in %d repositories, some copied before the kill and the rest now, the shared blobs mounted\n%s",
 			second, totalWithFallback, importRepos, out)
 	}
 	t.Logf("resumed run: %+v", second)
