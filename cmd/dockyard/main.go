@@ -47,6 +47,11 @@ Usage:
   dockyard storage migrate --config OLD.yaml --to-config NEW.yaml   (copy blobs between stores)
   dockyard index migrate [--config FILE]     (bring the index's schema and format up to date)
   dockyard index copy --from badger:DIR --config NEW.yaml   (a single node's index into PostgreSQL)
+  dockyard import --from URL [--username U --password-file F] [--repositories GLOB]… [--tags REGEXP]…
+         [--to http://127.0.0.1:5000] [--into [HOST][/NAMESPACE]] [--to-username U --to-password-file F]
+         [--concurrency N] [--insecure] [--ca-file F]
+      (copy another registry — Nexus, Harbor, a CNCF registry — into a running dockyard, through
+      its API; run it again to resume)
 (the administrative commands open the index: on Badger, run them while the server is
 stopped; on a shared PostgreSQL index they run beside the instances, but fsck --repair
 refuses to while any serves. The server itself runs retention, GC and upload purging on
@@ -96,6 +101,8 @@ func run(args []string, stdout, stderr io.Writer) error {
 		return indexCommand(args[1:], stdout)
 	case "healthcheck":
 		return healthCommand(args[1:], stdout)
+	case "import":
+		return importCommand(args[1:], stdout)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return nil
