@@ -6,7 +6,9 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"maps"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/dockyard/dockyard/index"
@@ -140,13 +142,15 @@ type ImageDetails struct {
 	Labels       map[string]string // the image configuration's labels (single images)
 	PulledAt     time.Time         // last pull through the tag (zero: never)
 	Pulls        int64             // pulls through the tag
+	// Missing: the manifest is no longer stored (deleted since it was listed).
+	Missing bool
 }
 
 // maxRememberedConfigs bounds the image configurations kept in memory for details.
 const maxRememberedConfigs = 4096
 
 // maxConfigSize bounds an image configuration read for its labels and platform.
-const maxConfigSize = 1 << 20
+const maxConfigSize = 256 << 10
 
 // imageConfig is what details take from an image configuration blob.
 type imageConfig struct {
@@ -191,7 +195,7 @@ func (s *Store) ImageDetails(ctx context.Context, reg string, of []DetailsOf) ([
 		var children []oci.Digest
 		for i, d := range ds {
 			if read[i].m == nil {
-				return oci.ErrManifestUnknown.Withf("manifest %s is unknown", d)
+				continue // deleted since it was listed: Missing
 			}
 			manifests[d] = &parsed{m: read[i].m, size: read[i].size}
 			for j, c := range read[i].m.Children {
@@ -207,6 +211,9 @@ func (s *Store) ImageDetails(ctx context.Context, reg string, of []DetailsOf) ([
 			return err
 		}
 		for _, p := range manifests {
+			if p == nil {
+				continue
+			}
 			for j, c := range p.m.Children {
 				if j == maxChildren {
 					break
@@ -240,7 +247,7 @@ func (s *Store) ImageDetails(ctx context.Context, reg string, of []DetailsOf) ([
 				d.Pulls, d.PulledAt = a.Pulls, unixNanos(a.PulledAt)
 			}
 			if o.Tag == "" && v == nil {
-				return oci.ErrManifestUnknown.Withf("manifest %s is unknown to %s", o.Digest, o.Repo)
+				d.Missing = true // not in the repository any more
 			}
 		}
 		return nil
@@ -250,7 +257,14 @@ func (s *Store) ImageDetails(ctx context.Context, reg string, of []DetailsOf) ([
 	}
 	for i, o := range of {
 		p, d := manifests[o.Digest], &out[i]
-		d.Size, d.ArtifactType, d.Annotations = p.size, p.m.ArtifactType, p.m.Annotations
+		if p == nil {
+			d.Missing = true
+			continue
+		}
+		d.Size, d.Annotations = p.size, p.m.Annotations
+		if c := p.m.Config; c == nil || p.m.ArtifactType != c.MediaType || !isImageConfig(c.MediaType) {
+			d.ArtifactType = p.m.ArtifactType // an artifact's, not an image's config type
+		}
 		if p.m.IsIndex() {
 			for _, c := range p.m.Children {
 				if pl := platformOf(c.Platform); pl != "" {
@@ -315,8 +329,7 @@ func storedManifests(txn index.Txn, ds []oci.Digest) ([]sizedManifest, error) {
 // here), remembering it by digest; nil when there is none to read.
 func (s *Store) imageConfig(ctx context.Context, m *oci.Manifest) *imageConfig {
 	c := m.Config
-	if c == nil || c.Size > maxConfigSize || (c.MediaType != "application/vnd.oci.image.config.v1+json" &&
-		c.MediaType != "application/vnd.docker.container.image.v1+json") {
+	if c == nil || c.Size > maxConfigSize || !isImageConfig(c.MediaType) {
 		return nil
 	}
 	if v, ok := s.configs.Get(c.Digest); ok {
@@ -331,8 +344,49 @@ func (s *Store) imageConfig(ctx context.Context, m *oci.Manifest) *imageConfig {
 	if err := json.NewDecoder(io.LimitReader(r, maxConfigSize)).Decode(&ic); err != nil {
 		return nil
 	}
+	ic.Config.Labels = boundLabels(ic.Config.Labels)
 	s.configs.Add(c.Digest, &ic)
 	return &ic
+}
+
+// maxLabelBytes bounds the labels kept of one image configuration (in memory, and in
+// every result showing them): the standard ones, then the smallest, until the bound.
+const maxLabelBytes = 16 << 10
+
+func boundLabels(m map[string]string) map[string]string {
+	size := 0
+	for k, v := range m {
+		size += len(k) + len(v)
+	}
+	if size <= maxLabelBytes {
+		return m
+	}
+	keys := slices.Collect(maps.Keys(m))
+	// The standard annotations first (a description, a source, a version), then the
+	// smallest.
+	std := func(k string) bool { return strings.HasPrefix(k, "org.opencontainers.image.") }
+	slices.SortFunc(keys, func(a, b string) int {
+		if std(a) != std(b) {
+			if std(a) {
+				return -1
+			}
+			return 1
+		}
+		return (len(a) + len(m[a])) - (len(b) + len(m[b]))
+	})
+	out, used := map[string]string{}, 0
+	for _, k := range keys {
+		if used+len(k)+len(m[k]) > maxLabelBytes {
+			break
+		}
+		used += len(k) + len(m[k])
+		out[k] = m[k]
+	}
+	return out
+}
+
+func isImageConfig(mt string) bool {
+	return mt == "application/vnd.oci.image.config.v1+json" || mt == "application/vnd.docker.container.image.v1+json"
 }
 
 // platformOf formats an index entry's platform.

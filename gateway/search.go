@@ -1,11 +1,16 @@
 package gateway
 
 import (
+	"context"
+	"errors"
+	"maps"
 	"net/url"
 	"path"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/valyala/fasthttp"
 
@@ -23,8 +28,9 @@ import (
 // bearer token must carry registry:catalog:* or registry:catalog:search (what the
 // Docker daemon asks for when it searches with a token).
 func (g *Gateway) searchCaller(ctx *fasthttp.RequestCtx, reg vhost.Registry) (func(repo string) bool, error) {
+	routesHere := g.routedTo(string(ctx.Host()), reg)
 	if g.live().Auth == nil {
-		return func(string) bool { return true }, nil
+		return routesHere, nil
 	}
 	who, err := g.authenticate(ctx)
 	if err != nil {
@@ -38,7 +44,24 @@ func (g *Gateway) searchCaller(ctx *fasthttp.RequestCtx, reg vhost.Registry) (fu
 		return nil, g.challenge(ctx, "registry:catalog:search", "insufficient_scope", "search needs a registry:catalog:search token")
 	}
 	id := who.identity()
-	return func(repo string) bool { return g.live().Auth.Decide(id, reg.Name(), repo, auth.Pull) }, nil
+	return func(repo string) bool {
+		return routesHere(repo) && g.live().Auth.Decide(id, reg.Name(), repo, auth.Pull)
+	}, nil
+}
+
+// routedTo says whether host routes a repository name to reg: a stored name whose
+// first component is one of the host's namespaces (hub/x where hub/ leads to another
+// registry) cannot be pulled there under that name, and is not shown.
+func (g *Gateway) routedTo(host string, reg vhost.Registry) func(repo string) bool {
+	router := g.live().Router
+	return func(repo string) bool {
+		name, err := oci.ParseRepository(repo)
+		if err != nil {
+			return false
+		}
+		res, err := router.Resolve(host, name, "")
+		return err == nil && res.Registry.Name() == reg.Name() && string(res.Repo) == repo
+	}
 }
 
 // v1Ping answers the Docker daemon's probe before a search: a standalone registry,
@@ -80,9 +103,11 @@ func (g *Gateway) dockerSearch(ctx *fasthttp.RequestCtx) error {
 	if err != nil {
 		return err
 	}
-	hits, _, err := vhost.MatchRepositories(g.life, reg, vhost.RepoQuery{Text: q, Visible: visible})
+	c, cancel := context.WithTimeout(g.life, searchTimeout)
+	defer cancel()
+	hits, _, err := vhost.MatchRepositories(c, reg, vhost.RepoQuery{Text: q, Visible: visible})
 	if err != nil {
-		return err
+		return searchError(err)
 	}
 	type result struct {
 		Name        string `json:"name"`
@@ -94,12 +119,28 @@ func (g *Gateway) dockerSearch(ctx *fasthttp.RequestCtx) error {
 	results := []result{}
 	from := min((page-1)*n, len(hits))
 	for _, h := range hits[from:min(from+n, len(hits))] {
-		results = append(results, result{Name: h.Repository, Description: vhost.Describe(g.life, reg, h)})
+		results = append(results, result{Name: h.Repository, Description: clip(vhost.Describe(c, reg, h), maxDescription)})
 	}
 	return writeJSON(ctx, "application/json", map[string]any{
 		"num_results": len(hits), "query": q, "page": page, "page_size": n,
 		"num_pages": (len(hits) + n - 1) / n, "results": results,
 	})
+}
+
+// maxDescription bounds a repository's description in /v1/search (Docker Hub's are
+// short, and the CLI shows one line).
+const maxDescription = 300
+
+// clip cuts s to at most n bytes, on a character boundary, marking the cut.
+func clip(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	s = s[:n]
+	for len(s) > 0 && !utf8.ValidString(s) {
+		s = s[:len(s)-1]
+	}
+	return s + "…"
 }
 
 // searchRegistry is the registry serving the request's host.
@@ -113,6 +154,25 @@ func (g *Gateway) searchRegistry(ctx *fasthttp.RequestCtx) (vhost.Registry, erro
 }
 
 const defaultSearchPage = 50
+
+// Bounds of a search's own inputs: glob matching costs grow with a pattern's length
+// and, for repository globs, steeply with each "**".
+const (
+	maxPattern     = 256
+	maxDoubleStars = 4
+)
+
+// searchTimeout bounds one search request's work (it runs on, detached from a client
+// that has gone, otherwise).
+const searchTimeout = 10 * time.Second
+
+// searchError says that a search ran out of time, or passes err on.
+func searchError(err error) error {
+	if errors.Is(err, context.DeadlineExceeded) {
+		return oci.ErrSearchTimeout.Withf("the search took more than %s: narrow it (q, registry, repository, tag)", searchTimeout)
+	}
+	return err
+}
 
 // apiSearch answers GET /-/api/v1/search: tags (kind=tags, the default) or
 // repositories (kind=repositories) selected by q and the filters, a page at a time;
@@ -143,8 +203,11 @@ func (g *Gateway) apiSearch(ctx *fasthttp.RequestCtx) error {
 		return err
 	}
 	if glob := string(args.Peek("repository")); glob != "" {
+		if len(glob) > maxPattern || strings.Count(glob, "**") > maxDoubleStars {
+			return oci.ErrQueryInvalid.Withf("repository glob: at most %d characters and %d \"**\"", maxPattern, maxDoubleStars)
+		}
 		may := visible
-		visible = func(repo string) bool { return auth.MatchGlob(glob, repo) && may(repo) }
+		visible = func(repo string) bool { return may(repo) && auth.MatchGlob(glob, repo) }
 	}
 	q, only := string(args.Peek("q")), string(args.Peek("registry"))
 	switch kind := string(args.Peek("kind")); kind {
@@ -181,13 +244,18 @@ func (g *Gateway) apiSearch(ctx *fasthttp.RequestCtx) error {
 		tq.Labels[k] = v
 	}
 	if tq.Tag != "" {
+		if len(tq.Tag) > maxPattern {
+			return oci.ErrQueryInvalid.Withf("tag pattern: at most %d characters", maxPattern)
+		}
 		if _, err := path.Match(tq.Tag, ""); err != nil {
 			return oci.ErrQueryInvalid.Withf("tag pattern %q: %v", tq.Tag, err)
 		}
 	}
-	page, err := vhost.SearchTags(g.life, reg, tq)
+	c, cancel := context.WithTimeout(g.life, searchTimeout)
+	defer cancel()
+	page, err := vhost.SearchTags(c, reg, tq)
 	if err != nil {
-		return err
+		return searchError(err)
 	}
 	results := make([]tagResult, len(page.Tags))
 	for i, t := range page.Tags {
@@ -214,10 +282,37 @@ type tagResult struct {
 	PullCount    int64             `json:"pull_count"`
 }
 
+// maxMetadata bounds the bytes of labels, and of annotations, one result carries: what
+// is past it is left out (and said so under the key "…").
+const maxMetadata = 8 << 10
+
+// capped returns m, or the entries of m (in key order) that fit in maxMetadata bytes
+// with a marker entry saying how many were left out.
+func capped(m map[string]string) map[string]string {
+	size := 0
+	for k, v := range m {
+		size += len(k) + len(v)
+	}
+	if size <= maxMetadata {
+		return m
+	}
+	keys := slices.Sorted(maps.Keys(m))
+	out, used := map[string]string{}, 0
+	for _, k := range keys {
+		if used+len(k)+len(m[k]) > maxMetadata {
+			continue
+		}
+		used += len(k) + len(m[k])
+		out[k] = m[k]
+	}
+	out["…"] = strconv.Itoa(len(m)-len(out)) + " more left out (over " + strconv.Itoa(maxMetadata) + " bytes)"
+	return out
+}
+
 func newTagResult(t vhost.TagHit) tagResult {
 	r := tagResult{Registry: t.Registry, Repository: t.Repository, Tag: t.Tag, Class: t.Class,
 		Digest: string(t.Digest), MediaType: t.MediaType, Size: t.Size, Platforms: t.Platforms,
-		ArtifactType: t.ArtifactType, Labels: t.Labels, Annotations: t.Annotations,
+		ArtifactType: t.ArtifactType, Labels: capped(t.Labels), Annotations: capped(t.Annotations),
 		PushedAt: t.PushedAt.UTC(), PullCount: t.Pulls}
 	if r.Platforms == nil {
 		r.Platforms = []string{}
@@ -231,9 +326,11 @@ func newTagResult(t vhost.TagHit) tagResult {
 
 // searchRepositories answers kind=repositories: names in order, keyset-paged by name.
 func (g *Gateway) searchRepositories(ctx *fasthttp.RequestCtx, reg vhost.Registry, q vhost.RepoQuery, n int) error {
-	hits, _, err := vhost.MatchRepositories(g.life, reg, q)
+	c, cancel := context.WithTimeout(g.life, searchTimeout)
+	defer cancel()
+	hits, _, err := vhost.MatchRepositories(c, reg, q)
 	if err != nil {
-		return err
+		return searchError(err)
 	}
 	after := string(ctx.QueryArgs().Peek("cursor"))
 	i := 0
@@ -246,18 +343,19 @@ func (g *Gateway) searchRepositories(ctx *fasthttp.RequestCtx, reg vhost.Registr
 		hits = hits[:n]
 		next = hits[n-1].Repository
 	}
-	if err := vhost.CountTags(g.life, reg, hits); err != nil {
-		return err
+	if err := vhost.CountTags(c, reg, hits); err != nil {
+		return searchError(err)
 	}
 	type repoResult struct {
 		Registry   string     `json:"registry"`
 		Repository string     `json:"repository"`
 		Tags       int        `json:"tags"`
+		MoreTags   bool       `json:"tags_counted_partly,omitempty"` // the count stopped at a bound
 		LastPush   *time.Time `json:"last_push,omitempty"`
 	}
 	results := make([]repoResult, len(hits))
 	for i, h := range hits {
-		results[i] = repoResult{Registry: h.Registry, Repository: h.Repository, Tags: h.Tags}
+		results[i] = repoResult{Registry: h.Registry, Repository: h.Repository, Tags: h.Tags, MoreTags: h.Partial}
 		if !h.LastPush.IsZero() {
 			at := h.LastPush.UTC()
 			results[i].LastPush = &at

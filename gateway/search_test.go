@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"net/http"
 	"net/url"
 	"path"
@@ -20,6 +21,7 @@ import (
 	"github.com/dockyard/dockyard/index"
 	"github.com/dockyard/dockyard/index/pgtest"
 	"github.com/dockyard/dockyard/lifecycle"
+	"github.com/dockyard/dockyard/oci"
 	"github.com/dockyard/dockyard/vhost"
 )
 
@@ -403,5 +405,89 @@ func TestSearchRejectsBadParameters(t *testing.T) {
 	resp := r.do("GET", "/-/api/v1/search?kind=repositories", nil)
 	if resp.StatusCode != 200 || !strings.Contains(string(resp.body), `"repository":"a/b","tags":1`) {
 		t.Errorf("kind=repositories: %d %s", resp.StatusCode, resp.body)
+	}
+}
+
+// What the red team found: hostile patterns are refused before they cost anything,
+// results carry bounded metadata, a host's namespace names are not shown as its own
+// registry's, plain images carry no artifact type, and a manifest gone since the scan
+// drops out of the page instead of failing it.
+func TestSearchResistsHostileInput(t *testing.T) {
+	r := startRegistry(t, t.TempDir(), registryOptions{
+		registries: func(store *cache.Store) ([]vhost.Registry, []vhost.Route) {
+			dev := vhost.NewHosted("dev", store, vhost.HostedOptions{})
+			hub := vhost.NewHosted("hub", store, vhost.HostedOptions{})
+			return []vhost.Registry{dev, hub}, []vhost.Route{
+				{Host: "ns.test", Registry: "dev", Namespaces: map[string]string{"hub": "hub"}},
+				{Host: "*", Registry: "dev"}}
+		},
+	})
+	for _, c := range []struct{ name, query string }{
+		{"five ** in a repository glob", "repository=" + url.QueryEscape(strings.Repeat("**/", 5)+"x")},
+		{"a repository glob of 300 characters", "repository=" + strings.Repeat("a", 300)},
+		{"a tag pattern of 300 characters", "tag=" + url.QueryEscape("*"+strings.Repeat("r", 299))},
+	} {
+		if resp := r.do("GET", "/-/api/v1/search?"+c.query, nil); resp.StatusCode != 400 {
+			t.Errorf("%s: %d %s, want 400", c.name, resp.StatusCode, resp.body)
+		}
+	}
+
+	// Big labels and annotations: bounded in every result, and the description too.
+	labels := map[string]string{"org.opencontainers.image.description": strings.Repeat("d", 1000)}
+	for i := range 40 {
+		labels[fmt.Sprintf("label-%02d", i)] = strings.Repeat("v", 1024)
+	}
+	config, _ := json.Marshal(map[string]any{"architecture": "amd64", "os": "linux", "config": map[string]any{"Labels": labels}})
+	layer := []byte("big labels")
+	r.pushBlob("big/labels", config)
+	r.pushBlob("big/labels", layer)
+	var m map[string]any
+	json.Unmarshal(imageManifest(config, layer), &m)
+	m["annotations"] = map[string]string{"huge": strings.Repeat("a", 20<<10), "small": "s"}
+	mb, _ := json.Marshal(m)
+	if resp := r.do("PUT", "/v2/big/labels/manifests/latest", mb, "Content-Type", mtOCIManifest); resp.StatusCode != 201 {
+		t.Fatalf("push: %d %s", resp.StatusCode, resp.body)
+	}
+	results, _ := r.searchAll(t, url.Values{"repository": {"big/labels"}})
+	if len(results) != 1 {
+		t.Fatalf("big/labels: %d results", len(results))
+	}
+	size := func(m map[string]string) (n int) {
+		for k, v := range m {
+			n += len(k) + len(v)
+		}
+		return n
+	}
+	if got := results[0]; size(got.Labels) > 17<<10 || size(got.Annotations) > 9<<10 || got.Annotations["small"] != "s" || got.Annotations["…"] == "" {
+		t.Errorf("labels %d bytes, annotations %d bytes (%v): want both bounded, the small annotation kept and the cut said", size(got.Labels), size(got.Annotations), slices.Collect(maps.Keys(got.Annotations)))
+	}
+	if got := results[0].ArtifactType; got != "" {
+		t.Errorf("a plain image has artifact_type %q", got)
+	}
+	resp := r.do("GET", "/v1/search?q=big", nil)
+	var hub struct{ Results []struct{ Description string } }
+	json.Unmarshal(resp.body, &hub)
+	if len(hub.Results) != 1 || len(hub.Results[0].Description) > 310 || !strings.HasPrefix(hub.Results[0].Description, "ddd") {
+		t.Errorf("/v1/search description: %.400s", resp.body)
+	}
+
+	// On ns.test, hub/… names registry hub: dev's own hub/secret is not pullable there
+	// under that name, so it is not listed there (it is on other hosts).
+	r.pushImage("hub/secret", "1", []byte(`{"secret":1}`), []byte("secret layer"))
+	for _, c := range []struct {
+		host string
+		want bool
+	}{{"ns.test", false}, {"other.test", true}} {
+		results, _ := r.searchAll(t, url.Values{"q": {"secret"}}, "Host", c.host)
+		resp := r.do("GET", "/v1/search?q=secret", nil, "Host", c.host)
+		if found := len(results) == 1; found != c.want || strings.Contains(string(resp.body), "hub/secret") != c.want {
+			t.Errorf("host %s: hub/secret listed %v (docker search: %s), want %v", c.host, found, resp.body, c.want)
+		}
+	}
+
+	// A manifest deleted between listing and details: left out, not an error.
+	ds, err := r.store.ImageDetails(context.Background(), "dev", []cache.DetailsOf{{Repo: "big/labels", Digest: oci.Digest("sha256:" + strings.Repeat("0", 64))}})
+	if err != nil || len(ds) != 1 || !ds[0].Missing {
+		t.Errorf("details of a manifest not stored: %v, %+v", err, ds)
 	}
 }

@@ -110,3 +110,6 @@ var ErrQueryInvalid = &Code{"UNSUPPORTED", http.StatusBadRequest, "invalid query
 // ErrConfigInvalid answers a configuration reload whose file is invalid: nothing
 // changed.
 var ErrConfigInvalid = &Code{"UNSUPPORTED", http.StatusUnprocessableEntity, "configuration invalid"}
+
+// ErrSearchTimeout answers a search that ran out of its time budget.
+var ErrSearchTimeout = &Code{"UNKNOWN", http.StatusServiceUnavailable, "search took too long"}

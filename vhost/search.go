@@ -144,7 +144,7 @@ func SearchTags(ctx context.Context, reg Registry, q TagQuery) (TagPage, error) 
 		for {
 			if len(page.Tags) == limit {
 				page.Next = cursorOf(page.Tags[limit-1]).encode()
-				return page, detailsUnlessRead(ctx, regs, page.Tags, inspect)
+				return finish(ctx, regs, page, inspect)
 			}
 			// Gather candidates passing the filters that need only the tag entry.
 			var batch []TagHit
@@ -177,12 +177,12 @@ func SearchTags(ctx context.Context, reg Registry, q TagQuery) (TagPage, error) 
 				if err := pageDetails(ctx, regs, batch); err != nil {
 					return page, err
 				}
-				batch = slices.DeleteFunc(batch, func(t TagHit) bool { return !t.matches(q) })
+				batch = slices.DeleteFunc(batch, func(t TagHit) bool { return t.Missing || !t.matches(q) })
 			}
 			for _, t := range batch {
 				if len(page.Tags) == limit { // the page filled within the batch: resume after its last hit
 					page.Next = cursorOf(page.Tags[limit-1]).encode()
-					return page, detailsUnlessRead(ctx, regs, page.Tags, inspect)
+					return finish(ctx, regs, page, inspect)
 				}
 				if q.Classify != nil {
 					t.Class = q.Classify(t.Tag)
@@ -194,12 +194,12 @@ func SearchTags(ctx context.Context, reg Registry, q TagQuery) (TagPage, error) 
 			}
 			if len(page.Tags) == limit || scanned == maxScanned || inspected >= maxInspected {
 				page.Next = last.encode()
-				return page, detailsUnlessRead(ctx, regs, page.Tags, inspect)
+				return finish(ctx, regs, page, inspect)
 			}
 			after = last
 		}
 	}
-	return page, detailsUnlessRead(ctx, regs, page.Tags, inspect)
+	return finish(ctx, regs, page, inspect)
 }
 
 // fill reads the values of tags found by a keys-only scan.
@@ -256,12 +256,16 @@ func (q *TagQuery) cheapFilter() func(cache.TagEntry) bool {
 	}
 }
 
-// detailsUnlessRead reads a page's details, unless filtering read them already.
-func detailsUnlessRead(ctx context.Context, regs []*Hosted, tags []TagHit, read bool) error {
-	if read {
-		return nil
+// finish reads a page's details, unless filtering read them already, and leaves out
+// the tags whose manifest went meanwhile.
+func finish(ctx context.Context, regs []*Hosted, page TagPage, read bool) (TagPage, error) {
+	if !read {
+		if err := pageDetails(ctx, regs, page.Tags); err != nil {
+			return page, err
+		}
 	}
-	return pageDetails(ctx, regs, tags)
+	page.Tags = present(page.Tags)
+	return page, nil
 }
 
 // matches applies the filters that need a tag's details.
@@ -306,6 +310,11 @@ func pageDetails(ctx context.Context, regs []*Hosted, tags []TagHit) error {
 	return nil
 }
 
+// present drops the tags whose manifest went since they were scanned.
+func present(tags []TagHit) []TagHit {
+	return slices.DeleteFunc(tags, func(t TagHit) bool { return t.Missing })
+}
+
 // searchStart narrows the stored registries to one (only) and finds where the cursor
 // resumes.
 func searchStart(reg Registry, only string, at cursor) ([]*Hosted, int, error) {
@@ -348,6 +357,7 @@ type RepoHit struct {
 	Registry   string
 	Repository string
 	Tags       int
+	Partial    bool // Tags stopped at the request's bound
 	LastPush   time.Time
 }
 
@@ -372,6 +382,9 @@ func MatchRepositories(ctx context.Context, reg Registry, q RepoQuery) (hits []R
 		for {
 			names, more, err := h.store.ListRepositories(ctx, h.name, last, 10_000)
 			if err != nil {
+				return nil, false, err
+			}
+			if err := ctx.Err(); err != nil {
 				return nil, false, err
 			}
 			for _, name := range names {
@@ -399,13 +412,12 @@ func sortRepos(hits []RepoHit) []RepoHit {
 	return hits
 }
 
-// maxCounted bounds the tags counted for one repository hit.
-const maxCounted = 100_000
-
 // CountTags fills in the tag count and last push of each hit, from reg's stored
-// content (a group's repository: the first member holding it).
+// content (a group's repository: the first member holding it). The tags read are
+// bounded per request as a search's are (maxScanned): past it, counts are partial.
 func CountTags(ctx context.Context, reg Registry, hits []RepoHit) error {
 	regs := Stored(reg)
+	budget := maxScanned
 	for i := range hits {
 		h := &hits[i]
 		s := storeOf(regs, h.Registry)
@@ -413,11 +425,16 @@ func CountTags(ctx context.Context, reg Registry, hits []RepoHit) error {
 			continue
 		}
 		err := s.ScanTags(ctx, cache.TagScan{Registry: h.Registry, Repo: h.Repository}, func(e cache.TagEntry) bool {
+			if budget == 0 {
+				h.Partial = true
+				return false
+			}
+			budget--
 			h.Tags++
 			if e.PushedAt.After(h.LastPush) {
 				h.LastPush = e.PushedAt
 			}
-			return h.Tags < maxCounted
+			return true
 		})
 		if err != nil {
 			return err
