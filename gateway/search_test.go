@@ -465,7 +465,9 @@ func TestSearchResistsHostileInput(t *testing.T) {
 		t.Errorf("a plain image has artifact_type %q", got)
 	}
 	resp := r.do("GET", "/v1/search?q=big", nil)
-	var hub struct{ Results []struct{ Description string } }
+	var hub struct {
+		Results []struct{ Description string }
+	}
 	json.Unmarshal(resp.body, &hub)
 	if len(hub.Results) != 1 || len(hub.Results[0].Description) > 310 || !strings.HasPrefix(hub.Results[0].Description, "ddd") {
 		t.Errorf("/v1/search description: %.400s", resp.body)
