@@ -1131,6 +1131,13 @@ cluster_table() {
     c=$(clget pages-badger "${k%%:*}") s=$(clget pages-postgres "${k%%:*}")
     case $k in *P99*) row "${k#*:}" "$c" "$s" "" "PostgreSQL <= 20" "$(atmost "$s" 20)" ;; *) row "${k#*:}" "$c" "$s" "" "report" "-" ;; esac
   done
+  row "search at $PAGES_N tags (page of 50)" "Badger" "PostgreSQL" "" "target" "met"
+  for k in SEARCH_PAGE:"page at a random cursor" SEARCH_TEXT:"text matching 100 tags" SEARCH_NONE:"class no tag has (full scan)"; do
+    for q in P50 P99; do
+      c=$(clget pages-badger "${k%%:*}_${q}_MS") s=$(clget pages-postgres "${k%%:*}_${q}_MS")
+      case $q in P99) row "${k#*:} p99 (ms)" "$c" "$s" "" "<= 50 (both)" "$(atmost "$c" 50)/$(atmost "$s" 50)" ;; *) row "${k#*:} p50 (ms)" "$c" "$s" "" "report" "-" ;; esac
+    done
+  done
   c=$(clget gc-badger GC_S) s=$(clget gc-postgres GC_S)
   local nb; nb=$(awk -v b="$(clget gc-badger GC_BLOBS)" -v m="$(clget gc-badger GC_MANIFESTS)" 'BEGIN {print b + m}')
   row "GC of $nb items (s)" "$c" "$s" "" "report" "-"
