@@ -27,6 +27,7 @@ import (
 	"github.com/dockyard/dockyard/gateway"
 	"github.com/dockyard/dockyard/index"
 	"github.com/dockyard/dockyard/lifecycle"
+	"github.com/dockyard/dockyard/notify"
 	"github.com/dockyard/dockyard/upstream"
 	"github.com/dockyard/dockyard/vhost"
 )
@@ -162,7 +163,7 @@ func serve(args []string, stderr io.Writer) error {
 		defer ms.Shutdown()
 		log.Info("metrics listening", "addr", ml.Addr().String())
 	}
-	a.jobs.Start(ctx)
+	a.start(ctx)
 	errc := make(chan error, 1)
 	go func() { errc <- a.gw.Serve(l) }()
 	select {
@@ -258,11 +259,26 @@ type app struct {
 	jobs    *lifecycle.Jobs
 	admin   *adminJobs
 	proxies []*vhost.Proxy
+	// notifier delivers webhooks (nil: none configured); it stops after the jobs,
+	// which may still record retention events, and leaves what it has not delivered
+	// queued in the index for the next start.
+	notifier *notify.Notifier
+}
+
+// start runs the scheduled jobs and the webhook deliveries until ctx ends.
+func (a *app) start(ctx context.Context) {
+	a.jobs.Start(ctx)
+	if a.notifier != nil {
+		a.notifier.Start(ctx)
+	}
 }
 
 func (a *app) close() {
 	a.jobs.Wait()
 	a.admin.Wait()
+	if a.notifier != nil {
+		a.notifier.Close()
+	}
 	for _, p := range a.proxies {
 		p.Close()
 	}
@@ -271,7 +287,8 @@ func (a *app) close() {
 // build wires the configured registries and routes into a gateway. Jobs run on
 // demand under ctx, the server's lifetime.
 func build(ctx context.Context, cfg *config.Config, store *cache.Store, log *slog.Logger) (*app, error) {
-	jobs, im, err := buildLifecycle(cfg, store, log)
+	notifier := buildNotifier(cfg, store, log)
+	jobs, im, err := buildLifecycle(cfg, store, retentionEvents(notifier), log)
 	if err != nil {
 		return nil, err
 	}
@@ -279,7 +296,7 @@ func build(ctx context.Context, cfg *config.Config, store *cache.Store, log *slo
 	if err != nil {
 		return nil, err
 	}
-	a := &app{jobs: jobs, admin: &adminJobs{jobs: jobs, life: ctx}}
+	a := &app{jobs: jobs, admin: &adminJobs{jobs: jobs, life: ctx}, notifier: notifier}
 	for _, r := range regs {
 		if p, ok := r.(*vhost.Proxy); ok {
 			a.proxies = append(a.proxies, p)
@@ -316,6 +333,7 @@ func build(ctx context.Context, cfg *config.Config, store *cache.Store, log *slo
 		Metrics: cfg.Metrics.Enabled, MetricsOnMain: cfg.Metrics.Listen == "",
 		Admin: a.admin, Admins: cfg.Lifecycle.Admins,
 		Auth: authService, TokenHosts: tokenHosts, TLS: cfg.TLS.CertFile != "",
+		Events: gatewayEvents(notifier),
 		Router: router, Logger: log, MaxManifestSize: int64(cfg.HTTP.MaxManifestSize),
 		ReadTimeout: cfg.HTTP.ReadTimeout, UploadTimeout: cfg.HTTP.UploadTimeout,
 		IdleTimeout: cfg.HTTP.IdleTimeout, WriteTimeout: cfg.HTTP.WriteTimeout,
@@ -325,6 +343,7 @@ func build(ctx context.Context, cfg *config.Config, store *cache.Store, log *slo
 	})
 	if reg := a.gw.Metrics(); reg != nil {
 		registerJobMetrics(reg, jobs)
+		registerNotifyMetrics(reg, notifier)
 	}
 	return a, nil
 }
