@@ -1,6 +1,9 @@
 package notify
 
 import (
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -149,11 +152,14 @@ func TestDeliveriesAreSignedAndCarryTheConfiguredHeaders(t *testing.T) {
 	}
 	waitFor(t, "a delivery", func() bool { return len(rcv.accepted()) == 1 })
 	d := rcv.accepted()[0]
-	if !Verify([]byte("s3cr3t"), d.body, d.header.Get(SignatureHeader)) {
-		t.Errorf("signature %q does not verify", d.header.Get(SignatureHeader))
+	// Recomputed here, as a receiver would, not with Sign.
+	m := hmac.New(sha256.New, []byte("s3cr3t"))
+	m.Write(d.body)
+	if want := "sha256=" + hex.EncodeToString(m.Sum(nil)); d.header.Get(SignatureHeader) != want {
+		t.Errorf("signature %q, want %q", d.header.Get(SignatureHeader), want)
 	}
-	if Verify([]byte("other"), d.body, d.header.Get(SignatureHeader)) {
-		t.Error("the signature verifies under another key")
+	if !Verify([]byte("s3cr3t"), d.body, d.header.Get(SignatureHeader)) || Verify([]byte("other"), d.body, d.header.Get(SignatureHeader)) {
+		t.Error("Verify disagrees with the signature")
 	}
 	for h, want := range map[string]string{"Authorization": "Bearer abc", "X-Team": "platform",
 		"Content-Type": "application/json", EventIDHeader: d.event.ID} {
