@@ -250,17 +250,6 @@ func (n *Notifier) Counters() []Counters {
 	return out
 }
 
-// Wants reports whether some endpoint subscribes to action (callers skip work for
-// events nobody is sent).
-func (n *Notifier) Wants(action Action) bool {
-	for _, ep := range n.eps {
-		if slices.Contains(ep.Actions, action) {
-			return true
-		}
-	}
-	return false
-}
-
 func (ep *endpoint) wants(e *Event) bool {
 	if !slices.Contains(ep.Actions, e.Action) {
 		return false
@@ -492,6 +481,10 @@ func (n *Notifier) deliver(ctx context.Context, ep *endpoint) {
 		for _, ev := range events {
 			if age := n.opts.Now().Sub(idTime(ev.ID)); age > ep.MaxAge {
 				if err := q.Remove(ev.ID); err != nil {
+					n.log.Warn("notifications: expired event not removed", "endpoint", ep.Name, "event_id", ev.ID, "err", err)
+					if !fail() {
+						return
+					}
 					break
 				}
 				ep.dropped.Add(1)
@@ -516,6 +509,9 @@ func (n *Notifier) deliver(ctx context.Context, ep *endpoint) {
 			if err := q.Remove(ev.ID); err != nil {
 				// It will be delivered again: at least once.
 				n.log.Warn("notifications: delivered event not removed from its queue", "endpoint", ep.Name, "event_id", ev.ID, "err", err)
+				if !fail() {
+					return
+				}
 				break
 			}
 		}

@@ -270,9 +270,6 @@ func TestEndpointsGetOnlyTheEventsTheySubscribeTo(t *testing.T) {
 			t.Errorf("got %v, want %v", got, c.want)
 		}
 	}
-	if !n.Wants(Pull) || New(fast(store, Endpoint{Name: "x", URL: "http://x", Actions: []Action{Push}})).Wants(Pull) {
-		t.Error("Wants(Pull)")
-	}
 }
 
 // Recording never waits for an endpoint: with the receiver holding every request,
