@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -21,14 +22,24 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
+	"github.com/dockyard/dockyard/index/pgtest"
 	"github.com/dockyard/dockyard/notify"
 )
 
 // The issue's check: with the receiver down, images are pushed, pulled and deleted,
 // a retention policy deletes a tag, and dockyard is restarted meanwhile (and takes
 // another push); once the receiver is back, every event arrives, each with a valid
-// signature and an id that tells duplicates apart.
+// signature and an id that tells duplicates apart. On the embedded index and on
+// PostgreSQL.
 func TestWebhooksReachAReceiverThatWasDownAcrossARestart(t *testing.T) {
+	t.Run("badger", func(t *testing.T) { webhooksAcrossARestart(t, "") })
+	t.Run("postgres", func(t *testing.T) {
+		t.Setenv("WEBHOOK_TEST_DSN", pgtest.Need(t, pgserver).NewDatabase(t))
+		webhooksAcrossARestart(t, "index: {driver: postgres, postgres: {dsn_env: WEBHOOK_TEST_DSN}}\n")
+	})
+}
+
+func webhooksAcrossARestart(t *testing.T, extra string) {
 	dir := t.TempDir()
 	secret := []byte("hook-secret")
 	os.WriteFile(filepath.Join(dir, "secret"), append(secret, '\n'), 0o600)
@@ -57,7 +68,7 @@ notifications:
 lifecycle:
   retention:
     - {name: trim, registries: [default], repositories: [team/old], keep_last: 1}
-`, hook)), 0o600)
+`, hook)+extra), 0o600)
 	data := filepath.Join(dir, "data")
 
 	addr, a, stop := serveApp(t, cfg, data)
@@ -154,4 +165,17 @@ lifecycle:
 		}
 	}
 	mu.Unlock()
+
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, m := range []string{`dockyard_notifications_sent_total{endpoint="ci"} `, `dockyard_notifications_failed_total{endpoint="ci"} `,
+		`dockyard_notifications_dropped_total{endpoint="ci"} 0`, `dockyard_notifications_queued{endpoint="ci"} `} {
+		if !strings.Contains(string(metrics), m) {
+			t.Errorf("/metrics lacks %s", m)
+		}
+	}
 }
