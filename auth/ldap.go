@@ -12,6 +12,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-ldap/ldap/v3"
@@ -56,6 +57,22 @@ type LDAP struct {
 
 	mu    sync.Mutex
 	cache map[string]cachedLogin // user → last successful login
+
+	closed atomic.Bool // Close was called: connections are no longer pooled
+}
+
+// Close closes the pooled connections (a configuration reload replaced this
+// directory). Logins still running finish; their connections are closed after them.
+func (l *LDAP) Close() {
+	l.closed.Store(true)
+	for {
+		select {
+		case c := <-l.pool:
+			c.Close()
+		default:
+			return
+		}
+	}
 }
 
 type cachedLogin struct {
@@ -155,7 +172,7 @@ func (l *LDAP) serviceConn() (*ldap.Conn, error) {
 }
 
 func (l *LDAP) release(c *ldap.Conn, healthy bool) {
-	if healthy && !c.IsClosing() {
+	if healthy && !c.IsClosing() && !l.closed.Load() {
 		select {
 		case l.pool <- c:
 			return

@@ -57,6 +57,14 @@ func (e *ErrRateLimited) Error() string {
 	return fmt.Sprintf("too many failed logins; retry in %s", e.RetryAfter.Round(time.Second))
 }
 
+// Close releases what the service holds open (its LDAP connections) once a reload has
+// replaced it.
+func (s *Service) Close() {
+	if s.cfg.LDAP != nil {
+		s.cfg.LDAP.Close()
+	}
+}
+
 // Service answers the gateway's questions: who is this, and may they do that.
 type Service struct {
 	cfg     Config

@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"time"
 
+	lru "github.com/hashicorp/golang-lru/v2"
+
 	"github.com/dockyard/dockyard/blobstore"
 	"github.com/dockyard/dockyard/index"
 	"github.com/dockyard/dockyard/oci"
@@ -32,6 +34,9 @@ type Store struct {
 	locks    index.Locker
 	contents *manifestCache
 	tags     *tagCache
+	// configs remembers image configurations read for search details, by digest
+	// (content-addressed: never stale).
+	configs  *lru.Cache[oci.Digest, *imageConfig]
 	buffers  *bufferPool
 	sessions sessions
 	// minFree is the free-space reserve (0: none); freeSpace measures.
@@ -127,6 +132,7 @@ func Open(opts Options) (*Store, error) {
 		contents: newManifestCache(opts.ManifestCache), tags: newTagCache(16384), buffers: newBufferPool(opts.UploadBuffers),
 		sessions: sessions{max: opts.MaxSessionsPerClient, open: map[string]int{}},
 		minFree:  opts.MinFreeSpace, freeSpace: opts.FreeSpace, locks: index.LockerOf(db)}
+	s.configs, _ = lru.New[oci.Digest, *imageConfig](maxRememberedConfigs)
 	s.tags.off = s.Shared()
 	if r, ok := blobs.(blobstore.Redirector); ok && r.Redirects() {
 		s.redirect = r

@@ -255,6 +255,9 @@ type HTTP struct {
 	IdleTimeout     time.Duration `mapstructure:"idle_timeout"`
 	WriteTimeout    time.Duration `mapstructure:"write_timeout"`
 	MaxManifestSize ByteSize      `mapstructure:"max_manifest_size"`
+	// ShutdownTimeout bounds how long a stopping server (SIGTERM) lets requests in
+	// flight finish before it closes their connections.
+	ShutdownTimeout time.Duration `mapstructure:"shutdown_timeout"`
 	CORS            CORS          `mapstructure:"cors"`
 	// TrustedProxies are addresses or CIDR ranges of load balancers and TLS
 	// terminators whose X-Forwarded-For header names the real client.
@@ -403,6 +406,7 @@ func setDefaults(v *viper.Viper) {
 	v.SetDefault("http.upload_timeout", "1h")
 	v.SetDefault("http.idle_timeout", "2m")
 	v.SetDefault("http.write_timeout", "0s")
+	v.SetDefault("http.shutdown_timeout", "30s")
 	v.SetDefault("http.max_manifest_size", "4MiB")
 	v.SetDefault("http.trusted_proxies", []string{})
 	v.SetDefault("http.cors.allowed_origins", []string{})
@@ -664,7 +668,7 @@ func (c *Config) Validate() error {
 	for _, d := range []struct {
 		path string
 		v    time.Duration
-	}{{"http.read_timeout", c.HTTP.ReadTimeout}, {"http.upload_timeout", c.HTTP.UploadTimeout}, {"http.idle_timeout", c.HTTP.IdleTimeout}, {"http.write_timeout", c.HTTP.WriteTimeout}} {
+	}{{"http.read_timeout", c.HTTP.ReadTimeout}, {"http.upload_timeout", c.HTTP.UploadTimeout}, {"http.idle_timeout", c.HTTP.IdleTimeout}, {"http.write_timeout", c.HTTP.WriteTimeout}, {"http.shutdown_timeout", c.HTTP.ShutdownTimeout}} {
 		if d.v < 0 {
 			bad(d.path, "must not be negative")
 		}

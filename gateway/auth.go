@@ -51,9 +51,10 @@ func (g *Gateway) authenticate(ctx *fasthttp.RequestCtx) (*principal, error) {
 	switch {
 	case h == "":
 		return &principal{}, nil
-	case strings.HasPrefix(h, "Bearer ") && g.auth.Mode() == auth.ModeToken:
-		c, err := g.auth.Signer().Verify(strings.TrimSpace(h[len("Bearer "):]), g.service(ctx))
-		if err != nil || c.Kind != "" || g.auth.ClaimsRevoked(c) {
+	case strings.HasPrefix(h, "Bearer ") && g.live().Auth.Mode() == auth.ModeToken:
+		c, err := g.live().Auth.Signer().Verify(strings.TrimSpace(h[len("Bearer "):]), g.service(ctx))
+		if err != nil || c.Kind != "" || g.live().Auth.ClaimsRevoked(c) {
+			g.metrics.authFailed("token")
 			return nil, g.challenge(ctx, "", "invalid_token", "the bearer token is invalid, expired or revoked")
 		}
 		return &principal{claims: c}, nil
@@ -62,7 +63,12 @@ func (g *Gateway) authenticate(ctx *fasthttp.RequestCtx) (*principal, error) {
 		if !ok {
 			return nil, g.challenge(ctx, "", "", "malformed Basic credentials")
 		}
-		id, err := g.auth.Login(g.life, user, password, g.clientAddr(ctx))
+		if user == "" && password == "" {
+			// What the Docker daemon sends to search a standalone registry without a
+			// login: no credentials, said in a header.
+			return &principal{}, nil
+		}
+		id, err := g.live().Auth.Login(g.life, user, password, g.clientAddr(ctx))
 		if err != nil {
 			return nil, g.loginError(ctx, err)
 		}
@@ -82,6 +88,7 @@ func basicCredentials(h string) (user, password string, ok bool) {
 // loginError answers a failed login: rate limited (429), directory down (401 with the
 // reason), or bad credentials (401).
 func (g *Gateway) loginError(ctx *fasthttp.RequestCtx, err error) error {
+	g.metrics.loginFailed(err)
 	var rl *auth.ErrRateLimited
 	if errors.As(err, &rl) {
 		e := oci.ErrTooManyRequests.Withf("%v", rl)
@@ -97,7 +104,7 @@ func (g *Gateway) loginError(ctx *fasthttp.RequestCtx, err error) error {
 // challenge answers 401 with the WWW-Authenticate header of the auth mode. scope is
 // the token scope the client should ask for.
 func (g *Gateway) challenge(ctx *fasthttp.RequestCtx, scope, tokenErr, msg string) error {
-	if g.auth.Mode() == auth.ModeToken {
+	if g.live().Auth.Mode() == auth.ModeToken {
 		v := `Bearer realm="` + g.realm(ctx) + `",service="` + g.service(ctx) + `"`
 		if scope != "" {
 			v += `,scope="` + scope + `"`
@@ -114,13 +121,13 @@ func (g *Gateway) challenge(ctx *fasthttp.RequestCtx, scope, tokenErr, msg strin
 
 func (g *Gateway) tokenHost(ctx *fasthttp.RequestCtx) TokenHost {
 	host := string(ctx.Host())
-	for _, th := range g.opts.TokenHosts {
+	for _, th := range g.live().TokenHosts {
 		if strings.EqualFold(th.Host, host) {
 			return th
 		}
 	}
 	h, _, _ := strings.Cut(host, ":")
-	for _, th := range g.opts.TokenHosts {
+	for _, th := range g.live().TokenHosts {
 		if strings.EqualFold(th.Host, h) {
 			return th
 		}
@@ -156,7 +163,7 @@ func (g *Gateway) may(p *principal, clientRepo string, reg vhost.Registry, repo 
 	if p.claims != nil {
 		return tokenAllows(p.claims, "repository", clientRepo, reg.Name(), repo, string(action))
 	}
-	return g.auth.Decide(p.id, reg.Name(), repo, action)
+	return g.live().Auth.Decide(p.id, reg.Name(), repo, action)
 }
 
 // tokenAllows reports whether the token grants action on the named resource, which
@@ -200,7 +207,7 @@ func (g *Gateway) authorize(r *request, action auth.Action) error {
 		}
 	}
 	// Anonymous, or a token lacking a scope its subject has: ask for (a better) token.
-	if r.who.anonymous() || (r.who.claims != nil && g.auth.Decide(r.who.identity(), r.reg.Name(), string(r.repo), action)) {
+	if r.who.anonymous() || (r.who.claims != nil && g.live().Auth.Decide(r.who.identity(), r.reg.Name(), string(r.repo), action)) {
 		tokenErr := ""
 		if r.who.claims != nil {
 			tokenErr = "insufficient_scope"

@@ -61,7 +61,7 @@ func (g *Gateway) forwardedByUntrusted(ctx *fasthttp.RequestCtx) bool {
 }
 
 func (g *Gateway) trustedProxy(a netip.Addr) bool {
-	for _, p := range g.opts.TrustedProxies {
+	for _, p := range g.live().TrustedProxies {
 		if p.Contains(a) {
 			return true
 		}

@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"errors"
 	"strconv"
 	"time"
 
@@ -9,6 +10,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/valyala/fasthttp"
 	"github.com/valyala/fasthttp/fasthttpadaptor"
+
+	"github.com/dockyard/dockyard/auth"
 )
 
 // metrics are the gateway's Prometheus metrics. Every label has a bounded set of
@@ -21,6 +24,9 @@ type metrics struct {
 	bytesIn   *prometheus.CounterVec
 	bytesOut  *prometheus.CounterVec
 	inFlight  prometheus.Gauge
+	uploads   prometheus.Gauge
+	authFails *prometheus.CounterVec
+	limited   prometheus.Counter
 	serveHTTP fasthttp.RequestHandler
 }
 
@@ -39,8 +45,14 @@ func newMetrics() *metrics {
 			Help: "Response body bytes, by registry and route."}, []string{"registry", "route"}),
 		inFlight: prometheus.NewGauge(prometheus.GaugeOpts{Name: "dockyard_http_requests_in_flight",
 			Help: "Requests being handled now."}),
+		uploads: prometheus.NewGauge(prometheus.GaugeOpts{Name: "dockyard_uploads_in_flight",
+			Help: "Blob upload bodies (POST, PATCH, PUT) being received now."}),
+		authFails: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "dockyard_auth_failures_total",
+			Help: "Failed authentications: bad credentials, directory unavailable, invalid bearer token, rate limited."}, []string{"reason"}),
+		limited: prometheus.NewCounter(prometheus.CounterOpts{Name: "dockyard_auth_rate_limited_total",
+			Help: "Logins refused by the failed-login rate limit."}),
 	}
-	reg.MustRegister(m.requests, m.duration, m.bytesIn, m.bytesOut, m.inFlight,
+	reg.MustRegister(m.requests, m.duration, m.bytesIn, m.bytesOut, m.inFlight, m.uploads, m.authFails, m.limited,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m.serveHTTP = fasthttpadaptor.NewFastHTTPHandler(promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	return m
@@ -65,6 +77,30 @@ func (m *metrics) observe(ctx *fasthttp.RequestCtx, e *accessEntry, responseByte
 		m.bytesIn.WithLabelValues(e.registry, route).Add(float64(n))
 	}
 	m.bytesOut.WithLabelValues(e.registry, route).Add(float64(responseBytes))
+}
+
+// authFailed counts a failed authentication (nil m: metrics off).
+func (m *metrics) authFailed(reason string) {
+	if m != nil {
+		m.authFails.WithLabelValues(reason).Inc()
+	}
+}
+
+// loginFailed counts a failed login by its cause.
+func (m *metrics) loginFailed(err error) {
+	if m == nil {
+		return
+	}
+	var rl *auth.ErrRateLimited
+	switch {
+	case errors.As(err, &rl):
+		m.limited.Inc()
+		m.authFailed("rate_limited")
+	case errors.Is(err, auth.ErrDirectoryUnavailable):
+		m.authFailed("directory_unavailable")
+	default:
+		m.authFailed("credentials")
+	}
 }
 
 // Metrics is the gateway's metrics registry: other packages' collectors (jobs, the

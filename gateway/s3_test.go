@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
+	"os"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -23,12 +24,33 @@ import (
 	"github.com/dockyard/dockyard/blobstore"
 	"github.com/dockyard/dockyard/blobstore/s3test"
 	"github.com/dockyard/dockyard/cache"
+	"github.com/dockyard/dockyard/index/pgtest"
 	"github.com/dockyard/dockyard/oci"
 )
 
-var s3server *s3test.Server
+var (
+	s3server *s3test.Server
+	pgserver *pgtest.Server // for the cases run on the PostgreSQL index too
+)
 
-func TestMain(m *testing.M) { s3test.Main(m, &s3server) }
+func TestMain(m *testing.M) {
+	var err error
+	if s3server, err = s3test.Shared(); err == nil {
+		pgserver, err = pgtest.Shared()
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	if s3server != nil {
+		s3server.Stop()
+	}
+	if pgserver != nil {
+		pgserver.Stop()
+	}
+	os.Exit(code)
+}
 
 // onS3 is a store option putting the blobs in a new bucket of the test S3 server
 // (parts of 5 MiB); bucket receives the bucket's name.

@@ -55,6 +55,8 @@ type Options struct {
 	Readiness Readiness
 	// AccessLog, when set, gets one line per request (see logAccess).
 	AccessLog *slog.Logger
+	// Classify names a tag's class (release, rc, snapshot, other) for search.
+	Classify func(tag string) string
 	// Metrics turns the Prometheus metrics on (Gateway.Metrics, MetricsHandler);
 	// MetricsOnMain also serves them at /metrics on this listener.
 	Metrics, MetricsOnMain bool
@@ -81,10 +83,11 @@ type Gateway struct {
 	readyAt     time.Time
 	readyLast   map[string]error
 	readyFlight singleflight.Group
-	auth        *auth.Service
-	log         *slog.Logger
-	server      *fasthttp.Server
-	reqID       atomic.Uint64
+	// current is what a reload replaces (see Live).
+	current atomic.Pointer[Live]
+	log     *slog.Logger
+	server  *fasthttp.Server
+	reqID   atomic.Uint64
 
 	// Shutdown waits for handlers; past its deadline it closes the connections still
 	// open so that handlers reading a body stop, and waits for them again: the store
@@ -118,7 +121,9 @@ func New(opts Options) *Gateway {
 	if opts.IdleTimeout <= 0 {
 		opts.IdleTimeout = 2 * time.Minute
 	}
-	g := &Gateway{opts: opts, auth: opts.Auth, log: opts.Logger, conns: map[net.Conn]struct{}{}}
+	g := &Gateway{opts: opts, log: opts.Logger, conns: map[net.Conn]struct{}{}}
+	g.current.Store(&Live{Router: opts.Router, Auth: opts.Auth, TokenHosts: opts.TokenHosts, Admin: opts.Admin,
+		Admins: opts.Admins, Classify: opts.Classify, CORS: opts.CORS, TrustedProxies: opts.TrustedProxies})
 	if opts.Metrics {
 		g.metrics = newMetrics()
 	}
@@ -147,6 +152,31 @@ func New(opts Options) *Gateway {
 	}
 	return g
 }
+
+// Live is the part of the options a configuration reload replaces: routes and
+// registries, authentication and rules, token hosts, the admin endpoint and its
+// admins, tag classes, CORS, trusted proxies. Each use reads the current one, so a
+// request that started before a reload may finish its later steps under the new
+// rules (never under a mix within one decision).
+type Live struct {
+	Router         *vhost.Router
+	Auth           *auth.Service
+	TokenHosts     []TokenHost
+	Admin          Admin
+	Admins         []string
+	Classify       func(tag string) string
+	CORS           CORS
+	TrustedProxies []netip.Prefix
+}
+
+// Reload makes l the gateway's live options.
+func (g *Gateway) Reload(l Live) { g.current.Store(&l) }
+
+// Live returns the current live options.
+func (g *Gateway) Live() Live { return *g.live() }
+
+// live returns the current live options.
+func (g *Gateway) live() *Live { return g.current.Load() }
 
 // Serve answers requests on l until Shutdown.
 func (g *Gateway) Serve(l net.Listener) error { return g.server.Serve(l) }
@@ -224,7 +254,16 @@ func (g *Gateway) handle(ctx *fasthttp.RequestCtx) {
 	case bytes.HasPrefix(ctx.Path(), adminPrefix):
 		ae.route = "admin"
 		err = g.admin(ctx)
-	case g.auth != nil && string(ctx.Path()) == "/token":
+	case string(ctx.Path()) == "/v1/_ping":
+		ae.route = "v1-ping"
+		g.v1Ping(ctx)
+	case string(ctx.Path()) == "/v1/search":
+		ae.route = "docker-search"
+		err = g.dockerSearch(ctx)
+	case string(ctx.Path()) == "/-/api/v1/search":
+		ae.route = "search"
+		err = g.apiSearch(ctx)
+	case g.live().Auth != nil && string(ctx.Path()) == "/token":
 		ae.route = "token"
 		err = g.token(ctx)
 	default:
@@ -261,7 +300,11 @@ func (g *Gateway) dispatch(ctx *fasthttp.RequestCtx, route Route) error {
 		ae.reference = route.UploadID
 	}
 	upload := ep.upload && isUploadRequest(ctx.Method(), ctx.RequestURI())
-	if g.auth != nil {
+	if upload && g.metrics != nil {
+		g.metrics.uploads.Inc()
+		defer g.metrics.uploads.Dec()
+	}
+	if g.live().Auth != nil {
 		var err error
 		if req.who, err = g.authenticate(ctx); err != nil {
 			return err
@@ -274,7 +317,7 @@ func (g *Gateway) dispatch(ctx *fasthttp.RequestCtx, route Route) error {
 	}
 	switch ep.scope {
 	case scopeRegistry:
-		reg, err := g.opts.Router.ResolveHost(string(ctx.Host()))
+		reg, err := g.live().Router.ResolveHost(string(ctx.Host()))
 		if err != nil {
 			return err
 		}
@@ -285,7 +328,7 @@ func (g *Gateway) dispatch(ctx *fasthttp.RequestCtx, route Route) error {
 			return err
 		}
 		ae.registry = req.reg.Name()
-		if g.auth != nil {
+		if g.live().Auth != nil {
 			if err := g.authorize(req, o.action); err != nil {
 				return err
 			}
@@ -315,12 +358,12 @@ func (g *Gateway) extendRead(ctx *fasthttp.RequestCtx) {
 // it, as without ns.
 func (g *Gateway) resolve(req *request) error {
 	host := string(req.ctx.Host())
-	res, err := g.opts.Router.Resolve(host, req.route.Repo, string(req.ctx.QueryArgs().Peek("ns")))
+	res, err := g.live().Router.Resolve(host, req.route.Repo, string(req.ctx.QueryArgs().Peek("ns")))
 	if err != nil {
 		return err
 	}
 	if res.Namespace != "" && req.who.claims != nil && !tokenBound(req.who.claims, string(req.route.Repo), res.Registry.Name(), string(res.Repo)) {
-		if res, err = g.opts.Router.Resolve(host, req.route.Repo, ""); err != nil {
+		if res, err = g.live().Router.Resolve(host, req.route.Repo, ""); err != nil {
 			return err
 		}
 	}
@@ -334,7 +377,7 @@ func (g *Gateway) resolve(req *request) error {
 // base answers /v2/: the API is here, and with authentication on, whether the
 // caller's credentials are good.
 func (g *Gateway) base(r *request) error {
-	if g.auth != nil && !r.who.presented() {
+	if g.live().Auth != nil && !r.who.presented() {
 		return g.challenge(r.ctx, "", "", "authentication required")
 	}
 	r.ctx.SetContentType("application/json")

@@ -24,7 +24,7 @@ const maxTokenForm = 64 << 10
 // docker login uses. The access granted is what was asked for, cut down to what the
 // rules allow the caller.
 func (g *Gateway) token(ctx *fasthttp.RequestCtx) error {
-	if g.auth.Mode() != auth.ModeToken {
+	if g.live().Auth.Mode() != auth.ModeToken {
 		return oci.ErrNotFound.Withf("token auth is not enabled")
 	}
 	var (
@@ -47,7 +47,7 @@ func (g *Gateway) token(ctx *fasthttp.RequestCtx) error {
 			if !strings.HasPrefix(h, "Basic ") || !ok {
 				return g.tokenError(ctx, errors.New("malformed credentials"))
 			}
-			if id, err = g.auth.Login(g.life, user, password, g.clientAddr(ctx)); err != nil {
+			if id, err = g.live().Auth.Login(g.life, user, password, g.clientAddr(ctx)); err != nil {
 				return g.tokenError(ctx, err)
 			}
 		}
@@ -67,16 +67,16 @@ func (g *Gateway) token(ctx *fasthttp.RequestCtx) error {
 		scopes = strings.Fields(form.Get("scope"))
 		switch form.Get("grant_type") {
 		case "password":
-			if id, err = g.auth.Login(g.life, form.Get("username"), form.Get("password"), g.clientAddr(ctx)); err != nil {
+			if id, err = g.live().Auth.Login(g.life, form.Get("username"), form.Get("password"), g.clientAddr(ctx)); err != nil {
 				return g.tokenError(ctx, err)
 			}
 			offline = form.Get("access_type") == "offline"
 		case "refresh_token":
-			c, verr := g.auth.Signer().Verify(form.Get("refresh_token"), service)
+			c, verr := g.live().Auth.Signer().Verify(form.Get("refresh_token"), service)
 			if verr != nil || c.Kind != "refresh" {
 				return g.tokenError(ctx, errors.New("invalid refresh token"))
 			}
-			if id, err = g.auth.Refresh(g.life, c); err != nil {
+			if id, err = g.live().Auth.Refresh(g.life, c); err != nil {
 				return g.tokenError(ctx, err)
 			}
 		default:
@@ -103,7 +103,7 @@ func (g *Gateway) token(ctx *fasthttp.RequestCtx) error {
 		}
 		claims.CI = id.TokenID
 	}
-	signed, exp, err := g.auth.Signer().Sign(claims, subject, service, g.auth.TokenTTL())
+	signed, exp, err := g.live().Auth.Signer().Sign(claims, subject, service, g.live().Auth.TokenTTL())
 	if err != nil {
 		return err
 	}
@@ -112,7 +112,7 @@ func (g *Gateway) token(ctx *fasthttp.RequestCtx) error {
 		"expires_in": int(time.Until(exp).Seconds()), "issued_at": time.Now().UTC().Format(time.RFC3339),
 	}
 	if offline && id != nil && id.Source != "token" {
-		refresh, _, err := g.auth.Signer().Sign(auth.Claims{Kind: "refresh", Groups: id.Groups, Source: id.Source}, id.Name, service, g.auth.RefreshTTL())
+		refresh, _, err := g.live().Auth.Signer().Sign(auth.Claims{Kind: "refresh", Groups: id.Groups, Source: id.Source}, id.Name, service, g.live().Auth.RefreshTTL())
 		if err != nil {
 			return err
 		}
@@ -132,7 +132,7 @@ func (g *Gateway) hostForService(ctx *fasthttp.RequestCtx, service string) (stri
 	if service == "" || service == g.service(ctx) {
 		return string(ctx.Host()), true
 	}
-	for _, th := range g.opts.TokenHosts {
+	for _, th := range g.live().TokenHosts {
 		if th.Service == service {
 			return th.Host, true
 		}
@@ -145,6 +145,7 @@ func (g *Gateway) tokenError(ctx *fasthttp.RequestCtx, err error) error {
 	if errors.As(err, &rl) {
 		return g.loginError(ctx, err)
 	}
+	g.metrics.loginFailed(err)
 	if errors.Is(err, auth.ErrDirectoryUnavailable) {
 		return oci.ErrUnauthorized.Withf("login failed: the LDAP directory is unavailable")
 	}
@@ -165,18 +166,20 @@ func (g *Gateway) grant(host string, id *auth.Identity, scopes []string) []auth.
 		name, actions := rest[:i], strings.Split(rest[i+1:], ",")
 		switch typ {
 		case "registry":
-			if name != "catalog" || !slices.Contains(actions, "*") {
+			// The catalog (*) or search only (what the Docker daemon asks to search).
+			granted := slices.DeleteFunc(slices.Clone(actions), func(a string) bool { return a != "*" && a != "search" })
+			if name != "catalog" || len(granted) == 0 {
 				continue
 			}
-			if reg, err := g.opts.Router.ResolveHost(host); err == nil {
-				out = append(out, auth.Access{Type: "registry", Name: "catalog", Actions: []string{"*"}, Registry: reg.Name()})
+			if reg, err := g.live().Router.ResolveHost(host); err == nil {
+				out = append(out, auth.Access{Type: "registry", Name: "catalog", Actions: granted, Registry: reg.Name()})
 			}
 		case "repository":
 			repo, err := oci.ParseRepository(name)
 			if err != nil {
 				continue
 			}
-			res, err := g.opts.Router.Resolve(host, repo, "")
+			res, err := g.live().Router.Resolve(host, repo, "")
 			if err != nil {
 				continue
 			}
@@ -188,7 +191,7 @@ func (g *Gateway) grant(host string, id *auth.Identity, scopes []string) []auth.
 					want = append(want, act)
 				}
 			}
-			allowed := g.auth.Allowed(id, res.Registry.Name(), string(res.Repo), want)
+			allowed := g.live().Auth.Allowed(id, res.Registry.Name(), string(res.Repo), want)
 			if len(allowed) == 0 {
 				continue
 			}

@@ -58,6 +58,35 @@ func GetOne(db DB, key []byte) (v []byte, err error) {
 	return v, err
 }
 
+// ManyGetter is implemented by transactions that read several keys faster at once
+// than one by one (PostgreSQL: one statement instead of one per key).
+type ManyGetter interface {
+	GetMany(keys [][]byte) ([][]byte, error)
+}
+
+// GetMany reads keys in txn; a key without a value has nil (a present empty value is
+// empty, not nil).
+func GetMany(txn Txn, keys [][]byte) ([][]byte, error) {
+	if g, ok := txn.(ManyGetter); ok {
+		return g.GetMany(keys)
+	}
+	out := make([][]byte, len(keys))
+	for i, k := range keys {
+		v, err := txn.Get(k)
+		if errors.Is(err, ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		if v == nil {
+			v = []byte{}
+		}
+		out[i] = v
+	}
+	return out, nil
+}
+
 // Sharer is implemented by drivers whose index other processes share (PostgreSQL):
 // what a process caches of it in memory may be changed by another at any time.
 type Sharer interface {

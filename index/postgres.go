@@ -277,6 +277,38 @@ type pgTxn struct {
 
 func (t pgTxn) Get(key []byte) ([]byte, error) { return pgGet(t.ctx, t.tx, key) }
 
+// GetMany reads keys in one statement.
+func (t pgTxn) GetMany(keys [][]byte) ([][]byte, error) {
+	out := make([][]byte, len(keys))
+	if len(keys) == 0 {
+		return out, nil
+	}
+	rows, err := t.tx.Query(t.ctx, `SELECT k, v FROM dockyard_kv WHERE k = ANY($1)`, keys)
+	if err != nil {
+		return nil, classify("get", err)
+	}
+	found := make(map[string][]byte, len(keys))
+	for rows.Next() {
+		var k, v []byte
+		if err := rows.Scan(&k, &v); err != nil {
+			rows.Close()
+			return nil, classify("get", err)
+		}
+		if v == nil {
+			v = []byte{}
+		}
+		found[string(k)] = v
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, classify("get", err)
+	}
+	for i, k := range keys {
+		out[i] = found[string(k)]
+	}
+	return out, nil
+}
+
 func (t pgTxn) Set(key, value []byte) error {
 	if value == nil {
 		value = []byte{}

@@ -46,9 +46,28 @@ type Jobs struct {
 
 	running sync.WaitGroup
 	started time.Time
-	// Counters since start.
+	// Counters since start (exported as metrics).
 	GCRuns, BlobsCollected, ManifestsCollected, UploadsPurged, RetentionRuns, TagsDeleted atomic.Int64
+	PurgeRuns, EvictionRuns, ManifestsEvicted, BytesEvicted                               atomic.Int64
+	// Time spent in each kind of job, in nanoseconds.
+	GCNanos, PurgeNanos, RetentionNanos, EvictionNanos atomic.Int64
 }
+
+// Inherit carries on the counters of the jobs j replaces (a configuration reload).
+func (j *Jobs) Inherit(old *Jobs) {
+	for _, c := range []struct{ to, from *atomic.Int64 }{
+		{&j.GCRuns, &old.GCRuns}, {&j.BlobsCollected, &old.BlobsCollected}, {&j.ManifestsCollected, &old.ManifestsCollected},
+		{&j.UploadsPurged, &old.UploadsPurged}, {&j.RetentionRuns, &old.RetentionRuns}, {&j.TagsDeleted, &old.TagsDeleted},
+		{&j.PurgeRuns, &old.PurgeRuns}, {&j.EvictionRuns, &old.EvictionRuns}, {&j.ManifestsEvicted, &old.ManifestsEvicted},
+		{&j.BytesEvicted, &old.BytesEvicted}, {&j.GCNanos, &old.GCNanos}, {&j.PurgeNanos, &old.PurgeNanos},
+		{&j.RetentionNanos, &old.RetentionNanos}, {&j.EvictionNanos, &old.EvictionNanos},
+	} {
+		c.to.Add(c.from.Load())
+	}
+}
+
+// timed adds the time since start to a job's total.
+func timed(total *atomic.Int64, start time.Time) { total.Add(int64(time.Since(start))) }
 
 // Start runs the scheduled jobs until ctx ends.
 func (j *Jobs) Start(ctx context.Context) {
@@ -174,13 +193,20 @@ func (j *Jobs) gc(ctx context.Context, dryRun bool, due func() bool) (cache.GCRe
 		if dryRun {
 			break
 		}
+		evictStart := time.Now()
 		r, err := j.Store.EvictCache(ctx, e.Registry, e.MaxBytes, e.PulledWithin)
+		timed(&j.EvictionNanos, evictStart)
+		j.EvictionRuns.Add(1)
+		j.ManifestsEvicted.Add(int64(r.Manifests))
+		j.BytesEvicted.Add(r.Bytes)
 		j.Log.Info("proxy cache eviction", "registry", e.Registry, "manifests", r.Manifests, "bytes", r.Bytes, "err", err)
 		if err != nil {
 			return cache.GCReport{}, err
 		}
 	}
+	gcStart := time.Now()
 	r, err := j.Store.CollectGarbage(ctx, cache.GCOptions{Grace: j.GCGrace, DryRun: dryRun})
+	timed(&j.GCNanos, gcStart)
 	j.GCRuns.Add(1)
 	if !dryRun {
 		j.BlobsCollected.Add(int64(r.Blobs))
@@ -202,7 +228,10 @@ func (j *Jobs) purge(ctx context.Context, due func() bool) (int, error) {
 		return 0, err
 	}
 	defer release()
+	start := time.Now()
 	n, err := j.Store.PurgeUploads(ctx, j.PurgeAfter)
+	timed(&j.PurgeNanos, start)
+	j.PurgeRuns.Add(1)
 	j.UploadsPurged.Add(int64(n))
 	j.Log.Info("upload purge", "purged", n, "older_than", j.PurgeAfter.String(), "err", err)
 	return n, err
@@ -264,6 +293,7 @@ func (j *Jobs) retention(ctx context.Context, name string, due func() bool) (Ret
 
 // retain plans and applies one policy.
 func (j *Jobs) retain(ctx context.Context, p Policy) (Result, error) {
+	start := time.Now()
 	e := *j.Engine
 	e.Only = p.Name
 	plan, err := e.Plan(ctx, "", "")
@@ -271,6 +301,7 @@ func (j *Jobs) retain(ctx context.Context, p Policy) (Result, error) {
 		return Result{}, err
 	}
 	res, err := e.Apply(ctx, plan, "", "", j.GCGrace)
+	timed(&j.RetentionNanos, start)
 	j.RetentionRuns.Add(1)
 	j.TagsDeleted.Add(int64(res.TagsDeleted))
 	j.Log.Info("retention", "policy", p.Name, "tags_deleted", res.TagsDeleted, "tags_changed", res.TagsChanged,

@@ -103,3 +103,10 @@ var ErrStorageUnavailable = &Code{"UNKNOWN", http.StatusServiceUnavailable, "blo
 // serve in time: the database is down, unreachable, restarting or out of connections.
 // Nothing is committed; the request can be tried again.
 var ErrIndexUnavailable = &Code{"UNKNOWN", http.StatusServiceUnavailable, "index unavailable"}
+
+// ErrQueryInvalid answers a request with a malformed query parameter (a search filter).
+var ErrQueryInvalid = &Code{"UNSUPPORTED", http.StatusBadRequest, "invalid query parameters"}
+
+// ErrConfigInvalid answers a configuration reload whose file is invalid: nothing
+// changed.
+var ErrConfigInvalid = &Code{"UNSUPPORTED", http.StatusUnprocessableEntity, "configuration invalid"}

@@ -19,6 +19,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync/atomic"
 
 	"time"
 
@@ -52,6 +53,52 @@ type Client struct {
 	hub      bool // Docker Hub: official images live under library/
 
 	transports *lru.Cache[string, http.RoundTripper] // authenticated, per repository scope
+	stats      *Stats
+}
+
+// Stats count a client's traffic with its upstream (metrics).
+type Stats struct {
+	// Requests are HTTP round trips (token requests included); Errors those that failed
+	// to connect or were answered 429 or 5xx; Bytes the response body bytes read.
+	Requests, Errors, Bytes atomic.Int64
+}
+
+// Stats returns the client's counters.
+func (c *Client) Stats() *Stats { return c.stats }
+
+// countingTransport counts round trips, failures and body bytes. For an http://
+// upstream, go-containerregistry first tries https (its probe before falling back):
+// those tries are not the upstream's traffic and are not counted.
+type countingTransport struct {
+	inner  http.RoundTripper
+	stats  *Stats
+	scheme string
+}
+
+func (t countingTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	if req.URL.Scheme != t.scheme {
+		return t.inner.RoundTrip(req)
+	}
+	t.stats.Requests.Add(1)
+	resp, err := t.inner.RoundTrip(req)
+	if err != nil || resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode >= 500 {
+		t.stats.Errors.Add(1)
+	}
+	if err == nil && resp.Body != nil {
+		resp.Body = &countingBody{ReadCloser: resp.Body, n: &t.stats.Bytes}
+	}
+	return resp, err
+}
+
+type countingBody struct {
+	io.ReadCloser
+	n *atomic.Int64
+}
+
+func (b *countingBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	b.n.Add(int64(n))
+	return n, err
 }
 
 // New prepares a client; it does not contact the upstream.
@@ -101,10 +148,11 @@ func New(cfg Config) (*Client, error) {
 		auth = &authn.Basic{Username: cfg.Username, Password: cfg.Password}
 	}
 	transports, _ := lru.New[string, http.RoundTripper](1024)
+	stats := &Stats{}
 	return &Client{
-		base: u, registry: reg, auth: auth, inner: inner, timeout: cfg.Timeout,
+		base: u, registry: reg, auth: auth, inner: countingTransport{inner, stats, u.Scheme}, timeout: cfg.Timeout,
 		hub:        strings.HasSuffix(u.Host, "docker.io"),
-		transports: transports,
+		transports: transports, stats: stats,
 	}, nil
 }
 

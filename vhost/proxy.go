@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	lru "github.com/hashicorp/golang-lru/v2"
@@ -57,7 +58,22 @@ type Proxy struct {
 	life  context.Context
 	stop  context.CancelFunc
 	fills sync.WaitGroup
+
+	stats ProxyStats
 }
+
+// ProxyStats count how a proxy answered (metrics). A hit is answered from the cache
+// (a tag revalidated upstream, unchanged, is a hit); a miss downloads from the
+// upstream; a join shares a download already running for the same blob.
+type ProxyStats struct {
+	BlobHits, BlobMisses, ManifestHits, ManifestMisses, FlightJoins atomic.Int64
+}
+
+// Stats returns the proxy's counters.
+func (p *Proxy) Stats() *ProxyStats { return &p.stats }
+
+// Upstream returns the proxy's upstream client.
+func (p *Proxy) Upstream() *upstream.Client { return p.up }
 
 // maxRemembered bounds the tags whose freshness, and the references whose absence, a
 // proxy remembers.
@@ -146,8 +162,10 @@ func (p *Proxy) StatBlob(ctx context.Context, repo oci.Repository, d oci.Digest)
 // confirms the repository has it.
 func (p *Proxy) OpenBlob(ctx context.Context, repo oci.Repository, d oci.Digest) (io.ReadCloser, int64, error) {
 	if rc, size, ok := p.openStored(ctx, repo, d); ok {
+		p.stats.BlobHits.Add(1)
 		return rc, size, nil
 	}
+	p.stats.BlobMisses.Add(1)
 	return p.fetchBlob(ctx, repo, d)
 }
 
@@ -179,6 +197,9 @@ func (p *Proxy) fetchBlob(ctx context.Context, repo oci.Repository, d oci.Digest
 		p.fetches[d] = bf
 	}
 	p.mu.Unlock()
+	if !leader {
+		p.stats.FlightJoins.Add(1)
+	}
 	if !leader && bf.repo != repo {
 		// Sharing another repository's download: first make sure this repository
 		// has the blob upstream.
@@ -336,19 +357,31 @@ func (p *Proxy) HeadManifest(ctx context.Context, repo oci.Repository, ref oci.R
 // served from cache, with a warning, when the upstream cannot be asked. An upstream
 // "not found" is remembered for NegativeTTL, whether or not a stale copy is cached.
 func (p *Proxy) manifest(ctx context.Context, repo oci.Repository, ref oci.Reference) (*cache.StoredManifest, error) {
+	m, fetched, err := p.resolveManifest(ctx, repo, ref)
+	if err == nil && fetched {
+		p.stats.ManifestMisses.Add(1)
+	} else if err == nil {
+		p.stats.ManifestHits.Add(1)
+	}
+	return m, err
+}
+
+// resolveManifest answers manifest, saying whether it was downloaded.
+func (p *Proxy) resolveManifest(ctx context.Context, repo oci.Repository, ref oci.Reference) (*cache.StoredManifest, bool, error) {
 	local, lerr := p.local.HeadManifest(ctx, repo, ref)
 	if ref.IsDigest() {
 		if lerr == nil {
-			return local, nil
+			return local, false, nil
 		}
-		return p.fetchManifest(ctx, repo, string(ref.Digest), "")
+		m, err := p.fetchManifest(ctx, repo, string(ref.Digest), "")
+		return m, true, err
 	}
 	key := string(repo) + "\x00" + string(ref.Tag)
 	if lerr == nil && p.isFresh(key) {
-		return local, nil
+		return local, false, nil
 	}
 	if p.isNegative(key) {
-		return nil, oci.ErrManifestUnknown.Withf("manifest %s:%s not found upstream (cached answer)", repo, ref.Tag)
+		return nil, false, oci.ErrManifestUnknown.Withf("manifest %s:%s not found upstream (cached answer)", repo, ref.Tag)
 	}
 	v, err, _ := p.manifests.Do("head\x00"+key, func() (any, error) {
 		return p.up.HeadManifest(p.life, string(repo), string(ref.Tag))
@@ -357,23 +390,24 @@ func (p *Proxy) manifest(ctx context.Context, repo oci.Repository, ref oci.Refer
 		if lerr == nil && servableFromCache(err) {
 			p.log.Warn("upstream unavailable; serving cached tag", "repo", repo, "tag", ref.Tag, "err", err)
 			local.Warning = fmt.Sprintf("upstream %s unavailable; serving the cached %s:%s", p.up.Host(), repo, ref.Tag)
-			return local, nil
+			return local, false, nil
 		}
 		if isNotFound(err) {
 			p.setNegative(key)
 		}
-		return nil, p.upstreamError(err, oci.ErrManifestUnknown, "manifest "+string(repo)+":"+string(ref.Tag))
+		return nil, false, p.upstreamError(err, oci.ErrManifestUnknown, "manifest "+string(repo)+":"+string(ref.Tag))
 	}
 	head := v.(*upstream.Manifest)
 	if lerr == nil && head.Digest != "" && head.Digest == local.Digest {
 		p.markFresh(key)
-		return local, nil
+		return local, false, nil
 	}
 	fetchRef := string(head.Digest)
 	if fetchRef == "" {
 		fetchRef = string(ref.Tag)
 	}
-	return p.fetchManifest(ctx, repo, fetchRef, ref.Tag)
+	m, err := p.fetchManifest(ctx, repo, fetchRef, ref.Tag)
+	return m, true, err
 }
 
 // fetchManifest downloads a manifest, caches it (tagged when tag is set) and returns it.

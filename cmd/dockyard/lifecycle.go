@@ -235,6 +235,8 @@ type adminJobs struct {
 	auth    *auth.Service // nil when authentication is off
 	life    context.Context
 	running sync.WaitGroup
+	// reload re-reads the configuration (nil: not offered).
+	reload func() ([]string, error)
 }
 
 // Wait returns once no job started through the admin endpoint is running.
@@ -270,11 +272,23 @@ func (a *adminJobs) Run(_ context.Context, job string, params map[string]string)
 		}
 		n, err := a.auth.RevokeUser(ctx, params["user"])
 		return map[string]any{"user": params["user"], "ciTokensRevoked": n}, err
+	case "reload":
+		if a.reload == nil {
+			return nil, oci.ErrUnsupported.Withf("this server cannot reload its configuration")
+		}
+		warnings, err := a.reload()
+		if err != nil {
+			return nil, err
+		}
+		if warnings == nil {
+			warnings = []string{}
+		}
+		return map[string]any{"reloaded": true, "restart_needed_for": warnings}, nil
 	case "jobs":
 		return map[string]int64{
 			"gcRuns": j.GCRuns.Load(), "blobsCollected": j.BlobsCollected.Load(), "manifestsCollected": j.ManifestsCollected.Load(),
 			"uploadsPurged": j.UploadsPurged.Load(), "retentionRuns": j.RetentionRuns.Load(), "tagsDeleted": j.TagsDeleted.Load(),
 		}, nil
 	}
-	return nil, oci.ErrNotFound.Withf("unknown job %q (gc, purge, retention, plan, jobs, revoke)", job)
+	return nil, oci.ErrNotFound.Withf("unknown job %q (gc, purge, retention, plan, jobs, revoke, reload)", job)
 }

@@ -13,7 +13,9 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"reflect"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -46,6 +48,11 @@ Usage:
   dockyard storage migrate --config OLD.yaml --to-config NEW.yaml   (copy blobs between stores)
   dockyard index migrate [--config FILE]     (bring the index's schema and format up to date)
   dockyard index copy --from badger:DIR --config NEW.yaml   (a single node's index into PostgreSQL)
+  dockyard import --from URL [--username U --password-file F] [--repositories GLOB]… [--tags REGEXP]…
+         [--to http://127.0.0.1:5000] [--into [HOST][/NAMESPACE]] [--to-username U --to-password-file F]
+         [--concurrency N] [--insecure] [--ca-file F]
+      (copy another registry — Nexus, Harbor, a CNCF registry — into a running dockyard, through
+      its API; run it again to resume)
 (the administrative commands open the index: on Badger, run them while the server is
 stopped; on a shared PostgreSQL index they run beside the instances, but fsck --repair
 refuses to while any serves. The server itself runs retention, GC and upload purging on
@@ -95,6 +102,8 @@ func run(args []string, stdout, stderr io.Writer) error {
 		return indexCommand(args[1:], stdout)
 	case "healthcheck":
 		return healthCommand(args[1:], stdout)
+	case "import":
+		return importCommand(args[1:], stdout)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return nil
@@ -163,15 +172,29 @@ func serve(args []string, stderr io.Writer) error {
 		defer ms.Shutdown()
 		log.Info("metrics listening", "addr", ml.Addr().String())
 	}
-	a.start(ctx)
+	a.path = *path
+	a.start()
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	go func() {
+		for {
+			select {
+			case <-hup:
+				a.reload() // logs what it did, or why it did nothing
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
 	errc := make(chan error, 1)
 	go func() { errc <- a.gw.Serve(l) }()
 	select {
 	case err = <-errc:
 		stop()
 	case <-ctx.Done():
-		log.Info("shutting down")
-		sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		log.Info("shutting down: finishing the requests in flight", "timeout", a.cfg.HTTP.ShutdownTimeout.String())
+		sctx, cancel := context.WithTimeout(context.Background(), a.cfg.HTTP.ShutdownTimeout)
 		defer cancel()
 		err = a.gw.Shutdown(sctx)
 	}
@@ -253,53 +276,147 @@ func blobStore(cfg *config.Config) (blobstore.Store, error) {
 // app is a built server. It stops in order: the gateway first (serve shuts it down:
 // no new requests, running ones finished or cut off), then the jobs, scheduled and
 // on demand (their context, the server's, has ended), then the proxies' background
-// downloads; the store is closed after all of them.
+// downloads; the store is closed after all of them. A reload (reload.go) replaces
+// jobs, admin, proxies and the gateway's live options; what it replaced is kept in
+// retired until close.
 type app struct {
 	gw      *gateway.Gateway
 	jobs    *lifecycle.Jobs
 	admin   *adminJobs
 	proxies []*vhost.Proxy
-	// notifier delivers webhooks (nil: none configured); it stops after the jobs,
-	// which may still record retention events, and leaves what it has not delivered
-	// queued in the index for the next start.
+
+	path  string // the configuration file ("" for the embedded default)
+	cfg   *config.Config
+	store *cache.Store
+	log   *slog.Logger
+	life  context.Context // the server's lifetime
+
+	mu          sync.Mutex // reloads, one at a time
+	current     atomic.Pointer[lifecycle.Jobs]
+	jobsStarted bool
+	stopJobs    context.CancelFunc
+	proxyCfg    map[string]config.Registry // each proxy's configuration, to keep unchanged ones
+	proxyGauges map[*vhost.Proxy][]prometheus.Collector
+	retired     []func()
+	// notifier delivers webhooks (nil: none configured). Built once: notifications
+	// change only at restart. It stops after the jobs, which may still record
+	// retention events, and leaves what it has not delivered queued in the index.
 	notifier *notify.Notifier
 }
 
-// start runs the scheduled jobs and the webhook deliveries until ctx ends.
-func (a *app) start(ctx context.Context) {
-	a.jobs.Start(ctx)
+// start runs the scheduled jobs and the webhook deliveries, for the server's lifetime.
+func (a *app) start() {
+	a.startJobs()
 	if a.notifier != nil {
-		a.notifier.Start(ctx)
+		a.notifier.Start(a.life)
 	}
 }
 
 func (a *app) close() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
 	a.jobs.Wait()
 	a.admin.Wait()
-	if a.notifier != nil {
-		a.notifier.Close()
-	}
 	for _, p := range a.proxies {
 		p.Close()
 	}
+	for _, r := range a.retired {
+		r()
+	}
+	if a.notifier != nil {
+		a.notifier.Close()
+	}
+}
+
+// startJobs starts the scheduled jobs of the current configuration.
+func (a *app) startJobs() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.startJobsLocked()
+}
+
+func (a *app) startJobsLocked() {
+	a.jobsStarted = true
+	var ctx context.Context
+	ctx, a.stopJobs = context.WithCancel(a.life)
+	a.jobs.Start(ctx)
 }
 
 // build wires the configured registries and routes into a gateway. Jobs run on
 // demand under ctx, the server's lifetime.
 func build(ctx context.Context, cfg *config.Config, store *cache.Store, log *slog.Logger) (*app, error) {
-	notifier := buildNotifier(cfg, store, log)
-	jobs, im, err := buildLifecycle(cfg, store, retentionEvents(notifier), log)
+	a := &app{cfg: cfg, store: store, log: log, life: ctx, proxyCfg: map[string]config.Registry{},
+		proxyGauges: map[*vhost.Proxy][]prometheus.Collector{}, notifier: buildNotifier(cfg, store, log)}
+	p, err := a.assemble(cfg)
 	if err != nil {
 		return nil, err
 	}
-	regs, err := buildRegistries(cfg, store, im, log)
+	a.gw = gateway.New(gateway.Options{
+		Router: p.live.Router, Auth: p.live.Auth, TokenHosts: p.live.TokenHosts, Admin: p.live.Admin, Admins: p.live.Admins,
+		Classify: p.live.Classify, CORS: p.live.CORS, TrustedProxies: p.live.TrustedProxies,
+		Readiness: store, AccessLog: accessLogger(cfg.Log, os.Stderr), Events: gatewayEvents(a.notifier),
+		Metrics: cfg.Metrics.Enabled, MetricsOnMain: cfg.Metrics.Listen == "",
+		TLS: cfg.TLS.CertFile != "", Logger: log, MaxManifestSize: int64(cfg.HTTP.MaxManifestSize),
+		ReadTimeout: cfg.HTTP.ReadTimeout, UploadTimeout: cfg.HTTP.UploadTimeout,
+		IdleTimeout: cfg.HTTP.IdleTimeout, WriteTimeout: cfg.HTTP.WriteTimeout,
+	})
+	if reg := a.gw.Metrics(); reg != nil {
+		registerJobMetrics(reg, a.current.Load)
+		registerNotifyMetrics(reg, a.notifier)
+		reg.MustRegister(&storageCollector{store: store, log: log})
+	}
+	a.install(p)
+	return a, nil
+}
+
+// parts are what a configuration builds and a reload replaces.
+type parts struct {
+	cfg      *config.Config
+	jobs     *lifecycle.Jobs
+	admin    *adminJobs
+	proxies  []*vhost.Proxy
+	proxyCfg map[string]config.Registry
+	live     gateway.Live
+}
+
+// assemble builds the parts of cfg, keeping the proxies of the running configuration
+// whose settings did not change (their caches' state, their downloads in flight).
+func (a *app) assemble(cfg *config.Config) (*parts, error) {
+	jobs, im, err := buildLifecycle(cfg, a.store, retentionEvents(a.notifier), a.log)
 	if err != nil {
 		return nil, err
 	}
-	a := &app{jobs: jobs, admin: &adminJobs{jobs: jobs, life: ctx}, notifier: notifier}
+	p := &parts{cfg: cfg, jobs: jobs, proxyCfg: map[string]config.Registry{}}
+	kept := map[string]*vhost.Proxy{}
+	for _, old := range a.proxies {
+		if c, ok := a.proxyCfg[old.Name()]; ok {
+			for _, r := range cfg.Registries {
+				if r.Name == c.Name && reflect.DeepEqual(r, c) {
+					kept[r.Name] = old
+				}
+			}
+		}
+	}
+	regs, err := buildRegistries(cfg, a.store, im, a.log, kept)
+	fail := func(err error) (*parts, error) {
+		for _, r := range regs {
+			if px, ok := r.(*vhost.Proxy); ok && kept[px.Name()] != px {
+				px.Close()
+			}
+		}
+		return nil, err
+	}
+	if err != nil {
+		return fail(err)
+	}
 	for _, r := range regs {
-		if p, ok := r.(*vhost.Proxy); ok {
-			a.proxies = append(a.proxies, p)
+		if px, ok := r.(*vhost.Proxy); ok {
+			p.proxies = append(p.proxies, px)
+		}
+	}
+	for _, r := range cfg.Registries {
+		if r.Type == "proxy" {
+			p.proxyCfg[r.Name] = r
 		}
 	}
 	var routes []vhost.Route
@@ -308,67 +425,38 @@ func build(ctx context.Context, cfg *config.Config, store *cache.Store, log *slo
 	}
 	router, err := vhost.NewRouter(regs, routes)
 	if err != nil {
-		return nil, err
+		return fail(err)
 	}
-	authService, err := buildAuth(cfg, store, log)
+	authService, err := buildAuth(cfg, a.store, a.log)
 	if err != nil {
-		return nil, err
+		return fail(err)
 	}
-	a.admin.auth = authService
+	p.admin = &adminJobs{jobs: jobs, auth: authService, life: a.life, reload: a.reload}
 	var tokenHosts []gateway.TokenHost
 	for _, h := range cfg.Auth.Token.Hosts {
 		tokenHosts = append(tokenHosts, gateway.TokenHost{Host: h.Host, Realm: h.Realm, Service: h.Service})
 	}
 	var trusted []netip.Prefix
-	for _, p := range cfg.HTTP.TrustedProxies {
-		prefix, err := config.ParsePrefix(p)
+	for _, tp := range cfg.HTTP.TrustedProxies {
+		prefix, err := config.ParsePrefix(tp)
 		if err != nil {
-			return nil, err
+			return fail(err)
 		}
 		trusted = append(trusted, prefix)
 	}
 	c := cfg.HTTP.CORS
-	a.gw = gateway.New(gateway.Options{
-		TrustedProxies: trusted, Readiness: store, AccessLog: accessLogger(cfg.Log, os.Stderr),
-		Metrics: cfg.Metrics.Enabled, MetricsOnMain: cfg.Metrics.Listen == "",
-		Admin: a.admin, Admins: cfg.Lifecycle.Admins,
-		Auth: authService, TokenHosts: tokenHosts, TLS: cfg.TLS.CertFile != "",
-		Events: gatewayEvents(notifier),
-		Router: router, Logger: log, MaxManifestSize: int64(cfg.HTTP.MaxManifestSize),
-		ReadTimeout: cfg.HTTP.ReadTimeout, UploadTimeout: cfg.HTTP.UploadTimeout,
-		IdleTimeout: cfg.HTTP.IdleTimeout, WriteTimeout: cfg.HTTP.WriteTimeout,
+	p.live = gateway.Live{Router: router, Auth: authService, TokenHosts: tokenHosts, TrustedProxies: trusted,
+		Admin: p.admin, Admins: cfg.Lifecycle.Admins,
+		Classify: func(tag string) string { return string(im.Classes.Of(tag)) },
 		CORS: gateway.CORS{AllowedOrigins: c.AllowedOrigins, AllowedMethods: c.AllowedMethods,
 			AllowedHeaders: c.AllowedHeaders, ExposedHeaders: c.ExposedHeaders,
-			AllowCredentials: c.AllowCredentials, MaxAge: c.MaxAge},
-	})
-	if reg := a.gw.Metrics(); reg != nil {
-		registerJobMetrics(reg, jobs)
-		registerNotifyMetrics(reg, notifier)
-	}
-	return a, nil
-}
-
-// registerJobMetrics exports the scheduled and on-demand jobs' counters.
-func registerJobMetrics(reg *prometheus.Registry, j *lifecycle.Jobs) {
-	for _, c := range []struct {
-		name, help string
-		v          *atomic.Int64
-	}{
-		{"dockyard_gc_runs_total", "Garbage collections run by this instance.", &j.GCRuns},
-		{"dockyard_gc_blobs_collected_total", "Blobs deleted by garbage collection.", &j.BlobsCollected},
-		{"dockyard_gc_manifests_collected_total", "Manifests deleted by garbage collection.", &j.ManifestsCollected},
-		{"dockyard_uploads_purged_total", "Abandoned uploads purged.", &j.UploadsPurged},
-		{"dockyard_retention_runs_total", "Retention policy runs.", &j.RetentionRuns},
-		{"dockyard_retention_tags_deleted_total", "Tags deleted by retention.", &j.TagsDeleted},
-	} {
-		v := c.v
-		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: c.name, Help: c.help},
-			func() float64 { return float64(v.Load()) }))
-	}
+			AllowCredentials: c.AllowCredentials, MaxAge: c.MaxAge}}
+	return p, nil
 }
 
 // buildRegistries makes every configured registry; groups last, over the others.
-func buildRegistries(cfg *config.Config, store *cache.Store, im *lifecycle.Immutability, log *slog.Logger) ([]vhost.Registry, error) {
+// A proxy in keep (by name) is used as it is.
+func buildRegistries(cfg *config.Config, store *cache.Store, im *lifecycle.Immutability, log *slog.Logger, keep map[string]*vhost.Proxy) ([]vhost.Registry, error) {
 	byName := map[string]vhost.Registry{}
 	var regs []vhost.Registry
 	for _, r := range cfg.Registries {
@@ -377,6 +465,10 @@ func buildRegistries(cfg *config.Config, store *cache.Store, im *lifecycle.Immut
 		case "hosted":
 			reg = vhost.NewHosted(r.Name, store, vhost.HostedOptions{AllowSparseIndex: r.SparseIndex, Immutable: immutableHook(im, r.Name)})
 		case "proxy":
+			if p := keep[r.Name]; p != nil {
+				reg = p
+				break
+			}
 			u := r.Upstream
 			password, err := secret(u.PasswordFile, u.PasswordEnv)
 			if err != nil {

@@ -37,6 +37,7 @@ var s3server *s3test.Server
 var pgserver *pgtest.Server
 
 func TestMain(m *testing.M) {
+	runAsCommand() // a test running the dockyard command in a process of its own
 	var err error
 	if pgserver, err = pgtest.Shared(); err == nil {
 		s3server, err = s3test.Shared()

@@ -22,6 +22,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
+	"github.com/dockyard/dockyard/config"
 	"github.com/dockyard/dockyard/index/pgtest"
 	"github.com/dockyard/dockyard/notify"
 )
@@ -177,5 +178,14 @@ lifecycle:
 		if !strings.Contains(string(metrics), m) {
 			t.Errorf("/metrics lacks %s", m)
 		}
+	}
+}
+
+// A reload leaves the endpoints as they are and names notifications among the
+// settings that change only at restart.
+func TestNotificationsChangeOnlyAtRestart(t *testing.T) {
+	old, changed := &config.Config{}, &config.Config{Notifications: []config.Notification{{Name: "ci", URL: "http://ci"}}}
+	if got := restartOnly(old, changed); !slices.Contains(got, "notifications") {
+		t.Errorf("restart-only changes %v lack notifications", got)
 	}
 }

@@ -583,6 +583,29 @@ docker_round() {
     eq "failed gone" "$([ $rc -ne 0 ] && echo failed || echo pulled) $(image_gone "$ref" && echo gone || echo present)"
 }
 
+# docker_search MODE WHO TERM WANT: `docker search REG/TERM` (as the current docker
+# login, or none) lists exactly WANT (names, space-separated, sorted; "" for none).
+docker_search() {
+  local mode=$1 who=$2 term=$3 want=$4 got
+  local rc
+  docker_cmd search.out search --no-trunc --limit 100 --format '{{.Name}}' "$REG/$term"; rc=$?
+  got=$(sort "$W/search.out" | tr '\n' ' ' | sed 's/ $//')
+  # an empty answer must be one: exit 0 and no output (eq refuses empty values)
+  [ $rc -eq 0 ] && [ -z "$got" ] && got=none
+  [ $rc -eq 0 ] || got="exit $rc: $got"
+  check "docker search $REG/$term as $who ($mode): finds [${want:-none}]" eq "${want:-none}" "$got"
+}
+
+# docker_search_all MODE WHO CURL-CREDENTIALS…: `docker search REG//` (every name has a
+# slash) lists what the catalog lists to the same user.
+docker_search_all() {
+  local mode=$1 who=$2 cat; shift 2
+  cat=$(catalog_of "search-cat-$who-$mode" "$REG" "$@")
+  docker_cmd search-all.out search --no-trunc --limit 100 --format '{{.Name}}' "$REG//"
+  check "docker search $REG// as $who ($mode): the repositories the catalog shows $who (${cat#200 })" \
+    eq "$cat" "200 $(sort "$W/search-all.out" | tr '\n' ' ' | sed 's/ $//')"
+}
+
 # An OCI image layout (one image, one gzip layer) for skopeo, crane and regctl; sets
 # SRC_MANIFEST and writes the payload to $W/layout.payload.
 make_layout() {
@@ -703,6 +726,15 @@ check "basic: crane export as alice: payload byte-identical" exported_payload al
 
 if [ "$DOCKER_UP" = 1 ]; then
   docker_round basic alice ops/docker-denied:1
+  # docker search over TLS sends the login's Basic credentials (/v1/_ping: standalone).
+  docker_login alice "${PW[alice]}" login-search.out
+  docker_search basic alice team/sub team/sub/deep
+  docker_search basic alice lib shared/lib
+  docker_search basic alice ops ""
+  docker_search_all basic alice -u "alice:${PW[alice]}"
+  docker_cmd logout-search.out logout "$REG"
+  docker_search basic anonymous base public/base
+  docker_search basic anonymous lib ""
 fi
 
 # CI tokens are created while the server is stopped: with it running the index is locked.
@@ -848,7 +880,15 @@ if [ "$DOCKER_UP" = 1 ]; then
   docker_login bob "${PW[bob]}" login-bob.out
   check "docker login in token mode stores an identity (refresh) token, not the password" \
     eq "yes no" "$(jq -r --arg h "$REG" '.auths[$h].identitytoken // empty' "$DOCKER_CONFIG/config.json" | grep -q . && echo yes || echo no) $(grep -qF "${PW[bob]}" "$DOCKER_CONFIG/config.json" && echo yes || echo no)"
+  # with an identity token, docker search asks /token for registry:catalog:search
+  docker_search token bob ops ops/tools
+  docker_search token bob lib shared/lib
+  docker_search_all token bob -u "bob:${PW[bob]}"
   docker_cmd logout-bob.out logout "$REG"
+  docker_login dave "${PW[dave]}" login-dave-search.out
+  docker_search token dave ops ""
+  docker_search token dave team/sub team/sub/deep
+  docker_cmd logout-dave.out logout "$REG"
 fi
 
 SK_CERTS=(--cert-dir "$CERT_DIR")

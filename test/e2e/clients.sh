@@ -176,6 +176,11 @@ if ensure_docker; then
   check "docker push to a second repository: same manifest digest" \
     eq "$DOCKER_DIGEST" "$(digest_of "$R/e2e/app-mirror:1.0")"
   run docker rmi "$R/e2e/app@$DOCKER_DIGEST" "$R/e2e/app-mirror:1.0"
+  # docker search, plain HTTP, no authentication: the repositories whose names hold the term.
+  echo "+ docker search $R/e2e/app" >>"$LOG"
+  docker search --no-trunc --format '{{.Name}}' "$R/e2e/app" >"$W/docker-search.out" 2>&1; cat "$W/docker-search.out" >>"$LOG"
+  check "docker search $R/e2e/app: finds e2e/app and e2e/app-mirror, nothing else" \
+    eq "e2e/app e2e/app-mirror" "$(sort "$W/docker-search.out" | tr '\n' ' ' | sed 's/ $//')"
 else
   fail "docker daemon is up (see $RESULTS/docker/dockerd.log)"
 fi

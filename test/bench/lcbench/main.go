@@ -40,6 +40,7 @@ package main
 
 import (
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -62,6 +63,7 @@ import (
 	"github.com/dockyard/dockyard/index"
 	"github.com/dockyard/dockyard/lifecycle"
 	"github.com/dockyard/dockyard/oci"
+	"github.com/dockyard/dockyard/vhost"
 )
 
 const (
@@ -893,8 +895,59 @@ func pagesBench(args []string) error {
 	if err != nil {
 		return err
 	}
-	return timePages("CATALOG", func(last string) (int, error) {
+	err = timePages("CATALOG", func(last string) (int, error) {
 		repos, _, err := s.ListRepositories(ctx, reg, last, *size)
 		return len(repos), err
 	}, repoName)
+	if err != nil {
+		return err
+	}
+	return searchBench(ctx, s, *n, *pages, tagName)
+}
+
+// searchBench times searches of the search API (the call its handler makes, without
+// HTTP) over the n tags of bench/tags: a page of 50 at a random cursor, a text that
+// matches 100 tags somewhere in the middle (the scan reaches it first), and a class no
+// tag has (the whole registry scanned, an empty answer).
+func searchBench(ctx context.Context, s *cache.Store, n, times int, tagName func(int) string) error {
+	classes := lifecycle.DefaultClasses()
+	h := vhost.NewHosted(reg, s, vhost.HostedOptions{})
+	classify := func(tag string) string { return string(classes.Of(tag)) }
+	cursor := func(k int) string {
+		b, _ := json.Marshal(map[string]string{"g": reg, "r": "bench/tags", "t": tagName(k)})
+		return base64.RawURLEncoding.EncodeToString(b)
+	}
+	for _, c := range []struct {
+		key  string
+		want func(int) int // results expected
+		q    func(k int) vhost.TagQuery
+	}{
+		{"SEARCH_PAGE", func(int) int { return 50 }, func(k int) vhost.TagQuery {
+			return vhost.TagQuery{Cursor: cursor(k), Limit: 50, Classify: classify}
+		}},
+		{"SEARCH_TEXT", func(int) int { return 50 }, func(k int) vhost.TagQuery {
+			return vhost.TagQuery{Text: tagName(k)[:len(tagName(k))-2], Limit: 50, Classify: classify}
+		}},
+		{"SEARCH_NONE", func(int) int { return 0 }, func(int) vhost.TagQuery {
+			return vhost.TagQuery{Class: "release", Limit: 50, Classify: classify}
+		}},
+	} {
+		var ds []time.Duration
+		for range times {
+			k := rand.IntN(n-200) / 100 * 100
+			t0 := time.Now()
+			page, err := vhost.SearchTags(ctx, h, c.q(k))
+			ds = append(ds, time.Since(t0))
+			if err != nil {
+				return err
+			}
+			if len(page.Tags) != c.want(k) {
+				return fmt.Errorf("%s: %d results, want %d", c.key, len(page.Tags), c.want(k))
+			}
+		}
+		slices.Sort(ds)
+		out(c.key+"_P50_MS", fmt.Sprintf("%.2f", float64(ds[len(ds)/2].Microseconds())/1000))
+		out(c.key+"_P99_MS", fmt.Sprintf("%.2f", float64(ds[len(ds)*99/100].Microseconds())/1000))
+	}
+	return nil
 }

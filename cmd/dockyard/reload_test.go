@@ -1,0 +1,191 @@
+package main
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/base64"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/crypto/bcrypt"
+
+	"github.com/dockyard/dockyard/auth"
+)
+
+// A running server takes a new configuration on SIGHUP and on POST /-/admin/reload:
+// a user gains push, a registry is added and routed, an upload started before the
+// reload completes after it; a broken file changes nothing (and says why, with the
+// key path); then the user loses push again.
+func TestReloadAppliesRulesAndRegistriesAndKeepsUploads(t *testing.T) {
+	dir := t.TempDir()
+	var users bytes.Buffer
+	for _, u := range []string{"alice", "bob"} {
+		h, _ := bcrypt.GenerateFromPassword([]byte(u+"-pw"), auth.MinBcryptCost)
+		fmt.Fprintf(&users, "%s:%s\n", u, h)
+	}
+	os.WriteFile(filepath.Join(dir, "users"), users.Bytes(), 0o600)
+	cfgFile := filepath.Join(dir, "c.yaml")
+	write := func(bobPush bool, prod bool, extra string) {
+		t.Helper()
+		bob := "[pull]"
+		if bobPush {
+			bob = "[pull, push]"
+		}
+		regs, routes := "  - {name: dev, type: hosted}\n", ""
+		if prod {
+			regs += "  - {name: prod, type: hosted}\n"
+			routes = "  - {host: prod.test, registry: prod}\n"
+		}
+		body := fmt.Sprintf(`log: {access: false}
+registries:
+%sroutes:
+%s  - {host: "*", registry: dev}
+auth:
+  mode: basic
+  users_file: %s
+  rules:
+    - {subjects: [user:alice], registries: ["*"], repositories: ["**"], actions: [pull, push, delete]}
+    - {subjects: [user:bob], registries: ["*"], repositories: ["**"], actions: %s}
+lifecycle: {admins: [user:alice]}
+%s`, regs, routes, filepath.Join(dir, "users"), bob, extra)
+		if err := os.WriteFile(cfgFile, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(false, false, "")
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	addr := ln.Addr().String()
+	ln.Close()
+	var errb bytes.Buffer
+	done := make(chan error, 1)
+	go func() {
+		done <- serve([]string{"--config", cfgFile, "--data", filepath.Join(dir, "data"), "--listen", addr}, &errb)
+	}()
+	t.Cleanup(func() {
+		syscall.Kill(os.Getpid(), syscall.SIGTERM)
+		select {
+		case <-done:
+		case <-time.After(30 * time.Second):
+			t.Error("serve did not stop")
+		}
+	})
+	basicAuth := func(u string) string { return "Basic " + base64.StdEncoding.EncodeToString([]byte(u+":"+u+"-pw")) }
+	do := func(method, path, user, host string, body []byte) *http.Response {
+		t.Helper()
+		req, _ := http.NewRequest(method, "http://"+addr+path, bytes.NewReader(body))
+		req.Header.Set("Authorization", basicAuth(user))
+		if host != "" {
+			req.Host = host
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp
+	}
+	for i := 0; ; i++ {
+		if c, err := net.Dial("tcp", addr); err == nil {
+			c.Close()
+			break
+		}
+		if i == 200 {
+			t.Fatalf("no server: %s", errb.String())
+		}
+		time.Sleep(25 * time.Millisecond)
+	}
+	bobPushes := func() int { return do("POST", "/v2/bob/app/blobs/uploads/", "bob", "", nil).StatusCode }
+	if got := bobPushes(); got != 403 {
+		t.Fatalf("bob's push before any reload: %d, want 403", got)
+	}
+
+	// alice's upload, first half.
+	blob := bytes.Repeat([]byte("dockyard reload "), 4096)
+	digest := fmt.Sprintf("sha256:%x", sha256.Sum256(blob))
+	start := do("POST", "/v2/alice/app/blobs/uploads/", "alice", "", nil)
+	loc := start.Header.Get("Location")
+	if start.StatusCode != 202 || loc == "" {
+		t.Fatalf("start upload: %d", start.StatusCode)
+	}
+	half := len(blob) / 2
+	patch := func(loc string, from, to int) string {
+		t.Helper()
+		req, _ := http.NewRequest("PATCH", "http://"+addr+loc, bytes.NewReader(blob[from:to]))
+		req.Header.Set("Authorization", basicAuth("alice"))
+		req.Header.Set("Content-Range", fmt.Sprintf("%d-%d", from, to-1))
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 202 {
+			t.Fatalf("patch %d-%d: %d", from, to, resp.StatusCode)
+		}
+		return resp.Header.Get("Location")
+	}
+	loc = patch(loc, 0, half)
+
+	// SIGHUP: bob may push; prod exists and prod.test routes to it.
+	write(true, true, "")
+	syscall.Kill(os.Getpid(), syscall.SIGHUP)
+	for i := 0; bobPushes() != 202; i++ {
+		if i == 200 {
+			t.Fatalf("bob still may not push after SIGHUP: %s", errb.String())
+		}
+		time.Sleep(25 * time.Millisecond)
+	}
+	loc = patch(loc, half, len(blob))
+	sep := "?"
+	if strings.Contains(loc, "?") {
+		sep = "&"
+	}
+	if resp := do("PUT", loc+sep+"digest="+digest, "alice", "", nil); resp.StatusCode != 201 {
+		t.Fatalf("the upload started before the reload: finishing it answered %d", resp.StatusCode)
+	}
+	if resp := do("HEAD", "/v2/alice/app/blobs/"+digest, "alice", "", nil); resp.StatusCode != 200 || resp.ContentLength != int64(len(blob)) {
+		t.Errorf("the blob uploaded across the reload: %d, %d bytes", resp.StatusCode, resp.ContentLength)
+	}
+	if resp := do("POST", "/v2/prod/app/blobs/uploads/?digest="+digest, "alice", "prod.test", blob); resp.StatusCode != 201 {
+		t.Errorf("push to the added registry through its host: %d", resp.StatusCode)
+	}
+	if resp := do("HEAD", "/v2/prod/app/blobs/"+digest, "alice", "", nil); resp.StatusCode != 404 {
+		t.Errorf("the blob pushed to prod is visible through dev: %d", resp.StatusCode)
+	}
+
+	// A broken file: refused with the key path, nothing changes.
+	write(false, true, "registries_typo: 1\nlimits: {upload_sessions_per_client: -1}\n")
+	req, _ := http.NewRequest("POST", "http://"+addr+"/-/admin/reload", nil)
+	req.Header.Set("Authorization", basicAuth("alice"))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 422 || !strings.Contains(string(msg), "limits.upload_sessions_per_client") {
+		t.Errorf("reload of a broken file: %d %s, want 422 naming the key", resp.StatusCode, msg)
+	}
+	if got := bobPushes(); got != 202 {
+		t.Errorf("after a refused reload bob's push answers %d, want 202 (the running configuration)", got)
+	}
+	// bob may only pull again: the admin endpoint reloads.
+	write(false, true, "")
+	if resp := do("POST", "/-/admin/reload", "alice", "", nil); resp.StatusCode != 200 {
+		t.Fatalf("reload: %d", resp.StatusCode)
+	}
+	if got := bobPushes(); got != 403 {
+		t.Errorf("bob's push after losing it: %d, want 403", got)
+	}
+	if resp := do("POST", "/-/admin/reload", "bob", "", nil); resp.StatusCode != 403 {
+		t.Errorf("bob (no admin) reloads: %d, want 403", resp.StatusCode)
+	}
+}
