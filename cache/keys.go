@@ -45,7 +45,8 @@ const (
 	// kept in memory). Sessions older than this key have none: they go uncounted.
 	kindClientUpload = 'O' // O client 0 id → (empty)
 
-	// Also taken: 'k' and 'R' (records.go: CI tokens, revocations).
+	// Also taken: 'k', 'R', 'J' and 'S' (records.go: CI tokens, revocations, jobs,
+	// secrets) and 'E' (events.go: notification queues).
 )
 
 func key(kind byte, parts ...string) []byte {

@@ -6,6 +6,7 @@ package config
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"net/url"
 	"os"
@@ -37,7 +38,58 @@ type Config struct {
 	Auth       Auth       `mapstructure:"auth"`
 	TLS        TLS        `mapstructure:"tls"`
 	Lifecycle  Lifecycle  `mapstructure:"lifecycle"`
+	// Notifications are the webhook endpoints events are sent to.
+	Notifications []Notification `mapstructure:"notifications"`
 }
+
+// Notification is one webhook endpoint: events of some actions, registries and
+// repositories, POSTed as JSON one at a time, in order, retried until a 2xx answer.
+type Notification struct {
+	// Name names the endpoint's queue (in the index) and its delivery lock: keep it
+	// when the URL changes, or what was queued is abandoned.
+	Name string `mapstructure:"name"`
+	URL  string `mapstructure:"url"`
+	// Events: push, delete, pull, retention (a tag deleted by a retention policy).
+	Events []string `mapstructure:"events"`
+	// Registries (names or "*") and Repositories (globs, as auth rules write them)
+	// narrow the events; empty means all.
+	Registries   []string `mapstructure:"registries"`
+	Repositories []string `mapstructure:"repositories"`
+	// Headers sent with every delivery: a value, or a file holding it (read at each
+	// delivery). A plain string is a value. Header names are case-insensitive (the
+	// configuration reader lowers them; they are sent canonicalised: X-Source).
+	Headers map[string]HeaderValue `mapstructure:"headers"`
+	// SecretFile holds the key of the X-Dockyard-Signature header (HMAC-SHA256 of the
+	// body); empty: deliveries are not signed.
+	SecretFile string `mapstructure:"secret_file"`
+	// Timeout bounds one delivery.
+	Timeout time.Duration `mapstructure:"timeout"`
+	// A failed delivery is retried after backoff_initial, doubling to backoff_max.
+	BackoffInitial time.Duration `mapstructure:"backoff_initial"`
+	BackoffMax     time.Duration `mapstructure:"backoff_max"`
+	// MaxAge: an event still undelivered this long after it happened is dropped.
+	MaxAge time.Duration `mapstructure:"max_age"`
+	// MaxEvents bounds the endpoint's queue; beyond it the oldest events are dropped.
+	MaxEvents int `mapstructure:"max_events"`
+}
+
+// HeaderValue is a header's value, or the file that holds it.
+type HeaderValue struct {
+	Value string `mapstructure:"value"`
+	File  string `mapstructure:"file"`
+}
+
+// NotificationEvents are the events an endpoint may subscribe to.
+var NotificationEvents = []string{"push", "delete", "pull", "retention"}
+
+// Defaults of an endpoint's settings.
+const (
+	DefaultNotificationTimeout    = 5 * time.Second
+	DefaultNotificationBackoff    = time.Second
+	DefaultNotificationBackoffMax = 5 * time.Minute
+	DefaultNotificationMaxAge     = 24 * time.Hour
+	DefaultNotificationMaxEvents  = 100000
+)
 
 // Lifecycle configures tag classes, immutability, retention and the cleanup jobs.
 type Lifecycle struct {
@@ -436,6 +488,7 @@ func Load(path string) (*Config, error) {
 		dc.ErrorUnused = true
 		dc.DecodeHook = mapstructure.ComposeDecodeHookFunc(
 			durationHook,
+			headerValueHook,
 			mapstructure.StringToSliceHookFunc(","),
 			byteSizeHook,
 		)
@@ -521,6 +574,14 @@ func (c *Config) resolvePaths(dir string) {
 	fix(&c.Auth.Token.KeyFile)
 	fix(&c.TLS.CertFile)
 	fix(&c.TLS.KeyFile)
+	for i := range c.Notifications {
+		n := &c.Notifications[i]
+		fix(&n.SecretFile)
+		for name, h := range n.Headers {
+			fix(&h.File)
+			n.Headers[name] = h
+		}
+	}
 }
 
 // ParsePrefix reads an address ("10.0.0.1", "::1") or a CIDR range ("10.0.0.0/8").
@@ -560,6 +621,21 @@ func (c *Config) applyDefaults() {
 		}
 		if u.NegativeTTL == 0 {
 			u.NegativeTTL = DefaultNegativeTTL
+		}
+	}
+	for i := range c.Notifications {
+		n := &c.Notifications[i]
+		for _, d := range []struct {
+			v   *time.Duration
+			def time.Duration
+		}{{&n.Timeout, DefaultNotificationTimeout}, {&n.BackoffInitial, DefaultNotificationBackoff},
+			{&n.BackoffMax, DefaultNotificationBackoffMax}, {&n.MaxAge, DefaultNotificationMaxAge}} {
+			if *d.v == 0 {
+				*d.v = d.def
+			}
+		}
+		if n.MaxEvents == 0 {
+			n.MaxEvents = DefaultNotificationMaxEvents
 		}
 	}
 	if len(c.Registries) == 0 {
@@ -719,6 +795,7 @@ func (c *Config) Validate() error {
 	}
 	c.validateAuth(types, bad)
 	c.validateLifecycle(types, bad)
+	c.validateNotifications(types, bad)
 	if (c.TLS.CertFile == "") != (c.TLS.KeyFile == "") {
 		bad("tls", "set both cert_file and key_file, or neither")
 	}
@@ -842,6 +919,78 @@ func (c *Config) validateLifecycle(types map[string]string, bad func(path, forma
 	}
 }
 
+var (
+	endpointName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]*$`)
+	headerName   = regexp.MustCompile("^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+)
+
+// reservedHeaders are set by dockyard on every delivery.
+var reservedHeaders = []string{"content-type", "content-length", "host", "x-dockyard-signature", "x-dockyard-event-id"}
+
+func (c *Config) validateNotifications(types map[string]string, bad func(path, format string, args ...any)) {
+	names := map[string]bool{}
+	for i, n := range c.Notifications {
+		p := fmt.Sprintf("notifications[%d]", i)
+		switch {
+		case !endpointName.MatchString(n.Name):
+			bad(p+".name", "is required: letters, digits, '.', '_' and '-' (it names the endpoint's queue), not %q", n.Name)
+		case names[n.Name]:
+			bad(p+".name", "%q is used twice; an endpoint's queue is kept by its name", n.Name)
+		}
+		names[n.Name] = true
+		u, err := url.Parse(n.URL)
+		if n.URL == "" || err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			bad(p+".url", "must be an http:// or https:// URL, not %q", n.URL)
+		}
+		if len(n.Events) == 0 {
+			bad(p+".events", "list the events to send: %s", strings.Join(NotificationEvents, ", "))
+		}
+		for _, e := range n.Events {
+			if !slices.Contains(NotificationEvents, e) {
+				bad(p+".events", "%q must be one of %s", e, strings.Join(NotificationEvents, ", "))
+			}
+		}
+		for _, r := range n.Registries {
+			if r != "*" && types[r] == "" {
+				bad(p+".registries", "names no configured registry: %q", r)
+			}
+		}
+		for _, g := range n.Repositories {
+			if g == "" {
+				bad(p+".repositories", "a glob must not be empty")
+			}
+		}
+		for _, name := range slices.Sorted(maps.Keys(n.Headers)) {
+			h, hp := n.Headers[name], p+".headers."+name
+			switch {
+			case !headerName.MatchString(name):
+				bad(hp, "is not a valid header name")
+			case slices.Contains(reservedHeaders, strings.ToLower(name)):
+				bad(hp, "is set by dockyard itself")
+			}
+			if (h.Value == "") == (h.File == "") {
+				bad(hp, "set value or file (one of them)")
+			}
+			if h.File != "" {
+				if _, err := os.Stat(h.File); err != nil {
+					bad(hp+".file", "cannot be read: %v", err)
+				}
+			}
+		}
+		if n.SecretFile != "" {
+			if _, err := os.Stat(n.SecretFile); err != nil {
+				bad(p+".secret_file", "cannot be read: %v", err)
+			}
+		}
+		if n.Timeout < 0 || n.BackoffInitial < 0 || n.BackoffMax < 0 || n.MaxAge < 0 || n.MaxEvents < 0 {
+			bad(p, "timeout, backoff_initial, backoff_max, max_age and max_events must not be negative")
+		}
+		if n.BackoffInitial > n.BackoffMax {
+			bad(p+".backoff_initial", "must not exceed backoff_max (%s)", n.BackoffMax)
+		}
+	}
+}
+
 func (c *Config) validateS3(bad func(path, format string, args ...any)) {
 	s := c.Storage.S3
 	const p = "storage.s3"
@@ -903,6 +1052,19 @@ func (c *Config) validateUpstream(p string, u Upstream, bad func(path, format st
 	if u.Timeout < 0 || u.TagTTL < 0 || u.NegativeTTL < 0 || u.MaxSize < 0 {
 		bad(p, "timeout, tag_ttl, negative_ttl and max_size must not be negative")
 	}
+}
+
+var headerValueType = reflect.TypeOf(HeaderValue{})
+
+// headerValueHook reads a header given as a plain string as its value.
+func headerValueHook(from, to reflect.Type, data any) (any, error) {
+	if to != headerValueType {
+		return data, nil
+	}
+	if str, ok := data.(string); ok {
+		return HeaderValue{Value: str}, nil
+	}
+	return data, nil
 }
 
 var durationType = reflect.TypeOf(time.Duration(0))

@@ -256,3 +256,66 @@ func TestComposeClusterConfiguration(t *testing.T) {
 		t.Errorf("gc every %v with DOCKYARD_LIFECYCLE_GC_INTERVAL=30m", c.Lifecycle.GC.Interval)
 	}
 }
+
+// The webhooks example: defaults filled in, paths relative to the file, a plain
+// header string as a value (header names as viper reads them: lowered).
+func TestNotificationsExample(t *testing.T) {
+	c, err := Load("../configs/notifications.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Notifications) != 2 {
+		t.Fatalf("notifications: %+v", c.Notifications)
+	}
+	ci, audit := c.Notifications[0], c.Notifications[1]
+	if ci.Name != "ci" || ci.URL != "https://ci.example.com/hooks/dockyard" || len(ci.Events) != 3 ||
+		ci.SecretFile != filepath.Join("..", "configs", "webhook-secret.example") || ci.MaxEvents != 100000 {
+		t.Errorf("ci: %+v", ci)
+	}
+	if h := ci.Headers["x-source"]; h.Value != "dockyard-prod" {
+		t.Errorf("headers: %+v", ci.Headers)
+	}
+	if h := ci.Headers["authorization"]; h.File != filepath.Join("..", "configs", "webhook-token.example") {
+		t.Errorf("headers: %+v", ci.Headers)
+	}
+	if audit.Timeout != DefaultNotificationTimeout || audit.BackoffInitial != time.Second || audit.BackoffMax != 5*time.Minute ||
+		audit.MaxAge != 24*time.Hour || audit.MaxEvents != DefaultNotificationMaxEvents || len(audit.Registries) != 0 {
+		t.Errorf("audit defaults: %+v", audit)
+	}
+}
+
+// Every problem of a notifications list is reported, with its key path.
+func TestNotificationProblemsAreAllReported(t *testing.T) {
+	dir := t.TempDir()
+	f := filepath.Join(dir, "c.yaml")
+	os.WriteFile(f, []byte(`
+registries: [{name: dev, type: hosted}]
+routes: [{host: "*", registry: dev}]
+notifications:
+  - {name: a, url: "ftp://x", events: [push, upload], registries: [nope]}
+  - name: a
+    url: http://ok
+    events: []
+    headers: {X-Dockyard-Signature: x, "bad name": y, X-Both: {value: v, file: f}, X-File: {file: missing}}
+    secret_file: missing-secret
+    backoff_initial: 10m
+    backoff_max: 1m
+    max_events: -1
+`), 0o600)
+	_, err := Load(f)
+	if err == nil {
+		t.Fatal("loaded")
+	}
+	for _, want := range []string{
+		"notifications[0].url", "notifications[0].events: \"upload\"", "notifications[0].registries",
+		"notifications[1].name: \"a\" is used twice", "notifications[1].events: list the events",
+		"notifications[1].headers.x-dockyard-signature: is set by dockyard", "notifications[1].headers.bad name: is not a valid header name",
+		"notifications[1].headers.x-both: set value or file", "notifications[1].headers.x-file.file: cannot be read",
+		"notifications[1].secret_file: cannot be read", "notifications[1].backoff_initial: must not exceed",
+		"notifications[1]: timeout, backoff_initial",
+	} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("missing %q in:\n%v", want, err)
+		}
+	}
+}

@@ -45,6 +45,9 @@ func (g *Gateway) getManifest(r *request) error {
 		return nil
 	}
 	ctx.SetBody(m.Content)
+	if err := g.event(r, EventPull, r.route.Reference.Tag, m.Digest, m.MediaType, int64(len(m.Content))); err != nil {
+		g.log.Warn("pull event not recorded", "request_id", accessOf(ctx).id, "err", err)
+	}
 	return nil
 }
 
@@ -102,6 +105,9 @@ func (g *Gateway) putManifest(r *request) error {
 	if err != nil {
 		return err
 	}
+	if err := g.pushed(r, pushOutcome{res.Digest, res.Tags, string(ctx.Request.Header.ContentType()), int64(len(body))}); err != nil {
+		return err
+	}
 	if res.Subject != "" {
 		ctx.Response.Header.Set("OCI-Subject", string(res.Subject))
 	}
@@ -117,6 +123,9 @@ func (g *Gateway) putManifest(r *request) error {
 
 func (g *Gateway) deleteManifest(r *request) error {
 	if err := r.w.DeleteManifest(r.c, r.repo, r.route.Reference); err != nil {
+		return err
+	}
+	if err := g.event(r, EventDelete, r.route.Reference.Tag, r.route.Reference.Digest, "", 0); err != nil {
 		return err
 	}
 	r.ctx.SetStatusCode(fasthttp.StatusAccepted)

@@ -60,6 +60,8 @@ type Options struct {
 	// Metrics turns the Prometheus metrics on (Gateway.Metrics, MetricsHandler);
 	// MetricsOnMain also serves them at /metrics on this listener.
 	Metrics, MetricsOnMain bool
+	// Events, when set, hears of manifests pushed, deleted and pulled (webhooks).
+	Events Events
 }
 
 // CORS lists what browsers on other origins may do. No origins means no CORS headers.

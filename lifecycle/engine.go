@@ -20,6 +20,13 @@ type Store interface {
 	CollectGarbage(ctx context.Context, opts cache.GCOptions) (cache.GCReport, error)
 }
 
+// Events hears of what retention did.
+type Events interface {
+	// TagDeleted is told of a tag deleted by the plan's decision d. An error stops the
+	// run (the tag is gone; its event may not have been recorded).
+	TagDeleted(d Decision) error
+}
+
 // Policy applies retention rules to the repositories of some registries.
 type Policy struct {
 	Name         string
@@ -51,6 +58,8 @@ type Engine struct {
 	Immutable  *Immutability
 	Now        func() time.Time
 	Log        *slog.Logger
+	// Events, when set, is told of every tag Apply deleted (webhooks).
+	Events Events
 	// Only, when set, restricts planning and applying to the repositories the policy
 	// of that name governs (a repository is governed by the first policy covering it,
 	// among all of them).
@@ -151,6 +160,11 @@ func (e *Engine) Apply(ctx context.Context, plan []Decision, registry, repoGlob 
 			continue
 		}
 		res.TagsDeleted++
+		if e.Events != nil {
+			if err := e.Events.TagDeleted(d); err != nil {
+				return res, fmt.Errorf("retention event for %s/%s:%s: %w", d.Registry, d.Repository, d.Tag, err)
+			}
+		}
 	}
 	for _, reg := range e.Registries {
 		if registry != "" && reg != registry {

@@ -24,7 +24,7 @@ import (
 
 // buildLifecycle makes the retention engine, immutability rules and jobs of the
 // configuration.
-func buildLifecycle(cfg *config.Config, store *cache.Store, log *slog.Logger) (*lifecycle.Jobs, *lifecycle.Immutability, error) {
+func buildLifecycle(cfg *config.Config, store *cache.Store, events lifecycle.Events, log *slog.Logger) (*lifecycle.Jobs, *lifecycle.Immutability, error) {
 	l := cfg.Lifecycle
 	classes, err := lifecycle.CompileClasses(l.Classes.Release, l.Classes.RC, l.Classes.Snapshot)
 	if err != nil {
@@ -41,7 +41,7 @@ func buildLifecycle(cfg *config.Config, store *cache.Store, log *slog.Logger) (*
 			hosted = append(hosted, r.Name)
 		}
 	}
-	engine := &lifecycle.Engine{Store: store, Registries: hosted, Classes: classes, Immutable: im, Log: log}
+	engine := &lifecycle.Engine{Store: store, Registries: hosted, Classes: classes, Immutable: im, Log: log, Events: events}
 	every := map[string]time.Duration{}
 	for i, r := range l.Retention {
 		p := lifecycle.Policy{Name: r.Name, Registries: r.Registries, Repositories: r.Repositories, UntaggedGrace: r.UntaggedGrace}
@@ -186,7 +186,10 @@ func lifecycleCommand(args []string, stdout io.Writer) error {
 		return err
 	}
 	defer store.Close()
-	jobs, _, err := buildLifecycle(cfg, store, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	// Tags deleted here are queued for the webhooks: the server delivers them.
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	notifier := buildNotifier(cfg, store, quiet)
+	jobs, _, err := buildLifecycle(cfg, store, retentionEvents(notifier), quiet)
 	if err != nil {
 		return err
 	}

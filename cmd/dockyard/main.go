@@ -29,6 +29,7 @@ import (
 	"github.com/dockyard/dockyard/gateway"
 	"github.com/dockyard/dockyard/index"
 	"github.com/dockyard/dockyard/lifecycle"
+	"github.com/dockyard/dockyard/notify"
 	"github.com/dockyard/dockyard/upstream"
 	"github.com/dockyard/dockyard/vhost"
 )
@@ -172,7 +173,7 @@ func serve(args []string, stderr io.Writer) error {
 		log.Info("metrics listening", "addr", ml.Addr().String())
 	}
 	a.path = *path
-	a.startJobs()
+	a.start()
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
@@ -297,6 +298,18 @@ type app struct {
 	proxyCfg    map[string]config.Registry // each proxy's configuration, to keep unchanged ones
 	proxyGauges map[*vhost.Proxy][]prometheus.Collector
 	retired     []func()
+	// notifier delivers webhooks (nil: none configured). Built once: notifications
+	// change only at restart. It stops after the jobs, which may still record
+	// retention events, and leaves what it has not delivered queued in the index.
+	notifier *notify.Notifier
+}
+
+// start runs the scheduled jobs and the webhook deliveries, for the server's lifetime.
+func (a *app) start() {
+	a.startJobs()
+	if a.notifier != nil {
+		a.notifier.Start(a.life)
+	}
 }
 
 func (a *app) close() {
@@ -309,6 +322,9 @@ func (a *app) close() {
 	}
 	for _, r := range a.retired {
 		r()
+	}
+	if a.notifier != nil {
+		a.notifier.Close()
 	}
 }
 
@@ -330,7 +346,7 @@ func (a *app) startJobsLocked() {
 // demand under ctx, the server's lifetime.
 func build(ctx context.Context, cfg *config.Config, store *cache.Store, log *slog.Logger) (*app, error) {
 	a := &app{cfg: cfg, store: store, log: log, life: ctx, proxyCfg: map[string]config.Registry{},
-		proxyGauges: map[*vhost.Proxy][]prometheus.Collector{}}
+		proxyGauges: map[*vhost.Proxy][]prometheus.Collector{}, notifier: buildNotifier(cfg, store, log)}
 	p, err := a.assemble(cfg)
 	if err != nil {
 		return nil, err
@@ -338,7 +354,7 @@ func build(ctx context.Context, cfg *config.Config, store *cache.Store, log *slo
 	a.gw = gateway.New(gateway.Options{
 		Router: p.live.Router, Auth: p.live.Auth, TokenHosts: p.live.TokenHosts, Admin: p.live.Admin, Admins: p.live.Admins,
 		Classify: p.live.Classify, CORS: p.live.CORS, TrustedProxies: p.live.TrustedProxies,
-		Readiness: store, AccessLog: accessLogger(cfg.Log, os.Stderr),
+		Readiness: store, AccessLog: accessLogger(cfg.Log, os.Stderr), Events: gatewayEvents(a.notifier),
 		Metrics: cfg.Metrics.Enabled, MetricsOnMain: cfg.Metrics.Listen == "",
 		TLS: cfg.TLS.CertFile != "", Logger: log, MaxManifestSize: int64(cfg.HTTP.MaxManifestSize),
 		ReadTimeout: cfg.HTTP.ReadTimeout, UploadTimeout: cfg.HTTP.UploadTimeout,
@@ -346,6 +362,7 @@ func build(ctx context.Context, cfg *config.Config, store *cache.Store, log *slo
 	})
 	if reg := a.gw.Metrics(); reg != nil {
 		registerJobMetrics(reg, a.current.Load)
+		registerNotifyMetrics(reg, a.notifier)
 		reg.MustRegister(&storageCollector{store: store, log: log})
 	}
 	a.install(p)
@@ -365,7 +382,7 @@ type parts struct {
 // assemble builds the parts of cfg, keeping the proxies of the running configuration
 // whose settings did not change (their caches' state, their downloads in flight).
 func (a *app) assemble(cfg *config.Config) (*parts, error) {
-	jobs, im, err := buildLifecycle(cfg, a.store, a.log)
+	jobs, im, err := buildLifecycle(cfg, a.store, retentionEvents(a.notifier), a.log)
 	if err != nil {
 		return nil, err
 	}

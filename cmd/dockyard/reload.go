@@ -102,7 +102,7 @@ func restartOnly(old, new *config.Config) []string {
 	}{
 		{"listen", old.Listen, new.Listen}, {"data", old.Data, new.Data}, {"log", old.Log, new.Log},
 		{"metrics", old.Metrics, new.Metrics}, {"storage", old.Storage, new.Storage}, {"index", old.Index, new.Index},
-		{"limits", old.Limits, new.Limits}, {"tls", old.TLS, new.TLS},
+		{"limits", old.Limits, new.Limits}, {"tls", old.TLS, new.TLS}, {"notifications", old.Notifications, new.Notifications},
 		{"http (timeouts, max_manifest_size)", timeouts(old.HTTP), timeouts(new.HTTP)},
 	} {
 		if !reflect.DeepEqual(f.old, f.new) {
