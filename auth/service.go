@@ -65,6 +65,22 @@ func (s *Service) Close() {
 	}
 }
 
+// KeepLimits carries the failed-login counts of old, the service this one replaces (a
+// configuration reload), into this one: a reload must not give a password guesser a
+// fresh budget. The counts are kept under this service's limits.
+func (s *Service) KeepLimits(old *Service) {
+	if old == nil || s == nil {
+		return
+	}
+	old.limiter.mu.Lock()
+	entries := old.limiter.entries
+	old.limiter.entries = map[string]*limitEntry{} // the old service's requests count apart now
+	old.limiter.mu.Unlock()
+	s.limiter.mu.Lock()
+	s.limiter.entries = entries
+	s.limiter.mu.Unlock()
+}
+
 // Service answers the gateway's questions: who is this, and may they do that.
 type Service struct {
 	cfg     Config

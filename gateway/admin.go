@@ -27,7 +27,7 @@ var ErrAdminBusy = errors.New("already running")
 // jobs). Without authentication only loopback clients may call it; with it, only the
 // subjects the configuration names as admins.
 func (g *Gateway) admin(ctx *fasthttp.RequestCtx) error {
-	if g.live().Admin == nil {
+	if g.live(ctx).Admin == nil {
 		return oci.ErrNotFound.Withf("no admin endpoint")
 	}
 	if err := g.adminAllowed(ctx); err != nil {
@@ -42,7 +42,7 @@ func (g *Gateway) admin(ctx *fasthttp.RequestCtx) error {
 	for k, v := range ctx.QueryArgs().All() {
 		params[string(k)] = string(v)
 	}
-	res, err := g.live().Admin.Run(context.Background(), job, params)
+	res, err := g.live(ctx).Admin.Run(context.Background(), job, params)
 	if errors.Is(err, ErrAdminBusy) {
 		return oci.ErrTooManyRequests.Withf("job %s is already running", job)
 	}
@@ -59,7 +59,7 @@ func (g *Gateway) admin(ctx *fasthttp.RequestCtx) error {
 }
 
 func (g *Gateway) adminAllowed(ctx *fasthttp.RequestCtx) error {
-	if g.live().Auth == nil {
+	if g.live(ctx).Auth == nil {
 		if g.clientIP(ctx).IsLoopback() && !g.forwardedByUntrusted(ctx) {
 			return nil
 		}
@@ -78,7 +78,7 @@ func (g *Gateway) adminAllowed(ctx *fasthttp.RequestCtx) error {
 		// was made for, and administration is none of them.
 		return oci.ErrDenied.Withf("a CI token cannot use the admin endpoint; use the administrator's own credentials")
 	}
-	for _, s := range g.live().Admins {
+	for _, s := range g.live(ctx).Admins {
 		if s == "user:"+id.Name || (strings.HasPrefix(s, "group:") && slices.Contains(id.Groups, s[len("group:"):])) {
 			return nil
 		}

@@ -51,9 +51,9 @@ func (g *Gateway) authenticate(ctx *fasthttp.RequestCtx) (*principal, error) {
 	switch {
 	case h == "":
 		return &principal{}, nil
-	case strings.HasPrefix(h, "Bearer ") && g.live().Auth.Mode() == auth.ModeToken:
-		c, err := g.live().Auth.Signer().Verify(strings.TrimSpace(h[len("Bearer "):]), g.service(ctx))
-		if err != nil || c.Kind != "" || g.live().Auth.ClaimsRevoked(c) {
+	case strings.HasPrefix(h, "Bearer ") && g.live(ctx).Auth.Mode() == auth.ModeToken:
+		c, err := g.live(ctx).Auth.Signer().Verify(strings.TrimSpace(h[len("Bearer "):]), g.service(ctx))
+		if err != nil || c.Kind != "" || g.live(ctx).Auth.ClaimsRevoked(c) {
 			g.metrics.authFailed("token")
 			return nil, g.challenge(ctx, "", "invalid_token", "the bearer token is invalid, expired or revoked")
 		}
@@ -68,7 +68,7 @@ func (g *Gateway) authenticate(ctx *fasthttp.RequestCtx) (*principal, error) {
 			// login: no credentials, said in a header.
 			return &principal{}, nil
 		}
-		id, err := g.live().Auth.Login(g.life, user, password, g.clientAddr(ctx))
+		id, err := g.live(ctx).Auth.Login(g.life, user, password, g.clientAddr(ctx))
 		if err != nil {
 			return nil, g.loginError(ctx, err)
 		}
@@ -104,7 +104,7 @@ func (g *Gateway) loginError(ctx *fasthttp.RequestCtx, err error) error {
 // challenge answers 401 with the WWW-Authenticate header of the auth mode. scope is
 // the token scope the client should ask for.
 func (g *Gateway) challenge(ctx *fasthttp.RequestCtx, scope, tokenErr, msg string) error {
-	if g.live().Auth.Mode() == auth.ModeToken {
+	if g.live(ctx).Auth.Mode() == auth.ModeToken {
 		v := `Bearer realm="` + g.realm(ctx) + `",service="` + g.service(ctx) + `"`
 		if scope != "" {
 			v += `,scope="` + scope + `"`
@@ -121,13 +121,13 @@ func (g *Gateway) challenge(ctx *fasthttp.RequestCtx, scope, tokenErr, msg strin
 
 func (g *Gateway) tokenHost(ctx *fasthttp.RequestCtx) TokenHost {
 	host := string(ctx.Host())
-	for _, th := range g.live().TokenHosts {
+	for _, th := range g.live(ctx).TokenHosts {
 		if strings.EqualFold(th.Host, host) {
 			return th
 		}
 	}
 	h, _, _ := strings.Cut(host, ":")
-	for _, th := range g.live().TokenHosts {
+	for _, th := range g.live(ctx).TokenHosts {
 		if strings.EqualFold(th.Host, h) {
 			return th
 		}
@@ -159,11 +159,11 @@ func (g *Gateway) service(ctx *fasthttp.RequestCtx) string {
 // may reports whether p may do action on a repository (named as the client sees it,
 // and as it is inside its registry). A bearer token's access counts only for the
 // registry it was granted for.
-func (g *Gateway) may(p *principal, clientRepo string, reg vhost.Registry, repo string, action auth.Action) bool {
+func (g *Gateway) may(ctx *fasthttp.RequestCtx, p *principal, clientRepo string, reg vhost.Registry, repo string, action auth.Action) bool {
 	if p.claims != nil {
 		return tokenAllows(p.claims, "repository", clientRepo, reg.Name(), repo, string(action))
 	}
-	return g.live().Auth.Decide(p.id, reg.Name(), repo, action)
+	return g.live(ctx).Auth.Decide(p.id, reg.Name(), repo, action)
 }
 
 // tokenAllows reports whether the token grants action on the named resource, which
@@ -193,7 +193,7 @@ func tokenBound(c *auth.Claims, name, reg, repo string) bool {
 // scope) or 403 DENIED (you may not).
 func (g *Gateway) authorize(r *request, action auth.Action) error {
 	client := string(r.route.Repo)
-	if g.may(r.who, client, r.reg, string(r.repo), action) {
+	if g.may(r.ctx, r.who, client, r.reg, string(r.repo), action) {
 		return nil
 	}
 	scope := "repository:" + client + ":" + string(action)
@@ -207,7 +207,7 @@ func (g *Gateway) authorize(r *request, action auth.Action) error {
 		}
 	}
 	// Anonymous, or a token lacking a scope its subject has: ask for (a better) token.
-	if r.who.anonymous() || (r.who.claims != nil && g.live().Auth.Decide(r.who.identity(), r.reg.Name(), string(r.repo), action)) {
+	if r.who.anonymous() || (r.who.claims != nil && g.live(r.ctx).Auth.Decide(r.who.identity(), r.reg.Name(), string(r.repo), action)) {
 		tokenErr := ""
 		if r.who.claims != nil {
 			tokenErr = "insufficient_scope"

@@ -365,3 +365,48 @@ func TestRealClientPushesAndPullsThroughTokenAuth(t *testing.T) {
 		t.Error("anonymous pulled a private image")
 	}
 }
+
+// A reload that turns authentication off while a token request is logging in: the
+// request finishes under the configuration it began with (it used to read the new one
+// half way and dereference a nil service).
+func TestReloadDuringATokenLoginFinishesUnderItsConfiguration(t *testing.T) {
+	r := authRegistry(t, auth.ModeToken)
+	users := filepath.Join(t.TempDir(), "slow")
+	h, _ := bcrypt.GenerateFromPassword([]byte("slow-pw"), 13) // a login takes a while
+	os.WriteFile(users, []byte("slow:"+string(h)+"\n"), 0o600)
+	uf, err := auth.NewUsersFile(users)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, _ := auth.LoadOrCreateKey(filepath.Join(t.TempDir(), "key.pem"), true)
+	signer, _ := auth.NewSigner(key, "dockyard")
+	svc, err := auth.NewService(auth.Config{Mode: auth.ModeToken, UsersFile: uf, Signer: signer, Tokens: tokenStore(r.store),
+		Rules:  []auth.Rule{{Subjects: []string{"user:slow"}, Grant: auth.Grant{Registries: []string{"*"}, Repositories: []string{"**"}, Actions: []auth.Action{auth.Pull}}}},
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	live := r.gw.Live()
+	live.Auth = svc
+	r.gw.Reload(live)
+	done := make(chan int, 1)
+	go func() {
+		_, code := r.token(t, basic("slow", "slow-pw"), "repository:team/app:pull")
+		done <- code
+	}()
+	time.Sleep(50 * time.Millisecond) // the login is under way
+	off := r.gw.Live()
+	off.Auth = nil
+	r.gw.Reload(off)
+	select {
+	case code := <-done:
+		if code != 200 {
+			t.Errorf("the token request begun before the reload: %d, want 200", code)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the token request never finished")
+	}
+	if resp := r.do("GET", "/v2/team/app/tags/list", nil); resp.StatusCode != 200 && resp.StatusCode != 404 {
+		t.Errorf("after the reload (authentication off): %d", resp.StatusCode)
+	}
+}

@@ -15,7 +15,7 @@ import (
 // of the first untrusted one were written by the client and prove nothing).
 func (g *Gateway) clientIP(ctx *fasthttp.RequestCtx) netip.Addr {
 	peer := peerAddr(ctx)
-	if !g.trustedProxy(peer) {
+	if !g.trustedProxy(ctx, peer) {
 		return peer
 	}
 	var hops []string
@@ -36,7 +36,7 @@ func (g *Gateway) clientIP(ctx *fasthttp.RequestCtx) netip.Addr {
 			return netip.Addr{}
 		}
 		client = a
-		if !g.trustedProxy(a) {
+		if !g.trustedProxy(ctx, a) {
 			break
 		}
 	}
@@ -57,11 +57,11 @@ func (g *Gateway) clientAddr(ctx *fasthttp.RequestCtx) string {
 func (g *Gateway) forwardedByUntrusted(ctx *fasthttp.RequestCtx) bool {
 	h := &ctx.Request.Header
 	forwarded := len(h.Peek("X-Forwarded-For")) > 0 || len(h.Peek("Forwarded")) > 0 || len(h.Peek("X-Real-Ip")) > 0
-	return forwarded && !g.trustedProxy(peerAddr(ctx))
+	return forwarded && !g.trustedProxy(ctx, peerAddr(ctx))
 }
 
-func (g *Gateway) trustedProxy(a netip.Addr) bool {
-	for _, p := range g.live().TrustedProxies {
+func (g *Gateway) trustedProxy(ctx *fasthttp.RequestCtx, a netip.Addr) bool {
+	for _, p := range g.live(ctx).TrustedProxies {
 		if p.Contains(a) {
 			return true
 		}

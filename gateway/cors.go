@@ -11,7 +11,7 @@ import (
 // cors adds CORS headers for allowed origins and answers preflight requests. It
 // returns true when the request has been answered.
 func (g *Gateway) cors(ctx *fasthttp.RequestCtx) bool {
-	c := &g.live().CORS
+	c := &g.live(ctx).CORS
 	origin := string(ctx.Request.Header.Peek("Origin"))
 	if origin == "" || len(c.AllowedOrigins) == 0 {
 		return false

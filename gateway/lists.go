@@ -73,12 +73,12 @@ func (g *Gateway) tags(r *request) error {
 func (g *Gateway) catalog(r *request) error {
 	ctx, reg := r.ctx, r.reg
 	visible := func(string) bool { return true }
-	if g.live().Auth != nil {
+	if g.live(r.ctx).Auth != nil {
 		if c := r.who.claims; c != nil && !tokenAllows(c, "registry", "catalog", reg.Name(), "", "*") {
 			return g.challenge(ctx, "registry:catalog:*", "insufficient_scope", "the catalog needs a registry:catalog:* token")
 		}
 		id := r.who.identity()
-		visible = func(repo string) bool { return g.live().Auth.Decide(id, reg.Name(), repo, auth.Pull) }
+		visible = func(repo string) bool { return g.live(r.ctx).Auth.Decide(id, reg.Name(), repo, auth.Pull) }
 	}
 	last, n, err := page(ctx)
 	if err != nil {

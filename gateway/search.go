@@ -28,8 +28,8 @@ import (
 // bearer token must carry registry:catalog:* or registry:catalog:search (what the
 // Docker daemon asks for when it searches with a token).
 func (g *Gateway) searchCaller(ctx *fasthttp.RequestCtx, reg vhost.Registry) (func(repo string) bool, error) {
-	routesHere := g.routedTo(string(ctx.Host()), reg)
-	if g.live().Auth == nil {
+	routesHere := g.routedTo(ctx, string(ctx.Host()), reg)
+	if g.live(ctx).Auth == nil {
 		return routesHere, nil
 	}
 	who, err := g.authenticate(ctx)
@@ -45,15 +45,15 @@ func (g *Gateway) searchCaller(ctx *fasthttp.RequestCtx, reg vhost.Registry) (fu
 	}
 	id := who.identity()
 	return func(repo string) bool {
-		return routesHere(repo) && g.live().Auth.Decide(id, reg.Name(), repo, auth.Pull)
+		return routesHere(repo) && g.live(ctx).Auth.Decide(id, reg.Name(), repo, auth.Pull)
 	}, nil
 }
 
 // routedTo says whether host routes a repository name to reg: a stored name whose
 // first component is one of the host's namespaces (hub/x where hub/ leads to another
 // registry) cannot be pulled there under that name, and is not shown.
-func (g *Gateway) routedTo(host string, reg vhost.Registry) func(repo string) bool {
-	router := g.live().Router
+func (g *Gateway) routedTo(ctx *fasthttp.RequestCtx, host string, reg vhost.Registry) func(repo string) bool {
+	router := g.live(ctx).Router
 	return func(repo string) bool {
 		name, err := oci.ParseRepository(repo)
 		if err != nil {
@@ -145,7 +145,7 @@ func clip(s string, n int) string {
 
 // searchRegistry is the registry serving the request's host.
 func (g *Gateway) searchRegistry(ctx *fasthttp.RequestCtx) (vhost.Registry, error) {
-	reg, err := g.live().Router.ResolveHost(string(ctx.Host()))
+	reg, err := g.live(ctx).Router.ResolveHost(string(ctx.Host()))
 	if err != nil {
 		return nil, err
 	}
@@ -218,7 +218,7 @@ func (g *Gateway) apiSearch(ctx *fasthttp.RequestCtx) error {
 		return oci.ErrQueryInvalid.Withf("kind must be tags or repositories, not %q", kind)
 	}
 	tq := vhost.TagQuery{Text: q, Registry: only, Tag: string(args.Peek("tag")), Visible: visible,
-		Classify: g.live().Classify, Cursor: string(args.Peek("cursor")), Limit: n}
+		Classify: g.live(ctx).Classify, Cursor: string(args.Peek("cursor")), Limit: n}
 	if c := string(args.Peek("class")); c != "" {
 		switch c {
 		case "release", "rc", "snapshot", "other":

@@ -124,6 +124,8 @@ func New(opts Options) *Gateway {
 	g := &Gateway{opts: opts, log: opts.Logger, conns: map[net.Conn]struct{}{}}
 	g.current.Store(&Live{Router: opts.Router, Auth: opts.Auth, TokenHosts: opts.TokenHosts, Admin: opts.Admin,
 		Admins: opts.Admins, Classify: opts.Classify, CORS: opts.CORS, TrustedProxies: opts.TrustedProxies})
+	// From here on they are read from the live options only: a reload lets these go.
+	g.opts.Router, g.opts.Auth, g.opts.Admin, g.opts.Classify = nil, nil, nil, nil
 	if opts.Metrics {
 		g.metrics = newMetrics()
 	}
@@ -173,10 +175,19 @@ type Live struct {
 func (g *Gateway) Reload(l Live) { g.current.Store(&l) }
 
 // Live returns the current live options.
-func (g *Gateway) Live() Live { return *g.live() }
+func (g *Gateway) Live() Live { return *g.current.Load() }
 
-// live returns the current live options.
-func (g *Gateway) live() *Live { return g.current.Load() }
+// live returns the live options of a request: those current when it began (handle
+// keeps them in the request), so that one request never mixes two configurations.
+func (g *Gateway) live(ctx *fasthttp.RequestCtx) *Live {
+	if l, ok := ctx.UserValue(liveKey).(*Live); ok {
+		return l
+	}
+	return g.current.Load()
+}
+
+// liveKey is the request's user value holding its live options.
+const liveKey = "dockyard.live"
 
 // Serve answers requests on l until Shutdown.
 func (g *Gateway) Serve(l net.Listener) error { return g.server.Serve(l) }
@@ -227,6 +238,7 @@ func (g *Gateway) handle(ctx *fasthttp.RequestCtx) {
 	}()
 	ae := &accessEntry{id: g.reqID.Add(1), start: time.Now()}
 	ctx.SetUserValue(accessKey, ae)
+	ctx.SetUserValue(liveKey, g.current.Load())
 	if g.metrics != nil {
 		g.metrics.inFlight.Inc()
 		defer g.metrics.inFlight.Dec()
@@ -263,7 +275,7 @@ func (g *Gateway) handle(ctx *fasthttp.RequestCtx) {
 	case string(ctx.Path()) == "/-/api/v1/search":
 		ae.route = "search"
 		err = g.apiSearch(ctx)
-	case g.live().Auth != nil && string(ctx.Path()) == "/token":
+	case g.live(ctx).Auth != nil && string(ctx.Path()) == "/token":
 		ae.route = "token"
 		err = g.token(ctx)
 	default:
@@ -304,7 +316,7 @@ func (g *Gateway) dispatch(ctx *fasthttp.RequestCtx, route Route) error {
 		g.metrics.uploads.Inc()
 		defer g.metrics.uploads.Dec()
 	}
-	if g.live().Auth != nil {
+	if g.live(ctx).Auth != nil {
 		var err error
 		if req.who, err = g.authenticate(ctx); err != nil {
 			return err
@@ -317,7 +329,7 @@ func (g *Gateway) dispatch(ctx *fasthttp.RequestCtx, route Route) error {
 	}
 	switch ep.scope {
 	case scopeRegistry:
-		reg, err := g.live().Router.ResolveHost(string(ctx.Host()))
+		reg, err := g.live(ctx).Router.ResolveHost(string(ctx.Host()))
 		if err != nil {
 			return err
 		}
@@ -328,7 +340,7 @@ func (g *Gateway) dispatch(ctx *fasthttp.RequestCtx, route Route) error {
 			return err
 		}
 		ae.registry = req.reg.Name()
-		if g.live().Auth != nil {
+		if g.live(ctx).Auth != nil {
 			if err := g.authorize(req, o.action); err != nil {
 				return err
 			}
@@ -358,12 +370,12 @@ func (g *Gateway) extendRead(ctx *fasthttp.RequestCtx) {
 // it, as without ns.
 func (g *Gateway) resolve(req *request) error {
 	host := string(req.ctx.Host())
-	res, err := g.live().Router.Resolve(host, req.route.Repo, string(req.ctx.QueryArgs().Peek("ns")))
+	res, err := g.live(req.ctx).Router.Resolve(host, req.route.Repo, string(req.ctx.QueryArgs().Peek("ns")))
 	if err != nil {
 		return err
 	}
 	if res.Namespace != "" && req.who.claims != nil && !tokenBound(req.who.claims, string(req.route.Repo), res.Registry.Name(), string(res.Repo)) {
-		if res, err = g.live().Router.Resolve(host, req.route.Repo, ""); err != nil {
+		if res, err = g.live(req.ctx).Router.Resolve(host, req.route.Repo, ""); err != nil {
 			return err
 		}
 	}
@@ -377,7 +389,7 @@ func (g *Gateway) resolve(req *request) error {
 // base answers /v2/: the API is here, and with authentication on, whether the
 // caller's credentials are good.
 func (g *Gateway) base(r *request) error {
-	if g.live().Auth != nil && !r.who.presented() {
+	if g.live(r.ctx).Auth != nil && !r.who.presented() {
 		return g.challenge(r.ctx, "", "", "authentication required")
 	}
 	r.ctx.SetContentType("application/json")

@@ -24,7 +24,7 @@ const maxTokenForm = 64 << 10
 // docker login uses. The access granted is what was asked for, cut down to what the
 // rules allow the caller.
 func (g *Gateway) token(ctx *fasthttp.RequestCtx) error {
-	if g.live().Auth.Mode() != auth.ModeToken {
+	if g.live(ctx).Auth.Mode() != auth.ModeToken {
 		return oci.ErrNotFound.Withf("token auth is not enabled")
 	}
 	var (
@@ -47,7 +47,7 @@ func (g *Gateway) token(ctx *fasthttp.RequestCtx) error {
 			if !strings.HasPrefix(h, "Basic ") || !ok {
 				return g.tokenError(ctx, errors.New("malformed credentials"))
 			}
-			if id, err = g.live().Auth.Login(g.life, user, password, g.clientAddr(ctx)); err != nil {
+			if id, err = g.live(ctx).Auth.Login(g.life, user, password, g.clientAddr(ctx)); err != nil {
 				return g.tokenError(ctx, err)
 			}
 		}
@@ -67,16 +67,16 @@ func (g *Gateway) token(ctx *fasthttp.RequestCtx) error {
 		scopes = strings.Fields(form.Get("scope"))
 		switch form.Get("grant_type") {
 		case "password":
-			if id, err = g.live().Auth.Login(g.life, form.Get("username"), form.Get("password"), g.clientAddr(ctx)); err != nil {
+			if id, err = g.live(ctx).Auth.Login(g.life, form.Get("username"), form.Get("password"), g.clientAddr(ctx)); err != nil {
 				return g.tokenError(ctx, err)
 			}
 			offline = form.Get("access_type") == "offline"
 		case "refresh_token":
-			c, verr := g.live().Auth.Signer().Verify(form.Get("refresh_token"), service)
+			c, verr := g.live(ctx).Auth.Signer().Verify(form.Get("refresh_token"), service)
 			if verr != nil || c.Kind != "refresh" {
 				return g.tokenError(ctx, errors.New("invalid refresh token"))
 			}
-			if id, err = g.live().Auth.Refresh(g.life, c); err != nil {
+			if id, err = g.live(ctx).Auth.Refresh(g.life, c); err != nil {
 				return g.tokenError(ctx, err)
 			}
 		default:
@@ -92,7 +92,7 @@ func (g *Gateway) token(ctx *fasthttp.RequestCtx) error {
 	if service == "" {
 		service = g.service(ctx)
 	}
-	access := g.grant(host, id, scopes)
+	access := g.grant(ctx, host, id, scopes)
 	claims := auth.Claims{Access: access}
 	subject := ""
 	if id != nil {
@@ -103,7 +103,7 @@ func (g *Gateway) token(ctx *fasthttp.RequestCtx) error {
 		}
 		claims.CI = id.TokenID
 	}
-	signed, exp, err := g.live().Auth.Signer().Sign(claims, subject, service, g.live().Auth.TokenTTL())
+	signed, exp, err := g.live(ctx).Auth.Signer().Sign(claims, subject, service, g.live(ctx).Auth.TokenTTL())
 	if err != nil {
 		return err
 	}
@@ -112,7 +112,7 @@ func (g *Gateway) token(ctx *fasthttp.RequestCtx) error {
 		"expires_in": int(time.Until(exp).Seconds()), "issued_at": time.Now().UTC().Format(time.RFC3339),
 	}
 	if offline && id != nil && id.Source != "token" {
-		refresh, _, err := g.live().Auth.Signer().Sign(auth.Claims{Kind: "refresh", Groups: id.Groups, Source: id.Source}, id.Name, service, g.live().Auth.RefreshTTL())
+		refresh, _, err := g.live(ctx).Auth.Signer().Sign(auth.Claims{Kind: "refresh", Groups: id.Groups, Source: id.Source}, id.Name, service, g.live(ctx).Auth.RefreshTTL())
 		if err != nil {
 			return err
 		}
@@ -132,7 +132,7 @@ func (g *Gateway) hostForService(ctx *fasthttp.RequestCtx, service string) (stri
 	if service == "" || service == g.service(ctx) {
 		return string(ctx.Host()), true
 	}
-	for _, th := range g.live().TokenHosts {
+	for _, th := range g.live(ctx).TokenHosts {
 		if th.Service == service {
 			return th.Host, true
 		}
@@ -155,7 +155,7 @@ func (g *Gateway) tokenError(ctx *fasthttp.RequestCtx, err error) error {
 // grant intersects the requested scopes ("repository:NAME:pull,push",
 // "registry:catalog:*") with what the rules give id on host, each access bound to the
 // registry it was decided for.
-func (g *Gateway) grant(host string, id *auth.Identity, scopes []string) []auth.Access {
+func (g *Gateway) grant(ctx *fasthttp.RequestCtx, host string, id *auth.Identity, scopes []string) []auth.Access {
 	out := []auth.Access{}
 	for _, scope := range scopes {
 		typ, rest, ok := strings.Cut(scope, ":")
@@ -171,7 +171,7 @@ func (g *Gateway) grant(host string, id *auth.Identity, scopes []string) []auth.
 			if name != "catalog" || len(granted) == 0 {
 				continue
 			}
-			if reg, err := g.live().Router.ResolveHost(host); err == nil {
+			if reg, err := g.live(ctx).Router.ResolveHost(host); err == nil {
 				out = append(out, auth.Access{Type: "registry", Name: "catalog", Actions: granted, Registry: reg.Name()})
 			}
 		case "repository":
@@ -179,7 +179,7 @@ func (g *Gateway) grant(host string, id *auth.Identity, scopes []string) []auth.
 			if err != nil {
 				continue
 			}
-			res, err := g.live().Router.Resolve(host, repo, "")
+			res, err := g.live(ctx).Router.Resolve(host, repo, "")
 			if err != nil {
 				continue
 			}
@@ -191,7 +191,7 @@ func (g *Gateway) grant(host string, id *auth.Identity, scopes []string) []auth.
 					want = append(want, act)
 				}
 			}
-			allowed := g.live().Auth.Allowed(id, res.Registry.Name(), string(res.Repo), want)
+			allowed := g.live(ctx).Auth.Allowed(id, res.Registry.Name(), string(res.Repo), want)
 			if len(allowed) == 0 {
 				continue
 			}

@@ -71,7 +71,7 @@ func (g *Gateway) tryMount(r *request, mount, fromName string) (done bool, err e
 		return false, err
 	}
 	var from oci.Repository
-	if fromName == "" && g.live().Auth != nil {
+	if fromName == "" && g.live(r.ctx).Auth != nil {
 		// With access control, a mount without a source reads from a repository the
 		// caller may pull: find one holding the blob, or upload.
 		loc, ok := r.reg.(vhost.BlobLocator)
@@ -83,7 +83,7 @@ func (g *Gateway) tryMount(r *request, mount, fromName string) (done bool, err e
 			return false, err
 		}
 		for _, repo := range repos {
-			if g.live().Auth.Decide(r.who.identity(), r.reg.Name(), string(repo), auth.Pull) {
+			if g.live(r.ctx).Auth.Decide(r.who.identity(), r.reg.Name(), string(repo), auth.Pull) {
 				from = repo
 				break
 			}
@@ -98,14 +98,14 @@ func (g *Gateway) tryMount(r *request, mount, fromName string) (done bool, err e
 			return false, err
 		}
 		// from is a name as the client sees it: resolve it like the target.
-		src, err := g.live().Router.Resolve(string(r.ctx.Host()), client, "")
+		src, err := g.live(r.ctx).Router.Resolve(string(r.ctx.Host()), client, "")
 		if err != nil || src.Registry != r.reg {
 			return false, nil
 		}
 		// Mounting reads the source: without pull on it, upload instead. A token that
 		// lacks a scope its subject has is answered with a challenge for it.
-		if g.live().Auth != nil && !g.may(r.who, string(client), src.Registry, string(src.Repo), auth.Pull) {
-			if r.who.claims != nil && g.live().Auth.Decide(r.who.identity(), src.Registry.Name(), string(src.Repo), auth.Pull) {
+		if g.live(r.ctx).Auth != nil && !g.may(r.ctx, r.who, string(client), src.Registry, string(src.Repo), auth.Pull) {
+			if r.who.claims != nil && g.live(r.ctx).Auth.Decide(r.who.identity(), src.Registry.Name(), string(src.Repo), auth.Pull) {
 				scope := "repository:" + string(r.route.Repo) + ":pull,push repository:" + string(client) + ":pull"
 				return false, g.challenge(r.ctx, scope, "insufficient_scope", "the token does not cover pulling "+string(client)+" for the mount")
 			}

@@ -46,24 +46,36 @@ type Jobs struct {
 
 	running sync.WaitGroup
 	started time.Time
-	// Counters since start (exported as metrics).
+	// counters are shared with the jobs this replaced (a reload): see Counters.
+	countersOnce sync.Once
+	c            *Counters
+}
+
+// Counters count what the jobs did since the process started (exported as metrics).
+type Counters struct {
 	GCRuns, BlobsCollected, ManifestsCollected, UploadsPurged, RetentionRuns, TagsDeleted atomic.Int64
 	PurgeRuns, EvictionRuns, ManifestsEvicted, BytesEvicted                               atomic.Int64
 	// Time spent in each kind of job, in nanoseconds.
 	GCNanos, PurgeNanos, RetentionNanos, EvictionNanos atomic.Int64
 }
 
-// Inherit carries on the counters of the jobs j replaces (a configuration reload).
+// Counters returns the jobs' counters.
+func (j *Jobs) Counters() *Counters {
+	j.countersOnce.Do(func() {
+		if j.c == nil {
+			j.c = &Counters{}
+		}
+	})
+	return j.c
+}
+
+// Inherit takes over from the jobs j replaces (a configuration reload): their
+// counters, shared (a run still finishing on old counts here too), and their start
+// time, so that a job never run is due an interval after the process started, not
+// after the last reload.
 func (j *Jobs) Inherit(old *Jobs) {
-	for _, c := range []struct{ to, from *atomic.Int64 }{
-		{&j.GCRuns, &old.GCRuns}, {&j.BlobsCollected, &old.BlobsCollected}, {&j.ManifestsCollected, &old.ManifestsCollected},
-		{&j.UploadsPurged, &old.UploadsPurged}, {&j.RetentionRuns, &old.RetentionRuns}, {&j.TagsDeleted, &old.TagsDeleted},
-		{&j.PurgeRuns, &old.PurgeRuns}, {&j.EvictionRuns, &old.EvictionRuns}, {&j.ManifestsEvicted, &old.ManifestsEvicted},
-		{&j.BytesEvicted, &old.BytesEvicted}, {&j.GCNanos, &old.GCNanos}, {&j.PurgeNanos, &old.PurgeNanos},
-		{&j.RetentionNanos, &old.RetentionNanos}, {&j.EvictionNanos, &old.EvictionNanos},
-	} {
-		c.to.Add(c.from.Load())
-	}
+	j.c = old.Counters()
+	j.started = old.started
 }
 
 // timed adds the time since start to a job's total.
@@ -71,7 +83,9 @@ func timed(total *atomic.Int64, start time.Time) { total.Add(int64(time.Since(st
 
 // Start runs the scheduled jobs until ctx ends.
 func (j *Jobs) Start(ctx context.Context) {
-	j.started = time.Now()
+	if j.started.IsZero() { // not taken over from the jobs this replaced
+		j.started = time.Now()
+	}
 	every := func(d time.Duration, job string, run func(due func() bool)) {
 		if d <= 0 {
 			return
@@ -130,8 +144,9 @@ func (j *Jobs) due(job string, interval time.Duration) bool {
 // take takes job's lock, then checks (under it) that the job is still due; an error
 // when the job runs elsewhere or ran meanwhile. The job runs under jobCtx, which ends
 // if the lock is lost (another instance may start the job then); release records the
-// run's end.
-func (j *Jobs) take(ctx context.Context, job string, due func() bool, attrs ...any) (jobCtx context.Context, release func(), err error) {
+// run's end when it completed (done): a run cut short (a reload, a lost lock, an
+// error) or a dry run leaves the job due, to be run at the next look.
+func (j *Jobs) take(ctx context.Context, job string, due func() bool, attrs ...any) (jobCtx context.Context, release func(done bool), err error) {
 	held, unlock, ok, err := j.Store.TryLock(ctx, job)
 	if err != nil {
 		j.Log.Warn("job not started: its lock is unavailable", append([]any{"job", job, "err", err}, attrs...)...)
@@ -146,10 +161,13 @@ func (j *Jobs) take(ctx context.Context, job string, due func() bool, attrs ...a
 	}
 	jobCtx, cancel := context.WithCancel(ctx)
 	stop := context.AfterFunc(held, cancel)
-	return jobCtx, func() {
+	return jobCtx, func(done bool) {
 		stop()
 		cancel()
 		defer unlock()
+		if !done {
+			return
+		}
 		now, _ := time.Now().MarshalText()
 		if err := j.Store.JobRecords().Put(job, now); err != nil {
 			j.Log.Warn("job run not recorded", append([]any{"job", job, "err", err}, attrs...)...)
@@ -182,12 +200,12 @@ func (j *Jobs) GC(ctx context.Context, dryRun bool) (cache.GCReport, error) {
 	return j.gc(ctx, dryRun, nil)
 }
 
-func (j *Jobs) gc(ctx context.Context, dryRun bool, due func() bool) (cache.GCReport, error) {
+func (j *Jobs) gc(ctx context.Context, dryRun bool, due func() bool) (r cache.GCReport, err error) {
 	ctx, release, err := j.take(ctx, gcJob, due)
 	if err != nil {
 		return cache.GCReport{}, err
 	}
-	defer release()
+	defer func() { release(!dryRun && err == nil) }()
 	start := time.Now()
 	for _, e := range j.Evictions {
 		if dryRun {
@@ -195,22 +213,22 @@ func (j *Jobs) gc(ctx context.Context, dryRun bool, due func() bool) (cache.GCRe
 		}
 		evictStart := time.Now()
 		r, err := j.Store.EvictCache(ctx, e.Registry, e.MaxBytes, e.PulledWithin)
-		timed(&j.EvictionNanos, evictStart)
-		j.EvictionRuns.Add(1)
-		j.ManifestsEvicted.Add(int64(r.Manifests))
-		j.BytesEvicted.Add(r.Bytes)
+		timed(&j.Counters().EvictionNanos, evictStart)
+		j.Counters().EvictionRuns.Add(1)
+		j.Counters().ManifestsEvicted.Add(int64(r.Manifests))
+		j.Counters().BytesEvicted.Add(r.Bytes)
 		j.Log.Info("proxy cache eviction", "registry", e.Registry, "manifests", r.Manifests, "bytes", r.Bytes, "err", err)
 		if err != nil {
 			return cache.GCReport{}, err
 		}
 	}
 	gcStart := time.Now()
-	r, err := j.Store.CollectGarbage(ctx, cache.GCOptions{Grace: j.GCGrace, DryRun: dryRun})
-	timed(&j.GCNanos, gcStart)
-	j.GCRuns.Add(1)
+	r, err = j.Store.CollectGarbage(ctx, cache.GCOptions{Grace: j.GCGrace, DryRun: dryRun})
+	timed(&j.Counters().GCNanos, gcStart)
 	if !dryRun {
-		j.BlobsCollected.Add(int64(r.Blobs))
-		j.ManifestsCollected.Add(int64(r.Manifests))
+		j.Counters().GCRuns.Add(1)
+		j.Counters().BlobsCollected.Add(int64(r.Blobs))
+		j.Counters().ManifestsCollected.Add(int64(r.Manifests))
 	}
 	j.Log.Info("garbage collection", "dry_run", dryRun, "manifests", r.Manifests, "blobs", r.Blobs, "bytes", r.Bytes,
 		"orphan_files", r.OrphanFiles, "seconds", time.Since(start).Seconds(), "err", err)
@@ -222,17 +240,17 @@ func (j *Jobs) Purge(ctx context.Context) (int, error) {
 	return j.purge(ctx, nil)
 }
 
-func (j *Jobs) purge(ctx context.Context, due func() bool) (int, error) {
+func (j *Jobs) purge(ctx context.Context, due func() bool) (n int, err error) {
 	ctx, release, err := j.take(ctx, purgeJob, due)
 	if err != nil {
 		return 0, err
 	}
-	defer release()
+	defer func() { release(err == nil) }()
 	start := time.Now()
-	n, err := j.Store.PurgeUploads(ctx, j.PurgeAfter)
-	timed(&j.PurgeNanos, start)
-	j.PurgeRuns.Add(1)
-	j.UploadsPurged.Add(int64(n))
+	n, err = j.Store.PurgeUploads(ctx, j.PurgeAfter)
+	timed(&j.Counters().PurgeNanos, start)
+	j.Counters().PurgeRuns.Add(1)
+	j.Counters().UploadsPurged.Add(int64(n))
 	j.Log.Info("upload purge", "purged", n, "older_than", j.PurgeAfter.String(), "err", err)
 	return n, err
 }
@@ -272,7 +290,7 @@ func (j *Jobs) retention(ctx context.Context, name string, due func() bool) (Ret
 			return total, err
 		}
 		res, err := j.retain(jobCtx, p)
-		release()
+		release(err == nil)
 		ran++
 		total.TagsDeleted += res.TagsDeleted
 		total.TagsChanged += res.TagsChanged
@@ -301,9 +319,9 @@ func (j *Jobs) retain(ctx context.Context, p Policy) (Result, error) {
 		return Result{}, err
 	}
 	res, err := e.Apply(ctx, plan, "", "", j.GCGrace)
-	timed(&j.RetentionNanos, start)
-	j.RetentionRuns.Add(1)
-	j.TagsDeleted.Add(int64(res.TagsDeleted))
+	timed(&j.Counters().RetentionNanos, start)
+	j.Counters().RetentionRuns.Add(1)
+	j.Counters().TagsDeleted.Add(int64(res.TagsDeleted))
 	j.Log.Info("retention", "policy", p.Name, "tags_deleted", res.TagsDeleted, "tags_changed", res.TagsChanged,
 		"untagged_deleted", res.UntaggedDeleted, "err", err)
 	return res, err

@@ -63,6 +63,15 @@ type Stats struct {
 	Requests, Errors, Bytes atomic.Int64
 }
 
+// CloseIdle closes the client's idle connections to the upstream (its proxy is gone).
+func (c *Client) CloseIdle() {
+	if t, ok := c.inner.(countingTransport); ok {
+		if h, ok := t.inner.(*http.Transport); ok {
+			h.CloseIdleConnections()
+		}
+	}
+}
+
 // Stats returns the client's counters.
 func (c *Client) Stats() *Stats { return c.stats }
 

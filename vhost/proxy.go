@@ -111,6 +111,14 @@ func NewProxy(name string, store *cache.Store, up *upstream.Client, opts ProxyOp
 func (p *Proxy) Close() {
 	p.stop()
 	p.fills.Wait()
+	p.up.CloseIdle()
+}
+
+// Retire waits for the proxy's background downloads to end on their own (a reload
+// replaced the proxy; clients may still be reading them), then closes it.
+func (p *Proxy) Retire() {
+	p.fills.Wait()
+	p.Close()
 }
 
 func mustLRU() *lru.Cache[string, time.Time] {

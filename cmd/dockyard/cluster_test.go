@@ -340,7 +340,7 @@ lifecycle:
 
 	// Scheduled GC every 400ms on both: one run per interval in the cluster, not one
 	// per instance; after a stops, b goes on.
-	gcRuns := func() int64 { return appA.jobs.GCRuns.Load() + appB.jobs.GCRuns.Load() }
+	gcRuns := func() int64 { return appA.jobs.Counters().GCRuns.Load() + appB.jobs.Counters().GCRuns.Load() }
 	before := gcRuns()
 	time.Sleep(3 * time.Second)
 	if n := gcRuns() - before; n < 3 || n > 10 {
@@ -348,9 +348,9 @@ lifecycle:
 	}
 	stopA()
 	stoppedA = true
-	before = appB.jobs.GCRuns.Load()
+	before = appB.jobs.Counters().GCRuns.Load()
 	time.Sleep(1500 * time.Millisecond)
-	if appB.jobs.GCRuns.Load() <= before {
+	if appB.jobs.Counters().GCRuns.Load() <= before {
 		t.Error("after a stopped, GC no longer runs")
 	}
 }

@@ -234,15 +234,22 @@ type adminJobs struct {
 	jobs    *lifecycle.Jobs
 	auth    *auth.Service // nil when authentication is off
 	life    context.Context
-	running sync.WaitGroup
+	running *sync.WaitGroup // shared by the admins a reload replaced, waited for at exit
 	// reload re-reads the configuration (nil: not offered).
 	reload func() ([]string, error)
 }
 
 // Wait returns once no job started through the admin endpoint is running.
-func (a *adminJobs) Wait() { a.running.Wait() }
+func (a *adminJobs) Wait() {
+	if a.running != nil {
+		a.running.Wait()
+	}
+}
 
 func (a *adminJobs) Run(_ context.Context, job string, params map[string]string) (any, error) {
+	if a.running == nil {
+		a.running = &sync.WaitGroup{} // a test's adminJobs
+	}
 	a.running.Add(1)
 	defer a.running.Done()
 	ctx := a.life
@@ -286,8 +293,8 @@ func (a *adminJobs) Run(_ context.Context, job string, params map[string]string)
 		return map[string]any{"reloaded": true, "restart_needed_for": warnings}, nil
 	case "jobs":
 		return map[string]int64{
-			"gcRuns": j.GCRuns.Load(), "blobsCollected": j.BlobsCollected.Load(), "manifestsCollected": j.ManifestsCollected.Load(),
-			"uploadsPurged": j.UploadsPurged.Load(), "retentionRuns": j.RetentionRuns.Load(), "tagsDeleted": j.TagsDeleted.Load(),
+			"gcRuns": j.Counters().GCRuns.Load(), "blobsCollected": j.Counters().BlobsCollected.Load(), "manifestsCollected": j.Counters().ManifestsCollected.Load(),
+			"uploadsPurged": j.Counters().UploadsPurged.Load(), "retentionRuns": j.Counters().RetentionRuns.Load(), "tagsDeleted": j.Counters().TagsDeleted.Load(),
 		}, nil
 	}
 	return nil, oci.ErrNotFound.Withf("unknown job %q (gc, purge, retention, plan, jobs, revoke, reload)", job)

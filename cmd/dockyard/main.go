@@ -193,8 +193,8 @@ func serve(args []string, stderr io.Writer) error {
 	case err = <-errc:
 		stop()
 	case <-ctx.Done():
-		log.Info("shutting down: finishing the requests in flight", "timeout", a.cfg.HTTP.ShutdownTimeout.String())
-		sctx, cancel := context.WithTimeout(context.Background(), a.cfg.HTTP.ShutdownTimeout)
+		log.Info("shutting down: finishing the requests in flight", "timeout", cfg.HTTP.ShutdownTimeout.String())
+		sctx, cancel := context.WithTimeout(context.Background(), cfg.HTTP.ShutdownTimeout) // as started: a reload does not change it
 		defer cancel()
 		err = a.gw.Shutdown(sctx)
 	}
@@ -278,7 +278,7 @@ func blobStore(cfg *config.Config) (blobstore.Store, error) {
 // on demand (their context, the server's, has ended), then the proxies' background
 // downloads; the store is closed after all of them. A reload (reload.go) replaces
 // jobs, admin, proxies and the gateway's live options; what it replaced is kept in
-// retired until close.
+// retiring until it has finished.
 type app struct {
 	gw      *gateway.Gateway
 	jobs    *lifecycle.Jobs
@@ -297,7 +297,9 @@ type app struct {
 	stopJobs    context.CancelFunc
 	proxyCfg    map[string]config.Registry // each proxy's configuration, to keep unchanged ones
 	proxyGauges map[*vhost.Proxy][]prometheus.Collector
-	retired     []func()
+	adminRuns   sync.WaitGroup // on-demand jobs, whichever admin started them
+	retiring    sync.WaitGroup // proxies a reload dropped, finishing their downloads
+	retired     map[*vhost.Proxy]bool
 	// notifier delivers webhooks (nil: none configured). Built once: notifications
 	// change only at restart. It stops after the jobs, which may still record
 	// retention events, and leaves what it has not delivered queued in the index.
@@ -320,9 +322,12 @@ func (a *app) close() {
 	for _, p := range a.proxies {
 		p.Close()
 	}
-	for _, r := range a.retired {
-		r()
+	for p := range a.retired {
+		p.Close() // downloads still running are cut short: the store closes next
 	}
+	a.mu.Unlock()
+	a.retiring.Wait()
+	a.mu.Lock()
 	if a.notifier != nil {
 		a.notifier.Close()
 	}
@@ -345,7 +350,7 @@ func (a *app) startJobsLocked() {
 // build wires the configured registries and routes into a gateway. Jobs run on
 // demand under ctx, the server's lifetime.
 func build(ctx context.Context, cfg *config.Config, store *cache.Store, log *slog.Logger) (*app, error) {
-	a := &app{cfg: cfg, store: store, log: log, life: ctx, proxyCfg: map[string]config.Registry{},
+	a := &app{cfg: cfg, store: store, log: log, life: ctx, proxyCfg: map[string]config.Registry{}, retired: map[*vhost.Proxy]bool{},
 		proxyGauges: map[*vhost.Proxy][]prometheus.Collector{}, notifier: buildNotifier(cfg, store, log)}
 	p, err := a.assemble(cfg)
 	if err != nil {
@@ -431,7 +436,7 @@ func (a *app) assemble(cfg *config.Config) (*parts, error) {
 	if err != nil {
 		return fail(err)
 	}
-	p.admin = &adminJobs{jobs: jobs, auth: authService, life: a.life, reload: a.reload}
+	p.admin = &adminJobs{jobs: jobs, auth: authService, life: a.life, reload: a.reload, running: &a.adminRuns}
 	var tokenHosts []gateway.TokenHost
 	for _, h := range cfg.Auth.Token.Hosts {
 		tokenHosts = append(tokenHosts, gateway.TokenHost{Host: h.Host, Realm: h.Realm, Service: h.Service})

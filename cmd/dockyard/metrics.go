@@ -25,16 +25,16 @@ func registerJobMetrics(reg *prometheus.Registry, current func() *lifecycle.Jobs
 		name, help string
 		v          counter
 	}{
-		{"dockyard_gc_runs_total", "Garbage collections run by this instance.", func(j *lifecycle.Jobs) *atomic.Int64 { return &j.GCRuns }},
-		{"dockyard_gc_blobs_collected_total", "Blobs deleted by garbage collection.", func(j *lifecycle.Jobs) *atomic.Int64 { return &j.BlobsCollected }},
-		{"dockyard_gc_manifests_collected_total", "Manifests deleted by garbage collection.", func(j *lifecycle.Jobs) *atomic.Int64 { return &j.ManifestsCollected }},
-		{"dockyard_uploads_purged_total", "Abandoned uploads purged.", func(j *lifecycle.Jobs) *atomic.Int64 { return &j.UploadsPurged }},
-		{"dockyard_retention_runs_total", "Retention policy runs.", func(j *lifecycle.Jobs) *atomic.Int64 { return &j.RetentionRuns }},
-		{"dockyard_retention_tags_deleted_total", "Tags deleted by retention.", func(j *lifecycle.Jobs) *atomic.Int64 { return &j.TagsDeleted }},
-		{"dockyard_purge_runs_total", "Upload purges run by this instance.", func(j *lifecycle.Jobs) *atomic.Int64 { return &j.PurgeRuns }},
-		{"dockyard_eviction_runs_total", "Proxy cache evictions run (one per limited proxy, before each collection).", func(j *lifecycle.Jobs) *atomic.Int64 { return &j.EvictionRuns }},
-		{"dockyard_eviction_manifests_total", "Manifests evicted from proxy caches.", func(j *lifecycle.Jobs) *atomic.Int64 { return &j.ManifestsEvicted }},
-		{"dockyard_eviction_bytes_total", "Blob bytes proxy cache evictions made garbage.", func(j *lifecycle.Jobs) *atomic.Int64 { return &j.BytesEvicted }},
+		{"dockyard_gc_runs_total", "Garbage collections run by this instance.", func(j *lifecycle.Jobs) *atomic.Int64 { return &j.Counters().GCRuns }},
+		{"dockyard_gc_blobs_collected_total", "Blobs deleted by garbage collection.", func(j *lifecycle.Jobs) *atomic.Int64 { return &j.Counters().BlobsCollected }},
+		{"dockyard_gc_manifests_collected_total", "Manifests deleted by garbage collection.", func(j *lifecycle.Jobs) *atomic.Int64 { return &j.Counters().ManifestsCollected }},
+		{"dockyard_uploads_purged_total", "Abandoned uploads purged.", func(j *lifecycle.Jobs) *atomic.Int64 { return &j.Counters().UploadsPurged }},
+		{"dockyard_retention_runs_total", "Retention policy runs.", func(j *lifecycle.Jobs) *atomic.Int64 { return &j.Counters().RetentionRuns }},
+		{"dockyard_retention_tags_deleted_total", "Tags deleted by retention.", func(j *lifecycle.Jobs) *atomic.Int64 { return &j.Counters().TagsDeleted }},
+		{"dockyard_purge_runs_total", "Upload purges run by this instance.", func(j *lifecycle.Jobs) *atomic.Int64 { return &j.Counters().PurgeRuns }},
+		{"dockyard_eviction_runs_total", "Proxy cache evictions run (one per limited proxy, before each collection).", func(j *lifecycle.Jobs) *atomic.Int64 { return &j.Counters().EvictionRuns }},
+		{"dockyard_eviction_manifests_total", "Manifests evicted from proxy caches.", func(j *lifecycle.Jobs) *atomic.Int64 { return &j.Counters().ManifestsEvicted }},
+		{"dockyard_eviction_bytes_total", "Blob bytes proxy cache evictions made garbage.", func(j *lifecycle.Jobs) *atomic.Int64 { return &j.Counters().BytesEvicted }},
 	} {
 		v := c.v
 		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: c.name, Help: c.help},
@@ -44,10 +44,10 @@ func registerJobMetrics(reg *prometheus.Registry, current func() *lifecycle.Jobs
 		job string
 		v   func(*lifecycle.Jobs) *atomic.Int64
 	}{
-		{"gc", func(j *lifecycle.Jobs) *atomic.Int64 { return &j.GCNanos }},
-		{"purge", func(j *lifecycle.Jobs) *atomic.Int64 { return &j.PurgeNanos }},
-		{"retention", func(j *lifecycle.Jobs) *atomic.Int64 { return &j.RetentionNanos }},
-		{"eviction", func(j *lifecycle.Jobs) *atomic.Int64 { return &j.EvictionNanos }},
+		{"gc", func(j *lifecycle.Jobs) *atomic.Int64 { return &j.Counters().GCNanos }},
+		{"purge", func(j *lifecycle.Jobs) *atomic.Int64 { return &j.Counters().PurgeNanos }},
+		{"retention", func(j *lifecycle.Jobs) *atomic.Int64 { return &j.Counters().RetentionNanos }},
+		{"eviction", func(j *lifecycle.Jobs) *atomic.Int64 { return &j.Counters().EvictionNanos }},
 	} {
 		v := c.v
 		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "dockyard_job_seconds_total",
@@ -120,10 +120,11 @@ func (c *storageCollector) Collect(ch chan<- prometheus.Metric) {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		sums, err := c.store.RegistryBytes(ctx)
 		cancel()
+		c.at = time.Now() // a failed sum is not retried by every scrape either
 		if err != nil {
 			c.log.Warn("storage bytes not measured", "err", err)
 		} else {
-			c.last, c.at = sums, time.Now()
+			c.last = sums
 		}
 	}
 	for reg, n := range c.last {

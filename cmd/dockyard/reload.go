@@ -7,6 +7,7 @@ import (
 
 	"github.com/dockyard/dockyard/config"
 	"github.com/dockyard/dockyard/oci"
+	"github.com/dockyard/dockyard/vhost"
 )
 
 // A running server re-reads its configuration on SIGHUP or POST /-/admin/reload:
@@ -41,6 +42,7 @@ func (a *app) reload() ([]string, error) {
 		a.log.Warn("configuration reload: this setting changes only at restart", "key", w)
 	}
 	oldAuth := a.gw.Live().Auth
+	p.live.Auth.KeepLimits(oldAuth)
 	a.installLocked(p)
 	if oldAuth != nil && oldAuth != p.live.Auth {
 		oldAuth.Close()
@@ -65,8 +67,6 @@ func (a *app) installLocked(p *parts) {
 		}
 		old.Wait()
 		p.jobs.Inherit(old)
-		admin := a.admin
-		a.retired = append(a.retired, admin.Wait)
 	}
 	a.jobs, a.admin, a.cfg = p.jobs, p.admin, p.cfg
 	a.current.Store(p.jobs)
@@ -77,7 +77,7 @@ func (a *app) installLocked(p *parts) {
 				reg.Unregister(c)
 			}
 			delete(a.proxyGauges, old)
-			a.retired = append(a.retired, old.Close) // downloads in flight finish first
+			a.retire(old)
 		}
 	}
 	for _, px := range p.proxies {
@@ -90,6 +90,20 @@ func (a *app) installLocked(p *parts) {
 	if a.jobsStarted {
 		a.startJobsLocked()
 	}
+}
+
+// retire lets a proxy a reload dropped finish its downloads in flight, then closes it
+// (its idle upstream connections with it); close cuts short those still running.
+func (a *app) retire(p *vhost.Proxy) {
+	a.retired[p] = true
+	a.retiring.Add(1)
+	go func() {
+		defer a.retiring.Done()
+		p.Retire()
+		a.mu.Lock()
+		delete(a.retired, p)
+		a.mu.Unlock()
+	}()
 }
 
 // restartOnly lists the settings that differ between old and new and that a reload

@@ -10,10 +10,12 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+	"weak"
 
 	"golang.org/x/crypto/bcrypt"
 
@@ -187,5 +189,80 @@ lifecycle: {admins: [user:alice]}
 	}
 	if resp := do("POST", "/-/admin/reload", "bob", "", nil); resp.StatusCode != 403 {
 		t.Errorf("bob (no admin) reloads: %d, want 403", resp.StatusCode)
+	}
+}
+
+// What the red team found in reloads: a replaced configuration is let go (memory stays
+// flat however often one reloads), failed-login counts survive a reload, and reloads
+// more frequent than a job's interval do not keep the job from ever running.
+func TestReloadsLetGoKeepLimitsAndKeepJobsDue(t *testing.T) {
+	dir := t.TempDir()
+	h, _ := bcrypt.GenerateFromPassword([]byte("alice-pw"), auth.MinBcryptCost)
+	os.WriteFile(filepath.Join(dir, "users"), []byte("alice:"+string(h)+"\n"), 0o600)
+	cfgFile := filepath.Join(dir, "c.yaml")
+	os.WriteFile(cfgFile, []byte(`log: {access: false}
+registries:
+  - {name: dev, type: hosted}
+  - {name: up, type: proxy, upstream: {url: "http://127.0.0.1:9"}}
+auth:
+  mode: basic
+  users_file: users
+  rate_limit: {failures: 2, window: 1m, lockout: 1m}
+  rules:
+    - {subjects: [user:alice], registries: ["*"], repositories: ["**"], actions: [pull, push]}
+lifecycle:
+  gc: {interval: 600ms, grace: 0s}
+`), 0o600)
+	addr, a, stop := serveApp(t, cfgFile, filepath.Join(dir, "data"))
+	t.Cleanup(stop)
+
+	// Two failed logins: the third attempt is refused by the limit, before and after a reload.
+	login := func(pw string) int {
+		req, _ := http.NewRequest("GET", "http://"+addr+"/v2/", nil)
+		req.SetBasicAuth("alice", pw)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	login("wrong")
+	login("wrong")
+	if got := login("wrong"); got != 429 {
+		t.Fatalf("the third failed login: %d, want 429", got)
+	}
+	oldAuth := weak.Make(a.gw.Live().Auth)
+	oldProxy := weak.Make(a.proxies[0])
+	if _, err := a.reload(); err != nil {
+		t.Fatal(err)
+	}
+	if got := login("wrong"); got != 429 {
+		t.Errorf("a failed login after a reload: %d, want 429 (the lockout carried on)", got)
+	}
+
+	// Reloads every 200 ms for longer than the GC interval (600 ms): GC still runs.
+	runs := func() int64 { return a.current.Load().Counters().GCRuns.Load() }
+	before := runs()
+	for range 10 {
+		if _, err := a.reload(); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if runs() == before {
+		t.Errorf("no garbage collection in 2 s of reloads every 200 ms with a 600 ms interval")
+	}
+
+	// The replaced auth service is let go (a reload used to keep each one until exit);
+	// the proxy, unchanged, is kept.
+	for range 5 {
+		runtime.GC()
+	}
+	if oldAuth.Value() != nil {
+		t.Errorf("the auth service replaced by a reload is still reachable")
+	}
+	if oldProxy.Value() != a.proxies[0] {
+		t.Errorf("an unchanged proxy was replaced by a reload")
 	}
 }

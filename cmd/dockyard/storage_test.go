@@ -51,6 +51,7 @@ func serveApp(t *testing.T, path, data string) (addr string, a *app, stop func()
 	if err != nil {
 		t.Fatal(err)
 	}
+	a.path = path
 	a.start()
 	ln, _ := net.Listen("tcp", "127.0.0.1:0")
 	go a.gw.Serve(ln)
