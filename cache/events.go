@@ -68,6 +68,9 @@ type EventQueue struct {
 	name string
 }
 
+// Name is the queue's name.
+func (q EventQueue) Name() string { return q.name }
+
 // EventQueue returns the queue called name.
 func (s *Store) EventQueue(name string) EventQueue { return EventQueue{s, name} }
 
@@ -120,26 +123,40 @@ func (q EventQueue) Len() (int, error) {
 const trimBatch = 1000
 
 // Trim drops the oldest events until at most keep remain, and returns the ids dropped
-// and how many remain.
+// and how many remain. It walks the queue's keys once (a scan from the head for each
+// batch would step over every tombstone left by the batches before).
 func (q EventQueue) Trim(keep int) (dropped []string, remain int, err error) {
 	n, err := q.Len()
 	if err != nil || n <= keep {
 		return nil, n, err
 	}
+	p := prefix(kindEvent, q.name)
+	var start []byte
 	for over := n - keep; over > 0; {
-		batch, err := q.Oldest(min(over, trimBatch))
-		if err != nil || len(batch) == 0 {
+		var ids []string
+		err := q.s.db.View(func(txn index.Txn) error {
+			ids = ids[:0]
+			err := txn.Scan(p, start, true, func(k, _ []byte) error {
+				if len(ids) >= min(over, trimBatch) {
+					return errEnough
+				}
+				ids = append(ids, string(k[len(p):]))
+				return nil
+			})
+			if errors.Is(err, errEnough) {
+				err = nil
+			}
+			return err
+		})
+		if err != nil || len(ids) == 0 {
 			return dropped, n - len(dropped), err
-		}
-		ids := make([]string, len(batch))
-		for i, e := range batch {
-			ids[i] = e.ID
 		}
 		if err := q.Remove(ids...); err != nil {
 			return dropped, n - len(dropped), err
 		}
 		dropped = append(dropped, ids...)
 		over -= len(ids)
+		start = append(key(kindEvent, q.name, ids[len(ids)-1]), 0) // after the last one dropped
 	}
 	return dropped, n - len(dropped), nil
 }

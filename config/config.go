@@ -971,6 +971,9 @@ func (c *Config) validateNotifications(types map[string]string, bad func(path, f
 			if (h.Value == "") == (h.File == "") {
 				bad(hp, "set value or file (one of them)")
 			}
+			if strings.ContainsAny(h.Value, "\r\n\x00") {
+				bad(hp, "a header value must not hold line breaks or NUL")
+			}
 			if h.File != "" {
 				if _, err := os.Stat(h.File); err != nil {
 					bad(hp+".file", "cannot be read: %v", err)

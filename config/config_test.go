@@ -296,7 +296,7 @@ notifications:
   - name: a
     url: http://ok
     events: []
-    headers: {X-Dockyard-Signature: x, "bad name": y, X-Both: {value: v, file: f}, X-File: {file: missing}}
+    headers: {X-Dockyard-Signature: x, "bad name": y, X-Both: {value: v, file: f}, X-File: {file: missing}, X-Crlf: "v1\r\nX-Injected: yes"}
     secret_file: missing-secret
     backoff_initial: 10m
     backoff_max: 1m
@@ -311,6 +311,7 @@ notifications:
 		"notifications[1].name: \"a\" is used twice", "notifications[1].events: list the events",
 		"notifications[1].headers.x-dockyard-signature: is set by dockyard", "notifications[1].headers.bad name: is not a valid header name",
 		"notifications[1].headers.x-both: set value or file", "notifications[1].headers.x-file.file: cannot be read",
+		"notifications[1].headers.x-crlf: a header value must not hold line breaks",
 		"notifications[1].secret_file: cannot be read", "notifications[1].backoff_initial: must not exceed",
 		"notifications[1]: timeout, backoff_initial",
 	} {

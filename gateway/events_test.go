@@ -45,7 +45,8 @@ func TestManifestEventsAreToldOncePerPushTagDeleteAndPull(t *testing.T) {
 	m := r.pushImage("team/app", "1.0", config, layer)
 	d := sha256Of(m)
 	r.pushBlob("team/app", config)
-	if resp := r.do("PUT", "/v2/team/app/manifests/"+d+"?tag=a&tag=b", m, "Content-Type", mtOCIManifest); resp.StatusCode != http.StatusCreated {
+	// A Content-Type with a parameter: the event names the manifest's media type.
+	if resp := r.do("PUT", "/v2/team/app/manifests/"+d+"?tag=a&tag=b", m, "Content-Type", mtOCIManifest+"; charset=utf-8"); resp.StatusCode != http.StatusCreated {
 		t.Fatalf("push by digest with tags: %d %s", resp.StatusCode, resp.body)
 	}
 	r.do("HEAD", "/v2/team/app/manifests/1.0", nil)

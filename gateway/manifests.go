@@ -105,7 +105,7 @@ func (g *Gateway) putManifest(r *request) error {
 	if err != nil {
 		return err
 	}
-	if err := g.pushed(r, pushOutcome{res.Digest, res.Tags, string(ctx.Request.Header.ContentType()), int64(len(body))}); err != nil {
+	if err := g.pushed(r, pushOutcome{res.Digest, res.Tags, res.MediaType, int64(len(body))}); err != nil {
 		return err
 	}
 	if res.Subject != "" {

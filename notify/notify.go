@@ -24,6 +24,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"os"
 	"slices"
 	"strconv"
@@ -351,7 +352,7 @@ func (n *Notifier) buffer(to []*endpoint, id string, body []byte) {
 			}
 			continue
 		}
-		n.pulls = append(n.pulls, pending{ep, cache.EventItem{Queue: ep.Name, ID: id, Body: body}})
+		n.pulls = append(n.pulls, pending{ep, cache.EventItem{Queue: pullQueue(ep.Name), ID: id, Body: body}})
 	}
 }
 
@@ -449,23 +450,44 @@ func (n *Notifier) serve(ctx context.Context, ep *endpoint) {
 // batch is how many events a deliverer reads from its queue at once.
 const batch = 100
 
-// deliver sends the queue's events in order until ctx ends. A failed event is retried,
-// after a growing pause, before any later one: the order holds.
+// pullQueue names an endpoint's queue of pull events. Pulls (which anyone allowed to
+// pull makes, as fast as they like) are queued apart from pushes, deletes and retention
+// deletes, and bounded apart: a flood of pulls never pushes those out of the queue.
+// Endpoint names hold no "/".
+func pullQueue(endpoint string) string { return endpoint + "/pulls" }
+
+// deliver sends the queues' events in order until ctx ends: pushes, deletes and
+// retention deletes first, pulls when none of those wait. A failed event is retried,
+// after a growing pause, before any later one of its queue: the order holds. Both
+// queues are trimmed to max_events every TrimEvery, during pauses too.
 func (n *Notifier) deliver(ctx context.Context, ep *endpoint) {
-	q := n.opts.Store.EventQueue(ep.Name)
+	main, pulls := n.opts.Store.EventQueue(ep.Name), n.opts.Store.EventQueue(pullQueue(ep.Name))
 	backoff := ep.BackoffInitial
-	fail := func() bool {
-		ok := sleep(ctx, backoff, nil)
-		backoff = min(2*backoff, ep.BackoffMax)
-		return ok
-	}
 	var trimmed time.Time
-	for ctx.Err() == nil {
+	trim := func() {
 		if time.Since(trimmed) >= n.opts.TrimEvery {
-			n.trim(q, ep)
+			ep.queued.Store(int64(n.trim(main, ep) + n.trim(pulls, ep)))
 			trimmed = time.Now()
 		}
+	}
+	fail := func() bool {
+		for left := backoff; left > 0; left -= min(left, n.opts.TrimEvery) {
+			if !sleep(ctx, min(left, n.opts.TrimEvery), nil) {
+				return false
+			}
+			trim()
+		}
+		backoff = min(2*backoff, ep.BackoffMax)
+		return true
+	}
+	for ctx.Err() == nil {
+		trim()
+		q := main
 		events, err := q.Oldest(batch)
+		if err == nil && len(events) == 0 {
+			q = pulls
+			events, err = q.Oldest(batch)
+		}
 		if err != nil {
 			n.log.Warn("notifications: queue unreadable", "endpoint", ep.Name, "err", err)
 			if !fail() {
@@ -518,19 +540,20 @@ func (n *Notifier) deliver(ctx context.Context, ep *endpoint) {
 	}
 }
 
-// trim enforces MaxEvents on the queue, dropping its oldest events.
-func (n *Notifier) trim(q cache.EventQueue, ep *endpoint) {
+// trim enforces MaxEvents on a queue, dropping its oldest events; it returns how many
+// remain.
+func (n *Notifier) trim(q cache.EventQueue, ep *endpoint) int {
 	dropped, remain, err := q.Trim(ep.MaxEvents)
 	if err != nil {
 		n.log.Warn("notifications: queue not trimmed", "endpoint", ep.Name, "err", err)
-		return
+		return remain
 	}
-	ep.queued.Store(int64(remain))
 	if len(dropped) > 0 {
 		ep.dropped.Add(int64(len(dropped)))
 		n.log.Error("notifications: queue over max_events; oldest events dropped", "endpoint", ep.Name,
-			"dropped", len(dropped), "max_events", ep.MaxEvents, "first_dropped", dropped[0], "last_dropped", dropped[len(dropped)-1])
+			"queue", q.Name(), "dropped", len(dropped), "max_events", ep.MaxEvents, "first_dropped", dropped[0], "last_dropped", dropped[len(dropped)-1])
 	}
+	return remain
 }
 
 // maxAnswer bounds what is read of an endpoint's answer.
@@ -563,6 +586,12 @@ func (n *Notifier) send(ctx context.Context, ep *endpoint, ev cache.QueuedEvent)
 	}
 	resp, err := ep.client.Do(req)
 	if err != nil {
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			// The URL's path and query may be its credential (Slack- and Teams-style
+			// webhooks): the log names the host only.
+			err = fmt.Errorf("POST %s: %w", redactedURL(ep.URL), ue.Err)
+		}
 		return err
 	}
 	answer, _ := io.ReadAll(io.LimitReader(resp.Body, maxAnswer))
@@ -572,6 +601,15 @@ func (n *Notifier) send(ctx context.Context, ep *endpoint, ev cache.QueuedEvent)
 		return fmt.Errorf("endpoint answered %s: %.200q", resp.Status, answer)
 	}
 	return nil
+}
+
+// redactedURL is raw with its user, path and query left out.
+func redactedURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "the endpoint"
+	}
+	return u.Scheme + "://" + u.Host + "/…"
 }
 
 // Sign is the signature header's value for body: "sha256=" and the hex HMAC-SHA256

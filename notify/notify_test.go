@@ -1,6 +1,7 @@
 package notify
 
 import (
+	"bytes"
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
@@ -13,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -401,14 +403,82 @@ func TestPullEventsAreBufferedWithinTheirBound(t *testing.T) {
 	for i := range 5 {
 		n.Record(Event{Action: Pull, Registry: "dev", Repository: "team/app", Tag: fmt.Sprint(i)})
 	}
-	if l, _ := store.EventQueue("ci").Len(); l != 0 {
+	if l, _ := store.EventQueue(pullQueue("ci")).Len(); l != 0 {
 		t.Fatalf("%d pull events written before the flush", l)
 	}
 	n.Close() // flushes
-	if l, _ := store.EventQueue("ci").Len(); l != 3 {
+	if l, _ := store.EventQueue(pullQueue("ci")).Len(); l != 3 {
 		t.Fatalf("%d pull events written, want the buffer's 3", l)
 	}
 	if c := n.Counters()[0]; c.Dropped.Load() != 2 {
 		t.Errorf("dropped %d, want 2", c.Dropped.Load())
 	}
+}
+
+// A flood of pulls (anyone allowed to pull can make one) never pushes a push event out
+// of an endpoint's queue, and the pull queue is held to max_events while the endpoint
+// fails, not only between its pauses.
+func TestPullsNeverPushOutPushEvents(t *testing.T) {
+	store := openStore(t, t.TempDir())
+	defer store.Close()
+	rcv := newReceiver(t)
+	rcv.status.Store(503)
+	opts := fast(store, Endpoint{Name: "ci", URL: rcv.srv.URL, Actions: []Action{Push, Pull}, MaxEvents: 5,
+		BackoffInitial: time.Second, BackoffMax: time.Second}) // long pauses: trims happen during them
+	n := started(t, opts)
+	if err := n.Record(push("team/app", "release-1")); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 200 {
+		n.Record(Event{Action: Pull, Registry: "dev", Repository: "team/app", Tag: fmt.Sprint(i)})
+	}
+	waitFor(t, "the pull queue trimmed to 5", func() bool {
+		l, _ := store.EventQueue(pullQueue("ci")).Len()
+		return l <= 5 && n.Counters()[0].Dropped.Load() >= 195
+	})
+	rcv.status.Store(200)
+	waitFor(t, "the push delivered", func() bool {
+		for _, d := range rcv.accepted() {
+			if d.event.Action == Push && d.event.Tag == "release-1" {
+				return true
+			}
+		}
+		return false
+	})
+}
+
+// An endpoint's URL path and query can be its credential (Slack- and Teams-style
+// webhooks): a failed delivery's log line names the host only.
+func TestFailedDeliveriesDoNotLogTheURLsSecrets(t *testing.T) {
+	store := openStore(t, t.TempDir())
+	defer store.Close()
+	var logs bytes.Buffer
+	var mu sync.Mutex
+	opts := fast(store, Endpoint{Name: "ci", URL: "http://u:pw-SECRET@127.0.0.1:1/services/PATHSECRET?token=QSECRET", Actions: []Action{Push}})
+	opts.Logger = slog.New(slog.NewTextHandler(lockedWriter{&mu, &logs}, nil))
+	n := started(t, opts)
+	n.Record(push("team/app", "1"))
+	waitFor(t, "a failed delivery", func() bool { return n.Counters()[0].Failed.Load() > 0 })
+	mu.Lock()
+	out := logs.String()
+	mu.Unlock()
+	for _, secret := range []string{"SECRET", "PATHSECRET", "QSECRET", "pw-"} {
+		if strings.Contains(out, secret) {
+			t.Errorf("the log holds %q:\n%s", secret, out)
+		}
+	}
+	if !strings.Contains(out, "127.0.0.1:1") {
+		t.Errorf("the log does not name the endpoint's host:\n%s", out)
+	}
+}
+
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  io.Writer
+}
+
+func (l lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }

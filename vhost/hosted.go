@@ -92,7 +92,7 @@ func (h *Hosted) PutManifest(ctx context.Context, p ManifestPush) (*PushResult, 
 	if err != nil {
 		return nil, err
 	}
-	res := &PushResult{Digest: oci.FromBytes(oci.SHA256, p.Content), Tags: p.Tags}
+	res := &PushResult{Digest: oci.FromBytes(oci.SHA256, p.Content), Tags: p.Tags, MediaType: m.MediaType}
 	if p.Reference.IsDigest() {
 		if got := oci.FromBytes(p.Reference.Digest.Algorithm(), p.Content); got != p.Reference.Digest {
 			return nil, oci.ErrDigestInvalid.Withf("manifest digest is %s, pushed as %s", got, p.Reference.Digest)

@@ -88,7 +88,8 @@ type ManifestPush struct {
 
 // PushResult tells the client what was stored.
 type PushResult struct {
-	Digest  oci.Digest
-	Subject oci.Digest // set when the manifest has a subject
-	Tags    []oci.Tag  // the tags that now point at the manifest
+	Digest    oci.Digest
+	MediaType string     // the manifest's, as stored (not the request's Content-Type)
+	Subject   oci.Digest // set when the manifest has a subject
+	Tags      []oci.Tag  // the tags that now point at the manifest
 }
