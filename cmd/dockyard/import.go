@@ -404,7 +404,7 @@ func (im *importer) list(ctx context.Context, jobs chan<- importJob) error {
 			if isUnauthorized(err) {
 				return fmt.Errorf("source %s: listing the tags of %s: %w (check --username and --password-file)", im.srcName, name, err)
 			}
-			im.fail(name, fmt.Errorf("listing tags: %w", err))
+			im.failListed(name, fmt.Errorf("listing tags: %w", err))
 			im.progress.repoDone(repo, true)
 			continue
 		}
@@ -437,7 +437,11 @@ func (im *importer) repositories(ctx context.Context) ([]string, error) {
 	if literal {
 		var repos []string
 		for _, g := range im.repoGlobs {
-			repos = append(repos, strings.Trim(g, "/"))
+			r := strings.Trim(g, "/")
+			if _, err := im.validRepo(r); err != nil {
+				return nil, fmt.Errorf("--repositories %q: %w", g, err)
+			}
+			repos = append(repos, r)
 		}
 		slices.Sort(repos)
 		return slices.Compact(repos), nil
@@ -447,18 +451,95 @@ func (im *importer) repositories(ctx context.Context) ([]string, error) {
 		return nil, im.sourceError("listing repositories", err)
 	}
 	var repos []string
+	pages := newPager("the catalog", maxCatalogRepositories)
 	for c.HasNext() {
 		page, err := c.Next(ctx)
 		if err != nil {
 			return nil, im.sourceError("listing repositories", err)
 		}
-		for _, r := range page.Repos {
-			if im.wantRepo(r) {
-				repos = append(repos, r)
+		fresh, err := pages.add(page.Repos, page.Next != "")
+		if err != nil {
+			return nil, im.sourceError("listing repositories", err)
+		}
+		for _, r := range fresh {
+			if !im.wantRepo(r) {
+				continue
 			}
+			if _, err := im.validRepo(r); err != nil {
+				im.failListed(r, err)
+				continue
+			}
+			repos = append(repos, r)
 		}
 	}
 	return repos, nil
+}
+
+// Bounds on what a source may list: a catalog or tag list past them is refused.
+const (
+	maxCatalogRepositories = 1_000_000
+	maxTagsPerRepository   = 1_000_000
+)
+
+// pager checks that a paginated list (the catalog, a tag list) moves forward: each
+// page must end with a name not seen before, and the whole list stays under a bound.
+// A source whose Link header points back at a page it already sent would otherwise
+// be followed forever, the list growing in memory. Names seen twice are dropped.
+type pager struct {
+	what string
+	max  int
+	seen map[string]bool
+}
+
+func newPager(what string, max int) *pager {
+	return &pager{what: what, max: max, seen: map[string]bool{}}
+}
+
+// add takes one page (more: it links to another) and returns its names not seen
+// before.
+func (p *pager) add(page []string, more bool) ([]string, error) {
+	if more && (len(page) == 0 || p.seen[page[len(page)-1]]) {
+		return nil, fmt.Errorf("the source's pages of %s do not move forward (a Link to a page already listed): stopped after %d names", p.what, len(p.seen))
+	}
+	var fresh []string
+	for _, n := range page {
+		if p.seen[n] {
+			continue
+		}
+		if len(p.seen) >= p.max {
+			return nil, fmt.Errorf("the source lists more than %d names in %s", p.max, p.what)
+		}
+		p.seen[n] = true
+		fresh = append(fresh, n)
+	}
+	return fresh, nil
+}
+
+// validRepo checks a repository name the source gave (its catalog, or --repositories)
+// and that the destination's name for it is the namespace and that name, joined: a
+// name such as team/../../victim/app would otherwise be collapsed by
+// go-containerregistry's path.Join into victim/app, outside --into.
+func (im *importer) validRepo(repo string) (name.Repository, error) {
+	if _, err := oci.ParseRepository(repo); err != nil {
+		return name.Repository{}, fmt.Errorf("refused: the source names a repository %q, which is not a valid repository name", repo)
+	}
+	want := repo
+	if im.dstPrefix != "" {
+		want = im.dstPrefix + "/" + repo
+	}
+	dst := im.dstRepo(repo)
+	if dst.RepositoryStr() != want || im.srcReg.Repo(repo).RepositoryStr() != repo {
+		return name.Repository{}, fmt.Errorf("refused: repository %q would be written as %q", repo, dst.RepositoryStr())
+	}
+	return dst, nil
+}
+
+// failListed records a name from the source that is not copied: a failure, counted as
+// one image, that does not stop the run.
+func (im *importer) failListed(ref string, err error) {
+	im.progress.imagesTotal.Add(1)
+	im.progress.failed.Add(1)
+	im.fail(ref, err)
 }
 
 func (im *importer) sourceError(what string, err error) error {
@@ -498,18 +579,35 @@ var fallbackTag = regexp.MustCompile(`^sha256-[0-9a-f]{64}$`)
 // tags lists a repository's tags (every page) that --tags selects, and notes its
 // referrers tags.
 func (im *importer) tags(ctx context.Context, repo *importRepo) ([]string, error) {
-	all, err := im.srcPuller.List(ctx, im.srcReg.Repo(repo.name))
+	l, err := im.srcPuller.Lister(ctx, im.srcReg.Repo(repo.name))
 	if err != nil {
 		return nil, err
 	}
 	var tags []string
 	repo.fallbackTags = map[string]bool{}
-	for _, t := range all {
-		if im.wantTag(t) {
-			tags = append(tags, t)
+	pages := newPager("the tags of "+repo.name, maxTagsPerRepository)
+	for l.HasNext() {
+		page, err := l.Next(ctx)
+		if err != nil {
+			return nil, err
 		}
-		if fallbackTag.MatchString(t) {
-			repo.fallbackTags[t] = true
+		fresh, err := pages.add(page.Tags, page.Next != "")
+		if err != nil {
+			return nil, err
+		}
+		for _, t := range fresh {
+			if _, err := oci.ParseTag(t); err != nil {
+				if im.wantTag(t) {
+					im.failListed(repo.name+":"+t, fmt.Errorf("refused: the source names a tag %q, which is not a valid tag", t))
+				}
+				continue
+			}
+			if im.wantTag(t) {
+				tags = append(tags, t)
+			}
+			if fallbackTag.MatchString(t) {
+				repo.fallbackTags[t] = true
+			}
 		}
 	}
 	return tags, nil

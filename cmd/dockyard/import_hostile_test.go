@@ -1,0 +1,207 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"log"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/registry"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/random"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+)
+
+// The tests of this file import from a source that misbehaves: go-containerregistry's
+// in-memory registry, with some paths answered otherwise by the test, into a real
+// dockyard.
+
+// hostileSource serves an in-memory registry holding images ("repo:tag" → image);
+// override, when it returns true, has answered the request itself.
+func hostileSource(t *testing.T, images map[string]v1.Image, override func(w http.ResponseWriter, r *http.Request) bool) string {
+	t.Helper()
+	reg := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if override != nil && override(w, r) {
+			return
+		}
+		reg.ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	addr := strings.TrimPrefix(srv.URL, "http://")
+	for ref, img := range images {
+		tag, err := name.NewTag(addr+"/"+ref, name.Insecure)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := remote.Write(tag, img); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return addr
+}
+
+// importDestination starts a dockyard without authentication, with extra
+// configuration appended, and returns its address.
+func importDestination(t *testing.T, extra string) string {
+	t.Helper()
+	dir := memDir(t)
+	os.WriteFile(filepath.Join(dir, "dockyard.yaml"), []byte(`log: {access: false}
+registries:
+  - {name: default, type: hosted}
+routes:
+  - {host: "*", registry: default}
+`+extra), 0o600)
+	addr, stop := serveWith(t, filepath.Join(dir, "dockyard.yaml"), filepath.Join(dir, "data"))
+	t.Cleanup(stop)
+	return addr
+}
+
+// runImport runs dockyard import in this process, giving up after limit.
+func runImport(t *testing.T, limit time.Duration, args ...string) (string, error) {
+	t.Helper()
+	var out bytes.Buffer
+	done := make(chan error, 1)
+	go func() { done <- run(append([]string{"import", "--progress-interval", "1h"}, args...), &syncWriter{w: &out}, &out) }()
+	select {
+	case err := <-done:
+		return out.String(), err
+	case <-time.After(limit):
+		t.Fatalf("the import still runs after %s", limit)
+		return "", nil
+	}
+}
+
+// syncWriter lets the import's goroutines share a buffer.
+type syncWriter struct {
+	mu sync.Mutex
+	w  *bytes.Buffer
+}
+
+func (s *syncWriter) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.w.Write(p)
+}
+
+func randomImage(t *testing.T) v1.Image {
+	t.Helper()
+	img, err := random.Image(200, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return img
+}
+
+func digestOf(t *testing.T, img v1.Image) v1.Hash {
+	t.Helper()
+	d, err := img.Digest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+// destinationDigest is the digest dst's repo:tag points at, or "" if none.
+func destinationDigest(t *testing.T, dst, ref string) string {
+	t.Helper()
+	r, err := name.ParseReference(dst+"/"+ref, name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := remote.Head(r, remote.WithContext(context.Background()))
+	if err != nil {
+		return ""
+	}
+	return d.Digest.String()
+}
+
+// A catalog naming team/../../victim/app is not followed out of --into: the name is
+// refused and reported as a failure, and the rest of the import goes on.
+func TestImportRefusesNamesLeavingTheNamespace(t *testing.T) {
+	good, victim := randomImage(t), randomImage(t)
+	src := hostileSource(t, map[string]v1.Image{"team/app:1.0": good, "victim/app:evil": victim},
+		func(w http.ResponseWriter, r *http.Request) bool {
+			switch r.URL.Path {
+			case "/v2/_catalog":
+				fmt.Fprint(w, `{"repositories":["team/../../victim/app","team/app"]}`)
+				return true
+			case "/v2/team/app/tags/list":
+				fmt.Fprint(w, `{"name":"team/app","tags":["1.0","../../../victim/app/manifests/x"]}`)
+				return true
+			}
+			// The hostile source serves the name as go-containerregistry collapses it
+			// (../victim/app).
+			if rest, ok := strings.CutPrefix(r.URL.Path, "/v2/../"); ok {
+				r.URL.Path = "/v2/" + rest
+			}
+			return false
+		})
+	dst := importDestination(t, "")
+	out, err := runImport(t, time.Minute, "--from", "http://"+src, "--to", "http://"+dst, "--into", "sandbox",
+		"--repositories", "team/**")
+	if err == nil {
+		t.Errorf("the import succeeded with a hostile name:\n%s", out)
+	}
+	if got := destinationDigest(t, dst, "victim/app:evil"); got != "" {
+		t.Errorf("victim/app:evil was written outside --into sandbox (%s):\n%s", got, out)
+	}
+	if got := destinationDigest(t, dst, "sandbox/team/app:1.0"); got != digestOf(t, good).String() {
+		t.Errorf("sandbox/team/app:1.0 is %q, want the source's %s:\n%s", got, digestOf(t, good), out)
+	}
+	for _, want := range []string{`failed: team/../../victim/app: refused`, `failed: team/app:../../../victim/app/manifests/x: refused`} {
+		if !strings.Contains(out, want) {
+			t.Errorf("the output does not say %q:\n%s", want, out)
+		}
+	}
+}
+
+// A catalog whose Link always points at the same page, and a tag list linking to
+// itself, end with an error instead of being followed forever.
+func TestImportStopsPagesThatDoNotMoveForward(t *testing.T) {
+	img := randomImage(t)
+	catalogLoop := func(w http.ResponseWriter, r *http.Request) bool {
+		if r.URL.Path == "/v2/_catalog" {
+			w.Header().Set("Link", `</v2/_catalog?last=a%2Fx&n=1>; rel="next"`)
+			fmt.Fprint(w, `{"repositories":["a/x"]}`)
+			return true
+		}
+		return false
+	}
+	src := hostileSource(t, map[string]v1.Image{"a/x:1": img}, catalogLoop)
+	dst := importDestination(t, "")
+	out, err := runImport(t, 30*time.Second, "--from", "http://"+src, "--to", "http://"+dst, "--page-size", "1")
+	if err == nil || !strings.Contains(err.Error(), "do not move forward") {
+		t.Errorf("a looping catalog: %v\n%s", err, out)
+	}
+
+	tagLoop := func(w http.ResponseWriter, r *http.Request) bool {
+		if r.URL.Path == "/v2/loop/app/tags/list" {
+			w.Header().Set("Link", `</v2/loop/app/tags/list?n=1>; rel="next"`)
+			fmt.Fprint(w, `{"name":"loop/app","tags":["1"]}`)
+			return true
+		}
+		return false
+	}
+	src = hostileSource(t, map[string]v1.Image{"loop/app:1": img, "fine/app:1": img}, tagLoop)
+	out, err = runImport(t, 30*time.Second, "--from", "http://"+src, "--to", "http://"+dst)
+	if err == nil || !strings.Contains(out, "failed: loop/app: listing tags: ") || !strings.Contains(out, "do not move forward") {
+		t.Errorf("a looping tag list: %v\n%s", err, out)
+	}
+	if got := destinationDigest(t, dst, "fine/app:1"); got != digestOf(t, img).String() {
+		t.Errorf("fine/app:1 is %q at the destination, want it copied:\n%s", got, out)
+	}
+	if c := parseImportSummary(t, out); c.failed != 1 || c.copied != 1 {
+		t.Errorf("summary %+v, want 1 copied and the tag listing counted as 1 failed:\n%s", c, out)
+	}
+}
