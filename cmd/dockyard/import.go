@@ -83,7 +83,8 @@ func importCommand(args []string, stdout io.Writer) error {
 	var repoGlobs, tagPatterns stringList
 	fs.Var(&repoGlobs, "repositories", "import only repositories matching this glob (* within a component, ** across; repeatable); literal names need no catalog")
 	fs.Var(&tagPatterns, "tags", "import only tags matching this regular expression, anchored at both ends (repeatable)")
-	concurrency := fs.Int("concurrency", 4, "images copied at once")
+	concurrency := fs.Int("concurrency", 4, fmt.Sprintf("images copied at once (at most %d: each uploads up to %d blobs at once, and dockyard admits 64 open uploads per client by default)", maxConcurrency, jobsPerImage))
+	timeout := fs.Duration("timeout", 2*time.Minute, "how long to wait for a response's headers, and for each next byte of its body, before failing the image")
 	insecure := fs.Bool("insecure", false, "skip TLS certificate verification (both registries)")
 	caFile := fs.String("ca-file", "", "an extra CA certificate (PEM) to trust (both registries)")
 	pageSize := fs.Int("page-size", 100, "entries asked per catalog and tag list page")
@@ -97,8 +98,11 @@ func importCommand(args []string, stdout io.Writer) error {
 	if *from == "" {
 		return errors.New("import: --from is required\n" + importUsage)
 	}
-	if *concurrency < 1 || *concurrency > 64 {
-		return errors.New("import: --concurrency must be between 1 and 64")
+	if *concurrency < 1 || *concurrency > maxConcurrency {
+		return fmt.Errorf("import: --concurrency must be between 1 and %d", maxConcurrency)
+	}
+	if *timeout <= 0 {
+		return errors.New("import: --timeout must be positive")
 	}
 	if *pageSize < 1 {
 		return errors.New("import: --page-size must be positive")
@@ -116,7 +120,7 @@ func importCommand(args []string, stdout io.Writer) error {
 			return fmt.Errorf("import: --repositories %q is empty", g)
 		}
 	}
-	base, err := importTransport(*insecure, *caFile, *concurrency)
+	base, err := importTransport(*insecure, *caFile, *concurrency, *timeout)
 	if err != nil {
 		return fmt.Errorf("import: %w", err)
 	}
@@ -170,11 +174,20 @@ type importer struct {
 
 type importFailure struct{ ref, err string }
 
-// importTransport is the HTTP transport both registries are reached through.
-func importTransport(insecure bool, caFile string, concurrency int) (*http.Transport, error) {
+// The most images copied at once, and the blobs each uploads at once: their product
+// stays well under dockyard's default limit of 64 open uploads per client
+// (limits.upload_sessions_per_client), which the referrers pushed meanwhile share.
+const (
+	maxConcurrency = 16
+	jobsPerImage   = 2
+)
+
+// importTransport is the HTTP transport both registries are reached through: a
+// response must start within timeout, and its body must go on within timeout.
+func importTransport(insecure bool, caFile string, concurrency int, timeout time.Duration) (http.RoundTripper, error) {
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.MaxIdleConnsPerHost = 4 * concurrency
-	tr.ResponseHeaderTimeout = 2 * time.Minute
+	tr.ResponseHeaderTimeout = timeout
 	tlsConfig := &tls.Config{InsecureSkipVerify: insecure, MinVersion: tls.VersionTLS12}
 	if caFile != "" {
 		pem, err := os.ReadFile(caFile)
@@ -191,7 +204,54 @@ func importTransport(insecure bool, caFile string, concurrency int) (*http.Trans
 		tlsConfig.RootCAs = pool
 	}
 	tr.TLSClientConfig = tlsConfig
-	return tr, nil
+	return &idleTimeout{inner: tr, timeout: timeout}, nil
+}
+
+// idleTimeout fails a response body's Read when no byte arrives within timeout: a
+// source that stalls mid-blob fails that image and frees its worker instead of
+// holding it forever (ResponseHeaderTimeout only covers the wait for the headers).
+type idleTimeout struct {
+	inner   http.RoundTripper
+	timeout time.Duration
+}
+
+// errIdle is the cause of a request ended by idleTimeout.
+var errIdle = errors.New("no data received within --timeout")
+
+func (t *idleTimeout) RoundTrip(req *http.Request) (*http.Response, error) {
+	ctx, cancel := context.WithCancelCause(req.Context())
+	resp, err := t.inner.RoundTrip(req.WithContext(ctx))
+	if err != nil {
+		cancel(nil)
+		return nil, err
+	}
+	resp.Body = &idleBody{ReadCloser: resp.Body, ctx: ctx, cancel: cancel, timeout: t.timeout,
+		what: req.Method + " " + req.URL.Redacted()}
+	return resp, nil
+}
+
+type idleBody struct {
+	io.ReadCloser
+	ctx     context.Context
+	cancel  context.CancelCauseFunc
+	timeout time.Duration
+	what    string
+}
+
+func (b *idleBody) Read(p []byte) (int, error) {
+	timer := time.AfterFunc(b.timeout, func() { b.cancel(errIdle) })
+	n, err := b.ReadCloser.Read(p)
+	timer.Stop()
+	if err != nil && errors.Is(context.Cause(b.ctx), errIdle) {
+		err = fmt.Errorf("%s: %w (%s)", b.what, errIdle, b.timeout)
+	}
+	return n, err
+}
+
+func (b *idleBody) Close() error {
+	err := b.ReadCloser.Close()
+	b.cancel(nil)
+	return err
 }
 
 // credentials are a user and the password in a file, or the docker config's for reg
@@ -286,7 +346,7 @@ func (im *importer) destination(to, into, user, passwordFile string, base http.R
 	im.dstReg, im.dstPrefix = reg, prefix
 	im.dstName = strings.TrimSuffix(host+"/"+prefix, "/")
 	opts2 := []remote.Option{remote.WithAuth(a), remote.WithTransport(ep), remote.WithUserAgent("dockyard-import"),
-		remote.WithJobs(4)}
+		remote.WithJobs(jobsPerImage)}
 	if im.dstPuller, err = remote.NewPuller(opts2...); err != nil {
 		return err
 	}

@@ -72,7 +72,9 @@ func runImport(t *testing.T, limit time.Duration, args ...string) (string, error
 	t.Helper()
 	var out bytes.Buffer
 	done := make(chan error, 1)
-	go func() { done <- run(append([]string{"import", "--progress-interval", "1h"}, args...), &syncWriter{w: &out}, &out) }()
+	go func() {
+		done <- run(append([]string{"import", "--progress-interval", "1h"}, args...), &syncWriter{w: &out}, &out)
+	}()
 	select {
 	case err := <-done:
 		return out.String(), err
@@ -204,4 +206,35 @@ func TestImportStopsPagesThatDoNotMoveForward(t *testing.T) {
 	if c := parseImportSummary(t, out); c.failed != 1 || c.copied != 1 {
 		t.Errorf("summary %+v, want 1 copied and the tag listing counted as 1 failed:\n%s", c, out)
 	}
+}
+
+// A source that stops sending in the middle of a blob fails that image after
+// --timeout without a byte, and the import goes on and ends.
+func TestImportFailsABlobThatStalls(t *testing.T) {
+	stalled, fine := randomImage(t), randomImage(t)
+	layers, _ := stalled.Layers()
+	stalledDigest, _ := layers[0].Digest()
+	stalledSize, _ := layers[0].Size()
+	src := hostileSource(t, map[string]v1.Image{"stall/app:1": stalled, "fine/app:1": fine},
+		func(w http.ResponseWriter, r *http.Request) bool {
+			if r.Method != http.MethodGet || !strings.HasSuffix(r.URL.Path, "/blobs/"+stalledDigest.String()) {
+				return false
+			}
+			w.Header().Set("Content-Length", fmt.Sprint(stalledSize))
+			w.WriteHeader(http.StatusOK)
+			w.Write(make([]byte, 50))
+			w.(http.Flusher).Flush()
+			<-r.Context().Done() // the rest never comes
+			return true
+		})
+	dst := importDestination(t, "")
+	began := time.Now()
+	out, err := runImport(t, 30*time.Second, "--from", "http://"+src, "--to", "http://"+dst, "--timeout", "1s", "--concurrency", "1")
+	if err == nil || !strings.Contains(out, "failed: stall/app:1: ") || !strings.Contains(out, "no data received within --timeout") {
+		t.Errorf("a stalled blob: %v\n%s", err, out)
+	}
+	if got := destinationDigest(t, dst, "fine/app:1"); got != digestOf(t, fine).String() {
+		t.Errorf("fine/app:1 is %q at the destination, want it copied:\n%s", got, out)
+	}
+	t.Logf("ended after %s", time.Since(began))
 }
