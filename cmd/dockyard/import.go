@@ -137,6 +137,7 @@ func importCommand(args []string, stdout io.Writer) error {
 	fmt.Fprintf(stdout, "import: %s into %s (through its API at %s), %d at once\n",
 		im.srcName, im.dstName, *to, im.concurrency)
 	err = im.run(ctx)
+	im.uploads.cancelAll()
 	return im.finish(err, ctx.Err() != nil)
 }
 
@@ -156,6 +157,7 @@ type importer struct {
 	dstName   string
 	dstPuller *remote.Puller
 	dstPusher *remote.Pusher
+	uploads   *uploadSessions // the destination's, through which dstPuller and dstPusher go
 
 	// noReferrersAPI: the source answered that it has no referrers API, so its
 	// referrers are exactly those its sha256-<hex> tags list, and subjects without
@@ -343,9 +345,10 @@ func (im *importer) destination(to, into, user, passwordFile string, base http.R
 	// Requests for the destination's name (the registry's API and its token realm)
 	// go to --to, with that name as their Host.
 	ep := &endpoint{host: host, scheme: u.Scheme, addr: u.Host, inner: base}
+	im.uploads = &uploadSessions{inner: ep, open: map[string]*openUpload{}}
 	im.dstReg, im.dstPrefix = reg, prefix
 	im.dstName = strings.TrimSuffix(host+"/"+prefix, "/")
-	opts2 := []remote.Option{remote.WithAuth(a), remote.WithTransport(ep), remote.WithUserAgent("dockyard-import"),
+	opts2 := []remote.Option{remote.WithAuth(a), remote.WithTransport(im.uploads), remote.WithUserAgent("dockyard-import"),
 		remote.WithJobs(jobsPerImage)}
 	if im.dstPuller, err = remote.NewPuller(opts2...); err != nil {
 		return err
@@ -382,6 +385,119 @@ func (e *endpoint) RoundTrip(req *http.Request) (*http.Response, error) {
 		resp.Body = &countingReader{ReadCloser: resp.Body, n: e.bytes}
 	}
 	return resp, err
+}
+
+// uploadSessions follows the upload sessions opened at the destination (the Location
+// of a POST …/blobs/uploads/ answered 202, moved by each PATCH, finished by a PUT
+// answered 201) and cancels (DELETE) those a failure leaves open: dockyard counts a
+// client's open sessions (limits.upload_sessions_per_client, 64 by default) until
+// its upload purging, a day later, so abandoned sessions would make the next runs
+// fail with 429. A session whose PATCH or PUT fails is cancelled at once
+// (go-containerregistry starts a new one to retry); one opened for an image that
+// then fails, when that image is given up; the rest when the import ends.
+type uploadSessions struct {
+	inner http.RoundTripper
+	mu    sync.Mutex
+	open  map[string]*openUpload // by the path of the session's URL
+}
+
+type openUpload struct {
+	url   string // where the next request for it goes
+	auth  string // the Authorization its last request carried
+	owner *uploadOwner
+}
+
+// uploadOwner stands for one image's copy, in the context of its requests.
+type uploadOwner struct{ _ byte }
+
+type uploadOwnerKey struct{}
+
+func withUploadOwner(ctx context.Context) (context.Context, *uploadOwner) {
+	o := &uploadOwner{}
+	return context.WithValue(ctx, uploadOwnerKey{}, o), o
+}
+
+// cancelTimeout bounds each DELETE of an abandoned session (run on interruption too).
+const cancelTimeout = 10 * time.Second
+
+func (u *uploadSessions) RoundTrip(req *http.Request) (*http.Response, error) {
+	u.mu.Lock()
+	s := u.open[req.URL.Path]
+	u.mu.Unlock()
+	starts := req.Method == http.MethodPost && strings.HasSuffix(req.URL.Path, "/blobs/uploads/")
+	resp, err := u.inner.RoundTrip(req)
+	switch {
+	case starts && err == nil && resp.StatusCode == http.StatusAccepted:
+		if loc, lerr := resp.Location(); lerr == nil {
+			owner, _ := req.Context().Value(uploadOwnerKey{}).(*uploadOwner)
+			u.mu.Lock()
+			u.open[loc.Path] = &openUpload{url: loc.String(), auth: req.Header.Get("Authorization"), owner: owner}
+			u.mu.Unlock()
+		}
+	case s != nil && (req.Method == http.MethodPatch || req.Method == http.MethodPut):
+		u.mu.Lock()
+		delete(u.open, req.URL.Path)
+		u.mu.Unlock()
+		switch {
+		case err == nil && req.Method == http.MethodPut && resp.StatusCode == http.StatusCreated:
+			// finished
+		case err == nil && req.Method == http.MethodPatch && (resp.StatusCode == http.StatusAccepted || resp.StatusCode == http.StatusNoContent):
+			if loc, lerr := resp.Location(); lerr == nil {
+				u.mu.Lock()
+				u.open[loc.Path] = &openUpload{url: loc.String(), auth: req.Header.Get("Authorization"), owner: s.owner}
+				u.mu.Unlock()
+			}
+		default:
+			u.cancel(s)
+		}
+	}
+	return resp, err
+}
+
+// cancelOwned cancels the sessions still open for owner's image.
+func (u *uploadSessions) cancelOwned(owner *uploadOwner) {
+	u.cancelWhere(func(s *openUpload) bool { return s.owner == owner })
+}
+
+// cancelAll cancels every session still open.
+func (u *uploadSessions) cancelAll() {
+	u.cancelWhere(func(*openUpload) bool { return true })
+}
+
+func (u *uploadSessions) cancelWhere(match func(*openUpload) bool) {
+	if u == nil {
+		return
+	}
+	var left []*openUpload
+	u.mu.Lock()
+	for path, s := range u.open {
+		if match(s) {
+			left = append(left, s)
+			delete(u.open, path)
+		}
+	}
+	u.mu.Unlock()
+	for _, s := range left {
+		u.cancel(s)
+	}
+}
+
+// cancel deletes a session, best effort: what is not cancelled is purged by
+// dockyard later.
+func (u *uploadSessions) cancel(s *openUpload) {
+	ctx, cancel := context.WithTimeout(context.Background(), cancelTimeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodDelete, s.url, nil)
+	if err != nil {
+		return
+	}
+	if s.auth != "" {
+		req.Header.Set("Authorization", s.auth)
+	}
+	if resp, err := u.inner.RoundTrip(req); err == nil {
+		io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+		resp.Body.Close()
+	}
 }
 
 type countingReader struct {
@@ -699,7 +815,9 @@ func (im *importer) copyTag(ctx context.Context, j importJob) {
 	if ctx.Err() != nil {
 		return // interrupted: not a failure; the next run copies it
 	}
+	ctx, owner := withUploadOwner(ctx)
 	skipped, err := im.copyOne(ctx, j.repo, j.tag)
+	im.uploads.cancelOwned(owner) // left open by a failure: none after a success
 	switch {
 	case ctx.Err() != nil:
 	case err != nil:

@@ -238,3 +238,40 @@ func TestImportFailsABlobThatStalls(t *testing.T) {
 	}
 	t.Logf("ended after %s", time.Since(began))
 }
+
+// Uploads that fail (a source blob whose bytes are not its digest's) are cancelled,
+// so dockyard's count of the client's open uploads (3 here) is not used up by them:
+// after three failed imports, a good one from the same client succeeds.
+func TestImportCancelsTheUploadsItAbandons(t *testing.T) {
+	bad, good := randomImage(t), randomImage(t)
+	layers, _ := bad.Layers()
+	badDigest, _ := layers[0].Digest()
+	src := hostileSource(t, map[string]v1.Image{"bad/app:1": bad, "good/app:1": good},
+		func(w http.ResponseWriter, r *http.Request) bool {
+			if r.Method != http.MethodGet || !strings.HasSuffix(r.URL.Path, "/blobs/"+badDigest.String()) {
+				return false
+			}
+			rc, _ := layers[0].Compressed()
+			b, _ := io.ReadAll(rc)
+			b[len(b)/2] ^= 0xff
+			w.Write(b)
+			return true
+		})
+	dst := importDestination(t, "limits: {upload_sessions_per_client: 3}\n")
+	for i := range 3 {
+		out, err := runImport(t, 30*time.Second, "--from", "http://"+src, "--to", "http://"+dst, "--repositories", "bad/app")
+		if err == nil || !strings.Contains(out, "failed: bad/app:1: ") {
+			t.Fatalf("import %d of a corrupt blob: %v\n%s", i+1, err, out)
+		}
+	}
+	out, err := runImport(t, 30*time.Second, "--from", "http://"+src, "--to", "http://"+dst, "--repositories", "good/app")
+	if err != nil {
+		t.Fatalf("a good import after three failed ones: %v\n%s", err, out)
+	}
+	if got := destinationDigest(t, dst, "good/app:1"); got != digestOf(t, good).String() {
+		t.Errorf("good/app:1 is %q at the destination:\n%s", got, out)
+	}
+	if _, err := runImport(t, time.Minute, "--from", "http://"+src, "--concurrency", "17"); err == nil || !strings.Contains(err.Error(), "between 1 and 16") {
+		t.Errorf("--concurrency 17: %v", err)
+	}
+}
