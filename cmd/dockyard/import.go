@@ -35,6 +35,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -133,6 +134,12 @@ func importCommand(args []string, stdout io.Writer) error {
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	if err := checkAccess(ctx, im.srcReg, im.srcAuth, im.srcTransport); err != nil {
+		return fmt.Errorf("import: %w", im.sourceError("checking the credentials", err))
+	}
+	if err := checkAccess(ctx, im.dstReg, im.dstAuth, im.uploads); err != nil {
+		return fmt.Errorf("import: %w", destinationError(err))
+	}
 	im.progress = newImportProgress(stdout, *every, &im.bytes)
 	fmt.Fprintf(stdout, "import: %s into %s (through its API at %s), %d at once\n",
 		im.srcName, im.dstName, *to, im.concurrency)
@@ -149,15 +156,18 @@ type importer struct {
 	concurrency int
 	pageSize    int
 
-	srcReg    name.Registry
-	srcName   string // as the user gave it
-	srcPuller *remote.Puller
-	dstReg    name.Registry
-	dstPrefix string // namespace prepended to every repository ("" for none)
-	dstName   string
-	dstPuller *remote.Puller
-	dstPusher *remote.Pusher
-	uploads   *uploadSessions // the destination's, through which dstPuller and dstPusher go
+	srcReg       name.Registry
+	srcName      string // as the user gave it
+	srcPuller    *remote.Puller
+	srcAuth      authn.Authenticator
+	srcTransport http.RoundTripper
+	dstAuth      authn.Authenticator
+	dstReg       name.Registry
+	dstPrefix    string // namespace prepended to every repository ("" for none)
+	dstName      string
+	dstPuller    *remote.Puller
+	dstPusher    *remote.Pusher
+	uploads      *uploadSessions // the destination's, through which dstPuller and dstPusher go
 
 	// noReferrersAPI: the source answered that it has no referrers API, so its
 	// referrers are exactly those its sha256-<hex> tags list, and subjects without
@@ -170,7 +180,7 @@ type importer struct {
 
 	mu       sync.Mutex
 	failures []importFailure
-	fatal    error // an authentication failure: every further request would fail too
+	fatal    error // a full destination: every further upload would fail too
 	cancel   context.CancelFunc
 }
 
@@ -256,6 +266,35 @@ func (b *idleBody) Close() error {
 	return err
 }
 
+// checkAccess is the run's first request to a registry, with its credentials (the
+// token flow's too): a refusal (401) of credentials that were given ends the import
+// before anything is copied, as does a registry that cannot be reached. Without
+// credentials, a 401 here does not: anonymous access may still be granted per
+// repository, and what is refused fails alone.
+func checkAccess(ctx context.Context, reg name.Registry, a authn.Authenticator, tr http.RoundTripper) error {
+	t, err := transport.NewWithContext(ctx, reg, a, tr, nil)
+	if err == nil {
+		var req *http.Request
+		if req, err = http.NewRequestWithContext(ctx, http.MethodGet, reg.Scheme()+"://"+reg.RegistryStr()+"/v2/", nil); err == nil {
+			var resp *http.Response
+			if resp, err = (&http.Client{Transport: t}).Do(req); err == nil {
+				err = transport.CheckError(resp, http.StatusOK)
+				resp.Body.Close()
+			}
+		}
+	}
+	var terr *transport.Error
+	switch {
+	case err == nil:
+		return nil
+	case !errors.As(err, &terr):
+		return err // not reached
+	case terr.StatusCode == http.StatusUnauthorized && a != authn.Anonymous:
+		return err
+	}
+	return nil
+}
+
 // credentials are a user and the password in a file, or the docker config's for reg
 // (`docker login`), else anonymous.
 func credentials(reg name.Registry, user, passwordFile string) (authn.Authenticator, error) {
@@ -303,7 +342,7 @@ func (im *importer) source(from, user, passwordFile string, base http.RoundTripp
 		return err
 	}
 	ep := &endpoint{host: u.Host, scheme: u.Scheme, addr: u.Host, prefix: u.Path, inner: base, bytes: &im.bytes}
-	im.srcReg, im.srcName = reg, u.String()
+	im.srcReg, im.srcName, im.srcAuth, im.srcTransport = reg, u.String(), a, ep
 	im.srcPuller, err = remote.NewPuller(remote.WithAuth(a), remote.WithTransport(ep),
 		remote.WithPageSize(im.pageSize), remote.WithUserAgent("dockyard-import"))
 	return err
@@ -346,10 +385,10 @@ func (im *importer) destination(to, into, user, passwordFile string, base http.R
 	// go to --to, with that name as their Host.
 	ep := &endpoint{host: host, scheme: u.Scheme, addr: u.Host, inner: base}
 	im.uploads = &uploadSessions{inner: ep, open: map[string]*openUpload{}}
-	im.dstReg, im.dstPrefix = reg, prefix
+	im.dstReg, im.dstPrefix, im.dstAuth = reg, prefix, a
 	im.dstName = strings.TrimSuffix(host+"/"+prefix, "/")
 	opts2 := []remote.Option{remote.WithAuth(a), remote.WithTransport(im.uploads), remote.WithUserAgent("dockyard-import"),
-		remote.WithJobs(jobsPerImage)}
+		remote.WithJobs(jobsPerImage), remote.WithRetryPredicate(retryable)}
 	if im.dstPuller, err = remote.NewPuller(opts2...); err != nil {
 		return err
 	}
@@ -576,9 +615,6 @@ func (im *importer) list(ctx context.Context, jobs chan<- importJob) error {
 		if err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
-			}
-			if isUnauthorized(err) {
-				return fmt.Errorf("source %s: listing the tags of %s: %w (check --username and --password-file)", im.srcName, name, err)
 			}
 			im.failListed(name, fmt.Errorf("listing tags: %w", err))
 			im.progress.repoDone(repo, true)
@@ -833,13 +869,15 @@ func (im *importer) copyTag(ctx context.Context, j importJob) {
 	}
 }
 
-// fail records a failure; an authentication failure ends the run, since every other
-// request would fail the same way.
+// fail records a failure; a full destination ends the run, since every other upload
+// would fail the same way. A refusal (401, 403) concerns one repository: the
+// credentials were checked before the run.
 func (im *importer) fail(ref string, err error) {
 	im.mu.Lock()
 	defer im.mu.Unlock()
 	im.failures = append(im.failures, importFailure{ref: ref, err: err.Error()})
-	if isUnauthorized(err) && im.fatal == nil {
+	var fe *fatalError
+	if errors.As(err, &fe) && im.fatal == nil {
 		im.fatal = fmt.Errorf("%s: %w", ref, err)
 		im.cancel()
 	}
@@ -1098,7 +1136,32 @@ func (im *importer) copyReferrers(ctx context.Context, repo *importRepo, subject
 	return nil
 }
 
+// retryable is go-containerregistry's retry predicate, but for a full destination:
+// dockyard answers 507 with the code UNKNOWN, which it would retry, for every blob.
+func retryable(err error) bool {
+	var terr *transport.Error
+	if errors.As(err, &terr) && terr.StatusCode == http.StatusInsufficientStorage {
+		return false
+	}
+	var te interface{ Temporary() bool }
+	if errors.As(err, &te) && te.Temporary() && !errors.Is(err, context.DeadlineExceeded) {
+		return true
+	}
+	return errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) || errors.Is(err, syscall.EPIPE) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, net.ErrClosed)
+}
+
+// fatalError is a failure that ends the run.
+type fatalError struct{ err error }
+
+func (e *fatalError) Error() string { return e.err.Error() }
+func (e *fatalError) Unwrap() error { return e.err }
+
 func destinationError(err error) error {
+	var terr *transport.Error
+	if errors.As(err, &terr) && terr.StatusCode == http.StatusInsufficientStorage {
+		return &fatalError{fmt.Errorf("destination: %w (dockyard is out of space: the import stops; free some, then run the same command again)", err)}
+	}
 	if isUnauthorized(err) {
 		return fmt.Errorf("destination: %w (check --to-username and --to-password-file)", err)
 	}

@@ -8,10 +8,13 @@ import (
 	"log"
 	"net/http"
 	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -31,8 +34,9 @@ import (
 func hostileSource(t *testing.T, images map[string]v1.Image, override func(w http.ResponseWriter, r *http.Request) bool) string {
 	t.Helper()
 	reg := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
+	var populated atomic.Bool
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if override != nil && override(w, r) {
+		if populated.Load() && override != nil && override(w, r) {
 			return
 		}
 		reg.ServeHTTP(w, r)
@@ -48,6 +52,7 @@ func hostileSource(t *testing.T, images map[string]v1.Image, override func(w htt
 			t.Fatal(err)
 		}
 	}
+	populated.Store(true)
 	return addr
 }
 
@@ -273,5 +278,76 @@ func TestImportCancelsTheUploadsItAbandons(t *testing.T) {
 	}
 	if _, err := runImport(t, time.Minute, "--from", "http://"+src, "--concurrency", "17"); err == nil || !strings.Contains(err.Error(), "between 1 and 16") {
 		t.Errorf("--concurrency 17: %v", err)
+	}
+}
+
+// A repository the source refuses (401 insufficient_scope, 403), for its tag list or
+// its manifests, fails alone: the run goes on with the others.
+func TestImportGoesOnPastARefusedRepository(t *testing.T) {
+	img := randomImage(t)
+	src := hostileSource(t, map[string]v1.Image{"open/app:1": img, "secret/app:1": img, "secret2/app:1": img, "secret3/app:1": img},
+		func(w http.ResponseWriter, r *http.Request) bool {
+			status := 0
+			switch {
+			case strings.HasPrefix(r.URL.Path, "/v2/secret/app/tags/"):
+				status = http.StatusUnauthorized
+			case strings.HasPrefix(r.URL.Path, "/v2/secret2/app/manifests/"):
+				status = http.StatusUnauthorized
+			case strings.HasPrefix(r.URL.Path, "/v2/secret3/app/manifests/"):
+				status = http.StatusForbidden
+			default:
+				return false
+			}
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(status)
+			fmt.Fprint(w, `{"errors":[{"code":"UNAUTHORIZED","message":"insufficient_scope"}]}`)
+			return true
+		})
+	dst := importDestination(t, "")
+	out, err := runImport(t, 30*time.Second, "--from", "http://"+src, "--to", "http://"+dst)
+	if err == nil || !strings.Contains(err.Error(), "3 failures") {
+		t.Errorf("import: %v, want 3 failures\n%s", err, out)
+	}
+	for _, want := range []string{"failed: secret/app: listing tags: ", "failed: secret2/app:1: source: ", "failed: secret3/app:1: source: "} {
+		if !strings.Contains(out, want) {
+			t.Errorf("the output does not say %q:\n%s", want, out)
+		}
+	}
+	if got := destinationDigest(t, dst, "open/app:1"); got != digestOf(t, img).String() {
+		t.Errorf("open/app:1 is %q at the destination, want it copied:\n%s", got, out)
+	}
+}
+
+// A full destination (507) ends the run at the first refusal instead of every blob
+// of every image trying again.
+func TestImportStopsWhenTheDestinationIsFull(t *testing.T) {
+	images := map[string]v1.Image{}
+	for r := range 3 {
+		for tag := range 2 {
+			images[fmt.Sprintf("repo%d/app:%d", r, tag)] = randomImage(t)
+		}
+	}
+	src := hostileSource(t, images, nil)
+	dst := importDestination(t, "")
+	target, _ := url.Parse("http://" + dst)
+	proxy := httputil.NewSingleHostReverseProxy(target)
+	var uploads atomic.Int64
+	full := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPost && strings.HasSuffix(r.URL.Path, "/blobs/uploads/") {
+			uploads.Add(1)
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusInsufficientStorage)
+			fmt.Fprint(w, `{"errors":[{"code":"UNKNOWN","message":"no space left"}]}`)
+			return
+		}
+		proxy.ServeHTTP(w, r)
+	}))
+	defer full.Close()
+	out, err := runImport(t, 30*time.Second, "--from", "http://"+src, "--to", full.URL, "--concurrency", "1")
+	if err == nil || !strings.Contains(err.Error(), "out of space") {
+		t.Errorf("import into a full destination: %v\n%s", err, out)
+	}
+	if n := uploads.Load(); n > 4 {
+		t.Errorf("%d uploads tried after the destination said it was full, want the first image's (2 blobs, each tried with a mount then without: at most 4)\n%s", n, out)
 	}
 }
