@@ -887,7 +887,7 @@ func (im *importer) fail(ref string, err error) {
 // digest, and reports whether it was skipped. Order matters for resuming: first the
 // referrers (dockyard, like the OCI spec, accepts a referrer before its subject),
 // then the manifest's blobs and children, and the tag last, so a tag is only ever
-// pushed over something complete. The manifest itself is pushed once, by tag.
+// pushed over something complete.
 func (im *importer) copyOne(ctx context.Context, repo *importRepo, tag string) (skipped bool, err error) {
 	src, err := im.srcPuller.Get(ctx, im.srcReg.Repo(repo.name).Tag(tag))
 	if err != nil {
@@ -923,7 +923,14 @@ func (im *importer) copyOne(ctx context.Context, repo *importRepo, tag string) (
 	if err := im.mountBlobs(ctx, dst, blobs); err != nil {
 		return false, err
 	}
-	if err := im.dstPusher.Push(ctx, dst.Tag(tag), src); err != nil {
+	// By digest first (the blobs and children, shared by the tags of one image),
+	// then the tag alone: the pusher shares a digest's outcome among its concurrent
+	// callers, and one tag's refusal (an immutable release tag) must not become its
+	// siblings'.
+	if err := im.dstPusher.Push(ctx, dst.Digest(src.Digest.String()), src); err != nil {
+		return false, destinationError(err)
+	}
+	if err := im.dstPusher.Put(ctx, dst.Tag(tag), src); err != nil {
 		return false, destinationError(err)
 	}
 	im.homes.remember(dst, blobs)

@@ -351,3 +351,42 @@ func TestImportStopsWhenTheDestinationIsFull(t *testing.T) {
 		t.Errorf("%d uploads tried after the destination said it was full, want the first image's (2 blobs, each tried with a mount then without: at most 4)\n%s", n, out)
 	}
 }
+
+// Tags sharing one digest each get their own outcome: the immutable release tag
+// 1.0.0, which points elsewhere at the destination, fails alone, and the other tags
+// of the same image are copied.
+func TestImportTagsSharingADigestFailAlone(t *testing.T) {
+	img, other := randomImage(t), randomImage(t)
+	images := map[string]v1.Image{}
+	for _, tag := range []string{"1.0.0", "latest", "stable", "v-next"} {
+		images["app:"+tag] = img
+	}
+	src := hostileSource(t, images, func(w http.ResponseWriter, r *http.Request) bool {
+		// The immutable tag's copy goes first and holds the others back, so that
+		// they wait for it if its outcome is shared.
+		if r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/blobs/") {
+			time.Sleep(300 * time.Millisecond)
+		}
+		if strings.Contains(r.URL.Path, "/manifests/") && !strings.HasSuffix(r.URL.Path, "/1.0.0") {
+			time.Sleep(100 * time.Millisecond)
+		}
+		return false
+	})
+	dst := importDestination(t, "lifecycle: {immutable: [{registries: [\"*\"], repositories: [\"**\"]}]}\n")
+	pinned, _ := name.NewTag(dst+"/app:1.0.0", name.Insecure)
+	if err := remote.Write(pinned, other); err != nil {
+		t.Fatal(err)
+	}
+	out, err := runImport(t, time.Minute, "--from", "http://"+src, "--to", "http://"+dst)
+	if err == nil || !strings.Contains(err.Error(), "1 failures") || !strings.Contains(out, "failed: app:1.0.0: ") {
+		t.Errorf("import: %v, want app:1.0.0 to fail alone\n%s", err, out)
+	}
+	for _, tag := range []string{"latest", "stable", "v-next"} {
+		if got := destinationDigest(t, dst, "app:"+tag); got != digestOf(t, img).String() {
+			t.Errorf("app:%s is %q at the destination, want the source's %s\n%s", tag, got, digestOf(t, img), out)
+		}
+	}
+	if got := destinationDigest(t, dst, "app:1.0.0"); got != digestOf(t, other).String() {
+		t.Errorf("the immutable app:1.0.0 moved to %s", got)
+	}
+}
