@@ -88,6 +88,7 @@ func importCommand(args []string, stdout io.Writer) error {
 	timeout := fs.Duration("timeout", 2*time.Minute, "how long to wait for a response's headers, and for each next byte of its body, before failing the image")
 	insecure := fs.Bool("insecure", false, "skip TLS certificate verification (both registries)")
 	caFile := fs.String("ca-file", "", "an extra CA certificate (PEM) to trust (both registries)")
+	overwrite := fs.Bool("overwrite", false, "move a tag the destination has with another digest to the source's (without it: kept, and listed)")
 	pageSize := fs.Int("page-size", 100, "entries asked per catalog and tag list page")
 	every := fs.Duration("progress-interval", 5*time.Second, "how often a progress line is printed when the output is not a terminal")
 	if err := fs.Parse(args); err != nil {
@@ -108,7 +109,7 @@ func importCommand(args []string, stdout io.Writer) error {
 	if *pageSize < 1 {
 		return errors.New("import: --page-size must be positive")
 	}
-	im := &importer{repoGlobs: repoGlobs, concurrency: *concurrency, pageSize: *pageSize}
+	im := &importer{repoGlobs: repoGlobs, concurrency: *concurrency, pageSize: *pageSize, overwrite: *overwrite}
 	for _, p := range tagPatterns {
 		re, err := regexp.Compile(`^(?:` + p + `)$`)
 		if err != nil {
@@ -155,6 +156,7 @@ type importer struct {
 	tagPatterns []*regexp.Regexp
 	concurrency int
 	pageSize    int
+	overwrite   bool // move destination tags that differ from the source's
 
 	srcReg       name.Registry
 	srcName      string // as the user gave it
@@ -180,7 +182,8 @@ type importer struct {
 
 	mu       sync.Mutex
 	failures []importFailure
-	fatal    error // a full destination: every further upload would fail too
+	kept     []string // tags left as they were at the destination
+	fatal    error    // a full destination: every further upload would fail too
 	cancel   context.CancelFunc
 }
 
@@ -552,10 +555,10 @@ func (c *countingReader) Read(p []byte) (int, error) {
 
 // importRepo is one repository's progress.
 type importRepo struct {
-	name                    string
-	fallbackTags            map[string]bool // its referrers tags (sha256-<hex>), whatever --tags selects
-	pending                 atomic.Int64    // tags not yet finished
-	copied, skipped, failed atomic.Int64
+	name                          string
+	fallbackTags                  map[string]bool // its referrers tags (sha256-<hex>), whatever --tags selects
+	pending                       atomic.Int64    // tags not yet finished
+	copied, skipped, kept, failed atomic.Int64
 }
 
 type importJob struct {
@@ -852,7 +855,7 @@ func (im *importer) copyTag(ctx context.Context, j importJob) {
 		return // interrupted: not a failure; the next run copies it
 	}
 	ctx, owner := withUploadOwner(ctx)
-	skipped, err := im.copyOne(ctx, j.repo, j.tag)
+	outcome, err := im.copyOne(ctx, j.repo, j.tag)
 	im.uploads.cancelOwned(owner) // left open by a failure: none after a success
 	switch {
 	case ctx.Err() != nil:
@@ -860,7 +863,13 @@ func (im *importer) copyTag(ctx context.Context, j importJob) {
 		j.repo.failed.Add(1)
 		im.progress.failed.Add(1)
 		im.fail(j.repo.name+":"+j.tag, err)
-	case skipped:
+	case outcome == tagKept:
+		j.repo.kept.Add(1)
+		im.progress.kept.Add(1)
+		im.mu.Lock()
+		im.kept = append(im.kept, j.repo.name+":"+j.tag)
+		im.mu.Unlock()
+	case outcome == tagSkipped:
 		j.repo.skipped.Add(1)
 		im.progress.skipped.Add(1)
 	default:
@@ -883,58 +892,70 @@ func (im *importer) fail(ref string, err error) {
 	}
 }
 
+// What became of a tag.
+type tagOutcome int
+
+const (
+	tagCopied  tagOutcome = iota
+	tagSkipped            // the destination has it, with the source's digest
+	tagKept               // the destination has it with another digest (pushed there since?), left alone without --overwrite
+)
+
 // copyOne copies repo:tag unless the destination's tag already has the source's
-// digest, and reports whether it was skipped. Order matters for resuming: first the
+// digest, or another one (unless --overwrite), and reports what it did. Order matters for resuming: first the
 // referrers (dockyard, like the OCI spec, accepts a referrer before its subject),
 // then the manifest's blobs and children, and the tag last, so a tag is only ever
 // pushed over something complete.
-func (im *importer) copyOne(ctx context.Context, repo *importRepo, tag string) (skipped bool, err error) {
+func (im *importer) copyOne(ctx context.Context, repo *importRepo, tag string) (outcome tagOutcome, err error) {
 	src, err := im.srcPuller.Get(ctx, im.srcReg.Repo(repo.name).Tag(tag))
 	if err != nil {
 		if isUnauthorized(err) {
-			return false, fmt.Errorf("source: %w (check --username and --password-file)", err)
+			return 0, fmt.Errorf("source: %w (check --username and --password-file)", err)
 		}
-		return false, fmt.Errorf("source: %w", err)
+		return 0, fmt.Errorf("source: %w", err)
 	}
 	dst := im.dstRepo(repo.name)
 	have, err := im.dstPuller.Head(ctx, dst.Tag(tag))
+	skipped := false
 	switch {
 	case err == nil && have.Digest == src.Digest:
 		skipped = true
+	case err == nil && !im.overwrite:
+		return tagKept, nil
 	case err != nil && !isNotFound(err):
-		return false, destinationError(err)
+		return 0, destinationError(err)
 	}
 	// Referrers are looked up for tags already there too: a signature added to the
 	// source since the last run arrives with this one.
 	children, err := indexChildren(src)
 	if err != nil {
-		return false, fmt.Errorf("source: %w", err)
+		return 0, fmt.Errorf("source: %w", err)
 	}
 	if err := im.copyReferrers(ctx, repo, src.Digest, children, map[v1.Hash]bool{}, 0); err != nil {
-		return false, err
+		return 0, err
 	}
 	if skipped {
-		return true, nil
+		return tagSkipped, nil
 	}
 	blobs, err := blobsOf(src)
 	if err != nil {
-		return false, fmt.Errorf("source: %w", err)
+		return 0, fmt.Errorf("source: %w", err)
 	}
 	if err := im.mountBlobs(ctx, dst, blobs); err != nil {
-		return false, err
+		return 0, err
 	}
 	// By digest first (the blobs and children, shared by the tags of one image),
 	// then the tag alone: the pusher shares a digest's outcome among its concurrent
 	// callers, and one tag's refusal (an immutable release tag) must not become its
 	// siblings'.
 	if err := im.dstPusher.Push(ctx, dst.Digest(src.Digest.String()), src); err != nil {
-		return false, destinationError(err)
+		return 0, destinationError(err)
 	}
 	if err := im.dstPusher.Put(ctx, dst.Tag(tag), src); err != nil {
-		return false, destinationError(err)
+		return 0, destinationError(err)
 	}
 	im.homes.remember(dst, blobs)
-	return false, nil
+	return 0, nil
 }
 
 // blobHomes remembers, for blobs copied to the destination, a repository there that
@@ -1188,13 +1209,17 @@ func isUnauthorized(err error) bool {
 // finish prints the summary and the failures, and makes the exit status.
 func (im *importer) finish(err error, interrupted bool) error {
 	p := im.progress
-	fmt.Fprintf(p.out, "import: finished in %s: %d/%d repositories, %d images: %d copied, %d skipped, %d failed; %d referrers copied; %d blobs mounted; %s read from the source\n",
+	fmt.Fprintf(p.out, "import: finished in %s: %d/%d repositories, %d images: %d copied, %d skipped, %d failed; %d referrers copied; %d blobs mounted; %d tags differ at the destination (kept; --overwrite to replace); %s read from the source\n",
 		time.Since(p.began).Round(100*time.Millisecond), p.reposDone.Load(), p.reposTotal.Load(),
 		p.imagesTotal.Load(), p.copied.Load(), p.skipped.Load(), p.failed.Load(), p.referrers.Load(), p.mounted.Load(),
-		humanize.IBytes(uint64(im.bytes.Load())))
+		p.kept.Load(), humanize.IBytes(uint64(im.bytes.Load())))
 	im.mu.Lock()
-	failures := im.failures
+	failures, kept := im.failures, im.kept
 	im.mu.Unlock()
+	slices.Sort(kept)
+	for _, ref := range kept {
+		fmt.Fprintf(p.out, "import: kept: %s differs at the destination (kept; --overwrite to replace)\n", ref)
+	}
 	sort.Slice(failures, func(i, j int) bool { return failures[i].ref < failures[j].ref })
 	for _, f := range failures {
 		fmt.Fprintf(p.out, "import: failed: %s: %s\n", f.ref, f.err)
@@ -1219,10 +1244,10 @@ type importProgress struct {
 	bytes *atomic.Int64
 	began time.Time
 
-	reposTotal, reposDone                           atomic.Int64
-	imagesTotal, copied, skipped, failed, referrers atomic.Int64
-	mounted                                         atomic.Int64
-	listed                                          atomic.Bool
+	reposTotal, reposDone                                 atomic.Int64
+	imagesTotal, copied, skipped, kept, failed, referrers atomic.Int64
+	mounted                                               atomic.Int64
+	listed                                                atomic.Bool
 
 	mu sync.Mutex // one writer at a time
 }
@@ -1291,10 +1316,10 @@ func (p *importProgress) print(line string) {
 
 func (p *importProgress) repoDone(r *importRepo, failed bool) {
 	p.reposDone.Add(1)
-	n := r.copied.Load() + r.skipped.Load() + r.failed.Load()
+	n := r.copied.Load() + r.skipped.Load() + r.kept.Load() + r.failed.Load()
 	if failed || n > 0 {
-		p.print(fmt.Sprintf("import: repository %s done: %d images: %d copied, %d skipped, %d failed",
-			r.name, n, r.copied.Load(), r.skipped.Load(), r.failed.Load()))
+		p.print(fmt.Sprintf("import: repository %s done: %d images: %d copied, %d skipped, %d kept, %d failed",
+			r.name, n, r.copied.Load(), r.skipped.Load(), r.kept.Load(), r.failed.Load()))
 	}
 }
 
@@ -1304,7 +1329,7 @@ func (p *importProgress) status() string {
 	elapsed := time.Since(p.began)
 	bytes := p.bytes.Load()
 	rate := float64(bytes) / max(elapsed.Seconds(), 0.001)
-	done := p.copied.Load() + p.skipped.Load() + p.failed.Load()
+	done := p.copied.Load() + p.skipped.Load() + p.kept.Load() + p.failed.Load()
 	total := fmt.Sprint(p.imagesTotal.Load())
 	eta := "?"
 	if p.listed.Load() {

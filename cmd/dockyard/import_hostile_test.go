@@ -377,7 +377,7 @@ func TestImportTagsSharingADigestFailAlone(t *testing.T) {
 	if err := remote.Write(pinned, other); err != nil {
 		t.Fatal(err)
 	}
-	out, err := runImport(t, time.Minute, "--from", "http://"+src, "--to", "http://"+dst)
+	out, err := runImport(t, time.Minute, "--from", "http://"+src, "--to", "http://"+dst, "--overwrite")
 	if err == nil || !strings.Contains(err.Error(), "1 failures") || !strings.Contains(out, "failed: app:1.0.0: ") {
 		t.Errorf("import: %v, want app:1.0.0 to fail alone\n%s", err, out)
 	}
@@ -388,5 +388,32 @@ func TestImportTagsSharingADigestFailAlone(t *testing.T) {
 	}
 	if got := destinationDigest(t, dst, "app:1.0.0"); got != digestOf(t, other).String() {
 		t.Errorf("the immutable app:1.0.0 moved to %s", got)
+	}
+}
+
+// A tag pushed to the destination after an import is not moved back to the source's
+// digest by the next run: it is kept and listed, unless --overwrite.
+func TestImportKeepsTagsThatDifferAtTheDestination(t *testing.T) {
+	img, newer := randomImage(t), randomImage(t)
+	src := hostileSource(t, map[string]v1.Image{"app:1": img, "app:2": img}, nil)
+	dst := importDestination(t, "")
+	pushed, _ := name.NewTag(dst+"/app:1", name.Insecure)
+	if err := remote.Write(pushed, newer); err != nil {
+		t.Fatal(err)
+	}
+	out, err := runImport(t, time.Minute, "--from", "http://"+src, "--to", "http://"+dst)
+	if err != nil || !strings.Contains(out, "import: kept: app:1 differs at the destination (kept; --overwrite to replace)") ||
+		!strings.Contains(out, "; 1 tags differ at the destination (kept; --overwrite to replace);") {
+		t.Errorf("import: %v, want app:1 kept and listed\n%s", err, out)
+	}
+	if got := destinationDigest(t, dst, "app:1"); got != digestOf(t, newer).String() {
+		t.Errorf("app:1 was moved to %s, want it kept at %s\n%s", got, digestOf(t, newer), out)
+	}
+	if got := destinationDigest(t, dst, "app:2"); got != digestOf(t, img).String() {
+		t.Errorf("app:2 is %q, want it copied\n%s", got, out)
+	}
+	out, err = runImport(t, time.Minute, "--from", "http://"+src, "--to", "http://"+dst, "--overwrite")
+	if got := destinationDigest(t, dst, "app:1"); err != nil || got != digestOf(t, img).String() {
+		t.Errorf("--overwrite: %v, app:1 is %s, want the source's %s\n%s", err, got, digestOf(t, img), out)
 	}
 }
