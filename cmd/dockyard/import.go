@@ -298,6 +298,23 @@ func checkAccess(ctx context.Context, reg name.Registry, a authn.Authenticator, 
 	return nil
 }
 
+// withoutUserinfo is s without what could be a user and password before its host,
+// for an error message about a URL that did not parse.
+func withoutUserinfo(s string) string {
+	scheme, rest, ok := strings.Cut(s, "://")
+	if !ok {
+		return s
+	}
+	end := strings.IndexAny(rest, "/?#")
+	if end < 0 {
+		end = len(rest)
+	}
+	if at := strings.LastIndex(rest[:end], "@"); at >= 0 {
+		rest = rest[at+1:]
+	}
+	return scheme + "://" + rest
+}
+
 // credentials are a user and the password in a file, or the docker config's for reg
 // (`docker login`), else anonymous.
 func credentials(reg name.Registry, user, passwordFile string) (authn.Authenticator, error) {
@@ -317,11 +334,17 @@ func credentials(reg name.Registry, user, passwordFile string) (authn.Authentica
 	return &authn.Basic{Username: user, Password: password}, nil
 }
 
-// parseRegistryURL checks an http(s)://host[:port][/path] URL.
-func parseRegistryURL(s string) (*url.URL, name.Registry, error) {
+// parseRegistryURL checks an http(s)://host[:port][/path] URL. Credentials in it
+// (user:password@) are refused, never echoed: credentialFlags names the flags to
+// use instead.
+func parseRegistryURL(s, credentialFlags string) (*url.URL, name.Registry, error) {
 	u, err := url.Parse(s)
+	if err == nil && u.User != nil {
+		u.User = nil
+		return nil, name.Registry{}, fmt.Errorf("%q: credentials in the URL are not accepted (they would show in process lists and logs): give the user with %s", u.String(), credentialFlags)
+	}
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.RawQuery != "" || u.Fragment != "" {
-		return nil, name.Registry{}, fmt.Errorf("%q: must be http(s)://host[:port][/path]", s)
+		return nil, name.Registry{}, fmt.Errorf("%q: must be http(s)://host[:port][/path]", withoutUserinfo(s))
 	}
 	var opts []name.Option
 	if u.Scheme == "http" {
@@ -336,7 +359,7 @@ func parseRegistryURL(s string) (*url.URL, name.Registry, error) {
 }
 
 func (im *importer) source(from, user, passwordFile string, base http.RoundTripper) error {
-	u, reg, err := parseRegistryURL(from)
+	u, reg, err := parseRegistryURL(from, "--username and its password in a file with --password-file")
 	if err != nil {
 		return err
 	}
@@ -356,7 +379,7 @@ func (im *importer) source(from, user, passwordFile string, base http.RoundTripp
 // both), the way `docker push HOST/NAMESPACE/repo` would name them: a first
 // component with a dot or a colon, or localhost, is a host.
 func (im *importer) destination(to, into, user, passwordFile string, base http.RoundTripper) error {
-	u, _, err := parseRegistryURL(to)
+	u, _, err := parseRegistryURL(to, "--to-username and its password in a file with --to-password-file")
 	if err != nil {
 		return err
 	}
@@ -558,6 +581,7 @@ type importRepo struct {
 	name                          string
 	fallbackTags                  map[string]bool // its referrers tags (sha256-<hex>), whatever --tags selects
 	pending                       atomic.Int64    // tags not yet finished
+	interrupted                   atomic.Bool     // some tag was left by an interruption
 	copied, skipped, kept, failed atomic.Int64
 }
 
@@ -847,7 +871,10 @@ func (im *importer) dstRepo(repo string) name.Repository {
 // copyTag copies one tag and records the outcome.
 func (im *importer) copyTag(ctx context.Context, j importJob) {
 	defer func() {
-		if j.repo.pending.Add(-1) == 0 {
+		if ctx.Err() != nil {
+			j.repo.interrupted.Store(true) // not done: the next run finishes it
+		}
+		if j.repo.pending.Add(-1) == 0 && !j.repo.interrupted.Load() {
 			im.progress.repoDone(j.repo, false)
 		}
 	}()
@@ -1057,6 +1084,9 @@ func (im *importer) mountBlobs(ctx context.Context, repo name.Repository, blobs 
 		d, err := l.Digest()
 		if err != nil {
 			return fmt.Errorf("source: %w", err)
+		}
+		if mt, err := l.MediaType(); err != nil || !mt.IsDistributable() {
+			continue // a foreign layer: not copied at all
 		}
 		home, ok := im.homes.mountable(d, repo)
 		if !ok {

@@ -15,14 +15,18 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/static"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 )
 
 // The tests of this file import from a source that misbehaves: go-containerregistry's
@@ -415,5 +419,68 @@ func TestImportKeepsTagsThatDifferAtTheDestination(t *testing.T) {
 	out, err = runImport(t, time.Minute, "--from", "http://"+src, "--to", "http://"+dst, "--overwrite")
 	if got := destinationDigest(t, dst, "app:1"); err != nil || got != digestOf(t, img).String() {
 		t.Errorf("--overwrite: %v, app:1 is %s, want the source's %s\n%s", err, got, digestOf(t, img), out)
+	}
+}
+
+// Credentials in --from or --to are refused, pointing at the flags to use, and never
+// echoed.
+func TestImportRefusesCredentialsInURLs(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--from", "http://admin:hunter2@127.0.0.1:1"}, "--username"},
+		{[]string{"--from", "http://127.0.0.1:1", "--to", "https://importer:hunter2@127.0.0.1:2"}, "--to-username"},
+		{[]string{"--from", "http://admin:hunter2@127.0.0.1:1/%zz"}, "must be"},
+	} {
+		_, err := runImport(t, time.Minute, c.args...)
+		if err == nil || !strings.Contains(err.Error(), c.want) || strings.Contains(err.Error(), "hunter2") {
+			t.Errorf("%v: %v, want a refusal naming %s without the password", c.args, err, c.want)
+		}
+	}
+}
+
+// The summary counts what happened: an interrupted run does not report the
+// repositories it left as done, and foreign layers (never copied) are not counted as
+// mounted.
+func TestImportSummaryCountsWhatHappened(t *testing.T) {
+	img := randomImage(t)
+	foreign, err := mutate.Append(img, mutate.Addendum{
+		Layer: static.NewLayer([]byte("a foreign layer"), types.DockerForeignLayer),
+		URLs:  []string{"https://example.com/layer"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := hostileSource(t, map[string]v1.Image{"one/app:1": foreign, "two/app:1": foreign}, nil)
+	dst := importDestination(t, "")
+	out, err := runImport(t, time.Minute, "--from", "http://"+src, "--to", "http://"+dst, "--concurrency", "1")
+	if err != nil {
+		t.Fatalf("import: %v\n%s", err, out)
+	}
+	if c := parseImportSummary(t, out); c.copied != 2 || c.mounted != 2 {
+		t.Errorf("summary %+v, want 2 copied and 2 blobs (a layer and the config) mounted, not the foreign layer\n%s", c, out)
+	}
+
+	started := make(chan struct{}, 10)
+	src = hostileSource(t, map[string]v1.Image{"three/app:1": randomImage(t), "four/app:1": randomImage(t)},
+		func(w http.ResponseWriter, r *http.Request) bool {
+			if r.Method != http.MethodGet || !strings.Contains(r.URL.Path, "/blobs/") {
+				return false
+			}
+			started <- struct{}{}
+			<-r.Context().Done()
+			return true
+		})
+	go func() {
+		<-started
+		syscall.Kill(os.Getpid(), syscall.SIGINT)
+	}()
+	out, err = runImport(t, time.Minute, "--from", "http://"+src, "--to", "http://"+dst, "--concurrency", "1")
+	if err == nil || !strings.Contains(err.Error(), "interrupted") {
+		t.Errorf("import: %v, want it interrupted\n%s", err, out)
+	}
+	if !strings.Contains(out, ": 0/2 repositories,") {
+		t.Errorf("the interrupted import reports repositories done:\n%s", out)
 	}
 }
