@@ -24,8 +24,14 @@ package main
 // is skipped (a tag whose digest there equals the source's; blobs and manifests by an
 // existence check), and a tag is pushed last, after its blobs, children and
 // referrers. So an import killed at any point leaves no tag pointing at something
-// incomplete, and running the same command again copies only what is missing; an
-// upload cut off mid-blob is abandoned and purged by dockyard's upload purging.
+// incomplete, and running the same command again copies only what is missing. Upload
+// sessions a failure or an interruption leaves open are cancelled (dockyard counts a
+// client's open sessions); only a kill -9 leaves them to dockyard's upload purging.
+// A tag the destination has with another digest is left alone unless --overwrite.
+//
+// The source is not trusted: the names it lists are validated as repository and tag
+// names and must land under --into; its pages must move forward, within bounds; a
+// body that stops sending fails its image after --timeout.
 
 import (
 	"context"
@@ -63,7 +69,8 @@ import (
 
 const importUsage = `usage: dockyard import --from URL [--username U --password-file F]
          [--repositories GLOB]… [--tags REGEXP]… [--to URL] [--into [HOST][/NAMESPACE]]
-         [--to-username U --to-password-file F] [--concurrency N] [--insecure] [--ca-file F]`
+         [--to-username U --to-password-file F] [--concurrency N (at most 16)] [--timeout D]
+         [--overwrite] [--insecure] [--ca-file F]`
 
 // stringList is a repeatable flag.
 type stringList []string
