@@ -24,8 +24,14 @@ package main
 // is skipped (a tag whose digest there equals the source's; blobs and manifests by an
 // existence check), and a tag is pushed last, after its blobs, children and
 // referrers. So an import killed at any point leaves no tag pointing at something
-// incomplete, and running the same command again copies only what is missing; an
-// upload cut off mid-blob is abandoned and purged by dockyard's upload purging.
+// incomplete, and running the same command again copies only what is missing. Upload
+// sessions a failure or an interruption leaves open are cancelled (dockyard counts a
+// client's open sessions); only a kill -9 leaves them to dockyard's upload purging.
+// A tag the destination has with another digest is left alone unless --overwrite.
+//
+// The source is not trusted: the names it lists are validated as repository and tag
+// names and must land under --into; its pages must move forward, within bounds; a
+// body that stops sending fails its image after --timeout.
 
 import (
 	"context"
@@ -35,6 +41,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -62,7 +69,8 @@ import (
 
 const importUsage = `usage: dockyard import --from URL [--username U --password-file F]
          [--repositories GLOB]… [--tags REGEXP]… [--to URL] [--into [HOST][/NAMESPACE]]
-         [--to-username U --to-password-file F] [--concurrency N] [--insecure] [--ca-file F]`
+         [--to-username U --to-password-file F] [--concurrency N (at most 16)] [--timeout D]
+         [--overwrite] [--insecure] [--ca-file F]`
 
 // stringList is a repeatable flag.
 type stringList []string
@@ -83,9 +91,11 @@ func importCommand(args []string, stdout io.Writer) error {
 	var repoGlobs, tagPatterns stringList
 	fs.Var(&repoGlobs, "repositories", "import only repositories matching this glob (* within a component, ** across; repeatable); literal names need no catalog")
 	fs.Var(&tagPatterns, "tags", "import only tags matching this regular expression, anchored at both ends (repeatable)")
-	concurrency := fs.Int("concurrency", 4, "images copied at once")
+	concurrency := fs.Int("concurrency", 4, fmt.Sprintf("images copied at once (at most %d: each uploads up to %d blobs at once, and dockyard admits 64 open uploads per client by default)", maxConcurrency, jobsPerImage))
+	timeout := fs.Duration("timeout", 2*time.Minute, "how long to wait for a response's headers, and for each next byte of its body, before failing the image")
 	insecure := fs.Bool("insecure", false, "skip TLS certificate verification (both registries)")
 	caFile := fs.String("ca-file", "", "an extra CA certificate (PEM) to trust (both registries)")
+	overwrite := fs.Bool("overwrite", false, "move a tag the destination has with another digest to the source's (without it: kept, and listed)")
 	pageSize := fs.Int("page-size", 100, "entries asked per catalog and tag list page")
 	every := fs.Duration("progress-interval", 5*time.Second, "how often a progress line is printed when the output is not a terminal")
 	if err := fs.Parse(args); err != nil {
@@ -97,13 +107,16 @@ func importCommand(args []string, stdout io.Writer) error {
 	if *from == "" {
 		return errors.New("import: --from is required\n" + importUsage)
 	}
-	if *concurrency < 1 || *concurrency > 64 {
-		return errors.New("import: --concurrency must be between 1 and 64")
+	if *concurrency < 1 || *concurrency > maxConcurrency {
+		return fmt.Errorf("import: --concurrency must be between 1 and %d", maxConcurrency)
+	}
+	if *timeout <= 0 {
+		return errors.New("import: --timeout must be positive")
 	}
 	if *pageSize < 1 {
 		return errors.New("import: --page-size must be positive")
 	}
-	im := &importer{repoGlobs: repoGlobs, concurrency: *concurrency, pageSize: *pageSize}
+	im := &importer{repoGlobs: repoGlobs, concurrency: *concurrency, pageSize: *pageSize, overwrite: *overwrite}
 	for _, p := range tagPatterns {
 		re, err := regexp.Compile(`^(?:` + p + `)$`)
 		if err != nil {
@@ -116,7 +129,7 @@ func importCommand(args []string, stdout io.Writer) error {
 			return fmt.Errorf("import: --repositories %q is empty", g)
 		}
 	}
-	base, err := importTransport(*insecure, *caFile, *concurrency)
+	base, err := importTransport(*insecure, *caFile, *concurrency, *timeout)
 	if err != nil {
 		return fmt.Errorf("import: %w", err)
 	}
@@ -129,10 +142,17 @@ func importCommand(args []string, stdout io.Writer) error {
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	if err := checkAccess(ctx, im.srcReg, im.srcAuth, im.srcTransport); err != nil {
+		return fmt.Errorf("import: %w", im.sourceError("checking the credentials", err))
+	}
+	if err := checkAccess(ctx, im.dstReg, im.dstAuth, im.uploads); err != nil {
+		return fmt.Errorf("import: %w", destinationError(err))
+	}
 	im.progress = newImportProgress(stdout, *every, &im.bytes)
 	fmt.Fprintf(stdout, "import: %s into %s (through its API at %s), %d at once\n",
 		im.srcName, im.dstName, *to, im.concurrency)
 	err = im.run(ctx)
+	im.uploads.cancelAll()
 	return im.finish(err, ctx.Err() != nil)
 }
 
@@ -143,15 +163,20 @@ type importer struct {
 	tagPatterns []*regexp.Regexp
 	concurrency int
 	pageSize    int
+	overwrite   bool // move destination tags that differ from the source's
 
-	srcReg    name.Registry
-	srcName   string // as the user gave it
-	srcPuller *remote.Puller
-	dstReg    name.Registry
-	dstPrefix string // namespace prepended to every repository ("" for none)
-	dstName   string
-	dstPuller *remote.Puller
-	dstPusher *remote.Pusher
+	srcReg       name.Registry
+	srcName      string // as the user gave it
+	srcPuller    *remote.Puller
+	srcAuth      authn.Authenticator
+	srcTransport http.RoundTripper
+	dstAuth      authn.Authenticator
+	dstReg       name.Registry
+	dstPrefix    string // namespace prepended to every repository ("" for none)
+	dstName      string
+	dstPuller    *remote.Puller
+	dstPusher    *remote.Pusher
+	uploads      *uploadSessions // the destination's, through which dstPuller and dstPusher go
 
 	// noReferrersAPI: the source answered that it has no referrers API, so its
 	// referrers are exactly those its sha256-<hex> tags list, and subjects without
@@ -164,17 +189,27 @@ type importer struct {
 
 	mu       sync.Mutex
 	failures []importFailure
-	fatal    error // an authentication failure: every further request would fail too
+	kept     []string // tags left as they were at the destination
+	fatal    error    // a full destination: every further upload would fail too
 	cancel   context.CancelFunc
 }
 
 type importFailure struct{ ref, err string }
 
-// importTransport is the HTTP transport both registries are reached through.
-func importTransport(insecure bool, caFile string, concurrency int) (*http.Transport, error) {
+// The most images copied at once, and the blobs each uploads at once: their product
+// stays well under dockyard's default limit of 64 open uploads per client
+// (limits.upload_sessions_per_client), which the referrers pushed meanwhile share.
+const (
+	maxConcurrency = 16
+	jobsPerImage   = 2
+)
+
+// importTransport is the HTTP transport both registries are reached through: a
+// response must start within timeout, and its body must go on within timeout.
+func importTransport(insecure bool, caFile string, concurrency int, timeout time.Duration) (http.RoundTripper, error) {
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.MaxIdleConnsPerHost = 4 * concurrency
-	tr.ResponseHeaderTimeout = 2 * time.Minute
+	tr.ResponseHeaderTimeout = timeout
 	tlsConfig := &tls.Config{InsecureSkipVerify: insecure, MinVersion: tls.VersionTLS12}
 	if caFile != "" {
 		pem, err := os.ReadFile(caFile)
@@ -191,7 +226,100 @@ func importTransport(insecure bool, caFile string, concurrency int) (*http.Trans
 		tlsConfig.RootCAs = pool
 	}
 	tr.TLSClientConfig = tlsConfig
-	return tr, nil
+	return &idleTimeout{inner: tr, timeout: timeout}, nil
+}
+
+// idleTimeout fails a response body's Read when no byte arrives within timeout: a
+// source that stalls mid-blob fails that image and frees its worker instead of
+// holding it forever (ResponseHeaderTimeout only covers the wait for the headers).
+type idleTimeout struct {
+	inner   http.RoundTripper
+	timeout time.Duration
+}
+
+// errIdle is the cause of a request ended by idleTimeout.
+var errIdle = errors.New("no data received within --timeout")
+
+func (t *idleTimeout) RoundTrip(req *http.Request) (*http.Response, error) {
+	ctx, cancel := context.WithCancelCause(req.Context())
+	resp, err := t.inner.RoundTrip(req.WithContext(ctx))
+	if err != nil {
+		cancel(nil)
+		return nil, err
+	}
+	resp.Body = &idleBody{ReadCloser: resp.Body, ctx: ctx, cancel: cancel, timeout: t.timeout,
+		what: req.Method + " " + req.URL.Redacted()}
+	return resp, nil
+}
+
+type idleBody struct {
+	io.ReadCloser
+	ctx     context.Context
+	cancel  context.CancelCauseFunc
+	timeout time.Duration
+	what    string
+}
+
+func (b *idleBody) Read(p []byte) (int, error) {
+	timer := time.AfterFunc(b.timeout, func() { b.cancel(errIdle) })
+	n, err := b.ReadCloser.Read(p)
+	timer.Stop()
+	if err != nil && errors.Is(context.Cause(b.ctx), errIdle) {
+		err = fmt.Errorf("%s: %w (%s)", b.what, errIdle, b.timeout)
+	}
+	return n, err
+}
+
+func (b *idleBody) Close() error {
+	err := b.ReadCloser.Close()
+	b.cancel(nil)
+	return err
+}
+
+// checkAccess is the run's first request to a registry, with its credentials (the
+// token flow's too): a refusal (401) of credentials that were given ends the import
+// before anything is copied, as does a registry that cannot be reached. Without
+// credentials, a 401 here does not: anonymous access may still be granted per
+// repository, and what is refused fails alone.
+func checkAccess(ctx context.Context, reg name.Registry, a authn.Authenticator, tr http.RoundTripper) error {
+	t, err := transport.NewWithContext(ctx, reg, a, tr, nil)
+	if err == nil {
+		var req *http.Request
+		if req, err = http.NewRequestWithContext(ctx, http.MethodGet, reg.Scheme()+"://"+reg.RegistryStr()+"/v2/", nil); err == nil {
+			var resp *http.Response
+			if resp, err = (&http.Client{Transport: t}).Do(req); err == nil {
+				err = transport.CheckError(resp, http.StatusOK)
+				resp.Body.Close()
+			}
+		}
+	}
+	var terr *transport.Error
+	switch {
+	case err == nil:
+		return nil
+	case !errors.As(err, &terr):
+		return err // not reached
+	case terr.StatusCode == http.StatusUnauthorized && a != authn.Anonymous:
+		return err
+	}
+	return nil
+}
+
+// withoutUserinfo is s without what could be a user and password before its host,
+// for an error message about a URL that did not parse.
+func withoutUserinfo(s string) string {
+	scheme, rest, ok := strings.Cut(s, "://")
+	if !ok {
+		return s
+	}
+	end := strings.IndexAny(rest, "/?#")
+	if end < 0 {
+		end = len(rest)
+	}
+	if at := strings.LastIndex(rest[:end], "@"); at >= 0 {
+		rest = rest[at+1:]
+	}
+	return scheme + "://" + rest
 }
 
 // credentials are a user and the password in a file, or the docker config's for reg
@@ -213,11 +341,17 @@ func credentials(reg name.Registry, user, passwordFile string) (authn.Authentica
 	return &authn.Basic{Username: user, Password: password}, nil
 }
 
-// parseRegistryURL checks an http(s)://host[:port][/path] URL.
-func parseRegistryURL(s string) (*url.URL, name.Registry, error) {
+// parseRegistryURL checks an http(s)://host[:port][/path] URL. Credentials in it
+// (user:password@) are refused, never echoed: credentialFlags names the flags to
+// use instead.
+func parseRegistryURL(s, credentialFlags string) (*url.URL, name.Registry, error) {
 	u, err := url.Parse(s)
+	if err == nil && u.User != nil {
+		u.User = nil
+		return nil, name.Registry{}, fmt.Errorf("%q: credentials in the URL are not accepted (they would show in process lists and logs): give the user with %s", u.String(), credentialFlags)
+	}
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.RawQuery != "" || u.Fragment != "" {
-		return nil, name.Registry{}, fmt.Errorf("%q: must be http(s)://host[:port][/path]", s)
+		return nil, name.Registry{}, fmt.Errorf("%q: must be http(s)://host[:port][/path]", withoutUserinfo(s))
 	}
 	var opts []name.Option
 	if u.Scheme == "http" {
@@ -232,7 +366,7 @@ func parseRegistryURL(s string) (*url.URL, name.Registry, error) {
 }
 
 func (im *importer) source(from, user, passwordFile string, base http.RoundTripper) error {
-	u, reg, err := parseRegistryURL(from)
+	u, reg, err := parseRegistryURL(from, "--username and its password in a file with --password-file")
 	if err != nil {
 		return err
 	}
@@ -241,7 +375,7 @@ func (im *importer) source(from, user, passwordFile string, base http.RoundTripp
 		return err
 	}
 	ep := &endpoint{host: u.Host, scheme: u.Scheme, addr: u.Host, prefix: u.Path, inner: base, bytes: &im.bytes}
-	im.srcReg, im.srcName = reg, u.String()
+	im.srcReg, im.srcName, im.srcAuth, im.srcTransport = reg, u.String(), a, ep
 	im.srcPuller, err = remote.NewPuller(remote.WithAuth(a), remote.WithTransport(ep),
 		remote.WithPageSize(im.pageSize), remote.WithUserAgent("dockyard-import"))
 	return err
@@ -252,7 +386,7 @@ func (im *importer) source(from, user, passwordFile string, base http.RoundTripp
 // both), the way `docker push HOST/NAMESPACE/repo` would name them: a first
 // component with a dot or a colon, or localhost, is a host.
 func (im *importer) destination(to, into, user, passwordFile string, base http.RoundTripper) error {
-	u, _, err := parseRegistryURL(to)
+	u, _, err := parseRegistryURL(to, "--to-username and its password in a file with --to-password-file")
 	if err != nil {
 		return err
 	}
@@ -283,10 +417,11 @@ func (im *importer) destination(to, into, user, passwordFile string, base http.R
 	// Requests for the destination's name (the registry's API and its token realm)
 	// go to --to, with that name as their Host.
 	ep := &endpoint{host: host, scheme: u.Scheme, addr: u.Host, inner: base}
-	im.dstReg, im.dstPrefix = reg, prefix
+	im.uploads = &uploadSessions{inner: ep, open: map[string]*openUpload{}}
+	im.dstReg, im.dstPrefix, im.dstAuth = reg, prefix, a
 	im.dstName = strings.TrimSuffix(host+"/"+prefix, "/")
-	opts2 := []remote.Option{remote.WithAuth(a), remote.WithTransport(ep), remote.WithUserAgent("dockyard-import"),
-		remote.WithJobs(4)}
+	opts2 := []remote.Option{remote.WithAuth(a), remote.WithTransport(im.uploads), remote.WithUserAgent("dockyard-import"),
+		remote.WithJobs(jobsPerImage), remote.WithRetryPredicate(retryable)}
 	if im.dstPuller, err = remote.NewPuller(opts2...); err != nil {
 		return err
 	}
@@ -324,6 +459,119 @@ func (e *endpoint) RoundTrip(req *http.Request) (*http.Response, error) {
 	return resp, err
 }
 
+// uploadSessions follows the upload sessions opened at the destination (the Location
+// of a POST …/blobs/uploads/ answered 202, moved by each PATCH, finished by a PUT
+// answered 201) and cancels (DELETE) those a failure leaves open: dockyard counts a
+// client's open sessions (limits.upload_sessions_per_client, 64 by default) until
+// its upload purging, a day later, so abandoned sessions would make the next runs
+// fail with 429. A session whose PATCH or PUT fails is cancelled at once
+// (go-containerregistry starts a new one to retry); one opened for an image that
+// then fails, when that image is given up; the rest when the import ends.
+type uploadSessions struct {
+	inner http.RoundTripper
+	mu    sync.Mutex
+	open  map[string]*openUpload // by the path of the session's URL
+}
+
+type openUpload struct {
+	url   string // where the next request for it goes
+	auth  string // the Authorization its last request carried
+	owner *uploadOwner
+}
+
+// uploadOwner stands for one image's copy, in the context of its requests.
+type uploadOwner struct{ _ byte }
+
+type uploadOwnerKey struct{}
+
+func withUploadOwner(ctx context.Context) (context.Context, *uploadOwner) {
+	o := &uploadOwner{}
+	return context.WithValue(ctx, uploadOwnerKey{}, o), o
+}
+
+// cancelTimeout bounds each DELETE of an abandoned session (run on interruption too).
+const cancelTimeout = 10 * time.Second
+
+func (u *uploadSessions) RoundTrip(req *http.Request) (*http.Response, error) {
+	u.mu.Lock()
+	s := u.open[req.URL.Path]
+	u.mu.Unlock()
+	starts := req.Method == http.MethodPost && strings.HasSuffix(req.URL.Path, "/blobs/uploads/")
+	resp, err := u.inner.RoundTrip(req)
+	switch {
+	case starts && err == nil && resp.StatusCode == http.StatusAccepted:
+		if loc, lerr := resp.Location(); lerr == nil {
+			owner, _ := req.Context().Value(uploadOwnerKey{}).(*uploadOwner)
+			u.mu.Lock()
+			u.open[loc.Path] = &openUpload{url: loc.String(), auth: req.Header.Get("Authorization"), owner: owner}
+			u.mu.Unlock()
+		}
+	case s != nil && (req.Method == http.MethodPatch || req.Method == http.MethodPut):
+		u.mu.Lock()
+		delete(u.open, req.URL.Path)
+		u.mu.Unlock()
+		switch {
+		case err == nil && req.Method == http.MethodPut && resp.StatusCode == http.StatusCreated:
+			// finished
+		case err == nil && req.Method == http.MethodPatch && (resp.StatusCode == http.StatusAccepted || resp.StatusCode == http.StatusNoContent):
+			if loc, lerr := resp.Location(); lerr == nil {
+				u.mu.Lock()
+				u.open[loc.Path] = &openUpload{url: loc.String(), auth: req.Header.Get("Authorization"), owner: s.owner}
+				u.mu.Unlock()
+			}
+		default:
+			u.cancel(s)
+		}
+	}
+	return resp, err
+}
+
+// cancelOwned cancels the sessions still open for owner's image.
+func (u *uploadSessions) cancelOwned(owner *uploadOwner) {
+	u.cancelWhere(func(s *openUpload) bool { return s.owner == owner })
+}
+
+// cancelAll cancels every session still open.
+func (u *uploadSessions) cancelAll() {
+	u.cancelWhere(func(*openUpload) bool { return true })
+}
+
+func (u *uploadSessions) cancelWhere(match func(*openUpload) bool) {
+	if u == nil {
+		return
+	}
+	var left []*openUpload
+	u.mu.Lock()
+	for path, s := range u.open {
+		if match(s) {
+			left = append(left, s)
+			delete(u.open, path)
+		}
+	}
+	u.mu.Unlock()
+	for _, s := range left {
+		u.cancel(s)
+	}
+}
+
+// cancel deletes a session, best effort: what is not cancelled is purged by
+// dockyard later.
+func (u *uploadSessions) cancel(s *openUpload) {
+	ctx, cancel := context.WithTimeout(context.Background(), cancelTimeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodDelete, s.url, nil)
+	if err != nil {
+		return
+	}
+	if s.auth != "" {
+		req.Header.Set("Authorization", s.auth)
+	}
+	if resp, err := u.inner.RoundTrip(req); err == nil {
+		io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+		resp.Body.Close()
+	}
+}
+
 type countingReader struct {
 	io.ReadCloser
 	n *atomic.Int64
@@ -337,10 +585,11 @@ func (c *countingReader) Read(p []byte) (int, error) {
 
 // importRepo is one repository's progress.
 type importRepo struct {
-	name                    string
-	fallbackTags            map[string]bool // its referrers tags (sha256-<hex>), whatever --tags selects
-	pending                 atomic.Int64    // tags not yet finished
-	copied, skipped, failed atomic.Int64
+	name                          string
+	fallbackTags                  map[string]bool // its referrers tags (sha256-<hex>), whatever --tags selects
+	pending                       atomic.Int64    // tags not yet finished
+	interrupted                   atomic.Bool     // some tag was left by an interruption
+	copied, skipped, kept, failed atomic.Int64
 }
 
 type importJob struct {
@@ -401,10 +650,7 @@ func (im *importer) list(ctx context.Context, jobs chan<- importJob) error {
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
-			if isUnauthorized(err) {
-				return fmt.Errorf("source %s: listing the tags of %s: %w (check --username and --password-file)", im.srcName, name, err)
-			}
-			im.fail(name, fmt.Errorf("listing tags: %w", err))
+			im.failListed(name, fmt.Errorf("listing tags: %w", err))
 			im.progress.repoDone(repo, true)
 			continue
 		}
@@ -437,7 +683,11 @@ func (im *importer) repositories(ctx context.Context) ([]string, error) {
 	if literal {
 		var repos []string
 		for _, g := range im.repoGlobs {
-			repos = append(repos, strings.Trim(g, "/"))
+			r := strings.Trim(g, "/")
+			if _, err := im.validRepo(r); err != nil {
+				return nil, fmt.Errorf("--repositories %q: %w", g, err)
+			}
+			repos = append(repos, r)
 		}
 		slices.Sort(repos)
 		return slices.Compact(repos), nil
@@ -447,18 +697,95 @@ func (im *importer) repositories(ctx context.Context) ([]string, error) {
 		return nil, im.sourceError("listing repositories", err)
 	}
 	var repos []string
+	pages := newPager("the catalog", maxCatalogRepositories)
 	for c.HasNext() {
 		page, err := c.Next(ctx)
 		if err != nil {
 			return nil, im.sourceError("listing repositories", err)
 		}
-		for _, r := range page.Repos {
-			if im.wantRepo(r) {
-				repos = append(repos, r)
+		fresh, err := pages.add(page.Repos, page.Next != "")
+		if err != nil {
+			return nil, im.sourceError("listing repositories", err)
+		}
+		for _, r := range fresh {
+			if !im.wantRepo(r) {
+				continue
 			}
+			if _, err := im.validRepo(r); err != nil {
+				im.failListed(r, err)
+				continue
+			}
+			repos = append(repos, r)
 		}
 	}
 	return repos, nil
+}
+
+// Bounds on what a source may list: a catalog or tag list past them is refused.
+const (
+	maxCatalogRepositories = 1_000_000
+	maxTagsPerRepository   = 1_000_000
+)
+
+// pager checks that a paginated list (the catalog, a tag list) moves forward: each
+// page must end with a name not seen before, and the whole list stays under a bound.
+// A source whose Link header points back at a page it already sent would otherwise
+// be followed forever, the list growing in memory. Names seen twice are dropped.
+type pager struct {
+	what string
+	max  int
+	seen map[string]bool
+}
+
+func newPager(what string, max int) *pager {
+	return &pager{what: what, max: max, seen: map[string]bool{}}
+}
+
+// add takes one page (more: it links to another) and returns its names not seen
+// before.
+func (p *pager) add(page []string, more bool) ([]string, error) {
+	if more && (len(page) == 0 || p.seen[page[len(page)-1]]) {
+		return nil, fmt.Errorf("the source's pages of %s do not move forward (a Link to a page already listed): stopped after %d names", p.what, len(p.seen))
+	}
+	var fresh []string
+	for _, n := range page {
+		if p.seen[n] {
+			continue
+		}
+		if len(p.seen) >= p.max {
+			return nil, fmt.Errorf("the source lists more than %d names in %s", p.max, p.what)
+		}
+		p.seen[n] = true
+		fresh = append(fresh, n)
+	}
+	return fresh, nil
+}
+
+// validRepo checks a repository name the source gave (its catalog, or --repositories)
+// and that the destination's name for it is the namespace and that name, joined: a
+// name such as team/../../victim/app would otherwise be collapsed by
+// go-containerregistry's path.Join into victim/app, outside --into.
+func (im *importer) validRepo(repo string) (name.Repository, error) {
+	if _, err := oci.ParseRepository(repo); err != nil {
+		return name.Repository{}, fmt.Errorf("refused: the source names a repository %q, which is not a valid repository name", repo)
+	}
+	want := repo
+	if im.dstPrefix != "" {
+		want = im.dstPrefix + "/" + repo
+	}
+	dst := im.dstRepo(repo)
+	if dst.RepositoryStr() != want || im.srcReg.Repo(repo).RepositoryStr() != repo {
+		return name.Repository{}, fmt.Errorf("refused: repository %q would be written as %q", repo, dst.RepositoryStr())
+	}
+	return dst, nil
+}
+
+// failListed records a name from the source that is not copied: a failure, counted as
+// one image, that does not stop the run.
+func (im *importer) failListed(ref string, err error) {
+	im.progress.imagesTotal.Add(1)
+	im.progress.failed.Add(1)
+	im.fail(ref, err)
 }
 
 func (im *importer) sourceError(what string, err error) error {
@@ -498,18 +825,35 @@ var fallbackTag = regexp.MustCompile(`^sha256-[0-9a-f]{64}$`)
 // tags lists a repository's tags (every page) that --tags selects, and notes its
 // referrers tags.
 func (im *importer) tags(ctx context.Context, repo *importRepo) ([]string, error) {
-	all, err := im.srcPuller.List(ctx, im.srcReg.Repo(repo.name))
+	l, err := im.srcPuller.Lister(ctx, im.srcReg.Repo(repo.name))
 	if err != nil {
 		return nil, err
 	}
 	var tags []string
 	repo.fallbackTags = map[string]bool{}
-	for _, t := range all {
-		if im.wantTag(t) {
-			tags = append(tags, t)
+	pages := newPager("the tags of "+repo.name, maxTagsPerRepository)
+	for l.HasNext() {
+		page, err := l.Next(ctx)
+		if err != nil {
+			return nil, err
 		}
-		if fallbackTag.MatchString(t) {
-			repo.fallbackTags[t] = true
+		fresh, err := pages.add(page.Tags, page.Next != "")
+		if err != nil {
+			return nil, err
+		}
+		for _, t := range fresh {
+			if _, err := oci.ParseTag(t); err != nil {
+				if im.wantTag(t) {
+					im.failListed(repo.name+":"+t, fmt.Errorf("refused: the source names a tag %q, which is not a valid tag", t))
+				}
+				continue
+			}
+			if im.wantTag(t) {
+				tags = append(tags, t)
+			}
+			if fallbackTag.MatchString(t) {
+				repo.fallbackTags[t] = true
+			}
 		}
 	}
 	return tags, nil
@@ -534,21 +878,32 @@ func (im *importer) dstRepo(repo string) name.Repository {
 // copyTag copies one tag and records the outcome.
 func (im *importer) copyTag(ctx context.Context, j importJob) {
 	defer func() {
-		if j.repo.pending.Add(-1) == 0 {
+		if ctx.Err() != nil {
+			j.repo.interrupted.Store(true) // not done: the next run finishes it
+		}
+		if j.repo.pending.Add(-1) == 0 && !j.repo.interrupted.Load() {
 			im.progress.repoDone(j.repo, false)
 		}
 	}()
 	if ctx.Err() != nil {
 		return // interrupted: not a failure; the next run copies it
 	}
-	skipped, err := im.copyOne(ctx, j.repo, j.tag)
+	ctx, owner := withUploadOwner(ctx)
+	outcome, err := im.copyOne(ctx, j.repo, j.tag)
+	im.uploads.cancelOwned(owner) // left open by a failure: none after a success
 	switch {
 	case ctx.Err() != nil:
 	case err != nil:
 		j.repo.failed.Add(1)
 		im.progress.failed.Add(1)
 		im.fail(j.repo.name+":"+j.tag, err)
-	case skipped:
+	case outcome == tagKept:
+		j.repo.kept.Add(1)
+		im.progress.kept.Add(1)
+		im.mu.Lock()
+		im.kept = append(im.kept, j.repo.name+":"+j.tag)
+		im.mu.Unlock()
+	case outcome == tagSkipped:
 		j.repo.skipped.Add(1)
 		im.progress.skipped.Add(1)
 	default:
@@ -557,63 +912,84 @@ func (im *importer) copyTag(ctx context.Context, j importJob) {
 	}
 }
 
-// fail records a failure; an authentication failure ends the run, since every other
-// request would fail the same way.
+// fail records a failure; a full destination ends the run, since every other upload
+// would fail the same way. A refusal (401, 403) concerns one repository: the
+// credentials were checked before the run.
 func (im *importer) fail(ref string, err error) {
 	im.mu.Lock()
 	defer im.mu.Unlock()
 	im.failures = append(im.failures, importFailure{ref: ref, err: err.Error()})
-	if isUnauthorized(err) && im.fatal == nil {
+	var fe *fatalError
+	if errors.As(err, &fe) && im.fatal == nil {
 		im.fatal = fmt.Errorf("%s: %w", ref, err)
 		im.cancel()
 	}
 }
 
+// What became of a tag.
+type tagOutcome int
+
+const (
+	tagCopied  tagOutcome = iota
+	tagSkipped            // the destination has it, with the source's digest
+	tagKept               // the destination has it with another digest (pushed there since?), left alone without --overwrite
+)
+
 // copyOne copies repo:tag unless the destination's tag already has the source's
-// digest, and reports whether it was skipped. Order matters for resuming: first the
+// digest, or another one (unless --overwrite), and reports what it did. Order matters for resuming: first the
 // referrers (dockyard, like the OCI spec, accepts a referrer before its subject),
 // then the manifest's blobs and children, and the tag last, so a tag is only ever
-// pushed over something complete. The manifest itself is pushed once, by tag.
-func (im *importer) copyOne(ctx context.Context, repo *importRepo, tag string) (skipped bool, err error) {
+// pushed over something complete.
+func (im *importer) copyOne(ctx context.Context, repo *importRepo, tag string) (outcome tagOutcome, err error) {
 	src, err := im.srcPuller.Get(ctx, im.srcReg.Repo(repo.name).Tag(tag))
 	if err != nil {
 		if isUnauthorized(err) {
-			return false, fmt.Errorf("source: %w (check --username and --password-file)", err)
+			return 0, fmt.Errorf("source: %w (check --username and --password-file)", err)
 		}
-		return false, fmt.Errorf("source: %w", err)
+		return 0, fmt.Errorf("source: %w", err)
 	}
 	dst := im.dstRepo(repo.name)
 	have, err := im.dstPuller.Head(ctx, dst.Tag(tag))
+	skipped := false
 	switch {
 	case err == nil && have.Digest == src.Digest:
 		skipped = true
+	case err == nil && !im.overwrite:
+		return tagKept, nil
 	case err != nil && !isNotFound(err):
-		return false, destinationError(err)
+		return 0, destinationError(err)
 	}
 	// Referrers are looked up for tags already there too: a signature added to the
 	// source since the last run arrives with this one.
 	children, err := indexChildren(src)
 	if err != nil {
-		return false, fmt.Errorf("source: %w", err)
+		return 0, fmt.Errorf("source: %w", err)
 	}
 	if err := im.copyReferrers(ctx, repo, src.Digest, children, map[v1.Hash]bool{}, 0); err != nil {
-		return false, err
+		return 0, err
 	}
 	if skipped {
-		return true, nil
+		return tagSkipped, nil
 	}
 	blobs, err := blobsOf(src)
 	if err != nil {
-		return false, fmt.Errorf("source: %w", err)
+		return 0, fmt.Errorf("source: %w", err)
 	}
 	if err := im.mountBlobs(ctx, dst, blobs); err != nil {
-		return false, err
+		return 0, err
 	}
-	if err := im.dstPusher.Push(ctx, dst.Tag(tag), src); err != nil {
-		return false, destinationError(err)
+	// By digest first (the blobs and children, shared by the tags of one image),
+	// then the tag alone: the pusher shares a digest's outcome among its concurrent
+	// callers, and one tag's refusal (an immutable release tag) must not become its
+	// siblings'.
+	if err := im.dstPusher.Push(ctx, dst.Digest(src.Digest.String()), src); err != nil {
+		return 0, destinationError(err)
+	}
+	if err := im.dstPusher.Put(ctx, dst.Tag(tag), src); err != nil {
+		return 0, destinationError(err)
 	}
 	im.homes.remember(dst, blobs)
-	return false, nil
+	return 0, nil
 }
 
 // blobHomes remembers, for blobs copied to the destination, a repository there that
@@ -715,6 +1091,9 @@ func (im *importer) mountBlobs(ctx context.Context, repo name.Repository, blobs 
 		d, err := l.Digest()
 		if err != nil {
 			return fmt.Errorf("source: %w", err)
+		}
+		if mt, err := l.MediaType(); err != nil || !mt.IsDistributable() {
+			continue // a foreign layer: not copied at all
 		}
 		home, ok := im.homes.mountable(d, repo)
 		if !ok {
@@ -822,7 +1201,32 @@ func (im *importer) copyReferrers(ctx context.Context, repo *importRepo, subject
 	return nil
 }
 
+// retryable is go-containerregistry's retry predicate, but for a full destination:
+// dockyard answers 507 with the code UNKNOWN, which it would retry, for every blob.
+func retryable(err error) bool {
+	var terr *transport.Error
+	if errors.As(err, &terr) && terr.StatusCode == http.StatusInsufficientStorage {
+		return false
+	}
+	var te interface{ Temporary() bool }
+	if errors.As(err, &te) && te.Temporary() && !errors.Is(err, context.DeadlineExceeded) {
+		return true
+	}
+	return errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) || errors.Is(err, syscall.EPIPE) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, net.ErrClosed)
+}
+
+// fatalError is a failure that ends the run.
+type fatalError struct{ err error }
+
+func (e *fatalError) Error() string { return e.err.Error() }
+func (e *fatalError) Unwrap() error { return e.err }
+
 func destinationError(err error) error {
+	var terr *transport.Error
+	if errors.As(err, &terr) && terr.StatusCode == http.StatusInsufficientStorage {
+		return &fatalError{fmt.Errorf("destination: %w (dockyard is out of space: the import stops; free some, then run the same command again)", err)}
+	}
 	if isUnauthorized(err) {
 		return fmt.Errorf("destination: %w (check --to-username and --to-password-file)", err)
 	}
@@ -842,13 +1246,17 @@ func isUnauthorized(err error) bool {
 // finish prints the summary and the failures, and makes the exit status.
 func (im *importer) finish(err error, interrupted bool) error {
 	p := im.progress
-	fmt.Fprintf(p.out, "import: finished in %s: %d/%d repositories, %d images: %d copied, %d skipped, %d failed; %d referrers copied; %d blobs mounted; %s read from the source\n",
+	fmt.Fprintf(p.out, "import: finished in %s: %d/%d repositories, %d images: %d copied, %d skipped, %d failed; %d referrers copied; %d blobs mounted; %d tags differ at the destination (kept; --overwrite to replace); %s read from the source\n",
 		time.Since(p.began).Round(100*time.Millisecond), p.reposDone.Load(), p.reposTotal.Load(),
 		p.imagesTotal.Load(), p.copied.Load(), p.skipped.Load(), p.failed.Load(), p.referrers.Load(), p.mounted.Load(),
-		humanize.IBytes(uint64(im.bytes.Load())))
+		p.kept.Load(), humanize.IBytes(uint64(im.bytes.Load())))
 	im.mu.Lock()
-	failures := im.failures
+	failures, kept := im.failures, im.kept
 	im.mu.Unlock()
+	slices.Sort(kept)
+	for _, ref := range kept {
+		fmt.Fprintf(p.out, "import: kept: %s differs at the destination (kept; --overwrite to replace)\n", ref)
+	}
 	sort.Slice(failures, func(i, j int) bool { return failures[i].ref < failures[j].ref })
 	for _, f := range failures {
 		fmt.Fprintf(p.out, "import: failed: %s: %s\n", f.ref, f.err)
@@ -873,10 +1281,10 @@ type importProgress struct {
 	bytes *atomic.Int64
 	began time.Time
 
-	reposTotal, reposDone                           atomic.Int64
-	imagesTotal, copied, skipped, failed, referrers atomic.Int64
-	mounted                                         atomic.Int64
-	listed                                          atomic.Bool
+	reposTotal, reposDone                                 atomic.Int64
+	imagesTotal, copied, skipped, kept, failed, referrers atomic.Int64
+	mounted                                               atomic.Int64
+	listed                                                atomic.Bool
 
 	mu sync.Mutex // one writer at a time
 }
@@ -945,10 +1353,10 @@ func (p *importProgress) print(line string) {
 
 func (p *importProgress) repoDone(r *importRepo, failed bool) {
 	p.reposDone.Add(1)
-	n := r.copied.Load() + r.skipped.Load() + r.failed.Load()
+	n := r.copied.Load() + r.skipped.Load() + r.kept.Load() + r.failed.Load()
 	if failed || n > 0 {
-		p.print(fmt.Sprintf("import: repository %s done: %d images: %d copied, %d skipped, %d failed",
-			r.name, n, r.copied.Load(), r.skipped.Load(), r.failed.Load()))
+		p.print(fmt.Sprintf("import: repository %s done: %d images: %d copied, %d skipped, %d kept, %d failed",
+			r.name, n, r.copied.Load(), r.skipped.Load(), r.kept.Load(), r.failed.Load()))
 	}
 }
 
@@ -958,7 +1366,7 @@ func (p *importProgress) status() string {
 	elapsed := time.Since(p.began)
 	bytes := p.bytes.Load()
 	rate := float64(bytes) / max(elapsed.Seconds(), 0.001)
-	done := p.copied.Load() + p.skipped.Load() + p.failed.Load()
+	done := p.copied.Load() + p.skipped.Load() + p.kept.Load() + p.failed.Load()
 	total := fmt.Sprint(p.imagesTotal.Load())
 	eta := "?"
 	if p.listed.Load() {
