@@ -443,6 +443,7 @@ type endpoint struct {
 }
 
 func (e *endpoint) RoundTrip(req *http.Request) (*http.Response, error) {
+	orig := req
 	if req.URL.Host == e.host {
 		r := req.Clone(req.Context())
 		r.URL.Scheme, r.URL.Host, r.Host = e.scheme, e.addr, e.host
@@ -453,6 +454,14 @@ func (e *endpoint) RoundTrip(req *http.Request) (*http.Response, error) {
 		req = r
 	}
 	resp, err := e.inner.RoundTrip(req)
+	if err == nil && req != orig {
+		// Relative Locations (an upload session's) resolve against the registry's name,
+		// not the address connected to, so that the session's next requests come here
+		// again and are rewritten too (with the Host dockyard routes by).
+		named := req.Clone(req.Context())
+		named.URL.Host, named.URL.Path, named.URL.RawPath = e.host, orig.URL.Path, orig.URL.RawPath
+		resp.Request = named
+	}
 	if err == nil && e.bytes != nil {
 		resp.Body = &countingReader{ReadCloser: resp.Body, n: e.bytes}
 	}

@@ -484,3 +484,41 @@ func TestImportSummaryCountsWhatHappened(t *testing.T) {
 		t.Errorf("the interrupted import reports repositories done:\n%s", out)
 	}
 }
+
+// --into HOST sends every request of the import, upload sessions included, with that
+// Host, so that dockyard routes them all to the registry of that host (an upload's
+// relative Location used to resolve to --to's address, and its chunks went to the
+// default registry).
+func TestImportIntoAHostKeepsItsUploadsThere(t *testing.T) {
+	img := randomImage(t)
+	src := hostileSource(t, map[string]v1.Image{"team/app:1": img}, nil)
+	dir := memDir(t)
+	os.WriteFile(filepath.Join(dir, "dockyard.yaml"), []byte(`log: {access: false}
+registries:
+  - {name: default, type: hosted}
+  - {name: moved, type: hosted}
+routes:
+  - {host: moved.example.test, registry: moved}
+  - {host: "*", registry: default}
+`), 0o600)
+	dst, stop := serveWith(t, filepath.Join(dir, "dockyard.yaml"), filepath.Join(dir, "data"))
+	t.Cleanup(stop)
+	out, err := runImport(t, time.Minute, "--from", "http://"+src, "--to", "http://"+dst, "--into", "moved.example.test")
+	if err != nil {
+		t.Fatalf("import into a host: %v\n%s", err, out)
+	}
+	req, _ := http.NewRequest(http.MethodHead, "http://"+dst+"/v2/team/app/manifests/1", nil)
+	req.Host = "moved.example.test"
+	req.Header.Set("Accept", string(types.DockerManifestSchema2)+", "+string(types.OCIManifestSchema1))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 || resp.Header.Get("Docker-Content-Digest") != digestOf(t, img).String() {
+		t.Errorf("team/app:1 on moved.example.test: %d %s\n%s", resp.StatusCode, resp.Header.Get("Docker-Content-Digest"), out)
+	}
+	if got := destinationDigest(t, dst, "team/app:1"); got != "" {
+		t.Errorf("team/app:1 landed in the default registry too (%s)", got)
+	}
+}
