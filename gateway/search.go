@@ -81,15 +81,7 @@ const (
 // dockerSearch answers GET /v1/search?q=TERM&n=N&page=P: the repositories whose name
 // contains TERM, in name order.
 func (g *Gateway) dockerSearch(ctx *fasthttp.RequestCtx) error {
-	if !ctx.IsGet() {
-		ctx.Response.Header.Set("Allow", "GET")
-		return oci.ErrUnsupported.Withf("method %s is not allowed on the search endpoint", ctx.Method())
-	}
-	reg, err := g.searchRegistry(ctx)
-	if err != nil {
-		return err
-	}
-	visible, err := g.searchCaller(ctx, reg)
+	reg, visible, err := g.searchRequest(ctx)
 	if err != nil {
 		return err
 	}
@@ -143,6 +135,21 @@ func clip(s string, n int) string {
 	return s + "…"
 }
 
+// searchRequest checks a search request's method and returns the registry of its host
+// and what the caller may see there.
+func (g *Gateway) searchRequest(ctx *fasthttp.RequestCtx) (vhost.Registry, func(repo string) bool, error) {
+	if !ctx.IsGet() {
+		ctx.Response.Header.Set("Allow", "GET")
+		return nil, nil, oci.ErrUnsupported.Withf("method %s is not allowed on the search endpoint", ctx.Method())
+	}
+	reg, err := g.searchRegistry(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	visible, err := g.searchCaller(ctx, reg)
+	return reg, visible, err
+}
+
 // searchRegistry is the registry serving the request's host.
 func (g *Gateway) searchRegistry(ctx *fasthttp.RequestCtx) (vhost.Registry, error) {
 	reg, err := g.live(ctx).Router.ResolveHost(string(ctx.Host()))
@@ -178,15 +185,7 @@ func searchError(err error) error {
 // repositories (kind=repositories) selected by q and the filters, a page at a time;
 // "next" (and a Link header) leads to the following page.
 func (g *Gateway) apiSearch(ctx *fasthttp.RequestCtx) error {
-	if !ctx.IsGet() {
-		ctx.Response.Header.Set("Allow", "GET")
-		return oci.ErrUnsupported.Withf("method %s is not allowed on the search endpoint", ctx.Method())
-	}
-	reg, err := g.searchRegistry(ctx)
-	if err != nil {
-		return err
-	}
-	visible, err := g.searchCaller(ctx, reg)
+	reg, visible, err := g.searchRequest(ctx)
 	if err != nil {
 		return err
 	}

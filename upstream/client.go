@@ -94,9 +94,14 @@ func (t countingTransport) RoundTrip(req *http.Request) (*http.Response, error) 
 		t.stats.Errors.Add(1)
 	}
 	if err == nil && resp.Body != nil {
-		resp.Body = &countingBody{ReadCloser: resp.Body, n: &t.stats.Bytes}
+		resp.Body = CountingBody(resp.Body, &t.stats.Bytes)
 	}
 	return resp, err
+}
+
+// CountingBody adds the bytes read from body to n.
+func CountingBody(body io.ReadCloser, n *atomic.Int64) io.ReadCloser {
+	return &countingBody{ReadCloser: body, n: n}
 }
 
 type countingBody struct {

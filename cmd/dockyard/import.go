@@ -65,6 +65,7 @@ import (
 
 	"github.com/dockyard/dockyard/auth"
 	"github.com/dockyard/dockyard/oci"
+	"github.com/dockyard/dockyard/upstream"
 )
 
 const importUsage = `usage: dockyard import --from URL [--username U --password-file F]
@@ -463,7 +464,7 @@ func (e *endpoint) RoundTrip(req *http.Request) (*http.Response, error) {
 		resp.Request = named
 	}
 	if err == nil && e.bytes != nil {
-		resp.Body = &countingReader{ReadCloser: resp.Body, n: e.bytes}
+		resp.Body = upstream.CountingBody(resp.Body, e.bytes)
 	}
 	return resp, err
 }
@@ -579,17 +580,6 @@ func (u *uploadSessions) cancel(s *openUpload) {
 		io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
 		resp.Body.Close()
 	}
-}
-
-type countingReader struct {
-	io.ReadCloser
-	n *atomic.Int64
-}
-
-func (c *countingReader) Read(p []byte) (int, error) {
-	n, err := c.ReadCloser.Read(p)
-	c.n.Add(int64(n))
-	return n, err
 }
 
 // importRepo is one repository's progress.
