@@ -1116,3 +1116,33 @@ func byteSizeHook(from, to reflect.Type, data any) (any, error) {
 	}
 	return data, nil
 }
+
+// SecretFile is a configured file holding a secret, with its key path.
+type SecretFile struct{ Key, Path string }
+
+// SecretFiles lists the configured files that hold secrets (keys, passwords, the users
+// file's hashes), for the warning about files others may read.
+func (c *Config) SecretFiles() []SecretFile {
+	var out []SecretFile
+	add := func(key, path string) {
+		if path != "" {
+			out = append(out, SecretFile{key, path})
+		}
+	}
+	add("tls.key_file", c.TLS.KeyFile)
+	add("auth.users_file", c.Auth.UsersFile)
+	add("auth.ldap.bind_password_file", c.Auth.LDAP.BindPasswordFile)
+	add("auth.token.key_file", c.Auth.Token.KeyFile)
+	add("storage.s3.secret_access_key_file", c.Storage.S3.SecretAccessKeyFile)
+	add("index.postgres.password_file", c.Index.Postgres.PasswordFile)
+	for i, r := range c.Registries {
+		add(fmt.Sprintf("registries[%d].upstream.password_file", i), r.Upstream.PasswordFile)
+	}
+	for i, n := range c.Notifications {
+		add(fmt.Sprintf("notifications[%d].secret_file", i), n.SecretFile)
+		for _, name := range slices.Sorted(maps.Keys(n.Headers)) {
+			add(fmt.Sprintf("notifications[%d].headers.%s.file", i, name), n.Headers[name].File)
+		}
+	}
+	return out
+}

@@ -105,6 +105,12 @@ func (s *syncWriter) Write(p []byte) (int, error) {
 	return s.w.Write(p)
 }
 
+func (s *syncWriter) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.w.String()
+}
+
 func randomImage(t *testing.T) v1.Image {
 	t.Helper()
 	img, err := random.Image(200, 1)

@@ -131,6 +131,7 @@ func serve(args []string, stderr io.Writer) error {
 		cfg.Data = *data
 	}
 	log := newLogger(cfg.Log, stderr)
+	warnOpenSecrets(cfg, log)
 
 	store, err := openStore(cfg, log)
 	if err != nil {
@@ -157,7 +158,7 @@ func serve(args []string, stderr io.Writer) error {
 			a.close()
 			return err
 		}
-		l = tls.NewListener(l, &tls.Config{GetCertificate: cert.GetCertificate, MinVersion: tls.VersionTLS12})
+		l = tls.NewListener(l, serverTLS(cert.GetCertificate))
 	}
 	log.Info("dockyard listening", "addr", l.Addr().String(), "data", cfg.Data, "registries", len(cfg.Registries))
 
@@ -521,6 +522,31 @@ func secret(file, env string) (string, error) {
 		return v, nil
 	}
 	return "", nil
+}
+
+// serverTLS is the listener's TLS: 1.2 at least (1.0 and 1.1 are refused), and for 1.2
+// only forward-secret AEAD suites (TLS 1.3's are all of that kind); HTTP/1.1, which is
+// what registry clients speak.
+func serverTLS(get func(*tls.ClientHelloInfo) (*tls.Certificate, error)) *tls.Config {
+	return &tls.Config{GetCertificate: get, MinVersion: tls.VersionTLS12, NextProtos: []string{"http/1.1"},
+		CipherSuites: []uint16{
+			tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, tls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+			tls.TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384, tls.TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+			tls.TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256, tls.TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+		}}
+}
+
+// warnOpenSecrets warns of each configured secret file that users other than its
+// owner and group may read (mode o+r): a password, a key or the users file's hashes.
+func warnOpenSecrets(cfg *config.Config, log *slog.Logger) {
+	for _, f := range cfg.SecretFiles() {
+		info, err := os.Stat(f.Path)
+		if err != nil || info.Mode().Perm()&0o004 == 0 {
+			continue
+		}
+		log.Warn("a secret file is readable by every user of this machine: chmod o-r it", "key", f.Key,
+			"file", f.Path, "mode", info.Mode().Perm().String())
+	}
 }
 
 // accessLogger writes the access log (log.access) in the log's format, at any level.
