@@ -564,6 +564,20 @@ func (s *Store) Referrers(ctx context.Context, reg, repo string, d oci.Digest) (
 	return out, err
 }
 
+// tagPushTime is when the tag whose value is v was pushed; a tag recorded before tags
+// had their own push time has its manifest's.
+func tagPushTime(txn index.Txn, reg, repo string, d oci.Digest, v []byte) (time.Time, error) {
+	pushed := tagPushedAt(v)
+	if pushed == 0 {
+		var rm repoManifest
+		if _, err := getJSON(txn, repoManifestKey(reg, repo, d), &rm); err != nil {
+			return time.Time{}, err
+		}
+		pushed = rm.PushedAt
+	}
+	return time.Unix(0, pushed), nil
+}
+
 // TagInfo is what lifecycle rules know of a tag.
 type TagInfo struct {
 	Tag      string
@@ -582,15 +596,10 @@ func (s *Store) TagInfos(ctx context.Context, reg, repo string) ([]TagInfo, erro
 		return scan(txn, prefix(kindTag, reg, repo), func(tag, v []byte) error {
 			ti := TagInfo{Tag: string(tag)}
 			ti.Digest, _ = decodeTagValue(v)
-			pushed := tagPushedAt(v)
-			if pushed == 0 { // recorded before tags had their own push time
-				var rm repoManifest
-				if _, err := getJSON(txn, repoManifestKey(reg, repo, ti.Digest), &rm); err != nil {
-					return err
-				}
-				pushed = rm.PushedAt
+			var err error
+			if ti.PushedAt, err = tagPushTime(txn, reg, repo, ti.Digest, v); err != nil {
+				return err
 			}
-			ti.PushedAt = time.Unix(0, pushed)
 			var a Access
 			if _, err := getJSON(txn, tagAccessKey(reg, repo, ti.Tag), &a); err != nil {
 				return err

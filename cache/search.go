@@ -74,16 +74,10 @@ func (s *Store) ScanTags(ctx context.Context, at TagScan, fn func(TagEntry) bool
 				}
 				return nil
 			}
-			e.Digest, e.MediaType = decodeTagValue(v)
-			pushed := tagPushedAt(v)
-			if pushed == 0 { // recorded before tags had their own push time
-				var rm repoManifest
-				if _, err := getJSON(txn, repoManifestKey(at.Registry, repo, e.Digest), &rm); err != nil {
-					return err
-				}
-				pushed = rm.PushedAt
+			var err error
+			if e, err = filledTag(txn, at.Registry, e, v); err != nil {
+				return err
 			}
-			e.PushedAt = time.Unix(0, pushed)
 			if !fn(e) {
 				return errStop
 			}
@@ -113,22 +107,23 @@ func (s *Store) FillTags(ctx context.Context, reg string, es []TagEntry) ([]TagE
 			if v == nil {
 				continue
 			}
-			e := es[i]
-			e.Digest, e.MediaType = decodeTagValue(v)
-			pushed := tagPushedAt(v)
-			if pushed == 0 {
-				var rm repoManifest
-				if _, err := getJSON(txn, repoManifestKey(reg, e.Repo, e.Digest), &rm); err != nil {
-					return err
-				}
-				pushed = rm.PushedAt
+			e, err := filledTag(txn, reg, es[i], v)
+			if err != nil {
+				return err
 			}
-			e.PushedAt = time.Unix(0, pushed)
 			out = append(out, e)
 		}
 		return nil
 	})
 	return out, err
+}
+
+// filledTag fills e (its Repo and Tag set) from the tag's value v.
+func filledTag(txn index.Txn, reg string, e TagEntry, v []byte) (TagEntry, error) {
+	e.Digest, e.MediaType = decodeTagValue(v)
+	var err error
+	e.PushedAt, err = tagPushTime(txn, reg, e.Repo, e.Digest, v)
+	return e, err
 }
 
 // ImageDetails is what search shows of a tagged manifest besides its tag entry.

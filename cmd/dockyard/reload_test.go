@@ -63,22 +63,7 @@ lifecycle: {admins: [user:alice]}
 		}
 	}
 	write(false, false, "")
-	ln, _ := net.Listen("tcp", "127.0.0.1:0")
-	addr := ln.Addr().String()
-	ln.Close()
-	var errb bytes.Buffer
-	done := make(chan error, 1)
-	go func() {
-		done <- serve([]string{"--config", cfgFile, "--data", filepath.Join(dir, "data"), "--listen", addr}, &errb)
-	}()
-	t.Cleanup(func() {
-		syscall.Kill(os.Getpid(), syscall.SIGTERM)
-		select {
-		case <-done:
-		case <-time.After(30 * time.Second):
-			t.Error("serve did not stop")
-		}
-	})
+	addr, errb := serveUntilTerm(t, cfgFile, filepath.Join(dir, "data"))
 	basicAuth := func(u string) string { return "Basic " + base64.StdEncoding.EncodeToString([]byte(u+":"+u+"-pw")) }
 	do := func(method, path, user, host string, body []byte) *http.Response {
 		t.Helper()
@@ -94,16 +79,6 @@ lifecycle: {admins: [user:alice]}
 		io.Copy(io.Discard, resp.Body)
 		resp.Body.Close()
 		return resp
-	}
-	for i := 0; ; i++ {
-		if c, err := net.Dial("tcp", addr); err == nil {
-			c.Close()
-			break
-		}
-		if i == 200 {
-			t.Fatalf("no server: %s", errb.String())
-		}
-		time.Sleep(25 * time.Millisecond)
 	}
 	bobPushes := func() int { return do("POST", "/v2/bob/app/blobs/uploads/", "bob", "", nil).StatusCode }
 	if got := bobPushes(); got != 403 {
@@ -264,5 +239,37 @@ lifecycle:
 	}
 	if oldProxy.Value() != a.proxies[0] {
 		t.Errorf("an unchanged proxy was replaced by a reload")
+	}
+}
+
+// serveUntilTerm runs serve (signals and all) on a free loopback port until the test
+// ends (SIGTERM), waits until it accepts connections, and returns its address and log.
+func serveUntilTerm(t *testing.T, cfgFile, data string) (string, *syncWriter) {
+	t.Helper()
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	addr := ln.Addr().String()
+	ln.Close()
+	errb := &syncWriter{w: &bytes.Buffer{}}
+	done := make(chan error, 1)
+	go func() {
+		done <- serve([]string{"--config", cfgFile, "--data", data, "--listen", addr}, errb)
+	}()
+	t.Cleanup(func() {
+		syscall.Kill(os.Getpid(), syscall.SIGTERM)
+		select {
+		case <-done:
+		case <-time.After(30 * time.Second):
+			t.Error("serve did not stop")
+		}
+	})
+	for i := 0; ; i++ {
+		if c, err := net.Dial("tcp", addr); err == nil {
+			c.Close()
+			return addr, errb
+		}
+		if i == 200 {
+			t.Fatalf("no server: %s", errb.String())
+		}
+		time.Sleep(25 * time.Millisecond)
 	}
 }

@@ -1,16 +1,12 @@
 package main
 
 import (
-	"bytes"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
-	"time"
 
 	"golang.org/x/crypto/bcrypt"
 
@@ -32,32 +28,7 @@ func TestTLSRefusesOldVersionsAndOpenSecretsAreWarnedOf(t *testing.T) {
 	cfgFile := filepath.Join(dir, "c.yaml")
 	os.WriteFile(cfgFile, fmt.Appendf(nil, "log: {access: false}\ntls: {cert_file: %q, key_file: %q}\nauth: {mode: basic, users_file: %q}\n",
 		certFile, keyFile, users), 0o600)
-	ln, _ := net.Listen("tcp", "127.0.0.1:0")
-	addr := ln.Addr().String()
-	ln.Close()
-	errb := &syncWriter{w: &bytes.Buffer{}}
-	done := make(chan error, 1)
-	go func() {
-		done <- serve([]string{"--config", cfgFile, "--data", filepath.Join(dir, "data"), "--listen", addr}, errb)
-	}()
-	t.Cleanup(func() {
-		syscall.Kill(os.Getpid(), syscall.SIGTERM)
-		select {
-		case <-done:
-		case <-time.After(30 * time.Second):
-			t.Error("serve did not stop")
-		}
-	})
-	for i := 0; ; i++ {
-		if c, err := net.Dial("tcp", addr); err == nil {
-			c.Close()
-			break
-		}
-		if i == 200 {
-			t.Fatalf("no server: %s", errb.String())
-		}
-		time.Sleep(25 * time.Millisecond)
-	}
+	addr, errb := serveUntilTerm(t, cfgFile, filepath.Join(dir, "data"))
 	sClient := func(args ...string) string {
 		cmd := exec.Command("openssl", append([]string{"s_client", "-connect", addr, "-servername", "localhost"}, args...)...)
 		cmd.Stdin = strings.NewReader("")
