@@ -159,6 +159,13 @@ func NewS3(ctx context.Context, o S3Options) (*S3, error) {
 				// Every request gets its retries, however many failed before: a store
 				// coming back must not find the retry budget spent.
 				so.RateLimiter = ratelimit.None
+				// versitygw's posix backend removes a directory a delete left empty; a
+				// write into it racing that removal fails with this code, and succeeds
+				// when sent again. dockyard's keys never name a directory (no key is a
+				// prefix of another plus "/"), so the code means only that race here.
+				so.Retryables = append(so.Retryables, retry.RetryableErrorCode{
+					Codes: map[string]struct{}{"ExistingObjectIsDirectory": {}},
+				})
 			})
 		}),
 		// Servers other than AWS may not know the newer checksum headers: send and
