@@ -4,7 +4,7 @@ BIN     := bin/dockyard
 DATA    ?= ./data
 LISTEN  ?= :5000
 
-.PHONY: build run test unit e2e bench tools lint clean image
+.PHONY: build run test unit e2e bench soak tools lint clean image
 
 build:
 	$(GO) build -trimpath -o $(BIN) ./cmd/dockyard
@@ -50,6 +50,12 @@ e2e: tools build
 
 bench: tools build
 	./test/bench/run.sh
+
+# The soak test: a mixed workload against one instance and a 3-instance cluster for
+# DURATION, resources sampled into test-results/soak/{single,cluster}.{csv,png}.
+DURATION ?= 30m
+soak: tools build
+	DURATION=$(DURATION) ./test/soak/run.sh
 
 clean:
 	rm -rf bin build test-results
