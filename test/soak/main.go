@@ -138,9 +138,8 @@ type pushed struct {
 }
 
 type proxied struct {
-	repo   string
-	digest v1.Hash
-	layers map[v1.Hash]bool
+	repo, tag string
+	digest    v1.Hash
 }
 
 func newRun(c config) *run {
@@ -436,30 +435,44 @@ func drain(l v1.Layer) error {
 	return err
 }
 
-// seedUpstream pushes a few images straight to the upstream: the proxy's cold pulls
-// then go through whatever stands between dockyard and it.
+// upstreamImage pushes a new image straight to the upstream (two layers of up to
+// 96 KiB, one in ten with a 1 MiB layer, for downloads long enough to break midway).
+func (r *run) upstreamImage(ctx context.Context, repo, tag string) (proxied, error) {
+	img := empty.Image
+	p := proxied{repo: repo, tag: tag}
+	for range 2 {
+		size := 1 + mrand.IntN(96<<10)
+		if mrand.IntN(10) == 0 {
+			size = 1 << 20
+		}
+		b := make([]byte, size)
+		rand.Read(b)
+		var err error
+		if img, err = mutate.AppendLayers(img, static.NewLayer(b, types.OCILayer)); err != nil {
+			return p, err
+		}
+	}
+	img = mutate.MediaType(img, types.OCIManifestSchema1)
+	ref, err := name.NewTag(r.c.upstream+"/"+repo+":"+tag, name.Insecure)
+	if err != nil {
+		return p, err
+	}
+	if err := remote.Write(ref, img, remote.WithContext(ctx)); err != nil {
+		return p, fmt.Errorf("seeding the upstream: %w", err)
+	}
+	p.digest, err = img.Digest()
+	return p, err
+}
+
+// upstreamRepo names one of this run's repositories in the upstream (runs at once
+// share it).
+func (r *run) upstreamRepo(i int) string { return fmt.Sprintf("soak-%s/up%d", r.c.name, i) }
+
+// seedUpstream puts the first images in the upstream.
 func (r *run) seedUpstream() error {
-	for i := range 6 {
-		img := empty.Image
-		p := proxied{repo: fmt.Sprintf("soak/up%d", i), layers: map[v1.Hash]bool{}}
-		for range 2 {
-			b := make([]byte, 256<<10+mrand.IntN(256<<10))
-			rand.Read(b)
-			l := static.NewLayer(b, types.OCILayer)
-			var err error
-			if img, err = mutate.AppendLayers(img, l); err != nil {
-				return err
-			}
-		}
-		img = mutate.MediaType(img, types.OCIManifestSchema1)
-		ref, err := name.NewTag(r.c.upstream+"/"+p.repo+":v1", name.Insecure)
+	for i := range 4 {
+		p, err := r.upstreamImage(context.Background(), r.upstreamRepo(i), "v0")
 		if err != nil {
-			return err
-		}
-		if err := remote.Write(ref, img); err != nil {
-			return err
-		}
-		if p.digest, err = img.Digest(); err != nil {
 			return err
 		}
 		r.proxied = append(r.proxied, p)
@@ -467,15 +480,32 @@ func (r *run) seedUpstream() error {
 	return nil
 }
 
-// proxyPull pulls an upstream image through the proxy by digest: it succeeds
-// byte-identical or fails; wrong bytes are counted as corruption.
-func (r *run) proxyPull(ctx context.Context, _ int) error {
-	p := r.proxied[mrand.IntN(len(r.proxied))]
-	ref, err := r.ref(r.c.proxyPrefix+"/"+p.repo, p.digest.String())
+// proxyPull pulls through the proxy registry: every other time a new image just pushed
+// to the upstream, by tag (a cold pull: tag, manifest and blobs from the upstream),
+// otherwise one of the last 20 by digest (cached, or evicted by the cache's size
+// bound and cold again). It succeeds byte-identical or fails; wrong bytes are counted
+// as corruption.
+func (r *run) proxyPull(ctx context.Context, i int) error {
+	var p proxied
+	ref := func() (name.Reference, error) { return r.ref(r.c.proxyPrefix+"/"+p.repo, p.digest.String()) }
+	if i%2 == 0 {
+		var err error
+		if p, err = r.upstreamImage(ctx, r.upstreamRepo(i%8), fmt.Sprintf("v%d", i)); err != nil {
+			return err
+		}
+		r.proxied = append(r.proxied, p)
+		if len(r.proxied) > 20 {
+			r.proxied = r.proxied[1:]
+		}
+		ref = func() (name.Reference, error) { return r.ref(r.c.proxyPrefix+"/"+p.repo, p.tag) }
+	} else {
+		p = r.proxied[mrand.IntN(len(r.proxied))]
+	}
+	rf, err := ref()
 	if err != nil {
 		return err
 	}
-	img, err := remote.Image(ref, r.auth, remote.WithContext(ctx))
+	img, err := remote.Image(rf, r.auth, remote.WithContext(ctx))
 	if err != nil {
 		return err
 	}
@@ -485,7 +515,7 @@ func (r *run) proxyPull(ctx context.Context, _ int) error {
 	}
 	if d != p.digest {
 		r.corrupt.Add(1)
-		return fmt.Errorf("proxy pull of %s: manifest digest %s", p.digest, d)
+		return fmt.Errorf("proxy pull of %s: manifest digest %s, want %s", rf, d, p.digest)
 	}
 	layers, err := img.Layers()
 	if err != nil {
@@ -493,7 +523,9 @@ func (r *run) proxyPull(ctx context.Context, _ int) error {
 	}
 	for _, l := range layers {
 		if err := drain(l); err != nil {
-			if strings.Contains(err.Error(), "digest") && strings.Contains(err.Error(), "mismatch") {
+			// A body that ended cleanly with other bytes than the digest's (a cut
+			// connection is an unexpected EOF instead).
+			if strings.Contains(err.Error(), "error verifying") {
 				r.corrupt.Add(1)
 			}
 			return err

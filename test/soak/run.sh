@@ -61,9 +61,21 @@ registry serve "$S/upstream/config.yml" >"$S/upstream/log" 2>&1 &
 PIDS+=($!)
 UP="127.0.0.1:$UP_PORT"
 FP_PORT=$(free_port)
-"$S/faultyproxy" -listen "127.0.0.1:$FP_PORT" -upstream "http://$UP" -random 0.3 >"$S/faultyproxy.log" 2>&1 &
+# Rules are tried in order, the first that matches and draws its probability applies.
+FAULTS='[
+  {"path":"/blobs/","cut":"reset","cut_at":-1,"probability":0.05},
+  {"path":"/blobs/","cut":"close","cut_at":-1,"probability":0.05},
+  {"path":"/blobs/","flip":true,"flip_at":-1,"probability":0.05},
+  {"path":"/blobs/","bytes_per_second":1000000,"probability":0.1},
+  {"path":"/manifests/","flip":true,"flip_at":-1,"probability":0.03},
+  {"status":429,"retry_after":"1","probability":0.05},
+  {"status":503,"probability":0.02},
+  {"latency":"200ms","probability":0.1}]'
+"$S/faultyproxy" -listen "127.0.0.1:$FP_PORT" -upstream "http://$UP" -rules "$FAULTS" >"$S/faultyproxy.log" 2>&1 &
 PIDS+=($!)
 wait_http "http://$UP/v2/" || { fail "the upstream registry started"; summary; exit 1; }
+grep -q "listening on" "$S/faultyproxy.log" || sleep 1
+grep -q "listening on" "$S/faultyproxy.log" || { fail "the fault-injecting proxy started"; cat "$S/faultyproxy.log"; summary; exit 1; }
 
 PW=soak-$RANDOM$RANDOM
 htpasswd -B -C 10 -bn soak "$PW" 2>>"$LOG" | sed '/^$/d' >"$S/users.htpasswd"
@@ -96,7 +108,7 @@ lifecycle:
       untagged_grace: 5s
 registries:
   - {name: default, type: hosted}
-  - {name: up, type: proxy, upstream: {url: "http://127.0.0.1:$FP_PORT", tag_ttl: 10s}}
+  - {name: up, type: proxy, upstream: {url: "http://127.0.0.1:$FP_PORT", tag_ttl: 10s}, cache: {max_size: 32MiB}}
 routes:
   - {host: "*", registry: default, namespaces: {upstream: up}}
 YAML
