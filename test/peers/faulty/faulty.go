@@ -42,6 +42,8 @@ const (
 type Fault struct {
 	// Latency delays the request before anything else happens.
 	Latency time.Duration `json:"latency,omitempty"`
+	// Drop resets the connection without answering.
+	Drop bool `json:"drop,omitempty"`
 	// Status answers the request with this status instead of forwarding it, with
 	// RetryAfter as its Retry-After header and an OCI error body.
 	Status     int    `json:"status,omitempty"`
@@ -118,7 +120,7 @@ type Seen struct {
 	Status int `json:"status"`
 	// Sent is how many body bytes were written towards the client.
 	Sent int64 `json:"sent"`
-	// Fault says what was done: "" (nothing), "latency", "status", "reset@N",
+	// Fault says what was done: "" (nothing), "latency", "drop", "status", "reset@N",
 	// "close@N", "flip@N", "throttle", "ignore-range", "hold@N", "down"; several are
 	// joined by commas.
 	Fault string `json:"fault,omitempty"`
@@ -333,6 +335,11 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		case <-r.Context().Done():
 			return
 		}
+	}
+	if f.Drop {
+		note("drop")
+		abort(w, Reset, false)
+		return
 	}
 	if f.Status != 0 {
 		note("status")

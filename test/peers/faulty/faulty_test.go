@@ -93,6 +93,20 @@ func TestCutsEndTheBodyShortAtTheirOffset(t *testing.T) {
 	}
 }
 
+func TestDropResetsWithoutAnAnswer(t *testing.T) {
+	p := start(t)
+	p.Add(faulty.Rule{Times: 1, Fault: faulty.Fault{Drop: true}})
+	if r := fetch(t, p.URL+"/x"); r.err == nil || r.status != 0 {
+		t.Errorf("dropped: %d, %v; want no answer", r.status, r.err)
+	}
+	if r := fetch(t, p.URL+"/x"); r.err != nil || !bytes.Equal(r.body, content) {
+		t.Errorf("after the drop: %d bytes, %v", len(r.body), r.err)
+	}
+	if log := p.Log(); log[0].Fault != "drop" {
+		t.Errorf("log: %+v", log)
+	}
+}
+
 func TestFlipChangesOneBit(t *testing.T) {
 	p := start(t)
 	p.Add(faulty.Rule{Times: 1, Fault: faulty.Fault{Flip: true, FlipAt: 70000}})
