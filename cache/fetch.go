@@ -200,6 +200,25 @@ func (f *Fetch) Reader(ctx context.Context) (rc io.ReadCloser, ok bool) {
 	return r, true
 }
 
+// Started waits until readers may read a first byte or the fetch is over, and
+// returns the fetch's error if it ended without a byte for readers (ctx's error if ctx
+// ends first, noticed when the fetch next moves): a request can still answer a
+// failure as an error rather than as a response cut short.
+func (f *Fetch) Started(ctx context.Context) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for f.readable() == 0 && !f.done {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		f.cond.Wait()
+	}
+	if f.readable() == 0 {
+		return f.err
+	}
+	return nil
+}
+
 // release drops one user of the shared read descriptor (the filler counts as one).
 func (f *Fetch) release() {
 	f.mu.Lock()

@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/url"
@@ -20,7 +21,7 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
-
+	"syscall"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
@@ -41,6 +42,66 @@ type Config struct {
 	// Timeout bounds connecting, TLS, waiting for response headers, and any pause
 	// while a body is being received.
 	Timeout time.Duration
+	// Retry bounds the retries of what failed in passing (zero fields: the defaults).
+	Retry Retry
+}
+
+// Retry says how the client retries what failed in passing. The client only reads
+// (GET and HEAD), so a retry is always safe. Retried: a connection cut before the
+// answer (not a refused one, nor a timeout: an upstream that said nothing for Timeout
+// is not asked again while clients wait); 429 and 503, after their Retry-After when it
+// is within MaxRetryAfter (a longer one is passed on at once), else after a backoff;
+// 502 and 504; a manifest cut short or not matching its digest; and a blob body cut
+// short or stalled, which resumes with a Range request from the byte reached.
+type Retry struct {
+	// Attempts bounds the requests made for one answer, the first included; a blob
+	// download counts each of its resumes.
+	Attempts int
+	// Backoff is the wait before the second attempt, doubled for each next one up to
+	// MaxBackoff, less up to half at random.
+	Backoff, MaxBackoff time.Duration
+	// MaxRetryAfter is the longest Retry-After waited for.
+	MaxRetryAfter time.Duration
+	// Sleep waits d, or until ctx ends (tests record the waits instead).
+	Sleep func(ctx context.Context, d time.Duration) error
+}
+
+// The retry defaults: a client's request waits at most about 3 × MaxRetryAfter.
+const (
+	DefaultAttempts      = 4
+	DefaultBackoff       = 200 * time.Millisecond
+	DefaultMaxBackoff    = 2 * time.Second
+	DefaultMaxRetryAfter = 5 * time.Second
+)
+
+func (r Retry) withDefaults() Retry {
+	if r.Attempts <= 0 {
+		r.Attempts = DefaultAttempts
+	}
+	if r.Backoff <= 0 {
+		r.Backoff = DefaultBackoff
+	}
+	if r.MaxBackoff <= 0 {
+		r.MaxBackoff = DefaultMaxBackoff
+	}
+	if r.MaxRetryAfter <= 0 {
+		r.MaxRetryAfter = DefaultMaxRetryAfter
+	}
+	if r.Sleep == nil {
+		r.Sleep = sleep
+	}
+	return r
+}
+
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // Client talks to one upstream registry.
@@ -50,6 +111,7 @@ type Client struct {
 	auth     authn.Authenticator
 	inner    http.RoundTripper
 	timeout  time.Duration
+	retry    Retry
 	hub      bool // Docker Hub: official images live under library/
 
 	transports *lru.Cache[string, http.RoundTripper] // authenticated, per repository scope
@@ -61,6 +123,10 @@ type Stats struct {
 	// Requests are HTTP round trips (token requests included); Errors those that failed
 	// to connect or were answered 429 or 5xx; Bytes the response body bytes read.
 	Requests, Errors, Bytes atomic.Int64
+	// Retries are requests made again after a failure in passing; Resumes the
+	// requests that continued a blob download cut short (with a Range request where
+	// the upstream supports it).
+	Retries, Resumes atomic.Int64
 }
 
 // CloseIdle closes the client's idle connections to the upstream (its proxy is gone).
@@ -165,6 +231,7 @@ func New(cfg Config) (*Client, error) {
 	stats := &Stats{}
 	return &Client{
 		base: u, registry: reg, auth: auth, inner: countingTransport{inner, stats, u.Scheme}, timeout: cfg.Timeout,
+		retry:      cfg.Retry.withDefaults(),
 		hub:        strings.HasSuffix(u.Host, "docker.io"),
 		transports: transports, stats: stats,
 	}, nil
@@ -193,7 +260,7 @@ func (c *Client) transport(ctx context.Context, repo string) (http.RoundTripper,
 	defer cancel()
 	t, err := transport.NewWithContext(ctx, c.registry, c.auth, c.inner, []string{scope})
 	if err != nil {
-		return nil, c.classify(err)
+		return nil, err
 	}
 	c.transports.Add(repo, t)
 	return t, nil
@@ -229,19 +296,35 @@ func (c *Client) HeadManifest(ctx context.Context, repo, ref string) (*Manifest,
 const maxManifest = 8 << 20
 
 // GetManifest downloads ref and verifies its bytes: against the digest when ref is one,
-// else against the Docker-Content-Digest header when the upstream sends one.
+// else against the Docker-Content-Digest header when the upstream sends one. A body
+// cut short or not matching is downloaded again, within the retry budget.
 func (c *Client) GetManifest(ctx context.Context, repo, ref string) (*Manifest, error) {
-	resp, err := c.do(ctx, "GET", repo, "/manifests/"+ref, acceptManifests)
+	b := c.newBudget()
+	for {
+		m, again, err := c.getManifest(ctx, b, repo, ref)
+		if err == nil || !again || b.left <= 0 || ctx.Err() != nil {
+			return m, err
+		}
+		c.stats.Retries.Add(1)
+		if c.pause(ctx, b, 0) != nil {
+			return nil, err
+		}
+	}
+}
+
+// getManifest is one download of a manifest; again says whether another may succeed.
+func (c *Client) getManifest(ctx context.Context, b *budget, repo, ref string) (m *Manifest, again bool, err error) {
+	resp, err := c.doWithin(ctx, b, "GET", repo, "/manifests/"+ref, acceptManifests, nil)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, maxManifest+1))
 	if err != nil {
-		return nil, fmt.Errorf("%w: reading manifest %s: %v", ErrUnavailable, ref, err)
+		return nil, true, fmt.Errorf("%w: reading manifest %s: %v", ErrUnavailable, ref, err)
 	}
 	if len(body) > maxManifest {
-		return nil, oci.ErrManifestInvalid.Withf("upstream manifest %s is over %d bytes", ref, maxManifest)
+		return nil, false, oci.ErrManifestInvalid.Withf("upstream manifest %s is over %d bytes", ref, maxManifest)
 	}
 	want := oci.Digest("")
 	if d, err := oci.ParseDigest(ref); err == nil {
@@ -252,10 +335,10 @@ func (c *Client) GetManifest(ctx context.Context, repo, ref string) (*Manifest, 
 	got := oci.FromBytes(oci.SHA256, body)
 	if want != "" {
 		if got = oci.FromBytes(want.Algorithm(), body); got != want {
-			return nil, fmt.Errorf("%w: upstream manifest %s hashes to %s, expected %s", ErrCorrupt, ref, got, want)
+			return nil, true, fmt.Errorf("%w: upstream manifest %s hashes to %s, expected %s", ErrCorrupt, ref, got, want)
 		}
 	}
-	return &Manifest{Digest: got, MediaType: mediaType(resp), Size: int64(len(body)), Content: body}, nil
+	return &Manifest{Digest: got, MediaType: mediaType(resp), Size: int64(len(body)), Content: body}, false, nil
 }
 
 func mediaType(resp *http.Response) string {
@@ -279,14 +362,134 @@ func (c *Client) HeadBlob(ctx context.Context, repo string, d oci.Digest) (int64
 // GetBlob starts downloading a blob; the caller verifies and closes it. ctx should be
 // bound to no request, only to the proxy's lifetime: the download may be shared by many
 // clients and outlive the one that started it. The upstream pausing longer than the
-// timeout ends it too.
+// timeout ends it too. A body cut short (or stalled) resumes where it stopped, within
+// the retry budget: the reader sees one stream.
 func (c *Client) GetBlob(ctx context.Context, repo string, d oci.Digest) (io.ReadCloser, int64, error) {
-	resp, err := c.do(ctx, "GET", repo, "/blobs/"+string(d), "")
+	b := c.newBudget()
+	resp, err := c.doWithin(ctx, b, "GET", repo, "/blobs/"+string(d), "", nil)
 	if err != nil {
 		return nil, 0, err
 	}
-	return resp.Body, resp.ContentLength, nil
+	return &blobBody{c: c, ctx: ctx, b: b, repo: repo, d: d, body: resp.Body, size: resp.ContentLength}, resp.ContentLength, nil
 }
+
+// blobBody is a blob download that resumes when its body breaks: with a Range request
+// from the byte reached when the upstream answers 206 from there, else over again from
+// the start, skipping what was already read.
+type blobBody struct {
+	c    *Client
+	ctx  context.Context
+	b    *budget
+	repo string
+	d    oci.Digest
+	body io.ReadCloser
+	size int64 // announced; -1 if unknown
+	off  int64 // bytes read
+	// broken is the failure that ended body, when the next Read must resume; failed
+	// ends the download (resuming failed).
+	broken, failed error
+}
+
+func (r *blobBody) Read(p []byte) (int, error) {
+	for {
+		if r.failed != nil {
+			return 0, r.failed
+		}
+		if r.broken != nil {
+			if r.failed = r.resume(); r.failed != nil {
+				return 0, r.failed
+			}
+		}
+		n, err := r.body.Read(p)
+		r.off += int64(n)
+		if err == nil || r.size >= 0 && r.off >= r.size {
+			if err != nil {
+				err = io.EOF // the announced bytes are all here
+			}
+			return n, err
+		}
+		if err == io.EOF {
+			if r.size < 0 {
+				return n, err
+			}
+			err = fmt.Errorf("%w: %s ended after %d of %d bytes", ErrUnavailable, r.d, r.off, r.size)
+		}
+		r.broken = err
+		if n > 0 {
+			return n, nil
+		}
+	}
+}
+
+// resume replaces the broken body with the rest of the blob, or says why it cannot.
+func (r *blobBody) resume() error {
+	r.body.Close()
+	ranged := true
+	for {
+		if r.b.left <= 0 || r.ctx.Err() != nil {
+			return r.broken
+		}
+		if err := r.c.pause(r.ctx, r.b, 0); err != nil {
+			return r.broken
+		}
+		r.c.stats.Resumes.Add(1)
+		var h http.Header
+		if ranged {
+			h = http.Header{"Range": {"bytes=" + strconv.FormatInt(r.off, 10) + "-"}}
+		}
+		resp, err := r.c.doWithin(r.ctx, r.b, "GET", r.repo, "/blobs/"+string(r.d), "", h)
+		if err != nil {
+			return err
+		}
+		switch {
+		case ranged && resp.StatusCode == http.StatusPartialContent:
+			if !contentRangeFrom(resp.Header.Get("Content-Range"), r.off, r.size) {
+				// Not the range asked for: start over.
+				resp.Body.Close()
+				ranged = false
+				continue
+			}
+		case resp.StatusCode == http.StatusOK && (r.size < 0 || resp.ContentLength == r.size):
+			// The whole blob again (Range ignored): skip what was read.
+			if _, err := io.CopyN(io.Discard, resp.Body, r.off); err != nil {
+				resp.Body.Close()
+				r.broken = err
+				continue
+			}
+		default:
+			resp.Body.Close()
+			return fmt.Errorf("%w: resuming %s at byte %d: upstream answered %s, Content-Length %d, Content-Range %q",
+				ErrUnavailable, r.d, r.off, resp.Status, resp.ContentLength, resp.Header.Get("Content-Range"))
+		}
+		r.body, r.broken = resp.Body, nil
+		return nil
+	}
+}
+
+// contentRangeFrom reports whether a 206's Content-Range ("bytes FIRST-LAST/SIZE")
+// runs from off to the end of a blob of size bytes (-1: unknown).
+func contentRangeFrom(h string, off, size int64) bool {
+	spec, ok := strings.CutPrefix(h, "bytes ")
+	if !ok {
+		return false
+	}
+	span, total, ok := strings.Cut(spec, "/")
+	first, last, ok2 := strings.Cut(span, "-")
+	if !ok || !ok2 {
+		return false
+	}
+	f, err1 := strconv.ParseInt(first, 10, 64)
+	l, err2 := strconv.ParseInt(last, 10, 64)
+	if err1 != nil || err2 != nil || f != off {
+		return false
+	}
+	if size < 0 {
+		return total == "*" || total == strconv.FormatInt(l+1, 10)
+	}
+	return total == strconv.FormatInt(size, 10) && l == size-1
+}
+
+func (r *blobBody) Close() error { return r.body.Close() }
 
 // Tags lists the upstream's tags of repo, one page.
 func (c *Client) Tags(ctx context.Context, repo, last string, n int) ([]string, bool, error) {
@@ -336,13 +539,64 @@ func (c *Client) Referrers(ctx context.Context, repo string, d oci.Digest) ([]oc
 	return idx.Manifests, nil
 }
 
-// do sends one request for repo and returns a 2xx response, or an error: a
-// *StatusError for answers the client should hear about, ErrUnavailable otherwise.
+// budget is what is left of the attempts for one answer.
+type budget struct{ made, left int }
+
+func (c *Client) newBudget() *budget { return &budget{left: c.retry.Attempts} }
+
+// do sends a request for repo, retried as Retry says, and returns a 2xx response, or
+// an error: a *StatusError for answers the client should hear about, ErrUnavailable
+// otherwise.
 func (c *Client) do(ctx context.Context, method, repo, path, accept string) (*http.Response, error) {
+	return c.doWithin(ctx, c.newBudget(), method, repo, path, accept, nil)
+}
+
+// doWithin is do, with extra request headers, spending the attempts of b.
+func (c *Client) doWithin(ctx context.Context, b *budget, method, repo, path, accept string, header http.Header) (*http.Response, error) {
+	for {
+		b.made++
+		b.left--
+		resp, retry, err := c.send(ctx, method, repo, path, accept, header)
+		if err == nil {
+			return resp, nil
+		}
+		if !retry.again || b.left <= 0 || ctx.Err() != nil {
+			return nil, err
+		}
+		c.stats.Retries.Add(1)
+		if c.pause(ctx, b, retry.after) != nil {
+			return nil, err
+		}
+	}
+}
+
+// pause waits before another attempt: after, when the upstream asked for it, else the
+// backoff.
+func (c *Client) pause(ctx context.Context, b *budget, after time.Duration) error {
+	d := after
+	if d <= 0 {
+		d = c.retry.Backoff << min(b.made-1, 20)
+		if d > c.retry.MaxBackoff || d <= 0 {
+			d = c.retry.MaxBackoff
+		}
+		d -= rand.N(d/2 + 1)
+	}
+	return c.retry.Sleep(ctx, d)
+}
+
+// retryAdvice says whether a failure may pass, and after how long the upstream asked
+// to be asked again (0: it did not say).
+type retryAdvice struct {
+	again bool
+	after time.Duration
+}
+
+// send makes one request.
+func (c *Client) send(ctx context.Context, method, repo, path, accept string, header http.Header) (*http.Response, retryAdvice, error) {
 	repo = c.upstreamRepo(repo)
 	t, err := c.transport(ctx, repo)
 	if err != nil {
-		return nil, err
+		return nil, retryAdvice{again: c.transient(ctx, err)}, c.classify(err)
 	}
 	u := *c.base
 	u.Path = strings.TrimSuffix(c.base.Path, "/") + "/v2/" + repo + path
@@ -350,11 +604,14 @@ func (c *Client) do(ctx context.Context, method, repo, path, accept string) (*ht
 		u.Path = strings.TrimSuffix(c.base.Path, "/") + "/v2/" + repo + path[:i]
 		u.RawQuery = path[i+1:]
 	}
-	ctx, cancel := context.WithCancel(ctx)
-	req, err := http.NewRequestWithContext(ctx, method, u.String(), nil)
+	rctx, cancel := context.WithCancel(ctx)
+	req, err := http.NewRequestWithContext(rctx, method, u.String(), nil)
 	if err != nil {
 		cancel()
-		return nil, err
+		return nil, retryAdvice{}, err
+	}
+	for k, v := range header {
+		req.Header[k] = v
 	}
 	if accept != "" {
 		req.Header.Set("Accept", accept)
@@ -362,15 +619,70 @@ func (c *Client) do(ctx context.Context, method, repo, path, accept string) (*ht
 	resp, err := (&http.Client{Transport: t}).Do(req)
 	if err != nil {
 		cancel()
-		return nil, c.classify(err)
+		return nil, retryAdvice{again: c.transient(ctx, err)}, c.classify(err) // ctx: the caller's, not the request's
 	}
 	if resp.StatusCode/100 != 2 {
 		defer cancel()
 		defer resp.Body.Close()
-		return nil, c.statusError(resp)
+		return nil, c.transientStatus(resp), c.statusError(resp)
 	}
 	resp.Body = newIdleTimeoutBody(resp.Body, c.timeout, cancel)
-	return resp, nil
+	return resp, retryAdvice{}, nil
+}
+
+// transient reports whether a failed round trip may pass: the connection was cut
+// before the answer, or the auth handshake was answered 429, 502, 503 or 504. Not a
+// refused connection (nobody listens) nor a timeout (the wait was Timeout already).
+func (c *Client) transient(ctx context.Context, err error) bool {
+	if ctx.Err() != nil {
+		return false
+	}
+	var te *transport.Error
+	if errors.As(err, &te) {
+		return te.StatusCode == http.StatusTooManyRequests || te.StatusCode == http.StatusBadGateway ||
+			te.StatusCode == http.StatusServiceUnavailable || te.StatusCode == http.StatusGatewayTimeout
+	}
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return false
+	}
+	return errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) ||
+		errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)
+}
+
+// transientStatus reports whether an answer may change if asked again, and after how
+// long the upstream asked to be: 429 and 503 with a Retry-After within MaxRetryAfter
+// (or none), 502 and 504.
+func (c *Client) transientStatus(resp *http.Response) retryAdvice {
+	switch resp.StatusCode {
+	case http.StatusTooManyRequests, http.StatusServiceUnavailable:
+		h := resp.Header.Get("Retry-After")
+		if h == "" {
+			return retryAdvice{again: true}
+		}
+		d, ok := parseRetryAfter(h, time.Now())
+		if !ok {
+			return retryAdvice{again: true} // unreadable: as if unsaid
+		}
+		return retryAdvice{again: d <= c.retry.MaxRetryAfter, after: d}
+	case http.StatusBadGateway, http.StatusGatewayTimeout:
+		return retryAdvice{again: true}
+	}
+	return retryAdvice{}
+}
+
+// parseRetryAfter reads a Retry-After header: seconds, or an HTTP date.
+func parseRetryAfter(h string, now time.Time) (time.Duration, bool) {
+	if n, err := strconv.ParseInt(strings.TrimSpace(h), 10, 64); err == nil {
+		if n < 0 || n > 1<<20 {
+			return 0, false
+		}
+		return time.Duration(n) * time.Second, true
+	}
+	if t, err := http.ParseTime(h); err == nil {
+		return max(t.Sub(now), 0), true
+	}
+	return 0, false
 }
 
 // ErrUnavailable means the upstream could not be asked: unreachable, timed out or

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -116,5 +117,71 @@ func TestDockerHubOfficialImagesLiveUnderLibrary(t *testing.T) {
 	other, _ := New(Config{URL: "https://ghcr.io"})
 	if got := other.upstreamRepo("alpine"); got != "alpine" {
 		t.Errorf("ghcr alpine → %s", got)
+	}
+}
+
+// A resume answered 206 with another range than the one asked for (a broken cache in
+// front of the upstream) starts over without Range, skipping what was read.
+func TestAResumeAnsweredWithAnotherRangeStartsOver(t *testing.T) {
+	blob := []byte(strings.Repeat("0123456789", 1000))
+	d := oci.FromBytes(oci.SHA256, blob)
+	var mu sync.Mutex
+	var ranges []string
+	s := basicUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		ranges = append(ranges, r.Header.Get("Range"))
+		n := len(ranges)
+		mu.Unlock()
+		w.Header().Set("Content-Length", "10000")
+		switch n {
+		case 1: // cut short: the server closes the connection
+			w.Write(blob[:4000])
+		case 2: // the whole blob as a 206 "from 0"
+			w.Header().Set("Content-Range", "bytes 0-9999/10000")
+			w.WriteHeader(http.StatusPartialContent)
+			w.Write(blob)
+		default:
+			w.Write(blob)
+		}
+	})
+	var waits []time.Duration
+	c, _ := New(Config{URL: s.URL, Username: "u", Password: "p", Timeout: 5 * time.Second, Retry: Retry{
+		Sleep: func(_ context.Context, d time.Duration) error { waits = append(waits, d); return nil }}})
+	body, size, err := c.GetBlob(t.Context(), "org/app", d)
+	if err != nil || size != 10000 {
+		t.Fatalf("GetBlob: %d %v", size, err)
+	}
+	got, err := io.ReadAll(body)
+	body.Close()
+	if err != nil || string(got) != string(blob) {
+		t.Fatalf("read %d bytes, %v", len(got), err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if want := []string{"", "bytes=4000-", ""}; strings.Join(ranges, ",") != strings.Join(want, ",") {
+		t.Errorf("requests' ranges: %q, want %q", ranges, want)
+	}
+	if len(waits) != 2 || c.Stats().Resumes.Load() != 2 {
+		t.Errorf("%d waits, %d resumes; want 2 each", len(waits), c.Stats().Resumes.Load())
+	}
+}
+
+func TestRetryAfterIsSecondsOrADate(t *testing.T) {
+	now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	for _, c := range []struct {
+		h    string
+		want time.Duration
+		ok   bool
+	}{
+		{"7", 7 * time.Second, true},
+		{" 0 ", 0, true},
+		{now.Add(90 * time.Second).Format(http.TimeFormat), 90 * time.Second, true},
+		{now.Add(-time.Minute).Format(http.TimeFormat), 0, true},
+		{"-1", 0, false},
+		{"soon", 0, false},
+	} {
+		if got, ok := parseRetryAfter(c.h, now); got != c.want || ok != c.ok {
+			t.Errorf("Retry-After %q: %s %v, want %s %v", c.h, got, ok, c.want, c.ok)
+		}
 	}
 }

@@ -6,3 +6,10 @@ func SetHookBeforeReader(f func(filled <-chan struct{})) (restore func()) {
 	hookBeforeReader = f
 	return func() { hookBeforeReader = nil }
 }
+
+// InFlight is how many blob downloads p has running.
+func InFlight(p *Proxy) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.fetches)
+}

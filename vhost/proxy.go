@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"log/slog"
 	"net/http"
@@ -236,7 +237,7 @@ func (p *Proxy) fetchBlob(ctx context.Context, repo oci.Repository, d oci.Digest
 		if err != nil {
 			return nil, 0, p.upstreamError(err, oci.ErrBlobUnknown, "blob "+string(d))
 		}
-		return body, size, nil
+		return newVerifiedBody(body, d), size, nil
 	}
 	if bf.err != nil {
 		return nil, 0, p.upstreamError(bf.err, oci.ErrBlobUnknown, "blob "+string(d))
@@ -245,6 +246,12 @@ func (p *Proxy) fetchBlob(ctx context.Context, repo oci.Repository, d oci.Digest
 		hookBeforeReader(bf.filled)
 	}
 	if rc, ok := bf.fetch.Reader(ctx); ok {
+		// A download that fails before its first byte is answered as an error; past
+		// it, the response is cut short.
+		if err := bf.fetch.Started(ctx); err != nil {
+			rc.Close()
+			return nil, 0, p.upstreamError(err, oci.ErrBlobUnknown, "blob "+string(d))
+		}
 		return rc, bf.fetch.Size(), nil
 	}
 	// The download ended meanwhile: read the committed blob, unless it failed.
@@ -316,7 +323,7 @@ func (p *Proxy) startFetch(ctx context.Context, repo oci.Repository, d oci.Diges
 		bf.err = errTooLarge
 		close(bf.ready)
 		finish()
-		return body, size
+		return newVerifiedBody(body, d), size
 	}
 	var f *cache.Fetch
 	if err == nil {
@@ -333,10 +340,12 @@ func (p *Proxy) startFetch(ctx context.Context, repo oci.Repository, d oci.Diges
 	p.fills.Add(1)
 	go func() {
 		defer p.fills.Done()
-		defer finish()
-		defer body.Close()
 		start := p.opts.Now()
 		err := f.Fill(body, p.name, string(repo))
+		body.Close()
+		// From now on a request finds the blob stored, or (the download failed) starts
+		// a download of its own instead of joining this one's failure.
+		finish()
 		bf.fillErr = err
 		close(bf.filled)
 		if err != nil {
@@ -347,6 +356,71 @@ func (p *Proxy) startFetch(ctx context.Context, repo oci.Repository, d oci.Diges
 	}()
 	return nil, 0
 }
+
+// verifiedBody passes on a blob streamed from the upstream without being cached,
+// holding back its last byte until the whole has matched its digest: a client never
+// receives a complete body of corrupt content.
+type verifiedBody struct {
+	src  io.ReadCloser
+	d    oci.Digest
+	h    hash.Hash
+	last byte
+	held bool  // last is read and not yet passed on
+	err  error // how the stream ended (io.EOF once verified)
+}
+
+func newVerifiedBody(src io.ReadCloser, d oci.Digest) *verifiedBody {
+	return &verifiedBody{src: src, d: d, h: d.Algorithm().New()}
+}
+
+func (v *verifiedBody) Read(p []byte) (int, error) {
+	if v.err != nil {
+		if v.err == io.EOF && v.held && len(p) > 0 {
+			p[0], v.held = v.last, false
+			return 1, io.EOF
+		}
+		if v.err == io.EOF && v.held {
+			return 0, nil
+		}
+		return 0, v.err
+	}
+	if len(p) == 0 {
+		return 0, nil
+	}
+	n, err := v.src.Read(p)
+	v.h.Write(p[:n])
+	if n > 0 {
+		// Pass on the held byte and all but the last one read; hold that.
+		last := p[n-1]
+		if v.held {
+			copy(p[1:n], p[:n-1])
+			p[0] = v.last
+		} else {
+			n--
+		}
+		v.last, v.held = last, true
+	}
+	switch {
+	case err == io.EOF:
+		if got := oci.FromHash(v.d.Algorithm(), v.h); got != v.d {
+			v.err = fmt.Errorf("%w: %s streamed from the upstream hashes to %s", upstream.ErrCorrupt, v.d, got)
+			return n, v.err
+		}
+		v.err = io.EOF
+		if v.held && n < len(p) {
+			p[n], v.held = v.last, false
+			n++
+			return n, io.EOF
+		}
+		return n, nil
+	case err != nil:
+		v.err = err
+		return n, err
+	}
+	return n, nil
+}
+
+func (v *verifiedBody) Close() error { return v.src.Close() }
 
 func (p *Proxy) GetManifest(ctx context.Context, repo oci.Repository, ref oci.Reference) (*cache.StoredManifest, error) {
 	m, err := p.manifest(ctx, repo, ref)

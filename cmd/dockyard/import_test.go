@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -33,6 +32,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"golang.org/x/crypto/bcrypt"
 	"golang.org/x/sync/errgroup"
+
+	"github.com/dockyard/dockyard/test/peers/refreg"
 )
 
 // commandEnv, when set, makes the test binary run the dockyard command whose
@@ -68,70 +69,10 @@ func dockyardCommand(t *testing.T, args ...string) *exec.Cmd {
 	return cmd
 }
 
-// referenceRegistry starts the CNCF reference registry (distribution v3, .tools/registry)
-// on a free loopback port with filesystem storage in a temp dir and htpasswd (bcrypt)
-// authentication for user:password. It needs no network; make test installs it
-// (DOCKYARD_REGISTRY_TESTS=1 makes its absence a failure rather than a skip).
+// referenceRegistry starts the CNCF reference registry with htpasswd (bcrypt)
+// authentication for user:password.
 func referenceRegistry(t *testing.T, user, password string) string {
-	t.Helper()
-	bin := os.Getenv("DOCKYARD_REGISTRY")
-	if bin == "" {
-		if p, err := filepath.Abs("../../.tools/registry"); err == nil {
-			if _, err := os.Stat(p); err == nil {
-				bin = p
-			}
-		}
-	}
-	if bin == "" {
-		bin, _ = exec.LookPath("registry")
-	}
-	if bin == "" {
-		if os.Getenv("DOCKYARD_REGISTRY_TESTS") != "" {
-			t.Fatal("the CNCF reference registry is not installed (make tools installs it into .tools/)")
-		}
-		t.Skip("the CNCF reference registry is not installed; make test runs this")
-	}
-	dir := memDir(t)
-	// The lowest bcrypt cost: the registry checks the password on every request.
-	hash, err := bcrypt.GenerateFromPassword([]byte(password), bcrypt.MinCost)
-	if err != nil {
-		t.Fatal(err)
-	}
-	os.WriteFile(filepath.Join(dir, "htpasswd"), []byte(user+":"+string(hash)+"\n"), 0o600)
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
-	config := fmt.Sprintf(`version: 0.1
-log: {level: error, accesslog: {disabled: true}}
-storage:
-  filesystem: {rootdirectory: %s}
-http: {addr: %s}
-auth:
-  htpasswd: {realm: import-source, path: %s}
-`, filepath.Join(dir, "data"), addr, filepath.Join(dir, "htpasswd"))
-	os.WriteFile(filepath.Join(dir, "config.yml"), []byte(config), 0o600)
-	var log bytes.Buffer
-	cmd := exec.Command(bin, "serve", filepath.Join(dir, "config.yml"))
-	cmd.Stdout, cmd.Stderr = &log, &log
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		resp, err := http.Get("http://" + addr + "/v2/")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusUnauthorized {
-				return addr
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the reference registry did not start: %v\n%s", err, log.String())
-		}
-	}
+	return refreg.Start(t, refreg.Options{User: user, Password: password})
 }
 
 // memDir is a temporary directory in memory (/dev/shm) where there is one. Both

@@ -76,6 +76,8 @@ func registerProxyMetrics(reg *prometheus.Registry, p *vhost.Proxy) []prometheus
 		{"dockyard_upstream_requests_total", "HTTP requests to the upstream (token requests included).", nil, &up.Requests},
 		{"dockyard_upstream_errors_total", "Upstream requests that failed to connect or were answered 429 or 5xx.", nil, &up.Errors},
 		{"dockyard_upstream_response_bytes_total", "Response body bytes received from the upstream.", nil, &up.Bytes},
+		{"dockyard_upstream_retries_total", "Upstream requests made again after a failure in passing: kind request (429, 502-504, a cut connection, a bad manifest), kind resume (a blob body cut short, continued).", prometheus.Labels{"kind": "request"}, &up.Retries},
+		{"dockyard_upstream_retries_total", "Upstream requests made again after a failure in passing: kind request (429, 502-504, a cut connection, a bad manifest), kind resume (a blob body cut short, continued).", prometheus.Labels{"kind": "resume"}, &up.Resumes},
 	} {
 		l := prometheus.Labels{}
 		for k, v := range labels {

@@ -238,6 +238,8 @@ lifecycle:
 		// the upstream: a ping, the tag's HEAD, the manifest's GET, each blob once
 		{"dockyard_upstream_requests_total", hub, float64(3 + len(upBlobs))},
 		{"dockyard_upstream_errors_total", hub, 0},
+		{"dockyard_upstream_retries_total", with(hub, "kind", "request"), 0},
+		{"dockyard_upstream_retries_total", with(hub, "kind", "resume"), 0},
 		{"dockyard_gc_runs_total", nil, 1},
 		{"dockyard_auth_failures_total", map[string]string{"reason": "credentials"}, 1},
 		{"dockyard_uploads_in_flight", nil, 0},
@@ -245,6 +247,9 @@ lifecycle:
 		if got := metricValue(after, c.name, c.labels) - metricValue(before, c.name, c.labels); got != c.want {
 			t.Errorf("%s%v moved by %v, want %v", c.name, c.labels, got, c.want)
 		}
+	}
+	if f := after["dockyard_upstream_retries_total"]; f == nil || len(f.Metric) != 2 {
+		t.Errorf("dockyard_upstream_retries_total: %v; want the request and resume kinds of the proxy", f)
 	}
 	var upBytes int64
 	for _, l := range upLayers {
