@@ -122,7 +122,7 @@ func Open(opts Options) (*Store, error) {
 		opts.ManifestCache = 32 << 20
 	}
 	if opts.FreeSpace == nil {
-		opts.FreeSpace = statfsFree(opts.Dir)
+		opts.FreeSpace = index.DiskFree(opts.Dir)
 	}
 	if opts.FreeSpace == nil && opts.MinFreeSpace > 0 {
 		opts.Logger.Warn("the free-space reserve (storage.min_free_space) is not kept on this platform")
