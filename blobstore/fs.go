@@ -2,6 +2,7 @@ package blobstore
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
@@ -9,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"unsafe"
 
 	"github.com/dockyard/dockyard/oci"
@@ -21,6 +23,8 @@ const BlockSize = 4096
 
 // FS keeps blobs under root/blobs/<alg>/<first two hex>/<hex> and uploads under
 // root/uploads/<id>. A commit is a rename, made durable with the directory's fsync.
+// A write the filesystem has no room for fails with oci.ErrStorageFull, and what it
+// wrote of an upload is dropped when its writer is closed.
 type FS struct {
 	root string
 	// active counts the writers open in this process by upload id: WalkUploads does
@@ -127,7 +131,7 @@ func (s *FS) WalkUploads(ctx context.Context, fn func(Upload) error) error {
 func (s *FS) NewWriter(_ context.Context, id string) (Writer, error) {
 	f, err := os.OpenFile(s.uploadPath(id), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
 	if err != nil {
-		return nil, err
+		return nil, full(err)
 	}
 	return s.writer(id, f, 0), nil
 }
@@ -167,7 +171,7 @@ func (s *FS) hold(id string, delta int) {
 
 func (s *FS) writer(id string, f *os.File, off int64) *fsWriter {
 	s.hold(id, 1)
-	return &fsWriter{s: s, id: id, f: f, direct: openDirect(s.uploadPath(id)), off: off}
+	return &fsWriter{s: s, id: id, f: f, direct: openDirect(s.uploadPath(id)), off: off, flushed: off}
 }
 
 func (s *FS) RemoveUpload(_ context.Context, id string) error {
@@ -190,7 +194,11 @@ type fsWriter struct {
 	f      *os.File
 	direct *os.File // nil when the filesystem has no O_DIRECT
 	off    int64
-	closed bool
+	// flushed is what the upload holds durably (at the start, what it resumed at):
+	// Close drops what lies past it, so a chunk that failed (a full disk) leaves
+	// neither its bytes nor the space they take.
+	flushed int64
+	closed  bool
 }
 
 func (w *fsWriter) Write(p []byte) (int, error) {
@@ -202,29 +210,36 @@ func (w *fsWriter) Write(p []byte) (int, error) {
 		return err
 	}
 	if w.direct == nil {
-		return written, write(w.f, p)
+		return written, full(write(w.f, p))
 	}
 	if rem := int(w.off % BlockSize); rem != 0 {
 		head := min(BlockSize-rem, len(p))
 		if err := write(w.f, p[:head]); err != nil {
-			return written, err
+			return written, full(err)
 		}
 		p = p[head:]
 	}
 	if body := len(p) / BlockSize * BlockSize; body > 0 && isAligned(p) {
 		if err := write(w.direct, p[:body]); err != nil {
-			return written, err
+			return written, full(err)
 		}
 		p = p[body:]
 	}
 	if len(p) > 0 {
-		return written, write(w.f, p)
+		return written, full(write(w.f, p))
 	}
 	return written, nil
 }
 
-func (w *fsWriter) Size() int64  { return w.off }
-func (w *fsWriter) Flush() error { return w.f.Sync() }
+func (w *fsWriter) Size() int64 { return w.off }
+
+func (w *fsWriter) Flush() error {
+	if err := w.f.Sync(); err != nil {
+		return full(err)
+	}
+	w.flushed = w.off
+	return nil
+}
 
 func (w *fsWriter) ReadBack() (io.ReadCloser, error) {
 	f, err := os.Open(w.s.uploadPath(w.id))
@@ -239,19 +254,19 @@ func (w *fsWriter) Follow() (ReaderAtCloser, error) {
 }
 
 func (w *fsWriter) Commit(d oci.Digest) error {
-	if err := w.f.Sync(); err != nil {
+	if err := w.Flush(); err != nil {
 		return err
 	}
 	w.Close()
 	dst := w.s.blobPath(d)
 	dir := filepath.Dir(dst)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return err
+		return full(err)
 	}
 	if err := os.Rename(w.s.uploadPath(w.id), dst); err != nil {
-		return notExist(err)
+		return full(notExist(err))
 	}
-	return syncDir(dir)
+	return full(syncDir(dir))
 }
 
 func (w *fsWriter) Cancel() error {
@@ -268,6 +283,9 @@ func (w *fsWriter) Close() error {
 	if w.direct != nil {
 		w.direct.Close()
 	}
+	if w.off > w.flushed {
+		w.f.Truncate(w.flushed)
+	}
 	return w.f.Close()
 }
 
@@ -279,6 +297,15 @@ func syncDir(dir string) error {
 	}
 	defer f.Close()
 	return f.Sync()
+}
+
+// full marks a failure for want of space (the filesystem's, or a quota) as
+// ErrStorageFull.
+func full(err error) error {
+	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
+		return fmt.Errorf("%w: %w", oci.ErrStorageFull.Withf("the registry's storage is full: no room for blob data; free some space"), err)
+	}
+	return err
 }
 
 func notExist(err error) error {

@@ -4,8 +4,13 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"errors"
 	"io"
+	"os"
+	"path/filepath"
 	"testing"
+
+	"github.com/dockyard/dockyard/oci"
 )
 
 // Uploads arrive in chunks of any size; the O_DIRECT path must write every byte where
@@ -71,5 +76,67 @@ func TestUploadFileWritesUnalignedChunks(t *testing.T) {
 	// Resuming at an earlier offset drops what follows (a failed chunk is undone).
 	if got := readBack(5000); !bytes.Equal(got, want[:5000]) {
 		t.Fatalf("after cutting back: %d bytes", len(got))
+	}
+}
+
+// A writer closed without a flush keeps only what was flushed: the bytes of a chunk
+// that failed (a full disk) do not go on taking space until the upload resumes or is
+// purged.
+func TestClosingDropsWhatWasNotFlushed(t *testing.T) {
+	ctx := context.Background()
+	s, err := NewFS(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := s.NewWriter(ctx, "u")
+	if err != nil {
+		t.Fatal(err)
+	}
+	head := make([]byte, 5000)
+	w.Write(head)
+	if err := w.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	w.Write(make([]byte, 3<<20))
+	w.Close()
+	if fi, err := os.Stat(s.uploadPath("u")); err != nil || fi.Size() != int64(len(head)) {
+		t.Fatalf("upload file after a close: %v, %v; want the %d flushed bytes", fi.Size(), err, len(head))
+	}
+	w, err = s.ResumeWriter(ctx, "u", int64(len(head)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.Write([]byte("tail"))
+	d := oci.FromBytes(oci.SHA256, append(head, "tail"...))
+	if err := w.Commit(d); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := s.Stat(ctx, d); err != nil || n != int64(len(head))+4 {
+		t.Fatalf("committed blob: %d bytes, %v", n, err)
+	}
+}
+
+// A write the filesystem has no room for fails as the registry's storage being full
+// (507 to clients), not as an internal error. /dev/full answers every write with
+// ENOSPC.
+func TestAWriteWithoutRoomIsStorageFull(t *testing.T) {
+	if _, err := os.Stat("/dev/full"); err != nil {
+		t.Skip("no /dev/full here")
+	}
+	ctx := context.Background()
+	s, err := NewFS(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("/dev/full", filepath.Join(s.root, "uploads", "u")); err != nil {
+		t.Fatal(err)
+	}
+	w, err := s.ResumeWriter(ctx, "u", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	if _, err := w.Write(make([]byte, 3*BlockSize)); !errors.Is(err, oci.ErrStorageFull) {
+		t.Fatalf("a write into a full filesystem: %v, want the storage-full error", err)
 	}
 }

@@ -219,22 +219,31 @@ func (s *sessions) release(client string) {
 	}
 }
 
-// spaceCheckEvery is how many bytes a copy writes between free-space checks.
-const spaceCheckEvery = 16 << 20
+// spaceCheckEvery is how many bytes a copy writes between free-space checks: what
+// each upload may write past the reserve (a statfs costs microseconds, a MiB of disk
+// writes a millisecond).
+const spaceCheckEvery = 1 << 20
 
 // checkSpace refuses new data when the data directory's filesystem is below the
-// reserve.
+// reserve: storage.min_free_space, and, when the index keeps its files there, the
+// room it needs (a Badger index refuses its own writes under half of it, and a full
+// disk under Badger would kill the process).
 func (s *Store) checkSpace() error {
-	if s.minFree <= 0 {
+	reserve := s.minFree + s.indexRoom
+	if reserve <= 0 {
 		return nil
 	}
 	free, err := s.freeSpace()
 	if err != nil {
 		return fmt.Errorf("free space of the data directory: %w", err)
 	}
-	if free < s.minFree {
-		return oci.ErrStorageFull.Withf("the registry's storage is full: %s free, under the %s reserve (storage.min_free_space)",
-			humanize.IBytes(uint64(max(free, 0))), humanize.IBytes(uint64(s.minFree)))
+	if free < reserve {
+		why := "storage.min_free_space"
+		if s.indexRoom > 0 {
+			why = fmt.Sprintf("storage.min_free_space %s, and %s kept for the index", humanize.IBytes(uint64(s.minFree)), humanize.IBytes(uint64(s.indexRoom)))
+		}
+		return oci.ErrStorageFull.Withf("the registry's storage is full: %s free, under the %s reserve (%s)",
+			humanize.IBytes(uint64(max(free, 0))), humanize.IBytes(uint64(reserve)), why)
 	}
 	return nil
 }

@@ -6,11 +6,14 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/dockyard/dockyard/index"
 	"github.com/dockyard/dockyard/oci"
 )
 
@@ -267,5 +270,59 @@ func TestAMonolithicUploadCountsWhileItRuns(t *testing.T) {
 	}
 	if _, err := s.StartUpload(alice, "dev", "app", oci.SHA256); err != nil {
 		t.Errorf("after the monolithic upload: %v", err)
+	}
+}
+
+// A Badger index on the data directory's filesystem needs room there (a full disk
+// under it kills the process): uploads stop at twice its reserve, even with no
+// storage.min_free_space, so that it keeps room for the deletes that free space.
+func TestUploadsLeaveTheIndexItsRoom(t *testing.T) {
+	var free atomic.Int64
+	s := openWith(t, t.TempDir(), Options{MemTableSize: 1 << 20, FreeSpace: func() (int64, error) { return free.Load(), nil }})
+	defer s.Close()
+	ctx := context.Background()
+	free.Store(2*4<<20 - 1) // twice four 1 MiB memtables, less a byte
+	if _, err := s.StartUpload(ctx, "dev", "app", oci.SHA256); !errors.Is(err, oci.ErrStorageFull) || !strings.Contains(err.Error(), "kept for the index") {
+		t.Fatalf("an upload into the index's room: %v", err)
+	}
+	free.Store(2 * 4 << 20)
+	if _, err := s.StartUpload(ctx, "dev", "app", oci.SHA256); err != nil {
+		t.Errorf("an upload above the index's room: %v", err)
+	}
+}
+
+// A chunk the blob store took but the index had no room to record is dropped at once:
+// its bytes would hold the space that is short until the upload resumed or was
+// purged. Sent again with room, it is taken.
+func TestAChunkTheIndexCannotRecordGivesItsSpaceBack(t *testing.T) {
+	dir := t.TempDir()
+	var indexFree atomic.Int64
+	indexFree.Store(1 << 40)
+	db, err := index.OpenBadger(index.BadgerOptions{Dir: filepath.Join(dir, "index"), MemTableSize: 1 << 20,
+		FreeSpace: func() (int64, error) { return indexFree.Load(), nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := openWith(t, dir, Options{Index: db})
+	defer s.Close()
+	ctx := context.Background()
+	u, err := s.StartUpload(ctx, "dev", "app", oci.SHA256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	chunk := strings.Repeat("a chunk ", 128<<10)
+	indexFree.Store(0)
+	if _, err := s.AppendUpload(ctx, "dev", "app", u.ID, 0, strings.NewReader(chunk), int64(len(chunk))); !errors.Is(err, oci.ErrStorageFull) {
+		t.Fatalf("a chunk the index cannot record: %v", err)
+	}
+	if fi, err := os.Stat(filepath.Join(dir, "uploads", u.ID)); err != nil || fi.Size() != 0 {
+		t.Fatalf("the upload's file after the refused chunk: %v bytes, %v", fi.Size(), err)
+	}
+	indexFree.Store(1 << 40)
+	if _, err := s.AppendUpload(ctx, "dev", "app", u.ID, 0, strings.NewReader(chunk), int64(len(chunk))); err != nil {
+		t.Fatalf("the chunk sent again: %v", err)
+	}
+	if _, err := s.FinishUpload(ctx, "dev", "app", u.ID, oci.FromBytes(oci.SHA256, []byte(chunk)), -1, nil, -1); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -39,9 +39,10 @@ type Store struct {
 	configs  *lru.Cache[oci.Digest, *imageConfig]
 	buffers  *bufferPool
 	sessions sessions
-	// minFree is the free-space reserve (0: none); freeSpace measures.
-	minFree   int64
-	freeSpace func() (int64, error)
+	// minFree is the free-space reserve (0: none); freeSpace measures. indexRoom is
+	// the part of it kept for an index on the same filesystem (see checkSpace).
+	minFree, indexRoom int64
+	freeSpace          func() (int64, error)
 	// beforePurgeLock, when set (tests), runs as a purge is about to take the lock of
 	// a session it found stale.
 	beforePurgeLock func(id string)
@@ -74,7 +75,9 @@ type Options struct {
 	ManifestCache int64
 	// MaxSessionsPerClient bounds the open upload sessions of one client (0: none).
 	MaxSessionsPerClient int
-	// MinFreeSpace is the free space under which uploads are refused (0: none).
+	// MinFreeSpace is the free space under which uploads are refused (0: none). When
+	// the index keeps its files on the same filesystem (index.OnDisk), uploads leave
+	// it room too.
 	MinFreeSpace int64
 	// FreeSpace measures the free space of the data directory's filesystem (default:
 	// statfs on Linux; elsewhere none, and no reserve is kept); tests inject one.
@@ -122,16 +125,22 @@ func Open(opts Options) (*Store, error) {
 		opts.ManifestCache = 32 << 20
 	}
 	if opts.FreeSpace == nil {
-		opts.FreeSpace = statfsFree(opts.Dir)
+		opts.FreeSpace = index.DiskFree(opts.Dir)
 	}
 	if opts.FreeSpace == nil && opts.MinFreeSpace > 0 {
 		opts.Logger.Warn("the free-space reserve (storage.min_free_space) is not kept on this platform")
 		opts.MinFreeSpace = 0
 	}
+	var indexRoom int64
+	if d, ok := db.(index.OnDisk); ok && opts.FreeSpace != nil && index.SameFilesystem(opts.Dir, d.Dir()) {
+		// Twice the index's reserve: its floor, and room above it for the writes that
+		// free space (deletes, collections) and for the manifests of stored blobs.
+		indexRoom = 2 * d.Reserve()
+	}
 	s := &Store{dir: opts.Dir, db: db, blobs: blobs, log: opts.Logger, now: opts.Now,
 		contents: newManifestCache(opts.ManifestCache), tags: newTagCache(16384), buffers: newBufferPool(opts.UploadBuffers),
 		sessions: sessions{max: opts.MaxSessionsPerClient, open: map[string]int{}},
-		minFree:  opts.MinFreeSpace, freeSpace: opts.FreeSpace, locks: index.LockerOf(db)}
+		minFree:  opts.MinFreeSpace, indexRoom: indexRoom, freeSpace: opts.FreeSpace, locks: index.LockerOf(db)}
 	s.configs, _ = lru.New[oci.Digest, *imageConfig](maxRememberedConfigs)
 	s.tags.off = s.Shared()
 	if r, ok := blobs.(blobstore.Redirector); ok && r.Redirects() {

@@ -185,7 +185,7 @@ func (s *Store) AppendUpload(ctx context.Context, reg, repo, id string, start in
 		return nil, err
 	}
 	u.UpdatedAt = s.now().UTC()
-	return u, s.update(func(txn index.Txn) error {
+	err = s.update(func(txn index.Txn) error {
 		// Only over the record the chunk was written after: a session finished,
 		// cancelled or purged meanwhile is not brought back.
 		var now Upload
@@ -198,6 +198,14 @@ func (s *Store) AppendUpload(ctx context.Context, reg, repo, id string, start in
 		}
 		return setJSON(txn, uploadKey(id), u)
 	})
+	if errors.Is(err, oci.ErrStorageFull) && s.Holds(held) {
+		// The index had no room to record the chunk (and wrote nothing): its bytes go
+		// now, not when the upload resumes, for they hold the space that is short.
+		if w, rerr := s.blobs.ResumeWriter(context.WithoutCancel(ctx), id, from); rerr == nil {
+			w.Close()
+		}
+	}
+	return u, err
 }
 
 func (u *Upload) saveHash(h hash.Hash) (err error) {

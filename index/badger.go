@@ -4,8 +4,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
+	"syscall"
 
 	"github.com/dgraph-io/badger/v4"
+	"github.com/dustin/go-humanize"
+
+	"github.com/dockyard/dockyard/oci"
 )
 
 // BadgerOptions configure the embedded index.
@@ -15,13 +20,27 @@ type BadgerOptions struct {
 	// MemTableSize is the memtable size (default 16 MiB); it also bounds one
 	// transaction (15% of it).
 	MemTableSize int64
+	// FreeSpace measures the free space of Dir's filesystem (default: statfs on Linux;
+	// elsewhere none, and no room is kept); tests inject one.
+	FreeSpace func() (int64, error)
 }
 
 // Badger is the embedded index: Badger in a directory, every commit synced (a 201
 // means the push is durable).
+//
+// Badger writes its log and its tables through memory maps of files it makes at
+// their full size without allocating them, and a write into such a map that the
+// filesystem has no room for kills the process (SIGBUS) instead of failing. So the
+// index keeps a reserve of free space on its filesystem: under it, writes are
+// refused (oci.ErrStorageFull) before they reach Badger, while reads go on, and they
+// are taken again as soon as there is room; nothing needs reopening, since Badger
+// never met the full disk.
 type Badger struct {
-	db  *badger.DB
-	log *slog.Logger
+	db      *badger.DB
+	log     *slog.Logger
+	dir     string
+	reserve int64
+	free    func() (int64, error) // nil: not measured
 }
 
 // OpenBadger opens (creating if needed) the index in o.Dir.
@@ -47,11 +66,61 @@ func OpenBadger(o BadgerOptions) (*Badger, error) {
 		WithValueLogFileSize(max(1<<20, 4*o.MemTableSize)).
 		WithValueThreshold(min(64<<10, o.MemTableSize/32)).
 		WithNumCompactors(2)
+	if o.FreeSpace == nil {
+		o.FreeSpace = DiskFree(o.Dir)
+	}
+	b := &Badger{log: o.Logger, dir: o.Dir, reserve: badgerReserve(o.MemTableSize), free: o.FreeSpace}
+	if _, err := os.Stat(o.Dir); err == nil {
+		// Opening writes too (a log, and the tables of one a crash left): on a full
+		// filesystem Badger would die of it.
+		if err := b.room(); err != nil {
+			return nil, fmt.Errorf("open index: %w", err)
+		}
+	}
 	db, err := badger.Open(bopts)
 	if err != nil {
-		return nil, fmt.Errorf("open index: %w", err)
+		return nil, fmt.Errorf("open index: %w", full(err))
 	}
-	return &Badger{db: db, log: o.Logger}, nil
+	b.db = db
+	return b, nil
+}
+
+// badgerReserve is the free space Badger may take after a write it was let make:
+// four memtables' worth — the rest of the write-ahead log and the next one (a
+// transaction is at most 15% of a memtable, and a few run at once), the table a full
+// memtable is flushed to, and the compaction that flush starts.
+func badgerReserve(memTable int64) int64 { return 4 * memTable }
+
+// Dir is the directory the index writes to.
+func (b *Badger) Dir() string { return b.dir }
+
+// Reserve is the free space the index keeps on its filesystem.
+func (b *Badger) Reserve() int64 { return b.reserve }
+
+// room refuses a write when the index's filesystem is under the reserve. Where free
+// space cannot be measured, the write goes ahead.
+func (b *Badger) room() error {
+	if b.free == nil {
+		return nil
+	}
+	free, err := b.free()
+	if err != nil {
+		b.log.Warn("free space of the index's filesystem", "dir", b.dir, "err", err)
+		return nil
+	}
+	if free < b.reserve {
+		return fmt.Errorf("%w (index in %s)", oci.ErrStorageFull.Withf("the registry's index storage is full: %s free, under the %s the index keeps to write safely; free some space",
+			humanize.IBytes(uint64(max(free, 0))), humanize.IBytes(uint64(b.reserve))), b.dir)
+	}
+	return nil
+}
+
+// full marks a failure for want of space as ErrStorageFull.
+func full(err error) error {
+	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
+		return fmt.Errorf("%w: %w", oci.ErrStorageFull.Withf("the registry's index storage is full; free some space"), err)
+	}
+	return err
 }
 
 func (b *Badger) View(fn func(Txn) error) error {
@@ -59,14 +128,17 @@ func (b *Badger) View(fn func(Txn) error) error {
 }
 
 // Update retries conflicts (Badger's optimistic concurrency: a key fn read was
-// changed by a transaction that committed first).
+// changed by a transaction that committed first). Under the reserve it refuses.
 func (b *Badger) Update(fn func(Txn) error) error {
+	if err := b.room(); err != nil {
+		return err
+	}
 	for attempt := 0; ; attempt++ {
 		err := b.db.Update(func(txn *badger.Txn) error { return fn(badgerTxn{txn}) })
 		if errors.Is(err, badger.ErrConflict) && attempt < 1000 {
 			continue
 		}
-		return tooBig(err)
+		return full(tooBig(err))
 	}
 }
 
@@ -76,11 +148,14 @@ func (b *Badger) Close() error { return b.db.Close() }
 // such as big manifests, there, and never reclaims them by itself).
 func (b *Badger) Compact() error {
 	for range 64 {
+		if err := b.room(); err != nil {
+			return err
+		}
 		if err := b.db.RunValueLogGC(0.5); err != nil {
 			if errors.Is(err, badger.ErrNoRewrite) || errors.Is(err, badger.ErrRejected) {
 				return nil
 			}
-			return err
+			return full(err)
 		}
 	}
 	return nil

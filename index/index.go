@@ -93,6 +93,14 @@ type Sharer interface {
 	Shared() bool
 }
 
+// OnDisk is implemented by drivers that keep the index in a local directory (Badger):
+// they need free space on its filesystem to write, and refuse writes
+// (oci.ErrStorageFull) when it runs under their reserve.
+type OnDisk interface {
+	Dir() string
+	Reserve() int64
+}
+
 // Compacter is implemented by drivers that reclaim space on request (Badger's value
 // log).
 type Compacter interface {

@@ -6,10 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/dockyard/dockyard/index"
 	"github.com/dockyard/dockyard/index/pgtest"
+	"github.com/dockyard/dockyard/oci"
 )
 
 var pg *pgtest.Server
@@ -249,4 +251,57 @@ func TestGetOne(t *testing.T) {
 			t.Errorf("GetOne of a missing key: %v", err)
 		}
 	})
+}
+
+// Badger writes through memory maps, and a full filesystem under them kills the
+// process: under its reserve of free space the index refuses writes with the
+// storage-full error before they reach Badger, reads go on, and writes are taken again
+// once there is room, without reopening. Opening is refused under it.
+func TestBadgerRefusesWritesUnderItsReserve(t *testing.T) {
+	var free atomic.Int64
+	free.Store(1 << 40)
+	opts := index.BadgerOptions{Dir: t.TempDir(), MemTableSize: 1 << 20,
+		FreeSpace: func() (int64, error) { return free.Load(), nil }}
+	db, err := index.OpenBadger(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	set := func(k string) error {
+		return db.Update(func(txn index.Txn) error { return txn.Set([]byte(k), []byte(k)) })
+	}
+	if err := set("before"); err != nil {
+		t.Fatal(err)
+	}
+	if db.Reserve() != 4<<20 {
+		t.Errorf("reserve %d, want four 1 MiB memtables", db.Reserve())
+	}
+	free.Store(db.Reserve() - 1)
+	if err := set("while full"); !errors.Is(err, oci.ErrStorageFull) {
+		t.Fatalf("a write under the reserve: %v, want the storage-full error", err)
+	}
+	if err := db.Compact(); !errors.Is(err, oci.ErrStorageFull) {
+		t.Errorf("a compaction under the reserve: %v", err)
+	}
+	if v, err := index.GetOne(db, []byte("before")); err != nil || string(v) != "before" {
+		t.Errorf("a read under the reserve: %q %v", v, err)
+	}
+	if _, err := index.GetOne(db, []byte("while full")); !errors.Is(err, index.ErrNotFound) {
+		t.Errorf("the refused write: %v, want nothing written", err)
+	}
+	free.Store(db.Reserve())
+	if err := set("with room"); err != nil {
+		t.Errorf("a write with room again: %v", err)
+	}
+	// Opening writes too: on a full filesystem it is refused, not left to crash.
+	db.Close()
+	free.Store(db.Reserve() - 1)
+	if _, err := index.OpenBadger(opts); !errors.Is(err, oci.ErrStorageFull) {
+		t.Fatalf("opening under the reserve: %v, want the storage-full error", err)
+	}
+	free.Store(db.Reserve())
+	db, err = index.OpenBadger(opts)
+	if err != nil {
+		t.Fatalf("opening with room: %v", err)
+	}
+	db.Close()
 }
