@@ -1,6 +1,7 @@
-// Package gateway owns dockyard's HTTP face: the fasthttp server, parsing of V2 routes
-// into typed requests, dispatch to the virtual registry that serves the request's host,
-// OCI error responses and CORS. It knows nothing of how content is stored.
+// Package gateway owns dockyard's HTTP face: the fasthttp server and the limits on what
+// clients may hold of it, parsing of V2 routes into typed requests, dispatch to the
+// virtual registry that serves the request's host, OCI error responses and CORS. It
+// knows nothing of how content is stored.
 package gateway
 
 import (
@@ -279,7 +280,7 @@ func (g *Gateway) handle(ctx *fasthttp.RequestCtx) {
 	}
 	err := g.checkBodySize(ctx)
 	switch {
-	case err != nil:
+	case err != nil: // a body over http.max_body_size, answered below unread
 	case g.opts.MetricsOnMain && g.metrics != nil && string(ctx.Path()) == "/metrics" && ctx.IsGet():
 		// As the admin endpoint: loopback clients without authentication, admins with
 		// it. A scraper elsewhere uses metrics.listen, an address of its own.
