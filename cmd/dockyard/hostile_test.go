@@ -45,8 +45,10 @@ const (
 // byte-identical. What is over an address's limit is refused at once (429), the
 // slowloris are cut at the header timeout and the uploads at the read timeout (408),
 // an address at its limit of open uploads is told when to retry (429, Retry-After);
-// the server's connections, goroutines and memory stay bounded throughout, and come
-// back near where they started once the attackers are gone.
+// the server's connections, goroutines and resident memory stay bounded throughout,
+// and once it has cut the attackers off, its connections and goroutines are back near
+// where they started (its memory within the same bound: Go returns it to the system
+// slowly).
 func TestHostileConnectionsLeaveRoomForRealClients(t *testing.T) {
 	raiseFileLimit(t, 8192) // 2,200 attacking connections, both ends in this machine
 	dir := t.TempDir()
@@ -235,12 +237,13 @@ limits: {upload_sessions_per_client: %d, upload_buffers: 16MiB}
 	// Bounds. Connections: each attacking address's limit, and a few of the client's.
 	// Goroutines: one per connection, two more per upload copying (hashing and writing
 	// beside reading), refused connections lingering for a second (at most 64), and
-	// some for the client's requests. Memory, per connection: the part of its read
-	// buffer (max_header_size, 16 KiB) and goroutine stack it has used, its request's
-	// state (measured about 10 KiB in all; 32 KiB allowed for the garbage collector's
-	// headroom; the race detector's own memory makes it about 250 KiB: 320 allowed); the upload buffer
-	// pool (16 MiB) and the 64 KiB buffer of each upload the pool had none left for;
-	// and 32 MiB for the client's pushes and pulls (they stream, never buffered whole).
+	// some for the client's requests. Memory: per connection, the part of its read
+	// buffer (max_header_size, 16 KiB) and of its goroutine stack it has used, and its
+	// request's state — measured at about 15 KiB, 32 KiB allowed for the garbage
+	// collector's headroom (under the race detector, whose own memory grows with
+	// every goroutine and access, about 250 KiB: 320 allowed); the upload buffer pool
+	// (16 MiB) and the 64 KiB buffer of each upload the pool had none left for; and
+	// 32 MiB for the client's pushes and pulls (they stream, never buffered whole).
 	admitted := slowAddrs*perIP + stallAddrs*stallPerAddr
 	if max := admitted + 20; during.conns > max {
 		t.Errorf("%d connections open under attack, more than the %d the limits allow", during.conns, max)
