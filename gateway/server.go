@@ -170,7 +170,7 @@ func New(opts Options) *Gateway {
 		// authorised or one that stopped coming must not hold a connection for an hour.
 		ReadTimeout: opts.HeaderTimeout,
 		HeaderReceived: func(*fasthttp.RequestHeader) fasthttp.RequestConfig {
-			return fasthttp.RequestConfig{ReadTimeout: opts.ReadTimeout}
+			return fasthttp.RequestConfig{ReadTimeout: g.opts.ReadTimeout} // not opts: it holds what a reload lets go
 		},
 		WriteTimeout:    opts.WriteTimeout,
 		IdleTimeout:     opts.IdleTimeout,
@@ -183,9 +183,9 @@ func New(opts Options) *Gateway {
 
 // Live is the part of the options a configuration reload replaces: routes and
 // registries, authentication and rules, token hosts, the admin endpoint and its
-// admins, tag classes, CORS, trusted proxies, limits. Each use reads the current one, so a
-// request that started before a reload may finish its later steps under the new
-// rules (never under a mix within one decision).
+// admins, tag classes, CORS, trusted proxies, client limits. Each use reads the
+// current one, so a request that started before a reload may finish its later steps
+// under the new rules (never under a mix within one decision).
 type Live struct {
 	Router         *vhost.Router
 	Auth           *auth.Service
