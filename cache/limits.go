@@ -183,7 +183,7 @@ func (s *sessions) acquire(client string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.max > 0 && s.open[client] >= s.max {
-		return oci.ErrTooManyRequests.Withf("%s has %d uploads open, the most one client may have (limits.upload_sessions_per_client); finish or cancel some", client, s.open[client])
+		return tooManySessions(client, s.open[client])
 	}
 	s.open[client]++
 	return nil
@@ -203,9 +203,19 @@ func (s *sessions) check(txn index.Txn, client string) error {
 		return err
 	}
 	if n >= s.max {
-		return oci.ErrTooManyRequests.Withf("%s has %d uploads open, the most one client may have (limits.upload_sessions_per_client); finish or cancel some", client, n)
+		return tooManySessions(client, n)
 	}
 	return nil
+}
+
+// sessionsRetryAfter is the Retry-After, in seconds, of a client at its limit of open
+// uploads: time for some of its uploads in flight to finish.
+const sessionsRetryAfter = "30"
+
+func tooManySessions(client string, n int) error {
+	e := oci.ErrTooManyRequests.Withf("%s has %d uploads open, the most one client may have (limits.upload_sessions_per_client); finish or cancel some", client, n)
+	e.RetryAfter = sessionsRetryAfter
+	return e
 }
 
 func (s *sessions) release(client string) {

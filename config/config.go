@@ -250,11 +250,27 @@ type Metrics struct {
 
 // HTTP configures the listener.
 type HTTP struct {
+	// HeaderTimeout bounds the wait for a request's line and headers (a new
+	// connection's first request from the moment it opens); ReadTimeout then bounds a
+	// body that is not blob data, and any pause within blob data; UploadTimeout bounds
+	// a blob upload's body as a whole.
+	HeaderTimeout   time.Duration `mapstructure:"header_timeout"`
 	ReadTimeout     time.Duration `mapstructure:"read_timeout"`
 	UploadTimeout   time.Duration `mapstructure:"upload_timeout"`
 	IdleTimeout     time.Duration `mapstructure:"idle_timeout"`
 	WriteTimeout    time.Duration `mapstructure:"write_timeout"`
 	MaxManifestSize ByteSize      `mapstructure:"max_manifest_size"`
+	// MaxHeaderSize bounds a request's line and headers together; MaxBodySize the
+	// body of any request but a blob upload or a manifest.
+	MaxHeaderSize ByteSize `mapstructure:"max_header_size"`
+	MaxBodySize   ByteSize `mapstructure:"max_body_size"`
+	// MaxConns bounds the open connections, MaxConnsPerIP those from one address
+	// (an IPv6 /64); trusted proxies are exempt from the latter. 0: no limit.
+	MaxConns      int `mapstructure:"max_conns"`
+	MaxConnsPerIP int `mapstructure:"max_conns_per_ip"`
+	// RateLimit bounds each client's requests to the costly endpoints: the catalog,
+	// search and the token endpoint.
+	RateLimit HTTPRateLimit `mapstructure:"rate_limit"`
 	// ShutdownTimeout bounds how long a stopping server (SIGTERM) lets requests in
 	// flight finish before it closes their connections.
 	ShutdownTimeout time.Duration `mapstructure:"shutdown_timeout"`
@@ -262,6 +278,13 @@ type HTTP struct {
 	// TrustedProxies are addresses or CIDR ranges of load balancers and TLS
 	// terminators whose X-Forwarded-For header names the real client.
 	TrustedProxies []string `mapstructure:"trusted_proxies"`
+}
+
+// HTTPRateLimit is a token bucket per client address: PerSecond requests a second on
+// average, Burst at once. PerSecond 0 turns it off.
+type HTTPRateLimit struct {
+	PerSecond float64 `mapstructure:"per_second"`
+	Burst     int     `mapstructure:"burst"`
 }
 
 // CORS configures cross-origin access for browser clients.
@@ -402,12 +425,19 @@ func setDefaults(v *viper.Viper) {
 	v.SetDefault("log.access", true)
 	v.SetDefault("metrics.enabled", true)
 	v.SetDefault("metrics.listen", "")
+	v.SetDefault("http.header_timeout", "30s")
 	v.SetDefault("http.read_timeout", "1m")
 	v.SetDefault("http.upload_timeout", "1h")
 	v.SetDefault("http.idle_timeout", "2m")
 	v.SetDefault("http.write_timeout", "0s")
 	v.SetDefault("http.shutdown_timeout", "30s")
 	v.SetDefault("http.max_manifest_size", "4MiB")
+	v.SetDefault("http.max_header_size", "16KiB")
+	v.SetDefault("http.max_body_size", "1MiB")
+	v.SetDefault("http.max_conns", 8192)
+	v.SetDefault("http.max_conns_per_ip", 1024)
+	v.SetDefault("http.rate_limit.per_second", 50)
+	v.SetDefault("http.rate_limit.burst", 500)
 	v.SetDefault("http.trusted_proxies", []string{})
 	v.SetDefault("http.cors.allowed_origins", []string{})
 	v.SetDefault("http.cors.allowed_methods", []string{"GET", "HEAD", "OPTIONS"})
@@ -437,7 +467,7 @@ func setDefaults(v *viper.Viper) {
 	v.SetDefault("storage.s3.secret_access_key_env", "")
 	v.SetDefault("limits.upload_buffers", "64MiB")
 	v.SetDefault("limits.manifest_cache", "32MiB")
-	v.SetDefault("limits.upload_sessions_per_client", 64)
+	v.SetDefault("limits.upload_sessions_per_client", 256)
 	v.SetDefault("auth.mode", "none")
 	v.SetDefault("auth.users_file", "")
 	v.SetDefault("auth.token.issuer", "dockyard")
@@ -597,6 +627,13 @@ func ParsePrefix(s string) (netip.Prefix, error) {
 	return netip.PrefixFrom(a, a.BitLen()), nil
 }
 
+// The bounds of http.max_header_size: below 4 KiB a bearer token with a few scopes
+// does not fit; past 1 MiB each slow connection would hold that much.
+const (
+	MinHeaderSize = 4 << 10
+	MaxHeaderSize = 1 << 20
+)
+
 // Defaults of a proxy's upstream settings.
 const (
 	DefaultUpstreamTimeout = 30 * time.Second
@@ -668,7 +705,7 @@ func (c *Config) Validate() error {
 	for _, d := range []struct {
 		path string
 		v    time.Duration
-	}{{"http.read_timeout", c.HTTP.ReadTimeout}, {"http.upload_timeout", c.HTTP.UploadTimeout}, {"http.idle_timeout", c.HTTP.IdleTimeout}, {"http.write_timeout", c.HTTP.WriteTimeout}, {"http.shutdown_timeout", c.HTTP.ShutdownTimeout}} {
+	}{{"http.header_timeout", c.HTTP.HeaderTimeout}, {"http.read_timeout", c.HTTP.ReadTimeout}, {"http.upload_timeout", c.HTTP.UploadTimeout}, {"http.idle_timeout", c.HTTP.IdleTimeout}, {"http.write_timeout", c.HTTP.WriteTimeout}, {"http.shutdown_timeout", c.HTTP.ShutdownTimeout}} {
 		if d.v < 0 {
 			bad(d.path, "must not be negative")
 		}
@@ -680,6 +717,24 @@ func (c *Config) Validate() error {
 	}
 	if c.HTTP.MaxManifestSize <= 0 {
 		bad("http.max_manifest_size", "must be positive")
+	}
+	if h := c.HTTP.MaxHeaderSize; h < MinHeaderSize || h > MaxHeaderSize {
+		bad("http.max_header_size", "must be between %s and %s (long Authorization headers need several KiB)",
+			humanize.IBytes(MinHeaderSize), humanize.IBytes(MaxHeaderSize))
+	}
+	if c.HTTP.MaxBodySize <= 0 {
+		bad("http.max_body_size", "must be positive")
+	}
+	if c.HTTP.MaxConns < 0 {
+		bad("http.max_conns", "must not be negative (0: no limit)")
+	}
+	if c.HTTP.MaxConnsPerIP < 0 {
+		bad("http.max_conns_per_ip", "must not be negative (0: no limit)")
+	}
+	if r := c.HTTP.RateLimit; r.PerSecond < 0 {
+		bad("http.rate_limit.per_second", "must not be negative (0: no limit)")
+	} else if r.PerSecond > 0 && r.Burst < 1 {
+		bad("http.rate_limit.burst", "must be at least 1 while per_second is set")
 	}
 	switch c.Index.Driver {
 	case "badger":

@@ -131,7 +131,7 @@ func TestResourceLimits(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Limits.UploadBuffers != 64<<20 || c.Limits.ManifestCache != 32<<20 || c.Limits.UploadSessionsPerClient != 64 || c.Storage.MinFreeSpace != 1<<30 {
+	if c.Limits.UploadBuffers != 64<<20 || c.Limits.ManifestCache != 32<<20 || c.Limits.UploadSessionsPerClient != 256 || c.Storage.MinFreeSpace != 1<<30 {
 		t.Errorf("defaults: %+v, min_free_space %d", c.Limits, c.Storage.MinFreeSpace)
 	}
 	path := filepath.Join(t.TempDir(), "bad.yaml")
@@ -146,6 +146,37 @@ limits: {upload_buffers: 0, manifest_cache: -5, upload_sessions_per_client: -1}
 	for _, want := range []string{"storage.min_free_space", "limits.upload_buffers", "limits.manifest_cache", "limits.upload_sessions_per_client"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error does not mention %s:\n%v", want, err)
+		}
+	}
+}
+
+// The client limits default to values a registry serving a CI farm behind one NAT
+// address can live with, and values that bound nothing or everything are refused.
+func TestClientLimits(t *testing.T) {
+	c, err := Load("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := c.HTTP
+	if h.HeaderTimeout != 30*time.Second || h.MaxHeaderSize != 16<<10 || h.MaxBodySize != 1<<20 || h.MaxConns != 8192 ||
+		h.MaxConnsPerIP != 1024 || h.RateLimit != (HTTPRateLimit{PerSecond: 50, Burst: 500}) {
+		t.Errorf("defaults: %+v", h)
+	}
+	for _, bad := range []struct{ yaml, want string }{
+		{"{header_timeout: -1s, max_header_size: 1KiB, max_body_size: 0, max_conns: -1, max_conns_per_ip: -1, rate_limit: {per_second: -1}}",
+			"http.header_timeout http.max_header_size http.max_body_size http.max_conns: http.max_conns_per_ip http.rate_limit.per_second"},
+		{"{max_header_size: 2MiB, rate_limit: {per_second: 5, burst: 0}}", "http.max_header_size http.rate_limit.burst"},
+	} {
+		path := filepath.Join(t.TempDir(), "bad.yaml")
+		os.WriteFile(path, []byte("http: "+bad.yaml+"\n"), 0o644)
+		_, err := Load(path)
+		if err == nil {
+			t.Fatalf("%s accepted", bad.yaml)
+		}
+		for _, want := range strings.Fields(bad.want) {
+			if !strings.Contains(err.Error(), want) {
+				t.Errorf("%s: error does not mention %s:\n%v", bad.yaml, want, err)
+			}
 		}
 	}
 }

@@ -267,9 +267,25 @@ func TestOnlyUploadsGetTheUploadTimeout(t *testing.T) {
 	if !stalled("PUT", "/v2/a/manifests/v1") {
 		t.Error("a stalled manifest body held the connection past the read timeout")
 	}
+	// An upload chunk that keeps coming, slowly, for longer than the read timeout (one
+	// that stops is cut off: TestAStalledUploadIsCutAtTheReadTimeout).
 	loc := r.startUpload("a")
-	if stalled("PATCH", loc) {
-		t.Error("a stalled upload chunk was cut off by the read timeout, not the upload timeout")
+	c, err := net.Dial("tcp", r.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	io.WriteString(c, "PATCH "+loc+" HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nContent-Length: 100000\r\n\r\n"+strings.Repeat("x", 16<<10))
+	for range 10 {
+		time.Sleep(250 * time.Millisecond)
+		if _, err := c.Write([]byte("x")); err != nil {
+			t.Fatalf("a slow upload chunk was cut off after %d more bytes: %v", 0, err)
+		}
+	}
+	c.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+	var ne net.Error
+	if _, err := c.Read(make([]byte, 1)); !errors.As(err, &ne) || !ne.Timeout() {
+		t.Errorf("a slow upload chunk was answered or closed after 2.5s of a 1s read timeout: %v", err)
 	}
 }
 

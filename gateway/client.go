@@ -61,12 +61,7 @@ func (g *Gateway) forwardedByUntrusted(ctx *fasthttp.RequestCtx) bool {
 }
 
 func (g *Gateway) trustedProxy(ctx *fasthttp.RequestCtx, a netip.Addr) bool {
-	for _, p := range g.live(ctx).TrustedProxies {
-		if p.Contains(a) {
-			return true
-		}
-	}
-	return false
+	return trustedIn(g.live(ctx), a)
 }
 
 func peerAddr(ctx *fasthttp.RequestCtx) netip.Addr {

@@ -27,10 +27,14 @@ type metrics struct {
 	uploads   prometheus.Gauge
 	authFails *prometheus.CounterVec
 	limited   prometheus.Counter
-	serveHTTP fasthttp.RequestHandler
+	// refused counts connections over a limit (by limit), rateLimited requests over
+	// their client's rate (by route).
+	refused     *prometheus.CounterVec
+	rateLimited *prometheus.CounterVec
+	serveHTTP   fasthttp.RequestHandler
 }
 
-func newMetrics() *metrics {
+func newMetrics(conns *admission) *metrics {
 	reg := prometheus.NewRegistry()
 	m := &metrics{
 		registry: reg,
@@ -51,8 +55,15 @@ func newMetrics() *metrics {
 			Help: "Failed authentications: bad credentials, directory unavailable, invalid bearer token, rate limited."}, []string{"reason"}),
 		limited: prometheus.NewCounter(prometheus.CounterOpts{Name: "dockyard_auth_rate_limited_total",
 			Help: "Logins refused by the failed-login rate limit."}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "dockyard_http_connections_refused_total",
+			Help: "Connections refused on arrival, by the limit they were over (max_conns, max_conns_per_ip)."}, []string{"limit"}),
+		rateLimited: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "dockyard_http_rate_limited_total",
+			Help: "Requests refused (429) by their client's rate limit, by route (catalog, search, docker-search, token)."}, []string{"route"}),
 	}
+	connections := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "dockyard_http_connections",
+		Help: "Client connections open now."}, func() float64 { return float64(conns.open()) })
 	reg.MustRegister(m.requests, m.duration, m.bytesIn, m.bytesOut, m.inFlight, m.uploads, m.authFails, m.limited,
+		m.refused, m.rateLimited, connections,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m.serveHTTP = fasthttpadaptor.NewFastHTTPHandler(promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	return m

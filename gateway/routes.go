@@ -31,7 +31,7 @@ var endpoints = map[Kind]endpoint{
 		{method: "GET", handle: (*Gateway).base},
 		{method: "HEAD", handle: (*Gateway).base},
 	}},
-	KindCatalog: {name: "catalog", scope: scopeRegistry, ops: []op{
+	KindCatalog: {name: "catalog", scope: scopeRegistry, costly: true, ops: []op{
 		{method: "GET", action: auth.Pull, handle: (*Gateway).catalog},
 	}},
 	KindTags: {name: "tags", ops: []op{
@@ -69,6 +69,8 @@ type endpoint struct {
 	// upload endpoints receive blob data: their bodies may take hours, so they get the
 	// upload timeout; every other body is small and read under the short one.
 	upload bool
+	// costly endpoints count against each client's rate (Limits.RatePerSecond).
+	costly bool
 	ops    []op
 }
 

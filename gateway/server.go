@@ -1,6 +1,7 @@
-// Package gateway owns dockyard's HTTP face: the fasthttp server, parsing of V2 routes
-// into typed requests, dispatch to the virtual registry that serves the request's host,
-// OCI error responses and CORS. It knows nothing of how content is stored.
+// Package gateway owns dockyard's HTTP face: the fasthttp server and the limits on what
+// clients may hold of it, parsing of V2 routes into typed requests, dispatch to the
+// virtual registry that serves the request's host, OCI error responses and CORS. It
+// knows nothing of how content is stored.
 package gateway
 
 import (
@@ -33,10 +34,16 @@ type Options struct {
 	Logger *slog.Logger
 	// MaxManifestSize is the largest manifest accepted, in bytes.
 	MaxManifestSize int64
-	// ReadTimeout bounds reading a request's headers and small bodies; UploadTimeout
-	// bounds reading a blob upload body; IdleTimeout closes idle keep-alive connections.
-	ReadTimeout, UploadTimeout, IdleTimeout, WriteTimeout time.Duration
-	CORS                                                  CORS
+	// HeaderTimeout bounds the wait for a request's line and headers (on a new
+	// connection, from when it opens); ReadTimeout bounds a body that is not blob data
+	// and any pause within blob data; UploadTimeout bounds a blob upload's body as a
+	// whole; IdleTimeout closes idle keep-alive connections.
+	HeaderTimeout, ReadTimeout, UploadTimeout, IdleTimeout, WriteTimeout time.Duration
+	// MaxHeaderSize bounds a request's line and headers together (default 16 KiB).
+	MaxHeaderSize int
+	// Limits bound clients' connections, small bodies and costly requests (live).
+	Limits Limits
+	CORS   CORS
 	// Auth, when set, authenticates and authorises every request (nil: open registry).
 	Auth *auth.Service
 	// TokenHosts override the token realm and service per Host.
@@ -88,6 +95,10 @@ type Gateway struct {
 	log     *slog.Logger
 	server  *fasthttp.Server
 	reqID   atomic.Uint64
+	// admission counts connections against the limits; rates are the clients' token
+	// buckets for costly requests.
+	admission *admission
+	rates     rateLimiter
 
 	// Shutdown waits for handlers; past its deadline it closes the connections still
 	// open so that handlers reading a body stop, and waits for them again: the store
@@ -121,13 +132,19 @@ func New(opts Options) *Gateway {
 	if opts.IdleTimeout <= 0 {
 		opts.IdleTimeout = 2 * time.Minute
 	}
-	g := &Gateway{opts: opts, log: opts.Logger, conns: map[net.Conn]struct{}{}}
+	if opts.HeaderTimeout <= 0 {
+		opts.HeaderTimeout = opts.ReadTimeout
+	}
+	if opts.MaxHeaderSize <= 0 {
+		opts.MaxHeaderSize = 16 << 10 // room for long Authorization headers
+	}
+	g := &Gateway{opts: opts, log: opts.Logger, conns: map[net.Conn]struct{}{}, admission: newAdmission()}
 	g.current.Store(&Live{Router: opts.Router, Auth: opts.Auth, TokenHosts: opts.TokenHosts, Admin: opts.Admin,
-		Admins: opts.Admins, Classify: opts.Classify, CORS: opts.CORS, TrustedProxies: opts.TrustedProxies})
+		Admins: opts.Admins, Classify: opts.Classify, CORS: opts.CORS, TrustedProxies: opts.TrustedProxies, Limits: opts.Limits})
 	// From here on they are read from the live options only: a reload lets these go.
 	g.opts.Router, g.opts.Auth, g.opts.Admin, g.opts.Classify = nil, nil, nil, nil
 	if opts.Metrics {
-		g.metrics = newMetrics()
+		g.metrics = newMetrics(g.admission)
 	}
 	g.life, g.stop = context.WithCancel(context.Background())
 	g.idle = sync.NewCond(&g.connMu)
@@ -140,15 +157,24 @@ func New(opts Options) *Gateway {
 		MaxRequestBodySize:           256 << 10,
 		DisablePreParseMultipartForm: true,
 		NoDefaultContentType:         true,
-		ReadBufferSize:               16 << 10, // room for long Authorization headers
-		ReadTimeout:                  opts.ReadTimeout,
-		WriteTimeout:                 opts.WriteTimeout,
-		IdleTimeout:                  opts.IdleTimeout,
-		// Every request is read under the short timeout, the first bytes of its body
-		// included (fasthttp reads up to 8 KiB of a streamed body before any handler
-		// runs); only a blob upload its caller may make gets the long one, from
-		// dispatch: a manifest or token body trickled slowly, or an upload nobody
-		// authorised, must not hold a connection for an hour.
+		// The read buffer holds the request line and headers: its size is their limit.
+		ReadBufferSize: opts.MaxHeaderSize,
+		// fasthttp's ReadTimeout runs from a new connection's opening, or a kept-alive
+		// one's first byte of a request, to the end of the headers (a slowloris
+		// trickling headers is cut off there); then HeaderReceived gives the body the
+		// read timeout. Every body is read under it, the first bytes included
+		// (fasthttp reads up to 8 KiB of a streamed body before any handler runs);
+		// only a blob upload its caller may make gets the upload timeout, from
+		// dispatch, and even then each read must make progress within the read
+		// timeout: a manifest or token body trickled slowly, an upload nobody
+		// authorised or one that stopped coming must not hold a connection for an hour.
+		ReadTimeout: opts.HeaderTimeout,
+		HeaderReceived: func(*fasthttp.RequestHeader) fasthttp.RequestConfig {
+			return fasthttp.RequestConfig{ReadTimeout: g.opts.ReadTimeout} // not opts: it holds what a reload lets go
+		},
+		WriteTimeout:    opts.WriteTimeout,
+		IdleTimeout:     opts.IdleTimeout,
+		ErrorHandler:    g.transportError,
 		Logger:          fasthttpLogger{opts.Logger},
 		CloseOnShutdown: true,
 	}
@@ -157,9 +183,9 @@ func New(opts Options) *Gateway {
 
 // Live is the part of the options a configuration reload replaces: routes and
 // registries, authentication and rules, token hosts, the admin endpoint and its
-// admins, tag classes, CORS, trusted proxies. Each use reads the current one, so a
-// request that started before a reload may finish its later steps under the new
-// rules (never under a mix within one decision).
+// admins, tag classes, CORS, trusted proxies, client limits. Each use reads the
+// current one, so a request that started before a reload may finish its later steps
+// under the new rules (never under a mix within one decision).
 type Live struct {
 	Router         *vhost.Router
 	Auth           *auth.Service
@@ -169,6 +195,7 @@ type Live struct {
 	Classify       func(tag string) string
 	CORS           CORS
 	TrustedProxies []netip.Prefix
+	Limits         Limits
 }
 
 // Reload makes l the gateway's live options.
@@ -189,8 +216,11 @@ func (g *Gateway) live(ctx *fasthttp.RequestCtx) *Live {
 // liveKey is the request's user value holding its live options.
 const liveKey = "dockyard.live"
 
-// Serve answers requests on l until Shutdown.
-func (g *Gateway) Serve(l net.Listener) error { return g.server.Serve(l) }
+// Serve answers requests on l until Shutdown, admitting the connections the limits
+// allow.
+func (g *Gateway) Serve(l net.Listener) error {
+	return g.server.Serve(&limitListener{Listener: l, g: g})
+}
 
 // Shutdown stops accepting connections and waits for open requests until ctx ends;
 // then it closes the connections left and waits for their handlers to return.
@@ -248,8 +278,9 @@ func (g *Gateway) handle(ctx *fasthttp.RequestCtx) {
 	if g.cors(ctx) {
 		return
 	}
-	var err error
+	err := g.checkBodySize(ctx)
 	switch {
+	case err != nil: // a body over http.max_body_size, answered below unread
 	case g.opts.MetricsOnMain && g.metrics != nil && string(ctx.Path()) == "/metrics" && ctx.IsGet():
 		// As the admin endpoint: loopback clients without authentication, admins with
 		// it. A scraper elsewhere uses metrics.listen, an address of its own.
@@ -271,13 +302,19 @@ func (g *Gateway) handle(ctx *fasthttp.RequestCtx) {
 		g.v1Ping(ctx)
 	case string(ctx.Path()) == "/v1/search":
 		ae.route = "docker-search"
-		err = g.dockerSearch(ctx)
+		if err = g.limitRate(ctx, ae.route); err == nil {
+			err = g.dockerSearch(ctx)
+		}
 	case string(ctx.Path()) == "/-/api/v1/search":
 		ae.route = "search"
-		err = g.apiSearch(ctx)
+		if err = g.limitRate(ctx, ae.route); err == nil {
+			err = g.apiSearch(ctx)
+		}
 	case g.live(ctx).Auth != nil && string(ctx.Path()) == "/token":
 		ae.route = "token"
-		err = g.token(ctx)
+		if err = g.limitRate(ctx, ae.route); err == nil {
+			err = g.token(ctx)
+		}
 	default:
 		var route Route
 		if route, err = ParseRoute(string(ctx.URI().PathOriginal())); err == nil {
@@ -311,6 +348,11 @@ func (g *Gateway) dispatch(ctx *fasthttp.RequestCtx, route Route) error {
 	case route.UploadID != "":
 		ae.reference = route.UploadID
 	}
+	if ep.costly {
+		if err := g.limitRate(ctx, ep.name); err != nil {
+			return err
+		}
+	}
 	upload := ep.upload && isUploadRequest(ctx.Method(), ctx.RequestURI())
 	if upload && g.metrics != nil {
 		g.metrics.uploads.Inc()
@@ -325,7 +367,7 @@ func (g *Gateway) dispatch(ctx *fasthttp.RequestCtx, route Route) error {
 			ae.user = id.Name
 		}
 	} else if upload {
-		g.extendRead(ctx)
+		g.allowUpload(ctx)
 	}
 	switch ep.scope {
 	case scopeRegistry:
@@ -345,7 +387,7 @@ func (g *Gateway) dispatch(ctx *fasthttp.RequestCtx, route Route) error {
 				return err
 			}
 			if upload {
-				g.extendRead(ctx)
+				g.allowUpload(ctx)
 			}
 		}
 		if o.write {
@@ -357,11 +399,6 @@ func (g *Gateway) dispatch(ctx *fasthttp.RequestCtx, route Route) error {
 		}
 	}
 	return o.handle(g, req)
-}
-
-// extendRead gives the rest of an authorised upload's body the upload timeout.
-func (g *Gateway) extendRead(ctx *fasthttp.RequestCtx) {
-	ctx.Conn().SetReadDeadline(time.Now().Add(g.opts.UploadTimeout))
 }
 
 // resolve routes the request's repository to its registry. The ns parameter
@@ -473,9 +510,18 @@ const (
 // drainBody reads what is left of a refused request's body. An upload route's body
 // is read under the long upload timeout; a refused one (an unauthenticated push, say)
 // gets the short read timeout, so a client trickling bytes cannot hold the connection
-// for an hour.
+// for an hour. A body that stalled is not waited for again, and one declared too
+// large to drain is not read first.
 func (g *Gateway) drainBody(ctx *fasthttp.RequestCtx) {
 	if !ctx.Request.IsBodyStream() {
+		return
+	}
+	if stalled(ctx) {
+		ctx.SetConnectionClose()
+		return
+	}
+	if ctx.Request.Header.ContentLength() > maxDrain {
+		lingeringClose(ctx)
 		return
 	}
 	ctx.Conn().SetReadDeadline(time.Now().Add(g.opts.ReadTimeout))

@@ -37,7 +37,7 @@ func (g *Gateway) startUpload(r *request) error {
 		if err != nil {
 			return err
 		}
-		if _, err := r.w.PutBlob(g.clientContext(r), r.repo, d, ctx.RequestBodyStream(), bodyLength(ctx)); err != nil {
+		if _, err := r.w.PutBlob(g.clientContext(r), r.repo, d, g.uploadBody(ctx), bodyLength(ctx)); err != nil {
 			return err
 		}
 		return created(ctx, blobLocation(r.route.Repo, d), d)
@@ -55,7 +55,7 @@ func (g *Gateway) startUpload(r *request) error {
 	}
 	// A body on the POST is the first chunk.
 	if hasBody(ctx) {
-		if u, err = r.w.AppendUpload(r.c, r.repo, u.ID, 0, ctx.RequestBodyStream(), bodyLength(ctx)); err != nil {
+		if u, err = r.w.AppendUpload(r.c, r.repo, u.ID, 0, g.uploadBody(ctx), bodyLength(ctx)); err != nil {
 			return err
 		}
 	}
@@ -162,7 +162,7 @@ func (g *Gateway) patchUpload(r *request) error {
 	if err != nil {
 		return err
 	}
-	u, err := r.w.AppendUpload(r.c, r.repo, r.route.UploadID, start, r.ctx.RequestBodyStream(), bodyLength(r.ctx))
+	u, err := r.w.AppendUpload(r.c, r.repo, r.route.UploadID, start, g.uploadBody(r.ctx), bodyLength(r.ctx))
 	if err != nil {
 		return err
 	}
@@ -186,7 +186,7 @@ func (g *Gateway) finishUpload(r *request) error {
 	}
 	var body io.Reader
 	if hasBody(ctx) {
-		body = ctx.RequestBodyStream()
+		body = g.uploadBody(ctx)
 	}
 	if _, err := r.w.FinishUpload(r.c, r.repo, r.route.UploadID, d, start, body, bodyLength(ctx)); err != nil {
 		return err

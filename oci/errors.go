@@ -113,3 +113,14 @@ var ErrConfigInvalid = &Code{"UNSUPPORTED", http.StatusUnprocessableEntity, "con
 
 // ErrSearchTimeout answers a search that ran out of its time budget.
 var ErrSearchTimeout = &Code{"UNKNOWN", http.StatusServiceUnavailable, "search took too long"}
+
+// Answers to what a connection sends before any handler runs, and to connections
+// over the server's limits: request headers over http.max_header_size, a request or
+// body that does not arrive in time, a request that is not HTTP, and a connection
+// beyond http.max_conns (one beyond http.max_conns_per_ip is TOOMANYREQUESTS).
+var (
+	ErrHeadersTooLarge  = &Code{"SIZE_INVALID", http.StatusRequestHeaderFieldsTooLarge, "request headers too large"}
+	ErrRequestTimeout   = &Code{"UNKNOWN", http.StatusRequestTimeout, "request timed out"}
+	ErrMalformedRequest = &Code{"UNSUPPORTED", http.StatusBadRequest, "malformed HTTP request"}
+	ErrTooManyConns     = &Code{"UNKNOWN", http.StatusServiceUnavailable, "too many connections"}
+)

@@ -92,7 +92,7 @@ func importCommand(args []string, stdout io.Writer) error {
 	var repoGlobs, tagPatterns stringList
 	fs.Var(&repoGlobs, "repositories", "import only repositories matching this glob (* within a component, ** across; repeatable); literal names need no catalog")
 	fs.Var(&tagPatterns, "tags", "import only tags matching this regular expression, anchored at both ends (repeatable)")
-	concurrency := fs.Int("concurrency", 4, fmt.Sprintf("images copied at once (at most %d: each uploads up to %d blobs at once, and dockyard admits 64 open uploads per client by default)", maxConcurrency, jobsPerImage))
+	concurrency := fs.Int("concurrency", 4, fmt.Sprintf("images copied at once (at most %d: each uploads up to %d blobs at once, and dockyard admits 256 open uploads per client by default)", maxConcurrency, jobsPerImage))
 	timeout := fs.Duration("timeout", 2*time.Minute, "how long to wait for a response's headers, and for each next byte of its body, before failing the image")
 	insecure := fs.Bool("insecure", false, "skip TLS certificate verification (both registries)")
 	caFile := fs.String("ca-file", "", "an extra CA certificate (PEM) to trust (both registries)")
@@ -198,7 +198,7 @@ type importer struct {
 type importFailure struct{ ref, err string }
 
 // The most images copied at once, and the blobs each uploads at once: their product
-// stays well under dockyard's default limit of 64 open uploads per client
+// stays well under dockyard's default limit of 256 open uploads per client
 // (limits.upload_sessions_per_client), which the referrers pushed meanwhile share.
 const (
 	maxConcurrency = 16
@@ -472,7 +472,7 @@ func (e *endpoint) RoundTrip(req *http.Request) (*http.Response, error) {
 // uploadSessions follows the upload sessions opened at the destination (the Location
 // of a POST …/blobs/uploads/ answered 202, moved by each PATCH, finished by a PUT
 // answered 201) and cancels (DELETE) those a failure leaves open: dockyard counts a
-// client's open sessions (limits.upload_sessions_per_client, 64 by default) until
+// client's open sessions (limits.upload_sessions_per_client, 256 by default) until
 // its upload purging, a day later, so abandoned sessions would make the next runs
 // fail with 429. A session whose PATCH or PUT fails is cancelled at once
 // (go-containerregistry starts a new one to retry); one opened for an image that

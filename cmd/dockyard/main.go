@@ -132,6 +132,7 @@ func serve(args []string, stderr io.Writer) error {
 	}
 	log := newLogger(cfg.Log, stderr)
 	warnOpenSecrets(cfg, log)
+	warnFileLimit(cfg, log)
 
 	store, err := openStore(cfg, log)
 	if err != nil {
@@ -363,8 +364,9 @@ func build(ctx context.Context, cfg *config.Config, store *cache.Store, log *slo
 		Readiness: store, AccessLog: accessLogger(cfg.Log, os.Stderr), Events: gatewayEvents(a.notifier),
 		Metrics: cfg.Metrics.Enabled, MetricsOnMain: cfg.Metrics.Listen == "",
 		TLS: cfg.TLS.CertFile != "", Logger: log, MaxManifestSize: int64(cfg.HTTP.MaxManifestSize),
-		ReadTimeout: cfg.HTTP.ReadTimeout, UploadTimeout: cfg.HTTP.UploadTimeout,
+		HeaderTimeout: cfg.HTTP.HeaderTimeout, ReadTimeout: cfg.HTTP.ReadTimeout, UploadTimeout: cfg.HTTP.UploadTimeout,
 		IdleTimeout: cfg.HTTP.IdleTimeout, WriteTimeout: cfg.HTTP.WriteTimeout,
+		MaxHeaderSize: int(cfg.HTTP.MaxHeaderSize), Limits: p.live.Limits,
 	})
 	if reg := a.gw.Metrics(); reg != nil {
 		registerJobMetrics(reg, a.current.Load)
@@ -450,8 +452,10 @@ func (a *app) assemble(cfg *config.Config) (*parts, error) {
 		}
 		trusted = append(trusted, prefix)
 	}
-	c := cfg.HTTP.CORS
+	c, h := cfg.HTTP.CORS, cfg.HTTP
 	p.live = gateway.Live{Router: router, Auth: authService, TokenHosts: tokenHosts, TrustedProxies: trusted,
+		Limits: gateway.Limits{MaxConns: h.MaxConns, MaxConnsPerIP: h.MaxConnsPerIP, MaxBodySize: int64(h.MaxBodySize),
+			RatePerSecond: h.RateLimit.PerSecond, RateBurst: h.RateLimit.Burst},
 		Admin: p.admin, Admins: cfg.Lifecycle.Admins,
 		Classify: func(tag string) string { return string(im.Classes.Of(tag)) },
 		CORS: gateway.CORS{AllowedOrigins: c.AllowedOrigins, AllowedMethods: c.AllowedMethods,
@@ -548,6 +552,23 @@ func warnOpenSecrets(cfg *config.Config, log *slog.Logger) {
 			"file", f.Path, "mode", info.Mode().Perm().String())
 	}
 }
+
+// warnFileLimit warns when the process may open fewer files than http.max_conns
+// connections need: past the limit connections fail to be accepted (and the store to
+// open files) before max_conns answers them. (Go raises the soft limit to the hard one
+// at start; the hard one is the operator's: ulimit -Hn, LimitNOFILE.)
+func warnFileLimit(cfg *config.Config, log *slog.Logger) {
+	var lim syscall.Rlimit
+	need := uint64(cfg.HTTP.MaxConns) + fileLimitReserve
+	if cfg.HTTP.MaxConns > 0 && syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim) == nil && lim.Cur < need {
+		log.Warn("the open-file limit is below what http.max_conns needs: raise it (ulimit -n, LimitNOFILE) or lower http.max_conns",
+			"open_file_limit", lim.Cur, "max_conns", cfg.HTTP.MaxConns, "needed", need)
+	}
+}
+
+// fileLimitReserve is the files the server keeps open besides connections: the index
+// (Badger's tables and logs), blobs being served and uploads being written.
+const fileLimitReserve = 1024
 
 // accessLogger writes the access log (log.access) in the log's format, at any level.
 func accessLogger(c config.Log, w io.Writer) *slog.Logger {

@@ -12,13 +12,15 @@ import (
 
 // A running server re-reads its configuration on SIGHUP or POST /-/admin/reload:
 // registries and routes, authentication (users file, LDAP, rules, token hosts),
-// lifecycle policies and schedules, admins, CORS and trusted proxies change in
+// lifecycle policies and schedules, admins, CORS, trusted proxies and the client
+// limits (http.max_conns, max_conns_per_ip, max_body_size, rate_limit) change in
 // place. An invalid file changes nothing: the errors are logged (with their key
 // paths) and the running configuration stays. Requests in flight finish with what
 // they started with; uploads continue across a reload (their state is in the store,
 // and a registry keeps its name). Settings that shape the process itself (listen
-// address, data directory, storage, index, limits, TLS, timeouts, metrics, logging)
-// change only at restart: a reload says which of those differ.
+// address, data directory, storage, index, the limits: section, TLS, timeouts,
+// header size, metrics, logging) change only at restart: a reload says which of
+// those differ.
 
 // reload re-reads the configuration file and applies it; the returned warnings name
 // the changed settings that need a restart.
@@ -117,7 +119,7 @@ func restartOnly(old, new *config.Config) []string {
 		{"listen", old.Listen, new.Listen}, {"data", old.Data, new.Data}, {"log", old.Log, new.Log},
 		{"metrics", old.Metrics, new.Metrics}, {"storage", old.Storage, new.Storage}, {"index", old.Index, new.Index},
 		{"limits", old.Limits, new.Limits}, {"tls", old.TLS, new.TLS}, {"notifications", old.Notifications, new.Notifications},
-		{"http (timeouts, max_manifest_size)", timeouts(old.HTTP), timeouts(new.HTTP)},
+		{"http (timeouts, max_manifest_size, max_header_size)", timeouts(old.HTTP), timeouts(new.HTTP)},
 	} {
 		if !reflect.DeepEqual(f.old, f.new) {
 			out = append(out, f.key)
@@ -126,8 +128,9 @@ func restartOnly(old, new *config.Config) []string {
 	return out
 }
 
-// timeouts is the part of the http settings a reload does not apply (CORS and trusted
-// proxies it does).
+// timeouts is the part of the http settings a reload does not apply (CORS, trusted
+// proxies and client limits it does).
 func timeouts(h config.HTTP) string {
-	return fmt.Sprint(h.ReadTimeout, h.UploadTimeout, h.IdleTimeout, h.WriteTimeout, h.ShutdownTimeout, h.MaxManifestSize)
+	return fmt.Sprint(h.HeaderTimeout, h.ReadTimeout, h.UploadTimeout, h.IdleTimeout, h.WriteTimeout, h.ShutdownTimeout,
+		h.MaxManifestSize, h.MaxHeaderSize)
 }

@@ -5,8 +5,8 @@
 #     parameter cannot carry a token into a proxy holding private upstream credentials,
 #     and a token of one host does not open another host sharing its token service.
 #  2. Bodies are bounded: an unauthenticated 768 MiB chunked POST /token gets 413 and
-#     dockyard's memory stays small; a stalled manifest body is cut off by the read
-#     timeout while a stalled upload chunk is not.
+#     dockyard's memory stays small; a stalled manifest body, and a stalled upload
+#     chunk, are cut off by the read timeout, while a slow upload chunk is not.
 #  3. Behind a reverse proxy (nginx) in http.trusted_proxies, failed logins lock out the
 #     attacker's (user, address) pair, not the user; the admin endpoint's loopback rule
 #     sees the real client, and ignores forwarded requests from untrusted peers.
@@ -185,9 +185,20 @@ stalled() {
     cat <&3 >/dev/null"
 }
 check "a stalled manifest body is cut off by the 2s read timeout (closed within 6s)" stalled PUT /v2/a/manifests/v1 6
-loc=$(curl -sS -X POST -D - -o /dev/null "http://127.0.0.1:$P2/v2/a/blobs/uploads/" | tr -d '\r' | sed -n 's/^Location: //Ip')
-still_open() { [ -n "$2" ] && ! stalled "$@"; }
-check "a stalled upload chunk is not (still open after 5s)" still_open PATCH "$loc" 5
+new_upload() { curl -sS -X POST -D - -o /dev/null "http://127.0.0.1:$P2/v2/a/blobs/uploads/" | tr -d '\r' | sed -n 's/^Location: //Ip'; }
+loc=$(new_upload)
+check "a stalled upload chunk too, although the upload timeout is 1h (closed within 6s)" stalled PATCH "$loc" 6
+# trickled PATH WAIT: a PATCH whose body, after its first 16 KiB, comes a byte every half
+# second; succeeds when the server still has the connection open after WAIT s.
+trickled() {
+  [ -n "$1" ] && ! timeout "$2" bash -c "exec 3<>/dev/tcp/127.0.0.1/$P2
+    printf 'PATCH %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nContent-Length: 102400\r\n\r\n' '$1' >&3
+    head -c 16384 /dev/zero >&3
+    while sleep 0.5; do printf x >&3 || exit; done &
+    cat <&3 >/dev/null"
+}
+loc=$(new_upload)
+check "a slow upload chunk, a byte every 0.5s, is not (still open after 5s)" trickled "$loc" 5
 
 # ============================================================ 3. behind a reverse proxy
 echo "=== 3. lockouts and the admin endpoint behind nginx"
