@@ -85,14 +85,16 @@ func (f *Fetch) Size() int64 { return f.size }
 // meanwhile.
 func (f *Fetch) Fill(src io.Reader, reg, repo string) (err error) {
 	defer func() {
-		if err != nil {
-			f.w.Cancel()
-		}
-		f.w.Close()
+		// Readers learn of the end first: a cancelled writer may truncate the file
+		// they follow.
 		f.mu.Lock()
 		f.done, f.err = true, err
 		f.cond.Broadcast()
 		f.mu.Unlock()
+		if err != nil {
+			f.w.Cancel()
+		}
+		f.w.Close()
 		f.release()
 	}()
 	h := f.d.Algorithm().New()
@@ -228,6 +230,10 @@ func (f *Fetch) release() {
 	}
 }
 
+// errShrunk is a reader's end when the file it follows holds less than the fetch
+// said was written (a failed fetch's file, truncated).
+var errShrunk = fmt.Errorf("%w: the download's file ended early", io.ErrUnexpectedEOF)
+
 type fetchReader struct {
 	f      *Fetch
 	ctx    context.Context
@@ -244,6 +250,10 @@ func (r *fetchReader) wait() (avail int64, done bool, err error) {
 	defer f.mu.Unlock()
 	for {
 		avail = f.readable()
+		if f.done && f.err != nil {
+			// Failed: what is left unread is unverified, and its file may be gone.
+			return avail, true, f.err
+		}
 		if r.pos < avail || f.done {
 			return avail, f.done, f.err
 		}
@@ -263,14 +273,14 @@ func (r *fetchReader) WriteTo(w io.Writer) (int64, error) {
 	var total int64
 	for {
 		avail, done, err := r.wait()
+		if err != nil {
+			return total, err
+		}
 		if r.pos >= avail {
-			if done && err == nil {
+			if done {
 				return total, nil
 			}
-			if err == nil {
-				err = io.ErrUnexpectedEOF
-			}
-			return total, err
+			return total, io.ErrUnexpectedEOF
 		}
 		if _, err := r.own.Seek(r.pos, io.SeekStart); err != nil {
 			return total, err
@@ -281,25 +291,31 @@ func (r *fetchReader) WriteTo(w io.Writer) (int64, error) {
 		if err != nil {
 			return total, err
 		}
+		if n == 0 {
+			return total, errShrunk // never spin on a file shorter than it was
+		}
 	}
 }
 
 func (r *fetchReader) Read(p []byte) (int, error) {
 	avail, done, err := r.wait()
+	if err != nil {
+		return 0, err
+	}
 	if r.pos >= avail {
-		if done && err == nil {
+		if done {
 			return 0, io.EOF
 		}
-		if err == nil {
-			err = io.ErrUnexpectedEOF
-		}
-		return 0, err
+		return 0, io.ErrUnexpectedEOF
 	}
 	n := int(min(int64(len(p)), avail-r.pos))
 	n, err = r.f.r.ReadAt(p[:n], r.pos)
 	r.pos += int64(n)
 	if err == io.EOF {
 		err = nil
+		if n == 0 {
+			err = errShrunk
+		}
 	}
 	return n, err
 }

@@ -3,9 +3,11 @@ package vhost_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"strings"
 	"sync"
@@ -327,6 +329,11 @@ func TestAFlippedBitInABlobIsRefused(t *testing.T) {
 			r := get("GET", "http://"+f.s.addr+"/v2/flaky/app/blobs/"+d)
 			if r.err == nil && r.status == 200 && int64(len(r.body)) == size {
 				t.Fatalf("a complete 200 of a blob with a flipped bit (digest %s)", sha256Hex(r.body))
+			}
+			// Cut short, not left waiting: the client's own timeout is not an answer.
+			var ne net.Error
+			if errors.As(r.err, &ne) && ne.Timeout() {
+				t.Fatalf("the response to a refused blob never ended: %v (after %d bytes)", r.err, len(r.body))
 			}
 			if reqs := f.blobRequests(d); len(reqs) != 1 || reqs[0].Fault != fmt.Sprintf("flip@%d", 150<<10) {
 				t.Fatalf("requests for the layer: %+v", reqs)
