@@ -56,6 +56,7 @@ type config struct {
 	out          string        // directory for the CSV and the PNG
 	retentionPol []string      // the retention policies to run, in turn (the first: keep_last on soak/ret*)
 	keepLast     int           // what that policy keeps
+	opTimeout    time.Duration // an operation running longer hangs
 }
 
 type instance struct {
@@ -81,6 +82,7 @@ func main() {
 	flag.StringVar(&c.out, "out", ".", "output directory")
 	policies := flag.String("retention-policies", "soak,soak-untagged", "retention policies to run in turn")
 	flag.IntVar(&c.keepLast, "keep-last", 5, "tags the retention policy keeps per repository")
+	flag.DurationVar(&c.opTimeout, "op-timeout", 2*time.Minute, "an operation taking longer counts as hung")
 	flag.Parse()
 	c.retentionPol = strings.Split(*policies, ",")
 	log.SetFlags(log.Ltime)
@@ -126,6 +128,7 @@ type run struct {
 	proxied []proxied // images in the upstream, pulled through the proxy
 	corrupt atomic.Int64
 	lost    atomic.Int64
+	hung    atomic.Int64 // operations past opTimeout
 }
 
 type opCount struct{ ok, failed atomic.Int64 }
@@ -184,9 +187,16 @@ func (r *run) main() bool {
 		go func() {
 			defer wg.Done()
 			for i := 0; ctx.Err() == nil; i++ {
-				err := fn(ctx, i)
+				opCtx, cancel := context.WithTimeout(ctx, r.c.opTimeout)
+				err := fn(opCtx, i)
+				hung := opCtx.Err() == context.DeadlineExceeded && ctx.Err() == nil
+				cancel()
 				if ctx.Err() != nil && err != nil {
 					return // cut short by the end: neither success nor failure
+				}
+				if hung {
+					r.hung.Add(1)
+					log.Printf("%s: still running after %s: %v", name, r.c.opTimeout, err)
 				}
 				r.count(name, err)
 				if err != nil && !errors.Is(err, errExpected) {
@@ -221,6 +231,7 @@ func (r *run) main() bool {
 	r.verify()
 	r.check("no proxied pull served wrong bytes", r.corrupt.Load() == 0, "%d pulls got bytes that differ from the upstream's", r.corrupt.Load())
 	r.check("no acknowledged push was lost during the run", r.lost.Load() == 0, "%d pulls found an expected manifest missing", r.lost.Load())
+	r.check(fmt.Sprintf("no operation hung (ran past %s)", r.c.opTimeout), r.hung.Load() == 0, "%d did", r.hung.Load())
 	return r.failed == 0
 }
 

@@ -150,12 +150,12 @@ LB="127.0.0.1:$LB_PORT"
 echo "soak for $DURATION: single $SINGLE_ADDR; cluster ${CA[*]} behind $LB; upstream $UP behind faulty proxy :$FP_PORT"
 
 "$S/soak" -name single -addr "$SINGLE_ADDR" -instances "single=$SINGLE_PID@$SINGLE_ADDR" \
-  -index-dir "$S/single/index" -upstream "$UP" -user soak -password "$PW" -duration "$DURATION" \
+  -index-dir "$S/single/index" -upstream "$UP" -user soak -password "$PW" -duration "$DURATION" -op-timeout "${SOAK_OP_TIMEOUT:-2m}" \
   -out "$S" >"$S/single.out" 2>&1 &
 D1=$!
 "$S/soak" -name cluster -addr "$LB" \
   -instances "dy1=${CP[1]}@${CA[1]},dy2=${CP[2]}@${CA[2]},dy3=${CP[3]}@${CA[3]}" \
-  -pg-dsn "$PG_DSN" -upstream "$UP" -user soak -password "$PW" -duration "$DURATION" \
+  -pg-dsn "$PG_DSN" -upstream "$UP" -user soak -password "$PW" -duration "$DURATION" -op-timeout "${SOAK_OP_TIMEOUT:-2m}" \
   -out "$S" >"$S/cluster.out" 2>&1 &
 D2=$!
 wait $D1; wait $D2
