@@ -5,6 +5,7 @@ package cache
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"io/fs"
 	"path/filepath"
@@ -13,7 +14,9 @@ import (
 	"sync/atomic"
 	"syscall"
 	"testing"
+	"time"
 
+	"github.com/dockyard/dockyard/index"
 	"github.com/dockyard/dockyard/oci"
 )
 
@@ -49,6 +52,92 @@ func (d *fakeDisk) free() (int64, error) { return d.capacity.Load() - d.used(), 
 
 // leave makes the disk's capacity what is used now and room more.
 func (d *fakeDisk) leave(room int64) { d.capacity.Store(d.used() + room) }
+
+// paddedManifest is an image manifest over base's config and layers with an
+// annotation of pad bytes, its own for each i.
+func paddedManifest(t *testing.T, base []byte, i, pad int) []byte {
+	t.Helper()
+	m, err := oci.ParseManifest("", base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	padding := fmt.Sprintf("%06d", i) + strings.Repeat("x", pad)
+	return imageManifest(desc(mtConfig, m.Config.Digest, int(m.Config.Size)),
+		desc(mtLayer, m.Layers[0].Digest, int(m.Layers[0].Size))+`],"annotations":{"padding":"`+padding+`"},"x":[`)
+}
+
+// Manifests obey the floor uploads do (storage.min_free_space, and the room kept for an
+// index on the filesystem): pushed one after another, they stop there, and the writes
+// that free space — deleting tags, manifests and blobs, collecting garbage,
+// cancelling and purging uploads — go on. Manifests used to go on to the index's own
+// reserve, where the index refused every write, those that free space included.
+func TestManifestsLeaveTheIndexRoomForTheWritesThatFreeSpace(t *testing.T) {
+	dir := t.TempDir()
+	disk := newFakeDisk(dir)
+	c := &clock{now: time.Unix(1e9, 0)}
+	// The index keeps 4 MiB (four 1 MiB memtables): new content stops at 8 MiB free.
+	db, err := index.OpenBadger(index.BadgerOptions{Dir: filepath.Join(dir, "index"), MemTableSize: 1 << 20, FreeSpace: disk.free})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := openWith(t, dir, Options{Index: db, FreeSpace: disk.free, Now: c.Now})
+	defer s.Close()
+	ctx := context.Background()
+	base := image(t, s, "dev", "app", "base")
+	putManifest(t, s, "dev", "app", base, false, "base")
+	cancelled, err := s.StartUpload(ctx, "dev", "app", oci.SHA256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.StartUpload(ctx, "dev", "app", oci.SHA256); err != nil {
+		t.Fatal(err)
+	}
+	disk.leave(16 << 20)
+	var pushed []oci.Digest
+	for i := 0; ; i++ {
+		// 256 KiB each: in Badger's value log.
+		d, err := tryPutManifest(s, "dev", "app", paddedManifest(t, base, i, 256<<10), false, oci.Tag(fmt.Sprint("t", i)))
+		if errors.Is(err, oci.ErrStorageFull) {
+			t.Logf("%d manifests pushed; the next: %v", i, err)
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if pushed = append(pushed, d); i == 100 {
+			t.Fatal("100 manifests of 256 KiB pushed on 16 MiB")
+		}
+	}
+	if free, _ := disk.free(); free < 8<<20-512<<10 {
+		t.Errorf("%d KiB free after the manifests: they went past the floor of 8 MiB", free>>10)
+	}
+	if err := s.DeleteTag(ctx, "dev", "app", "t0", nil); err != nil {
+		t.Errorf("delete a tag: %v", err)
+	}
+	for _, d := range pushed[1:] {
+		if err := s.DeleteManifest(ctx, "dev", "app", d, nil); err != nil {
+			t.Fatalf("delete a manifest: %v", err)
+		}
+	}
+	if err := s.CancelUpload(ctx, "dev", "app", cancelled.ID); err != nil {
+		t.Errorf("cancel an upload: %v", err)
+	}
+	c.Add(48 * time.Hour)
+	if n, err := s.PurgeUploads(ctx, 24*time.Hour); err != nil || n != 1 {
+		t.Errorf("purge an upload: %d %v", n, err)
+	}
+	if err := s.DeleteManifest(ctx, "dev", "app", pushed[0], nil); err != nil {
+		t.Errorf("delete a manifest: %v", err)
+	}
+	rep, err := s.CollectGarbage(ctx, GCOptions{})
+	if err != nil || rep.Manifests != len(pushed) {
+		t.Errorf("collect: %+v %v, want %d manifests", rep, err, len(pushed))
+	}
+	if got := tagOf(t, s, "dev", "app", "base"); got == "" {
+		t.Errorf("the image kept is gone")
+	}
+	clean(t, s)
+}
 
 // gatedReader says when it is first read, then waits for its gate to open.
 type gatedReader struct {
@@ -116,5 +205,41 @@ func TestConcurrentUploadsStopAtTheFloorTogether(t *testing.T) {
 	}
 	if taken == 0 {
 		t.Errorf("no chunk taken")
+	}
+}
+
+// The jobs that free space go on under the index's reserve too, down to its floor:
+// retention (which writes the pulls it decides on first) and the eviction of a proxy's
+// cache; the periodic write of pulls, which frees nothing, waits for room.
+func TestRetentionAndEvictionGoOnUnderTheIndexReserve(t *testing.T) {
+	dir := t.TempDir()
+	var free atomic.Int64
+	free.Store(1 << 40)
+	db, err := index.OpenBadger(index.BadgerOptions{Dir: filepath.Join(dir, "index"), MemTableSize: 1 << 20,
+		FreeSpace: func() (int64, error) { return free.Load(), nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &clock{now: time.Unix(1e9, 0)}
+	s := openWith(t, dir, Options{Index: db, Now: c.Now})
+	defer s.Close()
+	ctx := context.Background()
+	d := putManifest(t, s, "dev", "app", image(t, s, "dev", "app", "kept"), false, "1.0")
+	putManifest(t, s, "up", "lib", image(t, s, "up", "lib", "cached"), false, "latest")
+	s.RecordPull("dev", "app", "1.0", d)
+	free.Store(db.Reserve() - 1)
+	if err := s.FlushAccess(); !errors.Is(err, oci.ErrStorageFull) {
+		t.Errorf("the periodic write of pulls under the reserve: %v", err)
+	}
+	infos, err := s.TagInfos(ctx, "dev", "app")
+	if err != nil || len(infos) != 1 || infos[0].PulledAt.IsZero() {
+		t.Fatalf("retention's view under the reserve: %+v %v", infos, err)
+	}
+	c.Add(time.Hour)
+	if deleted, err := s.DeleteTagIf(ctx, "dev", "app", "1.0", d, c.Now()); err != nil || !deleted {
+		t.Errorf("retention's delete under the reserve: %v %v", deleted, err)
+	}
+	if rep, err := s.EvictCache(ctx, "up", 0, time.Minute); err != nil || rep.Manifests != 1 {
+		t.Errorf("eviction under the reserve: %+v %v", rep, err)
 	}
 }

@@ -279,6 +279,20 @@ func (r *diskRoom) give(n int64) {
 // floor (blobRoom).
 func (s *Store) checkSpace() error { return s.blobRoom.hold(0) }
 
+// manifestBytes is what a manifest push holds besides the manifest's bytes: its
+// records (tags, references, the repository's), a few KiB.
+const manifestBytes = 16 << 10
+
+// holdManifest holds room for a manifest of size bytes on the index's filesystem;
+// give gives it back once the manifest is written (or refused).
+func (s *Store) holdManifest(size int64) (give func(), err error) {
+	n := size + manifestBytes
+	if err := s.indexRoom.hold(n); err != nil {
+		return nil, err
+	}
+	return func() { s.indexRoom.give(n) }, nil
+}
+
 // reserveStep is how far ahead of its writes a blob writer holds room: what each
 // writer in flight may hold without writing it. Checks cost a statfs each
 // (microseconds) against a millisecond for a MiB of disk writes.

@@ -194,6 +194,13 @@ func (s *Store) Close() error {
 // concurrent transaction changed what fn read.
 func (s *Store) update(fn func(txn index.Txn) error) error { return s.db.Update(fn) }
 
+// updateFreeing is update for a write that frees space (a delete, a collection, a
+// cancelled upload): an index keeping a reserve of free space takes it under the
+// reserve, so that a full disk can be emptied through the registry (index.Freer).
+func (s *Store) updateFreeing(fn func(txn index.Txn) error) error {
+	return index.UpdateFreeing(s.db, fn)
+}
+
 func exists(txn index.Txn, k []byte) (bool, error) {
 	_, err := txn.Get(k)
 	if errors.Is(err, index.ErrNotFound) {

@@ -456,7 +456,7 @@ func (s *Store) CancelUpload(ctx context.Context, reg, repo, id string) error {
 	if err != nil {
 		return err
 	}
-	if err := s.update(func(txn index.Txn) error { return deleteKeys(txn, sessionKeys(u)) }); err != nil {
+	if err := s.updateFreeing(func(txn index.Txn) error { return deleteKeys(txn, sessionKeys(u)) }); err != nil {
 		return err
 	}
 	s.releaseSession(u)

@@ -39,7 +39,8 @@ import (
 // Everything shares one filesystem. Pushes stop where the space the index keeps for
 // itself begins; the index still takes the writes that free space (a delete, a
 // collection); filled to the last byte by another program, even the index refuses
-// writes (Badger, writing through memory maps, would otherwise kill the process).
+// writes, deletes included (Badger, writing through memory maps, would otherwise kill
+// the process).
 func TestAFullDiskSharedByBlobsAndIndex(t *testing.T) {
 	if !mountns.Enter(t) {
 		return
@@ -78,12 +79,13 @@ func TestAFullDiskSharedByBlobsAndIndex(t *testing.T) {
 		pullSame(t, addr, fmt.Sprintf("team/app%d:v1", i), img)
 	}
 
-	// Another program takes the last byte: the index refuses its writes too (a
-	// manifest of 8 KiB, so Badger would write into a page the filesystem does not
-	// have), and pulls go on.
+	// Another program takes the last byte: the index refuses its writes too, even
+	// those that free space (a tag's delete, so Badger would write into a page the
+	// filesystem does not have), and pulls go on.
 	unfill := mountns.Fill(t, data, 0)
 	big := annotated(t, pushed[0])
-	wantStorageFull(t, push(addr, "team/app0:annotated", big), "index storage is full")
+	wantStorageFull(t, push(addr, "team/app0:annotated", big), "storage is full")
+	wantStorageFull(t, deleteRef(addr, "team/app0:v1"), "index storage is full")
 	for i, img := range pushed {
 		pullSame(t, addr, fmt.Sprintf("team/app%d:v1", i), img)
 	}
@@ -106,6 +108,76 @@ func TestAFullDiskSharedByBlobsAndIndex(t *testing.T) {
 	fsckClean(t, cfg, data)
 }
 
+// One client pushing manifests one after another (the index keeps them in its value
+// log) stops where uploads do, twice the index's reserve from a full disk: the index
+// keeps room for the deletes and the collection that free space, and for a restart.
+// Manifests used to go on to the index's reserve itself, under which it refused every
+// write, deletes and collections included, and could not be opened again.
+func TestAFullDiskOfManifestsCanBeEmptied(t *testing.T) {
+	if !mountns.Enter(t) {
+		return
+	}
+	dir := t.TempDir()
+	data := filepath.Join(dir, "data")
+	mountns.Tmpfs(t, data, 136<<20) // 8 MiB over the 128 MiB left to the index
+	cfg := fullDiskConfig(t, dir)
+	addr, _, stop := serveApp(t, cfg, data)
+	stop = sync.OnceFunc(stop)
+	defer stop()
+	img := bigImage(t, 1<<10, 1)
+	if err := push(addr, "team/app:base", img); err != nil {
+		t.Fatal(err)
+	}
+	raw, err := img.RawManifest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pushed []string
+	for i := 0; err == nil; i++ {
+		if i == 136 {
+			t.Fatalf("136 manifests of 1 MiB pushed on 136 MiB")
+		}
+		// img's manifest with an annotation of 1 MiB, its own.
+		m := fmt.Appendf(bytes.TrimSuffix(bytes.Clone(raw), []byte("}")), `,"annotations":{"padding":"%04d%s"}}`, i, strings.Repeat("x", 1<<20))
+		var d string
+		if d, err = putManifest(addr, fmt.Sprintf("team/app/manifests/m%d", i), m); err == nil {
+			pushed = append(pushed, d)
+		}
+	}
+	t.Logf("%d manifests of 1 MiB pushed; the next: %v; %d MiB free", len(pushed), err, mountns.Free(t, data)>>20)
+	wantStorageFull(t, err, "storage is full")
+	if free := mountns.Free(t, data); free < 127<<20 {
+		t.Errorf("%d KiB free: manifests went past the 128 MiB kept for the index", free>>10)
+	}
+	if err := deleteRef(addr, "team/app:m0"); err != nil {
+		t.Fatalf("delete a tag: %v", err)
+	}
+	for _, d := range pushed[1:] {
+		if err := deleteRef(addr, "team/app@"+d); err != nil {
+			t.Fatalf("delete a manifest: %v", err)
+		}
+	}
+	collect(t, addr)
+	stop()
+	addr, _, stop = serveApp(t, cfg, data)
+	pullSame(t, addr, "team/app:base", img)
+	stop()
+	fsckClean(t, cfg, data)
+}
+
+// putManifest puts OCI image manifest m at path (repo/manifests/ref) and returns its
+// digest.
+func putManifest(addr, path string, m []byte) (string, error) {
+	req, _ := http.NewRequest(http.MethodPut, "http://"+addr+"/v2/"+path, bytes.NewReader(m))
+	req.Header.Set("Content-Type", string(types.OCIManifestSchema1))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	return sha256Digest(bytes.NewReader(m)), transport.CheckError(resp, http.StatusCreated)
+}
+
 // The index on a filesystem of its own, the blobs on another without any reserve
 // (storage.min_free_space: 0): the blobs' filesystem runs out in the middle of an
 // upload (ENOSPC), then the index's fills up.
@@ -116,7 +188,7 @@ func TestAFullDiskUnderTheBlobsOrUnderTheIndex(t *testing.T) {
 	dir := t.TempDir()
 	data := filepath.Join(dir, "data")
 	mountns.Tmpfs(t, data, 64<<20)
-	mountns.Tmpfs(t, filepath.Join(data, "index"), 96<<20) // the index keeps 64 MiB free
+	mountns.Tmpfs(t, filepath.Join(data, "index"), 160<<20) // manifests leave the index 128 MiB
 	cfg := fullDiskConfig(t, dir)
 	addr, a, stop := serveApp(t, cfg, data)
 	stop = sync.OnceFunc(stop)
@@ -216,6 +288,15 @@ func push(addr, ref string, img v1.Image) error {
 		return err
 	}
 	return remote.Write(r, img, remote.WithJobs(1), remote.WithRetryPredicate(func(error) bool { return false }))
+}
+
+// deleteRef deletes ref (a tag, or repo@digest).
+func deleteRef(addr, ref string) error {
+	r, err := name.ParseReference(addr+"/"+ref, name.Insecure)
+	if err != nil {
+		return err
+	}
+	return remote.Delete(r)
 }
 
 func head(addr, repo, ref string) error {
