@@ -59,7 +59,11 @@ const flushBatch = 1000
 // transactions. What could not be written goes back to the pending records (merged
 // with pulls since), so a failed flush loses no pull time: retention rules such as
 // pulled_within must not take an image in use for an unused one.
-func (s *Store) FlushAccess() error {
+func (s *Store) FlushAccess() error { return s.flushAccess(s.update) }
+
+// flushAccess is FlushAccess through write: s.updateFreeing for the flush that a job
+// freeing space (retention, eviction) decides on, which goes where that job goes.
+func (s *Store) flushAccess(write func(func(index.Txn) error) error) error {
 	s.access.mu.Lock()
 	pending := s.access.pending
 	s.access.pending = nil
@@ -74,7 +78,7 @@ func (s *Store) FlushAccess() error {
 	written := 0
 	var err error
 	for lo := 0; lo < len(keys) && err == nil; lo += flushBatch {
-		err = s.flushKeys(keys[lo:min(lo+flushBatch, len(keys))], pending, &written)
+		err = s.flushKeys(write, keys[lo:min(lo+flushBatch, len(keys))], pending, &written)
 	}
 	if err != nil {
 		s.access.mu.Lock()
@@ -96,8 +100,8 @@ func (s *Store) FlushAccess() error {
 
 // flushKeys writes the pending pulls of keys (at most flushBatch: a transaction stays
 // short on any index), deleting from pending what it wrote.
-func (s *Store) flushKeys(keys []string, pending map[string]pull, written *int) error {
-	return s.splitUpdate(0, len(keys), func(txn index.Txn, lo, hi int) error {
+func (s *Store) flushKeys(write func(func(index.Txn) error) error, keys []string, pending map[string]pull, written *int) error {
+	return s.splitUpdate(write, 0, len(keys), func(txn index.Txn, lo, hi int) error {
 		if hookFlushAccess != nil {
 			if err := hookFlushAccess(); err != nil {
 				return err

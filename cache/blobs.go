@@ -88,7 +88,7 @@ func (s *Store) OpenBlob(ctx context.Context, reg, repo string, d oci.Digest) (i
 // the deleting transaction, about the tags of every manifest of the repository that
 // lists the blob and of the indexes above them: an immutable release keeps its layers.
 func (s *Store) DeleteBlob(ctx context.Context, reg, repo string, d oci.Digest, protect Protect) error {
-	return s.update(func(txn index.Txn) error {
+	return s.updateFreeing(func(txn index.Txn) error {
 		lk := linkKey(reg, repo, d)
 		if ok, err := exists(txn, lk); !ok || err != nil {
 			if err == nil {

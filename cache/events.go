@@ -99,7 +99,7 @@ func (q EventQueue) Oldest(n int) ([]QueuedEvent, error) {
 
 // Remove deletes events by id (one already gone is no error).
 func (q EventQueue) Remove(ids ...string) error {
-	return q.s.update(func(txn index.Txn) error {
+	return q.s.updateFreeing(func(txn index.Txn) error {
 		for _, id := range ids {
 			if err := txn.Delete(key(kindEvent, q.name, id)); err != nil {
 				return err

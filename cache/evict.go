@@ -33,7 +33,7 @@ type cachedManifest struct {
 // unlinked from the repository; garbage collection reclaims what nothing needs.
 func (s *Store) EvictCache(ctx context.Context, reg string, maxBytes int64, pulledWithin time.Duration) (EvictReport, error) {
 	var rep EvictReport
-	if err := s.FlushAccess(); err != nil {
+	if err := s.flushAccess(s.updateFreeing); err != nil {
 		return rep, err
 	}
 	var manifests []cachedManifest
@@ -109,7 +109,7 @@ func (s *Store) evictManifestIf(reg string, m cachedManifest, going map[oci.Dige
 	var tags [][]byte
 	var goes []oci.Digest // blobs whose referencing content goes, once committed
 	defer func() { s.tags.invalidate(tags...) }()
-	err := s.update(func(txn index.Txn) error {
+	err := s.updateFreeing(func(txn index.Txn) error {
 		r, tags, goes = eviction{}, nil, nil
 		var rm repoManifest
 		ok, err := getJSON(txn, repoManifestKey(reg, m.repo, m.digest), &rm)

@@ -143,6 +143,7 @@ func (f *Fetch) copy(src io.Reader, h hash.Hash) error {
 		dst = io.MultiWriter(f.spool, f.w)
 	}
 	space := &spaceWriter{w: dst, s: f.s}
+	defer space.done()
 	err := func() error {
 		for {
 			bp := <-free

@@ -117,18 +117,19 @@ func batches[T any](items []T, cost func(T) int) [][]T {
 	return out
 }
 
-// splitUpdate runs apply on items [lo, hi) in one transaction, or, when Badger finds
-// it too big, on each half in turn; commit is told which ranges committed. apply must
-// build its results afresh on every call (a transaction runs again on a conflict). A
-// single item too big for a transaction is returned as index.ErrTxnTooBig.
-func (s *Store) splitUpdate(lo, hi int, apply func(txn index.Txn, lo, hi int) error, commit func(lo, hi int)) error {
-	err := s.update(func(txn index.Txn) error { return apply(txn, lo, hi) })
+// splitUpdate runs apply on items [lo, hi) in one transaction written by write
+// (s.update, or s.updateFreeing), or, when Badger finds it too big, on each half in
+// turn; commit is told which ranges committed. apply must build its results afresh on
+// every call (a transaction runs again on a conflict). A single item too big for a
+// transaction is returned as index.ErrTxnTooBig.
+func (s *Store) splitUpdate(write func(func(index.Txn) error) error, lo, hi int, apply func(txn index.Txn, lo, hi int) error, commit func(lo, hi int)) error {
+	err := write(func(txn index.Txn) error { return apply(txn, lo, hi) })
 	if errors.Is(err, index.ErrTxnTooBig) && hi-lo > 1 {
 		mid := (lo + hi) / 2
-		if err := s.splitUpdate(lo, mid, apply, commit); err != nil {
+		if err := s.splitUpdate(write, lo, mid, apply, commit); err != nil {
 			return err
 		}
-		return s.splitUpdate(mid, hi, apply, commit)
+		return s.splitUpdate(write, mid, hi, apply, commit)
 	}
 	if err == nil {
 		commit(lo, hi)
@@ -249,7 +250,7 @@ func stillUnreferenced(txn index.Txn, k []byte, cutoff int64) (refRecord, bool, 
 // reference, in transactions that re-check every count.
 func (s *Store) deleteContents(batch []oci.Digest, cutoff int64) (int, error) {
 	var deleted, attempt []oci.Digest
-	err := s.splitUpdate(0, len(batch), func(txn index.Txn, lo, hi int) error {
+	err := s.splitUpdate(s.updateFreeing, 0, len(batch), func(txn index.Txn, lo, hi int) error {
 		attempt = attempt[:0]
 		for _, d := range batch[lo:hi] {
 			_, ok, err := stillUnreferenced(txn, contentRefsKey(d), cutoff)
@@ -343,7 +344,7 @@ func (s *Store) deleteBlobs(ctx context.Context, batch []oci.Digest, cutoff int6
 		// Try the rest in one go (split as needed); a blob too big alone is unlinked in
 		// chunks, then the rest goes on after it.
 		hi := len(sorted)
-		err := s.splitUpdate(lo, hi, apply, commit)
+		err := s.splitUpdate(s.updateFreeing, lo, hi, apply, commit)
 		if err == nil {
 			break
 		}
@@ -387,7 +388,7 @@ var fileDeleteDelay time.Duration
 // its own, committing the items before it; -1 if none is.
 func (s *Store) firstTooBig(items []oci.Digest, lo, hi int, apply func(txn index.Txn, lo, hi int) error, commit func(lo, hi int)) int {
 	for i := lo; i < hi; i++ {
-		if err := s.splitUpdate(i, i+1, apply, commit); errors.Is(err, index.ErrTxnTooBig) {
+		if err := s.splitUpdate(s.updateFreeing, i, i+1, apply, commit); errors.Is(err, index.ErrTxnTooBig) {
 			return i
 		}
 	}
@@ -404,7 +405,7 @@ const linkChunk = 500
 func (s *Store) dropBigBlob(d oci.Digest, cutoff int64) (size int64, deleted bool, err error) {
 	for {
 		more := false
-		err := s.update(func(txn index.Txn) error {
+		err := s.updateFreeing(func(txn index.Txn) error {
 			r, ok, err := stillUnreferenced(txn, blobKey(d), cutoff)
 			if err != nil || !ok {
 				deleted, more = false, false
@@ -452,7 +453,7 @@ func (s *Store) pruneEmptyRepositories(ctx context.Context, dryRun bool) (int, e
 			return n, err
 		}
 		pruned := false
-		err := s.update(func(txn index.Txn) error {
+		err := s.updateFreeing(func(txn index.Txn) error {
 			pruned = false
 			if ok, err := exists(txn, repoKey(r[0], r[1])); !ok || err != nil {
 				return err
@@ -596,7 +597,7 @@ func (s *Store) purgeUpload(id string, cutoff time.Time) (bool, error) {
 	defer unlock()
 	purged := false
 	var u Upload
-	err = s.update(func(txn index.Txn) error {
+	err = s.updateFreeing(func(txn index.Txn) error {
 		ok, err := getJSON(txn, uploadKey(id), &u)
 		if !ok || err != nil || !u.lastActivity().Before(cutoff) {
 			purged = false

@@ -7,8 +7,6 @@ import (
 	"fmt"
 	"sync"
 
-	"github.com/dustin/go-humanize"
-
 	"github.com/dockyard/dockyard/index"
 	"github.com/dockyard/dockyard/oci"
 )
@@ -229,48 +227,111 @@ func (s *sessions) release(client string) {
 	}
 }
 
-// spaceCheckEvery is how many bytes a copy writes between free-space checks: what
-// each upload may write past the reserve (a statfs costs microseconds, a MiB of disk
-// writes a millisecond).
-const spaceCheckEvery = 1 << 20
+// diskRoom is the free space writes of new content (uploads, manifests) leave on one
+// filesystem. They reserve their bytes in the filesystem's account (index.Space)
+// before writing them: what writers in flight hold counts, so a burst of them cannot
+// take the filesystem under the floor that each alone would have kept. The writes
+// that free space are not held to it.
+type diskRoom struct {
+	space *index.Space
+	floor int64
+	full  string // what is full: "the registry's storage is full"
+	kept  string // what the floor is, after its size: "reserve (storage.min_free_space)"
+}
 
-// checkSpace refuses new data when the data directory's filesystem is below the
-// reserve: storage.min_free_space, and, when the index keeps its files there, the
-// room it needs (a Badger index refuses its own writes under half of it, and a full
-// disk under Badger would kill the process).
-func (s *Store) checkSpace() error {
-	reserve := s.minFree + s.indexRoom
-	if reserve <= 0 {
+// rooms makes the rooms of the data directory's filesystem and of the index's. A
+// Badger index keeps a reserve on its filesystem (see index.Badger): new content
+// there leaves it twice that, its reserve and as much again above it for the writes
+// that free space (deletes, collections), and storage.min_free_space too when the
+// data directory shares the filesystem.
+func rooms(dir string, space *index.Space, minFree int64, db index.DB) (blobRoom, indexRoom *diskRoom) {
+	d, onDisk := db.(index.OnDisk)
+	if space == nil {
+		return nil, nil
+	}
+	if onDisk && index.SameFilesystem(dir, d.Dir()) {
+		room := &diskRoom{space: space, floor: minFree + 2*d.Reserve(), full: "the registry's storage is full",
+			kept: fmt.Sprintf("reserve (storage.min_free_space %s, and %s kept for the index)", index.SizeUp(minFree), index.SizeUp(2*d.Reserve()))}
+		return room, room
+	}
+	if minFree > 0 {
+		blobRoom = &diskRoom{space: space, floor: minFree, full: "the registry's storage is full", kept: "reserve (storage.min_free_space)"}
+	}
+	if onDisk && d.Space() != nil {
+		indexRoom = &diskRoom{space: d.Space(), floor: 2 * d.Reserve(), full: "the registry's index storage is full",
+			kept: fmt.Sprintf("kept for the index (its reserve of %s, and as much again for the writes that free space)", index.SizeUp(d.Reserve()))}
+	}
+	return blobRoom, indexRoom
+}
+
+// hold reserves n bytes, or refuses them with ErrStorageFull; give gives them back.
+func (r *diskRoom) hold(n int64) error {
+	if r == nil {
 		return nil
 	}
-	free, err := s.freeSpace()
+	short, err := r.space.Reserve(n, r.floor)
 	if err != nil {
-		return fmt.Errorf("free space of the data directory: %w", err)
+		return fmt.Errorf("measure free space: %w", err)
 	}
-	if free < reserve {
-		why := "storage.min_free_space"
-		if s.indexRoom > 0 {
-			why = fmt.Sprintf("storage.min_free_space %s, and %s kept for the index", humanize.IBytes(uint64(s.minFree)), humanize.IBytes(uint64(s.indexRoom)))
-		}
-		return oci.ErrStorageFull.Withf("the registry's storage is full: %s free, under the %s reserve (%s)",
-			humanize.IBytes(uint64(max(free, 0))), humanize.IBytes(uint64(reserve)), why)
+	if short != nil {
+		return oci.ErrStorageFull.Withf("%s: %s", r.full, short.Describe(r.kept))
 	}
 	return nil
 }
 
-// spaceWriter checks the reserve every spaceCheckEvery bytes written through it.
+func (r *diskRoom) give(n int64) {
+	if r != nil {
+		r.space.Give(n)
+	}
+}
+
+// checkSpace refuses new blob data when the data directory's filesystem is at its
+// floor (blobRoom).
+func (s *Store) checkSpace() error { return s.blobRoom.hold(0) }
+
+// manifestBytes is what a manifest push holds besides the manifest's bytes: its
+// records (tags, references, the repository's), a few KiB.
+const manifestBytes = 16 << 10
+
+// holdManifest holds room for a manifest of size bytes on the index's filesystem;
+// give gives it back once the manifest is written (or refused).
+func (s *Store) holdManifest(size int64) (give func(), err error) {
+	n := size + manifestBytes
+	if err := s.indexRoom.hold(n); err != nil {
+		return nil, err
+	}
+	return func() { s.indexRoom.give(n) }, nil
+}
+
+// reserveStep is how far ahead of its writes a blob writer holds room: what each
+// writer in flight may hold without writing it. Checks cost a statfs each
+// (microseconds) against a millisecond for a MiB of disk writes.
+const reserveStep = 1 << 20
+
+// spaceWriter holds room for what it writes, reserveStep at a time, and gives each
+// write's bytes back once written (the filesystem counts them then); done gives back
+// what is left.
 type spaceWriter struct {
 	w     interface{ Write([]byte) (int, error) }
 	s     *Store
-	since int64
+	ahead int64 // held and not yet written
 }
 
 func (w *spaceWriter) Write(p []byte) (int, error) {
-	if w.since += int64(len(p)); w.since >= spaceCheckEvery {
-		w.since = 0
-		if err := w.s.checkSpace(); err != nil {
+	if need := int64(len(p)) - w.ahead; need > 0 {
+		step := max(need, reserveStep)
+		if err := w.s.blobRoom.hold(step); err != nil {
 			return 0, err
 		}
+		w.ahead += step
 	}
-	return w.w.Write(p)
+	n, err := w.w.Write(p)
+	w.ahead -= int64(len(p))
+	w.s.blobRoom.give(int64(len(p)))
+	return n, err
+}
+
+func (w *spaceWriter) done() {
+	w.s.blobRoom.give(w.ahead)
+	w.ahead = 0
 }

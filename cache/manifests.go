@@ -169,6 +169,11 @@ type PutManifestRequest struct {
 // after checking (unless sparse) that every blob and child manifest it references is in
 // the repository.
 func (s *Store) PutManifest(ctx context.Context, p PutManifestRequest) error {
+	give, err := s.holdManifest(int64(len(p.Content)))
+	if err != nil {
+		return err
+	}
+	defer give()
 	now := s.now().UnixNano()
 	m := p.Manifest
 	var changed [][]byte
@@ -312,7 +317,7 @@ type Protect func(tag string) error
 func (s *Store) DeleteManifest(ctx context.Context, reg, repo string, d oci.Digest, protect Protect) error {
 	var tags [][]byte
 	defer func() { s.tags.invalidate(tags...) }()
-	return s.update(func(txn index.Txn) error {
+	return s.updateFreeing(func(txn index.Txn) error {
 		tags = tags[:0]
 		if ok, err := exists(txn, repoManifestKey(reg, repo, d)); !ok || err != nil {
 			return errors.Join(err, unknownManifest(ok, oci.Reference{Digest: d}))
@@ -445,7 +450,7 @@ func (s *Store) deleteManifest(txn index.Txn, reg, repo string, d oci.Digest) ([
 func (s *Store) DeleteTag(ctx context.Context, reg, repo string, tag oci.Tag, protect Protect) error {
 	k := tagKey(reg, repo, string(tag))
 	defer s.tags.invalidate(k)
-	return s.update(func(txn index.Txn) error {
+	return s.updateFreeing(func(txn index.Txn) error {
 		v, ok, err := getValue(txn, k)
 		if !ok || err != nil {
 			return errors.Join(err, unknownManifest(ok, oci.Reference{Tag: tag}))
@@ -475,7 +480,7 @@ func deleteTag(txn index.Txn, reg, repo, tag string, d oci.Digest) error {
 func (s *Store) DeleteTagIf(ctx context.Context, reg, repo string, tag oci.Tag, d oci.Digest, pushedBefore time.Time) (deleted bool, err error) {
 	k := tagKey(reg, repo, string(tag))
 	defer s.tags.invalidate(k)
-	err = s.update(func(txn index.Txn) error {
+	err = s.updateFreeing(func(txn index.Txn) error {
 		deleted = false
 		v, ok, err := getValue(txn, k)
 		if !ok || err != nil {
@@ -586,9 +591,10 @@ type TagInfo struct {
 	PulledAt time.Time // zero: never pulled
 }
 
-// TagInfos lists the tags of reg/repo with their push and pull times.
+// TagInfos lists the tags of reg/repo with their push and pull times. It writes the
+// pulls gathered first, as a write that frees space: retention asks, to delete tags.
 func (s *Store) TagInfos(ctx context.Context, reg, repo string) ([]TagInfo, error) {
-	if err := s.FlushAccess(); err != nil {
+	if err := s.flushAccess(s.updateFreeing); err != nil {
 		return nil, err
 	}
 	var out []TagInfo

@@ -278,6 +278,7 @@ func TestAMonolithicUploadCountsWhileItRuns(t *testing.T) {
 // storage.min_free_space, so that it keeps room for the deletes that free space.
 func TestUploadsLeaveTheIndexItsRoom(t *testing.T) {
 	var free atomic.Int64
+	free.Store(1 << 40)
 	s := openWith(t, t.TempDir(), Options{MemTableSize: 1 << 20, FreeSpace: func() (int64, error) { return free.Load(), nil }})
 	defer s.Close()
 	ctx := context.Background()

@@ -39,10 +39,10 @@ type Store struct {
 	configs  *lru.Cache[oci.Digest, *imageConfig]
 	buffers  *bufferPool
 	sessions sessions
-	// minFree is the free-space reserve (0: none); freeSpace measures. indexRoom is
-	// the part of it kept for an index on the same filesystem (see checkSpace).
-	minFree, indexRoom int64
-	freeSpace          func() (int64, error)
+	// blobRoom is the free space new blob data leaves on the data directory's
+	// filesystem, indexRoom what new manifests leave on the index's: the same when
+	// they share one; nil where nothing is kept (see limits.go).
+	blobRoom, indexRoom *diskRoom
 	// beforePurgeLock, when set (tests), runs as a purge is about to take the lock of
 	// a session it found stale.
 	beforePurgeLock func(id string)
@@ -75,12 +75,14 @@ type Options struct {
 	ManifestCache int64
 	// MaxSessionsPerClient bounds the open upload sessions of one client (0: none).
 	MaxSessionsPerClient int
-	// MinFreeSpace is the free space under which uploads are refused (0: none). When
-	// the index keeps its files on the same filesystem (index.OnDisk), uploads leave
-	// it room too.
+	// MinFreeSpace is the free space under which uploads, and manifests when the index
+	// keeps its files on the same filesystem (index.OnDisk), are refused (0: none);
+	// they leave such an index room too (see rooms).
 	MinFreeSpace int64
 	// FreeSpace measures the free space of the data directory's filesystem (default:
-	// statfs on Linux; elsewhere none, and no reserve is kept); tests inject one.
+	// statfs on Linux; elsewhere none, and no reserve is kept); tests inject one. An
+	// index the store opens itself on that filesystem measures with it too (one
+	// passed in Index keeps its own account).
 	FreeSpace func() (int64, error)
 }
 
@@ -107,9 +109,27 @@ func Open(opts Options) (*Store, error) {
 	if err := os.MkdirAll(spool, 0o755); err != nil {
 		return nil, err
 	}
+	if opts.FreeSpace == nil {
+		opts.FreeSpace = index.DiskFree(opts.Dir)
+	}
+	if opts.FreeSpace == nil && opts.MinFreeSpace > 0 {
+		opts.Logger.Warn("the free-space reserve (storage.min_free_space) is not kept on this platform")
+		opts.MinFreeSpace = 0
+	}
+	space := index.NewSpace(opts.FreeSpace)
 	db := opts.Index
 	if db == nil {
-		b, err := index.OpenBadger(index.BadgerOptions{Dir: filepath.Join(opts.Dir, "index"), Logger: opts.Logger, MemTableSize: opts.MemTableSize})
+		dir := filepath.Join(opts.Dir, "index")
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return nil, err
+		}
+		bopts := index.BadgerOptions{Dir: dir, Logger: opts.Logger, MemTableSize: opts.MemTableSize}
+		if index.SameFilesystem(opts.Dir, dir) {
+			// One account for the filesystem: what uploads hold, the index sees, and
+			// the other way round.
+			bopts.Space = space
+		}
+		b, err := index.OpenBadger(bopts)
 		if err != nil {
 			return nil, err
 		}
@@ -124,23 +144,10 @@ func Open(opts Options) (*Store, error) {
 	if opts.ManifestCache <= 0 {
 		opts.ManifestCache = 32 << 20
 	}
-	if opts.FreeSpace == nil {
-		opts.FreeSpace = index.DiskFree(opts.Dir)
-	}
-	if opts.FreeSpace == nil && opts.MinFreeSpace > 0 {
-		opts.Logger.Warn("the free-space reserve (storage.min_free_space) is not kept on this platform")
-		opts.MinFreeSpace = 0
-	}
-	var indexRoom int64
-	if d, ok := db.(index.OnDisk); ok && opts.FreeSpace != nil && index.SameFilesystem(opts.Dir, d.Dir()) {
-		// Twice the index's reserve: its floor, and room above it for the writes that
-		// free space (deletes, collections) and for the manifests of stored blobs.
-		indexRoom = 2 * d.Reserve()
-	}
 	s := &Store{dir: opts.Dir, db: db, blobs: blobs, log: opts.Logger, now: opts.Now,
 		contents: newManifestCache(opts.ManifestCache), tags: newTagCache(16384), buffers: newBufferPool(opts.UploadBuffers),
-		sessions: sessions{max: opts.MaxSessionsPerClient, open: map[string]int{}},
-		minFree:  opts.MinFreeSpace, indexRoom: indexRoom, freeSpace: opts.FreeSpace, locks: index.LockerOf(db)}
+		sessions: sessions{max: opts.MaxSessionsPerClient, open: map[string]int{}}, locks: index.LockerOf(db)}
+	s.blobRoom, s.indexRoom = rooms(opts.Dir, space, opts.MinFreeSpace, db)
 	s.configs, _ = lru.New[oci.Digest, *imageConfig](maxRememberedConfigs)
 	s.tags.off = s.Shared()
 	if r, ok := blobs.(blobstore.Redirector); ok && r.Redirects() {
@@ -186,6 +193,13 @@ func (s *Store) Close() error {
 // update runs fn in a read-write transaction; the index runs it again when a
 // concurrent transaction changed what fn read.
 func (s *Store) update(fn func(txn index.Txn) error) error { return s.db.Update(fn) }
+
+// updateFreeing is update for a write that frees space (a delete, a collection, a
+// cancelled upload): an index keeping a reserve of free space takes it under the
+// reserve, so that a full disk can be emptied through the registry (index.Freer).
+func (s *Store) updateFreeing(fn func(txn index.Txn) error) error {
+	return index.UpdateFreeing(s.db, fn)
+}
 
 func exists(txn index.Txn, k []byte) (bool, error) {
 	_, err := txn.Get(k)

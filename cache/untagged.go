@@ -175,7 +175,7 @@ func (s *Store) untagged(reg, repo string, cutoff int64) ([]victim, error) {
 func (s *Store) deleteUntaggedIf(reg, repo string, v victim) (deleted bool, err error) {
 	var tags [][]byte
 	defer func() { s.tags.invalidate(tags...) }()
-	err = s.update(func(txn index.Txn) error {
+	err = s.updateFreeing(func(txn index.Txn) error {
 		deleted, tags = false, nil
 		var rm repoManifest
 		ok, err := getJSON(txn, repoManifestKey(reg, repo, v.digest), &rm)

@@ -252,7 +252,9 @@ func (s *Store) writeChunk(w blobstore.Writer, u *Upload, h hash.Hash, r io.Read
 		// Read up to the next block boundary first: the buffers that follow then
 		// land block-aligned in the file and go to the disk directly.
 		first := int((blobstore.BlockSize - u.Offset%blobstore.BlockSize) % blobstore.BlockSize)
-		n, err = s.copyHashing(&spaceWriter{w: w, s: s}, h, r, first)
+		space := &spaceWriter{w: w, s: s}
+		n, err = s.copyHashing(space, h, r, first)
+		space.done()
 	}
 	if err == nil && length >= 0 && n != length {
 		err = oci.ErrSizeInvalid.Withf("chunk has %d bytes, %d were announced", n, length)
@@ -454,7 +456,7 @@ func (s *Store) CancelUpload(ctx context.Context, reg, repo, id string) error {
 	if err != nil {
 		return err
 	}
-	if err := s.update(func(txn index.Txn) error { return deleteKeys(txn, sessionKeys(u)) }); err != nil {
+	if err := s.updateFreeing(func(txn index.Txn) error { return deleteKeys(txn, sessionKeys(u)) }); err != nil {
 		return err
 	}
 	s.releaseSession(u)

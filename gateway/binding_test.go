@@ -449,6 +449,42 @@ func TestUploadLimitsAnswerWithOCIErrors(t *testing.T) {
 	}
 }
 
+// A full disk refuses every write, thousands a second: the refusals are not logged a
+// line each (a burst wrote thousands of lines), but the first at once and the rest
+// summed up, one line an interval with their count.
+func TestRefusalsForAFullDiskAreLoggedOnceAnInterval(t *testing.T) {
+	var free atomic.Int64
+	free.Store(1 << 40)
+	var buf syncBuffer
+	r := startRegistry(t, t.TempDir(), registryOptions{
+		store: func(o *cache.Options) {
+			o.MinFreeSpace = 1 << 30
+			o.FreeSpace = func() (int64, error) { return free.Load(), nil }
+		},
+		gateway: func(o *gateway.Options) { o.Logger = slog.New(slog.NewJSONHandler(&buf, nil)) },
+	})
+	free.Store(1 << 20)
+	for range 50 {
+		if resp := r.do("POST", "/v2/b/blobs/uploads/", nil); resp.StatusCode != http.StatusInsufficientStorage {
+			t.Fatalf("an upload to a full disk: %d %s", resp.StatusCode, resp.body)
+		}
+	}
+	r.stop() // writes the line summing up what the interval held
+	var each, summed int
+	for _, l := range buf.lines() {
+		switch l["msg"] {
+		case "request failed":
+			each++
+		case "requests failed: the storage is full":
+			n, _ := l["count"].(float64)
+			summed += int(n)
+		}
+	}
+	if each != 1 || summed != 49 {
+		t.Errorf("50 refusals logged as %d lines and %d summed up, want 1 and 49:\n%s", each, summed, buf.b.String())
+	}
+}
+
 // A refused upload request does not keep the upload timeout: a client trickling the
 // body of a push it may not make is cut off by the short read timeout.
 func TestARefusedUploadIsReadUnderTheReadTimeout(t *testing.T) {

@@ -113,6 +113,9 @@ type Gateway struct {
 	// it. It ends when Shutdown gives up waiting, so that work still running stops.
 	life context.Context
 	stop context.CancelFunc
+
+	// storageFull logs the requests refused for want of space (see refusalLog).
+	storageFull *refusalLog
 }
 
 // New builds a gateway.
@@ -138,7 +141,8 @@ func New(opts Options) *Gateway {
 	if opts.MaxHeaderSize <= 0 {
 		opts.MaxHeaderSize = 16 << 10 // room for long Authorization headers
 	}
-	g := &Gateway{opts: opts, log: opts.Logger, conns: map[net.Conn]struct{}{}, admission: newAdmission()}
+	g := &Gateway{opts: opts, log: opts.Logger, conns: map[net.Conn]struct{}{}, admission: newAdmission(),
+		storageFull: &refusalLog{log: opts.Logger, every: storageFullLogEvery}}
 	g.current.Store(&Live{Router: opts.Router, Auth: opts.Auth, TokenHosts: opts.TokenHosts, Admin: opts.Admin,
 		Admins: opts.Admins, Classify: opts.Classify, CORS: opts.CORS, TrustedProxies: opts.TrustedProxies, Limits: opts.Limits})
 	// From here on they are read from the live options only: a reload lets these go.
@@ -242,6 +246,7 @@ func (g *Gateway) Shutdown(ctx context.Context) error {
 	}
 	g.connMu.Unlock()
 	g.stop()
+	g.storageFull.flush()
 	return err
 }
 
@@ -469,9 +474,11 @@ func (g *Gateway) writeError(ctx *fasthttp.RequestCtx, err error) {
 		if errors.Is(err, context.DeadlineExceeded) {
 			e = oci.ErrUnknown.Withf("request timed out (request id %d)", id)
 		}
+	} else if e.Code == oci.ErrStorageFull {
+		g.storageFull.refused(string(ctx.Method()), string(ctx.URI().PathOriginal()), e.Code.Status, err)
 	} else if e.Code.Status >= 500 {
-		// A failing dependency (the blob storage, an upstream, a full disk): the
-		// client's message names it; the log keeps the cause.
+		// A failing dependency (the blob storage, an upstream): the client's message
+		// names it; the log keeps the cause.
 		g.log.Warn("request failed", "method", string(ctx.Method()), "path", string(ctx.URI().PathOriginal()),
 			"status", e.Code.Status, "err", err)
 	}

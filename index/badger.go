@@ -8,7 +8,6 @@ import (
 	"syscall"
 
 	"github.com/dgraph-io/badger/v4"
-	"github.com/dustin/go-humanize"
 
 	"github.com/dockyard/dockyard/oci"
 )
@@ -23,6 +22,9 @@ type BadgerOptions struct {
 	// FreeSpace measures the free space of Dir's filesystem (default: statfs on Linux;
 	// elsewhere none, and no room is kept); tests inject one.
 	FreeSpace func() (int64, error)
+	// Space is the account of Dir's filesystem, shared with the other writers on it
+	// (default: one of the index's own, measured by FreeSpace).
+	Space *Space
 }
 
 // Badger is the embedded index: Badger in a directory, every commit synced (a 201
@@ -31,16 +33,20 @@ type BadgerOptions struct {
 // Badger writes its log and its tables through memory maps of files it makes at
 // their full size without allocating them, and a write into such a map that the
 // filesystem has no room for kills the process (SIGBUS) instead of failing. So the
-// index keeps a reserve of free space on its filesystem: under it, writes are
-// refused (oci.ErrStorageFull) before they reach Badger, while reads go on, and they
-// are taken again as soon as there is room; nothing needs reopening, since Badger
-// never met the full disk.
+// index keeps a reserve of free space on its filesystem: a write is refused
+// (oci.ErrStorageFull) before it reaches Badger when its bytes, with those of the
+// writes admitted and not yet written, would take the free space under it, while
+// reads go on; writes are taken again as soon as there is room, and nothing needs
+// reopening, since Badger never met the full disk. Writes that free space (deletes,
+// collections) may go under the reserve, down to a floor of half of it, so that an
+// index that filled its disk can be emptied.
 type Badger struct {
-	db      *badger.DB
-	log     *slog.Logger
-	dir     string
-	reserve int64
-	free    func() (int64, error) // nil: not measured
+	db       *badger.DB
+	log      *slog.Logger
+	dir      string
+	reserve  int64
+	vlogFile int64  // the value log's file size
+	space    *Space // nil: not measured
 }
 
 // OpenBadger opens (creating if needed) the index in o.Dir.
@@ -51,6 +57,7 @@ func OpenBadger(o BadgerOptions) (*Badger, error) {
 	if o.MemTableSize <= 0 {
 		o.MemTableSize = 16 << 20
 	}
+	vlogFile := max(1<<20, 4*o.MemTableSize)
 	bopts := badger.DefaultOptions(o.Dir).
 		WithLogger(badgerLogger{o.Logger}).
 		WithSyncWrites(true).
@@ -63,17 +70,22 @@ func OpenBadger(o BadgerOptions) (*Badger, error) {
 		WithNumLevelZeroTablesStall(8).
 		WithBlockCacheSize(32 << 20).
 		WithIndexCacheSize(16 << 20).
-		WithValueLogFileSize(max(1<<20, 4*o.MemTableSize)).
+		WithValueLogFileSize(vlogFile).
 		WithValueThreshold(min(64<<10, o.MemTableSize/32)).
 		WithNumCompactors(2)
-	if o.FreeSpace == nil {
-		o.FreeSpace = DiskFree(o.Dir)
+	if o.Space == nil {
+		if o.FreeSpace == nil {
+			o.FreeSpace = DiskFree(o.Dir)
+		}
+		o.Space = NewSpace(o.FreeSpace)
 	}
-	b := &Badger{log: o.Logger, dir: o.Dir, reserve: badgerReserve(o.MemTableSize), free: o.FreeSpace}
+	b := &Badger{log: o.Logger, dir: o.Dir, reserve: badgerReserve(o.MemTableSize), vlogFile: vlogFile, space: o.Space}
 	if _, err := os.Stat(o.Dir); err == nil {
-		// Opening writes too (a log, and the tables of one a crash left): on a full
-		// filesystem Badger would die of it.
-		if err := b.room(); err != nil {
+		// Opening writes too (a log, and the tables of the memtables a crash or a stop
+		// left): what a flush and its compaction write, the floor's worth. Under it
+		// Badger would die of it; above it the registry starts, and takes the writes
+		// that free space.
+		if _, err := b.room(0, b.Floor()); err != nil {
 			return nil, fmt.Errorf("open index: %w", err)
 		}
 	}
@@ -85,10 +97,11 @@ func OpenBadger(o BadgerOptions) (*Badger, error) {
 	return b, nil
 }
 
-// badgerReserve is the free space Badger may take after a write it was let make:
-// four memtables' worth — the rest of the write-ahead log and the next one (a
-// transaction is at most 15% of a memtable, and a few run at once), the table a full
-// memtable is flushed to, and the compaction that flush starts.
+// badgerReserve is the free space the index keeps for what Badger writes besides the
+// bytes of the writes it is given (those are counted as they are admitted): four
+// memtables' worth — the table a full memtable is flushed to and the compaction that
+// flush starts (the floor, which the writes that free space may reach), and as much
+// again above it for those writes.
 func badgerReserve(memTable int64) int64 { return 4 * memTable }
 
 // Dir is the directory the index writes to.
@@ -97,22 +110,31 @@ func (b *Badger) Dir() string { return b.dir }
 // Reserve is the free space the index keeps on its filesystem.
 func (b *Badger) Reserve() int64 { return b.reserve }
 
-// room refuses a write when the index's filesystem is under the reserve. Where free
-// space cannot be measured, the write goes ahead.
-func (b *Badger) room() error {
-	if b.free == nil {
-		return nil
-	}
-	free, err := b.free()
+// Floor is the free space the index keeps under the writes that free space, and to
+// open.
+func (b *Badger) Floor() int64 { return b.reserve / 2 }
+
+// Space is the account of the index's filesystem (nil: not measured).
+func (b *Badger) Space() *Space { return b.space }
+
+// room reserves n bytes for a write that must leave keep free, or refuses it; the
+// caller calls give once the write returns. Where free space cannot be measured, the
+// write goes ahead.
+func (b *Badger) room(n, keep int64) (give func(), err error) {
+	short, err := b.space.Reserve(n, keep)
 	if err != nil {
 		b.log.Warn("free space of the index's filesystem", "dir", b.dir, "err", err)
-		return nil
+		return func() {}, nil
 	}
-	if free < b.reserve {
-		return fmt.Errorf("%w (index in %s)", oci.ErrStorageFull.Withf("the registry's index storage is full: %s free, under the %s the index keeps to write safely; free some space",
-			humanize.IBytes(uint64(max(free, 0))), humanize.IBytes(uint64(b.reserve))), b.dir)
+	if short != nil {
+		what := "the index keeps to write safely"
+		if keep < b.reserve {
+			what = "the index keeps under the writes that free space"
+		}
+		return nil, fmt.Errorf("%w (index in %s)", oci.ErrStorageFull.Withf("the registry's index storage is full: %s; free some space",
+			short.Describe(what)), b.dir)
 	}
-	return nil
+	return func() { b.space.Give(n) }, nil
 }
 
 // full marks a failure for want of space as ErrStorageFull.
@@ -124,17 +146,24 @@ func full(err error) error {
 }
 
 func (b *Badger) View(fn func(Txn) error) error {
-	return b.db.View(func(txn *badger.Txn) error { return fn(badgerTxn{txn}) })
+	return b.db.View(func(txn *badger.Txn) error { return fn(&badgerTxn{txn: txn}) })
 }
 
 // Update retries conflicts (Badger's optimistic concurrency: a key fn read was
 // changed by a transaction that committed first). Under the reserve it refuses.
-func (b *Badger) Update(fn func(Txn) error) error {
-	if err := b.room(); err != nil {
+func (b *Badger) Update(fn func(Txn) error) error { return b.update(fn, b.reserve) }
+
+// UpdateFreeing is Update for a write that frees space (see index.Freer): it may go
+// under the reserve, down to the floor.
+func (b *Badger) UpdateFreeing(fn func(Txn) error) error { return b.update(fn, b.Floor()) }
+
+func (b *Badger) update(fn func(Txn) error, keep int64) error {
+	// Refused at once when even an empty write would not fit, before fn's work.
+	if _, err := b.room(0, keep); err != nil {
 		return err
 	}
 	for attempt := 0; ; attempt++ {
-		err := b.db.Update(func(txn *badger.Txn) error { return fn(badgerTxn{txn}) })
+		err := b.commit(fn, keep)
 		if errors.Is(err, badger.ErrConflict) && attempt < 1000 {
 			continue
 		}
@@ -142,16 +171,52 @@ func (b *Badger) Update(fn func(Txn) error) error {
 	}
 }
 
+// commit runs fn in a transaction and commits it if its bytes fit, holding them in
+// the account until Badger has written them.
+func (b *Badger) commit(fn func(Txn) error, keep int64) error {
+	txn := b.db.NewTransaction(true)
+	defer txn.Discard()
+	t := &badgerTxn{txn: txn}
+	if err := fn(t); err != nil {
+		return err
+	}
+	if t.writes == 0 {
+		return txn.Commit() // nothing to write (a commit checks conflicts only)
+	}
+	give, err := b.room(t.bytes+commitBytes, keep)
+	if err != nil {
+		return err
+	}
+	defer give()
+	return txn.Commit()
+}
+
+// What a write costs Badger's files, at most: an entry (header, key with its
+// version, value, checksum) in the write-ahead log, and again in the value log for a
+// value too big for the tree (a pointer then in the log: counted as a second key);
+// a commit adds a marker entry, and each of the two files may start a page.
+const (
+	entryBytes  = 64
+	commitBytes = 2*4096 + 2*entryBytes
+)
+
+func entryCost(key, value []byte) int64 { return int64(2*(len(key)+entryBytes) + len(value)) }
+
 func (b *Badger) Close() error { return b.db.Close() }
 
 // Compact rewrites value-log files that are mostly garbage (Badger keeps large values,
-// such as big manifests, there, and never reclaims them by itself).
+// such as big manifests, there, and never reclaims them by itself). It frees space,
+// so it may go under the reserve; a rewrite writes the live part of one file, at most
+// half of it, and it is held for a whole file (one may run past its size by a write).
 func (b *Badger) Compact() error {
 	for range 64 {
-		if err := b.room(); err != nil {
+		give, err := b.room(b.vlogFile, b.Floor())
+		if err != nil {
 			return err
 		}
-		if err := b.db.RunValueLogGC(0.5); err != nil {
+		err = b.db.RunValueLogGC(0.5)
+		give()
+		if err != nil {
 			if errors.Is(err, badger.ErrNoRewrite) || errors.Is(err, badger.ErrRejected) {
 				return nil
 			}
@@ -165,9 +230,13 @@ func (b *Badger) Compact() error {
 func (b *Badger) Sync() error               { return b.db.Sync() }
 func (b *Badger) Flatten(workers int) error { return b.db.Flatten(workers) }
 
-type badgerTxn struct{ txn *badger.Txn }
+// badgerTxn counts what a read-write transaction writes, for the account.
+type badgerTxn struct {
+	txn           *badger.Txn
+	writes, bytes int64
+}
 
-func (t badgerTxn) Get(key []byte) ([]byte, error) {
+func (t *badgerTxn) Get(key []byte) ([]byte, error) {
 	item, err := t.txn.Get(key)
 	if errors.Is(err, badger.ErrKeyNotFound) {
 		return nil, ErrNotFound
@@ -178,14 +247,21 @@ func (t badgerTxn) Get(key []byte) ([]byte, error) {
 	return item.ValueCopy(nil)
 }
 
-func (t badgerTxn) Set(key, value []byte) error { return tooBig(t.txn.Set(key, value)) }
-func (t badgerTxn) Delete(key []byte) error     { return tooBig(t.txn.Delete(key)) }
+func (t *badgerTxn) Set(key, value []byte) error {
+	t.writes, t.bytes = t.writes+1, t.bytes+entryCost(key, value)
+	return tooBig(t.txn.Set(key, value))
+}
+
+func (t *badgerTxn) Delete(key []byte) error {
+	t.writes, t.bytes = t.writes+1, t.bytes+entryCost(key, nil)
+	return tooBig(t.txn.Delete(key))
+}
 
 // Scan reads through an iterator: the keys it visits join the transaction's read set;
 // keys another transaction inserts into the range do not (Badger has no range locks),
 // so callers make a writer that must be seen also write a key the scanner reads with
 // Get.
-func (t badgerTxn) Scan(prefix, start []byte, keysOnly bool, fn func(key, value []byte) error) error {
+func (t *badgerTxn) Scan(prefix, start []byte, keysOnly bool, fn func(key, value []byte) error) error {
 	it := t.txn.NewIterator(badger.IteratorOptions{PrefetchValues: !keysOnly, Prefix: prefix})
 	defer it.Close()
 	if start == nil {

@@ -95,10 +95,29 @@ type Sharer interface {
 
 // OnDisk is implemented by drivers that keep the index in a local directory (Badger):
 // they need free space on its filesystem to write, and refuse writes
-// (oci.ErrStorageFull) when it runs under their reserve.
+// (oci.ErrStorageFull) that would take it under their reserve. Space is their account
+// of that filesystem (nil: not measured), which other writers on it share.
 type OnDisk interface {
 	Dir() string
 	Reserve() int64
+	Space() *Space
+}
+
+// Freer is implemented by drivers that keep a reserve of free space (Badger): a write
+// that frees space (a delete, a collection, a cancelled upload) may go under the
+// reserve, down to a floor of its own, so that an index that filled its disk can
+// always be emptied through the registry.
+type Freer interface {
+	UpdateFreeing(fn func(Txn) error) error
+}
+
+// UpdateFreeing runs fn as db.Update does, as a write that frees space where db tells
+// those apart.
+func UpdateFreeing(db DB, fn func(Txn) error) error {
+	if f, ok := db.(Freer); ok {
+		return f.UpdateFreeing(fn)
+	}
+	return db.Update(fn)
 }
 
 // Compacter is implemented by drivers that reclaim space on request (Badger's value

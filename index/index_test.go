@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"os"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -12,11 +13,17 @@ import (
 	"github.com/dockyard/dockyard/index"
 	"github.com/dockyard/dockyard/index/pgtest"
 	"github.com/dockyard/dockyard/oci"
+	"github.com/dockyard/dockyard/test/mountns"
 )
 
 var pg *pgtest.Server
 
-func TestMain(m *testing.M) { pgtest.Main(m, &pg) }
+func TestMain(m *testing.M) {
+	if mountns.Inside() {
+		os.Exit(m.Run()) // one test again, in a mount namespace: no shared servers
+	}
+	pgtest.Main(m, &pg)
+}
 
 // each runs a case against Badger and against PostgreSQL (a fresh database each).
 func each(t *testing.T, fn func(t *testing.T, db index.DB)) {
@@ -254,9 +261,11 @@ func TestGetOne(t *testing.T) {
 }
 
 // Badger writes through memory maps, and a full filesystem under them kills the
-// process: under its reserve of free space the index refuses writes with the
-// storage-full error before they reach Badger, reads go on, and writes are taken again
-// once there is room, without reopening. Opening is refused under it.
+// process: a write that would take the free space under the index's reserve is refused
+// with the storage-full error before it reaches Badger, reads go on, and writes are
+// taken again once there is room, without reopening. Writes that free space go on
+// under the reserve, down to a floor of half of it; opening, which writes what a
+// flush does, is refused under that floor.
 func TestBadgerRefusesWritesUnderItsReserve(t *testing.T) {
 	var free atomic.Int64
 	free.Store(1 << 40)
@@ -269,18 +278,30 @@ func TestBadgerRefusesWritesUnderItsReserve(t *testing.T) {
 	set := func(k string) error {
 		return db.Update(func(txn index.Txn) error { return txn.Set([]byte(k), []byte(k)) })
 	}
-	if err := set("before"); err != nil {
-		t.Fatal(err)
+	del := func(k string) error {
+		return db.UpdateFreeing(func(txn index.Txn) error { return txn.Delete([]byte(k)) })
 	}
-	if db.Reserve() != 4<<20 {
-		t.Errorf("reserve %d, want four 1 MiB memtables", db.Reserve())
+	for _, k := range []string{"before", "deleted under the reserve", "deleted under the floor"} {
+		if err := set(k); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if db.Reserve() != 4<<20 || db.Floor() != 2<<20 {
+		t.Errorf("reserve %d and floor %d, want four 1 MiB memtables and two", db.Reserve(), db.Floor())
+	}
+	free.Store(db.Reserve() + 4<<10) // room for a write of a few bytes, not one of 8 KiB
+	if err := db.Update(func(txn index.Txn) error { return txn.Set([]byte("big"), make([]byte, 8<<10)) }); !errors.Is(err, oci.ErrStorageFull) {
+		t.Fatalf("a write that would take the free space under the reserve: %v, want the storage-full error", err)
 	}
 	free.Store(db.Reserve() - 1)
 	if err := set("while full"); !errors.Is(err, oci.ErrStorageFull) {
 		t.Fatalf("a write under the reserve: %v, want the storage-full error", err)
 	}
+	if err := del("deleted under the reserve"); err != nil {
+		t.Errorf("a delete under the reserve: %v", err)
+	}
 	if err := db.Compact(); !errors.Is(err, oci.ErrStorageFull) {
-		t.Errorf("a compaction under the reserve: %v", err)
+		t.Errorf("a compaction (which holds a value-log file) under the reserve: %v", err)
 	}
 	if v, err := index.GetOne(db, []byte("before")); err != nil || string(v) != "before" {
 		t.Errorf("a read under the reserve: %q %v", v, err)
@@ -288,20 +309,24 @@ func TestBadgerRefusesWritesUnderItsReserve(t *testing.T) {
 	if _, err := index.GetOne(db, []byte("while full")); !errors.Is(err, index.ErrNotFound) {
 		t.Errorf("the refused write: %v, want nothing written", err)
 	}
-	free.Store(db.Reserve())
+	free.Store(db.Floor() - 1)
+	if err := del("deleted under the floor"); !errors.Is(err, oci.ErrStorageFull) {
+		t.Errorf("a delete under the floor: %v, want the storage-full error", err)
+	}
+	free.Store(db.Reserve() + 1<<20)
 	if err := set("with room"); err != nil {
 		t.Errorf("a write with room again: %v", err)
 	}
 	// Opening writes too: on a full filesystem it is refused, not left to crash.
 	db.Close()
-	free.Store(db.Reserve() - 1)
+	free.Store(db.Floor() - 1)
 	if _, err := index.OpenBadger(opts); !errors.Is(err, oci.ErrStorageFull) {
-		t.Fatalf("opening under the reserve: %v, want the storage-full error", err)
+		t.Fatalf("opening under the floor: %v, want the storage-full error", err)
 	}
-	free.Store(db.Reserve())
+	free.Store(db.Floor())
 	db, err = index.OpenBadger(opts)
 	if err != nil {
-		t.Fatalf("opening with room: %v", err)
+		t.Fatalf("opening at the floor: %v", err)
 	}
 	db.Close()
 }

@@ -11,12 +11,9 @@ import (
 	"io/fs"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -29,27 +26,28 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"github.com/dockyard/dockyard/cache"
-	"github.com/dockyard/dockyard/index"
 	"github.com/dockyard/dockyard/oci"
+	"github.com/dockyard/dockyard/test/mountns"
 )
 
 // The data directory on small filesystems (tmpfs), filled by pushes and by another
 // program: pushes that do not fit fail with 507 and an OCI body, nothing is left half
 // committed, pulls go on byte-identical, and pushes work again once there is room,
 // without a restart. These tests mount, so each runs in a mount namespace of its own
-// (see inMountNamespace).
+// (see mountns.Enter).
 
 // Everything shares one filesystem. Pushes stop where the space the index keeps for
 // itself begins; the index still takes the writes that free space (a delete, a
 // collection); filled to the last byte by another program, even the index refuses
-// writes (Badger, writing through memory maps, would otherwise kill the process).
+// writes, deletes included (Badger, writing through memory maps, would otherwise kill
+// the process).
 func TestAFullDiskSharedByBlobsAndIndex(t *testing.T) {
-	if !inMountNamespace(t) {
+	if !mountns.Enter(t) {
 		return
 	}
 	dir := t.TempDir()
 	data := filepath.Join(dir, "data")
-	mountTmpfs(t, data, 192<<20) // uploads leave the index 128 MiB: twice its reserve of four 16 MiB memtables
+	mountns.Tmpfs(t, data, 192<<20) // uploads leave the index 128 MiB: twice its reserve of four 16 MiB memtables
 	cfg := fullDiskConfig(t, dir)
 	addr, a, stop := serveApp(t, cfg, data)
 	stop = sync.OnceFunc(stop)
@@ -81,12 +79,13 @@ func TestAFullDiskSharedByBlobsAndIndex(t *testing.T) {
 		pullSame(t, addr, fmt.Sprintf("team/app%d:v1", i), img)
 	}
 
-	// Another program takes the last byte: the index refuses its writes too (a
-	// manifest of 8 KiB, so Badger would write into a page the filesystem does not
-	// have), and pulls go on.
-	unfill := fill(t, data, 0)
+	// Another program takes the last byte: the index refuses its writes too, even
+	// those that free space (a tag's delete, so Badger would write into a page the
+	// filesystem does not have), and pulls go on.
+	unfill := mountns.Fill(t, data, 0)
 	big := annotated(t, pushed[0])
-	wantStorageFull(t, push(addr, "team/app0:annotated", big), "index storage is full")
+	wantStorageFull(t, push(addr, "team/app0:annotated", big), "storage is full")
+	wantStorageFull(t, deleteRef(addr, "team/app0:v1"), "index storage is full")
 	for i, img := range pushed {
 		pullSame(t, addr, fmt.Sprintf("team/app%d:v1", i), img)
 	}
@@ -109,17 +108,87 @@ func TestAFullDiskSharedByBlobsAndIndex(t *testing.T) {
 	fsckClean(t, cfg, data)
 }
 
-// The index on a filesystem of its own, the blobs on another without any reserve
-// (storage.min_free_space: 0): the blobs' filesystem runs out in the middle of an
-// upload (ENOSPC), then the index's fills up.
-func TestAFullDiskUnderTheBlobsOrUnderTheIndex(t *testing.T) {
-	if !inMountNamespace(t) {
+// One client pushing manifests one after another (the index keeps them in its value
+// log) stops where uploads do, twice the index's reserve from a full disk: the index
+// keeps room for the deletes and the collection that free space, and for a restart.
+// Manifests used to go on to the index's reserve itself, under which it refused every
+// write, deletes and collections included, and could not be opened again.
+func TestAFullDiskOfManifestsCanBeEmptied(t *testing.T) {
+	if !mountns.Enter(t) {
 		return
 	}
 	dir := t.TempDir()
 	data := filepath.Join(dir, "data")
-	mountTmpfs(t, data, 64<<20)
-	mountTmpfs(t, filepath.Join(data, "index"), 96<<20) // the index keeps 64 MiB free
+	mountns.Tmpfs(t, data, 136<<20) // 8 MiB over the 128 MiB left to the index
+	cfg := fullDiskConfig(t, dir)
+	addr, _, stop := serveApp(t, cfg, data)
+	stop = sync.OnceFunc(stop)
+	defer stop()
+	img := bigImage(t, 1<<10, 1)
+	if err := push(addr, "team/app:base", img); err != nil {
+		t.Fatal(err)
+	}
+	raw, err := img.RawManifest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pushed []string
+	for i := 0; err == nil; i++ {
+		if i == 136 {
+			t.Fatalf("136 manifests of 1 MiB pushed on 136 MiB")
+		}
+		// img's manifest with an annotation of 1 MiB, its own.
+		m := fmt.Appendf(bytes.TrimSuffix(bytes.Clone(raw), []byte("}")), `,"annotations":{"padding":"%04d%s"}}`, i, strings.Repeat("x", 1<<20))
+		var d string
+		if d, err = putManifest(addr, fmt.Sprintf("team/app/manifests/m%d", i), m); err == nil {
+			pushed = append(pushed, d)
+		}
+	}
+	t.Logf("%d manifests of 1 MiB pushed; the next: %v; %d MiB free", len(pushed), err, mountns.Free(t, data)>>20)
+	wantStorageFull(t, err, "storage is full")
+	if free := mountns.Free(t, data); free < 127<<20 {
+		t.Errorf("%d KiB free: manifests went past the 128 MiB kept for the index", free>>10)
+	}
+	if err := deleteRef(addr, "team/app:m0"); err != nil {
+		t.Fatalf("delete a tag: %v", err)
+	}
+	for _, d := range pushed[1:] {
+		if err := deleteRef(addr, "team/app@"+d); err != nil {
+			t.Fatalf("delete a manifest: %v", err)
+		}
+	}
+	collect(t, addr)
+	stop()
+	addr, _, stop = serveApp(t, cfg, data)
+	pullSame(t, addr, "team/app:base", img)
+	stop()
+	fsckClean(t, cfg, data)
+}
+
+// putManifest puts OCI image manifest m at path (repo/manifests/ref) and returns its
+// digest.
+func putManifest(addr, path string, m []byte) (string, error) {
+	req, _ := http.NewRequest(http.MethodPut, "http://"+addr+"/v2/"+path, bytes.NewReader(m))
+	req.Header.Set("Content-Type", string(types.OCIManifestSchema1))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	return sha256Digest(bytes.NewReader(m)), transport.CheckError(resp, http.StatusCreated)
+}
+
+// The index on a filesystem of its own, the blobs on another without any reserve
+// (storage.min_free_space: 0): the blobs' filesystem runs out in the middle of an
+// upload (ENOSPC), then the index's fills up.
+func TestAFullDiskUnderTheBlobsOrUnderTheIndex(t *testing.T) {
+	if !mountns.Enter(t) {
+		return
+	}
+	dir := t.TempDir()
+	data := filepath.Join(dir, "data")
+	mountns.Tmpfs(t, data, 64<<20)
+	mountns.Tmpfs(t, filepath.Join(data, "index"), 160<<20) // manifests leave the index 128 MiB
 	cfg := fullDiskConfig(t, dir)
 	addr, a, stop := serveApp(t, cfg, data)
 	stop = sync.OnceFunc(stop)
@@ -130,7 +199,7 @@ func TestAFullDiskUnderTheBlobsOrUnderTheIndex(t *testing.T) {
 		t.Fatal(err)
 	}
 	// 8 MiB left for an image of 24: its first layer meets the full disk half way.
-	unfill := fill(t, data, 8<<20)
+	unfill := mountns.Fill(t, data, 8<<20)
 	second := bigImage(t, 12<<20, 2)
 	wantStorageFull(t, push(addr, "team/second:v1", second), "no room for blob data")
 	nothingHalfCommitted(t, a.store, data)
@@ -148,7 +217,7 @@ func TestAFullDiskUnderTheBlobsOrUnderTheIndex(t *testing.T) {
 	// which the blobs' filesystem took but the index could not record; every pull goes
 	// on.
 	loc := startUpload(t, addr, "team/chunked")
-	unfill = fill(t, filepath.Join(data, "index"), 0)
+	unfill = mountns.Fill(t, filepath.Join(data, "index"), 0)
 	third := bigImage(t, 1<<20, 1)
 	wantStorageFull(t, push(addr, "team/third:v1", third), "index storage is full")
 	wantStorageFull(t, push(addr, "team/first:annotated", annotated(t, first)), "index storage is full")
@@ -171,7 +240,7 @@ func TestAFullDiskUnderTheBlobsOrUnderTheIndex(t *testing.T) {
 	fsckClean(t, cfg, data)
 
 	// Opening the index writes too: with a page left, Badger would die opening it.
-	unfill = fill(t, filepath.Join(data, "index"), 4096)
+	unfill = mountns.Fill(t, filepath.Join(data, "index"), 4096)
 	err := run([]string{"fsck", "--config", cfg, "--data", data}, io.Discard, io.Discard)
 	if err == nil || !strings.Contains(err.Error(), "index storage is full") {
 		t.Errorf("fsck with the index's filesystem full: %v", err)
@@ -219,6 +288,15 @@ func push(addr, ref string, img v1.Image) error {
 		return err
 	}
 	return remote.Write(r, img, remote.WithJobs(1), remote.WithRetryPredicate(func(error) bool { return false }))
+}
+
+// deleteRef deletes ref (a tag, or repo@digest).
+func deleteRef(addr, ref string) error {
+	r, err := name.ParseReference(addr+"/"+ref, name.Insecure)
+	if err != nil {
+		return err
+	}
+	return remote.Delete(r)
 }
 
 func head(addr, repo, ref string) error {
@@ -399,100 +477,4 @@ func fsckClean(t *testing.T, cfg, data string) {
 	if err := run([]string{"fsck", "--config", cfg, "--data", data, "--verify-digests"}, &out, io.Discard); err != nil || !strings.Contains(out.String(), "; 0 problems") {
 		t.Errorf("fsck: %v\n%s", err, out.String())
 	}
-}
-
-// fill makes another program's file take all but leave bytes of dir's filesystem (to
-// the last byte with leave 0), and returns what removes it.
-func fill(t *testing.T, dir string, leave int64) (remove func()) {
-	t.Helper()
-	f, err := os.CreateTemp(dir, "other-program-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	free, _ := index.DiskFree(dir)()
-	if n := free - leave; n > 0 {
-		if err := syscall.Fallocate(int(f.Fd()), 0, 0, n); err != nil {
-			t.Fatalf("fill %s: %v", dir, err)
-		}
-	}
-	if leave == 0 {
-		f.Seek(0, io.SeekEnd)
-		page := make([]byte, 4096)
-		for {
-			if _, err := f.Write(page); err != nil {
-				break
-			}
-		}
-	}
-	if free, _ := index.DiskFree(dir)(); free > leave {
-		t.Fatalf("fill %s: %d bytes free, want %d", dir, free, leave)
-	}
-	return func() {
-		if err := os.Remove(f.Name()); err != nil {
-			t.Fatal(err)
-		}
-	}
-}
-
-// mountTmpfs mounts a tmpfs of size bytes on dir until the test ends.
-func mountTmpfs(t *testing.T, dir string, size int64) {
-	t.Helper()
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, fmt.Sprintf("size=%d", size)); err != nil {
-		skipUnlessRequired(t, fmt.Sprintf("mount a tmpfs: %v", err))
-	}
-	t.Cleanup(func() {
-		if err := syscall.Unmount(dir, 0); err != nil {
-			t.Errorf("unmount %s: %v", dir, err)
-		}
-	})
-}
-
-// mountNamespaceEnv names the test a process runs in a mount namespace of its own.
-const mountNamespaceEnv = "DOCKYARD_TEST_IN_MOUNT_NAMESPACE"
-
-// inMountNamespace runs the calling test again, alone, in a private mount namespace
-// (unshare --mount), where its mounts are invisible to the rest of the machine and
-// end with it, whatever happens — a crash included. It returns true in that run,
-// false in the calling one, which has then reported the result.
-func inMountNamespace(t *testing.T) bool {
-	if os.Getenv(mountNamespaceEnv) == t.Name() {
-		return true
-	}
-	if os.Geteuid() != 0 {
-		skipUnlessRequired(t, "mounting a small filesystem needs root")
-	}
-	unshare, err := exec.LookPath("unshare")
-	if err != nil {
-		skipUnlessRequired(t, "unshare (util-linux) is not installed")
-	}
-	if out, err := exec.Command(unshare, "--mount", "--propagation", "private", "true").CombinedOutput(); err != nil {
-		skipUnlessRequired(t, fmt.Sprintf("unshare --mount: %v %s", err, out))
-	}
-	cmd := exec.Command(unshare, "--mount", "--propagation", "private",
-		os.Args[0], "-test.run=^"+regexp.QuoteMeta(t.Name())+"$", "-test.count=1", "-test.v", "-test.timeout=5m")
-	cmd.Env = append(os.Environ(), mountNamespaceEnv+"="+t.Name())
-	out, err := cmd.CombinedOutput()
-	switch {
-	case err == nil && bytes.Contains(out, []byte("--- PASS: "+t.Name())):
-		t.Logf("in its mount namespace:\n%s", out)
-	case err == nil && bytes.Contains(out, []byte("--- SKIP: "+t.Name())):
-		skipUnlessRequired(t, "skipped in its mount namespace:\n"+string(out))
-	default:
-		t.Fatalf("in its mount namespace: %v\n%s", err, out)
-	}
-	return false
-}
-
-// skipUnlessRequired skips t, or fails it where mount tests must run
-// (DOCKYARD_MOUNT_TESTS=1: make test, as root).
-func skipUnlessRequired(t *testing.T, why string) {
-	t.Helper()
-	if os.Getenv("DOCKYARD_MOUNT_TESTS") != "" {
-		t.Fatal(why)
-	}
-	t.Skip(why + " (make test runs this as root)")
 }

@@ -29,6 +29,7 @@ import (
 	"github.com/dockyard/dockyard/config"
 	"github.com/dockyard/dockyard/index/pgtest"
 	"github.com/dockyard/dockyard/oci"
+	"github.com/dockyard/dockyard/test/mountns"
 )
 
 var s3server *s3test.Server
@@ -38,7 +39,7 @@ var pgserver *pgtest.Server
 
 func TestMain(m *testing.M) {
 	runAsCommand() // a test running the dockyard command in a process of its own
-	if os.Getenv(mountNamespaceEnv) != "" {
+	if mountns.Inside() {
 		os.Exit(m.Run()) // one test again, in a mount namespace (fulldisk_test.go): no shared servers
 	}
 	var err error
