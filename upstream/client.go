@@ -141,17 +141,18 @@ func (c *Client) CloseIdle() {
 // Stats returns the client's counters.
 func (c *Client) Stats() *Stats { return c.stats }
 
-// countingTransport counts round trips, failures and body bytes. For an http://
-// upstream, go-containerregistry first tries https (its probe before falling back):
-// those tries are not the upstream's traffic and are not counted.
+// countingTransport counts round trips, failures and body bytes, those of the hosts
+// the upstream redirects to (a CDN) and of its token service included. For an http://
+// upstream, go-containerregistry first tries https (its ping, GET https://HOST/v2/,
+// before falling back): that probe is not the upstream's traffic and is not counted.
 type countingTransport struct {
-	inner  http.RoundTripper
-	stats  *Stats
-	scheme string
+	inner http.RoundTripper
+	stats *Stats
+	probe *url.URL // the https ping of an http:// upstream; nil for an https:// one
 }
 
 func (t countingTransport) RoundTrip(req *http.Request) (*http.Response, error) {
-	if req.URL.Scheme != t.scheme {
+	if p := t.probe; p != nil && req.URL.Scheme == p.Scheme && req.URL.Host == p.Host && req.URL.Path == p.Path {
 		return t.inner.RoundTrip(req)
 	}
 	t.stats.Requests.Add(1)
@@ -229,8 +230,12 @@ func New(cfg Config) (*Client, error) {
 	}
 	transports, _ := lru.New[string, http.RoundTripper](1024)
 	stats := &Stats{}
+	counting := countingTransport{inner: inner, stats: stats}
+	if u.Scheme == "http" {
+		counting.probe = &url.URL{Scheme: "https", Host: reg.RegistryStr(), Path: "/v2/"}
+	}
 	return &Client{
-		base: u, registry: reg, auth: auth, inner: countingTransport{inner, stats, u.Scheme}, timeout: cfg.Timeout,
+		base: u, registry: reg, auth: auth, inner: counting, timeout: cfg.Timeout,
 		retry:      cfg.Retry.withDefaults(),
 		hub:        strings.HasSuffix(u.Host, "docker.io"),
 		transports: transports, stats: stats,

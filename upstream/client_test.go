@@ -185,3 +185,38 @@ func TestRetryAfterIsSecondsOrADate(t *testing.T) {
 		}
 	}
 }
+
+// An http:// upstream that redirects blobs to an https:// CDN (or any other host): the
+// CDN's requests and bytes are the upstream's traffic and are counted. Only
+// go-containerregistry's https probe of the http:// upstream is not.
+func TestTrafficRedirectedToAnotherSchemeIsCounted(t *testing.T) {
+	blob := []byte(strings.Repeat("cdn bytes ", 5000))
+	d := oci.FromBytes(oci.SHA256, blob)
+	cdn := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write(blob) }))
+	t.Cleanup(cdn.Close)
+	s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/v2/" {
+			return
+		}
+		http.Redirect(w, r, cdn.URL+"/blob", http.StatusTemporaryRedirect)
+	}))
+	t.Cleanup(s.Close)
+	c, _ := New(Config{URL: s.URL, Insecure: true, Timeout: 5 * time.Second})
+	body, _, err := c.GetBlob(t.Context(), "org/app", d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := io.Copy(io.Discard, body)
+	body.Close()
+	if err != nil || n != int64(len(blob)) {
+		t.Fatalf("read %d bytes: %v", n, err)
+	}
+	st := c.Stats()
+	if st.Bytes.Load() < n {
+		t.Errorf("%d response bytes counted; the CDN alone sent %d", st.Bytes.Load(), n)
+	}
+	// The ping over http, the blob GET answered 307, the CDN's GET; not the https probe.
+	if st.Requests.Load() != 3 || st.Errors.Load() != 0 {
+		t.Errorf("%d requests and %d errors counted, want 3 and 0", st.Requests.Load(), st.Errors.Load())
+	}
+}
