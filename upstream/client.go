@@ -54,8 +54,10 @@ type Config struct {
 // 502 and 504; a manifest cut short or not matching its digest; and a blob body cut
 // short or stalled, which resumes with a Range request from the byte reached.
 type Retry struct {
-	// Attempts bounds the requests made for one answer, the first included; a blob
-	// download counts each of its resumes.
+	// Attempts bounds the requests made for one answer, the first included. A blob
+	// download counts each of its resumes, and starts the count over from each
+	// response that brought at least ResumeProgress bytes of it: it makes at most
+	// Attempts × (1 + size/ResumeProgress) requests in all.
 	Attempts int
 	// Backoff is the wait before the second attempt, doubled for each next one up to
 	// MaxBackoff, less up to half at random.
@@ -73,6 +75,11 @@ const (
 	DefaultMaxBackoff    = 2 * time.Second
 	DefaultMaxRetryAfter = 5 * time.Second
 )
+
+// ResumeProgress is the progress that refills a blob download's attempts: an upstream
+// that cuts every response but moves the download on by this much each time is
+// followed to the end; one that trickles less per response fails within Attempts.
+const ResumeProgress = 64 << 10
 
 func (r Retry) withDefaults() Retry {
 	if r.Attempts <= 0 {
@@ -390,6 +397,7 @@ type blobBody struct {
 	body io.ReadCloser
 	size int64 // announced; -1 if unknown
 	off  int64 // bytes read
+	from int64 // off when body started
 	// broken is the failure that ended body, when the next Read must resume; failed
 	// ends the download (resuming failed).
 	broken, failed error
@@ -429,6 +437,9 @@ func (r *blobBody) Read(p []byte) (int, error) {
 // resume replaces the broken body with the rest of the blob, or says why it cannot.
 func (r *blobBody) resume() error {
 	r.body.Close()
+	if r.off-r.from >= ResumeProgress {
+		r.b.refill(r.c.retry.Attempts)
+	}
 	ranged := true
 	for {
 		if r.b.left <= 0 || r.ctx.Err() != nil {
@@ -466,7 +477,7 @@ func (r *blobBody) resume() error {
 			return fmt.Errorf("%w: resuming %s at byte %d: upstream answered %s, Content-Length %d, Content-Range %q",
 				ErrUnavailable, r.d, r.off, resp.Status, resp.ContentLength, resp.Header.Get("Content-Range"))
 		}
-		r.body, r.broken = resp.Body, nil
+		r.body, r.broken, r.from = resp.Body, nil, r.off
 		return nil
 	}
 }
@@ -548,6 +559,10 @@ func (c *Client) Referrers(ctx context.Context, repo string, d oci.Digest) ([]oc
 type budget struct{ made, left int }
 
 func (c *Client) newBudget() *budget { return &budget{left: c.retry.Attempts} }
+
+// refill counts the request that made progress as the first of a new budget (and its
+// backoff starts over): the upstream moves on, its failures are in passing again.
+func (b *budget) refill(attempts int) { b.made, b.left = 1, attempts-1 }
 
 // do sends a request for repo, retried as Retry says, and returns a 2xx response, or
 // an error: a *StatusError for answers the client should hear about, ErrUnavailable

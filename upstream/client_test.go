@@ -3,11 +3,14 @@ package upstream
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -218,5 +221,55 @@ func TestTrafficRedirectedToAnotherSchemeIsCounted(t *testing.T) {
 	// The ping over http, the blob GET answered 307, the CDN's GET; not the https probe.
 	if st.Requests.Load() != 3 || st.Errors.Load() != 0 {
 		t.Errorf("%d requests and %d errors counted, want 3 and 0", st.Requests.Load(), st.Errors.Load())
+	}
+}
+
+// An upstream that honours Range but cuts every response after a while: a download
+// whose every response brings ResumeProgress bytes is followed to the end, however many
+// requests it takes; one whose responses bring less fails within the budget.
+func TestACutOnEveryResponseIsFollowedWhileEachMakesProgress(t *testing.T) {
+	blob := make([]byte, 1<<20)
+	for i := range blob {
+		blob[i] = byte(i * 7)
+	}
+	d := oci.FromBytes(oci.SHA256, blob)
+	for _, c := range []struct {
+		name     string
+		cut      int
+		requests int64 // made in all
+		whole    bool
+	}{
+		{"64 KiB per response", ResumeProgress, 16, true},
+		{"1 KiB per response", 1 << 10, DefaultAttempts, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			var requests atomic.Int64
+			s := basicUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+				requests.Add(1)
+				var from int
+				if _, err := fmt.Sscanf(r.Header.Get("Range"), "bytes=%d-", &from); err == nil {
+					w.Header().Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", from, len(blob)-1, len(blob)))
+					w.Header().Set("Content-Length", strconv.Itoa(len(blob)-from))
+					w.WriteHeader(http.StatusPartialContent)
+				} else {
+					w.Header().Set("Content-Length", strconv.Itoa(len(blob)))
+				}
+				w.Write(blob[from:min(from+c.cut, len(blob))]) // then the server closes the connection
+			})
+			c0, _ := New(Config{URL: s.URL, Username: "u", Password: "p", Timeout: 5 * time.Second, Retry: Retry{
+				Sleep: func(context.Context, time.Duration) error { return nil }}})
+			body, _, err := c0.GetBlob(t.Context(), "org/app", d)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := io.ReadAll(body)
+			body.Close()
+			if whole := err == nil && string(got) == string(blob); whole != c.whole {
+				t.Errorf("read %d of %d bytes (%v); want the whole blob: %v", len(got), len(blob), err, c.whole)
+			}
+			if n := requests.Load(); n != c.requests {
+				t.Errorf("%d requests for the blob, want %d", n, c.requests)
+			}
+		})
 	}
 }
