@@ -39,8 +39,8 @@ type Config struct {
 	Password string
 	CAFile   string
 	Insecure bool // skip TLS verification
-	// Timeout bounds connecting, TLS, waiting for response headers, and any pause
-	// while a body is being received.
+	// Timeout bounds connecting, TLS, waiting for response headers, any pause while a
+	// body is being received, and the whole of a manifest's body.
 	Timeout time.Duration
 	// Retry bounds the retries of what failed in passing (zero fields: the defaults).
 	Retry Retry
@@ -331,9 +331,14 @@ func (c *Client) getManifest(ctx context.Context, b *budget, repo, ref string) (
 		return nil, false, err
 	}
 	defer resp.Body.Close()
+	// A manifest is a few KiB (maxManifest at most): its body must arrive within Timeout
+	// of its headers, not merely without a pause that long, or an upstream trickling it
+	// holds the request, and every one waiting for the same tag, for as long as it likes.
+	// Running out of that time is not retried, as an answer later than Timeout is not.
+	resp.Body.(*idleTimeoutBody).within(c.timeout)
 	body, err := io.ReadAll(io.LimitReader(resp.Body, maxManifest+1))
 	if err != nil {
-		return nil, true, fmt.Errorf("%w: reading manifest %s: %v", ErrUnavailable, ref, err)
+		return nil, !errors.Is(err, errTooSlow), fmt.Errorf("%w: reading manifest %s: %w", ErrUnavailable, ref, err)
 	}
 	if len(body) > maxManifest {
 		return nil, false, oci.ErrManifestInvalid.Withf("upstream manifest %s is over %d bytes", ref, maxManifest)
@@ -751,12 +756,29 @@ func (c *Client) classify(err error) error {
 }
 
 // idleTimeoutBody cancels a download when the upstream sends nothing for a while, so a
-// stalled upstream cannot hang a pull forever.
+// stalled upstream cannot hang a pull forever; and, when within set one, when the body
+// has not all arrived by its deadline.
 type idleTimeoutBody struct {
 	io.ReadCloser
 	timer  *time.Timer
 	idle   time.Duration
 	cancel context.CancelFunc
+
+	deadline *time.Timer
+	total    time.Duration
+	expired  atomic.Bool
+}
+
+// errTooSlow is a body that did not all arrive within its deadline.
+var errTooSlow = errors.New("body too slow")
+
+// within cancels the download unless its body has all arrived d from now.
+func (b *idleTimeoutBody) within(d time.Duration) {
+	b.total = d
+	b.deadline = time.AfterFunc(d, func() {
+		b.expired.Store(true)
+		b.cancel()
+	})
 }
 
 func newIdleTimeoutBody(rc io.ReadCloser, idle time.Duration, cancel context.CancelFunc) io.ReadCloser {
@@ -767,6 +789,9 @@ func (b *idleTimeoutBody) Read(p []byte) (int, error) {
 	b.timer.Reset(b.idle)
 	n, err := b.ReadCloser.Read(p)
 	if err != nil && err != io.EOF {
+		if b.expired.Load() {
+			return n, fmt.Errorf("%w: %w: not received within %s", ErrUnavailable, errTooSlow, b.total)
+		}
 		err = fmt.Errorf("%w: %v", ErrUnavailable, err)
 	}
 	return n, err
@@ -774,6 +799,9 @@ func (b *idleTimeoutBody) Read(p []byte) (int, error) {
 
 func (b *idleTimeoutBody) Close() error {
 	b.timer.Stop()
+	if b.deadline != nil {
+		b.deadline.Stop()
+	}
 	b.cancel()
 	return b.ReadCloser.Close()
 }

@@ -273,3 +273,51 @@ func TestACutOnEveryResponseIsFollowedWhileEachMakesProgress(t *testing.T) {
 		})
 	}
 }
+
+// A manifest trickled one byte at a time, each within the timeout, fails once the
+// timeout has passed since its headers, and is not asked for again: it does not hold
+// the request (and every one waiting for the same tag) for as long as the upstream
+// trickles.
+func TestATrickledManifestFailsWithinTheTimeout(t *testing.T) {
+	var gets atomic.Int64
+	over := make(chan struct{}) // the test is over: stop trickling
+	s := basicUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+		gets.Add(1)
+		w.Header().Set("Content-Length", "100000")
+		for range 100000 {
+			if _, err := w.Write([]byte{' '}); err != nil {
+				return
+			}
+			w.(http.Flusher).Flush()
+			select {
+			case <-time.After(50 * time.Millisecond):
+			case <-r.Context().Done():
+				return
+			case <-over:
+				return
+			}
+		}
+	})
+	t.Cleanup(func() { close(over) }) // before the server's cleanup, which waits for the handler
+	const timeout = 300 * time.Millisecond
+	c, _ := New(Config{URL: s.URL, Username: "u", Password: "p", Timeout: timeout, Retry: Retry{
+		Sleep: func(context.Context, time.Duration) error { return nil }}})
+	done := make(chan error, 1)
+	start := time.Now()
+	go func() {
+		_, err := c.GetManifest(context.Background(), "org/app", "latest")
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if !errors.Is(err, ErrUnavailable) {
+			t.Errorf("a trickled manifest: %v, want ErrUnavailable", err)
+		}
+		t.Logf("failed after %s: %v", time.Since(start), err)
+	case <-time.After(30 * timeout):
+		t.Fatalf("GetManifest of a trickled manifest still running after %s (the timeout is %s)", 30*timeout, timeout)
+	}
+	if n := gets.Load(); n != 1 {
+		t.Errorf("%d GETs of a manifest too slow to arrive, want 1", n)
+	}
+}
