@@ -696,18 +696,29 @@ func (c *Client) transientStatus(resp *http.Response) retryAdvice {
 	return retryAdvice{}
 }
 
+// maxRetryAfter bounds the waits read from Retry-After (12 days): a longer one is as
+// long, not unreadable, so an upstream asking for the longest wait is not asked again
+// at once.
+const maxRetryAfter = (1 << 20) * time.Second
+
 // parseRetryAfter reads a Retry-After header: seconds, or an HTTP date.
 func parseRetryAfter(h string, now time.Time) (time.Duration, bool) {
-	if n, err := strconv.ParseInt(strings.TrimSpace(h), 10, 64); err == nil {
-		if n < 0 || n > 1<<20 {
-			return 0, false
-		}
-		return time.Duration(n) * time.Second, true
+	if n, err := strconv.ParseUint(strings.TrimSpace(h), 10, 64); err == nil || errors.Is(err, strconv.ErrRange) {
+		return time.Duration(min(n, uint64(maxRetryAfter/time.Second))) * time.Second, true
 	}
 	if t, err := http.ParseTime(h); err == nil {
-		return max(t.Sub(now), 0), true
+		return min(max(t.Sub(now), 0), maxRetryAfter), true
 	}
 	return 0, false
+}
+
+// retryAfter is a response's Retry-After when it is readable, to pass on.
+func retryAfter(resp *http.Response) string {
+	h := resp.Header.Get("Retry-After")
+	if _, ok := parseRetryAfter(h, time.Now()); !ok {
+		return ""
+	}
+	return strings.TrimSpace(h)
 }
 
 // ErrUnavailable means the upstream could not be asked: unreachable, timed out or
@@ -718,6 +729,7 @@ var ErrUnavailable = errors.New("upstream unavailable")
 var ErrCorrupt = errors.New("upstream sent corrupt content")
 
 // StatusError is a definite answer from the upstream (401, 403, 404, 429…).
+// RetryAfter is the answer's Retry-After, when readable.
 type StatusError struct {
 	Status     int
 	RetryAfter string
@@ -728,9 +740,22 @@ func (e *StatusError) Error() string {
 	return fmt.Sprintf("upstream answered %d: %s", e.Status, e.Message)
 }
 
+// FailingError is a 5xx answer: the upstream is failing (it is ErrUnavailable).
+// RetryAfter is the answer's Retry-After, when readable: a 503 may say when to come
+// back.
+type FailingError struct {
+	Host, Status, RetryAfter string
+}
+
+func (e *FailingError) Error() string {
+	return fmt.Sprintf("%v: %s answered %s", ErrUnavailable, e.Host, e.Status)
+}
+
+func (e *FailingError) Unwrap() error { return ErrUnavailable }
+
 func (c *Client) statusError(resp *http.Response) error {
 	if resp.StatusCode >= 500 {
-		return fmt.Errorf("%w: %s answered %s", ErrUnavailable, c.base.Host, resp.Status)
+		return &FailingError{Host: c.base.Host, Status: resp.Status, RetryAfter: retryAfter(resp)}
 	}
 	msg := resp.Status
 	var body struct {
@@ -739,7 +764,7 @@ func (c *Client) statusError(resp *http.Response) error {
 	if b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10)); json.Unmarshal(b, &body) == nil && len(body.Errors) > 0 {
 		msg = body.Errors[0].Code + ": " + body.Errors[0].Message
 	}
-	return &StatusError{Status: resp.StatusCode, RetryAfter: resp.Header.Get("Retry-After"), Message: msg}
+	return &StatusError{Status: resp.StatusCode, RetryAfter: retryAfter(resp), Message: msg}
 }
 
 // classify turns a transport failure into ErrUnavailable, or into a StatusError when

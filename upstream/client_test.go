@@ -180,6 +180,9 @@ func TestRetryAfterIsSecondsOrADate(t *testing.T) {
 		{" 0 ", 0, true},
 		{now.Add(90 * time.Second).Format(http.TimeFormat), 90 * time.Second, true},
 		{now.Add(-time.Minute).Format(http.TimeFormat), 0, true},
+		{"2000000", maxRetryAfter, true},
+		{"99999999999999999999999", maxRetryAfter, true},
+		{now.AddDate(100, 0, 0).Format(http.TimeFormat), maxRetryAfter, true},
 		{"-1", 0, false},
 		{"soon", 0, false},
 	} {
@@ -319,5 +322,49 @@ func TestATrickledManifestFailsWithinTheTimeout(t *testing.T) {
 	}
 	if n := gets.Load(); n != 1 {
 		t.Errorf("%d GETs of a manifest too slow to arrive, want 1", n)
+	}
+}
+
+// A 429 or 503 whose Retry-After is beyond MaxRetryAfter, however long, is passed on at
+// once with it, not asked again; an unreadable one is as if unsaid (retried after the
+// backoff) and not passed on.
+func TestALongRetryAfterIsPassedOnAtOnce(t *testing.T) {
+	for _, c := range []struct {
+		status     int
+		retryAfter string
+		requests   int64
+		passedOn   string
+	}{
+		{429, "3600", 1, "3600"},
+		{429, "2000000", 1, "2000000"},
+		{429, "99999999999999999999999", 1, "99999999999999999999999"},
+		{503, "60", 1, "60"},
+		{503, "soon", DefaultAttempts, ""},
+		{429, "-5", DefaultAttempts, ""},
+	} {
+		var requests atomic.Int64
+		s := basicUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+			requests.Add(1)
+			w.Header().Set("Retry-After", c.retryAfter)
+			w.WriteHeader(c.status)
+		})
+		cl, _ := New(Config{URL: s.URL, Username: "u", Password: "p", Timeout: 5 * time.Second, Retry: Retry{
+			Sleep: func(context.Context, time.Duration) error { return nil }}})
+		_, err := cl.HeadBlob(t.Context(), "org/app", oci.FromBytes(oci.SHA256, nil))
+		var got string
+		var se *StatusError
+		var fe *FailingError
+		switch {
+		case errors.As(err, &se) && se.Status == c.status:
+			got = se.RetryAfter
+		case errors.As(err, &fe) && errors.Is(err, ErrUnavailable) && c.status >= 500:
+			got = fe.RetryAfter
+		default:
+			t.Errorf("%d Retry-After %q: %v", c.status, c.retryAfter, err)
+		}
+		if n := requests.Load(); n != c.requests || got != c.passedOn {
+			t.Errorf("%d Retry-After %q: asked %d times, Retry-After passed on %q; want %d, %q",
+				c.status, c.retryAfter, n, got, c.requests, c.passedOn)
+		}
 	}
 }

@@ -588,6 +588,14 @@ func (p *Proxy) upstreamError(err error, unknown *oci.Code, what string) error {
 		}
 		return oci.ErrUpstreamUnavailable.Withf("upstream %s answered %d for %s: %s", p.up.Host(), se.Status, what, se.Message)
 	case errors.Is(err, upstream.ErrUnavailable):
+		var fe *upstream.FailingError
+		if errors.As(err, &fe) && fe.RetryAfter != "" {
+			// Passed on: the client waits as long as the upstream asked, instead of
+			// asking again at once.
+			e := oci.ErrUpstreamRetryLater.Withf("%s is not cached and upstream %s is unavailable: %v", what, p.up.Host(), err)
+			e.RetryAfter = fe.RetryAfter
+			return e
+		}
 		return oci.ErrUpstreamUnavailable.Withf("%s is not cached and upstream %s is unavailable: %v", what, p.up.Host(), err)
 	case errors.Is(err, upstream.ErrCorrupt), errors.Is(err, cache.ErrCorrupt):
 		return oci.ErrUpstreamUnavailable.Withf("upstream %s sent corrupt content for %s", p.up.Host(), what)

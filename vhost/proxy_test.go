@@ -372,6 +372,8 @@ func TestUpstreamErrorsMapToOCIErrors(t *testing.T) {
 		{403, "", 403, "DENIED"},
 		{404, "", 404, "MANIFEST_UNKNOWN"},
 		{429, "7", 429, "TOOMANYREQUESTS"},
+		{429, "2000000", 429, "TOOMANYREQUESTS"},
+		{503, "60", 503, "UNKNOWN"},
 	} {
 		u.set(func(u *testUpstream) { u.status, u.retryAfter = c.upstream, c.retryAfter })
 		r := get("GET", fmt.Sprintf("http://%s/v2/err/app%d/manifests/v1", s.addr, c.upstream))
