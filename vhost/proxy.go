@@ -456,7 +456,10 @@ func (p *Proxy) resolveManifest(ctx context.Context, repo oci.Repository, ref oc
 			return local, false, nil
 		}
 		m, err := p.fetchManifest(ctx, repo, string(ref.Digest), "")
-		return m, true, err
+		if err != nil {
+			return nil, false, p.upstreamError(err, oci.ErrManifestUnknown, "manifest "+string(repo)+"@"+string(ref.Digest))
+		}
+		return m, true, nil
 	}
 	key := string(repo) + "\x00" + string(ref.Tag)
 	if lerr == nil && p.isFresh(key) {
@@ -470,9 +473,7 @@ func (p *Proxy) resolveManifest(ctx context.Context, repo oci.Repository, ref oc
 	})
 	if err != nil {
 		if lerr == nil && servableFromCache(err) {
-			p.log.Warn("upstream unavailable; serving cached tag", "repo", repo, "tag", ref.Tag, "err", err)
-			local.Warning = fmt.Sprintf("upstream %s unavailable; serving the cached %s:%s", p.up.Host(), repo, ref.Tag)
-			return local, false, nil
+			return p.staleTag(local, repo, ref.Tag, err), false, nil
 		}
 		if isNotFound(err) {
 			p.setNegative(key)
@@ -489,10 +490,27 @@ func (p *Proxy) resolveManifest(ctx context.Context, repo oci.Repository, ref oc
 		fetchRef = string(ref.Tag)
 	}
 	m, err := p.fetchManifest(ctx, repo, fetchRef, ref.Tag)
-	return m, true, err
+	if err != nil {
+		// The HEAD got through but the GET did not (or the upstream answers HEADs
+		// without the digest, so the GET was the revalidation).
+		if lerr == nil && servableFromCache(err) {
+			return p.staleTag(local, repo, ref.Tag, err), false, nil
+		}
+		return nil, false, p.upstreamError(err, oci.ErrManifestUnknown, "manifest "+string(repo)+"@"+fetchRef)
+	}
+	return m, true, nil
 }
 
-// fetchManifest downloads a manifest, caches it (tagged when tag is set) and returns it.
+// staleTag serves the cached copy of a tag the upstream could not revalidate, with a
+// warning.
+func (p *Proxy) staleTag(local *cache.StoredManifest, repo oci.Repository, tag oci.Tag, err error) *cache.StoredManifest {
+	p.log.Warn("upstream unavailable; serving cached tag", "repo", repo, "tag", tag, "err", err)
+	local.Warning = fmt.Sprintf("upstream %s unavailable; serving the cached %s:%s", p.up.Host(), repo, tag)
+	return local
+}
+
+// fetchManifest downloads a manifest, caches it (tagged when tag is set) and returns
+// it, or the upstream's error (for upstreamError).
 func (p *Proxy) fetchManifest(ctx context.Context, repo oci.Repository, ref string, tag oci.Tag) (*cache.StoredManifest, error) {
 	negKey := string(repo) + "\x00" + ref
 	if p.isNegative(negKey) {
@@ -526,7 +544,7 @@ func (p *Proxy) fetchManifest(ctx context.Context, repo oci.Repository, ref stri
 		if isNotFound(err) {
 			p.setNegative(negKey)
 		}
-		return nil, p.upstreamError(err, oci.ErrManifestUnknown, "manifest "+string(repo)+"@"+ref)
+		return nil, err
 	}
 	m := *v.(*cache.StoredManifest)
 	return &m, nil

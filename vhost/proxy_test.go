@@ -1,6 +1,7 @@
 package vhost_test
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/pem"
@@ -158,6 +159,29 @@ func TestProxyPullsThroughAndServesFromCacheWhenUpstreamFails(t *testing.T) {
 	r = get("GET", "http://"+s.addr+"/v2/org/app/manifests/2.0")
 	if r.status != http.StatusBadGateway || !strings.Contains(string(r.body), "unavailable") {
 		t.Errorf("uncached tag with upstream down: %d %s", r.status, r.body)
+	}
+}
+
+// A stale tag whose revalidation gets through the HEAD (answered without
+// Docker-Content-Digest, as some registries do) but whose manifest GET fails is served
+// from cache with a warning, as when the HEAD fails.
+func TestAStaleTagIsServedFromCacheWhenOnlyTheManifestGetFails(t *testing.T) {
+	u := newTestUpstream(t)
+	img := randomImage(t, 1024, 1)
+	if err := remote.Write(ref(t, u.host()+"/org/app:1.0"), img); err != nil {
+		t.Fatal(err)
+	}
+	raw, _ := img.RawManifest()
+	clock := &fakeClock{now: time.Unix(1e9, 0)}
+	s := startProxy(t, u, proxyConfig{ttl: time.Minute, clock: clock})
+	if r := get("GET", "http://"+s.addr+"/v2/org/app/manifests/1.0", "Accept", "*/*"); r.status != 200 {
+		t.Fatalf("first pull: %d %s", r.status, r.body)
+	}
+	u.set(func(u *testUpstream) { u.undigested, u.manifestGetStatus = true, http.StatusServiceUnavailable })
+	clock.Advance(2 * time.Minute)
+	r := get("GET", "http://"+s.addr+"/v2/org/app/manifests/1.0", "Accept", "*/*")
+	if r.status != 200 || !bytes.Equal(r.body, raw) || !strings.Contains(r.header.Get("Warning"), "unavailable") {
+		t.Errorf("stale tag, upstream HEAD answering and GET failing: %d, Warning %q, %s", r.status, r.header.Get("Warning"), r.body)
 	}
 }
 
