@@ -175,7 +175,7 @@ func (p *Proxy) OpenBlob(ctx context.Context, repo oci.Repository, d oci.Digest)
 		return rc, size, nil
 	}
 	p.stats.BlobMisses.Add(1)
-	return p.fetchBlob(ctx, repo, d)
+	return p.fetchBlob(ctx, repo, d, false)
 }
 
 // openStored opens d from the cache: linked to repo, or stored for another repository
@@ -197,10 +197,14 @@ func (p *Proxy) openStored(ctx context.Context, repo oci.Repository, d oci.Diges
 	return nil, 0, false
 }
 
-func (p *Proxy) fetchBlob(ctx context.Context, repo oci.Repository, d oci.Digest) (io.ReadCloser, int64, error) {
+// fetchBlob joins the download of d running for any repository, or starts one. own: the
+// request joined another repository's download and the upstream refused that one; it
+// starts its own unless one for its repository runs (taking the place of the other's,
+// which goes on for those already reading it).
+func (p *Proxy) fetchBlob(ctx context.Context, repo oci.Repository, d oci.Digest, own bool) (io.ReadCloser, int64, error) {
 	p.mu.Lock()
 	bf := p.fetches[d]
-	leader := bf == nil
+	leader := bf == nil || own && bf.repo != repo
 	if leader {
 		bf = &blobFetch{repo: repo, ready: make(chan struct{}), filled: make(chan struct{})}
 		p.fetches[d] = bf
@@ -238,6 +242,17 @@ func (p *Proxy) fetchBlob(ctx context.Context, repo oci.Repository, d oci.Digest
 			return nil, 0, p.upstreamError(err, oci.ErrBlobUnknown, "blob "+string(d))
 		}
 		return newVerifiedBody(body, d), size, nil
+	}
+	var se *upstream.StatusError
+	if bf.repo != repo && errors.As(bf.err, &se) {
+		// The upstream's answer for another repository (missing there, private, rate
+		// limited) says nothing of this one, which has the blob: whoever asks for it
+		// through a repository that fails must not deny it to everyone else. (own is
+		// never here: it joins only its own repository's download.)
+		if rc, size, ok := p.openStored(ctx, repo, d); ok {
+			return rc, size, nil
+		}
+		return p.fetchBlob(ctx, repo, d, true)
 	}
 	if bf.err != nil {
 		return nil, 0, p.upstreamError(bf.err, oci.ErrBlobUnknown, "blob "+string(d))
@@ -304,7 +319,9 @@ func (p *Proxy) startFetch(ctx context.Context, repo oci.Repository, d oci.Diges
 			unlock()
 		}
 		p.mu.Lock()
-		delete(p.fetches, d)
+		if p.fetches[d] == bf { // not yet replaced by another repository's (fetchBlob)
+			delete(p.fetches, d)
+		}
 		p.mu.Unlock()
 	}
 	if err == nil && !storedBefore {

@@ -2,17 +2,21 @@ package vhost_test
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/pem"
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -609,6 +613,89 @@ func TestStatOfABlobDownloadingForAnotherRepositoryAsksTheUpstream(t *testing.T)
 	}
 	if r := <-done; r.err != nil || r.status != 200 || oci.FromBytes(oci.SHA256, r.body) != oci.Digest(layer) {
 		t.Errorf("the download for org/a: %d %v", r.status, r.err)
+	}
+}
+
+// A pull of a blob that joined another repository's download of it, which the upstream
+// refuses (the repository is missing, private or rate limited), downloads the blob for
+// its own repository instead of failing with the other's answer: nobody denies a blob
+// to everyone by asking for it through a repository that fails. The pulls that joined
+// share that one download.
+func TestAPullJoiningAnotherRepositorysRefusedDownloadStartsItsOwn(t *testing.T) {
+	blob := []byte(strings.Repeat("layer bytes ", 8000))
+	d := oci.FromBytes(oci.SHA256, blob)
+	for _, refusal := range []int{http.StatusNotFound, http.StatusUnauthorized, http.StatusForbidden, http.StatusTooManyRequests} {
+		t.Run(http.StatusText(refusal), func(t *testing.T) {
+			release := make(chan struct{}) // holds the refusal until the pulls have joined
+			var heads, gets atomic.Int64   // of the blob through org/app
+			up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				switch {
+				case r.URL.Path == "/v2/":
+				case strings.HasPrefix(r.URL.Path, "/v2/private/app/"):
+					<-release
+					w.Header().Set("Retry-After", "3600")
+					w.WriteHeader(refusal)
+				case r.URL.Path == "/v2/org/app/blobs/"+string(d):
+					w.Header().Set("Content-Length", strconv.Itoa(len(blob)))
+					if r.Method == "HEAD" {
+						heads.Add(1)
+						return
+					}
+					gets.Add(1)
+					w.Write(blob)
+				default:
+					w.WriteHeader(http.StatusNotFound)
+				}
+			}))
+			t.Cleanup(up.Close)
+			store, err := cache.Open(cache.Options{Dir: t.TempDir(), Logger: testLogger()})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { store.Close() })
+			client, _ := upstream.New(upstream.Config{URL: up.URL, Timeout: 5 * time.Second})
+			p := vhost.NewProxy("up", store, client, vhost.ProxyOptions{TagTTL: time.Hour, Logger: testLogger()})
+			t.Cleanup(p.Close)
+
+			refused := make(chan error, 1)
+			go func() {
+				rc, _, err := p.OpenBlob(context.Background(), "private/app", d)
+				if err == nil {
+					rc.Close()
+				}
+				refused <- err
+			}()
+			waitFor(t, "the download for private/app to start", func() bool { return vhost.InFlight(p) == 1 })
+			const pulls = 3
+			pulled := make(chan httpResult, pulls)
+			for range pulls {
+				go func() {
+					rc, _, err := p.OpenBlob(context.Background(), "org/app", d)
+					if err != nil {
+						pulled <- httpResult{err: err}
+						return
+					}
+					b, err := io.ReadAll(rc)
+					rc.Close()
+					pulled <- httpResult{body: b, err: err}
+				}()
+			}
+			waitFor(t, "the pulls to join it", func() bool {
+				return p.Stats().FlightJoins.Load() == pulls && heads.Load() == pulls
+			})
+			close(release)
+			if err := <-refused; err == nil {
+				t.Error("the pull through private/app got the blob")
+			}
+			for range pulls {
+				if r := <-pulled; r.err != nil || !bytes.Equal(r.body, blob) {
+					t.Errorf("a pull through org/app that joined private/app's download: %d bytes, %v", len(r.body), r.err)
+				}
+			}
+			if n := gets.Load(); n != 1 {
+				t.Errorf("%d downloads of the blob through org/app for %d pulls, want 1", n, pulls)
+			}
+		})
 	}
 }
 
