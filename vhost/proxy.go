@@ -55,10 +55,14 @@ type Proxy struct {
 	negative *lru.Cache[string, time.Time] // repo 0 reference → until when "not found" holds
 
 	// Background downloads outlive the requests that start them but not the proxy:
-	// Close cancels them and waits, so the store is never closed under a fill.
-	life  context.Context
-	stop  context.CancelFunc
-	fills sync.WaitGroup
+	// Close cancels them and waits, so the store is never closed under a fill. fills
+	// counts them (under mu) from before the upstream is asked until their copy has
+	// ended; once closed, none starts.
+	life      context.Context
+	stop      context.CancelFunc
+	fills     int
+	fillsDone *sync.Cond // on mu: fills dropped to 0
+	closed    bool
 
 	stats ProxyStats
 }
@@ -100,26 +104,59 @@ func NewProxy(name string, store *cache.Store, up *upstream.Client, opts ProxyOp
 		opts.Now = time.Now
 	}
 	life, stop := context.WithCancel(context.Background())
-	return &Proxy{
+	p := &Proxy{
 		name: name, up: up, opts: opts, log: opts.Logger.With("registry", name),
 		local:   NewHosted(name, store, HostedOptions{AllowSparseIndex: true}),
 		fetches: map[oci.Digest]*blobFetch{}, fresh: mustLRU(), negative: mustLRU(),
 		life: life, stop: stop,
 	}
+	p.fillsDone = sync.NewCond(&p.mu)
+	return p
 }
 
 // Close cancels the proxy's background downloads and waits for them to end.
 func (p *Proxy) Close() {
+	p.mu.Lock()
+	p.closed = true
+	p.mu.Unlock()
 	p.stop()
-	p.fills.Wait()
+	p.waitFills()
 	p.up.CloseIdle()
 }
 
 // Retire waits for the proxy's background downloads to end on their own (a reload
 // replaced the proxy; clients may still be reading them), then closes it.
 func (p *Proxy) Retire() {
-	p.fills.Wait()
+	p.waitFills()
 	p.Close()
+}
+
+// waitFills waits until no background download runs.
+func (p *Proxy) waitFills() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for p.fills > 0 {
+		p.fillsDone.Wait()
+	}
+}
+
+// beginFill counts a background download; false once the proxy is closed.
+func (p *Proxy) beginFill() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return false
+	}
+	p.fills++
+	return true
+}
+
+func (p *Proxy) endFill() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.fills--; p.fills == 0 {
+		p.fillsDone.Broadcast()
+	}
 }
 
 func mustLRU() *lru.Cache[string, time.Time] {
@@ -296,6 +333,10 @@ var (
 // (or fail) between a request finding it and reading it.
 var hookBeforeReader func(filled <-chan struct{})
 
+// hookBeforeFill, set by tests only, runs once a download has its upstream answer,
+// before its copy into the cache starts.
+var hookBeforeFill func()
+
 // startFetch begins the upstream download of d and the background copy into the
 // cache, which outlives the request that started it. A blob too large to cache is
 // returned to the leader to stream through; the others download their own.
@@ -329,14 +370,20 @@ func (p *Proxy) startFetch(ctx context.Context, repo oci.Repository, d oci.Diges
 			err = errStoredMeanwhile
 		}
 	}
+	if err == nil && !p.beginFill() {
+		err = fmt.Errorf("%w: proxy %s closed", upstream.ErrUnavailable, p.name)
+	}
 	if err != nil {
 		bf.err = err
 		close(bf.ready)
 		finish()
 		return nil, 0
 	}
+	// Counted from here, not from the copy's start: Close must not return (and the
+	// store close) between the upstream's answer and the copy.
 	body, size, err := p.up.GetBlob(p.life, string(repo), d)
 	if err == nil && p.opts.MaxSize > 0 && size > p.opts.MaxSize {
+		p.endFill() // the leader streams it, uncached
 		bf.err = errTooLarge
 		close(bf.ready)
 		finish()
@@ -351,12 +398,15 @@ func (p *Proxy) startFetch(ctx context.Context, repo oci.Repository, d oci.Diges
 	bf.fetch, bf.err = f, err
 	close(bf.ready)
 	if err != nil {
+		p.endFill()
 		finish()
 		return nil, 0
 	}
-	p.fills.Add(1)
+	if hookBeforeFill != nil {
+		hookBeforeFill()
+	}
 	go func() {
-		defer p.fills.Done()
+		defer p.endFill()
 		start := p.opts.Now()
 		err := f.Fill(body, p.name, string(repo))
 		body.Close()

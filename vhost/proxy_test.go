@@ -775,6 +775,49 @@ func TestCloseCancelsAndWaitsForDownloads(t *testing.T) {
 	}
 }
 
+// Close waits for a download that has its upstream answer but has not started copying
+// it into the cache yet: it must not return (and the store be closed) before that copy
+// ends.
+func TestCloseWaitsForADownloadAboutToStartItsCopy(t *testing.T) {
+	u := newTestUpstream(t)
+	img := randomImage(t, 64<<10, 1)
+	if err := remote.Write(ref(t, u.host()+"/org/app:1.0"), img); err != nil {
+		t.Fatal(err)
+	}
+	layers, _ := img.Layers()
+	layer := digestOf(t, layers[0])
+	store, err := cache.Open(cache.Options{Dir: t.TempDir(), Logger: testLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	client, _ := upstream.New(upstream.Config{URL: u.URL, Timeout: 5 * time.Second})
+	p := vhost.NewProxy("up", store, client, vhost.ProxyOptions{TagTTL: time.Hour, Logger: testLogger()})
+	closed := make(chan struct{})
+	var closedEarly atomic.Bool
+	defer vhost.SetHookBeforeFill(func() {
+		go func() { p.Close(); close(closed) }()
+		select {
+		case <-closed: // Close returned while this download was about to copy
+			closedEarly.Store(true)
+		case <-time.After(200 * time.Millisecond):
+		}
+	})()
+	rc, _, err := p.OpenBlob(t.Context(), "org/app", oci.Digest(layer))
+	if err == nil {
+		io.Copy(io.Discard, rc)
+		rc.Close()
+	}
+	select {
+	case <-closed:
+	case <-time.After(30 * time.Second):
+		t.Fatal("Close did not return")
+	}
+	if closedEarly.Load() {
+		t.Error("Close returned before a download it had not waited for started its copy into the cache")
+	}
+}
+
 // A proxy is a read-only cache: every write is DENIED before a handler runs.
 func TestProxyRefusesEveryWrite(t *testing.T) {
 	u := newTestUpstream(t)
