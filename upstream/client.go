@@ -338,7 +338,7 @@ func (c *Client) getManifest(ctx context.Context, b *budget, repo, ref string) (
 	resp.Body.(*idleTimeoutBody).within(c.timeout)
 	body, err := io.ReadAll(io.LimitReader(resp.Body, maxManifest+1))
 	if err != nil {
-		return nil, !errors.Is(err, errTooSlow), fmt.Errorf("%w: reading manifest %s: %w", ErrUnavailable, ref, err)
+		return nil, !errors.Is(err, errTooSlow), fmt.Errorf("%w: reading manifest %s: %v", ErrUnavailable, ref, err)
 	}
 	if len(body) > maxManifest {
 		return nil, false, oci.ErrManifestInvalid.Withf("upstream manifest %s is over %d bytes", ref, maxManifest)
