@@ -370,6 +370,8 @@ func (p *Proxy) startFetch(ctx context.Context, repo oci.Repository, d oci.Diges
 			err = errStoredMeanwhile
 		}
 	}
+	// Counted from before the upstream is asked, not from the copy's start: Close must
+	// not return (and the store close) between the upstream's answer and the copy.
 	if err == nil && !p.beginFill() {
 		err = fmt.Errorf("%w: proxy %s closed", upstream.ErrUnavailable, p.name)
 	}
@@ -379,8 +381,6 @@ func (p *Proxy) startFetch(ctx context.Context, repo oci.Repository, d oci.Diges
 		finish()
 		return nil, 0
 	}
-	// Counted from here, not from the copy's start: Close must not return (and the
-	// store close) between the upstream's answer and the copy.
 	body, size, err := p.up.GetBlob(p.life, string(repo), d)
 	if err == nil && p.opts.MaxSize > 0 && size > p.opts.MaxSize {
 		p.endFill() // the leader streams it, uncached

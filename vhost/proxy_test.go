@@ -648,6 +648,8 @@ func TestAPullJoiningAnotherRepositorysRefusedDownloadStartsItsOwn(t *testing.T)
 				}
 			}))
 			t.Cleanup(up.Close)
+			unblock := sync.OnceFunc(func() { close(release) })
+			t.Cleanup(unblock) // before up.Close, which waits for the handler
 			store, err := cache.Open(cache.Options{Dir: t.TempDir(), Logger: testLogger()})
 			if err != nil {
 				t.Fatal(err)
@@ -683,7 +685,7 @@ func TestAPullJoiningAnotherRepositorysRefusedDownloadStartsItsOwn(t *testing.T)
 			waitFor(t, "the pulls to join it", func() bool {
 				return p.Stats().FlightJoins.Load() == pulls && heads.Load() == pulls
 			})
-			close(release)
+			unblock()
 			if err := <-refused; err == nil {
 				t.Error("the pull through private/app got the blob")
 			}
