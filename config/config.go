@@ -391,8 +391,9 @@ type Upstream struct {
 	PasswordEnv  string `mapstructure:"password_env"`
 	CAFile       string `mapstructure:"ca_file"`  // extra CA certificates for the upstream's TLS
 	Insecure     bool   `mapstructure:"insecure"` // skip TLS verification
-	// Timeout bounds connecting and waiting for response headers (not whole blob
-	// downloads, which only fail when the upstream stops sending for this long).
+	// Timeout bounds connecting, waiting for response headers, and a manifest's body
+	// (not whole blob downloads, which only fail when the upstream stops sending for
+	// this long).
 	Timeout time.Duration `mapstructure:"timeout"`
 	// TagTTL is how long a tag fetched from upstream is served before it is
 	// revalidated; NegativeTTL how long an upstream 404 is remembered.

@@ -42,7 +42,7 @@ type Error struct {
 	Code    *Code
 	Message string
 	Detail  any
-	// RetryAfter is sent as the Retry-After header (TOOMANYREQUESTS).
+	// RetryAfter is sent as the Retry-After header (429, 503).
 	RetryAfter string
 }
 
@@ -94,6 +94,10 @@ var ErrStorageFull = &Code{"UNKNOWN", http.StatusInsufficientStorage, "storage f
 // ErrUpstreamUnavailable answers a request a proxy could not serve: the upstream is
 // unreachable or failing and nothing suitable is cached.
 var ErrUpstreamUnavailable = &Code{"UNKNOWN", http.StatusBadGateway, "upstream registry unavailable"}
+
+// ErrUpstreamRetryLater is ErrUpstreamUnavailable when the upstream said when to come
+// back (a 503 with Retry-After): the client gets the same status and Retry-After.
+var ErrUpstreamRetryLater = &Code{"UNKNOWN", http.StatusServiceUnavailable, "upstream registry unavailable"}
 
 // ErrStorageUnavailable answers a request the blob storage (an S3 bucket) could not
 // serve after its retries: it is unreachable or failing. Nothing is committed.

@@ -39,8 +39,8 @@ type Config struct {
 	Password string
 	CAFile   string
 	Insecure bool // skip TLS verification
-	// Timeout bounds connecting, TLS, waiting for response headers, and any pause
-	// while a body is being received.
+	// Timeout bounds connecting, TLS, waiting for response headers, any pause while a
+	// body is being received, and the whole of a manifest's body.
 	Timeout time.Duration
 	// Retry bounds the retries of what failed in passing (zero fields: the defaults).
 	Retry Retry
@@ -54,8 +54,10 @@ type Config struct {
 // 502 and 504; a manifest cut short or not matching its digest; and a blob body cut
 // short or stalled, which resumes with a Range request from the byte reached.
 type Retry struct {
-	// Attempts bounds the requests made for one answer, the first included; a blob
-	// download counts each of its resumes.
+	// Attempts bounds the requests made for one answer, the first included. A blob
+	// download counts each of its resumes, and starts the count over from each
+	// response that brought at least ResumeProgress bytes of it: it makes at most
+	// Attempts × (1 + size/ResumeProgress) requests in all.
 	Attempts int
 	// Backoff is the wait before the second attempt, doubled for each next one up to
 	// MaxBackoff, less up to half at random.
@@ -73,6 +75,11 @@ const (
 	DefaultMaxBackoff    = 2 * time.Second
 	DefaultMaxRetryAfter = 5 * time.Second
 )
+
+// ResumeProgress is the progress that refills a blob download's attempts: an upstream
+// that cuts every response but moves the download on by this much each time is
+// followed to the end; one that trickles less per response fails within Attempts.
+const ResumeProgress = 64 << 10
 
 func (r Retry) withDefaults() Retry {
 	if r.Attempts <= 0 {
@@ -141,17 +148,18 @@ func (c *Client) CloseIdle() {
 // Stats returns the client's counters.
 func (c *Client) Stats() *Stats { return c.stats }
 
-// countingTransport counts round trips, failures and body bytes. For an http://
-// upstream, go-containerregistry first tries https (its probe before falling back):
-// those tries are not the upstream's traffic and are not counted.
+// countingTransport counts round trips, failures and body bytes, those of the hosts
+// the upstream redirects to (a CDN) and of its token service included. For an http://
+// upstream, go-containerregistry first tries https (its ping, GET https://HOST/v2/,
+// before falling back): that probe is not the upstream's traffic and is not counted.
 type countingTransport struct {
-	inner  http.RoundTripper
-	stats  *Stats
-	scheme string
+	inner http.RoundTripper
+	stats *Stats
+	probe *url.URL // the https ping of an http:// upstream; nil for an https:// one
 }
 
 func (t countingTransport) RoundTrip(req *http.Request) (*http.Response, error) {
-	if req.URL.Scheme != t.scheme {
+	if p := t.probe; p != nil && req.URL.Scheme == p.Scheme && req.URL.Host == p.Host && req.URL.Path == p.Path {
 		return t.inner.RoundTrip(req)
 	}
 	t.stats.Requests.Add(1)
@@ -229,8 +237,12 @@ func New(cfg Config) (*Client, error) {
 	}
 	transports, _ := lru.New[string, http.RoundTripper](1024)
 	stats := &Stats{}
+	counting := countingTransport{inner: inner, stats: stats}
+	if u.Scheme == "http" {
+		counting.probe = &url.URL{Scheme: "https", Host: reg.RegistryStr(), Path: "/v2/"}
+	}
 	return &Client{
-		base: u, registry: reg, auth: auth, inner: countingTransport{inner, stats, u.Scheme}, timeout: cfg.Timeout,
+		base: u, registry: reg, auth: auth, inner: counting, timeout: cfg.Timeout,
 		retry:      cfg.Retry.withDefaults(),
 		hub:        strings.HasSuffix(u.Host, "docker.io"),
 		transports: transports, stats: stats,
@@ -319,9 +331,14 @@ func (c *Client) getManifest(ctx context.Context, b *budget, repo, ref string) (
 		return nil, false, err
 	}
 	defer resp.Body.Close()
+	// A manifest is a few KiB (maxManifest at most): its body must arrive within Timeout
+	// of its headers, not merely without a pause that long, or an upstream trickling it
+	// holds the request, and every one waiting for the same tag, for as long as it likes.
+	// Running out of that time is not retried, as an answer later than Timeout is not.
+	resp.Body.(*idleTimeoutBody).within(c.timeout)
 	body, err := io.ReadAll(io.LimitReader(resp.Body, maxManifest+1))
 	if err != nil {
-		return nil, true, fmt.Errorf("%w: reading manifest %s: %v", ErrUnavailable, ref, err)
+		return nil, !errors.Is(err, errTooSlow), fmt.Errorf("%w: reading manifest %s: %v", ErrUnavailable, ref, err)
 	}
 	if len(body) > maxManifest {
 		return nil, false, oci.ErrManifestInvalid.Withf("upstream manifest %s is over %d bytes", ref, maxManifest)
@@ -385,6 +402,7 @@ type blobBody struct {
 	body io.ReadCloser
 	size int64 // announced; -1 if unknown
 	off  int64 // bytes read
+	from int64 // off when body started
 	// broken is the failure that ended body, when the next Read must resume; failed
 	// ends the download (resuming failed).
 	broken, failed error
@@ -424,6 +442,9 @@ func (r *blobBody) Read(p []byte) (int, error) {
 // resume replaces the broken body with the rest of the blob, or says why it cannot.
 func (r *blobBody) resume() error {
 	r.body.Close()
+	if r.off-r.from >= ResumeProgress {
+		r.b.refill(r.c.retry.Attempts)
+	}
 	ranged := true
 	for {
 		if r.b.left <= 0 || r.ctx.Err() != nil {
@@ -461,7 +482,7 @@ func (r *blobBody) resume() error {
 			return fmt.Errorf("%w: resuming %s at byte %d: upstream answered %s, Content-Length %d, Content-Range %q",
 				ErrUnavailable, r.d, r.off, resp.Status, resp.ContentLength, resp.Header.Get("Content-Range"))
 		}
-		r.body, r.broken = resp.Body, nil
+		r.body, r.broken, r.from = resp.Body, nil, r.off
 		return nil
 	}
 }
@@ -543,6 +564,10 @@ func (c *Client) Referrers(ctx context.Context, repo string, d oci.Digest) ([]oc
 type budget struct{ made, left int }
 
 func (c *Client) newBudget() *budget { return &budget{left: c.retry.Attempts} }
+
+// refill counts the request that made progress as the first of a new budget (and its
+// backoff starts over): the upstream moves on, its failures are in passing again.
+func (b *budget) refill(attempts int) { b.made, b.left = 1, attempts-1 }
 
 // do sends a request for repo, retried as Retry says, and returns a 2xx response, or
 // an error: a *StatusError for answers the client should hear about, ErrUnavailable
@@ -671,18 +696,29 @@ func (c *Client) transientStatus(resp *http.Response) retryAdvice {
 	return retryAdvice{}
 }
 
+// maxRetryAfter bounds the waits read from Retry-After (12 days): a longer one is as
+// long, not unreadable, so an upstream asking for the longest wait is not asked again
+// at once.
+const maxRetryAfter = (1 << 20) * time.Second
+
 // parseRetryAfter reads a Retry-After header: seconds, or an HTTP date.
 func parseRetryAfter(h string, now time.Time) (time.Duration, bool) {
-	if n, err := strconv.ParseInt(strings.TrimSpace(h), 10, 64); err == nil {
-		if n < 0 || n > 1<<20 {
-			return 0, false
-		}
-		return time.Duration(n) * time.Second, true
+	if n, err := strconv.ParseUint(strings.TrimSpace(h), 10, 64); err == nil || errors.Is(err, strconv.ErrRange) {
+		return time.Duration(min(n, uint64(maxRetryAfter/time.Second))) * time.Second, true
 	}
 	if t, err := http.ParseTime(h); err == nil {
-		return max(t.Sub(now), 0), true
+		return min(max(t.Sub(now), 0), maxRetryAfter), true
 	}
 	return 0, false
+}
+
+// retryAfter is a response's Retry-After when it is readable, to pass on.
+func retryAfter(resp *http.Response) string {
+	h := resp.Header.Get("Retry-After")
+	if _, ok := parseRetryAfter(h, time.Now()); !ok {
+		return ""
+	}
+	return strings.TrimSpace(h)
 }
 
 // ErrUnavailable means the upstream could not be asked: unreachable, timed out or
@@ -693,6 +729,7 @@ var ErrUnavailable = errors.New("upstream unavailable")
 var ErrCorrupt = errors.New("upstream sent corrupt content")
 
 // StatusError is a definite answer from the upstream (401, 403, 404, 429…).
+// RetryAfter is the answer's Retry-After, when readable.
 type StatusError struct {
 	Status     int
 	RetryAfter string
@@ -703,9 +740,22 @@ func (e *StatusError) Error() string {
 	return fmt.Sprintf("upstream answered %d: %s", e.Status, e.Message)
 }
 
+// FailingError is a 5xx answer: the upstream is failing (it is ErrUnavailable).
+// RetryAfter is the answer's Retry-After, when readable: a 503 may say when to come
+// back.
+type FailingError struct {
+	Host, Status, RetryAfter string
+}
+
+func (e *FailingError) Error() string {
+	return fmt.Sprintf("%v: %s answered %s", ErrUnavailable, e.Host, e.Status)
+}
+
+func (e *FailingError) Unwrap() error { return ErrUnavailable }
+
 func (c *Client) statusError(resp *http.Response) error {
 	if resp.StatusCode >= 500 {
-		return fmt.Errorf("%w: %s answered %s", ErrUnavailable, c.base.Host, resp.Status)
+		return &FailingError{Host: c.base.Host, Status: resp.Status, RetryAfter: retryAfter(resp)}
 	}
 	msg := resp.Status
 	var body struct {
@@ -714,7 +764,7 @@ func (c *Client) statusError(resp *http.Response) error {
 	if b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10)); json.Unmarshal(b, &body) == nil && len(body.Errors) > 0 {
 		msg = body.Errors[0].Code + ": " + body.Errors[0].Message
 	}
-	return &StatusError{Status: resp.StatusCode, RetryAfter: resp.Header.Get("Retry-After"), Message: msg}
+	return &StatusError{Status: resp.StatusCode, RetryAfter: retryAfter(resp), Message: msg}
 }
 
 // classify turns a transport failure into ErrUnavailable, or into a StatusError when
@@ -731,12 +781,29 @@ func (c *Client) classify(err error) error {
 }
 
 // idleTimeoutBody cancels a download when the upstream sends nothing for a while, so a
-// stalled upstream cannot hang a pull forever.
+// stalled upstream cannot hang a pull forever; and, when within set one, when the body
+// has not all arrived by its deadline.
 type idleTimeoutBody struct {
 	io.ReadCloser
 	timer  *time.Timer
 	idle   time.Duration
 	cancel context.CancelFunc
+
+	deadline *time.Timer
+	total    time.Duration
+	expired  atomic.Bool
+}
+
+// errTooSlow is a body that did not all arrive within its deadline.
+var errTooSlow = errors.New("body too slow")
+
+// within cancels the download unless its body has all arrived d from now.
+func (b *idleTimeoutBody) within(d time.Duration) {
+	b.total = d
+	b.deadline = time.AfterFunc(d, func() {
+		b.expired.Store(true)
+		b.cancel()
+	})
 }
 
 func newIdleTimeoutBody(rc io.ReadCloser, idle time.Duration, cancel context.CancelFunc) io.ReadCloser {
@@ -747,6 +814,9 @@ func (b *idleTimeoutBody) Read(p []byte) (int, error) {
 	b.timer.Reset(b.idle)
 	n, err := b.ReadCloser.Read(p)
 	if err != nil && err != io.EOF {
+		if b.expired.Load() {
+			return n, fmt.Errorf("%w: %w: not received within %s", ErrUnavailable, errTooSlow, b.total)
+		}
 		err = fmt.Errorf("%w: %v", ErrUnavailable, err)
 	}
 	return n, err
@@ -754,6 +824,9 @@ func (b *idleTimeoutBody) Read(p []byte) (int, error) {
 
 func (b *idleTimeoutBody) Close() error {
 	b.timer.Stop()
+	if b.deadline != nil {
+		b.deadline.Stop()
+	}
 	b.cancel()
 	return b.ReadCloser.Close()
 }

@@ -13,3 +13,9 @@ func InFlight(p *Proxy) int {
 	defer p.mu.Unlock()
 	return len(p.fetches)
 }
+
+// SetHookBeforeFill installs hookBeforeFill for one test; the returned func removes it.
+func SetHookBeforeFill(f func()) (restore func()) {
+	hookBeforeFill = f
+	return func() { hookBeforeFill = nil }
+}

@@ -55,10 +55,14 @@ type Proxy struct {
 	negative *lru.Cache[string, time.Time] // repo 0 reference → until when "not found" holds
 
 	// Background downloads outlive the requests that start them but not the proxy:
-	// Close cancels them and waits, so the store is never closed under a fill.
-	life  context.Context
-	stop  context.CancelFunc
-	fills sync.WaitGroup
+	// Close cancels them and waits, so the store is never closed under a fill. fills
+	// counts them (under mu) from before the upstream is asked until their copy has
+	// ended; once closed, none starts.
+	life      context.Context
+	stop      context.CancelFunc
+	fills     int
+	fillsDone *sync.Cond // on mu: fills dropped to 0
+	closed    bool
 
 	stats ProxyStats
 }
@@ -100,26 +104,59 @@ func NewProxy(name string, store *cache.Store, up *upstream.Client, opts ProxyOp
 		opts.Now = time.Now
 	}
 	life, stop := context.WithCancel(context.Background())
-	return &Proxy{
+	p := &Proxy{
 		name: name, up: up, opts: opts, log: opts.Logger.With("registry", name),
 		local:   NewHosted(name, store, HostedOptions{AllowSparseIndex: true}),
 		fetches: map[oci.Digest]*blobFetch{}, fresh: mustLRU(), negative: mustLRU(),
 		life: life, stop: stop,
 	}
+	p.fillsDone = sync.NewCond(&p.mu)
+	return p
 }
 
 // Close cancels the proxy's background downloads and waits for them to end.
 func (p *Proxy) Close() {
+	p.mu.Lock()
+	p.closed = true
+	p.mu.Unlock()
 	p.stop()
-	p.fills.Wait()
+	p.waitFills()
 	p.up.CloseIdle()
 }
 
 // Retire waits for the proxy's background downloads to end on their own (a reload
 // replaced the proxy; clients may still be reading them), then closes it.
 func (p *Proxy) Retire() {
-	p.fills.Wait()
+	p.waitFills()
 	p.Close()
+}
+
+// waitFills waits until no background download runs.
+func (p *Proxy) waitFills() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for p.fills > 0 {
+		p.fillsDone.Wait()
+	}
+}
+
+// beginFill counts a background download; false once the proxy is closed.
+func (p *Proxy) beginFill() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return false
+	}
+	p.fills++
+	return true
+}
+
+func (p *Proxy) endFill() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.fills--; p.fills == 0 {
+		p.fillsDone.Broadcast()
+	}
 }
 
 func mustLRU() *lru.Cache[string, time.Time] {
@@ -175,7 +212,7 @@ func (p *Proxy) OpenBlob(ctx context.Context, repo oci.Repository, d oci.Digest)
 		return rc, size, nil
 	}
 	p.stats.BlobMisses.Add(1)
-	return p.fetchBlob(ctx, repo, d)
+	return p.fetchBlob(ctx, repo, d, false)
 }
 
 // openStored opens d from the cache: linked to repo, or stored for another repository
@@ -197,10 +234,14 @@ func (p *Proxy) openStored(ctx context.Context, repo oci.Repository, d oci.Diges
 	return nil, 0, false
 }
 
-func (p *Proxy) fetchBlob(ctx context.Context, repo oci.Repository, d oci.Digest) (io.ReadCloser, int64, error) {
+// fetchBlob joins the download of d running for any repository, or starts one. own: the
+// request joined another repository's download and the upstream refused that one; it
+// starts its own unless one for its repository runs (taking the place of the other's,
+// which goes on for those already reading it).
+func (p *Proxy) fetchBlob(ctx context.Context, repo oci.Repository, d oci.Digest, own bool) (io.ReadCloser, int64, error) {
 	p.mu.Lock()
 	bf := p.fetches[d]
-	leader := bf == nil
+	leader := bf == nil || own && bf.repo != repo
 	if leader {
 		bf = &blobFetch{repo: repo, ready: make(chan struct{}), filled: make(chan struct{})}
 		p.fetches[d] = bf
@@ -238,6 +279,17 @@ func (p *Proxy) fetchBlob(ctx context.Context, repo oci.Repository, d oci.Digest
 			return nil, 0, p.upstreamError(err, oci.ErrBlobUnknown, "blob "+string(d))
 		}
 		return newVerifiedBody(body, d), size, nil
+	}
+	var se *upstream.StatusError
+	if bf.repo != repo && errors.As(bf.err, &se) {
+		// The upstream's answer for another repository (missing there, private, rate
+		// limited) says nothing of this one, which has the blob: whoever asks for it
+		// through a repository that fails must not deny it to everyone else. (own is
+		// never here: it joins only its own repository's download.)
+		if rc, size, ok := p.openStored(ctx, repo, d); ok {
+			return rc, size, nil
+		}
+		return p.fetchBlob(ctx, repo, d, true)
 	}
 	if bf.err != nil {
 		return nil, 0, p.upstreamError(bf.err, oci.ErrBlobUnknown, "blob "+string(d))
@@ -281,6 +333,10 @@ var (
 // (or fail) between a request finding it and reading it.
 var hookBeforeReader func(filled <-chan struct{})
 
+// hookBeforeFill, set by tests only, runs once a download has its upstream answer,
+// before its copy into the cache starts.
+var hookBeforeFill func()
+
 // startFetch begins the upstream download of d and the background copy into the
 // cache, which outlives the request that started it. A blob too large to cache is
 // returned to the leader to stream through; the others download their own.
@@ -304,13 +360,20 @@ func (p *Proxy) startFetch(ctx context.Context, repo oci.Repository, d oci.Diges
 			unlock()
 		}
 		p.mu.Lock()
-		delete(p.fetches, d)
+		if p.fetches[d] == bf { // not yet replaced by another repository's (fetchBlob)
+			delete(p.fetches, d)
+		}
 		p.mu.Unlock()
 	}
 	if err == nil && !storedBefore {
 		if _, ok, _ := p.local.store.HasBlob(d); ok {
 			err = errStoredMeanwhile
 		}
+	}
+	// Counted from before the upstream is asked, not from the copy's start: Close must
+	// not return (and the store close) between the upstream's answer and the copy.
+	if err == nil && !p.beginFill() {
+		err = fmt.Errorf("%w: proxy %s closed", upstream.ErrUnavailable, p.name)
 	}
 	if err != nil {
 		bf.err = err
@@ -320,6 +383,7 @@ func (p *Proxy) startFetch(ctx context.Context, repo oci.Repository, d oci.Diges
 	}
 	body, size, err := p.up.GetBlob(p.life, string(repo), d)
 	if err == nil && p.opts.MaxSize > 0 && size > p.opts.MaxSize {
+		p.endFill() // the leader streams it, uncached
 		bf.err = errTooLarge
 		close(bf.ready)
 		finish()
@@ -334,12 +398,15 @@ func (p *Proxy) startFetch(ctx context.Context, repo oci.Repository, d oci.Diges
 	bf.fetch, bf.err = f, err
 	close(bf.ready)
 	if err != nil {
+		p.endFill()
 		finish()
 		return nil, 0
 	}
-	p.fills.Add(1)
+	if hookBeforeFill != nil {
+		hookBeforeFill()
+	}
 	go func() {
-		defer p.fills.Done()
+		defer p.endFill()
 		start := p.opts.Now()
 		err := f.Fill(body, p.name, string(repo))
 		body.Close()
@@ -456,7 +523,10 @@ func (p *Proxy) resolveManifest(ctx context.Context, repo oci.Repository, ref oc
 			return local, false, nil
 		}
 		m, err := p.fetchManifest(ctx, repo, string(ref.Digest), "")
-		return m, true, err
+		if err != nil {
+			return nil, false, p.upstreamError(err, oci.ErrManifestUnknown, "manifest "+string(repo)+"@"+string(ref.Digest))
+		}
+		return m, true, nil
 	}
 	key := string(repo) + "\x00" + string(ref.Tag)
 	if lerr == nil && p.isFresh(key) {
@@ -470,9 +540,7 @@ func (p *Proxy) resolveManifest(ctx context.Context, repo oci.Repository, ref oc
 	})
 	if err != nil {
 		if lerr == nil && servableFromCache(err) {
-			p.log.Warn("upstream unavailable; serving cached tag", "repo", repo, "tag", ref.Tag, "err", err)
-			local.Warning = fmt.Sprintf("upstream %s unavailable; serving the cached %s:%s", p.up.Host(), repo, ref.Tag)
-			return local, false, nil
+			return p.staleTag(local, repo, ref.Tag, err), false, nil
 		}
 		if isNotFound(err) {
 			p.setNegative(key)
@@ -489,10 +557,27 @@ func (p *Proxy) resolveManifest(ctx context.Context, repo oci.Repository, ref oc
 		fetchRef = string(ref.Tag)
 	}
 	m, err := p.fetchManifest(ctx, repo, fetchRef, ref.Tag)
-	return m, true, err
+	if err != nil {
+		// The HEAD got through but the GET did not (or the upstream answers HEADs
+		// without the digest, so the GET was the revalidation).
+		if lerr == nil && servableFromCache(err) {
+			return p.staleTag(local, repo, ref.Tag, err), false, nil
+		}
+		return nil, false, p.upstreamError(err, oci.ErrManifestUnknown, "manifest "+string(repo)+"@"+fetchRef)
+	}
+	return m, true, nil
 }
 
-// fetchManifest downloads a manifest, caches it (tagged when tag is set) and returns it.
+// staleTag serves the cached copy of a tag the upstream could not revalidate, with a
+// warning.
+func (p *Proxy) staleTag(local *cache.StoredManifest, repo oci.Repository, tag oci.Tag, err error) *cache.StoredManifest {
+	p.log.Warn("upstream unavailable; serving cached tag", "repo", repo, "tag", tag, "err", err)
+	local.Warning = fmt.Sprintf("upstream %s unavailable; serving the cached %s:%s", p.up.Host(), repo, tag)
+	return local
+}
+
+// fetchManifest downloads a manifest, caches it (tagged when tag is set) and returns
+// it, or the upstream's error (for upstreamError).
 func (p *Proxy) fetchManifest(ctx context.Context, repo oci.Repository, ref string, tag oci.Tag) (*cache.StoredManifest, error) {
 	negKey := string(repo) + "\x00" + ref
 	if p.isNegative(negKey) {
@@ -526,7 +611,7 @@ func (p *Proxy) fetchManifest(ctx context.Context, repo oci.Repository, ref stri
 		if isNotFound(err) {
 			p.setNegative(negKey)
 		}
-		return nil, p.upstreamError(err, oci.ErrManifestUnknown, "manifest "+string(repo)+"@"+ref)
+		return nil, err
 	}
 	m := *v.(*cache.StoredManifest)
 	return &m, nil
@@ -588,6 +673,14 @@ func (p *Proxy) upstreamError(err error, unknown *oci.Code, what string) error {
 		}
 		return oci.ErrUpstreamUnavailable.Withf("upstream %s answered %d for %s: %s", p.up.Host(), se.Status, what, se.Message)
 	case errors.Is(err, upstream.ErrUnavailable):
+		var fe *upstream.FailingError
+		if errors.As(err, &fe) && fe.RetryAfter != "" {
+			// Passed on: the client waits as long as the upstream asked, instead of
+			// asking again at once.
+			e := oci.ErrUpstreamRetryLater.Withf("%s is not cached and upstream %s is unavailable: %v", what, p.up.Host(), err)
+			e.RetryAfter = fe.RetryAfter
+			return e
+		}
 		return oci.ErrUpstreamUnavailable.Withf("%s is not cached and upstream %s is unavailable: %v", what, p.up.Host(), err)
 	case errors.Is(err, upstream.ErrCorrupt), errors.Is(err, cache.ErrCorrupt):
 		return oci.ErrUpstreamUnavailable.Withf("upstream %s sent corrupt content for %s", p.up.Host(), what)

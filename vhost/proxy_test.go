@@ -1,17 +1,22 @@
 package vhost_test
 
 import (
+	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/pem"
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -158,6 +163,29 @@ func TestProxyPullsThroughAndServesFromCacheWhenUpstreamFails(t *testing.T) {
 	r = get("GET", "http://"+s.addr+"/v2/org/app/manifests/2.0")
 	if r.status != http.StatusBadGateway || !strings.Contains(string(r.body), "unavailable") {
 		t.Errorf("uncached tag with upstream down: %d %s", r.status, r.body)
+	}
+}
+
+// A stale tag whose revalidation gets through the HEAD (answered without
+// Docker-Content-Digest, as some registries do) but whose manifest GET fails is served
+// from cache with a warning, as when the HEAD fails.
+func TestAStaleTagIsServedFromCacheWhenOnlyTheManifestGetFails(t *testing.T) {
+	u := newTestUpstream(t)
+	img := randomImage(t, 1024, 1)
+	if err := remote.Write(ref(t, u.host()+"/org/app:1.0"), img); err != nil {
+		t.Fatal(err)
+	}
+	raw, _ := img.RawManifest()
+	clock := &fakeClock{now: time.Unix(1e9, 0)}
+	s := startProxy(t, u, proxyConfig{ttl: time.Minute, clock: clock})
+	if r := get("GET", "http://"+s.addr+"/v2/org/app/manifests/1.0", "Accept", "*/*"); r.status != 200 {
+		t.Fatalf("first pull: %d %s", r.status, r.body)
+	}
+	u.set(func(u *testUpstream) { u.undigested, u.manifestGetStatus = true, http.StatusServiceUnavailable })
+	clock.Advance(2 * time.Minute)
+	r := get("GET", "http://"+s.addr+"/v2/org/app/manifests/1.0", "Accept", "*/*")
+	if r.status != 200 || !bytes.Equal(r.body, raw) || !strings.Contains(r.header.Get("Warning"), "unavailable") {
+		t.Errorf("stale tag, upstream HEAD answering and GET failing: %d, Warning %q, %s", r.status, r.header.Get("Warning"), r.body)
 	}
 }
 
@@ -372,6 +400,8 @@ func TestUpstreamErrorsMapToOCIErrors(t *testing.T) {
 		{403, "", 403, "DENIED"},
 		{404, "", 404, "MANIFEST_UNKNOWN"},
 		{429, "7", 429, "TOOMANYREQUESTS"},
+		{429, "2000000", 429, "TOOMANYREQUESTS"},
+		{503, "60", 503, "UNKNOWN"},
 	} {
 		u.set(func(u *testUpstream) { u.status, u.retryAfter = c.upstream, c.retryAfter })
 		r := get("GET", fmt.Sprintf("http://%s/v2/err/app%d/manifests/v1", s.addr, c.upstream))
@@ -586,6 +616,91 @@ func TestStatOfABlobDownloadingForAnotherRepositoryAsksTheUpstream(t *testing.T)
 	}
 }
 
+// A pull of a blob that joined another repository's download of it, which the upstream
+// refuses (the repository is missing, private or rate limited), downloads the blob for
+// its own repository instead of failing with the other's answer: nobody denies a blob
+// to everyone by asking for it through a repository that fails. The pulls that joined
+// share that one download.
+func TestAPullJoiningAnotherRepositorysRefusedDownloadStartsItsOwn(t *testing.T) {
+	blob := []byte(strings.Repeat("layer bytes ", 8000))
+	d := oci.FromBytes(oci.SHA256, blob)
+	for _, refusal := range []int{http.StatusNotFound, http.StatusUnauthorized, http.StatusForbidden, http.StatusTooManyRequests} {
+		t.Run(http.StatusText(refusal), func(t *testing.T) {
+			release := make(chan struct{}) // holds the refusal until the pulls have joined
+			var heads, gets atomic.Int64   // of the blob through org/app
+			up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				switch {
+				case r.URL.Path == "/v2/":
+				case strings.HasPrefix(r.URL.Path, "/v2/private/app/"):
+					<-release
+					w.Header().Set("Retry-After", "3600")
+					w.WriteHeader(refusal)
+				case r.URL.Path == "/v2/org/app/blobs/"+string(d):
+					w.Header().Set("Content-Length", strconv.Itoa(len(blob)))
+					if r.Method == "HEAD" {
+						heads.Add(1)
+						return
+					}
+					gets.Add(1)
+					w.Write(blob)
+				default:
+					w.WriteHeader(http.StatusNotFound)
+				}
+			}))
+			t.Cleanup(up.Close)
+			unblock := sync.OnceFunc(func() { close(release) })
+			t.Cleanup(unblock) // before up.Close, which waits for the handler
+			store, err := cache.Open(cache.Options{Dir: t.TempDir(), Logger: testLogger()})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { store.Close() })
+			client, _ := upstream.New(upstream.Config{URL: up.URL, Timeout: 5 * time.Second})
+			p := vhost.NewProxy("up", store, client, vhost.ProxyOptions{TagTTL: time.Hour, Logger: testLogger()})
+			t.Cleanup(p.Close)
+
+			refused := make(chan error, 1)
+			go func() {
+				rc, _, err := p.OpenBlob(context.Background(), "private/app", d)
+				if err == nil {
+					rc.Close()
+				}
+				refused <- err
+			}()
+			waitFor(t, "the download for private/app to start", func() bool { return vhost.InFlight(p) == 1 })
+			const pulls = 3
+			pulled := make(chan httpResult, pulls)
+			for range pulls {
+				go func() {
+					rc, _, err := p.OpenBlob(context.Background(), "org/app", d)
+					if err != nil {
+						pulled <- httpResult{err: err}
+						return
+					}
+					b, err := io.ReadAll(rc)
+					rc.Close()
+					pulled <- httpResult{body: b, err: err}
+				}()
+			}
+			waitFor(t, "the pulls to join it", func() bool {
+				return p.Stats().FlightJoins.Load() == pulls && heads.Load() == pulls
+			})
+			unblock()
+			if err := <-refused; err == nil {
+				t.Error("the pull through private/app got the blob")
+			}
+			for range pulls {
+				if r := <-pulled; r.err != nil || !bytes.Equal(r.body, blob) {
+					t.Errorf("a pull through org/app that joined private/app's download: %d bytes, %v", len(r.body), r.err)
+				}
+			}
+			if n := gets.Load(); n != 1 {
+				t.Errorf("%d downloads of the blob through org/app for %d pulls, want 1", n, pulls)
+			}
+		})
+	}
+}
+
 // An upstream "not found" is remembered for the negative TTL even when a stale copy is
 // cached: the tag is gone upstream, and asking again on every request helps nobody.
 func TestNegativeCacheHoldsWhenAStaleCopyIsCached(t *testing.T) {
@@ -659,6 +774,49 @@ func TestCloseCancelsAndWaitsForDownloads(t *testing.T) {
 	}
 	if _, err := store.StatBlob(t.Context(), "up", "org/app", oci.Digest(layer)); err == nil {
 		t.Error("a cancelled download was committed")
+	}
+}
+
+// Close waits for a download that has its upstream answer but has not started copying
+// it into the cache yet: it must not return (and the store be closed) before that copy
+// ends.
+func TestCloseWaitsForADownloadAboutToStartItsCopy(t *testing.T) {
+	u := newTestUpstream(t)
+	img := randomImage(t, 64<<10, 1)
+	if err := remote.Write(ref(t, u.host()+"/org/app:1.0"), img); err != nil {
+		t.Fatal(err)
+	}
+	layers, _ := img.Layers()
+	layer := digestOf(t, layers[0])
+	store, err := cache.Open(cache.Options{Dir: t.TempDir(), Logger: testLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	client, _ := upstream.New(upstream.Config{URL: u.URL, Timeout: 5 * time.Second})
+	p := vhost.NewProxy("up", store, client, vhost.ProxyOptions{TagTTL: time.Hour, Logger: testLogger()})
+	closed := make(chan struct{})
+	var closedEarly atomic.Bool
+	defer vhost.SetHookBeforeFill(func() {
+		go func() { p.Close(); close(closed) }()
+		select {
+		case <-closed: // Close returned while this download was about to copy
+			closedEarly.Store(true)
+		case <-time.After(200 * time.Millisecond):
+		}
+	})()
+	rc, _, err := p.OpenBlob(t.Context(), "org/app", oci.Digest(layer))
+	if err == nil {
+		io.Copy(io.Discard, rc)
+		rc.Close()
+	}
+	select {
+	case <-closed:
+	case <-time.After(30 * time.Second):
+		t.Fatal("Close did not return")
+	}
+	if closedEarly.Load() {
+		t.Error("Close returned before a download it had not waited for started its copy into the cache")
 	}
 }
 

@@ -47,6 +47,11 @@ type testUpstream struct {
 	gate chan struct{}
 	// manifestHeads counts HEADs of /manifests/ that reached the registry.
 	manifestHeads atomic.Int64
+	// manifestGetStatus answers manifest GETs (not HEADs) with this status.
+	manifestGetStatus int
+	// undigested answers manifest requests without Docker-Content-Digest, as some
+	// registries do.
+	undigested bool
 }
 
 const upstreamToken = "t0ken"
@@ -60,6 +65,7 @@ func newUpstream(t *testing.T, tls bool) *testUpstream {
 	u.Server = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		u.mu.Lock()
 		failing, stall, corrupt, status, retryAfter, unknownRepo, gate, noLength := u.failing, u.stall, u.corrupt, u.status, u.retryAfter, u.unknownRepo, u.gate, u.noLength
+		manifestGetStatus, undigested := u.manifestGetStatus, u.undigested
 		u.mu.Unlock()
 		if stall > 0 {
 			select {
@@ -111,6 +117,13 @@ func newUpstream(t *testing.T, tls bool) *testUpstream {
 		}
 		if r.Method == "GET" && strings.Contains(r.URL.Path, "/manifests/") {
 			u.manifestGets.Add(1)
+			if manifestGetStatus != 0 {
+				w.WriteHeader(manifestGetStatus)
+				return
+			}
+		}
+		if undigested && strings.Contains(r.URL.Path, "/manifests/") {
+			w = &undigestedWriter{w}
 		}
 		if r.Method == "GET" && strings.Contains(r.URL.Path, "/blobs/") {
 			u.blobGets.Add(1)
@@ -179,6 +192,19 @@ func (w *unsizedWriter) WriteHeader(code int) {
 
 func (w *unsizedWriter) Write(p []byte) (int, error) {
 	w.Header().Del("Content-Length")
+	return w.ResponseWriter.Write(p)
+}
+
+// undigestedWriter drops Docker-Content-Digest.
+type undigestedWriter struct{ http.ResponseWriter }
+
+func (w *undigestedWriter) WriteHeader(code int) {
+	w.Header().Del("Docker-Content-Digest")
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *undigestedWriter) Write(p []byte) (int, error) {
+	w.Header().Del("Docker-Content-Digest")
 	return w.ResponseWriter.Write(p)
 }
 

@@ -73,7 +73,7 @@ func registerProxyMetrics(reg *prometheus.Registry, p *vhost.Proxy) []prometheus
 		{"dockyard_proxy_cache_misses_total", "Proxy answers downloaded from the upstream.", prometheus.Labels{"kind": "blob"}, &st.BlobMisses},
 		{"dockyard_proxy_cache_misses_total", "Proxy answers downloaded from the upstream.", prometheus.Labels{"kind": "manifest"}, &st.ManifestMisses},
 		{"dockyard_proxy_singleflight_joins_total", "Blob requests that joined a download already running.", nil, &st.FlightJoins},
-		{"dockyard_upstream_requests_total", "HTTP requests to the upstream (token requests included).", nil, &up.Requests},
+		{"dockyard_upstream_requests_total", "HTTP requests to the upstream (token requests and redirects, to a CDN say, included).", nil, &up.Requests},
 		{"dockyard_upstream_errors_total", "Upstream requests that failed to connect or were answered 429 or 5xx.", nil, &up.Errors},
 		{"dockyard_upstream_response_bytes_total", "Response body bytes received from the upstream.", nil, &up.Bytes},
 		{"dockyard_upstream_retries_total", "Upstream requests made again after a failure in passing: kind request (429, 502-504, a cut connection, a bad manifest), kind resume (a blob body cut short, continued).", prometheus.Labels{"kind": "request"}, &up.Retries},
