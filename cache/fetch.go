@@ -281,6 +281,9 @@ func (r *fetchReader) WriteTo(w io.Writer) (int64, error) {
 		if err != nil {
 			return total, err
 		}
+		if n == 0 {
+			return total, r.f.droppedErr()
+		}
 	}
 }
 
@@ -299,9 +302,24 @@ func (r *fetchReader) Read(p []byte) (int, error) {
 	n, err = r.f.r.ReadAt(p[:n], r.pos)
 	r.pos += int64(n)
 	if err == io.EOF {
+		if n == 0 {
+			return 0, r.f.droppedErr()
+		}
 		err = nil
 	}
 	return n, err
+}
+
+// droppedErr answers a reader that finds the file ending before what was written: the
+// fetch failed and its writer dropped the bytes (the filesystem's truncates what it did
+// not flush). Reading on would read nothing forever.
+func (f *Fetch) droppedErr() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.err != nil {
+		return f.err
+	}
+	return io.ErrUnexpectedEOF // failing: the writer drops its bytes before saying why
 }
 
 // readable is how much readers may have: everything once verified, else all but the
