@@ -566,8 +566,11 @@ func dyingUpstream(t *testing.T, heldAt int64) {
 			t.Fatalf("%d clients still waiting after the upstream died", clients-i)
 		}
 	}
-	if n := len(f.blobRequests(d)); n > flakyAttempts {
-		t.Errorf("%d requests for the blob, more than the budget's %d", n, flakyAttempts)
+	// Go's transport itself sends a request again, once, when a reused connection is
+	// reset before any answer (what a dying upstream does): the proxy may see each
+	// attempt of the budget twice, but no more.
+	if n := len(f.blobRequests(d)); n > 2*flakyAttempts {
+		t.Errorf("%d requests for the blob, more than twice the budget's %d", n, flakyAttempts)
 	}
 	waitFor(t, "the failed download to end", func() bool { return vhost.InFlight(f.proxy) == 0 })
 	if _, ok, _ := f.s.store.HasBlob(oci.Digest(d)); ok {
