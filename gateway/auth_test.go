@@ -394,7 +394,14 @@ func TestReloadDuringATokenLoginFinishesUnderItsConfiguration(t *testing.T) {
 		_, code := r.token(t, basic("slow", "slow-pw"), "repository:team/app:pull")
 		done <- code
 	}()
-	time.Sleep(50 * time.Millisecond) // the login is under way
+	// The login is under way: its request is being handled (it took its live options
+	// when it began), and its password check takes a while.
+	for deadline := time.Now().Add(time.Minute); gateway.Handling(r.gw) == 0; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the token request never reached a handler")
+		}
+	}
+	time.Sleep(20 * time.Millisecond)
 	off := r.gw.Live()
 	off.Auth = nil
 	r.gw.Reload(off)
