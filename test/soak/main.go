@@ -255,11 +255,12 @@ func (r *run) ref(repo, tagOrDigest string) (name.Reference, error) {
 	return name.NewTag(r.c.addr+"/"+repo+":"+tagOrDigest, name.Insecure)
 }
 
-// image is a random image of one or two small layers (sometimes one of 1 MiB).
-func image() (v1.Image, error) {
+// image is a random image of layers layers of up to maxSmall bytes, one in ten of
+// 1 MiB instead (downloads long enough to break midway).
+func image(layers, maxSmall int) (v1.Image, error) {
 	img := empty.Image
-	for range 1 + mrand.IntN(2) {
-		size := 1 + mrand.IntN(64<<10)
+	for range layers {
+		size := 1 + mrand.IntN(maxSmall)
 		if mrand.IntN(10) == 0 {
 			size = 1 << 20
 		}
@@ -272,6 +273,27 @@ func image() (v1.Image, error) {
 		}
 	}
 	return mutate.MediaType(img, types.OCIManifestSchema1), nil
+}
+
+// pushNew pushes a new image of one or two small layers to repo:tag and returns what
+// it pushed.
+func (r *run) pushNew(ctx context.Context, repo, tag string) (pushed, error) {
+	img, err := image(1+mrand.IntN(2), 64<<10)
+	if err != nil {
+		return pushed{}, err
+	}
+	d, err := describe(repo, tag, img)
+	if err != nil {
+		return d, err
+	}
+	ref, err := r.ref(repo, tag)
+	if err != nil {
+		return d, err
+	}
+	if err := remote.Write(ref, img, r.auth, remote.WithContext(ctx)); err != nil {
+		return d, fmt.Errorf("push %s:%s: %w", repo, tag, err)
+	}
+	return d, nil
 }
 
 func describe(repo, tag string, img v1.Image) (pushed, error) {
@@ -325,25 +347,14 @@ func (r *run) push(ctx context.Context, p, i int) error {
 		}
 		return nil
 	}
-	img, err := image()
-	if err != nil {
-		return err
-	}
-	d, err := describe(repo, tag, img)
-	if err != nil {
-		return err
-	}
-	ref, err := r.ref(repo, tag)
-	if err != nil {
-		return err
-	}
 	// Once the push has been tried the tag may show it (the 201 lost on the way): the
 	// expectation is dropped first, and set only when acknowledged.
 	r.mu.Lock()
 	delete(r.expected, key)
 	r.mu.Unlock()
-	if err := remote.Write(ref, img, r.auth, remote.WithContext(ctx)); err != nil {
-		return fmt.Errorf("push %s: %w", key, err)
+	d, err := r.pushNew(ctx, repo, tag)
+	if err != nil {
+		return err
 	}
 	r.mu.Lock()
 	r.expected[key] = d
@@ -355,21 +366,9 @@ func (r *run) push(ctx context.Context, p, i int) error {
 // its newest keep-last: those must always be there.
 func (r *run) pushRetained(ctx context.Context, i int) error {
 	repo := fmt.Sprintf("soak/ret%d", i%2)
-	tag := fmt.Sprintf("build-%06d", i)
-	img, err := image()
+	d, err := r.pushNew(ctx, repo, fmt.Sprintf("build-%06d", i))
 	if err != nil {
 		return err
-	}
-	d, err := describe(repo, tag, img)
-	if err != nil {
-		return err
-	}
-	ref, err := r.ref(repo, tag)
-	if err != nil {
-		return err
-	}
-	if err := remote.Write(ref, img, r.auth, remote.WithContext(ctx)); err != nil {
-		return fmt.Errorf("push %s:%s: %w", repo, tag, err)
 	}
 	r.mu.Lock()
 	r.retained[repo] = append(r.retained[repo], d)
@@ -446,24 +445,13 @@ func drain(l v1.Layer) error {
 	return err
 }
 
-// upstreamImage pushes a new image straight to the upstream (two layers of up to
-// 96 KiB, one in ten with a 1 MiB layer, for downloads long enough to break midway).
+// upstreamImage pushes a new image of two layers straight to the upstream.
 func (r *run) upstreamImage(ctx context.Context, repo, tag string) (proxied, error) {
-	img := empty.Image
 	p := proxied{repo: repo, tag: tag}
-	for range 2 {
-		size := 1 + mrand.IntN(96<<10)
-		if mrand.IntN(10) == 0 {
-			size = 1 << 20
-		}
-		b := make([]byte, size)
-		rand.Read(b)
-		var err error
-		if img, err = mutate.AppendLayers(img, static.NewLayer(b, types.OCILayer)); err != nil {
-			return p, err
-		}
+	img, err := image(2, 96<<10)
+	if err != nil {
+		return p, err
 	}
-	img = mutate.MediaType(img, types.OCIManifestSchema1)
 	ref, err := name.NewTag(r.c.upstream+"/"+repo+":"+tag, name.Insecure)
 	if err != nil {
 		return p, err
