@@ -253,7 +253,9 @@ type HTTP struct {
 	// HeaderTimeout bounds the wait for a request's line and headers (a new
 	// connection's first request from the moment it opens); ReadTimeout then bounds a
 	// body that is not blob data, and any pause within blob data; UploadTimeout bounds
-	// a blob upload's body as a whole.
+	// a blob upload's body as a whole. WriteTimeout bounds each write of a response
+	// (a client taking nothing of it for so long is cut off), not a response as a
+	// whole; 0: ReadTimeout.
 	HeaderTimeout   time.Duration `mapstructure:"header_timeout"`
 	ReadTimeout     time.Duration `mapstructure:"read_timeout"`
 	UploadTimeout   time.Duration `mapstructure:"upload_timeout"`
@@ -429,7 +431,7 @@ func setDefaults(v *viper.Viper) {
 	v.SetDefault("http.read_timeout", "1m")
 	v.SetDefault("http.upload_timeout", "1h")
 	v.SetDefault("http.idle_timeout", "2m")
-	v.SetDefault("http.write_timeout", "0s")
+	v.SetDefault("http.write_timeout", "1m")
 	v.SetDefault("http.shutdown_timeout", "30s")
 	v.SetDefault("http.max_manifest_size", "4MiB")
 	v.SetDefault("http.max_header_size", "16KiB")

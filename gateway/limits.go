@@ -123,7 +123,7 @@ func (g *Gateway) admit(c net.Conn) net.Conn {
 		g.refuse(c, peer, limit, refusal)
 		return nil
 	}
-	lc := &limitedConn{Conn: c, a: a, key: key, counted: counted}
+	lc := &limitedConn{Conn: c, a: a, key: key, counted: counted, writeStall: g.opts.WriteTimeout}
 	if tc, ok := c.(*tls.Conn); ok {
 		// fasthttp finds TLS (the handshake, IsTLS) by these methods.
 		return &limitedTLSConn{lc, tc}
@@ -192,13 +192,20 @@ func rawErrorResponse(e *oci.Error) []byte {
 	return append([]byte(head+"\r\n"), body...)
 }
 
-// limitedConn is an admitted connection: closing it lets its place go.
+// limitedConn is an admitted connection: closing it lets its place go. Each write
+// to it must make progress within writeStall: a client that stops taking a response
+// (pipelined requests whose answers it never reads, a blob it never reads) is cut off
+// then, while one reading a large blob slowly but steadily is not.
 type limitedConn struct {
 	net.Conn
-	a       *admission
-	key     netip.Prefix
-	counted bool
-	once    sync.Once
+	a          *admission
+	key        netip.Prefix
+	counted    bool
+	once       sync.Once
+	writeStall time.Duration
+	// writeDeadline is a write deadline set from outside (UnixNano; 0: none): the
+	// writes' own never go past it.
+	writeDeadline atomic.Int64
 }
 
 func (c *limitedConn) Close() error {
@@ -206,13 +213,84 @@ func (c *limitedConn) Close() error {
 	return c.Conn.Close()
 }
 
-// ReadFrom keeps the connection's own (sendfile for blob files): fasthttp writes file
-// bodies through it.
-func (c *limitedConn) ReadFrom(r io.Reader) (int64, error) {
-	if rf, ok := c.Conn.(io.ReaderFrom); ok {
-		return rf.ReadFrom(r)
+func (c *limitedConn) SetDeadline(t time.Time) error {
+	c.setWriteDeadline(t)
+	return c.Conn.SetDeadline(t)
+}
+
+func (c *limitedConn) SetWriteDeadline(t time.Time) error {
+	c.setWriteDeadline(t)
+	return c.Conn.SetWriteDeadline(t)
+}
+
+func (c *limitedConn) setWriteDeadline(t time.Time) {
+	var ns int64
+	if !t.IsZero() {
+		ns = t.UnixNano()
 	}
-	return io.Copy(struct{ io.Writer }{c.Conn}, r)
+	c.writeDeadline.Store(ns)
+}
+
+// armWrite gives the next write writeStall, within a deadline set from outside.
+func (c *limitedConn) armWrite() {
+	d := time.Now().Add(c.writeStall)
+	if ns := c.writeDeadline.Load(); ns != 0 && ns < d.UnixNano() {
+		d = time.Unix(0, ns)
+	}
+	c.Conn.SetWriteDeadline(d)
+}
+
+// again reports whether a write that ended with err after n bytes goes on: it timed
+// out having made progress, before any deadline set from outside. (Over TLS a write
+// that timed out breaks the connection: the next fails at once.)
+func (c *limitedConn) again(n int64, err error) bool {
+	var ne net.Error
+	if n == 0 || !errors.As(err, &ne) || !ne.Timeout() {
+		return false
+	}
+	ns := c.writeDeadline.Load()
+	return ns == 0 || time.Now().UnixNano() < ns
+}
+
+func (c *limitedConn) Write(p []byte) (int, error) {
+	n := 0
+	for {
+		c.armWrite()
+		m, err := c.Conn.Write(p[n:])
+		n += m
+		if err == nil || !c.again(int64(m), err) {
+			return n, err
+		}
+	}
+}
+
+// ReadFrom keeps the connection's own for files (sendfile for blob files: fasthttp
+// writes file bodies through it), which goes on from where a write that timed out
+// stopped; anything else goes through Write.
+func (c *limitedConn) ReadFrom(r io.Reader) (int64, error) {
+	rf, ok := c.Conn.(io.ReaderFrom)
+	if !ok || !isFile(r) {
+		return io.Copy(struct{ io.Writer }{c}, r)
+	}
+	var n int64
+	for {
+		c.armWrite()
+		m, err := rf.ReadFrom(r)
+		n += m
+		if err == nil || !c.again(m, err) {
+			return n, err
+		}
+	}
+}
+
+// isFile reports whether r is a file, or a part of one: sendfile moves its offset
+// past what it sent, so a ReadFrom cut short loses nothing.
+func isFile(r io.Reader) bool {
+	if lr, ok := r.(*io.LimitedReader); ok {
+		r = lr.R
+	}
+	_, ok := r.(*os.File)
+	return ok
 }
 
 // CloseWrite shuts the sending side (lingeringClose).
