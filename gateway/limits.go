@@ -35,7 +35,8 @@ type Limits struct {
 	// (which has MaxManifestSize). 0: DefaultMaxBodySize.
 	MaxBodySize int64
 	// RatePerSecond and RateBurst are a token bucket per client address for the
-	// catalog, search and the token endpoint. RatePerSecond 0: no limit.
+	// catalog, search, the token endpoint and password checks. RatePerSecond 0: no
+	// limit.
 	RatePerSecond float64
 	RateBurst     int
 }
@@ -403,7 +404,7 @@ func (g *Gateway) limitRate(ctx *fasthttp.RequestCtx, route string) error {
 	if client.IsValid() {
 		name = client.String()
 	}
-	e := oci.ErrTooManyRequests.Withf("%s is over its rate of catalog, search and token requests (%g a second, %d at once: http.rate_limit); retry later",
+	e := oci.ErrTooManyRequests.Withf("%s is over its rate of catalog, search, token requests and logins (%g a second, %d at once: http.rate_limit); retry later",
 		name, lim.RatePerSecond, lim.RateBurst)
 	e.RetryAfter = strconv.Itoa(max(1, int(math.Ceil(wait.Seconds()))))
 	return e
