@@ -500,12 +500,33 @@ func (g *Gateway) transportError(ctx *fasthttp.RequestCtx, err error) {
 	default:
 		e = oci.ErrMalformedRequest.Withf("the request could not be read as HTTP/1.1")
 	}
+	setRawError(ctx, e)
+}
+
+// setRawError makes e the response of a request no handler serves.
+func setRawError(ctx *fasthttp.RequestCtx, e *oci.Error) {
 	body, _ := json.Marshal(errorBody{Errors: []errorEntry{{Code: e.Code.Name, Message: e.Message}}})
 	ctx.Response.Reset()
 	ctx.SetStatusCode(e.Code.Status)
 	ctx.SetContentType("application/json")
 	ctx.Response.Header.Set("Docker-Distribution-API-Version", "registry/2.0")
 	ctx.SetBody(body)
+}
+
+// expect answers a request that asks before sending its body (Expect: 100-continue):
+// one the size limits would refuse is answered 413 at once, never invited to send it
+// (fasthttp closes the connection after); others are invited.
+func (g *Gateway) expect(ctx *fasthttp.RequestCtx) int {
+	err := g.checkBodySize(ctx)
+	if err == nil {
+		err = g.checkManifestSize(ctx)
+	}
+	e, ok := oci.AsError(err)
+	if !ok {
+		return fasthttp.StatusContinue
+	}
+	setRawError(ctx, e)
+	return e.Code.Status
 }
 
 // trustedIn reports whether a is one of l's trusted proxies.

@@ -182,6 +182,7 @@ func New(opts Options) *Gateway {
 		// bound each write instead (limitedConn).
 		IdleTimeout:     opts.IdleTimeout,
 		ErrorHandler:    g.transportError,
+		ExpectHandler:   g.expect,
 		Logger:          fasthttpLogger{opts.Logger},
 		CloseOnShutdown: true,
 	}
