@@ -127,7 +127,7 @@ func (g *Gateway) admit(c net.Conn) net.Conn {
 	lc := &limitedConn{Conn: c, a: a, key: key, counted: counted, writeStall: g.opts.WriteTimeout}
 	if tc, ok := c.(*tls.Conn); ok {
 		// fasthttp finds TLS (the handshake, IsTLS) by these methods.
-		return &limitedTLSConn{lc, tc}
+		return &limitedTLSConn{limitedConn: lc, tls: tc, headersBy: time.Now().Add(g.opts.HeaderTimeout)}
 	}
 	return lc
 }
@@ -302,12 +302,35 @@ func (c *limitedConn) CloseWrite() error {
 	return errors.ErrUnsupported
 }
 
+// limitedTLSConn is an admitted TLS connection. Its handshake and first request's
+// headers share the header timeout from its opening: fasthttp gives each of them the
+// whole of it, so read deadlines are clamped to headersBy until the first one after
+// the handshake.
 type limitedTLSConn struct {
 	*limitedConn
-	tls *tls.Conn
+	tls        *tls.Conn
+	headersBy  time.Time
+	handshaken atomic.Bool
+	headersSet atomic.Bool
 }
 
-func (c *limitedTLSConn) Handshake() error                     { return c.tls.Handshake() }
+func (c *limitedTLSConn) Handshake() error {
+	defer c.handshaken.Store(true)
+	return c.tls.Handshake()
+}
+
+func (c *limitedTLSConn) SetReadDeadline(t time.Time) error {
+	if !c.headersSet.Load() {
+		if c.handshaken.Load() {
+			c.headersSet.Store(true)
+		}
+		if t.IsZero() || t.After(c.headersBy) {
+			t = c.headersBy
+		}
+	}
+	return c.limitedConn.SetReadDeadline(t)
+}
+
 func (c *limitedTLSConn) ConnectionState() tls.ConnectionState { return c.tls.ConnectionState() }
 
 func addrOf(a net.Addr) netip.Addr {
