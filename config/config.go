@@ -1177,8 +1177,15 @@ func byteSizeHook(from, to reflect.Type, data any) (any, error) {
 // SecretFile is a configured file holding a secret, with its key path.
 type SecretFile struct{ Key, Path string }
 
-// SecretFiles lists the configured files that hold secrets (keys, passwords, the users
-// file's hashes), for the warning about files others may read.
+// DefaultTokenKeyFile is where the token signing key is made and kept when
+// auth.token.key_file is empty (and the index is not shared: then the index keeps it).
+func (c *Config) DefaultTokenKeyFile() string {
+	return filepath.Join(c.Data, "auth", "token-key.pem")
+}
+
+// SecretFiles lists the files that hold secrets (keys, passwords, the users
+// file's hashes; the token signing key made in the data directory too), for the
+// warning about files others may read.
 func (c *Config) SecretFiles() []SecretFile {
 	var out []SecretFile
 	add := func(key, path string) {
@@ -1190,6 +1197,9 @@ func (c *Config) SecretFiles() []SecretFile {
 	add("auth.users_file", c.Auth.UsersFile)
 	add("auth.ldap.bind_password_file", c.Auth.LDAP.BindPasswordFile)
 	add("auth.token.key_file", c.Auth.Token.KeyFile)
+	if c.Auth.Mode == "token" && c.Auth.Token.KeyFile == "" {
+		add("auth.token.key_file", c.DefaultTokenKeyFile())
+	}
 	add("storage.s3.secret_access_key_file", c.Storage.S3.SecretAccessKeyFile)
 	add("index.postgres.password_file", c.Index.Postgres.PasswordFile)
 	for i, r := range c.Registries {
