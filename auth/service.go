@@ -189,6 +189,20 @@ func (s *Service) Login(ctx context.Context, user, password, remote string) (*Id
 	return id, nil
 }
 
+// ChecksPassword reports whether Login would check user's password (bcrypt, an LDAP
+// bind) rather than find the login in its cache or a CI token's record, which cost
+// little. The answer may be stale by the time Login runs: it is for rate limits.
+func (s *Service) ChecksPassword(user, password string) bool {
+	if s.cfg.Tokens != nil && strings.HasPrefix(password, ciTokenPrefix) {
+		return false
+	}
+	secret := sha256.Sum256([]byte(password))
+	s.mu.Lock()
+	c, ok := s.logins[user]
+	s.mu.Unlock()
+	return !ok || !s.cfg.Now().Before(c.expires) || !constantTimeEqual(string(c.secret[:]), string(secret[:]))
+}
+
 func (s *Service) login(ctx context.Context, user, password string) (*Identity, error) {
 	if s.cfg.Tokens != nil && strings.HasPrefix(password, ciTokenPrefix) {
 		return s.checkCIToken(ctx, user, password)

@@ -253,7 +253,9 @@ type HTTP struct {
 	// HeaderTimeout bounds the wait for a request's line and headers (a new
 	// connection's first request from the moment it opens); ReadTimeout then bounds a
 	// body that is not blob data, and any pause within blob data; UploadTimeout bounds
-	// a blob upload's body as a whole.
+	// a blob upload's body as a whole. WriteTimeout bounds each write of a response
+	// (a client taking nothing of it for so long is cut off), not a response as a
+	// whole; 0: ReadTimeout.
 	HeaderTimeout   time.Duration `mapstructure:"header_timeout"`
 	ReadTimeout     time.Duration `mapstructure:"read_timeout"`
 	UploadTimeout   time.Duration `mapstructure:"upload_timeout"`
@@ -430,7 +432,7 @@ func setDefaults(v *viper.Viper) {
 	v.SetDefault("http.read_timeout", "1m")
 	v.SetDefault("http.upload_timeout", "1h")
 	v.SetDefault("http.idle_timeout", "2m")
-	v.SetDefault("http.write_timeout", "0s")
+	v.SetDefault("http.write_timeout", "1m")
 	v.SetDefault("http.shutdown_timeout", "30s")
 	v.SetDefault("http.max_manifest_size", "4MiB")
 	v.SetDefault("http.max_header_size", "16KiB")
@@ -1176,8 +1178,15 @@ func byteSizeHook(from, to reflect.Type, data any) (any, error) {
 // SecretFile is a configured file holding a secret, with its key path.
 type SecretFile struct{ Key, Path string }
 
-// SecretFiles lists the configured files that hold secrets (keys, passwords, the users
-// file's hashes), for the warning about files others may read.
+// DefaultTokenKeyFile is where the token signing key is made and kept when
+// auth.token.key_file is empty (and the index is not shared: then the index keeps it).
+func (c *Config) DefaultTokenKeyFile() string {
+	return filepath.Join(c.Data, "auth", "token-key.pem")
+}
+
+// SecretFiles lists the files that hold secrets (keys, passwords, the users
+// file's hashes; the token signing key made in the data directory too), for the
+// warning about files others may read.
 func (c *Config) SecretFiles() []SecretFile {
 	var out []SecretFile
 	add := func(key, path string) {
@@ -1189,6 +1198,9 @@ func (c *Config) SecretFiles() []SecretFile {
 	add("auth.users_file", c.Auth.UsersFile)
 	add("auth.ldap.bind_password_file", c.Auth.LDAP.BindPasswordFile)
 	add("auth.token.key_file", c.Auth.Token.KeyFile)
+	if c.Auth.Mode == "token" && c.Auth.Token.KeyFile == "" {
+		add("auth.token.key_file", c.DefaultTokenKeyFile())
+	}
 	add("storage.s3.secret_access_key_file", c.Storage.S3.SecretAccessKeyFile)
 	add("index.postgres.password_file", c.Index.Postgres.PasswordFile)
 	for i, r := range c.Registries {

@@ -68,7 +68,14 @@ func (g *Gateway) authenticate(ctx *fasthttp.RequestCtx) (*principal, error) {
 			// login: no credentials, said in a header.
 			return &principal{}, nil
 		}
-		id, err := g.live(ctx).Auth.Login(g.life, user, password, g.clientAddr(ctx))
+		// A password check costs (bcrypt, an LDAP bind): under the rate limit of the
+		// token endpoint, unless the login is remembered.
+		if g.live(ctx).Auth.ChecksPassword(user, password) {
+			if err := g.limitRate(ctx, "login"); err != nil {
+				return nil, err
+			}
+		}
+		id, err := g.live(ctx).Auth.Login(g.life, user, password, g.clientKey(ctx))
 		if err != nil {
 			return nil, g.loginError(ctx, err)
 		}

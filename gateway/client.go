@@ -43,12 +43,18 @@ func (g *Gateway) clientIP(ctx *fasthttp.RequestCtx) netip.Addr {
 	return client
 }
 
-// clientAddr is clientIP as text, for rate limits and logs.
-func (g *Gateway) clientAddr(ctx *fasthttp.RequestCtx) string {
-	if a := g.clientIP(ctx); a.IsValid() {
+// clientKey is what per-client limits (open uploads, login lockouts) count the
+// request's client by, as text: its address as the connection limits and the rate
+// limit count it (addrKey: an IPv4 address, an IPv6 /64), or "unknown".
+func (g *Gateway) clientKey(ctx *fasthttp.RequestCtx) string {
+	a := g.clientIP(ctx)
+	switch {
+	case !a.IsValid():
+		return "unknown"
+	case a.Is4():
 		return a.String()
 	}
-	return "unknown"
+	return addrKey(a).String()
 }
 
 // forwardedByUntrusted reports whether a request says it was forwarded (it names

@@ -35,7 +35,8 @@ type Limits struct {
 	// (which has MaxManifestSize). 0: DefaultMaxBodySize.
 	MaxBodySize int64
 	// RatePerSecond and RateBurst are a token bucket per client address for the
-	// catalog, search and the token endpoint. RatePerSecond 0: no limit.
+	// catalog, search, the token endpoint and password checks. RatePerSecond 0: no
+	// limit.
 	RatePerSecond float64
 	RateBurst     int
 }
@@ -123,10 +124,10 @@ func (g *Gateway) admit(c net.Conn) net.Conn {
 		g.refuse(c, peer, limit, refusal)
 		return nil
 	}
-	lc := &limitedConn{Conn: c, a: a, key: key, counted: counted}
+	lc := &limitedConn{Conn: c, a: a, key: key, counted: counted, writeStall: g.opts.WriteTimeout}
 	if tc, ok := c.(*tls.Conn); ok {
 		// fasthttp finds TLS (the handshake, IsTLS) by these methods.
-		return &limitedTLSConn{lc, tc}
+		return &limitedTLSConn{limitedConn: lc, tls: tc, headersBy: time.Now().Add(g.opts.HeaderTimeout)}
 	}
 	return lc
 }
@@ -192,13 +193,20 @@ func rawErrorResponse(e *oci.Error) []byte {
 	return append([]byte(head+"\r\n"), body...)
 }
 
-// limitedConn is an admitted connection: closing it lets its place go.
+// limitedConn is an admitted connection: closing it lets its place go. Each write
+// to it must make progress within writeStall: a client that stops taking a response
+// (pipelined requests whose answers it never reads, a blob it never reads) is cut off
+// then, while one reading a large blob slowly but steadily is not.
 type limitedConn struct {
 	net.Conn
-	a       *admission
-	key     netip.Prefix
-	counted bool
-	once    sync.Once
+	a          *admission
+	key        netip.Prefix
+	counted    bool
+	once       sync.Once
+	writeStall time.Duration
+	// writeDeadline is a write deadline set from outside (UnixNano; 0: none): the
+	// writes' own never go past it.
+	writeDeadline atomic.Int64
 }
 
 func (c *limitedConn) Close() error {
@@ -206,13 +214,84 @@ func (c *limitedConn) Close() error {
 	return c.Conn.Close()
 }
 
-// ReadFrom keeps the connection's own (sendfile for blob files): fasthttp writes file
-// bodies through it.
-func (c *limitedConn) ReadFrom(r io.Reader) (int64, error) {
-	if rf, ok := c.Conn.(io.ReaderFrom); ok {
-		return rf.ReadFrom(r)
+func (c *limitedConn) SetDeadline(t time.Time) error {
+	c.setWriteDeadline(t)
+	return c.Conn.SetDeadline(t)
+}
+
+func (c *limitedConn) SetWriteDeadline(t time.Time) error {
+	c.setWriteDeadline(t)
+	return c.Conn.SetWriteDeadline(t)
+}
+
+func (c *limitedConn) setWriteDeadline(t time.Time) {
+	var ns int64
+	if !t.IsZero() {
+		ns = t.UnixNano()
 	}
-	return io.Copy(struct{ io.Writer }{c.Conn}, r)
+	c.writeDeadline.Store(ns)
+}
+
+// armWrite gives the next write writeStall, within a deadline set from outside.
+func (c *limitedConn) armWrite() {
+	d := time.Now().Add(c.writeStall)
+	if ns := c.writeDeadline.Load(); ns != 0 && ns < d.UnixNano() {
+		d = time.Unix(0, ns)
+	}
+	c.Conn.SetWriteDeadline(d)
+}
+
+// again reports whether a write that ended with err after n bytes goes on: it timed
+// out having made progress, before any deadline set from outside. (Over TLS a write
+// that timed out breaks the connection: the next fails at once.)
+func (c *limitedConn) again(n int64, err error) bool {
+	var ne net.Error
+	if n == 0 || !errors.As(err, &ne) || !ne.Timeout() {
+		return false
+	}
+	ns := c.writeDeadline.Load()
+	return ns == 0 || time.Now().UnixNano() < ns
+}
+
+func (c *limitedConn) Write(p []byte) (int, error) {
+	n := 0
+	for {
+		c.armWrite()
+		m, err := c.Conn.Write(p[n:])
+		n += m
+		if err == nil || !c.again(int64(m), err) {
+			return n, err
+		}
+	}
+}
+
+// ReadFrom keeps the connection's own for files (sendfile for blob files: fasthttp
+// writes file bodies through it), which goes on from where a write that timed out
+// stopped; anything else goes through Write.
+func (c *limitedConn) ReadFrom(r io.Reader) (int64, error) {
+	rf, ok := c.Conn.(io.ReaderFrom)
+	if !ok || !isFile(r) {
+		return io.Copy(struct{ io.Writer }{c}, r)
+	}
+	var n int64
+	for {
+		c.armWrite()
+		m, err := rf.ReadFrom(r)
+		n += m
+		if err == nil || !c.again(m, err) {
+			return n, err
+		}
+	}
+}
+
+// isFile reports whether r is a file, or a part of one: sendfile moves its offset
+// past what it sent, so a ReadFrom cut short loses nothing.
+func isFile(r io.Reader) bool {
+	if lr, ok := r.(*io.LimitedReader); ok {
+		r = lr.R
+	}
+	_, ok := r.(*os.File)
+	return ok
 }
 
 // CloseWrite shuts the sending side (lingeringClose).
@@ -223,12 +302,35 @@ func (c *limitedConn) CloseWrite() error {
 	return errors.ErrUnsupported
 }
 
+// limitedTLSConn is an admitted TLS connection. Its handshake and first request's
+// headers share the header timeout from its opening: fasthttp gives each of them the
+// whole of it, so read deadlines are clamped to headersBy until the first one after
+// the handshake.
 type limitedTLSConn struct {
 	*limitedConn
-	tls *tls.Conn
+	tls        *tls.Conn
+	headersBy  time.Time
+	handshaken atomic.Bool
+	headersSet atomic.Bool
 }
 
-func (c *limitedTLSConn) Handshake() error                     { return c.tls.Handshake() }
+func (c *limitedTLSConn) Handshake() error {
+	defer c.handshaken.Store(true)
+	return c.tls.Handshake()
+}
+
+func (c *limitedTLSConn) SetReadDeadline(t time.Time) error {
+	if !c.headersSet.Load() {
+		if c.handshaken.Load() {
+			c.headersSet.Store(true)
+		}
+		if t.IsZero() || t.After(c.headersBy) {
+			t = c.headersBy
+		}
+	}
+	return c.limitedConn.SetReadDeadline(t)
+}
+
 func (c *limitedTLSConn) ConnectionState() tls.ConnectionState { return c.tls.ConnectionState() }
 
 func addrOf(a net.Addr) netip.Addr {
@@ -325,7 +427,7 @@ func (g *Gateway) limitRate(ctx *fasthttp.RequestCtx, route string) error {
 	if client.IsValid() {
 		name = client.String()
 	}
-	e := oci.ErrTooManyRequests.Withf("%s is over its rate of catalog, search and token requests (%g a second, %d at once: http.rate_limit); retry later",
+	e := oci.ErrTooManyRequests.Withf("%s is over its rate of catalog, search, token requests and logins (%g a second, %d at once: http.rate_limit); retry later",
 		name, lim.RatePerSecond, lim.RateBurst)
 	e.RetryAfter = strconv.Itoa(max(1, int(math.Ceil(wait.Seconds()))))
 	return e
@@ -421,12 +523,33 @@ func (g *Gateway) transportError(ctx *fasthttp.RequestCtx, err error) {
 	default:
 		e = oci.ErrMalformedRequest.Withf("the request could not be read as HTTP/1.1")
 	}
+	setRawError(ctx, e)
+}
+
+// setRawError makes e the response of a request no handler serves.
+func setRawError(ctx *fasthttp.RequestCtx, e *oci.Error) {
 	body, _ := json.Marshal(errorBody{Errors: []errorEntry{{Code: e.Code.Name, Message: e.Message}}})
 	ctx.Response.Reset()
 	ctx.SetStatusCode(e.Code.Status)
 	ctx.SetContentType("application/json")
 	ctx.Response.Header.Set("Docker-Distribution-API-Version", "registry/2.0")
 	ctx.SetBody(body)
+}
+
+// expect answers a request that asks before sending its body (Expect: 100-continue):
+// one the size limits would refuse is answered 413 at once, never invited to send it
+// (fasthttp closes the connection after); others are invited.
+func (g *Gateway) expect(ctx *fasthttp.RequestCtx) int {
+	err := g.checkBodySize(ctx)
+	if err == nil {
+		err = g.checkManifestSize(ctx)
+	}
+	e, ok := oci.AsError(err)
+	if !ok {
+		return fasthttp.StatusContinue
+	}
+	setRawError(ctx, e)
+	return e.Code.Status
 }
 
 // trustedIn reports whether a is one of l's trusted proxies.

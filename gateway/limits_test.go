@@ -364,3 +364,29 @@ func TestConnectionLimitsChangeWithAReload(t *testing.T) {
 		t.Errorf("after a reload removed the limit: %d", resp.StatusCode)
 	}
 }
+
+// A client that asks before sending a body ("Expect: 100-continue") is refused at once
+// when the limits would refuse the body: 413, never invited to send it. A body within
+// them is invited.
+func TestABodyTooLargeIsRefusedBeforeItIsSent(t *testing.T) {
+	r := startRegistry(t, t.TempDir(), registryOptions{maxManifestSize: 1 << 10, gateway: func(o *gateway.Options) {
+		o.Limits = gateway.Limits{MaxBodySize: 1 << 10}
+	}})
+	for _, c := range []struct{ name, head, code string }{
+		{"a 2 MiB body on the admin endpoint", "POST /-/admin/gc HTTP/1.1\r\nHost: x\r\nContent-Length: 2097152\r\n", "SIZE_INVALID"},
+		{"a 2 KiB manifest", "PUT /v2/a/manifests/1 HTTP/1.1\r\nHost: x\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\nContent-Length: 2048\r\n", "MANIFEST_INVALID"},
+	} {
+		c1 := dialFrom(t, "127.0.0.1", r.addr)
+		resp, body := exchange(t, c1, c.head+"Expect: 100-continue\r\n\r\n")
+		if resp.StatusCode != 413 || errorCode(t, body) != c.code {
+			t.Errorf("%s: %d %q, want 413 %s", c.name, resp.StatusCode, body, c.code)
+		}
+	}
+	c1 := dialFrom(t, "127.0.0.1", r.addr)
+	c1.SetDeadline(time.Now().Add(10 * time.Second))
+	io.WriteString(c1, "POST /v2/a/blobs/uploads/ HTTP/1.1\r\nHost: x\r\nContent-Length: 4096\r\nExpect: 100-continue\r\n\r\n")
+	line, _ := bufio.NewReader(c1).ReadString('\n')
+	if !strings.HasPrefix(line, "HTTP/1.1 100") {
+		t.Errorf("a blob upload of 4 KiB: %q, want 100 Continue", line)
+	}
+}

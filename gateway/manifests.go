@@ -77,12 +77,25 @@ func accepts(headers [][]byte, mt string) bool {
 	return false
 }
 
+// checkManifestSize refuses a manifest that declares more than the manifest size
+// limit (other requests pass).
+func (g *Gateway) checkManifestSize(ctx *fasthttp.RequestCtx) error {
+	n := int64(ctx.Request.Header.ContentLength())
+	if n <= g.opts.MaxManifestSize {
+		return nil
+	}
+	if r, err := ParseRoute(string(ctx.URI().PathOriginal())); err != nil || r.Kind != KindManifest || !ctx.IsPut() {
+		return nil
+	}
+	return oci.ErrManifestTooLarge.Withf("manifest is %d bytes, the limit is %d", n, g.opts.MaxManifestSize)
+}
+
 func (g *Gateway) putManifest(r *request) error {
 	ctx := r.ctx
-	limit := g.opts.MaxManifestSize
-	if n := ctx.Request.Header.ContentLength(); int64(n) > limit {
-		return oci.ErrManifestTooLarge.Withf("manifest is %d bytes, the limit is %d", n, limit)
+	if err := g.checkManifestSize(ctx); err != nil {
+		return err
 	}
+	limit := g.opts.MaxManifestSize
 	body, err := io.ReadAll(io.LimitReader(ctx.RequestBodyStream(), limit+1))
 	if err != nil {
 		return err

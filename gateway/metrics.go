@@ -58,7 +58,7 @@ func newMetrics(conns *admission) *metrics {
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "dockyard_http_connections_refused_total",
 			Help: "Connections refused on arrival, by the limit they were over (max_conns, max_conns_per_ip)."}, []string{"limit"}),
 		rateLimited: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "dockyard_http_rate_limited_total",
-			Help: "Requests refused (429) by their client's rate limit, by route (catalog, search, docker-search, token)."}, []string{"route"}),
+			Help: "Requests refused (429) by their client's rate limit, by route (catalog, search, docker-search, token, login)."}, []string{"route"}),
 	}
 	connections := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "dockyard_http_connections",
 		Help: "Client connections open now."}, func() float64 { return float64(conns.open()) })

@@ -37,7 +37,10 @@ type Options struct {
 	// HeaderTimeout bounds the wait for a request's line and headers (on a new
 	// connection, from when it opens); ReadTimeout bounds a body that is not blob data
 	// and any pause within blob data; UploadTimeout bounds a blob upload's body as a
-	// whole; IdleTimeout closes idle keep-alive connections.
+	// whole; IdleTimeout closes idle keep-alive connections. WriteTimeout bounds each
+	// write of a response (default ReadTimeout): a client that takes nothing of it for
+	// this long is cut off; the response as a whole has no bound (large blobs, slow
+	// links).
 	HeaderTimeout, ReadTimeout, UploadTimeout, IdleTimeout, WriteTimeout time.Duration
 	// MaxHeaderSize bounds a request's line and headers together (default 16 KiB).
 	MaxHeaderSize int
@@ -135,6 +138,9 @@ func New(opts Options) *Gateway {
 	if opts.IdleTimeout <= 0 {
 		opts.IdleTimeout = 2 * time.Minute
 	}
+	if opts.WriteTimeout <= 0 {
+		opts.WriteTimeout = opts.ReadTimeout
+	}
 	if opts.HeaderTimeout <= 0 {
 		opts.HeaderTimeout = opts.ReadTimeout
 	}
@@ -176,9 +182,11 @@ func New(opts Options) *Gateway {
 		HeaderReceived: func(*fasthttp.RequestHeader) fasthttp.RequestConfig {
 			return fasthttp.RequestConfig{ReadTimeout: g.opts.ReadTimeout} // not opts: it holds what a reload lets go
 		},
-		WriteTimeout:    opts.WriteTimeout,
+		// No WriteTimeout: fasthttp's bounds a response as a whole; the connections
+		// bound each write instead (limitedConn).
 		IdleTimeout:     opts.IdleTimeout,
 		ErrorHandler:    g.transportError,
+		ExpectHandler:   g.expect,
 		Logger:          fasthttpLogger{opts.Logger},
 		CloseOnShutdown: true,
 	}

@@ -47,7 +47,7 @@ func (g *Gateway) token(ctx *fasthttp.RequestCtx) error {
 			if !strings.HasPrefix(h, "Basic ") || !ok {
 				return g.tokenError(ctx, errors.New("malformed credentials"))
 			}
-			if id, err = g.live(ctx).Auth.Login(g.life, user, password, g.clientAddr(ctx)); err != nil {
+			if id, err = g.live(ctx).Auth.Login(g.life, user, password, g.clientKey(ctx)); err != nil {
 				return g.tokenError(ctx, err)
 			}
 		}
@@ -67,7 +67,7 @@ func (g *Gateway) token(ctx *fasthttp.RequestCtx) error {
 		scopes = strings.Fields(form.Get("scope"))
 		switch form.Get("grant_type") {
 		case "password":
-			if id, err = g.live(ctx).Auth.Login(g.life, form.Get("username"), form.Get("password"), g.clientAddr(ctx)); err != nil {
+			if id, err = g.live(ctx).Auth.Login(g.life, form.Get("username"), form.Get("password"), g.clientKey(ctx)); err != nil {
 				return g.tokenError(ctx, err)
 			}
 			offline = form.Get("access_type") == "offline"

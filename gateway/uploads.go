@@ -121,12 +121,12 @@ func (g *Gateway) tryMount(r *request, mount, fromName string) (done bool, err e
 }
 
 // clientContext tells the store who is uploading: the user, or for anonymous clients
-// their address, each with a limit of open uploads.
+// their address (an IPv6 /64), each with a limit of open uploads.
 func (g *Gateway) clientContext(r *request) context.Context {
 	if id := r.who.identity(); !id.Anonymous() {
 		return cache.WithClient(r.c, "user "+id.Name)
 	}
-	return cache.WithClient(r.c, "address "+g.clientAddr(r.ctx))
+	return cache.WithClient(r.c, "address "+g.clientKey(r.ctx))
 }
 
 func created(ctx *fasthttp.RequestCtx, location string, d oci.Digest) error {

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"sync"
 	"time"
 
@@ -73,7 +72,7 @@ func signingKey(cfg *config.Config, store *cache.Store) (crypto.Signer, error) {
 		return auth.LoadOrCreateKey(cfg.Auth.Token.KeyFile, false)
 	}
 	if !store.Shared() {
-		return auth.LoadOrCreateKey(filepath.Join(cfg.Data, "auth", "token-key.pem"), true)
+		return auth.LoadOrCreateKey(cfg.DefaultTokenKeyFile(), true)
 	}
 	fresh, err := auth.NewKeyPEM()
 	if err != nil {
