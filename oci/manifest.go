@@ -3,6 +3,7 @@ package oci
 import (
 	"bytes"
 	"encoding/json"
+	"io"
 	"mime"
 	"strconv"
 )
@@ -108,7 +109,8 @@ func ParseManifest(contentType string, body []byte) (*Manifest, error) {
 	if err := dec.Decode(&doc); err != nil {
 		return nil, ErrManifestInvalid.Withf("manifest is not valid JSON: %v", err)
 	}
-	if dec.More() {
+	// More() would miss a stray '}' or ']' after the object: only the end may follow.
+	if _, err := dec.Token(); err != io.EOF {
 		return nil, ErrManifestInvalid.Withf("manifest has data after its JSON object")
 	}
 	mediaType := doc.MediaType
