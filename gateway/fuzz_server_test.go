@@ -107,6 +107,9 @@ func startFuzzServer(f *testing.F) *fuzzServer {
 	r.headers = []string{"Host", fuzzHost}
 	s.blob = r.pushBlob("a", s.blobBytes)
 	s.manifest = sha256Of(r.pushImage("a", "v1", []byte(`{"os":"linux"}`), s.blobBytes))
+	r.headers = append(r.headers, "Authorization", basic("alice", "alice-pw"))
+	r.pushImage("private/app", "v1", []byte(`{"os":"linux"}`), s.blobBytes)
+	r.headers = []string{"Host", fuzzHost}
 	resp := r.do("GET", "/token?service="+fuzzHost+"&scope=repository:private/app:pull,push,delete", nil, "Authorization", basic("alice", "alice-pw"))
 	var tok struct{ Token string }
 	if json.Unmarshal(resp.body, &tok); tok.Token == "" {
@@ -365,6 +368,8 @@ func FuzzRequests(f *testing.F) {
 		{"DELETE", "/v2/a/manifests/v1", "", nil},
 		{"GET", "/v2/a/referrers/{manifest}?artifactType=x", "", nil},
 		{"GET", "/v2/private/app/manifests/v1", "Authorization: Bearer {token}", nil},
+		{"GET", "/v2/private/app/tags/list", "", nil},
+		{"HEAD", "/v2/private/app/blobs/{blob}", "Authorization: Basic Og==", nil},
 		{"PUT", "/v2/private/app/blobs/uploads/x", "Authorization: Basic {basic}", nil},
 		{"POST", "/v2/private/app/blobs/uploads/", "Authorization: Bearer {token}x", nil},
 		{"GET", "/v2/private/app/tags/list", "Authorization: Basic {bob}", nil},
