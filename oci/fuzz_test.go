@@ -164,6 +164,9 @@ func FuzzParseManifest(f *testing.F) {
 		{MediaTypeOCIManifest, `{"schemaVersion":1,"mediaType":"` + MediaTypeDockerSchema1 + `"}`},
 		{MediaTypeOCIIndex, `{"schemaVersion":2,"mediaType":"` + MediaTypeOCIManifest + `","config":` + cfg + `}`},
 		{"", `[1,2]`},
+		// Regressions: stored, and unreadable by clients (go-containerregistry fails).
+		{MediaTypeOCIIndex, `{"schemaVersion":2,"manifests":[` + strings.Replace(child, `"platform":{`, `"platform":{"os":1,`, 1) + `]}`},
+		{"", `{"schemaVersion":2,"config":` + strings.Replace(cfg, `"size":2`, `"size":2,"data":"!!"`, 1) + `}`},
 		{"", `{"schemaVersion":2,"config":` + cfg + `} {}`},
 	}
 	for _, s := range seeds {
