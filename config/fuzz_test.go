@@ -14,6 +14,7 @@ import (
 // A duration in days is exactly that many days, never one that wrapped around; any
 // other form reads as Go's time.ParseDuration reads it.
 func FuzzParseDuration(f *testing.F) {
+	// 106752d and up wrapped around to negative durations (regression).
 	for _, s := range []string{"30d", "0d", "-1d", "+2d", "1h30m", "-5m", "d", "1.5d", "106751d", "106752d", "9223372036854775807d", ""} {
 		f.Add(s)
 	}
@@ -65,7 +66,7 @@ func FuzzLoad(f *testing.F) {
 	for _, s := range []string{
 		"", "listen: ':5000'\n", "http:\n  read_timeout: -1s\n", "http:\n  max_manifest_size: 9EiB\n",
 		"registries:\n- {name: hub, type: proxy, upstream: {url: 'https://r.example', tag_ttl: 200000d}}\nroutes:\n- {host: '*', registry: hub}\n",
-		"auth:\n  mode: token\n  users_file: users.htpasswd\n  token: {ttl: -5m}\n",
+		"auth:\n  mode: token\n  users_file: users.htpasswd\n  token: {ttl: -5m}\n", // regression: loaded
 		"registries: 5\n", "a: &a [*a]\n", "lifecycle: {retention: [{registries: [default], repositories: ['**'], pulled_within: -1d}]}\n",
 	} {
 		f.Add([]byte(s))
