@@ -4,7 +4,7 @@ BIN     := bin/dockyard
 DATA    ?= ./data
 LISTEN  ?= :5000
 
-.PHONY: build run test unit e2e bench soak tools lint clean image
+.PHONY: build run test unit fuzz fuzz-short e2e bench soak tools lint clean image
 
 build:
 	$(GO) build -trimpath -o $(BIN) ./cmd/dockyard
@@ -29,9 +29,9 @@ image:
 tools:
 	./scripts/install-tools.sh
 
-# Everything: installs missing tools, then unit/integration tests and the
-# end-to-end suite (conformance, real clients, restarts).
-test: tools lint unit e2e
+# Everything: installs missing tools, then unit/integration tests, a short run of every
+# fuzzer and the end-to-end suite (conformance, real clients, restarts).
+test: tools lint unit fuzz-short e2e
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed: $$out"; exit 1; fi
@@ -41,6 +41,16 @@ unit:
 	DOCKYARD_S3_TESTS=1 DOCKYARD_PG_TESTS=1 DOCKYARD_REGISTRY_TESTS=1 DOCKYARD_MOUNT_TESTS=1 $(GO) test -race -count=1 ./...
 	# The store's semantics once more, on the PostgreSQL index driver.
 	DOCKYARD_PG_TESTS=1 DOCKYARD_CACHE_TESTS_INDEX=postgres $(GO) test -race -count=1 ./cache
+
+# Every fuzzer for FUZZTIME, one after the other (README, "Fuzzing"). The unit run
+# already replays their seeds and the inputs kept under testdata/fuzz/.
+FUZZTIME ?= 5m
+fuzz: tools
+	FUZZTIME=$(FUZZTIME) ./scripts/fuzz.sh
+
+# What make test runs: every fuzzer for a few seconds, one worker each.
+fuzz-short: tools
+	FUZZTIME=3s FUZZPARALLEL=1 FUZZOUT=test-results/fuzz-short ./scripts/fuzz.sh
 
 # The race detector makes big transfers slow, so unit runs shrink the proxy's cold-pull
 # test; the end-to-end run does it at full size (32 clients, one 256 MiB blob).

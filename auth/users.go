@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"regexp"
 	"strings"
 	"sync"
 	"time"
@@ -68,7 +69,7 @@ func (u *UsersFile) reload(force bool) error {
 			return fmt.Errorf("%s:%d: expected user:bcrypt-hash", u.path, n)
 		}
 		cost, err := bcrypt.Cost([]byte(hash))
-		if err != nil {
+		if err != nil || !bcryptForm.MatchString(hash) {
 			return fmt.Errorf("%s:%d: user %s: only bcrypt hashes are accepted (htpasswd -B)", u.path, n, name)
 		}
 		if cost < MinBcryptCost {
@@ -82,6 +83,10 @@ func (u *UsersFile) reload(force bool) error {
 	u.users, u.modTime = users, fi.ModTime()
 	return nil
 }
+
+// bcryptForm is a whole bcrypt hash as htpasswd -B writes it: bcrypt.Cost reads only
+// its head, and takes other versions ("$0") and hashes of any length.
+var bcryptForm = regexp.MustCompile(`^\$2[abxy]?\$[0-9]{2}\$[./A-Za-z0-9]{53}$`)
 
 // dummyHash keeps the time of a check for an unknown user close to a known user's.
 var dummyHash, _ = bcrypt.GenerateFromPassword([]byte("dockyard timing equaliser"), MinBcryptCost)

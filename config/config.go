@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"math"
 	"net/netip"
 	"net/url"
 	"os"
@@ -705,27 +706,21 @@ func (c *Config) Validate() error {
 	if !slices.Contains([]string{"text", "json"}, c.Log.Format) {
 		bad("log.format", "must be text or json, not %q", c.Log.Format)
 	}
-	for _, d := range []struct {
-		path string
-		v    time.Duration
-	}{{"http.header_timeout", c.HTTP.HeaderTimeout}, {"http.read_timeout", c.HTTP.ReadTimeout}, {"http.upload_timeout", c.HTTP.UploadTimeout}, {"http.idle_timeout", c.HTTP.IdleTimeout}, {"http.write_timeout", c.HTTP.WriteTimeout}, {"http.shutdown_timeout", c.HTTP.ShutdownTimeout}} {
-		if d.v < 0 {
-			bad(d.path, "must not be negative")
-		}
-	}
+	// Every duration and size, wherever it is: a setting added later cannot forget it.
+	negatives(reflect.ValueOf(*c), "", bad)
 	for i, p := range c.HTTP.TrustedProxies {
 		if _, err := ParsePrefix(p); err != nil {
 			bad(fmt.Sprintf("http.trusted_proxies[%d]", i), "%v", err)
 		}
 	}
-	if c.HTTP.MaxManifestSize <= 0 {
+	if c.HTTP.MaxManifestSize == 0 {
 		bad("http.max_manifest_size", "must be positive")
 	}
 	if h := c.HTTP.MaxHeaderSize; h < MinHeaderSize || h > MaxHeaderSize {
 		bad("http.max_header_size", "must be between %s and %s (long Authorization headers need several KiB)",
 			humanize.IBytes(MinHeaderSize), humanize.IBytes(MaxHeaderSize))
 	}
-	if c.HTTP.MaxBodySize <= 0 {
+	if c.HTTP.MaxBodySize == 0 {
 		bad("http.max_body_size", "must be positive")
 	}
 	if c.HTTP.MaxConns < 0 {
@@ -757,7 +752,7 @@ func (c *Config) Validate() error {
 		if p.MaxConns <= 0 {
 			bad("index.postgres.max_conns", "must be positive")
 		}
-		if p.Timeout <= 0 {
+		if p.Timeout == 0 {
 			bad("index.postgres.timeout", "must be positive")
 		}
 	default:
@@ -770,13 +765,10 @@ func (c *Config) Validate() error {
 	default:
 		bad("storage.driver", "must be filesystem or s3, not %q", c.Storage.Driver)
 	}
-	if c.Storage.MinFreeSpace < 0 {
-		bad("storage.min_free_space", "must not be negative")
-	}
-	if c.Limits.UploadBuffers <= 0 {
+	if c.Limits.UploadBuffers == 0 {
 		bad("limits.upload_buffers", "must be positive")
 	}
-	if c.Limits.ManifestCache <= 0 {
+	if c.Limits.ManifestCache == 0 {
 		bad("limits.manifest_cache", "must be positive")
 	}
 	if c.Limits.UploadSessionsPerClient < 0 {
@@ -972,9 +964,6 @@ func (c *Config) validateLifecycle(types map[string]string, bad func(path, forma
 			}
 		}
 	}
-	if l.GC.Interval < 0 || l.GC.Grace < 0 || l.Uploads.PurgeAfter < 0 || l.Uploads.Interval < 0 {
-		bad("lifecycle", "intervals and grace periods must not be negative")
-	}
 }
 
 var (
@@ -1043,8 +1032,8 @@ func (c *Config) validateNotifications(types map[string]string, bad func(path, f
 				bad(p+".secret_file", "cannot be read: %v", err)
 			}
 		}
-		if n.Timeout < 0 || n.BackoffInitial < 0 || n.BackoffMax < 0 || n.MaxAge < 0 || n.MaxEvents < 0 {
-			bad(p, "timeout, backoff_initial, backoff_max, max_age and max_events must not be negative")
+		if n.MaxEvents < 0 {
+			bad(p+".max_events", "must not be negative")
 		}
 		if n.BackoffInitial > n.BackoffMax {
 			bad(p+".backoff_initial", "must not exceed backoff_max (%s)", n.BackoffMax)
@@ -1110,9 +1099,6 @@ func (c *Config) validateUpstream(p string, u Upstream, bad func(path, format st
 			bad(p+".ca_file", "cannot be read: %v", err)
 		}
 	}
-	if u.Timeout < 0 || u.TagTTL < 0 || u.NegativeTTL < 0 || u.MaxSize < 0 {
-		bad(p, "timeout, tag_ttl, negative_ttl and max_size must not be negative")
-	}
 }
 
 var headerValueType = reflect.TypeOf(HeaderValue{})
@@ -1127,8 +1113,6 @@ func headerValueHook(from, to reflect.Type, data any) (any, error) {
 	}
 	return data, nil
 }
-
-var durationType = reflect.TypeOf(time.Duration(0))
 
 // durationHook reads durations with ParseDuration.
 func durationHook(from, to reflect.Type, data any) (any, error) {
@@ -1146,17 +1130,55 @@ func durationHook(from, to reflect.Type, data any) (any, error) {
 func ParseDuration(str string) (time.Duration, error) {
 	if days, found := strings.CutSuffix(str, "d"); found {
 		n, err := strconv.Atoi(days)
-		if err != nil || n < 0 {
-			return 0, fmt.Errorf("invalid duration %q", str)
+		if err != nil || n < 0 || n > math.MaxInt64/int(24*time.Hour) {
+			return 0, fmt.Errorf("invalid duration %q (0 to 106751 days)", str)
 		}
 		return time.Duration(n) * 24 * time.Hour, nil
 	}
 	return time.ParseDuration(str)
 }
 
-var quotedKey = regexp.MustCompile(`^'([^']*)' (.*)$`)
+var (
+	durationType = reflect.TypeOf(time.Duration(0))
+	byteSizeType = reflect.TypeOf(ByteSize(0))
+)
 
-var byteSizeType = reflect.TypeOf(ByteSize(0))
+// negatives reports every duration and size below zero in v, by its key path.
+func negatives(v reflect.Value, path string, bad func(path, format string, args ...any)) {
+	join := func(key string) string {
+		if path == "" {
+			return key
+		}
+		return path + "." + key
+	}
+	switch v.Kind() {
+	case reflect.Pointer:
+		if !v.IsNil() {
+			negatives(v.Elem(), path, bad)
+		}
+	case reflect.Struct:
+		for i := 0; i < v.NumField(); i++ {
+			key, _, _ := strings.Cut(v.Type().Field(i).Tag.Get("mapstructure"), ",")
+			negatives(v.Field(i), join(key), bad)
+		}
+	case reflect.Slice:
+		for i := 0; i < v.Len(); i++ {
+			negatives(v.Index(i), fmt.Sprintf("%s[%d]", path, i), bad)
+		}
+	case reflect.Map:
+		keys := v.MapKeys()
+		slices.SortFunc(keys, func(a, b reflect.Value) int { return strings.Compare(fmt.Sprint(a), fmt.Sprint(b)) })
+		for _, k := range keys {
+			negatives(v.MapIndex(k), join(fmt.Sprint(k)), bad)
+		}
+	case reflect.Int64:
+		if (v.Type() == durationType || v.Type() == byteSizeType) && v.Int() < 0 {
+			bad(path, "must not be negative")
+		}
+	}
+}
+
+var quotedKey = regexp.MustCompile(`^'([^']*)' (.*)$`)
 
 func byteSizeHook(from, to reflect.Type, data any) (any, error) {
 	if to != byteSizeType {

@@ -344,10 +344,38 @@ notifications:
 		"notifications[1].headers.x-both: set value or file", "notifications[1].headers.x-file.file: cannot be read",
 		"notifications[1].headers.x-crlf: a header value must not hold line breaks",
 		"notifications[1].secret_file: cannot be read", "notifications[1].backoff_initial: must not exceed",
-		"notifications[1]: timeout, backoff_initial",
+		"notifications[1].max_events: must not be negative",
 	} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("missing %q in:\n%v", want, err)
 		}
+	}
+}
+
+// A negative duration or size is refused wherever it is, with its key path: settings
+// the server would quietly replace (a token lifetime) or that wrapped around (days
+// past int64) included.
+func TestNegativeDurationsAndSizesAreRefusedEverywhere(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "neg.yaml")
+	os.WriteFile(path, []byte(`
+http: {read_timeout: -1s, cors: {max_age: -1m}}
+auth: {mode: none, token: {ttl: -5m}, rate_limit: {lockout: -1h}}
+registries:
+  - {name: hub, type: proxy, upstream: {url: "https://r.example", tag_ttl: -1h}, cache: {max_size: -1}}
+routes: [{host: "*", registry: hub}]
+lifecycle: {gc: {grace: -1h}}
+`), 0o600)
+	_, err := Load(path)
+	if err == nil {
+		t.Fatal("loaded")
+	}
+	for _, key := range []string{"http.read_timeout", "http.cors.max_age", "auth.token.ttl", "auth.rate_limit.lockout",
+		"registries[0].upstream.tag_ttl", "registries[0].cache.max_size", "lifecycle.gc.grace"} {
+		if !strings.Contains(err.Error(), key+": must not be negative") {
+			t.Errorf("missing %s in:\n%v", key, err)
+		}
+	}
+	if _, err := ParseDuration("106752d"); err == nil {
+		t.Error("106752 days (past int64 nanoseconds) accepted")
 	}
 }

@@ -84,8 +84,13 @@ func (g *Gateway) authenticate(ctx *fasthttp.RequestCtx) (*principal, error) {
 	return nil, g.challenge(ctx, "", "", "unsupported Authorization scheme")
 }
 
+// basicCredentials reads a Basic Authorization value; ok is false for anything else.
 func basicCredentials(h string) (user, password string, ok bool) {
-	raw, err := base64.StdEncoding.DecodeString(strings.TrimSpace(h[len("Basic "):]))
+	b64, ok := strings.CutPrefix(h, "Basic ")
+	if !ok {
+		return "", "", false
+	}
+	raw, err := base64.StdEncoding.DecodeString(strings.TrimSpace(b64))
 	if err != nil {
 		return "", "", false
 	}

@@ -112,23 +112,27 @@ func parseRange(h string, size int64) (start, length int64, partial bool, err er
 	}
 	unsatisfiable := oci.ErrRangeNotSatisfiable.Withf("range %q is outside the blob's %d bytes", h, size)
 	if first == "" { // suffix: the last N bytes
-		n, perr := strconv.ParseInt(last, 10, 64)
-		if perr != nil || n < 0 {
+		n, ok := parseDigits(last)
+		if !ok {
 			return 0, size, false, nil
 		}
 		if n == 0 {
 			return 0, 0, false, unsatisfiable
 		}
+		if size == 0 {
+			// RFC 9110 calls it satisfiable, but no Content-Range can say "no bytes".
+			return 0, 0, false, nil
+		}
 		n = min(n, size)
 		return size - n, n, true, nil
 	}
-	s, perr := strconv.ParseInt(first, 10, 64)
-	if perr != nil || s < 0 {
+	s, ok := parseDigits(first)
+	if !ok {
 		return 0, size, false, nil
 	}
 	e := size - 1
 	if last != "" {
-		if e, perr = strconv.ParseInt(last, 10, 64); perr != nil {
+		if e, ok = parseDigits(last); !ok {
 			return 0, size, false, nil
 		}
 		if e < s { // a backwards range can never be satisfied
@@ -140,6 +144,16 @@ func parseRange(h string, size int64) (start, length int64, partial bool, err er
 		return 0, 0, false, unsatisfiable
 	}
 	return s, e - s + 1, true, nil
+}
+
+// parseDigits reads a position of a range: decimal digits only (strconv alone takes a
+// sign), within int64.
+func parseDigits(s string) (int64, bool) {
+	if s == "" || strings.TrimLeft(s, "0123456789") != "" {
+		return 0, false
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	return n, err == nil
 }
 
 func (g *Gateway) deleteBlob(r *request) error {

@@ -24,7 +24,7 @@ import (
 type testRegistry struct {
 	// headers are sent with every request (credentials).
 	headers []string
-	t       *testing.T
+	t       testing.TB
 	dir     string
 	addr    string
 	store   *cache.Store
@@ -46,7 +46,7 @@ type registryOptions struct {
 	store func(*cache.Options)
 }
 
-func startRegistry(t *testing.T, dir string, o registryOptions) *testRegistry {
+func startRegistry(t testing.TB, dir string, o registryOptions) *testRegistry {
 	t.Helper()
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	if testing.Verbose() {

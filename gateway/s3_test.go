@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"flag"
 	"fmt"
 	"io"
 	"net/http"
@@ -34,6 +35,12 @@ var (
 )
 
 func TestMain(m *testing.M) {
+	flag.Parse()
+	if fuzz := flag.Lookup("test.fuzz"); fuzz != nil && fuzz.Value.String() != "" {
+		// A fuzzing run (its coordinator and each worker process run this) needs
+		// neither server.
+		os.Exit(m.Run())
+	}
 	var err error
 	if s3server, err = s3test.Shared(); err == nil {
 		pgserver, err = pgtest.Shared()

@@ -44,7 +44,7 @@ func (g *Gateway) token(ctx *fasthttp.RequestCtx) error {
 		offline = string(args.Peek("offline_token")) == "true"
 		if h := string(ctx.Request.Header.Peek("Authorization")); h != "" {
 			user, password, ok := basicCredentials(h)
-			if !strings.HasPrefix(h, "Basic ") || !ok {
+			if !ok {
 				return g.tokenError(ctx, errors.New("malformed credentials"))
 			}
 			if id, err = g.live(ctx).Auth.Login(g.life, user, password, g.clientKey(ctx)); err != nil {
@@ -146,6 +146,8 @@ func (g *Gateway) tokenError(ctx *fasthttp.RequestCtx, err error) error {
 		return g.loginError(ctx, err)
 	}
 	g.metrics.loginFailed(err)
+	// A 401 carries a challenge (RFC 9110): the token endpoint's is Basic.
+	ctx.Response.Header.Set("WWW-Authenticate", `Basic realm="dockyard"`)
 	if errors.Is(err, auth.ErrDirectoryUnavailable) {
 		return oci.ErrUnauthorized.Withf("login failed: the LDAP directory is unavailable")
 	}

@@ -205,20 +205,31 @@ func (g *Gateway) cancelUpload(r *request) error {
 // chunkStart reads Content-Range ("<start>-<end>", optionally with a "bytes" unit) and
 // checks it against Content-Length. It returns -1 when the header is absent.
 func chunkStart(ctx *fasthttp.RequestCtx) (int64, error) {
-	h := strings.TrimSpace(string(ctx.Request.Header.Peek("Content-Range")))
+	return parseContentRange(string(ctx.Request.Header.Peek("Content-Range")), bodyLength(ctx))
+}
+
+// parseContentRange reads a chunk's Content-Range against its body length n (-1:
+// chunked, unknown).
+func parseContentRange(h string, n int64) (int64, error) {
+	h = strings.TrimSpace(h)
 	if h == "" {
 		return -1, nil
 	}
-	spec := strings.TrimPrefix(strings.TrimPrefix(h, "bytes"), "=")
-	spec = strings.TrimSpace(spec)
-	spec, _, _ = strings.Cut(spec, "/")
-	first, last, ok := strings.Cut(spec, "-")
-	start, err1 := strconv.ParseInt(first, 10, 64)
-	end, err2 := strconv.ParseInt(last, 10, 64)
-	if !ok || err1 != nil || err2 != nil || start < 0 || end < start {
+	spec := h
+	if rest, ok := strings.CutPrefix(h, "bytes"); ok && rest != "" && (rest[0] == '=' || rest[0] == ' ') {
+		spec = strings.TrimSpace(rest[1:])
+	}
+	spec, total, hasTotal := strings.Cut(spec, "/")
+	if _, ok := parseDigits(total); hasTotal && !ok && total != "*" {
 		return 0, oci.ErrRangeInvalid.Withf("invalid Content-Range %q", h)
 	}
-	if n := bodyLength(ctx); n >= 0 && n != end-start+1 {
+	first, last, _ := strings.Cut(spec, "-")
+	start, ok1 := parseDigits(first)
+	end, ok2 := parseDigits(last)
+	if !ok1 || !ok2 || end < start {
+		return 0, oci.ErrRangeInvalid.Withf("invalid Content-Range %q", h)
+	}
+	if n >= 0 && n != end-start+1 {
 		return 0, oci.ErrRangeInvalid.Withf("Content-Range %q covers %d bytes, the body has %d", h, end-start+1, n)
 	}
 	return start, nil

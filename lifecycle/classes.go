@@ -57,15 +57,21 @@ func CompileClasses(release, candidate, snapshot string) (Classes, error) {
 
 // Of classifies a tag.
 func (c Classes) Of(tag string) Class {
+	class := Other
 	switch {
 	case c.Release.MatchString(tag):
-		return Release
+		class = Release
 	case c.Candidate.MatchString(tag):
-		return Candidate
+		class = Candidate
 	case c.Snapshot.MatchString(tag):
-		return Snapshot
+		class = Snapshot
 	}
-	return Other
+	// A version number past 64 bits cannot be ordered (retention would pass the tag
+	// over as versionless): such a tag is no version.
+	if class != Other && versionRe.MatchString(tag) && baseVersion(tag) == nil {
+		return Other
+	}
+	return class
 }
 
 // versionRe finds the MAJOR.MINOR.PATCH at the start of a tag.

@@ -3,6 +3,7 @@ package oci
 import (
 	"bytes"
 	"encoding/json"
+	"io"
 	"mime"
 	"strconv"
 )
@@ -38,6 +39,19 @@ type Descriptor struct {
 	Annotations  map[string]string `json:"annotations,omitempty"`
 	ArtifactType string            `json:"artifactType,omitempty"`
 	Platform     json.RawMessage   `json:"platform,omitempty"`
+	// Data is the content embedded in the descriptor: base64 in JSON, so that a
+	// manifest whose data clients cannot decode is refused.
+	Data []byte `json:"data,omitempty"`
+}
+
+// platform is what a descriptor's platform must read as (the image spec's fields).
+type platform struct {
+	Architecture string   `json:"architecture"`
+	OS           string   `json:"os"`
+	OSVersion    string   `json:"os.version"`
+	OSFeatures   []string `json:"os.features"`
+	Variant      string   `json:"variant"`
+	Features     []string `json:"features"`
 }
 
 // Manifest is what the registry needs to know of a pushed manifest: the references
@@ -94,6 +108,11 @@ func (d *Descriptor) validate(field string) (Descriptor, error) {
 	if d.MediaType == "" {
 		return Descriptor{}, ErrManifestInvalid.Withf("%s: mediaType is required", field)
 	}
+	if len(d.Platform) > 0 {
+		if err := json.Unmarshal(d.Platform, &platform{}); err != nil {
+			return Descriptor{}, ErrManifestInvalid.Withf("%s: platform: %v", field, err)
+		}
+	}
 	return *d, nil
 }
 
@@ -108,7 +127,8 @@ func ParseManifest(contentType string, body []byte) (*Manifest, error) {
 	if err := dec.Decode(&doc); err != nil {
 		return nil, ErrManifestInvalid.Withf("manifest is not valid JSON: %v", err)
 	}
-	if dec.More() {
+	// More() would miss a stray '}' or ']' after the object: only the end may follow.
+	if _, err := dec.Token(); err != io.EOF {
 		return nil, ErrManifestInvalid.Withf("manifest has data after its JSON object")
 	}
 	mediaType := doc.MediaType
