@@ -59,11 +59,12 @@ const flushBatch = 1000
 // transactions. What could not be written goes back to the pending records (merged
 // with pulls since), so a failed flush loses no pull time: retention rules such as
 // pulled_within must not take an image in use for an unused one.
-func (s *Store) FlushAccess() error { return s.flushAccess(s.update) }
+func (s *Store) FlushAccess() error { return s.flushAccess(false) }
 
-// flushAccess is FlushAccess through write: s.updateFreeing for the flush that a job
-// freeing space (retention, eviction) decides on, which goes where that job goes.
-func (s *Store) flushAccess(write func(func(index.Txn) error) error) error {
+// flushAccess is FlushAccess, as a write that frees space (s.updateFreeing) for the
+// flush that a job freeing space (retention, eviction) decides on, which goes where
+// that job goes.
+func (s *Store) flushAccess(freeing bool) error {
 	s.access.mu.Lock()
 	pending := s.access.pending
 	s.access.pending = nil
@@ -78,7 +79,7 @@ func (s *Store) flushAccess(write func(func(index.Txn) error) error) error {
 	written := 0
 	var err error
 	for lo := 0; lo < len(keys) && err == nil; lo += flushBatch {
-		err = s.flushKeys(write, keys[lo:min(lo+flushBatch, len(keys))], pending, &written)
+		err = s.flushKeys(freeing, keys[lo:min(lo+flushBatch, len(keys))], pending, &written)
 	}
 	if err != nil {
 		s.access.mu.Lock()
@@ -100,8 +101,8 @@ func (s *Store) flushAccess(write func(func(index.Txn) error) error) error {
 
 // flushKeys writes the pending pulls of keys (at most flushBatch: a transaction stays
 // short on any index), deleting from pending what it wrote.
-func (s *Store) flushKeys(write func(func(index.Txn) error) error, keys []string, pending map[string]pull, written *int) error {
-	return s.splitUpdate(write, 0, len(keys), func(txn index.Txn, lo, hi int) error {
+func (s *Store) flushKeys(freeing bool, keys []string, pending map[string]pull, written *int) error {
+	return s.splitUpdate(freeing, 0, len(keys), func(txn index.Txn, lo, hi int) error {
 		if hookFlushAccess != nil {
 			if err := hookFlushAccess(); err != nil {
 				return err

@@ -33,7 +33,7 @@ type cachedManifest struct {
 // unlinked from the repository; garbage collection reclaims what nothing needs.
 func (s *Store) EvictCache(ctx context.Context, reg string, maxBytes int64, pulledWithin time.Duration) (EvictReport, error) {
 	var rep EvictReport
-	if err := s.flushAccess(s.updateFreeing); err != nil {
+	if err := s.flushAccess(true); err != nil {
 		return rep, err
 	}
 	var manifests []cachedManifest

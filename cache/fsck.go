@@ -161,7 +161,7 @@ func (s *Store) Check(ctx context.Context, opts CheckOptions) (CheckReport, erro
 		return rep, errors.New("fsck: this index is no longer held alone (its lock connection was lost); nothing repaired, run the repair again")
 	}
 	// Many fixes share a transaction, as many as Badger takes.
-	err = s.splitUpdate(s.update, 0, len(fixes), func(txn index.Txn, lo, hi int) error {
+	err = s.splitUpdate(false, 0, len(fixes), func(txn index.Txn, lo, hi int) error {
 		for _, fix := range fixes[lo:hi] {
 			if err := fix(txn); err != nil {
 				return err

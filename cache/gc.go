@@ -117,25 +117,37 @@ func batches[T any](items []T, cost func(T) int) [][]T {
 	return out
 }
 
-// splitUpdate runs apply on items [lo, hi) in one transaction written by write
-// (s.update, or s.updateFreeing), or, when Badger finds it too big, on each half in
-// turn; commit is told which ranges committed. apply must build its results afresh on
-// every call (a transaction runs again on a conflict). A single item too big for a
-// transaction is returned as index.ErrTxnTooBig.
-func (s *Store) splitUpdate(write func(func(index.Txn) error) error, lo, hi int, apply func(txn index.Txn, lo, hi int) error, commit func(lo, hi int)) error {
-	err := write(func(txn index.Txn) error { return apply(txn, lo, hi) })
-	if errors.Is(err, index.ErrTxnTooBig) && hi-lo > 1 {
+// splitUpdate runs apply on items [lo, hi) in one transaction (one that frees space,
+// s.updateFreeing, when freeing), or, when the index finds it too big, or it
+// conflicted with concurrent writes on each of a few attempts, on each half in turn;
+// commit is told which ranges committed. apply must build its results afresh on every
+// call (a transaction runs again on a conflict). A single item too big for a
+// transaction is returned as index.ErrTxnTooBig; a single item is retried as long as
+// any write is.
+func (s *Store) splitUpdate(freeing bool, lo, hi int, apply func(txn index.Txn, lo, hi int) error, commit func(lo, hi int)) error {
+	attempts := index.Attempts
+	if hi-lo > 1 {
+		attempts = splitAttempts
+	}
+	err := index.TryUpdate(s.db, func(txn index.Txn) error { return apply(txn, lo, hi) }, freeing, attempts)
+	if (errors.Is(err, index.ErrTxnTooBig) || errors.Is(err, index.ErrContended)) && hi-lo > 1 {
 		mid := (lo + hi) / 2
-		if err := s.splitUpdate(write, lo, mid, apply, commit); err != nil {
+		if err := s.splitUpdate(freeing, lo, mid, apply, commit); err != nil {
 			return err
 		}
-		return s.splitUpdate(write, mid, hi, apply, commit)
+		return s.splitUpdate(freeing, mid, hi, apply, commit)
 	}
 	if err == nil {
 		commit(lo, hi)
 	}
 	return err
 }
+
+// splitAttempts is how often a transaction of several items runs before it is split:
+// a big transaction that reads what pushes change (reference counts of shared layers;
+// on PostgreSQL, whole tables once its predicate locks are coarsened) conflicts more
+// often the longer it runs, and can conflict on every attempt while pushes go on.
+const splitAttempts = 4
 
 func (s *Store) collectOnce(ctx context.Context, cutoff int64, dryRun bool) (GCReport, error) {
 	var r GCReport
@@ -250,7 +262,7 @@ func stillUnreferenced(txn index.Txn, k []byte, cutoff int64) (refRecord, bool, 
 // reference, in transactions that re-check every count.
 func (s *Store) deleteContents(batch []oci.Digest, cutoff int64) (int, error) {
 	var deleted, attempt []oci.Digest
-	err := s.splitUpdate(s.updateFreeing, 0, len(batch), func(txn index.Txn, lo, hi int) error {
+	err := s.splitUpdate(true, 0, len(batch), func(txn index.Txn, lo, hi int) error {
 		attempt = attempt[:0]
 		for _, d := range batch[lo:hi] {
 			_, ok, err := stillUnreferenced(txn, contentRefsKey(d), cutoff)
@@ -344,7 +356,7 @@ func (s *Store) deleteBlobs(ctx context.Context, batch []oci.Digest, cutoff int6
 		// Try the rest in one go (split as needed); a blob too big alone is unlinked in
 		// chunks, then the rest goes on after it.
 		hi := len(sorted)
-		err := s.splitUpdate(s.updateFreeing, lo, hi, apply, commit)
+		err := s.splitUpdate(true, lo, hi, apply, commit)
 		if err == nil {
 			break
 		}
@@ -388,7 +400,7 @@ var fileDeleteDelay time.Duration
 // its own, committing the items before it; -1 if none is.
 func (s *Store) firstTooBig(items []oci.Digest, lo, hi int, apply func(txn index.Txn, lo, hi int) error, commit func(lo, hi int)) int {
 	for i := lo; i < hi; i++ {
-		if err := s.splitUpdate(s.updateFreeing, i, i+1, apply, commit); errors.Is(err, index.ErrTxnTooBig) {
+		if err := s.splitUpdate(true, i, i+1, apply, commit); errors.Is(err, index.ErrTxnTooBig) {
 			return i
 		}
 	}

@@ -594,7 +594,7 @@ type TagInfo struct {
 // TagInfos lists the tags of reg/repo with their push and pull times. It writes the
 // pulls gathered first, as a write that frees space: retention asks, to delete tags.
 func (s *Store) TagInfos(ctx context.Context, reg, repo string) ([]TagInfo, error) {
-	if err := s.flushAccess(s.updateFreeing); err != nil {
+	if err := s.flushAccess(true); err != nil {
 		return nil, err
 	}
 	var out []TagInfo

@@ -151,24 +151,29 @@ func (b *Badger) View(fn func(Txn) error) error {
 
 // Update retries conflicts (Badger's optimistic concurrency: a key fn read was
 // changed by a transaction that committed first). Under the reserve it refuses.
-func (b *Badger) Update(fn func(Txn) error) error { return b.update(fn, b.reserve) }
+func (b *Badger) Update(fn func(Txn) error) error { return b.update(fn, b.reserve, Attempts) }
 
 // UpdateFreeing is Update for a write that frees space (see index.Freer): it may go
 // under the reserve, down to the floor.
-func (b *Badger) UpdateFreeing(fn func(Txn) error) error { return b.update(fn, b.Floor()) }
+func (b *Badger) UpdateFreeing(fn func(Txn) error) error { return b.update(fn, b.Floor(), Attempts) }
 
-func (b *Badger) update(fn func(Txn) error, keep int64) error {
+// TryUpdate is Update (UpdateFreeing when freeing) giving up after attempts conflicts
+// (index.Trier).
+func (b *Badger) TryUpdate(fn func(Txn) error, freeing bool, attempts int) error {
+	if freeing {
+		return b.update(fn, b.Floor(), attempts)
+	}
+	return b.update(fn, b.reserve, attempts)
+}
+
+func (b *Badger) update(fn func(Txn) error, keep int64, attempts int) error {
 	// Refused at once when even an empty write would not fit, before fn's work.
 	if _, err := b.room(0, keep); err != nil {
 		return err
 	}
-	for attempt := 0; ; attempt++ {
-		err := b.commit(fn, keep)
-		if errors.Is(err, badger.ErrConflict) && attempt < 1000 {
-			continue
-		}
-		return full(tooBig(err))
-	}
+	err := retry(attempts, func() error { return b.commit(fn, keep) },
+		func(err error) bool { return errors.Is(err, badger.ErrConflict) })
+	return full(tooBig(err))
 }
 
 // commit runs fn in a transaction and commits it if its bytes fit, holding them in

@@ -8,10 +8,18 @@
 //
 // A driver gives each transaction a consistent snapshot and commits it only if
 // nothing it read (by Get or by Scan) was changed meanwhile by a transaction that
-// committed first; Update retries such conflicts itself, running fn again.
+// committed first; Update retries such conflicts itself, running fn again (up to
+// Attempts times, then ErrContended).
 package index
 
-import "errors"
+import (
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"time"
+
+	"github.com/dockyard/dockyard/oci"
+)
 
 // DB is an index.
 type DB interface {
@@ -120,6 +128,51 @@ func UpdateFreeing(db DB, fn func(Txn) error) error {
 	return db.Update(fn)
 }
 
+// Trier is implemented by drivers that can bound how often a read-write transaction
+// runs again after conflicts.
+type Trier interface {
+	// TryUpdate is Update (UpdateFreeing when freeing) giving up after attempts runs
+	// that conflicted, with an error wrapping ErrContended.
+	TryUpdate(fn func(Txn) error, freeing bool, attempts int) error
+}
+
+// TryUpdate runs fn as db.Update (or UpdateFreeing) does, giving up with ErrContended
+// after attempts conflicting runs where db can bound them. Work that can be split
+// (a collection's batch) tries a few times, then splits: a big transaction reading
+// keys concurrent writers change can conflict on every attempt.
+func TryUpdate(db DB, fn func(Txn) error, freeing bool, attempts int) error {
+	if t, ok := db.(Trier); ok {
+		return t.TryUpdate(fn, freeing, attempts)
+	}
+	if freeing {
+		return UpdateFreeing(db, fn)
+	}
+	return db.Update(fn)
+}
+
+// Attempts is how often Update runs a transaction that keeps conflicting before it
+// gives up with ErrContended.
+const Attempts = 1000
+
+// retry runs once until it succeeds, fails otherwise than by a conflict, or has
+// conflicted attempts times; between conflicting runs it waits a random while that
+// grows (up to 32 ms), so that transactions conflicting with each other spread out.
+func retry(attempts int, once func() error, conflict func(error) bool) error {
+	for attempt := 1; ; attempt++ {
+		err := once()
+		if err == nil || !conflict(err) {
+			return err
+		}
+		if attempt >= attempts {
+			busy := oci.ErrIndexUnavailable.Withf("the index is busy: a write conflicted with concurrent ones %d times; try again", attempt)
+			return fmt.Errorf("%w: %w: %w", busy, ErrContended, err)
+		}
+		if attempt > 1 {
+			time.Sleep(rand.N(time.Millisecond << min(attempt-1, 5)))
+		}
+	}
+}
+
 // Compacter is implemented by drivers that reclaim space on request (Badger's value
 // log).
 type Compacter interface {
@@ -132,4 +185,7 @@ var (
 	// ErrTxnTooBig: the transaction holds more changes than the driver takes at once;
 	// split the work.
 	ErrTxnTooBig = errors.New("index: transaction too big")
+	// ErrContended: the transaction conflicted with concurrent ones on every attempt;
+	// split the work, or try again later.
+	ErrContended = errors.New("index: transaction kept conflicting with concurrent ones")
 )

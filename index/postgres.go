@@ -174,19 +174,16 @@ func (p *Postgres) View(fn func(Txn) error) error {
 
 // Update retries serialisation failures and deadlocks: the transaction read something
 // a concurrent one changed.
-func (p *Postgres) Update(fn func(Txn) error) error {
-	return p.run(pgx.TxOptions{IsoLevel: pgx.Serializable}, fn)
-}
+func (p *Postgres) Update(fn func(Txn) error) error { return p.TryUpdate(fn, false, Attempts) }
 
-func (p *Postgres) run(opts pgx.TxOptions, fn func(Txn) error) error {
-	for attempt := 0; ; attempt++ {
-		err := p.once(opts, fn)
-		var pe *pgconn.PgError
-		if errors.As(err, &pe) && (pe.Code == "40001" || pe.Code == "40P01") && attempt < 1000 {
-			continue
-		}
-		return err
-	}
+// TryUpdate is Update giving up after attempts serialisation failures (index.Trier);
+// PostgreSQL keeps no reserve, so freeing changes nothing.
+func (p *Postgres) TryUpdate(fn func(Txn) error, _ bool, attempts int) error {
+	return retry(attempts, func() error { return p.once(pgx.TxOptions{IsoLevel: pgx.Serializable}, fn) },
+		func(err error) bool {
+			var pe *pgconn.PgError
+			return errors.As(err, &pe) && (pe.Code == "40001" || pe.Code == "40P01")
+		})
 }
 
 // acquire takes a connection from the pool, waiting at most acquireTimeout; ctx bounds

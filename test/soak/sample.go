@@ -143,26 +143,55 @@ func (r *run) indexSize(ctx context.Context) int64 {
 	return -1
 }
 
-// metric names one sampled quantity and how much it may grow over the second half:
-// a trend (least squares over the second half's samples, extrapolated over that half)
-// above max(floor, frac × the half's mean) is growth without bound.
+// metric names one sampled quantity and how much it may grow: see judge.
 type metric struct {
 	name  string
 	get   func(sample) int64
-	floor float64
-	frac  float64
+	floor float64 // growth over the second half always allowed
+	frac  float64 // of the second half's mean: growth allowed however the first half went
+	noise float64 // growth too small to compare with the first half's
 	unit  float64 // for messages and the plot
 }
 
 var metrics = []metric{
-	{"rss_mib", func(s sample) int64 { return s.rss }, 64 << 20, 0.3, 1 << 20},
-	{"goroutines", func(s sample) int64 { return s.goroutines }, 50, 0.3, 1},
-	{"open_files", func(s sample) int64 { return s.fds }, 32, 0.3, 1},
-	{"index_mib", func(s sample) int64 { return s.index }, 64 << 20, 0.5, 1 << 20},
+	{"rss_mib", func(s sample) int64 { return s.rss }, 64 << 20, 0.3, 24 << 20, 1 << 20},
+	{"goroutines", func(s sample) int64 { return s.goroutines }, 50, 0.3, 10, 1},
+	{"open_files", func(s sample) int64 { return s.fds }, 32, 0.3, 8, 1},
+	{"index_mib", func(s sample) int64 { return s.index }, 64 << 20, 0.5, 16 << 20, 1 << 20},
+}
+
+// steadyAfter is how long a run must be for judge to compare its halves: a shorter
+// one is mostly warm-up.
+const steadyAfter = 10 * time.Minute
+
+// judge says whether samples ys (at xs seconds) of m grow without bound. Growth over
+// a half is its least-squares trend extrapolated over the half, so a sawtooth (a
+// garbage collector's, a compaction's) does not count. The second half may not grow
+// by more than max(floor, frac × its mean); and in a run of steadyAfter or more it
+// may not grow by more than noise unless it grows at most half as fast as the first
+// half did: a process warming up slows down, a leak keeps its pace.
+func judge(m metric, xs, ys []float64, long bool) (ok bool, msg string) {
+	half := len(xs) / 2
+	growth := func(xs, ys []float64) (float64, float64) {
+		slope, mean := fit(xs, ys)
+		return slope * (xs[len(xs)-1] - xs[0]), mean
+	}
+	g1, _ := growth(xs[:half+1], ys[:half+1])
+	g2, mean := growth(xs[half:], ys[half:])
+	bound := max(m.floor, m.frac*mean)
+	msg = fmt.Sprintf("grew %.1f over the second half (bound %.1f, mean %.1f), %.1f over the first",
+		g2/m.unit, bound/m.unit, mean/m.unit, g1/m.unit)
+	if g2 > bound {
+		return false, msg
+	}
+	if long && g2 > m.noise && g2 > g1/2 {
+		return false, msg + ": as fast as in the first half"
+	}
+	return true, msg
 }
 
 // checkTrends fails a metric of an instance that has too few valid samples, or that
-// grows over the second half by more than its bound.
+// grows without bound (judge).
 func (r *run) checkTrends(all []sample) {
 	for _, in := range r.c.instances {
 		var s []sample
@@ -186,13 +215,8 @@ func (r *run) checkTrends(all []sample) {
 				r.check(what+" sampled", false, "%d valid samples, %d invalid", len(ys), invalid)
 				continue
 			}
-			half := len(xs) / 2
-			xs, ys = xs[half:], ys[half:]
-			slope, mean := fit(xs, ys)
-			growth := slope * (xs[len(xs)-1] - xs[0])
-			bound := max(m.floor, m.frac*mean)
-			r.check(fmt.Sprintf("%s bounded over the second half (grew %.1f, bound %.1f, mean %.1f)", what,
-				growth/m.unit, bound/m.unit, mean/m.unit), growth <= bound, "grows without bound")
+			ok, msg := judge(m, xs, ys, r.c.duration >= steadyAfter)
+			r.check(fmt.Sprintf("%s bounded (%s)", what, msg), ok, "grows without bound")
 		}
 	}
 }
