@@ -352,30 +352,11 @@ func (s *Store) deleteBlobs(ctx context.Context, batch []oci.Digest, cutoff int6
 		}
 		return nil
 	}
-	for lo := 0; lo < len(sorted); {
-		// Try the rest in one go (split as needed); a blob too big alone is unlinked in
-		// chunks, then the rest goes on after it.
-		hi := len(sorted)
-		err := s.splitUpdate(true, lo, hi, apply, commit)
-		if err == nil {
-			break
-		}
-		if !errors.Is(err, index.ErrTxnTooBig) {
-			return 0, 0, err
-		}
-		big := s.firstTooBig(sorted, lo, hi, apply, commit)
-		if big < 0 {
-			return 0, 0, err
-		}
-		size, ok, err := s.dropBigBlob(sorted[big], cutoff)
-		if err != nil {
-			return 0, 0, err
-		}
-		if ok {
-			deleted, bytes = append(deleted, sorted[big]), bytes+size
-		}
-		lo = big + 1
-	}
+	// The records of deleted go first; their files then, also when a later part of
+	// the batch failed (a split batch commits its halves apart).
+	err := s.dropBlobRecords(sorted, cutoff, apply, commit, func(d oci.Digest, size int64) {
+		deleted, bytes = append(deleted, d), bytes+size
+	})
 	for _, d := range deleted {
 		if fileDeleteDelay > 0 {
 			time.Sleep(fileDeleteDelay)
@@ -389,7 +370,33 @@ func (s *Store) deleteBlobs(ctx context.Context, batch []oci.Digest, cutoff int6
 			return len(deleted), bytes, err
 		}
 	}
-	return len(deleted), bytes, nil
+	return len(deleted), bytes, err
+}
+
+// dropBlobRecords deletes the records of the unreferenced blobs among sorted, in
+// transactions of as many as fit (apply and commit: deleteBlobs'); a blob too big alone
+// is unlinked in chunks (gone tells of it), then the rest goes on after it.
+func (s *Store) dropBlobRecords(sorted []oci.Digest, cutoff int64, apply func(txn index.Txn, lo, hi int) error, commit func(lo, hi int), gone func(oci.Digest, int64)) error {
+	for lo := 0; lo < len(sorted); {
+		hi := len(sorted)
+		err := s.splitUpdate(true, lo, hi, apply, commit)
+		if err == nil || !errors.Is(err, index.ErrTxnTooBig) {
+			return err
+		}
+		big := s.firstTooBig(sorted, lo, hi, apply, commit)
+		if big < 0 {
+			return err
+		}
+		size, ok, err := s.dropBigBlob(sorted[big], cutoff)
+		if err != nil {
+			return err
+		}
+		if ok {
+			gone(sorted[big], size)
+		}
+		lo = big + 1
+	}
+	return nil
 }
 
 // fileDeleteDelay slows the deletion of blob files; only an end-to-end test build sets

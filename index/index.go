@@ -156,7 +156,8 @@ const Attempts = 1000
 
 // retry runs once until it succeeds, fails otherwise than by a conflict, or has
 // conflicted attempts times; between conflicting runs it waits a random while that
-// grows (up to 32 ms), so that transactions conflicting with each other spread out.
+// grows (up to 4 ms), so that transactions conflicting with each other spread out
+// (the caller may hold locks meanwhile: the pauses stay short).
 func retry(attempts int, once func() error, conflict func(error) bool) error {
 	for attempt := 1; ; attempt++ {
 		err := once()
@@ -168,7 +169,7 @@ func retry(attempts int, once func() error, conflict func(error) bool) error {
 			return fmt.Errorf("%w: %w: %w", busy, ErrContended, err)
 		}
 		if attempt > 1 {
-			time.Sleep(rand.N(time.Millisecond << min(attempt-1, 5)))
+			time.Sleep(rand.N(time.Millisecond << min(attempt-1, 2)))
 		}
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -167,9 +168,12 @@ const steadyAfter = 10 * time.Minute
 // judge says whether samples ys (at xs seconds) of m grow without bound. Growth over
 // a half is its least-squares trend extrapolated over the half, so a sawtooth (a
 // garbage collector's, a compaction's) does not count. The second half may not grow
-// by more than max(floor, frac × its mean); and in a run of steadyAfter or more it
-// may not grow by more than noise unless it grows at most half as fast as the first
-// half did: a process warming up slows down, a leak keeps its pace.
+// by more than max(floor, frac × its mean). In a run of steadyAfter or more it may
+// also not grow by more than noise at over half the first half's pace (a process
+// warming up slows down, a leak keeps its pace) while its floor rises too: the lowest
+// sample of the last quarter above the second quarter's by more than noise. A
+// sawtooth's trend over a half depends on where its teeth fall; its lowest points stay
+// put (for teeth up to a quarter of the run long).
 func judge(m metric, xs, ys []float64, long bool) (ok bool, msg string) {
 	half := len(xs) / 2
 	growth := func(xs, ys []float64) (float64, float64) {
@@ -185,7 +189,12 @@ func judge(m metric, xs, ys []float64, long bool) (ok bool, msg string) {
 		return false, msg
 	}
 	if long && g2 > m.noise && g2 > g1/2 {
-		return false, msg + ": as fast as in the first half"
+		q := len(ys) / 4
+		rise := slices.Min(ys[3*q:]) - slices.Min(ys[q:2*q])
+		msg += fmt.Sprintf(", its lowest point %.1f higher in the last quarter than in the second", rise/m.unit)
+		if rise > m.noise {
+			return false, msg + ": a leak's pace"
+		}
 	}
 	return true, msg
 }
