@@ -22,9 +22,7 @@ import (
 // some push on every attempt (a 30-minute soak on PostgreSQL saw one collection retry
 // for 22 minutes and fail with 40001, and the retention runs behind it time out).
 func TestCollectionFinishesWhilePushesShareItsLayers(t *testing.T) {
-	var clock atomic.Int64
-	clock.Store(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC).UnixNano())
-	s := testStore(t, func() time.Time { return time.Unix(0, clock.Load()) })
+	s, clock := clockedStore(t)
 	ctx := context.Background()
 	shared := []byte("a layer the pushers share")
 	sd := putBlob(t, s, "r", "app", shared)
@@ -103,6 +101,13 @@ func TestCollectionFinishesWhilePushesShareItsLayers(t *testing.T) {
 	clean(t, s)
 }
 
+// clockedStore is a test store on a clock the test moves.
+func clockedStore(t *testing.T) (*Store, *atomic.Int64) {
+	clock := new(atomic.Int64)
+	clock.Store(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC).UnixNano())
+	return testStore(t, func() time.Time { return time.Unix(0, clock.Load()) }), clock
+}
+
 // chaosDB wraps the store's Badger index: transactions run through TryUpdate get a
 // (real, driver-retried) conflict injected after fn ran, as decided by inject; what fn
 // wrote is then discarded by the driver exactly as on a real conflict.
@@ -150,9 +155,7 @@ func chaos(t *testing.T, s *Store) *chaosDB {
 // deleteContents split down to single items collects every manifest exactly once and
 // releases their layers exactly once.
 func TestACollectionSplitToSingleManifestsCountsEachOnce(t *testing.T) {
-	var clock atomic.Int64
-	clock.Store(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC).UnixNano())
-	s := testStore(t, func() time.Time { return time.Unix(0, clock.Load()) })
+	s, clock := clockedStore(t)
 	ctx := context.Background()
 	shared := []byte("shared layer")
 	sd := putBlob(t, s, "r", "app", shared)
@@ -190,9 +193,7 @@ func TestACollectionSplitToSingleManifestsCountsEachOnce(t *testing.T) {
 // deleteBlobs split down to single items: report equals records gone; files of gone
 // records are gone.
 func TestACollectionSplitToSingleBlobsDeletesEachOnce(t *testing.T) {
-	var clock atomic.Int64
-	clock.Store(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC).UnixNano())
-	s := testStore(t, func() time.Time { return time.Unix(0, clock.Load()) })
+	s, clock := clockedStore(t)
 	ctx := context.Background()
 	const n = 40
 	var ds []oci.Digest
@@ -228,9 +229,7 @@ func TestACollectionSplitToSingleBlobsDeletesEachOnce(t *testing.T) {
 // on contention and other halves committed: the collection reports what it deleted,
 // and deletes the files of the records it deleted.
 func TestACollectionFailingAfterSplitHalvesCommittedDeletesTheirFiles(t *testing.T) {
-	var clock atomic.Int64
-	clock.Store(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC).UnixNano())
-	s := testStore(t, func() time.Time { return time.Unix(0, clock.Load()) })
+	s, clock := clockedStore(t)
 	ctx := context.Background()
 	const n = 8
 	var ds []oci.Digest
