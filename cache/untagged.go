@@ -75,74 +75,31 @@ type victim struct {
 // untagged computes the unreachable manifests of one repository, each after the
 // indexes listing it and after its subject.
 func (s *Store) untagged(reg, repo string, cutoff int64) ([]victim, error) {
-	records := map[oci.Digest]repoManifest{}
+	var g *repoGraph
 	kept := map[oci.Digest]bool{}
-	parents := map[oci.Digest][]oci.Digest{}
-	referrers := map[oci.Digest][]oci.Digest{} // subject → referrers
-	subjects := map[oci.Digest]oci.Digest{}
 	err := s.db.View(func(txn index.Txn) error {
-		err := scan(txn, prefix(kindRepoManifest, reg, repo), func(rest, v []byte) error {
-			var rm repoManifest
-			if err := decodeJSON(v, &rm); err != nil {
-				return err
-			}
-			records[oci.Digest(rest)] = rm
-			return nil
-		})
-		if err != nil {
+		var err error
+		if g, err = s.readGraph(txn, reg, repo); err != nil {
 			return err
 		}
-		err = scan(txn, prefix(kindTag, reg, repo), func(_, v []byte) error {
+		return scan(txn, prefix(kindTag, reg, repo), func(_, v []byte) error {
 			d, _ := decodeTagValue(v)
 			kept[d] = true
 			return nil
 		})
-		if err != nil {
-			return err
-		}
-		for d, rm := range records {
-			if rm.PushedAt > cutoff {
-				kept[d] = true // within its grace period
-			}
-			h, err := s.header(txn, d)
-			if err != nil || h == nil {
-				continue
-			}
-			for _, c := range h.Children {
-				parents[c] = append(parents[c], d)
-			}
-			if h.Subject != "" {
-				referrers[h.Subject] = append(referrers[h.Subject], d)
-				subjects[d] = h.Subject
-			}
-		}
-		return nil
 	})
 	if err != nil {
 		return nil, err
 	}
-	children := map[oci.Digest][]oci.Digest{}
-	for c, ps := range parents {
-		for _, p := range ps {
-			children[p] = append(children[p], c)
+	for d, rm := range g.records {
+		if rm.PushedAt > cutoff {
+			kept[d] = true // within its grace period
 		}
 	}
 	// Everything reachable from a kept manifest stays: children of kept indexes,
 	// referrers of kept manifests.
-	queue := make([]oci.Digest, 0, len(kept))
-	for d := range kept {
-		queue = append(queue, d)
-	}
-	for len(queue) > 0 {
-		d := queue[0]
-		queue = queue[1:]
-		for _, next := range append(append([]oci.Digest{}, children[d]...), referrers[d]...) {
-			if !kept[next] {
-				kept[next] = true
-				queue = append(queue, next)
-			}
-		}
-	}
+	g.reach(kept)
+	records, parents, subjects := g.records, g.parents, g.subjects
 	var out []victim
 	visited := map[oci.Digest]bool{}
 	var visit func(d oci.Digest)

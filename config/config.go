@@ -99,8 +99,23 @@ type Lifecycle struct {
 	Retention []Retention `mapstructure:"retention"`
 	GC        GC          `mapstructure:"gc"`
 	Uploads   Uploads     `mapstructure:"uploads"`
+	// Accessories: tags naming another manifest by digest (signatures, attestations,
+	// SBOMs, the referrers tag) and referrers follow that manifest.
+	Accessories Accessories `mapstructure:"accessories"`
 	// Admins may call /-/admin/ when authentication is on ("user:NAME", "group:NAME").
 	Admins []string `mapstructure:"admins"`
+}
+
+// Accessories configures how accessories (cosign's sha256-<hex>.sig/.att/.sbom tags, the
+// referrers tag sha256-<hex>, referrers) follow their subject.
+type Accessories struct {
+	// Tags are patterns of accessory tags for in-house tools, besides the built-in
+	// schemes: regular expressions naming the subject digest's algorithm and hex as the
+	// groups alg and hex.
+	Tags []string `mapstructure:"tags"`
+	// DeleteWithSubject: when a manifest is deleted, its accessory tags and referrers
+	// go too, after the GC grace (default true).
+	DeleteWithSubject bool `mapstructure:"delete_with_subject"`
 }
 
 // TagClasses override the patterns of tag classes (regular expressions).
@@ -495,6 +510,8 @@ func setDefaults(v *viper.Viper) {
 	v.SetDefault("lifecycle.uploads.purge_after", "24h")
 	v.SetDefault("lifecycle.uploads.interval", "1h")
 	v.SetDefault("lifecycle.classes.release", "")
+	v.SetDefault("lifecycle.accessories.delete_with_subject", true)
+	v.SetDefault("lifecycle.accessories.tags", []string{})
 	v.SetDefault("lifecycle.classes.rc", "")
 	v.SetDefault("lifecycle.classes.snapshot", "")
 	v.SetDefault("tls.key_file", "")
@@ -921,6 +938,15 @@ func (c *Config) validateLifecycle(types map[string]string, bad func(path, forma
 	for _, p := range []struct{ path, re string }{{"lifecycle.classes.release", l.Classes.Release}, {"lifecycle.classes.rc", l.Classes.RC}, {"lifecycle.classes.snapshot", l.Classes.Snapshot}} {
 		if _, err := regexp.Compile(p.re); err != nil {
 			bad(p.path, "invalid regular expression: %v", err)
+		}
+	}
+	for i, p := range l.Accessories.Tags {
+		path := fmt.Sprintf("lifecycle.accessories.tags[%d]", i)
+		re, err := regexp.Compile(p)
+		if err != nil {
+			bad(path, "invalid regular expression: %v", err)
+		} else if re.SubexpIndex("alg") < 0 || re.SubexpIndex("hex") < 0 {
+			bad(path, "must name the subject digest's algorithm and hex as (?P<alg>…) and (?P<hex>…)")
 		}
 	}
 	checkRegs := func(path string, regs []string) {

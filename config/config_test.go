@@ -379,3 +379,32 @@ lifecycle: {gc: {grace: -1h}}
 		t.Error("106752 days (past int64 nanoseconds) accepted")
 	}
 }
+
+func TestAccessorySettings(t *testing.T) {
+	dir := t.TempDir()
+	load := func(lifecycle string) (*Config, error) {
+		path := filepath.Join(dir, "acc.yaml")
+		os.WriteFile(path, []byte("registries: [{name: dev, type: hosted}]\nroutes: [{host: \"*\", registry: dev}]\n"+lifecycle), 0o644)
+		return Load(path)
+	}
+	c, err := load("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !c.Lifecycle.Accessories.DeleteWithSubject || len(c.Lifecycle.Accessories.Tags) != 0 {
+		t.Errorf("defaults: %+v, want delete_with_subject and no patterns", c.Lifecycle.Accessories)
+	}
+	c, err = load("lifecycle: {accessories: {delete_with_subject: false, tags: ['^(?P<alg>sha256)-(?P<hex>[0-9a-f]{64})\\.vex$']}}\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Lifecycle.Accessories.DeleteWithSubject || len(c.Lifecycle.Accessories.Tags) != 1 {
+		t.Errorf("set: %+v", c.Lifecycle.Accessories)
+	}
+	_, err = load("lifecycle: {accessories: {tags: ['^sha256-[0-9a-f]{64}\\.vex$', '(']}}\n")
+	for _, want := range []string{"lifecycle.accessories.tags[0]", "lifecycle.accessories.tags[1]"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("a bad pattern not reported at %s: %v", want, err)
+		}
+	}
+}

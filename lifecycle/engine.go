@@ -15,6 +15,7 @@ import (
 type Store interface {
 	ListRepositories(ctx context.Context, reg, last string, n int) ([]string, bool, error)
 	TagInfos(ctx context.Context, reg, repo string) ([]cache.TagInfo, error)
+	ManifestGraph(ctx context.Context, reg, repo string) (*cache.ManifestGraph, error)
 	DeleteTagIf(ctx context.Context, reg, repo string, tag oci.Tag, d oci.Digest, pushedBefore time.Time) (bool, error)
 	PruneUntagged(ctx context.Context, reg string, include func(repo string) bool, grace time.Duration, dryRun bool) (int, error)
 	CollectGarbage(ctx context.Context, opts cache.GCOptions) (cache.GCReport, error)
@@ -55,9 +56,12 @@ type Engine struct {
 	Registries []string // hosted registries retention may touch
 	Policies   []Policy
 	Classes    Classes
-	Immutable  *Immutability
-	Now        func() time.Time
-	Log        *slog.Logger
+	// Accessories recognises accessory tags (nil: the built-in schemes), which follow
+	// their subjects.
+	Accessories *oci.Accessories
+	Immutable   *Immutability
+	Now         func() time.Time
+	Log         *slog.Logger
 	// Events, when set, is told of every tag Apply deleted (webhooks).
 	Events Events
 	// Only, when set, restricts planning and applying to the repositories the policy
@@ -94,11 +98,20 @@ func (e *Engine) Plan(ctx context.Context, registry, repoGlob string) ([]Decisio
 					return nil, err
 				}
 				tags := make([]Tag, 0, len(infos))
+				var g Graph
 				for _, ti := range infos {
-					tags = append(tags, e.tag(ti))
+					t := e.tag(ti)
+					if t.Subject != "" && g == nil {
+						mg, err := e.Store.ManifestGraph(ctx, reg, repo)
+						if err != nil {
+							return nil, err
+						}
+						g = mg
+					}
+					tags = append(tags, t)
 				}
 				protected := func(tag string) bool { return e.Immutable.protects(reg, repo, e.Classes.Of(tag)) }
-				for _, d := range Plan(repo, tags, p.Rules, protected, e.now()) {
+				for _, d := range Plan(repo, tags, p.Rules, protected, g, p.UntaggedGrace > 0, e.now()) {
 					d.Registry, d.Policy = reg, p.Name
 					out = append(out, d)
 				}
@@ -111,6 +124,10 @@ func (e *Engine) Plan(ctx context.Context, registry, repoGlob string) ([]Decisio
 
 func (e *Engine) tag(ti cache.TagInfo) Tag {
 	t := Tag{Name: ti.Tag, Digest: string(ti.Digest), PushedAt: ti.PushedAt, PulledAt: ti.PulledAt, Class: e.Classes.Of(ti.Tag)}
+	if subject, _, ok := e.Accessories.Subject(ti.Tag); ok {
+		t.Subject, t.Class = subject, Other
+		return t
+	}
 	if t.Class != Other {
 		t.Version = baseVersion(ti.Tag)
 	}

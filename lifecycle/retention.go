@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/Masterminds/semver/v3"
+
+	"github.com/dockyard/dockyard/oci"
 )
 
 // Tag is what retention knows of a tag.
@@ -16,6 +18,9 @@ type Tag struct {
 	PulledAt time.Time // zero: never pulled
 	Class    Class
 	Version  *semver.Version // the release version the tag is about, nil for others
+	// Subject is the manifest an accessory tag (a signature's, an attestation's, an
+	// SBOM's, the referrers tag: oci.Accessories) names; "" for any other tag.
+	Subject oci.Digest
 }
 
 // Rule keeps some tags of a repository. A policy keeps a tag when any rule keeps it.
@@ -196,26 +201,49 @@ type Decision struct {
 	Tag        string `json:"tag"`
 	Digest     string `json:"digest"`
 	Class      Class  `json:"class"`
-	Keep       bool   `json:"keep"`
-	Reason     string `json:"reason"`
+	// Subject is the manifest an accessory tag follows.
+	Subject string `json:"subject,omitempty"`
+	Keep    bool   `json:"keep"`
+	Reason  string `json:"reason"`
 	// PushedAt is when the tag was pushed as the plan saw it: Apply deletes the tag only
 	// if it has not been pushed since.
 	PushedAt time.Time `json:"-"`
 }
 
+// Graph is how the manifests of a repository refer to each other (cache.ManifestGraph).
+type Graph interface {
+	// Has says whether the repository holds manifest d.
+	Has(d oci.Digest) bool
+	// Reach returns the manifests reachable from from (from included): the children
+	// of indexes, the referrers of manifests, recursively.
+	Reach(from []oci.Digest) map[oci.Digest]bool
+}
+
 // Plan decides every tag of one repository under rules. protected tags (immutable
-// releases that may not be deleted) are always kept.
-func Plan(repo string, tags []Tag, rules []Rule, protected func(tag string) bool, now time.Time) []Decision {
+// releases that may not be deleted) are always kept. An accessory tag is not judged by
+// the rules, nor counted by them: it follows its subject (see followSubjects). g may be
+// nil when no tag is an accessory; prunes says whether the policy prunes untagged
+// manifests.
+func Plan(repo string, tags []Tag, rules []Rule, protected func(tag string) bool, g Graph, prunes bool, now time.Time) []Decision {
+	var judged, accessories []Tag
+	for _, t := range tags {
+		if t.Subject != "" && g != nil {
+			accessories = append(accessories, t)
+		} else {
+			judged = append(judged, t)
+		}
+	}
 	kept := map[string]string{}
 	for _, r := range rules {
-		for name := range r.Keep(tags, now) {
+		for name := range r.Keep(judged, now) {
 			if _, ok := kept[name]; !ok {
 				kept[name] = r.Name()
 			}
 		}
 	}
 	out := make([]Decision, 0, len(tags))
-	for _, t := range tags {
+	var keptRoots, allRoots []oci.Digest
+	for _, t := range judged {
 		d := Decision{Repository: repo, Tag: t.Name, Digest: t.Digest, Class: t.Class, PushedAt: t.PushedAt}
 		switch reason, ok := kept[t.Name]; {
 		case ok:
@@ -225,8 +253,57 @@ func Plan(repo string, tags []Tag, rules []Rule, protected func(tag string) bool
 		default:
 			d.Reason = "no rule keeps it"
 		}
+		if d.Keep {
+			keptRoots = append(keptRoots, oci.Digest(t.Digest))
+		}
+		allRoots = append(allRoots, oci.Digest(t.Digest))
 		out = append(out, d)
 	}
+	if len(accessories) > 0 {
+		out = append(out, followSubjects(repo, accessories, g, prunes, keptRoots, allRoots)...)
+	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Tag < out[j].Tag })
+	return out
+}
+
+// followSubjects decides accessory tags by their subjects. A subject the kept tags
+// reach (through indexes, referrers, and in turn the accessory tags of what they
+// reach) stays, and its accessory tags with it. A subject only deleted tags reach goes
+// with its accessory tags when the policy prunes untagged manifests; otherwise it stays
+// as an untagged manifest, pullable by digest, and keeps them, as does a subject no tag
+// reaches (their tags go once it is deleted: cache's accessory collection). An
+// accessory tag whose subject is gone goes.
+func followSubjects(repo string, accessories []Tag, g Graph, prunes bool, keptRoots, allRoots []oci.Digest) []Decision {
+	grow := func(roots []oci.Digest) map[oci.Digest]bool {
+		for {
+			reached := g.Reach(roots)
+			n := len(roots)
+			for _, t := range accessories {
+				if reached[t.Subject] && !reached[oci.Digest(t.Digest)] {
+					roots = append(roots, oci.Digest(t.Digest))
+				}
+			}
+			if len(roots) == n {
+				return reached
+			}
+		}
+	}
+	keep := grow(keptRoots)
+	any := grow(allRoots)
+	out := make([]Decision, 0, len(accessories))
+	for _, t := range accessories {
+		d := Decision{Repository: repo, Tag: t.Name, Digest: t.Digest, Class: t.Class, Subject: string(t.Subject), PushedAt: t.PushedAt}
+		switch {
+		case !g.Has(t.Subject):
+			d.Reason = "follows subject " + string(t.Subject) + ", which is gone"
+		case keep[t.Subject]:
+			d.Keep, d.Reason = true, "follows subject "+string(t.Subject)+", kept"
+		case any[t.Subject] && prunes:
+			d.Reason = "follows subject " + string(t.Subject) + ", deleted"
+		default:
+			d.Keep, d.Reason = true, "follows subject "+string(t.Subject)+", untagged"
+		}
+		out = append(out, d)
+	}
 	return out
 }

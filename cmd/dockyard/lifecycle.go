@@ -41,7 +41,11 @@ func buildLifecycle(cfg *config.Config, store *cache.Store, events lifecycle.Eve
 			hosted = append(hosted, r.Name)
 		}
 	}
-	engine := &lifecycle.Engine{Store: store, Registries: hosted, Classes: classes, Immutable: im, Log: log, Events: events}
+	accessories, err := oci.NewAccessories(l.Accessories.Tags)
+	if err != nil {
+		return nil, nil, err
+	}
+	engine := &lifecycle.Engine{Store: store, Registries: hosted, Classes: classes, Accessories: accessories, Immutable: im, Log: log, Events: events}
 	every := map[string]time.Duration{}
 	for i, r := range l.Retention {
 		p := lifecycle.Policy{Name: r.Name, Registries: r.Registries, Repositories: r.Repositories, UntaggedGrace: r.UntaggedGrace}

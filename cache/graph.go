@@ -1,0 +1,106 @@
+package cache
+
+import (
+	"context"
+
+	"github.com/dockyard/dockyard/index"
+	"github.com/dockyard/dockyard/oci"
+)
+
+// repoGraph is how the manifests of one repository refer to each other, as one
+// snapshot saw them: indexes list children, referrers name a subject.
+type repoGraph struct {
+	records   map[oci.Digest]repoManifest
+	parents   map[oci.Digest][]oci.Digest // child → indexes of the repository listing it
+	children  map[oci.Digest][]oci.Digest // index → children
+	referrers map[oci.Digest][]oci.Digest // subject → referrers
+	subjects  map[oci.Digest]oci.Digest   // referrer → subject
+}
+
+// readGraph reads the manifests of reg/repo and how they refer to each other.
+func (s *Store) readGraph(txn index.Txn, reg, repo string) (*repoGraph, error) {
+	g := &repoGraph{records: map[oci.Digest]repoManifest{}, parents: map[oci.Digest][]oci.Digest{},
+		children: map[oci.Digest][]oci.Digest{}, referrers: map[oci.Digest][]oci.Digest{}, subjects: map[oci.Digest]oci.Digest{}}
+	err := scan(txn, prefix(kindRepoManifest, reg, repo), func(rest, v []byte) error {
+		var rm repoManifest
+		if err := decodeJSON(v, &rm); err != nil {
+			return err
+		}
+		g.records[oci.Digest(rest)] = rm
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	for d := range g.records {
+		h, err := s.header(txn, d)
+		if err != nil || h == nil {
+			continue
+		}
+		for _, c := range h.Children {
+			g.parents[c] = append(g.parents[c], d)
+			g.children[d] = append(g.children[d], c)
+		}
+		if h.Subject != "" {
+			g.referrers[h.Subject] = append(g.referrers[h.Subject], d)
+			g.subjects[d] = h.Subject
+		}
+	}
+	return g, nil
+}
+
+// reach marks everything reachable from the marked manifests: the children of
+// indexes, the referrers of manifests.
+func (g *repoGraph) reach(marked map[oci.Digest]bool) {
+	queue := make([]oci.Digest, 0, len(marked))
+	for d := range marked {
+		queue = append(queue, d)
+	}
+	for len(queue) > 0 {
+		d := queue[0]
+		queue = queue[1:]
+		for _, next := range [][]oci.Digest{g.children[d], g.referrers[d]} {
+			for _, n := range next {
+				if !marked[n] {
+					marked[n] = true
+					queue = append(queue, n)
+				}
+			}
+		}
+	}
+}
+
+// ManifestGraph is how the manifests of one repository refer to each other (indexes
+// list children, referrers name a subject), for retention to follow.
+type ManifestGraph struct{ g *repoGraph }
+
+// ManifestGraph reads the manifests of reg/repo in one snapshot.
+func (s *Store) ManifestGraph(ctx context.Context, reg, repo string) (*ManifestGraph, error) {
+	var g *repoGraph
+	err := s.db.View(func(txn index.Txn) error {
+		var err error
+		g, err = s.readGraph(txn, reg, repo)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &ManifestGraph{g}, nil
+}
+
+// Has says whether the repository holds manifest d.
+func (m *ManifestGraph) Has(d oci.Digest) bool {
+	_, ok := m.g.records[d]
+	return ok
+}
+
+// Reach returns the manifests reachable from from (from included): children of
+// indexes, referrers of manifests, recursively.
+func (m *ManifestGraph) Reach(from []oci.Digest) map[oci.Digest]bool {
+	marked := make(map[oci.Digest]bool, len(from))
+	for _, d := range from {
+		marked[d] = true
+	}
+	m.g.reach(marked)
+	return marked
+}
