@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"slices"
-	"strings"
 	"time"
 
 	"github.com/dockyard/dockyard/blobstore"
@@ -38,6 +37,9 @@ type GCReport struct {
 	Bytes        int64 `json:"bytes"`
 	OrphanFiles  int   `json:"orphanFiles"`
 	Repositories int   `json:"repositories"` // emptied repositories dropped from the catalog
+	// Accessories: accessory tags and manifests deleted because their subject had been
+	// gone from their repository for the grace (accessories.go).
+	Accessories int `json:"accessories"`
 }
 
 // CollectGarbage deletes what nothing references. Deleting a manifest releases what it
@@ -46,6 +48,19 @@ type GCReport struct {
 // with nothing are dropped from the catalog, and the index's value log is compacted.
 func (s *Store) CollectGarbage(ctx context.Context, opts GCOptions) (GCReport, error) {
 	var total GCReport
+	// Accessories of deleted manifests first: the manifests among them are collected
+	// with the rest (at once when Grace is zero: subjects found gone are noted, then
+	// their accessories go, then theirs).
+	for pass := 0; pass < 16; pass++ {
+		n, noted, err := s.dropOrphanAccessories(ctx, s.now().Add(-opts.Grace).UnixNano(), opts.DryRun)
+		total.Accessories += n
+		if err != nil {
+			return total, err
+		}
+		if opts.Grace > 0 || opts.DryRun || n+noted == 0 {
+			break
+		}
+	}
 	cutoff := s.now().Add(-opts.Grace).UnixNano()
 	for round := 0; round < 64; round++ {
 		r, err := s.collectOnce(ctx, cutoff, opts.DryRun)
@@ -453,16 +468,7 @@ func (s *Store) dropBigBlob(d oci.Digest, cutoff int64) (size int64, deleted boo
 // transaction reads it: a push into the repository while it is pruned makes one of
 // them conflict, so a repository with content never loses its catalog entry.
 func (s *Store) pruneEmptyRepositories(ctx context.Context, dryRun bool) (int, error) {
-	var repos [][2]string
-	err := s.db.View(func(txn index.Txn) error {
-		return scanKeys(txn, []byte{kindRepo}, func(rest []byte) error {
-			reg, repo, ok := strings.Cut(string(rest), "\x00")
-			if ok {
-				repos = append(repos, [2]string{reg, repo})
-			}
-			return nil
-		})
-	})
+	repos, err := s.repositories()
 	if err != nil {
 		return 0, err
 	}

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"time"
 
 	lru "github.com/hashicorp/golang-lru/v2"
@@ -39,6 +40,9 @@ type Store struct {
 	configs  *lru.Cache[oci.Digest, *imageConfig]
 	buffers  *bufferPool
 	sessions sessions
+	// accessories says which tags are accessories and whether they follow a deleted
+	// subject (accessories.go).
+	accessories atomic.Pointer[accessorySettings]
 	// blobRoom is the free space new blob data leaves on the data directory's
 	// filesystem, indexRoom what new manifests leave on the index's: the same when
 	// they share one; nil where nothing is kept (see limits.go).

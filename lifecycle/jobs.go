@@ -231,7 +231,7 @@ func (j *Jobs) gc(ctx context.Context, dryRun bool, due func() bool) (r cache.GC
 		j.Counters().ManifestsCollected.Add(int64(r.Manifests))
 	}
 	j.Log.Info("garbage collection", "dry_run", dryRun, "manifests", r.Manifests, "blobs", r.Blobs, "bytes", r.Bytes,
-		"orphan_files", r.OrphanFiles, "seconds", time.Since(start).Seconds(), "err", err)
+		"orphan_files", r.OrphanFiles, "accessories", r.Accessories, "seconds", time.Since(start).Seconds(), "err", err)
 	return r, err
 }
 

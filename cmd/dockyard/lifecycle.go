@@ -126,6 +126,12 @@ func openOffline(path, data string) (*config.Config, *cache.Store, error) {
 	if err != nil {
 		return nil, nil, fmt.Errorf("%w (is the server running on this data directory?)", err)
 	}
+	acc, err := oci.NewAccessories(cfg.Lifecycle.Accessories.Tags)
+	if err != nil {
+		store.Close()
+		return nil, nil, err
+	}
+	store.SetAccessories(acc, cfg.Lifecycle.Accessories.DeleteWithSubject)
 	return cfg, store, nil
 }
 
@@ -157,7 +163,7 @@ func gcCommand(args []string, stdout io.Writer) error {
 	if *dry {
 		verb = "would delete"
 	}
-	fmt.Fprintf(stdout, "gc %s %d manifests, %d blobs (%d bytes), %d orphan files (grace %s)\n", verb, r.Manifests, r.Blobs, r.Bytes, r.OrphanFiles, g)
+	fmt.Fprintf(stdout, "gc %s %d manifests, %d blobs (%d bytes), %d orphan files, %d accessories of deleted manifests (grace %s)\n", verb, r.Manifests, r.Blobs, r.Bytes, r.OrphanFiles, r.Accessories, g)
 	if *dry {
 		fmt.Fprintln(stdout, "(a dry run sees what is unreferenced now; what those manifests alone reference is released, and counted, only when they go)")
 	}

@@ -71,6 +71,7 @@ func (a *app) installLocked(p *parts) {
 		p.jobs.Inherit(old)
 	}
 	a.jobs, a.admin, a.cfg = p.jobs, p.admin, p.cfg
+	a.store.SetAccessories(p.jobs.Engine.Accessories, p.cfg.Lifecycle.Accessories.DeleteWithSubject)
 	a.current.Store(p.jobs)
 	reg := a.gw.Metrics()
 	for _, old := range a.proxies {
