@@ -619,3 +619,15 @@ func (s *Store) TagInfos(ctx context.Context, reg, repo string) ([]TagInfo, erro
 	})
 	return out, err
 }
+
+// TagsOf lists the tags of reg/repo pointing at manifest d.
+func (s *Store) TagsOf(ctx context.Context, reg, repo string, d oci.Digest) ([]string, error) {
+	var tags []string
+	err := s.db.View(func(txn index.Txn) error {
+		return scanKeys(txn, prefix(kindTagByDigest, reg, repo, string(d)), func(rest []byte) error {
+			tags = append(tags, string(rest))
+			return nil
+		})
+	})
+	return tags, err
+}

@@ -2,6 +2,7 @@ package lifecycle_test
 
 import (
 	"context"
+	"encoding/base64"
 	"fmt"
 	"slices"
 	"strings"
@@ -97,5 +98,81 @@ func TestRetentionKeepsAccessoriesWithTheirSubjects(t *testing.T) {
 				t.Errorf("%s's %s: %d after apply, want %d", v, ref, st, want)
 			}
 		}
+	}
+}
+
+// pushLayered pushes an image manifest with one layer of media type mt and bytes
+// layer to ref, and returns the status and the manifest's digest.
+func (r *registry) pushLayered(repo, ref, mt string, layer []byte) (int, string) {
+	r.t.Helper()
+	empty := []byte("{}")
+	for _, b := range [][]byte{layer, empty} {
+		if st, body := r.do("POST", "/v2/"+repo+"/blobs/uploads/?digest="+digest(b), b, "application/octet-stream"); st != 201 {
+			r.t.Fatalf("blob: %d %s", st, body)
+		}
+	}
+	m := fmt.Sprintf(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":%q,"size":2},"layers":[{"mediaType":%q,"digest":%q,"size":%d}]}`,
+		digest(empty), mt, digest(layer), len(layer))
+	st, _ := r.do("PUT", "/v2/"+repo+"/manifests/"+ref, []byte(m), "application/vnd.oci.image.manifest.v1+json")
+	return st, digest([]byte(m))
+}
+
+// Accessory tags of a protected release stay mutable (cosign pushes .sig again to add
+// a signature), but only the release's own signatures, attestations and referrers may
+// be pushed to them.
+func TestAccessoryTagsOfProtectedReleasesTakeOnlyTheirAccessories(t *testing.T) {
+	clk := &clock{now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	// Releases of app/** are immutable; with a release pattern so wide it matches
+	// accessory tags, they must stay mutable all the same.
+	classes, err := lifecycle.CompileClasses(`.*`, "", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	im := &lifecycle.Immutability{Classes: classes, Rules: []lifecycle.ImmutableRule{{Registries: []string{"dev"}, Repositories: []string{"app/**"}}}}
+	r := start(t, clk, im)
+	if st, body := r.push("app/a", "1.0.0", ""); st != 201 {
+		t.Fatalf("push: %d %s", st, body)
+	}
+	_, body := r.do("GET", "/v2/app/a/manifests/1.0.0", nil, "")
+	d := digest(body)
+	sig := string(oci.AccessoryTag(oci.Digest(d), ".sig"))
+	att := string(oci.AccessoryTag(oci.Digest(d), ".att"))
+	signing := func(of, n string) []byte {
+		return []byte(fmt.Sprintf(`{"critical":{"identity":{"docker-reference":"x/app/a"},"image":{"docker-manifest-digest":%q},"type":"cosign container image signature"},"optional":{"n":%q}}`, of, n))
+	}
+	envelope := func(of string) []byte {
+		st := fmt.Sprintf(`{"_type":"https://in-toto.io/Statement/v0.1","predicateType":"https://spdx.dev/Document","subject":[{"name":"x/app/a","digest":{"sha256":%q}}],"predicate":{}}`, strings.TrimPrefix(of, "sha256:"))
+		return []byte(fmt.Sprintf(`{"payloadType":"application/vnd.in-toto+json","payload":%q,"signatures":[]}`, base64.StdEncoding.EncodeToString([]byte(st))))
+	}
+	other := digest([]byte("another image"))
+	for _, c := range []struct {
+		what, tag, mt string
+		layer         []byte
+		want          int
+	}{
+		{"a signature", sig, "application/vnd.dev.cosign.simplesigning.v1+json", signing(d, "1"), 201},
+		{"a second signature (the tag moves)", sig, "application/vnd.dev.cosign.simplesigning.v1+json", signing(d, "2"), 201},
+		{"an attestation", att, "application/vnd.dsse.envelope.v1+json", envelope(d), 201},
+		{"another image's signature", sig, "application/vnd.dev.cosign.simplesigning.v1+json", signing(other, "3"), 403},
+		{"another image's attestation", att, "application/vnd.dsse.envelope.v1+json", envelope(other), 403},
+		{"an image", sig, "application/vnd.oci.image.layer.v1.tar", []byte("a layer"), 403},
+	} {
+		if st, _ := r.pushLayered("app/a", c.tag, c.mt, c.layer); st != c.want {
+			t.Errorf("%s pushed to %s: %d, want %d", c.what, c.tag, st, c.want)
+		}
+	}
+	// A referrer of the release may take its referrers tag.
+	ref := r.pushArtifact("app/a", "", d, "sbom", true)
+	idx := fmt.Sprintf(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":%q,"size":1,"artifactType":"application/vnd.example.sbom"}]}`, ref)
+	if st, b := r.do("PUT", "/v2/app/a/manifests/"+strings.Replace(d, ":", "-", 1), []byte(idx), "application/vnd.oci.image.index.v1+json"); st != 201 {
+		t.Errorf("the referrers tag of a protected release: %d %s", st, b)
+	}
+	// The release itself stays immutable, and a tag naming no protected release takes
+	// anything.
+	if st, _ := r.push("app/a", "1.0.0", "other content"); st != 403 {
+		t.Errorf("overwriting the release: %d, want 403", st)
+	}
+	if st, _ := r.pushLayered("app/a", string(oci.AccessoryTag(oci.Digest(other), ".sig")), "application/vnd.oci.image.layer.v1.tar", []byte("x")); st != 201 {
+		t.Errorf("a .sig tag of no protected release: %d, want 201", st)
 	}
 }

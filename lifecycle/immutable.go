@@ -2,6 +2,7 @@ package lifecycle
 
 import (
 	"github.com/dockyard/dockyard/auth"
+	"github.com/dockyard/dockyard/oci"
 )
 
 // ImmutableRule protects release tags (and optionally release candidates) of some
@@ -17,11 +18,18 @@ type ImmutableRule struct {
 type Immutability struct {
 	Rules   []ImmutableRule
 	Classes Classes
+	// Accessories recognises accessory tags (nil: the built-in schemes), which no rule
+	// protects: cosign pushes a .sig tag again to add a signature (what they may point
+	// at is the hosted registry's check).
+	Accessories *oci.Accessories
 }
 
 // Rule returns the index of the rule protecting tag in reg/repo, or -1.
 func (im *Immutability) Rule(reg, repo, tag string) int {
 	if im == nil {
+		return -1
+	}
+	if _, _, ok := im.Accessories.Subject(tag); ok {
 		return -1
 	}
 	class := im.Classes.Of(tag)

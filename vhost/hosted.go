@@ -15,6 +15,9 @@ type HostedOptions struct {
 	// Immutable says whether a tag of a repository is protected: then it never moves
 	// to another manifest, and it is deleted only when allowDelete. why names the rule.
 	Immutable func(repo, tag string) (why string, protected, allowDelete bool)
+	// Accessories recognises accessory tags (nil: the built-in schemes): they stay
+	// mutable, and under Immutable point only at accessories of a protected subject.
+	Accessories *oci.Accessories
 }
 
 // Hosted is a registry whose content is pushed to it and stored locally.
@@ -107,6 +110,12 @@ func (h *Hosted) PutManifest(ctx context.Context, p ManifestPush) (*PushResult, 
 	var immutable map[oci.Tag]string
 	if h.opts.Immutable != nil {
 		for _, t := range res.Tags {
+			if subject, _, ok := h.opts.Accessories.Subject(string(t)); ok {
+				if err := h.guardAccessory(ctx, p.Repo, t, subject, m); err != nil {
+					return nil, err
+				}
+				continue // accessory tags stay mutable
+			}
 			if why, ok, _ := h.opts.Immutable(string(p.Repo), string(t)); ok {
 				if immutable == nil {
 					immutable = map[oci.Tag]string{}

@@ -30,7 +30,11 @@ func buildLifecycle(cfg *config.Config, store *cache.Store, events lifecycle.Eve
 	if err != nil {
 		return nil, nil, err
 	}
-	im := &lifecycle.Immutability{Classes: classes}
+	accessories, err := oci.NewAccessories(l.Accessories.Tags)
+	if err != nil {
+		return nil, nil, err
+	}
+	im := &lifecycle.Immutability{Classes: classes, Accessories: accessories}
 	for _, r := range l.Immutable {
 		im.Rules = append(im.Rules, lifecycle.ImmutableRule{Registries: r.Registries, Repositories: r.Repositories,
 			Candidates: r.RCs, AllowDelete: r.AllowDelete})
@@ -40,10 +44,6 @@ func buildLifecycle(cfg *config.Config, store *cache.Store, events lifecycle.Eve
 		if r.Type == "hosted" {
 			hosted = append(hosted, r.Name)
 		}
-	}
-	accessories, err := oci.NewAccessories(l.Accessories.Tags)
-	if err != nil {
-		return nil, nil, err
 	}
 	engine := &lifecycle.Engine{Store: store, Registries: hosted, Classes: classes, Accessories: accessories, Immutable: im, Log: log, Events: events}
 	every := map[string]time.Duration{}

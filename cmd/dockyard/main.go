@@ -473,7 +473,7 @@ func buildRegistries(cfg *config.Config, store *cache.Store, im *lifecycle.Immut
 		var reg vhost.Registry
 		switch r.Type {
 		case "hosted":
-			reg = vhost.NewHosted(r.Name, store, vhost.HostedOptions{AllowSparseIndex: r.SparseIndex, Immutable: immutableHook(im, r.Name)})
+			reg = vhost.NewHosted(r.Name, store, vhost.HostedOptions{AllowSparseIndex: r.SparseIndex, Immutable: immutableHook(im, r.Name), Accessories: im.Accessories})
 		case "proxy":
 			if p := keep[r.Name]; p != nil {
 				reg = p
