@@ -184,11 +184,12 @@ func (f *Fetch) copy(src io.Reader, h hash.Hash) error {
 }
 
 // Reader streams the blob as it arrives. ok is false when the fetch is over and its
-// file is no longer shared: read the committed blob instead.
+// file is no longer shared (read the committed blob instead), or when it failed (a
+// reader arriving then would only be cut short).
 func (f *Fetch) Reader(ctx context.Context) (rc io.ReadCloser, ok bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if f.readers < 0 {
+	if f.readers < 0 || f.done && f.err != nil {
 		return nil, false
 	}
 	f.readers++

@@ -53,6 +53,9 @@ type Proxy struct {
 	fetches  map[oci.Digest]*blobFetch
 	fresh    *lru.Cache[string, time.Time] // repo 0 tag → when last validated upstream
 	negative *lru.Cache[string, time.Time] // repo 0 reference → until when "not found" holds
+	// referrers remembers the upstream's referrers lists (repo 0 subject), served for
+	// TagTTL as tags are, and when the upstream cannot be asked.
+	referrers *lru.Cache[string, upstreamReferrers]
 
 	// Background downloads outlive the requests that start them but not the proxy:
 	// Close cancels them and waits, so the store is never closed under a fill. fills
@@ -107,7 +110,7 @@ func NewProxy(name string, store *cache.Store, up *upstream.Client, opts ProxyOp
 	p := &Proxy{
 		name: name, up: up, opts: opts, log: opts.Logger.With("registry", name),
 		local:   NewHosted(name, store, HostedOptions{AllowSparseIndex: true}),
-		fetches: map[oci.Digest]*blobFetch{}, fresh: mustLRU(), negative: mustLRU(),
+		fetches: map[oci.Digest]*blobFetch{}, fresh: mustLRU(), negative: mustLRU(), referrers: mustReferrersLRU(),
 		life: life, stop: stop,
 	}
 	p.fillsDone = sync.NewCond(&p.mu)
@@ -212,7 +215,7 @@ func (p *Proxy) OpenBlob(ctx context.Context, repo oci.Repository, d oci.Digest)
 		return rc, size, nil
 	}
 	p.stats.BlobMisses.Add(1)
-	return p.fetchBlob(ctx, repo, d, false)
+	return p.fetchBlob(ctx, repo, d, false, false)
 }
 
 // openStored opens d from the cache: linked to repo, or stored for another repository
@@ -237,8 +240,9 @@ func (p *Proxy) openStored(ctx context.Context, repo oci.Repository, d oci.Diges
 // fetchBlob joins the download of d running for any repository, or starts one. own: the
 // request joined another repository's download and the upstream refused that one; it
 // starts its own unless one for its repository runs (taking the place of the other's,
-// which goes on for those already reading it).
-func (p *Proxy) fetchBlob(ctx context.Context, repo oci.Repository, d oci.Digest, own bool) (io.ReadCloser, int64, error) {
+// which goes on for those already reading it). retry: the request joined a download
+// that failed before it could read, and tries once more.
+func (p *Proxy) fetchBlob(ctx context.Context, repo oci.Repository, d oci.Digest, own, retry bool) (io.ReadCloser, int64, error) {
 	p.mu.Lock()
 	bf := p.fetches[d]
 	leader := bf == nil || own && bf.repo != repo
@@ -289,7 +293,7 @@ func (p *Proxy) fetchBlob(ctx context.Context, repo oci.Repository, d oci.Digest
 		if rc, size, ok := p.openStored(ctx, repo, d); ok {
 			return rc, size, nil
 		}
-		return p.fetchBlob(ctx, repo, d, true)
+		return p.fetchBlob(ctx, repo, d, true, retry)
 	}
 	if bf.err != nil {
 		return nil, 0, p.upstreamError(bf.err, oci.ErrBlobUnknown, "blob "+string(d))
@@ -313,6 +317,11 @@ func (p *Proxy) fetchBlob(ctx context.Context, repo oci.Repository, d oci.Digest
 		return nil, 0, ctx.Err()
 	}
 	if bf.fillErr != nil {
+		if !leader && !retry {
+			// Another request's download failed before this one could read from it
+			// (it is no longer shared, see finish): download it again, once.
+			return p.fetchBlob(ctx, repo, d, false, true)
+		}
 		return nil, 0, p.upstreamError(bf.fillErr, oci.ErrBlobUnknown, "blob "+string(d))
 	}
 	return p.local.OpenBlob(ctx, repo, d)
@@ -706,16 +715,45 @@ func (p *Proxy) Catalog(ctx context.Context, last string, n int) ([]string, bool
 	return p.local.Catalog(ctx, last, n)
 }
 
-// Referrers lists the upstream's referrers together with cached ones.
+// upstreamReferrers is an upstream's referrers list for one subject, and when it was
+// read.
+type upstreamReferrers struct {
+	at   time.Time
+	list []oci.Descriptor
+}
+
+// maxRememberedReferrers bounds the subjects whose upstream referrers a proxy
+// remembers, and maxRememberedList the list it remembers for one.
+const (
+	maxRememberedReferrers = 4096
+	maxRememberedList      = 1000
+)
+
+func mustReferrersLRU() *lru.Cache[string, upstreamReferrers] {
+	c, _ := lru.New[string, upstreamReferrers](maxRememberedReferrers)
+	return c
+}
+
+// Referrers lists the upstream's referrers together with cached ones. The upstream's
+// list is remembered for TagTTL, as a tag is, and served past it while the upstream
+// cannot be asked.
 func (p *Proxy) Referrers(ctx context.Context, repo oci.Repository, d oci.Digest) ([]oci.Descriptor, error) {
 	local, err := p.local.Referrers(ctx, repo, d)
 	if err != nil {
 		return nil, err
 	}
+	k := string(repo) + "\x00" + string(d)
+	known, ok := p.referrers.Get(k)
+	if ok && p.opts.Now().Sub(known.at) < p.opts.TagTTL {
+		return mergeDescriptors(local, known.list), nil
+	}
 	remote, err := p.up.Referrers(ctx, string(repo), d)
 	if err != nil {
 		p.log.Warn("upstream referrers unavailable; listing cached ones", "repo", repo, "err", err)
-		return local, nil
+		return mergeDescriptors(local, known.list), nil
+	}
+	if len(remote) <= maxRememberedList {
+		p.referrers.Add(k, upstreamReferrers{at: p.opts.Now(), list: remote})
 	}
 	return mergeDescriptors(local, remote), nil
 }

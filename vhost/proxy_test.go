@@ -338,7 +338,12 @@ func corruptUpstream(t *testing.T, blobs blobstore.Store) *server {
 	if _, ok, _ := s.store.HasBlob(oci.Digest(d)); ok {
 		t.Fatal("corrupt content was cached")
 	}
-	if left := s.uploads(t); len(left) != 0 {
+	// The client learns of the failure first; the download's data goes right after.
+	left := s.uploads(t)
+	for deadline := time.Now().Add(10 * time.Second); len(left) != 0 && time.Now().Before(deadline); left = s.uploads(t) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if len(left) != 0 {
 		t.Errorf("upload data left behind after a corrupt fetch: %v", left)
 	}
 
@@ -873,5 +878,55 @@ func TestAnUnsizedUpstreamBlobIsBoundedByMaxSize(t *testing.T) {
 	}
 	if left := s.uploads(t); len(left) != 0 {
 		t.Errorf("upload data left behind: %v", left)
+	}
+}
+
+// A request that joins a download which then fails before it reads a byte downloads the
+// blob again itself, instead of being cut short with the download's readers.
+func TestAJoinerOfAFailedDownloadDownloadsAgain(t *testing.T) {
+	u := newTestUpstream(t)
+	img := randomImage(t, 256<<10, 1)
+	if err := remote.Write(ref(t, u.host()+"/org/app:1.0"), img); err != nil {
+		t.Fatal(err)
+	}
+	layers, _ := img.Layers()
+	layer := digestOf(t, layers[0])
+	gate := make(chan struct{})
+	u.set(func(u *testUpstream) { u.gate, u.corrupt = gate, true })
+	s := startProxy(t, u, proxyConfig{})
+	var calls atomic.Int64
+	defer vhost.SetHookBeforeReader(func(filled <-chan struct{}) {
+		if calls.Add(1) == 2 {
+			<-filled // the second request reads only once the download has failed
+		}
+	})()
+	started := make(chan struct{})
+	first := make(chan httpResult, 1)
+	go func() {
+		resp, err := http.Get("http://" + s.addr + "/v2/org/app/blobs/" + layer)
+		if err != nil {
+			first <- httpResult{err: err}
+			close(started)
+			return
+		}
+		close(started)
+		b, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		first <- httpResult{status: resp.StatusCode, body: b, err: err}
+	}()
+	<-started
+	second := make(chan httpResult, 1)
+	go func() { second <- get("GET", "http://"+s.addr+"/v2/org/app/blobs/"+layer) }()
+	for calls.Load() < 2 {
+		time.Sleep(time.Millisecond)
+	}
+	// The corrupt download goes on to its end; the next one is sound.
+	u.set(func(u *testUpstream) { u.corrupt = false })
+	close(gate)
+	if r := <-first; r.err == nil && oci.FromBytes(oci.SHA256, r.body) == oci.Digest(layer) {
+		t.Error("the first request got the blob from a corrupt download")
+	}
+	if r := <-second; r.err != nil || r.status != 200 || oci.FromBytes(oci.SHA256, r.body) != oci.Digest(layer) {
+		t.Errorf("the request that joined the failed download: %d %v (%d bytes)", r.status, r.err, len(r.body))
 	}
 }
