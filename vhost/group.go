@@ -19,7 +19,13 @@ type Group struct {
 	members []Registry
 	pushTo  Registry // nil: pushes are denied
 	log     *slog.Logger
+	// accessories recognises accessory tags (nil: the built-in schemes), resolved in
+	// the member holding their subject first.
+	accessories *oci.Accessories
 }
+
+// SetAccessories says which tags are accessory tags (nil: the built-in schemes).
+func (g *Group) SetAccessories(a *oci.Accessories) { g.accessories = a }
 
 // NewGroup returns the group name over members; pushTo (nil for none) must be one of
 // them.
@@ -47,6 +53,11 @@ func notHere(err error) bool {
 // has it, the first failure that is not "not here" is returned (an upstream that could
 // not be asked), else unknown.
 func walk[T any](g *Group, byDigest bool, unknown error, ask func(Reader) (T, error)) (T, error) {
+	return walkOver(g, g.members, byDigest, unknown, ask)
+}
+
+// walkOver is walk over members in the order given.
+func walkOver[T any](g *Group, members []Registry, byDigest bool, unknown error, ask func(Reader) (T, error)) (T, error) {
 	var zero T
 	var firstErr error
 	try := func(r Reader) (T, bool) {
@@ -63,7 +74,7 @@ func walk[T any](g *Group, byDigest bool, unknown error, ask func(Reader) (T, er
 		return zero, false
 	}
 	if byDigest {
-		for _, m := range g.members {
+		for _, m := range members {
 			if l, ok := m.(local); ok {
 				if v, ok := try(l.Local()); ok {
 					return v, nil
@@ -71,7 +82,7 @@ func walk[T any](g *Group, byDigest bool, unknown error, ask func(Reader) (T, er
 			}
 		}
 	}
-	for _, m := range g.members {
+	for _, m := range members {
 		if _, hosted := m.(*Hosted); byDigest && hosted {
 			continue // already asked above
 		}
@@ -111,15 +122,49 @@ func (g *Group) OpenBlob(ctx context.Context, repo oci.Repository, d oci.Digest)
 }
 
 func (g *Group) GetManifest(ctx context.Context, repo oci.Repository, ref oci.Reference) (*cache.StoredManifest, error) {
-	return walk(g, ref.IsDigest(), g.manifestUnknown(repo, ref), func(r Reader) (*cache.StoredManifest, error) {
+	return walkOver(g, g.order(ctx, repo, ref), ref.IsDigest(), g.manifestUnknown(repo, ref), func(r Reader) (*cache.StoredManifest, error) {
 		return r.GetManifest(ctx, repo, ref)
 	})
 }
 
 func (g *Group) HeadManifest(ctx context.Context, repo oci.Repository, ref oci.Reference) (*cache.StoredManifest, error) {
-	return walk(g, ref.IsDigest(), g.manifestUnknown(repo, ref), func(r Reader) (*cache.StoredManifest, error) {
+	return walkOver(g, g.order(ctx, repo, ref), ref.IsDigest(), g.manifestUnknown(repo, ref), func(r Reader) (*cache.StoredManifest, error) {
 		return r.HeadManifest(ctx, repo, ref)
 	})
+}
+
+// order is the members in the order a manifest reference is asked of them: an
+// accessory tag (a signature's, an attestation's, the referrers tag) in the member
+// holding its subject first — the signature of an image a later member serves is that
+// member's, not an earlier member's tag of the same name —, anything else in the
+// group's order.
+func (g *Group) order(ctx context.Context, repo oci.Repository, ref oci.Reference) []Registry {
+	if ref.IsDigest() {
+		return g.members
+	}
+	subject, _, ok := g.accessories.Subject(string(ref.Tag))
+	if !ok {
+		return g.members
+	}
+	holder := -1
+	for i, m := range g.members { // local copies first: no upstream request
+		if l, ok := m.(local); ok {
+			if _, err := l.Local().HeadManifest(ctx, repo, oci.Reference{Digest: subject}); err == nil {
+				holder = i
+				break
+			}
+		}
+	}
+	for i := 0; holder < 0 && i < len(g.members); i++ {
+		if _, err := g.members[i].HeadManifest(ctx, repo, oci.Reference{Digest: subject}); err == nil {
+			holder = i
+		}
+	}
+	if holder <= 0 {
+		return g.members
+	}
+	out := append([]Registry{g.members[holder]}, g.members[:holder]...)
+	return append(out, g.members[holder+1:]...)
 }
 
 // Writer is the push member, with mounts that may take blobs any member stores.

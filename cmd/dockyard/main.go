@@ -506,6 +506,7 @@ func buildRegistries(cfg *config.Config, store *cache.Store, im *lifecycle.Immut
 			members = append(members, byName[m])
 		}
 		g := vhost.NewGroup(r.Name, members, byName[r.PushTo], log)
+		g.SetAccessories(im.Accessories)
 		byName[r.Name] = g
 		regs = append(regs, g)
 	}
