@@ -185,3 +185,39 @@ func TestAccessoriesOfASubjectBackOrKeptStay(t *testing.T) {
 		clean(t, s)
 	})
 }
+
+// An image and its accessories are evicted as one, when any of them was last used: a
+// signature pulled recently keeps its image (cosign verify pulls both), and an image
+// evicted takes its signature, attestation and referrers with it.
+func TestEvictionTakesAnImageWithItsAccessories(t *testing.T) {
+	s, clock := clockedStore(t)
+	ctx := context.Background()
+	a := pushSigned(t, s, "app", "a", "a")
+	clock.Add(int64(time.Minute))
+	b := pushSigned(t, s, "app", "b", "b")
+	clock.Add(int64(9 * time.Minute))
+	s.RecordPull("r", "app", string(a.sigTag), a.sig) // a's signature is in use
+	if err := s.FlushAccess(); err != nil {
+		t.Fatal(err)
+	}
+	clock.Add(int64(5 * time.Minute))
+	rep, err := s.EvictCache(ctx, "r", 0, 8*time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, im := range []struct {
+		name string
+		im   signedImage
+		kept bool
+	}{{"a", a, true}, {"b", b, false}} {
+		for what, d := range map[string]oci.Digest{"image": im.im.subject, "signature": im.im.sig, "attestation": im.im.sigAtt, "referrer": im.im.referrer} {
+			if m, _ := has(t, s, "app", d, ""); m != im.kept {
+				t.Errorf("%s's %s: present=%v after eviction, want %v", im.name, what, m, im.kept)
+			}
+		}
+	}
+	if rep.Manifests != 4 {
+		t.Errorf("evicted %d manifests, want b's 4", rep.Manifests)
+	}
+	clean(t, s)
+}
