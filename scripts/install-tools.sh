@@ -45,3 +45,4 @@ go_tool regctl github.com/regclient/regclient/cmd/regctl@v0.11.7
 go_tool oras oras.land/oras/cmd/oras@v1.3.6
 go_tool registry github.com/distribution/distribution/v3/cmd/registry@v3.1.2
 go_tool versitygw github.com/versity/versitygw/cmd/versitygw@v1.8.0 # S3 server for the S3 blob store tests
+go_tool cosign github.com/sigstore/cosign/v2/cmd/cosign@v2.6.1 # signatures and attestations for the accessories test (builds for minutes; cached here)

@@ -6,7 +6,7 @@ rm -rf test-results/e2e
 mkdir -p test-results/e2e
 status=0
 total_pass=0 total_fail=0
-for t in test/e2e/conformance.sh test/e2e/s3.sh test/e2e/cluster.sh test/e2e/compose.sh test/e2e/clients.sh test/e2e/restart.sh test/e2e/federation.sh test/e2e/auth.sh test/e2e/lifecycle.sh test/e2e/isolation.sh test/e2e/soak.sh; do
+for t in test/e2e/conformance.sh test/e2e/s3.sh test/e2e/cluster.sh test/e2e/compose.sh test/e2e/clients.sh test/e2e/restart.sh test/e2e/federation.sh test/e2e/auth.sh test/e2e/lifecycle.sh test/e2e/accessories.sh test/e2e/isolation.sh test/e2e/soak.sh; do
   [ -x "$t" ] || continue
   echo "=== $t"
   bash "$t" | tee test-results/e2e/$(basename "$t" .sh).out
