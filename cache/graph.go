@@ -71,22 +71,52 @@ func (g *repoGraph) reach(marked map[oci.Digest]bool) {
 }
 
 // ManifestGraph is how the manifests of one repository refer to each other (indexes
-// list children, referrers name a subject), for retention to follow.
-type ManifestGraph struct{ g *repoGraph }
+// list children, referrers name a subject), and their sizes, for retention to follow.
+type ManifestGraph struct {
+	g     *repoGraph
+	sizes map[oci.Digest]int64
+}
 
 // ManifestGraph reads the manifests of reg/repo in one snapshot.
 func (s *Store) ManifestGraph(ctx context.Context, reg, repo string) (*ManifestGraph, error) {
-	var g *repoGraph
+	mg := &ManifestGraph{sizes: map[oci.Digest]int64{}}
 	err := s.db.View(func(txn index.Txn) error {
 		var err error
-		g, err = s.readGraph(txn, reg, repo)
-		return err
+		if mg.g, err = s.readGraph(txn, reg, repo); err != nil {
+			return err
+		}
+		ds := make([]oci.Digest, 0, len(mg.g.records))
+		for d := range mg.g.records {
+			ds = append(ds, d)
+		}
+		stored, err := storedManifests(txn, ds)
+		if err != nil {
+			return err
+		}
+		own := make(map[oci.Digest]int64, len(ds))
+		for i, d := range ds {
+			own[d] = stored[i].size
+		}
+		for _, d := range ds {
+			mg.sizes[d] = own[d]
+			for _, c := range mg.g.children[d] {
+				mg.sizes[d] += own[c]
+			}
+		}
+		return nil
 	})
 	if err != nil {
 		return nil, err
 	}
-	return &ManifestGraph{g}, nil
+	return mg, nil
 }
+
+// Size is the bytes a pull of manifest d transfers: the manifest, its config and
+// layers, and for an index its children's (those the repository holds).
+func (m *ManifestGraph) Size(d oci.Digest) int64 { return m.sizes[d] }
+
+// Referrers lists the manifests of the repository whose subject is d.
+func (m *ManifestGraph) Referrers(d oci.Digest) []oci.Digest { return m.g.referrers[d] }
 
 // Has says whether the repository holds manifest d.
 func (m *ManifestGraph) Has(d oci.Digest) bool {

@@ -3,6 +3,7 @@ package lifecycle_test
 import (
 	"context"
 	"encoding/base64"
+	"encoding/json"
 	"fmt"
 	"slices"
 	"strings"
@@ -57,6 +58,21 @@ func TestRetentionKeepsAccessoriesWithTheirSubjects(t *testing.T) {
 	}
 	accessory := map[string][]string{} // version → its accessory tags
 	referrers := map[string]string{}
+	sizeOf := func(ref string) int64 { // a manifest with its config and layers
+		_, b := r.do("GET", "/v2/app/a/manifests/"+ref, nil, "")
+		var m struct {
+			Config struct{ Size int64 } `json:"config"`
+			Layers []struct{ Size int64 } `json:"layers"`
+		}
+		if err := json.Unmarshal(b, &m); err != nil {
+			t.Fatal(err)
+		}
+		n := int64(len(b)) + m.Config.Size
+		for _, l := range m.Layers {
+			n += l.Size
+		}
+		return n
+	}
 	for _, v := range []string{"1.0.0", "2.0.0"} {
 		clk.Advance(time.Minute)
 		d := oci.Digest(subjects[v])
@@ -84,9 +100,21 @@ func TestRetentionKeepsAccessoriesWithTheirSubjects(t *testing.T) {
 	if got, want := strings.Join(kept(plan), " "), strings.Join(slices.Sorted(slices.Values(append([]string{"2.0.0"}, accessory["2.0.0"]...))), " "); got != want {
 		t.Errorf("kept %q, want %q", got, want)
 	}
+	// 2.0.0's size counts its accessories: both tags' manifests, the attestation of
+	// its signature, its referrer; an accessory tag's size is its own.
+	want := sizeOf("2.0.0") + sizeOf(referrers["2.0.0"])
+	for _, tag := range accessory["2.0.0"] {
+		want += sizeOf(tag)
+	}
 	for _, d := range plan {
 		if strings.HasPrefix(d.Tag, "sha256-") && !strings.HasPrefix(d.Reason, "follows subject "+d.Subject) {
 			t.Errorf("%s: reason %q, want it to follow its subject %s", d.Tag, d.Reason, d.Subject)
+		}
+		if d.Tag == "2.0.0" && d.Size != want {
+			t.Errorf("2.0.0's size in the plan: %d, want %d (with its accessories)", d.Size, want)
+		}
+		if d.Tag == accessory["2.0.0"][0] && d.Size != sizeOf(d.Tag) {
+			t.Errorf("%s's size in the plan: %d, want its own %d", d.Tag, d.Size, sizeOf(d.Tag))
 		}
 	}
 	if _, err := e.Apply(ctx, plan, "", "", 0); err != nil {

@@ -12,7 +12,9 @@ import (
 // graph is a repository's manifests and what each reaches (children, referrers).
 type graph map[oci.Digest][]oci.Digest
 
-func (g graph) Has(d oci.Digest) bool { _, ok := g[d]; return ok }
+func (g graph) Has(d oci.Digest) bool               { _, ok := g[d]; return ok }
+func (g graph) Size(d oci.Digest) int64             { return 0 }
+func (g graph) Referrers(d oci.Digest) []oci.Digest { return nil }
 
 func (g graph) Reach(from []oci.Digest) map[oci.Digest]bool {
 	marked := map[oci.Digest]bool{}

@@ -98,17 +98,12 @@ func (e *Engine) Plan(ctx context.Context, registry, repoGlob string) ([]Decisio
 					return nil, err
 				}
 				tags := make([]Tag, 0, len(infos))
-				var g Graph
 				for _, ti := range infos {
-					t := e.tag(ti)
-					if t.Subject != "" && g == nil {
-						mg, err := e.Store.ManifestGraph(ctx, reg, repo)
-						if err != nil {
-							return nil, err
-						}
-						g = mg
-					}
-					tags = append(tags, t)
+					tags = append(tags, e.tag(ti))
+				}
+				g, err := e.Store.ManifestGraph(ctx, reg, repo)
+				if err != nil {
+					return nil, err
 				}
 				protected := func(tag string) bool { return e.Immutable.protects(reg, repo, e.Classes.Of(tag)) }
 				for _, d := range Plan(repo, tags, p.Rules, protected, g, p.UntaggedGrace > 0, e.now()) {

@@ -203,6 +203,10 @@ type Decision struct {
 	Class      Class  `json:"class"`
 	// Subject is the manifest an accessory tag follows.
 	Subject string `json:"subject,omitempty"`
+	// Size is the bytes of the tag's manifest (config, layers, an index's children)
+	// and, but for an accessory tag, of the accessories that follow it: its referrers
+	// and the manifests of accessory tags naming it, recursively.
+	Size int64 `json:"size"`
 	Keep    bool   `json:"keep"`
 	Reason  string `json:"reason"`
 	// PushedAt is when the tag was pushed as the plan saw it: Apply deletes the tag only
@@ -217,6 +221,10 @@ type Graph interface {
 	// Reach returns the manifests reachable from from (from included): the children
 	// of indexes, the referrers of manifests, recursively.
 	Reach(from []oci.Digest) map[oci.Digest]bool
+	// Size is the bytes of manifest d (config, layers, an index's children).
+	Size(d oci.Digest) int64
+	// Referrers lists the manifests whose subject is d.
+	Referrers(d oci.Digest) []oci.Digest
 }
 
 // Plan decides every tag of one repository under rules. protected tags (immutable
@@ -262,8 +270,43 @@ func Plan(repo string, tags []Tag, rules []Rule, protected func(tag string) bool
 	if len(accessories) > 0 {
 		out = append(out, followSubjects(repo, accessories, g, prunes, keptRoots, allRoots)...)
 	}
+	if g != nil {
+		for i := range out {
+			out[i].Size = sizeWithAccessories(oci.Digest(out[i].Digest), out[i].Subject != "", accessories, g)
+		}
+	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Tag < out[j].Tag })
 	return out
+}
+
+// sizeWithAccessories is the bytes of manifest d, and unless it is itself an accessory
+// (alone), of its accessories: referrers and the manifests of accessory tags naming it,
+// recursively, each once.
+func sizeWithAccessories(d oci.Digest, alone bool, accessories []Tag, g Graph) int64 {
+	size := g.Size(d)
+	if alone {
+		return size
+	}
+	seen := map[oci.Digest]bool{d: true}
+	queue := []oci.Digest{d}
+	for len(queue) > 0 {
+		s := queue[0]
+		queue = queue[1:]
+		next := append([]oci.Digest(nil), g.Referrers(s)...)
+		for _, t := range accessories {
+			if t.Subject == s {
+				next = append(next, oci.Digest(t.Digest))
+			}
+		}
+		for _, n := range next {
+			if !seen[n] {
+				seen[n] = true
+				size += g.Size(n)
+				queue = append(queue, n)
+			}
+		}
+	}
+	return size
 }
 
 // followSubjects decides accessory tags by their subjects. A subject the kept tags

@@ -14,6 +14,8 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/dustin/go-humanize"
+
 	"github.com/dockyard/dockyard/auth"
 	"github.com/dockyard/dockyard/cache"
 	"github.com/dockyard/dockyard/config"
@@ -216,13 +218,13 @@ func lifecycleCommand(args []string, stdout io.Writer) error {
 		}
 	} else {
 		w := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(w, "REGISTRY\tREPOSITORY\tTAG\tCLASS\tDECISION\tWHY")
+		fmt.Fprintln(w, "REGISTRY\tREPOSITORY\tTAG\tCLASS\tSIZE\tDECISION\tWHY")
 		for _, d := range plan {
 			verdict := "delete"
 			if d.Keep {
 				verdict = "keep"
 			}
-			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", d.Registry, d.Repository, d.Tag, d.Class, verdict, d.Reason)
+			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", d.Registry, d.Repository, d.Tag, d.Class, humanize.IBytes(uint64(d.Size)), verdict, d.Reason)
 		}
 		w.Flush()
 	}
