@@ -631,3 +631,10 @@ func (s *Store) TagsOf(ctx context.Context, reg, repo string, d oci.Digest) ([]s
 	})
 	return tags, err
 }
+
+// CheckProtected asks protect about the tags of manifest d of reg/repo and of every
+// index of the repository listing it (directly or through other indexes), as a delete
+// of d does; its error, if any, is returned.
+func (s *Store) CheckProtected(ctx context.Context, reg, repo string, d oci.Digest, protect Protect) error {
+	return s.db.View(func(txn index.Txn) error { return s.protectManifest(txn, reg, repo, d, protect) })
+}

@@ -61,7 +61,7 @@ func TestRetentionKeepsAccessoriesWithTheirSubjects(t *testing.T) {
 	sizeOf := func(ref string) int64 { // a manifest with its config and layers
 		_, b := r.do("GET", "/v2/app/a/manifests/"+ref, nil, "")
 		var m struct {
-			Config struct{ Size int64 } `json:"config"`
+			Config struct{ Size int64 }   `json:"config"`
 			Layers []struct{ Size int64 } `json:"layers"`
 		}
 		if err := json.Unmarshal(b, &m); err != nil {
@@ -202,5 +202,115 @@ func TestAccessoryTagsOfProtectedReleasesTakeOnlyTheirAccessories(t *testing.T) 
 	}
 	if st, _ := r.pushLayered("app/a", string(oci.AccessoryTag(oci.Digest(other), ".sig")), "application/vnd.oci.image.layer.v1.tar", []byte("x")); st != 201 {
 		t.Errorf("a .sig tag of no protected release: %d, want 201", st)
+	}
+}
+
+func protectedRelease(t *testing.T) (*registry, string) {
+	clk := &clock{now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	im := &lifecycle.Immutability{Classes: lifecycle.DefaultClasses(), Rules: []lifecycle.ImmutableRule{{Registries: []string{"dev"}, Repositories: []string{"app/**"}}}}
+	r := start(t, clk, im)
+	if st, body := r.push("app/a", "1.0.0", ""); st != 201 {
+		t.Fatalf("push: %d %s", st, body)
+	}
+	_, body := r.do("GET", "/v2/app/a/manifests/1.0.0", nil, "")
+	return r, digest(body)
+}
+
+// An index is no signature: pushed to a protected release's .sig tag, it is refused,
+// even with the release as its subject (it listed an arbitrary image).
+func TestAnIndexIsNoSignatureOfAProtectedRelease(t *testing.T) {
+	r, d := protectedRelease(t)
+	_, img := r.pushLayered("app/a", "tmp-arbitrary", "application/vnd.oci.image.layer.v1.tar", []byte("arbitrary image"))
+	idx := fmt.Sprintf(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":%q,"size":1}],"subject":{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":%q,"size":1}}`, img, d)
+	sig := string(oci.AccessoryTag(oci.Digest(d), ".sig"))
+	if st, b := r.do("PUT", "/v2/app/a/manifests/"+sig, []byte(idx), "application/vnd.oci.image.index.v1+json"); st != 403 {
+		t.Errorf("an index (subject = the release) listing an arbitrary image pushed to %s: %d %s, want 403", sig, st, b)
+	}
+}
+
+// A protected release's signatures are protected with it: neither its .sig tag nor the
+// signature manifest may be deleted (cosign clean stripped them, and deploys gated on
+// signatures failed).
+func TestSignaturesOfAProtectedReleaseCannotBeDeleted(t *testing.T) {
+	r, d := protectedRelease(t)
+	sig := string(oci.AccessoryTag(oci.Digest(d), ".sig"))
+	payload := []byte(fmt.Sprintf(`{"critical":{"identity":{"docker-reference":"x/app/a"},"image":{"docker-manifest-digest":%q},"type":"cosign container image signature"},"optional":null}`, d))
+	st, sigD := r.pushLayered("app/a", sig, "application/vnd.dev.cosign.simplesigning.v1+json", payload)
+	if st != 201 {
+		t.Fatalf("sig push %d", st)
+	}
+	if st, b := r.do("DELETE", "/v2/app/a/manifests/"+sig, nil, ""); st == 202 {
+		t.Errorf("DELETE of the protected release's signature tag: %d %s (accepted)", st, b)
+	}
+	r.pushLayered("app/a", sig, "application/vnd.dev.cosign.simplesigning.v1+json", payload)
+	if st, b := r.do("DELETE", "/v2/app/a/manifests/"+sigD, nil, ""); st == 202 {
+		t.Errorf("DELETE by digest of the protected release's signature manifest: %d %s (accepted)", st, b)
+	}
+}
+
+// The platform manifests of a protected multi-arch release are protected through it:
+// their accessory tags (cosign sign --recursive) take only their accessories.
+func TestAccessoryTagsOfAProtectedIndexsChildrenAreGuarded(t *testing.T) {
+	clk := &clock{now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	im := &lifecycle.Immutability{Classes: lifecycle.DefaultClasses(), Rules: []lifecycle.ImmutableRule{{Registries: []string{"dev"}, Repositories: []string{"app/**"}}}}
+	r := start(t, clk, im)
+	_, child := r.pushLayered("app/a", "tmp-amd64", "application/vnd.oci.image.layer.v1.tar", []byte("amd64"))
+	_, cb := r.do("GET", "/v2/app/a/manifests/"+child, nil, "")
+	idx := fmt.Sprintf(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":%q,"size":%d,"platform":{"os":"linux","architecture":"amd64"}}]}`, child, len(cb))
+	if st, b := r.do("PUT", "/v2/app/a/manifests/1.0.0", []byte(idx), "application/vnd.oci.image.index.v1+json"); st != 201 {
+		t.Fatalf("index: %d %s", st, b)
+	}
+	sig := string(oci.AccessoryTag(oci.Digest(child), ".sig"))
+	if st, _ := r.pushLayered("app/a", sig, "application/vnd.oci.image.layer.v1.tar", []byte("an arbitrary image")); st != 403 {
+		t.Errorf("an arbitrary image pushed to %s (the .sig of a protected release's platform manifest): %d, want 403", sig, st)
+	}
+}
+
+// The guard's work is bounded: a referrers-tag index listing more manifests than it
+// examines is refused, and so is a signature whose naming layer comes after more
+// distinct signature layers than it reads (a push made of many 1 MiB layers read one
+// after the other kept the server busy: about 1,200 MiB for one push).
+func TestTheSignatureGuardIsBounded(t *testing.T) {
+	r, d := protectedRelease(t)
+	empty := []byte("{}")
+	r.do("POST", "/v2/app/a/blobs/uploads/?digest="+digest(empty), empty, "application/octet-stream")
+	var layers []string
+	for i := range 17 {
+		p := []byte(fmt.Sprintf(`{"critical":{"image":{"docker-manifest-digest":"sha256:%064d"}}}`, i))
+		r.do("POST", "/v2/app/a/blobs/uploads/?digest="+digest(p), p, "application/octet-stream")
+		layers = append(layers, fmt.Sprintf(`{"mediaType":"application/vnd.dev.cosign.simplesigning.v1+json","digest":%q,"size":%d}`, digest(p), len(p)))
+	}
+	good := []byte(fmt.Sprintf(`{"critical":{"image":{"docker-manifest-digest":%q}}}`, d))
+	r.do("POST", "/v2/app/a/blobs/uploads/?digest="+digest(good), good, "application/octet-stream")
+	last := fmt.Sprintf(`{"mediaType":"application/vnd.dev.cosign.simplesigning.v1+json","digest":%q,"size":%d}`, digest(good), len(good))
+	manifest := func(ls []string) []byte {
+		return []byte(fmt.Sprintf(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":%q,"size":2},"layers":[%s]}`, digest(empty), strings.Join(ls, ",")))
+	}
+	sig := string(oci.AccessoryTag(oci.Digest(d), ".sig"))
+	for _, c := range []struct {
+		what string
+		ls   []string
+		want int
+	}{
+		{"the naming layer after 15 others", append(append([]string{}, layers[:15]...), last), 201},
+		{"the naming layer after 17 others", append(append([]string{}, layers...), last), 403},
+		{"the naming layer after one other repeated 40 times (read once)", append(slices.Repeat(layers[:1], 40), last), 201},
+	} {
+		if st, b := r.do("PUT", "/v2/app/a/manifests/"+sig, manifest(c.ls), "application/vnd.oci.image.manifest.v1+json"); st != c.want {
+			t.Errorf("%s: %d %s, want %d", c.what, st, b, c.want)
+		}
+	}
+	// A referrers tag may be an index of referrers, up to 64 of them.
+	ref := r.pushArtifact("app/a", "", d, "sbom", true)
+	_, rb := r.do("GET", "/v2/app/a/manifests/"+ref, nil, "")
+	index := func(n int) []byte {
+		entry := fmt.Sprintf(`{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":%q,"size":%d}`, ref, len(rb))
+		return []byte(fmt.Sprintf(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[%s]}`, strings.Join(slices.Repeat([]string{entry}, n), ",")))
+	}
+	tag := strings.Replace(d, ":", "-", 1)
+	for n, want := range map[int]int{64: 201, 65: 403} {
+		if st, b := r.do("PUT", "/v2/app/a/manifests/"+tag, index(n), "application/vnd.oci.image.index.v1+json"); st != want {
+			t.Errorf("a referrers-tag index of %d entries: %d %s, want %d", n, st, b, want)
+		}
 	}
 }

@@ -110,8 +110,8 @@ func (h *Hosted) PutManifest(ctx context.Context, p ManifestPush) (*PushResult, 
 	var immutable map[oci.Tag]string
 	if h.opts.Immutable != nil {
 		for _, t := range res.Tags {
-			if subject, _, ok := h.opts.Accessories.Subject(string(t)); ok {
-				if err := h.guardAccessory(ctx, p.Repo, t, subject, m); err != nil {
+			if subject, scheme, ok := h.opts.Accessories.Subject(string(t)); ok {
+				if err := h.guardAccessory(ctx, p.Repo, t, subject, scheme, m); err != nil {
 					return nil, err
 				}
 				continue // accessory tags stay mutable
@@ -141,6 +141,18 @@ func (h *Hosted) protect(repo oci.Repository, what string) cache.Protect {
 		return nil
 	}
 	return func(tag string) error {
+		// An accessory tag of a protected release (its signature, attestation) is
+		// protected with it: deleting it would fail every deploy gated on signatures.
+		if subject, _, ok := h.opts.Accessories.Subject(tag); ok {
+			why, err := h.protectedRelease(context.Background(), repo, subject, true)
+			if err != nil {
+				return err
+			}
+			if why != "" {
+				return oci.ErrDenied.Withf("tag %s:%s is an accessory of %s, an immutable release (%s); deleting it, or %s, is not allowed", repo, tag, subject, why, what)
+			}
+			return nil
+		}
 		if why, ok, allowDelete := h.opts.Immutable(string(repo), tag); ok && !allowDelete {
 			return oci.ErrDenied.Withf("tag %s:%s is an immutable release (%s); deleting it, or %s, is not allowed", repo, tag, why, what)
 		}
