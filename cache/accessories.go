@@ -137,10 +137,7 @@ func (s *Store) dropOrphanAccessories(ctx context.Context, cutoff int64, dryRun 
 		}
 		var graph *repoGraph
 		if len(o.tags)+len(o.referrers) > 0 {
-			if err := s.db.View(func(txn index.Txn) error {
-				graph, err = s.readGraph(txn, r[0], r[1])
-				return err
-			}); err != nil {
+			if graph, err = s.candidatesGraph(r[0], r[1], o); err != nil {
 				return n, noted, err
 			}
 		}
@@ -184,19 +181,63 @@ func (s *Store) dropOrphanAccessories(ctx context.Context, cutoff int64, dryRun 
 	return n, noted, nil
 }
 
+// candidatesGraph reads the manifests of reg/repo and, in the same snapshot, the
+// reference counts of o's accessory manifests (a change since tells dropAccessoriesOf
+// that something new refers to one).
+func (s *Store) candidatesGraph(reg, repo string, o *orphans) (*repoGraph, error) {
+	var g *repoGraph
+	err := s.db.View(func(txn index.Txn) error {
+		var err error
+		if g, err = s.readGraph(txn, reg, repo); err != nil {
+			return err
+		}
+		g.refs = map[oci.Digest]int64{}
+		read := func(d oci.Digest) error {
+			v, _, err := getValue(txn, contentRefsKey(d))
+			g.refs[d] = decodeRefRecord(v).Refs
+			return err
+		}
+		for _, ds := range o.tags {
+			for _, d := range ds {
+				if err := read(d); err != nil {
+					return err
+				}
+			}
+		}
+		for _, ds := range o.referrers {
+			for _, d := range ds {
+				if err := read(d); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	})
+	return g, err
+}
+
 // dropAccessoriesOf deletes, in one transaction that checks the subject is still gone
 // (since before cutoff), the accessory tags naming subject and the accessory manifests
-// (tagged only by accessory tags of gone subjects, or referrers of it) that no index of
-// the repository lists.
+// (tagged only by accessory tags of gone subjects, or referrers of it) that nothing else
+// keeps: a tag of their own, or an index of the repository listing them that is not
+// going too (the referrers tag's index goes with its referrers). A manifest whose
+// reference count changed since g was read (an index pushed meanwhile lists it) stays.
 func (s *Store) dropAccessoriesOf(reg, repo string, subject oci.Digest, o *orphans, g *repoGraph, recognise *oci.Accessories, cutoff int64, dryRun bool) (int, error) {
 	var candidates []oci.Digest
+	candidate := map[oci.Digest]bool{}
 	for _, d := range o.tags[subject] {
-		candidates = append(candidates, d)
+		if !candidate[d] {
+			candidate[d] = true
+			candidates = append(candidates, d)
+		}
 	}
-	candidates = append(candidates, o.referrers[subject]...)
 	isReferrer := map[oci.Digest]bool{}
 	for _, d := range o.referrers[subject] {
 		isReferrer[d] = true
+		if !candidate[d] {
+			candidate[d] = true
+			candidates = append(candidates, d)
+		}
 	}
 	var removed [][]byte
 	defer func() { s.tags.invalidate(removed...) }()
@@ -227,24 +268,46 @@ func (s *Store) dropAccessoriesOf(reg, repo string, subject oci.Digest, o *orpha
 			}
 			removed = append(removed, tagKey(reg, repo, tag))
 		}
+		// Which candidates stay: present, and kept by a tag of their own, an index that
+		// stays, or a change since the snapshot.
+		present, kept := map[oci.Digest]bool{}, map[oci.Digest]bool{}
 		for _, d := range candidates {
-			present, err := exists(txn, repoManifestKey(reg, repo, d))
-			if err != nil || !present {
-				if err == nil && isReferrer[d] && !dryRun { // a stale entry
-					err = txn.Delete(referrerKey(reg, repo, subject, d))
-				}
-				if err != nil {
-					return err
-				}
+			ok, err := exists(txn, repoManifestKey(reg, repo, d))
+			if err != nil {
+				return err
+			}
+			if !ok {
 				continue
 			}
+			present[d] = true
 			own, err := s.ownTags(txn, reg, repo, d, recognise)
 			if err != nil {
 				return err
 			}
-			if own || len(g.parents[d]) > 0 {
-				// A tag of its own, or an index of the repository listing it, keeps it;
-				// a referrer kept leaves the gone subject's list of referrers.
+			rv, _, err := getValue(txn, contentRefsKey(d))
+			if err != nil {
+				return err
+			}
+			kept[d] = own || decodeRefRecord(rv).Refs != g.refs[d]
+		}
+		for changed := true; changed; {
+			changed = false
+			for _, d := range candidates {
+				if !present[d] || kept[d] {
+					continue
+				}
+				for _, p := range g.parents[d] {
+					if !candidate[p] || present[p] && kept[p] {
+						kept[d], changed = true, true
+						break
+					}
+				}
+			}
+		}
+		for _, d := range candidates {
+			if !present[d] || kept[d] {
+				// A referrer kept leaves the gone subject's list of referrers (and a
+				// stale entry goes).
 				if isReferrer[d] && !dryRun {
 					if err := txn.Delete(referrerKey(reg, repo, subject, d)); err != nil {
 						return err

@@ -221,3 +221,97 @@ func TestEvictionTakesAnImageWithItsAccessories(t *testing.T) {
 	}
 	clean(t, s)
 }
+
+// A deleted subject's referrers listed by its referrers-tag index (sha256-<subject>)
+// go with that index: they were kept as "listed by an index" — the one going in the
+// same transaction —, left the subject's referrers and leaked.
+func TestReferrersListedByTheReferrersTagIndexGoWithIt(t *testing.T) {
+	s, clock := clockedStore(t)
+	ctx := context.Background()
+	cfg := []byte(`{"image":"x"}`)
+	layer := []byte("layer x")
+	m := imageManifest(desc(mtConfig, putBlob(t, s, "r", "app", cfg), len(cfg)), desc(mtLayer, putBlob(t, s, "r", "app", layer), len(layer)))
+	subject := putManifest(t, s, "r", "app", m, false, "1.0.0")
+	ref := artifact(t, s, "app", "sbom", subject, true) // an OCI 1.1 referrer, untagged
+	refContent, _ := s.GetManifest(ctx, "r", "app", oci.Reference{Digest: ref})
+	idx := indexManifest(desc("application/vnd.oci.image.manifest.v1+json", ref, len(refContent.Content)))
+	refTagIndex := putManifest(t, s, "r", "app", idx, false, oci.AccessoryTag(subject, ""))
+
+	if err := s.DeleteManifest(ctx, "r", "app", subject, nil); err != nil {
+		t.Fatal(err)
+	}
+	for range 5 {
+		if _, err := s.CollectGarbage(ctx, GCOptions{Grace: time.Hour}); err != nil {
+			t.Fatal(err)
+		}
+		clock.Add(int64(2 * time.Hour))
+	}
+	if m, _ := has(t, s, "app", refTagIndex, ""); m {
+		t.Errorf("referrers-tag index still there")
+	}
+	if m, _ := has(t, s, "app", ref, ""); m {
+		t.Errorf("the deleted subject's referrer %s is still in the repository after 5 collections past the grace", ref)
+	}
+	clean(t, s)
+}
+
+// An index pushed between the collection's reading of the repository and its deleting
+// transaction, listing an accessory manifest, keeps it (it was deleted under the index).
+func TestAnAccessoryAnIndexListsSinceTheSnapshotStays(t *testing.T) {
+	s, clock := clockedStore(t)
+	ctx := context.Background()
+	im := pushSigned(t, s, "app", "x", "1.0.0")
+	if err := s.DeleteManifest(ctx, "r", "app", im.subject, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.CollectGarbage(ctx, GCOptions{Grace: time.Hour}); err != nil { // notes the subject gone
+		t.Fatal(err)
+	}
+	clock.Add(int64(2 * time.Hour))
+	cutoff := s.now().Add(-time.Hour).UnixNano()
+	set := s.accessorySettings()
+	// What dropOrphanAccessories does, with a push landing between its reads and its
+	// deleting transaction.
+	o, err := s.findOrphans("r", "app", set.recognise)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, err := s.candidatesGraph("r", "app", o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Concurrent push: a bundle index that lists the signature manifest, tagged.
+	sigContent, _ := s.GetManifest(ctx, "r", "app", oci.Reference{Digest: im.sig})
+	bundle := putManifest(t, s, "r", "app", indexManifest(desc("application/vnd.oci.image.manifest.v1+json", im.sig, len(sigContent.Content))), false, "bundle")
+	if _, err := s.dropAccessoriesOf("r", "app", im.subject, o, g, set.recognise, cutoff, false); err != nil {
+		t.Fatal(err)
+	}
+	if m, _ := has(t, s, "app", bundle, "bundle"); !m {
+		t.Fatal("bundle gone")
+	}
+	if m, _ := has(t, s, "app", im.sig, ""); !m {
+		t.Errorf("the signature manifest was deleted although the tagged index %s (pushed before the deleting transaction) lists it", bundle)
+	}
+}
+
+// A subject pushed back clears the note that it was gone: deleted, noted, pushed back
+// and deleted again between two collections, it kept the first note and lost its
+// accessories 2 minutes after the second delete, with a 24 h grace.
+func TestAPushBackClearsTheGoneNote(t *testing.T) {
+	s, clock := clockedStore(t)
+	ctx := context.Background()
+	im := pushSigned(t, s, "app", "x", "1.0.0")
+	m, _ := s.GetManifest(ctx, "r", "app", oci.Reference{Digest: im.subject})
+	content := m.Content
+	s.DeleteManifest(ctx, "r", "app", im.subject, nil)
+	s.CollectGarbage(ctx, GCOptions{Grace: 24 * time.Hour}) // t0: noted gone
+	clock.Add(int64(time.Hour))
+	putManifest(t, s, "r", "app", content, false, "1.0.0") // back at t0+1h
+	clock.Add(int64(22*time.Hour + 59*time.Minute))
+	s.DeleteManifest(ctx, "r", "app", im.subject, nil) // deleted again at t0+23h59
+	clock.Add(int64(2 * time.Minute))
+	r, _ := s.CollectGarbage(ctx, GCOptions{Grace: 24 * time.Hour}) // t0+24h01: gone only 2 minutes
+	if mm, _ := has(t, s, "app", im.sig, ""); !mm {
+		t.Errorf("the signature went (%d accessories) 2 minutes after its subject's (second) delete, grace is 24h", r.Accessories)
+	}
+}

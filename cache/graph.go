@@ -15,6 +15,8 @@ type repoGraph struct {
 	children  map[oci.Digest][]oci.Digest // index → children
 	referrers map[oci.Digest][]oci.Digest // subject → referrers
 	subjects  map[oci.Digest]oci.Digest   // referrer → subject
+	// refs, where read, are reference counts (accessories.go reads its candidates').
+	refs map[oci.Digest]int64
 }
 
 // readGraph reads the manifests of reg/repo and how they refer to each other.

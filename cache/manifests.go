@@ -226,6 +226,11 @@ func (s *Store) PutManifest(ctx context.Context, p PutManifestRequest) error {
 		if err != nil {
 			return err
 		}
+		// Back in the repository: a note that it was gone (accessories.go) no longer
+		// holds.
+		if err := txn.Delete(goneSubjectKey(p.Registry, p.Repo, p.Digest)); err != nil {
+			return err
+		}
 		if !found {
 			if err := s.addRef(txn, contentRefsKey(p.Digest), int64(len(p.Content)), 1); err != nil {
 				return err
