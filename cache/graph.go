@@ -2,6 +2,7 @@ package cache
 
 import (
 	"context"
+	"time"
 
 	"github.com/dockyard/dockyard/index"
 	"github.com/dockyard/dockyard/oci"
@@ -116,6 +117,15 @@ func (s *Store) ManifestGraph(ctx context.Context, reg, repo string) (*ManifestG
 // Size is the bytes a pull of manifest d transfers: the manifest, its config and
 // layers, and for an index its children's (those the repository holds).
 func (m *ManifestGraph) Size(d oci.Digest) int64 { return m.sizes[d] }
+
+// PushedAt is when manifest d was pushed into the repository (zero if it is not there).
+func (m *ManifestGraph) PushedAt(d oci.Digest) time.Time {
+	rm, ok := m.g.records[d]
+	if !ok {
+		return time.Time{}
+	}
+	return time.Unix(0, rm.PushedAt)
+}
 
 // Referrers lists the manifests of the repository whose subject is d.
 func (m *ManifestGraph) Referrers(d oci.Digest) []oci.Digest { return m.g.referrers[d] }

@@ -314,3 +314,47 @@ func TestTheSignatureGuardIsBounded(t *testing.T) {
 		}
 	}
 }
+
+// The plan says what the run does to an image pushed by digest only, signed: under a
+// policy pruning untagged manifests, the image goes (pruned) and its signature with it
+// — the plan said it kept the signature, and the same run deleted it —; within the
+// untagged grace both stay.
+func TestThePlanSaysWhatPruningDoesToAnUntaggedImagesSignature(t *testing.T) {
+	for _, old := range []bool{true, false} {
+		clk := &clock{now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+		r := start(t, clk, nil)
+		ctx := context.Background()
+		_, subject := r.pushLayered("app/a", "tmp", "application/vnd.oci.image.layer.v1.tar", []byte("by digest"))
+		r.do("DELETE", "/v2/app/a/manifests/tmp", nil, "") // pushed by digest only, now
+		sigTag := string(oci.AccessoryTag(oci.Digest(subject), ".sig"))
+		sig := r.pushArtifact("app/a", sigTag, subject, "signature", false)
+		if old {
+			clk.Advance(time.Hour)
+		}
+		e := &lifecycle.Engine{Store: r.store, Registries: []string{"dev"}, Classes: lifecycle.DefaultClasses(), Now: clk.Now,
+			Policies: []lifecycle.Policy{{Name: "p", Registries: []string{"dev"}, Repositories: []string{"app/**"},
+				Rules: []lifecycle.Rule{lifecycle.KeepLast{Count: 10}}, UntaggedGrace: time.Minute}}}
+		plan, err := e.Plan(ctx, "", "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		keep := !old
+		for _, d := range plan {
+			if d.Tag == sigTag && d.Keep != keep {
+				t.Errorf("old=%v: the plan decided keep=%v (%s) for the signature, want %v", old, d.Keep, d.Reason, keep)
+			}
+		}
+		if _, err := e.Apply(ctx, plan, "", "", 0); err != nil {
+			t.Fatal(err)
+		}
+		want := 404
+		if keep {
+			want = 200
+		}
+		for what, ref := range map[string]string{"image": subject, "signature manifest": sig, "signature tag": sigTag} {
+			if st, _ := r.do("GET", "/v2/app/a/manifests/"+ref, nil, ""); st != want {
+				t.Errorf("old=%v: %s: %d after the run, want %d as the plan said", old, what, st, want)
+			}
+		}
+	}
+}

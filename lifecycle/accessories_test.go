@@ -15,6 +15,7 @@ type graph map[oci.Digest][]oci.Digest
 func (g graph) Has(d oci.Digest) bool               { _, ok := g[d]; return ok }
 func (g graph) Size(d oci.Digest) int64             { return 0 }
 func (g graph) Referrers(d oci.Digest) []oci.Digest { return nil }
+func (g graph) PushedAt(d oci.Digest) time.Time     { return time.Time{} } // long ago
 
 func (g graph) Reach(from []oci.Digest) map[oci.Digest]bool {
 	marked := map[oci.Digest]bool{}
@@ -63,9 +64,9 @@ func TestAccessoryTagsFollowTheirSubjects(t *testing.T) {
 	}
 	name := func(subject oci.Digest, suffix string) string { return string(oci.AccessoryTag(subject, suffix)) }
 	want := func(prunes bool) map[string]string {
-		deleted := "untagged" // the image stays, untagged, with its accessories
+		deleted, untagged := "untagged", "untagged" // the image stays, untagged, with its accessories
 		if prunes {
-			deleted = "deleted"
+			deleted, untagged = "deleted", "untagged and pruned"
 		}
 		return map[string]string{
 			"1.0.0": "no rule keeps it", "2.0.0": "no rule keeps it",
@@ -76,13 +77,17 @@ func TestAccessoryTagsFollowTheirSubjects(t *testing.T) {
 			name(C, ".att"):    "follows subject " + string(C) + ", kept",
 			name(P, ".sig"):    "follows subject " + string(P) + ", kept", // a child of a kept index
 			name(R, ".sig"):    "follows subject " + string(R) + ", kept", // a referrer of a kept image
-			name(U, ".sig"):    "follows subject " + string(U) + ", untagged",
+			name(U, ".sig"):    "follows subject " + string(U) + ", " + untagged,
 			name(Z, ".sig"):    "follows subject " + string(Z) + ", which is gone",
 		}
 	}
 	for _, prunes := range []bool{true, false} {
 		t.Run(fmt.Sprintf("prunes untagged %v", prunes), func(t *testing.T) {
-			plan := Plan("app", tags, []Rule{KeepLast{Count: 2}}, nil, g, prunes, now)
+			grace := time.Duration(0)
+			if prunes {
+				grace = time.Hour
+			}
+			plan := Plan("app", tags, []Rule{KeepLast{Count: 2}}, nil, g, grace, now)
 			w := want(prunes)
 			if len(plan) != len(w) {
 				t.Fatalf("%d decisions, want %d", len(plan), len(w))
@@ -110,7 +115,7 @@ func TestAccessoryTagsFollowTheirSubjects(t *testing.T) {
 		tg.Subject = ""
 		plain[i] = tg
 	}
-	for _, d := range Plan("app", plain, []Rule{KeepLast{Count: 2}}, nil, nil, true, now) {
+	for _, d := range Plan("app", plain, []Rule{KeepLast{Count: 2}}, nil, nil, time.Hour, now) {
 		if d.Tag == "3.0.0" && d.Keep {
 			t.Error("the control run kept 3.0.0: the test's push order does not put accessory tags last")
 		}

@@ -106,7 +106,7 @@ func (e *Engine) Plan(ctx context.Context, registry, repoGlob string) ([]Decisio
 					return nil, err
 				}
 				protected := func(tag string) bool { return e.Immutable.protects(reg, repo, e.Classes.Of(tag)) }
-				for _, d := range Plan(repo, tags, p.Rules, protected, g, p.UntaggedGrace > 0, e.now()) {
+				for _, d := range Plan(repo, tags, p.Rules, protected, g, p.UntaggedGrace, e.now()) {
 					d.Registry, d.Policy = reg, p.Name
 					out = append(out, d)
 				}

@@ -82,7 +82,7 @@ func FuzzTagClasses(f *testing.F) {
 		}
 		rules := []Rule{Semver{Majors: 1, Minors: 1, Patches: 1}, Snapshots{PerVersion: 1, DropReleased: true}, Candidates{DropReleased: true}, KeepLast{Count: 1}}
 		protected := func(name string) bool { return classes.Of(name) == Release }
-		plan := Plan("a", tags, rules, protected, nil, false, now)
+		plan := Plan("a", tags, rules, protected, nil, 0, now)
 		if len(plan) != len(tags) {
 			t.Fatalf("%d decisions for %d tags", len(plan), len(tags))
 		}

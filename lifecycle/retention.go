@@ -225,14 +225,16 @@ type Graph interface {
 	Size(d oci.Digest) int64
 	// Referrers lists the manifests whose subject is d.
 	Referrers(d oci.Digest) []oci.Digest
+	// PushedAt is when manifest d was pushed into the repository.
+	PushedAt(d oci.Digest) time.Time
 }
 
 // Plan decides every tag of one repository under rules. protected tags (immutable
 // releases that may not be deleted) are always kept. An accessory tag is not judged by
 // the rules, nor counted by them: it follows its subject (see followSubjects). g may be
-// nil when no tag is an accessory; prunes says whether the policy prunes untagged
-// manifests.
-func Plan(repo string, tags []Tag, rules []Rule, protected func(tag string) bool, g Graph, prunes bool, now time.Time) []Decision {
+// nil when no tag is an accessory; untaggedGrace is the policy's (0: it prunes no
+// untagged manifests).
+func Plan(repo string, tags []Tag, rules []Rule, protected func(tag string) bool, g Graph, untaggedGrace time.Duration, now time.Time) []Decision {
 	var judged, accessories []Tag
 	for _, t := range tags {
 		if t.Subject != "" && g != nil {
@@ -268,7 +270,10 @@ func Plan(repo string, tags []Tag, rules []Rule, protected func(tag string) bool
 		out = append(out, d)
 	}
 	if len(accessories) > 0 {
-		out = append(out, followSubjects(repo, accessories, g, prunes, keptRoots, allRoots)...)
+		pruned := func(d oci.Digest) bool { // untagged, this run prunes it
+			return untaggedGrace > 0 && !g.PushedAt(d).After(now.Add(-untaggedGrace))
+		}
+		out = append(out, followSubjects(repo, accessories, g, pruned, keptRoots, allRoots)...)
 	}
 	if g != nil {
 		for i := range out {
@@ -311,12 +316,12 @@ func sizeWithAccessories(d oci.Digest, alone bool, accessories []Tag, g Graph) i
 
 // followSubjects decides accessory tags by their subjects. A subject the kept tags
 // reach (through indexes, referrers, and in turn the accessory tags of what they
-// reach) stays, and its accessory tags with it. A subject only deleted tags reach goes
-// with its accessory tags when the policy prunes untagged manifests; otherwise it stays
-// as an untagged manifest, pullable by digest, and keeps them, as does a subject no tag
-// reaches (their tags go once it is deleted: cache's accessory collection). An
-// accessory tag whose subject is gone goes.
-func followSubjects(repo string, accessories []Tag, g Graph, prunes bool, keptRoots, allRoots []oci.Digest) []Decision {
+// reach) stays, and its accessory tags with it. A subject no kept tag reaches goes with
+// its accessory tags when this run's untagged pruning takes it (pruned: the policy
+// prunes untagged manifests, and it was pushed before the grace); otherwise it stays
+// as an untagged manifest, pullable by digest, and keeps them (they go once it is
+// deleted: cache's accessory collection). An accessory tag whose subject is gone goes.
+func followSubjects(repo string, accessories []Tag, g Graph, pruned func(oci.Digest) bool, keptRoots, allRoots []oci.Digest) []Decision {
 	grow := func(roots []oci.Digest) map[oci.Digest]bool {
 		for {
 			reached := g.Reach(roots)
@@ -341,8 +346,10 @@ func followSubjects(repo string, accessories []Tag, g Graph, prunes bool, keptRo
 			d.Reason = "follows subject " + string(t.Subject) + ", which is gone"
 		case keep[t.Subject]:
 			d.Keep, d.Reason = true, "follows subject "+string(t.Subject)+", kept"
-		case any[t.Subject] && prunes:
+		case any[t.Subject] && pruned(t.Subject):
 			d.Reason = "follows subject " + string(t.Subject) + ", deleted"
+		case pruned(t.Subject):
+			d.Reason = "follows subject " + string(t.Subject) + ", untagged and pruned"
 		default:
 			d.Keep, d.Reason = true, "follows subject "+string(t.Subject)+", untagged"
 		}

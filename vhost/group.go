@@ -134,10 +134,11 @@ func (g *Group) HeadManifest(ctx context.Context, repo oci.Repository, ref oci.R
 }
 
 // order is the members in the order a manifest reference is asked of them: an
-// accessory tag (a signature's, an attestation's, the referrers tag) in the member
-// holding its subject first — the signature of an image a later member serves is that
-// member's, not an earlier member's tag of the same name —, anything else in the
-// group's order.
+// accessory tag (a signature's, an attestation's, the referrers tag) in the push member
+// first if it has the tag (what was pushed through the group reads back: cosign adds a
+// signature to the one it read), then in the member holding its subject — the
+// signature of an image a later member serves is that member's, not an earlier
+// member's tag of the same name —; anything else in the group's order.
 func (g *Group) order(ctx context.Context, repo oci.Repository, ref oci.Reference) []Registry {
 	if ref.IsDigest() {
 		return g.members
@@ -147,7 +148,15 @@ func (g *Group) order(ctx context.Context, repo oci.Repository, ref oci.Referenc
 		return g.members
 	}
 	holder := -1
+	if l, ok := g.pushTo.(local); ok {
+		if _, err := l.Local().HeadManifest(ctx, repo, ref); err == nil {
+			holder = slices.Index(g.members, g.pushTo)
+		}
+	}
 	for i, m := range g.members { // local copies first: no upstream request
+		if holder >= 0 {
+			break
+		}
 		if l, ok := m.(local); ok {
 			if _, err := l.Local().HeadManifest(ctx, repo, oci.Reference{Digest: subject}); err == nil {
 				holder = i
