@@ -563,13 +563,7 @@ func TestConcurrentRequestsForAnUncachedManifestShareOneFetch(t *testing.T) {
 // A download that fails between a request finding it and reading it is an upstream
 // failure (502), not a blob the registry does not know (404).
 func TestAFailedDownloadIsABadGatewayForEveryoneWaitingOnIt(t *testing.T) {
-	u := newTestUpstream(t)
-	img := randomImage(t, 64<<10, 1)
-	if err := remote.Write(ref(t, u.host()+"/org/app:1.0"), img); err != nil {
-		t.Fatal(err)
-	}
-	layers, _ := img.Layers()
-	layer := digestOf(t, layers[0])
+	u, layer := upstreamLayer(t, "org/app", 64<<10)
 	u.set(func(u *testUpstream) { u.corrupt = true })
 	s := startProxy(t, u, proxyConfig{})
 	defer vhost.SetHookBeforeReader(func(filled <-chan struct{}) { <-filled })()
@@ -582,13 +576,7 @@ func TestAFailedDownloadIsABadGatewayForEveryoneWaitingOnIt(t *testing.T) {
 // A HEAD of a blob another repository is downloading is answered only once the
 // upstream says this repository has it.
 func TestStatOfABlobDownloadingForAnotherRepositoryAsksTheUpstream(t *testing.T) {
-	u := newTestUpstream(t)
-	img := randomImage(t, 256<<10, 1)
-	if err := remote.Write(ref(t, u.host()+"/org/a:1.0"), img); err != nil {
-		t.Fatal(err)
-	}
-	layers, _ := img.Layers()
-	layer := digestOf(t, layers[0])
+	u, layer := upstreamLayer(t, "org/a", 256<<10)
 	gate := make(chan struct{})
 	u.set(func(u *testUpstream) { u.gate, u.unknownRepo = gate, http.StatusNotFound })
 	s := startProxy(t, u, proxyConfig{})
@@ -736,13 +724,7 @@ func TestNegativeCacheHoldsWhenAStaleCopyIsCached(t *testing.T) {
 // Closing a proxy cancels its background downloads and waits for them: the store is
 // closed after the proxies and must never be closed under a fill.
 func TestCloseCancelsAndWaitsForDownloads(t *testing.T) {
-	u := newTestUpstream(t)
-	img := randomImage(t, 256<<10, 1)
-	if err := remote.Write(ref(t, u.host()+"/org/app:1.0"), img); err != nil {
-		t.Fatal(err)
-	}
-	layers, _ := img.Layers()
-	layer := digestOf(t, layers[0])
+	u, layer := upstreamLayer(t, "org/app", 256<<10)
 	gate := make(chan struct{}) // never opened: the upstream stalls mid-blob
 	defer close(gate)
 	u.set(func(u *testUpstream) { u.gate = gate })
@@ -786,13 +768,7 @@ func TestCloseCancelsAndWaitsForDownloads(t *testing.T) {
 // it into the cache yet: it must not return (and the store be closed) before that copy
 // ends.
 func TestCloseWaitsForADownloadAboutToStartItsCopy(t *testing.T) {
-	u := newTestUpstream(t)
-	img := randomImage(t, 64<<10, 1)
-	if err := remote.Write(ref(t, u.host()+"/org/app:1.0"), img); err != nil {
-		t.Fatal(err)
-	}
-	layers, _ := img.Layers()
-	layer := digestOf(t, layers[0])
+	u, layer := upstreamLayer(t, "org/app", 64<<10)
 	store, err := cache.Open(cache.Options{Dir: t.TempDir(), Logger: testLogger()})
 	if err != nil {
 		t.Fatal(err)
@@ -884,13 +860,7 @@ func TestAnUnsizedUpstreamBlobIsBoundedByMaxSize(t *testing.T) {
 // A request that joins a download which then fails before it reads a byte downloads the
 // blob again itself, instead of being cut short with the download's readers.
 func TestAJoinerOfAFailedDownloadDownloadsAgain(t *testing.T) {
-	u := newTestUpstream(t)
-	img := randomImage(t, 256<<10, 1)
-	if err := remote.Write(ref(t, u.host()+"/org/app:1.0"), img); err != nil {
-		t.Fatal(err)
-	}
-	layers, _ := img.Layers()
-	layer := digestOf(t, layers[0])
+	u, layer := upstreamLayer(t, "org/app", 256<<10)
 	gate := make(chan struct{})
 	u.set(func(u *testUpstream) { u.gate, u.corrupt = gate, true })
 	s := startProxy(t, u, proxyConfig{})
@@ -929,4 +899,17 @@ func TestAJoinerOfAFailedDownloadDownloadsAgain(t *testing.T) {
 	if r := <-second; r.err != nil || r.status != 200 || oci.FromBytes(oci.SHA256, r.body) != oci.Digest(layer) {
 		t.Errorf("the request that joined the failed download: %d %v (%d bytes)", r.status, r.err, len(r.body))
 	}
+}
+
+// upstreamLayer starts an upstream holding a one-layer image of size bytes as repo:1.0,
+// and returns it with the layer's digest.
+func upstreamLayer(t *testing.T, repo string, size int64) (*testUpstream, string) {
+	t.Helper()
+	u := newTestUpstream(t)
+	img := randomImage(t, size, 1)
+	if err := remote.Write(ref(t, u.host()+"/"+repo+":1.0"), img); err != nil {
+		t.Fatal(err)
+	}
+	layers, _ := img.Layers()
+	return u, digestOf(t, layers[0])
 }
