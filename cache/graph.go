@@ -80,12 +80,13 @@ type ManifestGraph struct {
 	sizes map[oci.Digest]int64
 }
 
-// ManifestGraph reads the manifests of reg/repo in one snapshot.
-func (s *Store) ManifestGraph(ctx context.Context, reg, repo string) (*ManifestGraph, error) {
+// ManifestGraph reads the manifests of reg/repo in one snapshot, with their sizes when
+// sizes (it then reads and parses every manifest).
+func (s *Store) ManifestGraph(ctx context.Context, reg, repo string, sizes bool) (*ManifestGraph, error) {
 	mg := &ManifestGraph{sizes: map[oci.Digest]int64{}}
 	err := s.db.View(func(txn index.Txn) error {
 		var err error
-		if mg.g, err = s.readGraph(txn, reg, repo); err != nil {
+		if mg.g, err = s.readGraph(txn, reg, repo); err != nil || !sizes {
 			return err
 		}
 		ds := make([]oci.Digest, 0, len(mg.g.records))
@@ -115,7 +116,8 @@ func (s *Store) ManifestGraph(ctx context.Context, reg, repo string) (*ManifestG
 }
 
 // Size is the bytes a pull of manifest d transfers: the manifest, its config and
-// layers, and for an index its children's (those the repository holds).
+// layers, and for an index its children's (those the repository holds); 0 when the
+// graph was read without sizes.
 func (m *ManifestGraph) Size(d oci.Digest) int64 { return m.sizes[d] }
 
 // PushedAt is when manifest d was pushed into the repository (zero if it is not there).

@@ -90,7 +90,7 @@ func TestRetentionKeepsAccessoriesWithTheirSubjects(t *testing.T) {
 	e := &lifecycle.Engine{Store: r.store, Registries: []string{"dev"}, Classes: lifecycle.DefaultClasses(), Now: clk.Now,
 		Policies: []lifecycle.Policy{{Name: "p", Registries: []string{"dev"}, Repositories: []string{"app/**"},
 			Rules: []lifecycle.Rule{lifecycle.Semver{Majors: 1, Minors: 1, Patches: -1}}, UntaggedGrace: time.Minute}}}
-	plan, err := e.Plan(ctx, "", "")
+	plan, err := e.PlanSized(ctx, "", "")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -206,7 +206,7 @@ type Decision struct {
 	// Size is the bytes of the tag's manifest (config, layers, an index's children)
 	// and, but for an accessory tag, of the accessories that follow it: its referrers
 	// and the manifests of accessory tags naming it, recursively.
-	Size   int64  `json:"size"`
+	Size   int64  `json:"size,omitempty"`
 	Keep   bool   `json:"keep"`
 	Reason string `json:"reason"`
 	// PushedAt is when the tag was pushed as the plan saw it: Apply deletes the tag only

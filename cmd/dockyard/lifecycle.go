@@ -206,7 +206,7 @@ func lifecycleCommand(args []string, stdout io.Writer) error {
 		return err
 	}
 	ctx := context.Background()
-	plan, err := jobs.Engine.Plan(ctx, *registry, *repo)
+	plan, err := jobs.Engine.PlanSized(ctx, *registry, *repo)
 	if err != nil {
 		return err
 	}
@@ -281,7 +281,7 @@ func (a *adminJobs) Run(_ context.Context, job string, params map[string]string)
 	case "retention":
 		return busy(j.Retention(ctx, params["policy"]))
 	case "plan":
-		return j.Engine.Plan(ctx, params["registry"], params["repo"])
+		return j.Engine.PlanSized(ctx, params["registry"], params["repo"])
 	case "revoke":
 		if a.auth == nil {
 			return nil, oci.ErrUnsupported.Withf("authentication is off: there are no tokens to revoke")
