@@ -60,6 +60,14 @@ func newMetrics(conns *admission) *metrics {
 		rateLimited: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "dockyard_http_rate_limited_total",
 			Help: "Requests refused (429) by their client's rate limit, by route (catalog, search, docker-search, token, login)."}, []string{"route"}),
 	}
+	// Every limit and route is exported from the start, at zero: a dashboard's rate()
+	// then has a series before the first refusal.
+	for _, l := range []string{"max_conns", "max_conns_per_ip"} {
+		m.refused.WithLabelValues(l)
+	}
+	for _, r := range []string{"catalog", "search", "docker-search", "token", "login"} {
+		m.rateLimited.WithLabelValues(r)
+	}
 	connections := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "dockyard_http_connections",
 		Help: "Client connections open now."}, func() float64 { return float64(conns.open()) })
 	reg.MustRegister(m.requests, m.duration, m.bytesIn, m.bytesOut, m.inFlight, m.uploads, m.authFails, m.limited,
