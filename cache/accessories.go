@@ -3,6 +3,7 @@ package cache
 import (
 	"context"
 	"encoding/binary"
+	"slices"
 	"strings"
 
 	"github.com/dockyard/dockyard/index"
@@ -53,6 +54,38 @@ type orphans struct {
 	tags      map[oci.Digest]map[string]oci.Digest // subject → accessory tag → manifest
 	referrers map[oci.Digest][]oci.Digest          // subject → referrers
 	since     map[oci.Digest]int64                 // subject → gone since (kindGoneSubject)
+}
+
+// subjects are the subjects o names: of accessory tags, referrers, or notes.
+func (o *orphans) subjects() map[oci.Digest]bool {
+	out := map[oci.Digest]bool{}
+	for d := range o.tags {
+		out[d] = true
+	}
+	for d := range o.referrers {
+		out[d] = true
+	}
+	for d := range o.since {
+		out[d] = true
+	}
+	return out
+}
+
+// manifests are the accessory manifests of subject: those its accessory tags point
+// at, and its referrers, each once.
+func (o *orphans) manifests(subject oci.Digest) []oci.Digest {
+	var out []oci.Digest
+	for _, d := range o.tags[subject] {
+		if !slices.Contains(out, d) {
+			out = append(out, d)
+		}
+	}
+	for _, d := range o.referrers[subject] {
+		if !slices.Contains(out, d) {
+			out = append(out, d)
+		}
+	}
+	return out
 }
 
 // findOrphans reads the accessories of reg/repo whose subject is missing, and the
@@ -141,17 +174,7 @@ func (s *Store) dropOrphanAccessories(ctx context.Context, cutoff int64, dryRun 
 				return n, noted, err
 			}
 		}
-		subjects := map[oci.Digest]bool{}
-		for d := range o.tags {
-			subjects[d] = true
-		}
-		for d := range o.referrers {
-			subjects[d] = true
-		}
-		for d := range o.since {
-			subjects[d] = true
-		}
-		for subject := range subjects {
+		for subject := range o.subjects() {
 			since, known := o.since[subject]
 			_, hasTags := o.tags[subject]
 			_, hasRefs := o.referrers[subject]
@@ -197,15 +220,8 @@ func (s *Store) candidatesGraph(reg, repo string, o *orphans) (*repoGraph, error
 			g.refs[d] = decodeRefRecord(v).Refs
 			return err
 		}
-		for _, ds := range o.tags {
-			for _, d := range ds {
-				if err := read(d); err != nil {
-					return err
-				}
-			}
-		}
-		for _, ds := range o.referrers {
-			for _, d := range ds {
+		for subject := range o.subjects() {
+			for _, d := range o.manifests(subject) {
 				if err := read(d); err != nil {
 					return err
 				}
@@ -223,21 +239,13 @@ func (s *Store) candidatesGraph(reg, repo string, o *orphans) (*repoGraph, error
 // going too (the referrers tag's index goes with its referrers). A manifest whose
 // reference count changed since g was read (an index pushed meanwhile lists it) stays.
 func (s *Store) dropAccessoriesOf(reg, repo string, subject oci.Digest, o *orphans, g *repoGraph, recognise *oci.Accessories, cutoff int64, dryRun bool) (int, error) {
-	var candidates []oci.Digest
-	candidate := map[oci.Digest]bool{}
-	for _, d := range o.tags[subject] {
-		if !candidate[d] {
-			candidate[d] = true
-			candidates = append(candidates, d)
-		}
+	candidates := o.manifests(subject)
+	candidate, isReferrer := map[oci.Digest]bool{}, map[oci.Digest]bool{}
+	for _, d := range candidates {
+		candidate[d] = true
 	}
-	isReferrer := map[oci.Digest]bool{}
 	for _, d := range o.referrers[subject] {
 		isReferrer[d] = true
-		if !candidate[d] {
-			candidate[d] = true
-			candidates = append(candidates, d)
-		}
 	}
 	var removed [][]byte
 	defer func() { s.tags.invalidate(removed...) }()

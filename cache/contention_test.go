@@ -108,6 +108,18 @@ func clockedStore(t *testing.T) (*Store, *atomic.Int64) {
 	return testStore(t, func() time.Time { return time.Unix(0, clock.Load()) }), clock
 }
 
+// storeBlobs stores n blobs no manifest lists in r/app, and returns their digests and
+// their bytes in all.
+func storeBlobs(t *testing.T, s *Store, n int) (ds []oci.Digest, total int64) {
+	t.Helper()
+	for i := range n {
+		b := []byte(fmt.Sprintf("blob %d", i))
+		ds = append(ds, putBlob(t, s, "r", "app", b))
+		total += int64(len(b))
+	}
+	return ds, total
+}
+
 // chaosDB wraps the store's Badger index: transactions run through TryUpdate get a
 // (real, driver-retried) conflict injected after fn ran, as decided by inject; what fn
 // wrote is then discarded by the driver exactly as on a real conflict.
@@ -196,13 +208,7 @@ func TestACollectionSplitToSingleBlobsDeletesEachOnce(t *testing.T) {
 	s, clock := clockedStore(t)
 	ctx := context.Background()
 	const n = 40
-	var ds []oci.Digest
-	var total int64
-	for i := range n {
-		b := []byte(fmt.Sprintf("blob %d", i))
-		ds = append(ds, putBlob(t, s, "r", "app", b))
-		total += int64(len(b))
-	}
+	ds, total := storeBlobs(t, s, n)
 	clock.Add(int64(61 * time.Minute))
 	c := chaos(t, s)
 	c.inject = multiConflicts
@@ -232,10 +238,7 @@ func TestACollectionFailingAfterSplitHalvesCommittedDeletesTheirFiles(t *testing
 	s, clock := clockedStore(t)
 	ctx := context.Background()
 	const n = 8
-	var ds []oci.Digest
-	for i := range n {
-		ds = append(ds, putBlob(t, s, "r", "app", []byte(fmt.Sprintf("blob %d", i))))
-	}
+	ds, _ := storeBlobs(t, s, n)
 	clock.Add(int64(61 * time.Minute))
 	c := chaos(t, s)
 	var singles atomic.Int64

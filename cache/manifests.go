@@ -227,9 +227,15 @@ func (s *Store) PutManifest(ctx context.Context, p PutManifestRequest) error {
 			return err
 		}
 		// Back in the repository: a note that it was gone (accessories.go) no longer
-		// holds.
-		if err := txn.Delete(goneSubjectKey(p.Registry, p.Repo, p.Digest)); err != nil {
-			return err
+		// holds. Read first, so that a push writes nothing when there is none.
+		if gk := goneSubjectKey(p.Registry, p.Repo, p.Digest); !found {
+			if noted, err := exists(txn, gk); err != nil {
+				return err
+			} else if noted {
+				if err := txn.Delete(gk); err != nil {
+					return err
+				}
+			}
 		}
 		if !found {
 			if err := s.addRef(txn, contentRefsKey(p.Digest), int64(len(p.Content)), 1); err != nil {

@@ -3,6 +3,7 @@ package oci
 import (
 	"fmt"
 	"regexp"
+	"strings"
 )
 
 // An accessory tag names, by its digest, the manifest of the same repository it
@@ -75,7 +76,11 @@ func (a *Accessories) Subject(tag string) (subject Digest, scheme string, ok boo
 	if a != nil {
 		extra = a.schemes
 	}
-	for _, list := range [][]accessoryScheme{builtinAccessories, extra} {
+	builtin := builtinAccessories
+	if !strings.HasPrefix(tag, "sha256-") && !strings.HasPrefix(tag, "sha512-") {
+		builtin = nil // no built-in scheme matches: tags are looked up on every pull
+	}
+	for _, list := range [][]accessoryScheme{builtin, extra} {
 		for _, s := range list {
 			m := s.re.FindStringSubmatch(tag)
 			if m == nil {

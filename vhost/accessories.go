@@ -131,9 +131,7 @@ func isSignatureLayer(mt string) bool {
 // layerNames returns the digests a signature or attestation layer names (none for any
 // other layer).
 func (h *Hosted) layerNames(ctx context.Context, repo oci.Repository, l oci.Descriptor) ([]oci.Digest, error) {
-	switch l.MediaType {
-	case "application/vnd.dev.cosign.simplesigning.v1+json", "application/vnd.dsse.envelope.v1+json":
-	default:
+	if !isSignatureLayer(l.MediaType) {
 		return nil, nil
 	}
 	rc, _, err := h.store.OpenBlob(ctx, h.name, string(repo), l.Digest)
